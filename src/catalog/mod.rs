@@ -1,0 +1,716 @@
+//! The indicator catalog: the national criteria as data (metrics, domain sets, cross-metric
+//! checks, the 20 hard indicators and the 12 evaluation items), loaded from a versioned TOML file
+//! and validated as a whole before anything uses it.
+
+mod diagnostics;
+mod model;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use diagnostics::{Diagnostics, LoadError, Problem};
+pub use model::*;
+
+use crate::numbers::Num;
+
+/// The metric that carries evaluation task statuses.
+pub const TASK_STATUS_METRIC: &str = "task.status";
+
+/// The catalog compiled into the binary.
+pub const BUILTIN_CATALOG_NAME: &str = "builtin:deploy/catalog/national-2019.toml";
+/// Text of the compiled-in catalog.
+pub const BUILTIN_CATALOG_TOML: &str = include_str!("../../deploy/catalog/national-2019.toml");
+
+/// A validated catalog with indexes for lookups.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub version: String,
+    pub title: String,
+    /// Where it was loaded from (a path or `builtin:...`).
+    pub source: String,
+    pub metrics: Vec<Metric>,
+    pub domain_sets: Vec<DomainSet>,
+    pub checks: Vec<CrossCheck>,
+    pub indicators: Vec<Indicator>,
+    pub items: Vec<Item>,
+    metric_index: HashMap<String, usize>,
+    indicator_index: HashMap<String, usize>,
+    item_index: HashMap<String, usize>,
+    task_index: HashMap<String, (usize, usize)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    version: String,
+    title: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    catalog: Header,
+    #[serde(rename = "metric", default)]
+    metrics: Vec<Spanned<Metric>>,
+    #[serde(rename = "domain_set", default)]
+    domain_sets: Vec<Spanned<DomainSet>>,
+    #[serde(rename = "check", default)]
+    checks: Vec<Spanned<CrossCheck>>,
+    #[serde(rename = "indicator", default)]
+    indicators: Vec<Spanned<Indicator>>,
+    #[serde(rename = "item", default)]
+    items: Vec<Spanned<Item>>,
+}
+
+impl Catalog {
+    /// The catalog compiled into the binary.
+    pub fn builtin() -> Result<Catalog, LoadError> {
+        Catalog::from_toml(BUILTIN_CATALOG_TOML, BUILTIN_CATALOG_NAME)
+    }
+
+    /// Loads and validates a catalog file.
+    pub fn from_path(path: &Path) -> Result<Catalog, LoadError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| LoadError {
+            file: name.clone(),
+            problems: vec![Problem {
+                line: None,
+                key: "file".into(),
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        Catalog::from_toml(&text, &name)
+    }
+
+    /// Parses and validates catalog text; `source` names it in errors.
+    pub fn from_toml(text: &str, source: &str) -> Result<Catalog, LoadError> {
+        let file: CatalogFile =
+            toml::from_str(text).map_err(|e| Diagnostics::parse_error(source, text, &e))?;
+        let mut d = Diagnostics::new(source, text);
+        let catalog = validate(file, source, &mut d);
+        d.finish()?;
+        Ok(catalog)
+    }
+
+    pub fn metric(&self, key: &str) -> Option<&Metric> {
+        self.metric_index.get(key).map(|&i| &self.metrics[i])
+    }
+
+    pub fn indicator(&self, code: &str) -> Option<&Indicator> {
+        self.indicator_index.get(code).map(|&i| &self.indicators[i])
+    }
+
+    pub fn item(&self, code: &str) -> Option<&Item> {
+        self.item_index.get(code).map(|&i| &self.items[i])
+    }
+
+    pub fn task(&self, id: &str) -> Option<&Task> {
+        self.task_index
+            .get(id)
+            .map(|&(i, t)| &self.items[i].tasks[t])
+    }
+
+    pub fn domain_set(&self, code: &str) -> Option<&DomainSet> {
+        self.domain_sets.iter().find(|s| s.code == code)
+    }
+
+    /// The domain set of a DOMAIN_FLAG metric.
+    pub fn domain_set_of(&self, metric: &str) -> Option<&DomainSet> {
+        self.metric(metric)
+            .and_then(|m| m.domain_set.as_deref())
+            .and_then(|s| self.domain_set(s))
+    }
+
+    /// Sum of the guiding indicators' maxima (54 for the national criteria).
+    pub fn guiding_max_total(&self) -> Num {
+        self.indicators
+            .iter()
+            .filter_map(|i| i.max_score.clone())
+            .sum()
+    }
+
+    /// Metrics read by an indicator or item (by code), including, for an item, the metrics of
+    /// the indicators its checks read.
+    pub fn subject_metrics(&self, code: &str) -> Vec<&str> {
+        if let Some(ind) = self.indicator(code) {
+            return ind.metrics();
+        }
+        let Some(item) = self.item(code) else {
+            return Vec::new();
+        };
+        let mut out = item.metrics();
+        for ind in item
+            .indicators()
+            .into_iter()
+            .filter_map(|c| self.indicator(c))
+        {
+            for m in ind.metrics() {
+                if !out.contains(&m) {
+                    out.push(m);
+                }
+            }
+        }
+        out
+    }
+
+    /// The cross-metric checks whose numerator is one of `metrics`.
+    pub fn checks_on<'a>(&'a self, metrics: &'a [&str]) -> impl Iterator<Item = &'a CrossCheck> {
+        self.checks
+            .iter()
+            .filter(move |c| metrics.contains(&c.numerator.as_str()))
+    }
+}
+
+/// Checks every reference and kind, filling `d` with each problem found.
+fn validate(file: CatalogFile, source: &str, d: &mut Diagnostics<'_>) -> Catalog {
+    if file.catalog.version.trim().is_empty() {
+        d.nowhere("catalog.version", "must not be empty");
+    }
+
+    // Domain sets first: metrics refer to them.
+    let mut set_codes = BTreeSet::new();
+    for set in &file.domain_sets {
+        let span = set.span();
+        let key = format!("domain_set {}", set.get_ref().code);
+        if !set_codes.insert(set.get_ref().code.clone()) {
+            d.at(&span, &key, "duplicate domain set code");
+        }
+        let mut seen = BTreeSet::new();
+        for dom in &set.get_ref().domains {
+            if !seen.insert(dom.code.as_str()) {
+                d.at(&span, &key, format!("duplicate domain `{}`", dom.code));
+            }
+        }
+        if !set.get_ref().open && set.get_ref().domains.is_empty() {
+            d.at(&span, &key, "a closed domain set needs its domains");
+        }
+    }
+
+    let mut kinds: HashMap<String, MetricKind> = HashMap::new();
+    for m in &file.metrics {
+        let span = m.span();
+        let m = m.get_ref();
+        let key = format!("metric {}", m.key);
+        if m.key.is_empty()
+            || !m
+                .key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_')
+        {
+            d.at(
+                &span,
+                &key,
+                "keys use lowercase letters, digits, '.' and '_'",
+            );
+        }
+        if kinds.insert(m.key.clone(), m.kind).is_some() {
+            d.at(&span, &key, "duplicate metric key");
+        }
+        match (m.kind, &m.domain_set) {
+            (MetricKind::DomainFlag, None) => {
+                d.at(&span, &key, "a DOMAIN_FLAG metric needs domain_set")
+            }
+            (MetricKind::DomainFlag, Some(s)) if !set_codes.contains(s) => {
+                d.at(&span, &key, format!("unknown domain set `{s}`"));
+            }
+            (MetricKind::DomainFlag, Some(_)) => {}
+            (_, Some(_)) => d.at(&span, &key, "only DOMAIN_FLAG metrics take domain_set"),
+            (_, None) => {}
+        }
+        match (m.kind, &m.max) {
+            (MetricKind::Score, None) => d.at(&span, &key, "a SCORE metric needs max"),
+            (MetricKind::Score, Some(max)) if max <= &Num::zero() => {
+                d.at(&span, &key, "max must be positive");
+            }
+            (MetricKind::Score, Some(_)) | (_, None) => {}
+            (_, Some(_)) => d.at(&span, &key, "only SCORE metrics take max"),
+        }
+    }
+    match kinds.get(TASK_STATUS_METRIC) {
+        Some(MetricKind::TaskStatus) => {}
+        Some(_) => d.nowhere(
+            format!("metric {TASK_STATUS_METRIC}"),
+            "must have kind TASK_STATUS",
+        ),
+        None => d.nowhere(
+            format!("metric {TASK_STATUS_METRIC}"),
+            "is required (evaluation task statuses)",
+        ),
+    }
+
+    let checker = KindChecker { kinds: &kinds };
+    for c in &file.checks {
+        let span = c.span();
+        let c = c.get_ref();
+        let key = format!("check {}", c.numerator);
+        checker.expect(d, &span, &key, "numerator", &c.numerator, Want::Quantity);
+        match (&c.denominator, &c.bound) {
+            (Some(den), None) => checker.expect(d, &span, &key, "denominator", den, Want::Quantity),
+            (None, Some(_)) => {}
+            _ => d.at(&span, &key, "give exactly one of denominator and bound"),
+        }
+    }
+
+    let mut indicator_codes = BTreeSet::new();
+    for ind in &file.indicators {
+        let span = ind.span();
+        let ind = ind.get_ref();
+        let key = format!("indicator {}", ind.code);
+        if !indicator_codes.insert(ind.code.clone()) {
+            d.at(&span, &key, "duplicate indicator code");
+        }
+        let mut labels = BTreeSet::new();
+        for label in ind
+            .conditions
+            .iter()
+            .map(|c| &c.label)
+            .chain(ind.parts.iter().map(|p| &p.label))
+        {
+            if !labels.insert(label) {
+                d.at(&span, &key, format!("duplicate label `{label}`"));
+            }
+        }
+        match ind.kind {
+            IndicatorKind::Basic => {
+                if ind.conditions.is_empty() {
+                    d.at(&span, &key, "a basic indicator needs conditions");
+                }
+                if !ind.parts.is_empty() || ind.max_score.is_some() {
+                    d.at(
+                        &span,
+                        &key,
+                        "a basic indicator takes conditions, not parts or max_score",
+                    );
+                }
+                for c in &ind.conditions {
+                    let key = format!("{key}, condition {}", c.label);
+                    checker.predicate(d, &span, &key, &c.predicate);
+                }
+            }
+            IndicatorKind::Guiding => {
+                if ind.parts.is_empty() {
+                    d.at(&span, &key, "a guiding indicator needs parts");
+                }
+                if !ind.conditions.is_empty() {
+                    d.at(
+                        &span,
+                        &key,
+                        "a guiding indicator takes parts, not conditions",
+                    );
+                }
+                let mut sum = Some(Num::zero());
+                for p in &ind.parts {
+                    let pkey = format!("{key}, part {}", p.label);
+                    checker.formula(d, &span, &pkey, &p.formula);
+                    let part_max = part_max(&p.formula, &file.metrics, &file.domain_sets);
+                    if part_max.is_none() {
+                        d.at(&span, &pkey, "its maximum cannot be known (weighted domain counts need closed domain sets)");
+                    }
+                    sum = sum.zip(part_max).map(|(a, b)| a + b);
+                }
+                match (&ind.max_score, sum) {
+                    (None, _) => d.at(&span, &key, "a guiding indicator needs max_score"),
+                    (Some(max), Some(sum)) if *max != sum => d.at(
+                        &span,
+                        &key,
+                        format!("max_score {max} differs from the sum of its parts' maxima {sum}"),
+                    ),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    let mut item_codes = BTreeSet::new();
+    let mut task_ids = BTreeSet::new();
+    for item in &file.items {
+        let span = item.span();
+        let item = item.get_ref();
+        let key = format!("item {}", item.code);
+        if !item_codes.insert(item.code.clone()) {
+            d.at(&span, &key, "duplicate item code");
+        }
+        if item.tasks.is_empty() {
+            d.at(&span, &key, "an item needs tasks");
+        }
+        for (n, task) in item.tasks.iter().enumerate() {
+            let want = format!("{}.{}", item.code, n + 1);
+            if task.id != want {
+                d.at(
+                    &span,
+                    &key,
+                    format!(
+                        "task `{}` should be `{want}` (ids number tasks in order)",
+                        task.id
+                    ),
+                );
+            }
+            if !task_ids.insert(task.id.clone()) {
+                d.at(&span, &key, format!("duplicate task id `{}`", task.id));
+            }
+            for check in &task.checks {
+                let ckey = format!("{key}, task {}", task.id);
+                match check {
+                    ItemCheck::Indicator { indicator } => {
+                        if !indicator_codes.contains(indicator) {
+                            d.at(&span, &ckey, format!("unknown indicator `{indicator}`"));
+                        }
+                    }
+                    ItemCheck::Predicate(p) => checker.predicate(d, &span, &ckey, p),
+                    ItemCheck::AllDomainsFlagged {
+                        all_domains_flagged,
+                        domain_group,
+                    } => {
+                        for m in all_domains_flagged {
+                            checker.expect(
+                                d,
+                                &span,
+                                &ckey,
+                                "all_domains_flagged",
+                                m,
+                                Want::Kind(MetricKind::DomainFlag),
+                            );
+                            let set = file
+                                .metrics
+                                .iter()
+                                .map(Spanned::get_ref)
+                                .find(|x| &x.key == m)
+                                .and_then(|x| x.domain_set.as_ref())
+                                .and_then(|s| {
+                                    file.domain_sets
+                                        .iter()
+                                        .map(Spanned::get_ref)
+                                        .find(|x| &x.code == s)
+                                });
+                            if let Some(set) = set
+                                && !set
+                                    .domains
+                                    .iter()
+                                    .any(|x| x.group.as_ref() == Some(domain_group))
+                            {
+                                d.at(
+                                    &span,
+                                    &ckey,
+                                    format!(
+                                        "domain set `{}` has no domain in group `{domain_group}`",
+                                        set.code
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Build the catalog (even when invalid; the caller discards it then).
+    let mut metrics: Vec<Metric> = file.metrics.into_iter().map(Spanned::into_inner).collect();
+    let indicators: Vec<Indicator> = file
+        .indicators
+        .into_iter()
+        .map(Spanned::into_inner)
+        .collect();
+    let items: Vec<Item> = file.items.into_iter().map(Spanned::into_inner).collect();
+    for m in &mut metrics {
+        m.used_by = indicators
+            .iter()
+            .filter(|i| i.metrics().contains(&m.key.as_str()))
+            .map(|i| i.code.clone())
+            .chain(
+                items
+                    .iter()
+                    .filter(|i| i.metrics().contains(&m.key.as_str()))
+                    .map(|i| i.code.clone()),
+            )
+            .collect();
+    }
+    if !d.has_problems() {
+        for m in &metrics {
+            if m.used_by.is_empty() && m.key != TASK_STATUS_METRIC {
+                d.nowhere(format!("metric {}", m.key), "no indicator or item uses it");
+            }
+        }
+    }
+    let metric_index = metrics
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.key.clone(), i))
+        .collect();
+    let indicator_index = indicators
+        .iter()
+        .enumerate()
+        .map(|(i, x)| (x.code.clone(), i))
+        .collect();
+    let item_index = items
+        .iter()
+        .enumerate()
+        .map(|(i, x)| (x.code.clone(), i))
+        .collect();
+    let task_index = items
+        .iter()
+        .enumerate()
+        .flat_map(|(i, item)| {
+            item.tasks
+                .iter()
+                .enumerate()
+                .map(move |(t, task)| (task.id.clone(), (i, t)))
+        })
+        .collect();
+    Catalog {
+        version: file.catalog.version,
+        title: file.catalog.title,
+        source: source.to_owned(),
+        metrics,
+        domain_sets: file
+            .domain_sets
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
+        checks: file.checks.into_iter().map(Spanned::into_inner).collect(),
+        indicators,
+        items,
+        metric_index,
+        indicator_index,
+        item_index,
+        task_index,
+    }
+}
+
+/// The most points a part can give, when that can be known from the catalog alone.
+fn part_max(f: &Formula, metrics: &[Spanned<Metric>], sets: &[Spanned<DomainSet>]) -> Option<Num> {
+    match f {
+        Formula::CappedRatio { cap, .. }
+        | Formula::CappedDomainCount { cap, .. }
+        | Formula::StepBands { cap, .. } => Some(cap.clone()),
+        Formula::Deduction { full, .. } => Some(full.clone()),
+        Formula::FlagPoints { points, .. } => Some(points.clone()),
+        Formula::AssessedScore { metric } => metrics
+            .iter()
+            .map(Spanned::get_ref)
+            .find(|m| &m.key == metric)
+            .and_then(|m| m.max.clone()),
+        Formula::WeightedDomainCounts { terms } => terms
+            .iter()
+            .map(|t| {
+                let set = metrics
+                    .iter()
+                    .map(Spanned::get_ref)
+                    .find(|m| m.key == t.metric)
+                    .and_then(|m| m.domain_set.as_ref())
+                    .and_then(|s| sets.iter().map(Spanned::get_ref).find(|x| &x.code == s))?;
+                if set.open {
+                    return None;
+                }
+                Some(&t.weight * &Num::from_int(i64::try_from(set.domains.len()).ok()?))
+            })
+            .sum::<Option<Num>>(),
+    }
+}
+
+enum Want {
+    Quantity,
+    Numeric,
+    Kind(MetricKind),
+}
+
+struct KindChecker<'a> {
+    kinds: &'a HashMap<String, MetricKind>,
+}
+
+impl KindChecker<'_> {
+    fn expect(
+        &self,
+        d: &mut Diagnostics<'_>,
+        span: &std::ops::Range<usize>,
+        key: &str,
+        field: &str,
+        metric: &str,
+        want: Want,
+    ) {
+        let Some(&kind) = self.kinds.get(metric) else {
+            d.at(
+                span,
+                format!("{key}, {field}"),
+                format!("unknown metric `{metric}`"),
+            );
+            return;
+        };
+        let (ok, wanted) = match want {
+            Want::Quantity => (kind.is_quantity(), "COUNT or AMOUNT".to_owned()),
+            Want::Numeric => (kind.is_numeric(), "COUNT, AMOUNT, RANK or SCORE".to_owned()),
+            Want::Kind(k) => (kind == k, k.as_str().to_owned()),
+        };
+        if !ok {
+            d.at(
+                span,
+                format!("{key}, {field}"),
+                format!(
+                    "metric `{metric}` is {}, this rule needs {wanted}",
+                    kind.as_str()
+                ),
+            );
+        }
+    }
+
+    fn predicate(
+        &self,
+        d: &mut Diagnostics<'_>,
+        span: &std::ops::Range<usize>,
+        key: &str,
+        p: &Predicate,
+    ) {
+        match p {
+            Predicate::RatioAtLeast {
+                numerator,
+                denominator,
+                threshold,
+            }
+            | Predicate::RatioBelow {
+                numerator,
+                denominator,
+                threshold,
+            } => {
+                self.expect(d, span, key, "numerator", numerator, Want::Quantity);
+                self.expect(d, span, key, "denominator", denominator, Want::Quantity);
+                if threshold.is_negative() {
+                    d.at(span, key, "threshold must not be negative");
+                }
+            }
+            Predicate::AtLeast { metric, .. } | Predicate::AtMost { metric, .. } => {
+                self.expect(d, span, key, "metric", metric, Want::Numeric);
+            }
+            Predicate::IsTrue { metric } => {
+                self.expect(d, span, key, "metric", metric, Want::Kind(MetricKind::Bool))
+            }
+            Predicate::Decreased { metric, baseline } => {
+                self.expect(d, span, key, "metric", metric, Want::Quantity);
+                self.expect(d, span, key, "baseline", baseline, Want::Quantity);
+            }
+        }
+    }
+
+    fn formula(
+        &self,
+        d: &mut Diagnostics<'_>,
+        span: &std::ops::Range<usize>,
+        key: &str,
+        f: &Formula,
+    ) {
+        let non_negative = |d: &mut Diagnostics<'_>, name: &str, v: &Num| {
+            if v.is_negative() {
+                d.at(span, key, format!("{name} must not be negative"));
+            }
+        };
+        // The engine divides by these to find gaps.
+        let positive = |d: &mut Diagnostics<'_>, name: &str, v: &Num| {
+            if v <= &Num::zero() {
+                d.at(span, key, format!("{name} must be positive"));
+            }
+        };
+        match f {
+            Formula::CappedRatio {
+                numerator,
+                denominator,
+                factor,
+                cap,
+            } => {
+                self.expect(d, span, key, "numerator", numerator, Want::Quantity);
+                self.expect(d, span, key, "denominator", denominator, Want::Quantity);
+                positive(d, "factor", factor);
+                non_negative(d, "cap", cap);
+            }
+            Formula::CappedDomainCount {
+                metric,
+                factor,
+                cap,
+            } => {
+                self.expect(
+                    d,
+                    span,
+                    key,
+                    "metric",
+                    metric,
+                    Want::Kind(MetricKind::DomainFlag),
+                );
+                positive(d, "factor", factor);
+                non_negative(d, "cap", cap);
+            }
+            Formula::Deduction {
+                required,
+                actual,
+                full,
+                per_unit,
+            } => {
+                self.expect(
+                    d,
+                    span,
+                    key,
+                    "required",
+                    required,
+                    Want::Kind(MetricKind::Count),
+                );
+                self.expect(
+                    d,
+                    span,
+                    key,
+                    "actual",
+                    actual,
+                    Want::Kind(MetricKind::Count),
+                );
+                non_negative(d, "full", full);
+                positive(d, "per_unit", per_unit);
+            }
+            Formula::StepBands {
+                numerator,
+                denominator,
+                step,
+                increment,
+                cap,
+                ..
+            } => {
+                self.expect(d, span, key, "numerator", numerator, Want::Quantity);
+                self.expect(d, span, key, "denominator", denominator, Want::Quantity);
+                positive(d, "step", step);
+                positive(d, "increment", increment);
+                non_negative(d, "cap", cap);
+            }
+            Formula::FlagPoints { metric, points } => {
+                self.expect(d, span, key, "metric", metric, Want::Kind(MetricKind::Bool));
+                non_negative(d, "points", points);
+            }
+            Formula::WeightedDomainCounts { terms } => {
+                if terms.is_empty() {
+                    d.at(span, key, "weighted_domain_counts needs terms");
+                }
+                for t in terms {
+                    self.expect(
+                        d,
+                        span,
+                        key,
+                        "terms.metric",
+                        &t.metric,
+                        Want::Kind(MetricKind::DomainFlag),
+                    );
+                    non_negative(d, "weight", &t.weight);
+                }
+            }
+            Formula::AssessedScore { metric } => {
+                self.expect(
+                    d,
+                    span,
+                    key,
+                    "metric",
+                    metric,
+                    Want::Kind(MetricKind::Score),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,501 @@
+//! The catalog's types. They are what the catalog file deserializes into and, once
+//! `load` has validated every reference and kind, what the rule engine reads.
+
+use serde::Deserialize;
+
+use crate::numbers::Num;
+
+/// What values a metric takes (rulebook section 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MetricKind {
+    Count,
+    Amount,
+    Bool,
+    Rank,
+    Score,
+    DomainFlag,
+    TaskStatus,
+}
+
+/// How the current values of a metric combine for a region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Aggregation {
+    Sum,
+    AnyTrue,
+    AtRegion,
+    LatestAtRegion,
+    DomainUnion,
+}
+
+impl MetricKind {
+    /// The rulebook's aggregation for the kind.
+    pub fn aggregation(self) -> Aggregation {
+        match self {
+            MetricKind::Count | MetricKind::Amount => Aggregation::Sum,
+            MetricKind::Bool => Aggregation::AnyTrue,
+            MetricKind::Rank => Aggregation::AtRegion,
+            MetricKind::Score | MetricKind::TaskStatus => Aggregation::LatestAtRegion,
+            MetricKind::DomainFlag => Aggregation::DomainUnion,
+        }
+    }
+
+    /// Kinds whose values are numbers that can be divided (ratio numerators and denominators).
+    pub fn is_quantity(self) -> bool {
+        matches!(self, MetricKind::Count | MetricKind::Amount)
+    }
+
+    /// Kinds whose values are numbers at all.
+    pub fn is_numeric(self) -> bool {
+        matches!(
+            self,
+            MetricKind::Count | MetricKind::Amount | MetricKind::Rank | MetricKind::Score
+        )
+    }
+
+    /// Integer-valued kinds: gaps in them are whole units.
+    pub fn is_integral(self) -> bool {
+        matches!(self, MetricKind::Count | MetricKind::Rank)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Count => "COUNT",
+            MetricKind::Amount => "AMOUNT",
+            MetricKind::Bool => "BOOL",
+            MetricKind::Rank => "RANK",
+            MetricKind::Score => "SCORE",
+            MetricKind::DomainFlag => "DOMAIN_FLAG",
+            MetricKind::TaskStatus => "TASK_STATUS",
+        }
+    }
+}
+
+/// One reported quantity.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metric {
+    pub key: String,
+    pub kind: MetricKind,
+    pub title: String,
+    /// DOMAIN_FLAG: the domain set its domains come from.
+    #[serde(default)]
+    pub domain_set: Option<String>,
+    /// SCORE: the highest valid value.
+    #[serde(default)]
+    pub max: Option<Num>,
+    /// Indicators and items whose rules read the metric (filled in by the loader).
+    #[serde(skip)]
+    pub used_by: Vec<String>,
+}
+
+/// A named list of domains.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainSet {
+    pub code: String,
+    /// Open sets accept domains an administrator registers.
+    pub open: bool,
+    #[serde(default)]
+    pub domains: Vec<Domain>,
+}
+
+/// One domain of a set.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Domain {
+    pub code: String,
+    pub title: String,
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// A cross-metric check: after aggregation the numerator must not exceed the denominator (or a
+/// fixed bound). A violation makes the indicators using the numerator `INVALID_DATA`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrossCheck {
+    pub numerator: String,
+    #[serde(default)]
+    pub denominator: Option<String>,
+    #[serde(default)]
+    pub bound: Option<Num>,
+}
+
+/// Basic indicator or guiding indicator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndicatorKind {
+    Basic,
+    Guiding,
+}
+
+/// A yes/no test over metric values: the conditions of basic indicators and the quantitative
+/// checks of evaluation items.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Predicate {
+    /// ratio(numerator, denominator) >= threshold; a zero denominator is met vacuously.
+    RatioAtLeast {
+        numerator: String,
+        denominator: String,
+        threshold: Num,
+    },
+    /// ratio(numerator, denominator) < threshold (strict); a zero denominator is met vacuously.
+    RatioBelow {
+        numerator: String,
+        denominator: String,
+        threshold: Num,
+    },
+    /// metric >= threshold.
+    AtLeast { metric: String, threshold: Num },
+    /// metric <= threshold (ranks: 1 is best).
+    AtMost { metric: String, threshold: Num },
+    /// metric is true.
+    IsTrue { metric: String },
+    /// metric < baseline, or both are 0 (a growth rate below 0%).
+    Decreased { metric: String, baseline: String },
+}
+
+/// One scored part of a guiding indicator.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Formula {
+    /// min(ratio(numerator, denominator) x factor, cap); a zero denominator scores 0 with the
+    /// flag UNDEFINED_RATIO.
+    CappedRatio {
+        numerator: String,
+        denominator: String,
+        factor: Num,
+        cap: Num,
+    },
+    /// min(n x factor, cap), n = number of domains flagged in the metric.
+    CappedDomainCount {
+        metric: String,
+        factor: Num,
+        cap: Num,
+    },
+    /// max(0, full - per_unit x (required - actual)).
+    Deduction {
+        required: String,
+        actual: String,
+        full: Num,
+        per_unit: Num,
+    },
+    /// c = ratio(numerator, denominator); c <= above: 0; otherwise
+    /// min(base + increment x floor((c - above) / step), cap).
+    StepBands {
+        numerator: String,
+        denominator: String,
+        above: Num,
+        base: Num,
+        step: Num,
+        increment: Num,
+        cap: Num,
+    },
+    /// points when the BOOL metric is true, else 0.
+    FlagPoints { metric: String, points: Num },
+    /// sum over terms of weight x number of domains flagged in the term's metric.
+    WeightedDomainCounts { terms: Vec<WeightedTerm> },
+    /// The assessed SCORE metric's value (0..its max).
+    AssessedScore { metric: String },
+}
+
+/// One term of a weighted domain count.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedTerm {
+    pub metric: String,
+    pub weight: Num,
+}
+
+/// A labelled condition of a basic indicator.
+// No `deny_unknown_fields` here: serde does not support it with `flatten`; the tagged enum
+// inside rejects unknown fields itself.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Condition {
+    pub label: String,
+    #[serde(flatten)]
+    pub predicate: Predicate,
+}
+
+/// A labelled part of a guiding indicator.
+// No `deny_unknown_fields` here: serde does not support it with `flatten`; the tagged enum
+// inside rejects unknown fields itself.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Part {
+    pub label: String,
+    #[serde(flatten)]
+    pub formula: Formula,
+}
+
+/// One hard indicator.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Indicator {
+    pub code: String,
+    pub source_number: u32,
+    pub kind: IndicatorKind,
+    pub title: String,
+    /// Guiding indicators: the cap on the summed parts.
+    #[serde(default)]
+    pub max_score: Option<Num>,
+    /// Basic indicators: every condition must hold.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Guiding indicators: the parts, summed and capped.
+    #[serde(default)]
+    pub parts: Vec<Part>,
+}
+
+/// A check measuring an evaluation task.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum ItemCheck {
+    /// The indicator passes (basic) or is fully scored above zero (guiding).
+    Indicator { indicator: String },
+    /// Every domain of a group of the set is flagged in every one of the metrics.
+    AllDomainsFlagged {
+        all_domains_flagged: Vec<String>,
+        domain_group: String,
+    },
+    /// A predicate over metric values.
+    Predicate(Predicate),
+}
+
+/// One work task of an evaluation item.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Task {
+    pub id: String,
+    pub title: String,
+    #[serde(default)]
+    pub section: Option<String>,
+    #[serde(default)]
+    pub checks: Vec<ItemCheck>,
+}
+
+/// One evaluation item (Annex 2).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Item {
+    pub code: String,
+    pub title: String,
+    #[serde(rename = "task")]
+    pub tasks: Vec<Task>,
+}
+
+impl Predicate {
+    /// Metrics the predicate reads, in the order they appear.
+    pub fn metrics(&self) -> Vec<&str> {
+        match self {
+            Predicate::RatioAtLeast {
+                numerator,
+                denominator,
+                ..
+            }
+            | Predicate::RatioBelow {
+                numerator,
+                denominator,
+                ..
+            } => vec![numerator, denominator],
+            Predicate::AtLeast { metric, .. }
+            | Predicate::AtMost { metric, .. }
+            | Predicate::IsTrue { metric } => vec![metric],
+            Predicate::Decreased { metric, baseline } => vec![metric, baseline],
+        }
+    }
+
+    /// The predicate in words.
+    pub fn summary(&self) -> String {
+        match self {
+            Predicate::RatioAtLeast {
+                numerator,
+                denominator,
+                threshold,
+            } => format!("ratio({numerator}, {denominator}) >= {threshold}"),
+            Predicate::RatioBelow {
+                numerator,
+                denominator,
+                threshold,
+            } => format!("ratio({numerator}, {denominator}) < {threshold}"),
+            Predicate::AtLeast { metric, threshold } => format!("{metric} >= {threshold}"),
+            Predicate::AtMost { metric, threshold } => format!("{metric} <= {threshold}"),
+            Predicate::IsTrue { metric } => format!("{metric} is true"),
+            Predicate::Decreased { metric, baseline } => {
+                format!("{metric} < {baseline}, or both 0")
+            }
+        }
+    }
+}
+
+impl Formula {
+    /// Metrics the formula reads, in the order they appear.
+    pub fn metrics(&self) -> Vec<&str> {
+        match self {
+            Formula::CappedRatio {
+                numerator,
+                denominator,
+                ..
+            }
+            | Formula::StepBands {
+                numerator,
+                denominator,
+                ..
+            } => vec![numerator, denominator],
+            Formula::CappedDomainCount { metric, .. }
+            | Formula::FlagPoints { metric, .. }
+            | Formula::AssessedScore { metric } => vec![metric],
+            Formula::Deduction {
+                required, actual, ..
+            } => vec![required, actual],
+            Formula::WeightedDomainCounts { terms } => {
+                terms.iter().map(|t| t.metric.as_str()).collect()
+            }
+        }
+    }
+
+    /// The formula in words.
+    pub fn summary(&self) -> String {
+        match self {
+            Formula::CappedRatio {
+                numerator,
+                denominator,
+                factor,
+                cap,
+            } => format!("min(ratio({numerator}, {denominator}) x {factor}, {cap})"),
+            Formula::CappedDomainCount {
+                metric,
+                factor,
+                cap,
+            } => format!("min(domains in {metric} x {factor}, {cap})"),
+            Formula::Deduction {
+                required,
+                actual,
+                full,
+                per_unit,
+            } => format!("max(0, {full} - {per_unit} x ({required} - {actual}))"),
+            Formula::StepBands {
+                numerator,
+                denominator,
+                above,
+                base,
+                step,
+                increment,
+                cap,
+            } => format!(
+                "c = ratio({numerator}, {denominator}); c <= {above}: 0; else min({base} + {increment} x floor((c - {above}) / {step}), {cap})"
+            ),
+            Formula::FlagPoints { metric, points } => format!("{points} if {metric}"),
+            Formula::WeightedDomainCounts { terms } => terms
+                .iter()
+                .map(|t| format!("{} x domains in {}", t.weight, t.metric))
+                .collect::<Vec<_>>()
+                .join(" + "),
+            Formula::AssessedScore { metric } => format!("{metric} (assessed)"),
+        }
+    }
+}
+
+impl ItemCheck {
+    /// The check in words.
+    pub fn summary(&self) -> String {
+        match self {
+            ItemCheck::Indicator { indicator } => format!("indicator {indicator} passes"),
+            ItemCheck::AllDomainsFlagged {
+                all_domains_flagged,
+                domain_group,
+            } => format!(
+                "every {domain_group} domain flagged in {}",
+                all_domains_flagged.join(", ")
+            ),
+            ItemCheck::Predicate(p) => p.summary(),
+        }
+    }
+
+    /// Metrics the check reads directly (an indicator check reads through the indicator).
+    pub fn metrics(&self) -> Vec<&str> {
+        match self {
+            ItemCheck::Indicator { .. } => Vec::new(),
+            ItemCheck::AllDomainsFlagged {
+                all_domains_flagged,
+                ..
+            } => all_domains_flagged.iter().map(String::as_str).collect(),
+            ItemCheck::Predicate(p) => p.metrics(),
+        }
+    }
+}
+
+impl Indicator {
+    /// Every metric the indicator reads, without repeats, in order of appearance.
+    pub fn metrics(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        let all = self
+            .conditions
+            .iter()
+            .flat_map(|c| c.predicate.metrics())
+            .chain(self.parts.iter().flat_map(|p| p.formula.metrics()));
+        for m in all {
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    /// The rule in words.
+    pub fn rule_summary(&self) -> String {
+        match self.kind {
+            IndicatorKind::Basic => self
+                .conditions
+                .iter()
+                .map(|c| format!("({}) {}", c.label, c.predicate.summary()))
+                .collect::<Vec<_>>()
+                .join("; "),
+            IndicatorKind::Guiding => {
+                let parts = self
+                    .parts
+                    .iter()
+                    .map(|p| format!("{}: {}", p.label, p.formula.summary()))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let max = self
+                    .max_score
+                    .as_ref()
+                    .map(Num::to_plain)
+                    .unwrap_or_default();
+                format!("{parts}; score = min(sum of parts, {max})")
+            }
+        }
+    }
+}
+
+impl Item {
+    /// Every metric the item reads directly (task.status plus its checks' metrics).
+    pub fn metrics(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = vec![crate::catalog::TASK_STATUS_METRIC];
+        for m in self
+            .tasks
+            .iter()
+            .flat_map(|t| t.checks.iter())
+            .flat_map(ItemCheck::metrics)
+        {
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    /// Indicators the item's checks read.
+    pub fn indicators(&self) -> Vec<&str> {
+        self.tasks
+            .iter()
+            .flat_map(|t| t.checks.iter())
+            .filter_map(|c| match c {
+                ItemCheck::Indicator { indicator } => Some(indicator.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+}

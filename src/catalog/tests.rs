@@ -1,0 +1,237 @@
+use super::*;
+
+/// Every metric key of the rulebook's section 2 table, in its order.
+const RULEBOOK_METRICS: &[(&str, &str)] = &[
+    ("uscc.stock_codes_total", "COUNT"),
+    ("uscc.stock_codes_converted", "COUNT"),
+    ("uscc.codes_total", "COUNT"),
+    ("uscc.codes_duplicate_or_invalid", "COUNT"),
+    ("gov.dishonesty_events_total", "COUNT"),
+    ("gov.dishonesty_events_rectified", "COUNT"),
+    ("service_halls.total", "COUNT"),
+    ("service_halls.connected", "COUNT"),
+    ("double_publicity.licenses_total", "COUNT"),
+    ("double_publicity.licenses_reported", "COUNT"),
+    ("double_publicity.penalties_total", "COUNT"),
+    ("double_publicity.penalties_reported", "COUNT"),
+    ("credit_report.target_entities", "COUNT"),
+    ("credit_report.submitted", "COUNT"),
+    ("blacklist.in_operation", "COUNT"),
+    ("blacklist.exited_after_rectification", "COUNT"),
+    ("credit_repair.trained", "COUNT"),
+    ("market_entities.in_operation", "COUNT"),
+    ("commitment.proactive_or_self_discipline_entities", "COUNT"),
+    ("commitment.approval_substitution_items", "COUNT"),
+    ("approval_items.total", "COUNT"),
+    ("commitment.tolerance_acceptance_items", "COUNT"),
+    ("commitment.repair_commitment_entities", "COUNT"),
+    ("monitoring.counties_total", "COUNT"),
+    ("monitoring.counties_covered", "COUNT"),
+    ("monitoring.township_extension_plan", "BOOL"),
+    ("monitoring.city_rank", "RANK"),
+    ("joint_rp.domain_implemented", "DOMAIN_FLAG"),
+    ("penetration.unit_dishonesty_records", "COUNT"),
+    ("penetration.linked_records", "COUNT"),
+    ("sharing.units_required", "COUNT"),
+    ("sharing.units_connected", "COUNT"),
+    ("portal.disclosed_records", "COUNT"),
+    ("legal_entities.total", "COUNT"),
+    ("portal.daily_avg_clicks", "COUNT"),
+    ("population.registered", "COUNT"),
+    ("joint_rp.valid_cases", "COUNT"),
+    ("red_black_list.in_operation", "COUNT"),
+    ("joint_rp.domain_automated", "DOMAIN_FLAG"),
+    ("personal_credit_score.holders", "COUNT"),
+    ("xinyi_plus.domain_in_service", "DOMAIN_FLAG"),
+    ("approval.departments_with_power", "COUNT"),
+    ("approval.departments_with_tolerance_acceptance", "COUNT"),
+    ("xinyidai.loan_amount", "AMOUNT"),
+    ("integrity.civil_servant_files", "BOOL"),
+    ("integrity.credit_records", "DOMAIN_FLAG"),
+    ("integrity.portal_disclosure", "DOMAIN_FLAG"),
+    ("integrity.red_black_lists", "DOMAIN_FLAG"),
+    ("integrity.graded_supervision", "DOMAIN_FLAG"),
+    ("judicial.professional_files_graded", "BOOL"),
+    ("judicial.info_disclosure", "BOOL"),
+    ("judicial.red_black_lists", "BOOL"),
+    ("campaign.integrity_tour", "SCORE"),
+    ("campaign.special_governance", "SCORE"),
+    ("finance.npl_balance", "AMOUNT"),
+    ("finance.loan_balance", "AMOUNT"),
+    ("finance.cases_total", "COUNT"),
+    ("finance.cases_concluded", "COUNT"),
+    ("finance.amount_adjudicated", "AMOUNT"),
+    ("finance.amount_realized", "AMOUNT"),
+    ("finance.illegal_fundraising_cases", "COUNT"),
+    ("finance.illegal_fundraising_cases_prev", "COUNT"),
+    ("task.status", "TASK_STATUS"),
+];
+
+fn builtin() -> Catalog {
+    Catalog::builtin().unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn builtin_catalog_holds_every_rulebook_metric_in_order() {
+    let c = builtin();
+    let got: Vec<(&str, &str)> = c
+        .metrics
+        .iter()
+        .map(|m| (m.key.as_str(), m.kind.as_str()))
+        .collect();
+    assert_eq!(got, RULEBOOK_METRICS);
+}
+
+#[test]
+fn builtin_catalog_has_the_criteria() {
+    let c = builtin();
+    let codes: Vec<&str> = c.indicators.iter().map(|i| i.code.as_str()).collect();
+    let want: Vec<String> = (1..=10)
+        .map(|n| format!("B{n:02}"))
+        .chain((11..=20).map(|n| format!("G{n}")))
+        .collect();
+    assert_eq!(codes, want);
+    assert_eq!(c.guiding_max_total(), Num::from_int(54));
+    let tasks: Vec<usize> = c.items.iter().map(|i| i.tasks.len()).collect();
+    assert_eq!(tasks, [3, 2, 3, 1, 1, 3, 8, 4, 2, 8, 5, 1]);
+    assert_eq!(c.checks.len(), 20);
+    assert_eq!(
+        c.domain_set("integrity_domains").map(|s| s.domains.len()),
+        Some(20)
+    );
+    assert_eq!(c.domain_set("xinyi_plus").map(|s| s.domains.len()), Some(8));
+    assert!(
+        c.domain_set("joint_reward_punishment")
+            .is_some_and(|s| s.open && s.domains.is_empty())
+    );
+    assert_eq!(
+        c.metric("uscc.codes_total").map(|m| m.used_by.clone()),
+        Some(vec!["B02".to_owned()])
+    );
+    assert!(c.task("E07.5").is_some());
+}
+
+/// Replaces `from` (which must occur) in the builtin text and loads the result.
+fn broken(from: &str, to: &str) -> LoadError {
+    assert!(
+        BUILTIN_CATALOG_TOML.contains(from),
+        "fixture text `{from}` not found"
+    );
+    let text = BUILTIN_CATALOG_TOML.replacen(from, to, 1);
+    match Catalog::from_toml(&text, "broken.toml") {
+        Ok(_) => panic!("a catalog with `{to}` must be refused"),
+        Err(e) => e,
+    }
+}
+
+fn assert_problem(e: &LoadError, key: &str, message: &str) {
+    let text = e.to_string();
+    assert!(
+        e.problems
+            .iter()
+            .any(|p| p.key.contains(key) && p.message.contains(message) && p.line.is_some()),
+        "expected a problem at `{key}` saying `{message}` with a line, got:\n{text}"
+    );
+    assert!(text.starts_with("broken.toml has "), "{text}");
+}
+
+#[test]
+fn unknown_metric_in_a_rule_is_refused_with_its_line() {
+    let e = broken(
+        r#"numerator = "uscc.stock_codes_converted", denominator"#,
+        r#"numerator = "uscc.stock_codes_convertd", denominator"#,
+    );
+    assert_problem(
+        &e,
+        "indicator B01, condition 1, numerator",
+        "unknown metric `uscc.stock_codes_convertd`",
+    );
+    let line = e.problems[0].line.unwrap_or_default();
+    let b01_line = BUILTIN_CATALOG_TOML
+        .lines()
+        .position(|l| l.contains(r#"code = "B01""#))
+        .unwrap_or_default()
+        + 1;
+    assert!(
+        line.abs_diff(b01_line) <= 2,
+        "line {line} should point at B01 (line {b01_line})"
+    );
+}
+
+#[test]
+fn a_rule_whose_metric_kind_does_not_fit_is_refused() {
+    let e = broken(
+        r#"type = "is_true", metric = "monitoring.township_extension_plan""#,
+        r#"type = "is_true", metric = "monitoring.city_rank""#,
+    );
+    assert_problem(
+        &e,
+        "indicator B10, condition 2, metric",
+        "is RANK, this rule needs BOOL",
+    );
+    let e = broken(
+        r#"type = "capped_domain_count", metric = "joint_rp.domain_implemented""#,
+        r#"type = "capped_domain_count", metric = "population.registered""#,
+    );
+    assert_problem(
+        &e,
+        "indicator G11, part a, metric",
+        "is COUNT, this rule needs DOMAIN_FLAG",
+    );
+}
+
+#[test]
+fn duplicate_codes_are_refused() {
+    let e = broken(r#"code = "B02""#, r#"code = "B01""#);
+    assert_problem(&e, "indicator B01", "duplicate indicator code");
+    let e = broken(
+        r#"key = "uscc.codes_total""#,
+        r#"key = "uscc.stock_codes_total""#,
+    );
+    assert_problem(&e, "metric uscc.stock_codes_total", "duplicate metric key");
+}
+
+#[test]
+fn a_wrong_max_score_is_refused() {
+    let e = broken("max_score = \"20\"", "max_score = \"21\"");
+    assert_problem(
+        &e,
+        "indicator G19",
+        "max_score 21 differs from the sum of its parts' maxima 20",
+    );
+}
+
+#[test]
+fn toml_syntax_errors_name_the_line() {
+    let text = BUILTIN_CATALOG_TOML.replacen("[[indicator]]", "[[indicator]", 1);
+    let e = Catalog::from_toml(&text, "broken.toml")
+        .err()
+        .unwrap_or_else(|| panic!("must fail"));
+    assert!(e.problems[0].line.is_some(), "{e}");
+    let text = BUILTIN_CATALOG_TOML.replacen("threshold = \"0.8\"", "threshold = \"eighty\"", 1);
+    let e = Catalog::from_toml(&text, "broken.toml")
+        .err()
+        .unwrap_or_else(|| panic!("must fail"));
+    assert!(e.to_string().contains("eighty"), "{e}");
+}
+
+#[test]
+fn numbers_as_toml_floats_are_refused() {
+    let text = BUILTIN_CATALOG_TOML.replacen("threshold = \"0.8\"", "threshold = 0.8", 1);
+    assert!(Catalog::from_toml(&text, "broken.toml").is_err());
+}
+
+#[test]
+fn misnumbered_tasks_are_refused() {
+    let e = broken(r#"id = "E07.5""#, r#"id = "E07.9""#);
+    assert_problem(&e, "item E07", "task `E07.9` should be `E07.5`");
+}
+
+#[test]
+fn misspelled_rule_fields_are_refused() {
+    let text = BUILTIN_CATALOG_TOML.replacen("threshold = \"0.8\"", "treshold = \"0.8\"", 1);
+    let e = Catalog::from_toml(&text, "broken.toml")
+        .err()
+        .unwrap_or_else(|| panic!("must fail"));
+    assert!(e.to_string().contains("treshold"), "{e}");
+}
