@@ -7,3 +7,4 @@ pub mod numbers;
 pub mod period;
 pub mod proto;
 pub mod rules;
+pub mod status;

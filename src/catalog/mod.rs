@@ -124,6 +124,29 @@ impl Catalog {
             .and_then(|s| self.domain_set(s))
     }
 
+    /// The most points a guiding part can give (validated at load to sum to the indicator's
+    /// max_score).
+    pub fn part_max(&self, f: &Formula) -> Num {
+        match f {
+            Formula::CappedRatio { cap, .. }
+            | Formula::CappedDomainCount { cap, .. }
+            | Formula::StepBands { cap, .. } => cap.clone(),
+            Formula::Deduction { full, .. } => full.clone(),
+            Formula::FlagPoints { points, .. } => points.clone(),
+            Formula::AssessedScore { metric } => self
+                .metric(metric)
+                .and_then(|m| m.max.clone())
+                .unwrap_or_default(),
+            Formula::WeightedDomainCounts { terms } => terms
+                .iter()
+                .map(|t| {
+                    let size = self.domain_set_of(&t.metric).map_or(0, |s| s.domains.len());
+                    &t.weight * &Num::from_int(i64::try_from(size).unwrap_or(i64::MAX))
+                })
+                .sum(),
+        }
+    }
+
     /// Sum of the guiding indicators' maxima (54 for the national criteria).
     pub fn guiding_max_total(&self) -> Num {
         self.indicators

@@ -470,7 +470,7 @@ impl Ctx<'_> {
     }
 
     fn formula(&self, label: &str, f: &Formula) -> PartOutcome {
-        let max = self.part_max(f);
+        let max = self.catalog.part_max(f);
         let metrics = f.metrics();
         let missing = match f {
             // A domain-flag part with no flags reported counts 0 domains: never missing.
@@ -667,32 +667,6 @@ impl Ctx<'_> {
             }
         }
         out
-    }
-
-    /// The most points a part can give (validated at load).
-    fn part_max(&self, f: &Formula) -> Num {
-        match f {
-            Formula::CappedRatio { cap, .. }
-            | Formula::CappedDomainCount { cap, .. }
-            | Formula::StepBands { cap, .. } => cap.clone(),
-            Formula::Deduction { full, .. } => full.clone(),
-            Formula::FlagPoints { points, .. } => points.clone(),
-            Formula::AssessedScore { metric } => self
-                .catalog
-                .metric(metric)
-                .and_then(|m| m.max.clone())
-                .unwrap_or_default(),
-            Formula::WeightedDomainCounts { terms } => terms
-                .iter()
-                .map(|t| {
-                    let size = self
-                        .catalog
-                        .domain_set_of(&t.metric)
-                        .map_or(0, |s| s.domains.len());
-                    &t.weight * &count(size)
-                })
-                .sum(),
-        }
     }
 
     /// Catalog domains of the metric's set not yet flagged, as a hint for gaps.

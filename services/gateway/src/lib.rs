@@ -1,1 +1,9 @@
+//! The front door: the `citycredit` binary's configuration, the assembly of the platform and
+//! serving it. Later the gateway proper (edge authentication, routing by service name to
+//! in-process or remote upstreams, rate limits) lives here too.
 
+pub mod config;
+pub mod server;
+pub mod telemetry;
+
+pub use config::Config;

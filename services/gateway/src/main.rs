@@ -1,1 +1,149 @@
-fn main() {}
+//! `citycredit`: runs the platform (`serve`) or checks data files (`check`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use figment::Figment;
+use figment::providers::Serialized;
+
+use citycredit_gateway::{Config, server, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "citycredit",
+    version,
+    about = "Social credit demonstration-city indicator platform"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// A TOML configuration file (see deploy/config/citycredit.example.toml).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// A catalog file instead of the built-in national criteria.
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// A city file instead of the built-in Quzhou seed.
+    #[arg(long)]
+    city: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the platform: every service in one process, SQLite in the data directory by default.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Address to listen on (default 127.0.0.1:50051).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Directory for the embedded database.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Load and validate the catalog and city files, print a summary, and exit.
+    Check {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn overrides(common: &Common, listen: Option<&String>, data_dir: Option<&PathBuf>) -> Figment {
+    let mut fig = Figment::new();
+    if let Some(v) = &common.catalog {
+        fig = fig.merge(Serialized::default("catalog", v));
+    }
+    if let Some(v) = &common.city {
+        fig = fig.merge(Serialized::default("city", v));
+    }
+    if let Some(v) = listen {
+        fig = fig.merge(Serialized::default("listen", v));
+    }
+    if let Some(v) = data_dir {
+        fig = fig.merge(Serialized::default("data_dir", v));
+    }
+    fig
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (common, flags) = match &cli.command {
+        Command::Serve {
+            common,
+            listen,
+            data_dir,
+        } => (
+            common,
+            overrides(common, listen.as_ref(), data_dir.as_ref()),
+        ),
+        Command::Check { common } => (common, overrides(common, None, None)),
+    };
+    let config = match Config::load(common.config.as_deref(), flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("citycredit: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format, &config.log_filter);
+
+    match cli.command {
+        Command::Check { .. } => match server::load_data(&config) {
+            Ok((catalog, city)) => {
+                println!(
+                    "catalog {} (version {}): {} metrics, {} indicators, {} evaluation items, guiding max {}",
+                    catalog.source,
+                    catalog.version,
+                    catalog.metrics.len(),
+                    catalog.indicators.len(),
+                    catalog.items.len(),
+                    catalog.guiding_max_total().to_fixed(2)
+                );
+                println!(
+                    "city {} {} ({}): {} regions, {} departments, {} groups, {} responsibilities",
+                    city.code,
+                    city.name,
+                    city.source,
+                    city.regions.len(),
+                    city.departments.len(),
+                    city.groups.len(),
+                    city.responsibilities.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("citycredit: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Serve { .. } => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("citycredit: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = runtime.block_on(async {
+                let listener = server::bind(&config).await?;
+                server::serve(config, listener, server::shutdown_signal()).await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "citycredit stopped");
+                    eprintln!("citycredit: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Configuration in layers: built-in defaults, then an optional TOML file, then `CITYCREDIT_*`
+//! environment variables (`CITYCREDIT_LISTEN=127.0.0.1:6000`), then command-line flags; the
+//! result is validated before anything starts. Every setting is documented in
+//! `deploy/config/citycredit.example.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything `citycredit serve` needs to know.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    pub listen: SocketAddr,
+    /// Where the embedded SQLite database lives when no `database_url` is set.
+    pub data_dir: PathBuf,
+    /// A database URL (`postgres://...` or `sqlite://...`); unset means SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    /// A catalog file to use instead of the built-in national criteria.
+    pub catalog: Option<PathBuf>,
+    /// A city file to use instead of the built-in Quzhou seed.
+    pub city: Option<PathBuf>,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// Log filter in `RUST_LOG` syntax.
+    pub log_filter: String,
+    /// How long in-flight RPCs may run after SIGTERM before the server stops anyway.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("data"),
+            database_url: None,
+            catalog: None,
+            city: None,
+            log_format: LogFormat::Text,
+            log_filter: "info".into(),
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("configuration: {field}: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then `CITYCREDIT_*` variables, then `overrides`
+    /// (from the command line). `DATABASE_URL` is honoured when `CITYCREDIT_DATABASE_URL` is not
+    /// set, as most tools expect.
+    pub fn load(file: Option<&Path>, overrides: Figment) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.to_owned()));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL"])
+                    .map(|_| "database_url".into()),
+            )
+            .merge(Env::prefixed("CITYCREDIT_"))
+            .merge(overrides);
+        let config: Config = fig.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite:"))
+        {
+            return Err(ConfigError::Invalid {
+                field: "database_url",
+                problem: "must start with postgres://, postgresql:// or sqlite:".into(),
+            });
+        }
+        if self.shutdown_grace_secs > 600 {
+            return Err(ConfigError::Invalid {
+                field: "shutdown_grace_secs",
+                problem: "at most 600".into(),
+            });
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_filter).is_err() {
+            return Err(ConfigError::Invalid {
+                field: "log_filter",
+                problem: format!("`{}` is not a valid filter", self.log_filter),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::result_large_err,
+    reason = "figment::Jail closures must return figment::Result"
+)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_then_file_then_env_then_flags() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "listen = \"127.0.0.1:6001\"\nlog_format = \"json\"\n",
+            )?;
+            let c = Config::load(Some(Path::new("c.toml")), Figment::new())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.listen.port(), 6001);
+            assert_eq!(c.log_format, LogFormat::Json);
+            assert_eq!(c.data_dir, PathBuf::from("data"));
+
+            jail.set_env("CITYCREDIT_LISTEN", "127.0.0.1:6002");
+            let c = Config::load(Some(Path::new("c.toml")), Figment::new())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.listen.port(), 6002);
+
+            let flags = Figment::from(Serialized::default("listen", "127.0.0.1:6003"));
+            let c = Config::load(Some(Path::new("c.toml")), flags).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen.port(), 6003);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn database_url_falls_back_to_the_usual_variable() {
+        Jail::expect_with(|jail| {
+            jail.set_env("DATABASE_URL", "postgres://127.0.0.1/test");
+            let c = Config::load(None, Figment::new()).map_err(|e| e.to_string())?;
+            assert_eq!(c.database_url.as_deref(), Some("postgres://127.0.0.1/test"));
+            jail.set_env("CITYCREDIT_DATABASE_URL", "sqlite://x.db");
+            let c = Config::load(None, Figment::new()).map_err(|e| e.to_string())?;
+            assert_eq!(c.database_url.as_deref(), Some("sqlite://x.db"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "listen_addr = \"127.0.0.1:1\"\n")?;
+            let e = Config::load(Some(Path::new("c.toml")), Figment::new())
+                .err()
+                .map(|e| e.to_string());
+            assert!(e.is_some_and(|e| e.contains("listen_addr")));
+            jail.create_file("d.toml", "database_url = \"mysql://x\"\n")?;
+            let e = Config::load(Some(Path::new("d.toml")), Figment::new())
+                .err()
+                .map(|e| e.to_string());
+            assert!(e.is_some_and(|e| e.contains("database_url")));
+            assert!(Config::load(Some(Path::new("missing.toml")), Figment::new()).is_err());
+            Ok(())
+        });
+    }
+}

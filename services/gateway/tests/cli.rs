@@ -1,0 +1,105 @@
+//! The real `citycredit` binary: `check` and `serve` with a graceful SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_citycredit");
+
+#[test]
+fn check_summarises_the_builtin_data() {
+    let out = Command::new(BIN)
+        .arg("check")
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("63 metrics, 20 indicators, 12 evaluation items, guiding max 54.00"),
+        "{text}"
+    );
+    assert!(text.contains("city 330800 衢州市"), "{text}");
+    assert!(
+        text.contains("7 regions, 50 departments, 4 groups, 32 responsibilities"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_refuses_a_broken_city_file_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("city.toml");
+    let text = citycredit::city::BUILTIN_CITY_TOML.replacen(
+        "G14 = [\"business-env\"]",
+        "G14 = [\"business-environment\"]",
+        1,
+    );
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(BIN)
+        .args(["check", "--city"])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("city.toml:"), "{err}");
+    assert!(
+        err.contains("responsibilities.G14: unknown department or group `business-environment`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_configuration_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "listen = \"127.0.0.1:0\"\nlisten_port = 5\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen_port"));
+}
+
+#[test]
+fn serve_stops_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+    let mut lines = BufReader::new(stderr).lines();
+    let serving = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("serving gRPC"))
+        .unwrap_or_else(|| panic!("the server never said it was serving"));
+    assert!(serving.contains("addr=127.0.0.1:"), "{serving}");
+
+    let pid = child.id().to_string();
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(kill.success());
+    let started = Instant::now();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success(), "exit {status:?}: {rest:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
+}

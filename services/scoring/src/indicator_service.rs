@@ -1,0 +1,312 @@
+//! `citycredit.v1.IndicatorService`: the loaded catalog and the city's responsibility table,
+//! read-only.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use citycredit::catalog::{self, Catalog, IndicatorKind, MetricKind};
+use citycredit::city::City;
+use citycredit::proto::v1 as pb;
+use citycredit::proto::v1::indicator_service_server::IndicatorService;
+use citycredit::status::{next_page_token, not_found, page};
+
+/// Serves the catalog. The organisation (for responsible parties) is a snapshot that the
+/// registry replaces when an administrator changes it.
+#[derive(Clone)]
+pub struct IndicatorApi {
+    catalog: Arc<Catalog>,
+    org: watch::Receiver<Arc<City>>,
+}
+
+impl IndicatorApi {
+    pub fn new(catalog: Arc<Catalog>, org: watch::Receiver<Arc<City>>) -> Self {
+        IndicatorApi { catalog, org }
+    }
+
+    fn indicator(&self, ind: &catalog::Indicator, city: &City) -> pb::Indicator {
+        let terms = match ind.kind {
+            IndicatorKind::Basic => ind
+                .conditions
+                .iter()
+                .map(|c| pb::RuleTerm {
+                    label: c.label.clone(),
+                    summary: c.predicate.summary(),
+                    metric_keys: c
+                        .predicate
+                        .metrics()
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect(),
+                    max_score: String::new(),
+                })
+                .collect(),
+            IndicatorKind::Guiding => ind
+                .parts
+                .iter()
+                .map(|p| pb::RuleTerm {
+                    label: p.label.clone(),
+                    summary: p.formula.summary(),
+                    metric_keys: p.formula.metrics().into_iter().map(str::to_owned).collect(),
+                    max_score: self.catalog.part_max(&p.formula).to_fixed(2),
+                })
+                .collect(),
+        };
+        pb::Indicator {
+            name: format!("indicators/{}", ind.code),
+            code: ind.code.clone(),
+            source_number: ind.source_number,
+            kind: indicator_kind(ind.kind) as i32,
+            title: ind.title.clone(),
+            max_score: ind
+                .max_score
+                .as_ref()
+                .map(|m| m.to_fixed(2))
+                .unwrap_or_default(),
+            rule_summary: ind.rule_summary(),
+            terms,
+            metric_keys: ind.metrics().into_iter().map(str::to_owned).collect(),
+            responsible: responsible_parties(city, &ind.code),
+        }
+    }
+}
+
+/// The parties responsible for a subject, lead first, with display names.
+pub fn responsible_parties(city: &City, subject: &str) -> Vec<pb::ResponsibleParty> {
+    city.parties(subject)
+        .iter()
+        .enumerate()
+        .map(|(i, code)| {
+            let (party, display_name) = match city.group(code) {
+                Some(g) => (format!("groups/{code}"), g.name.clone()),
+                None => (
+                    format!("departments/{code}"),
+                    city.department(code)
+                        .map(|d| d.name.clone())
+                        .unwrap_or_default(),
+                ),
+            };
+            pb::ResponsibleParty {
+                party,
+                display_name,
+                role: if i == 0 {
+                    pb::ResponsibilityRole::Lead
+                } else {
+                    pb::ResponsibilityRole::Co
+                } as i32,
+                position: u32::try_from(i).unwrap_or(u32::MAX),
+            }
+        })
+        .collect()
+}
+
+pub fn indicator_kind(kind: IndicatorKind) -> pb::IndicatorKind {
+    match kind {
+        IndicatorKind::Basic => pb::IndicatorKind::Basic,
+        IndicatorKind::Guiding => pb::IndicatorKind::Guiding,
+    }
+}
+
+pub fn metric_kind(kind: MetricKind) -> pb::MetricKind {
+    match kind {
+        MetricKind::Count => pb::MetricKind::Count,
+        MetricKind::Amount => pb::MetricKind::Amount,
+        MetricKind::Bool => pb::MetricKind::Bool,
+        MetricKind::Rank => pb::MetricKind::Rank,
+        MetricKind::Score => pb::MetricKind::Score,
+        MetricKind::DomainFlag => pb::MetricKind::DomainFlag,
+        MetricKind::TaskStatus => pb::MetricKind::TaskStatus,
+    }
+}
+
+fn aggregation(a: catalog::Aggregation) -> pb::Aggregation {
+    match a {
+        catalog::Aggregation::Sum => pb::Aggregation::Sum,
+        catalog::Aggregation::AnyTrue => pb::Aggregation::AnyTrue,
+        catalog::Aggregation::AtRegion => pb::Aggregation::AtRegion,
+        catalog::Aggregation::LatestAtRegion => pb::Aggregation::LatestAtRegion,
+        catalog::Aggregation::DomainUnion => pb::Aggregation::DomainUnion,
+    }
+}
+
+fn metric(m: &catalog::Metric) -> pb::Metric {
+    pb::Metric {
+        name: format!("metrics/{}", m.key),
+        key: m.key.clone(),
+        kind: metric_kind(m.kind) as i32,
+        aggregation: aggregation(m.kind.aggregation()) as i32,
+        title: m.title.clone(),
+        domain_set: m.domain_set.clone().unwrap_or_default(),
+        max_value: m.max.as_ref().map(|v| v.to_plain()).unwrap_or_default(),
+        used_by: m.used_by.clone(),
+    }
+}
+
+fn item(it: &catalog::Item, city: &City) -> pb::EvaluationItem {
+    pb::EvaluationItem {
+        name: format!("items/{}", it.code),
+        code: it.code.clone(),
+        title: it.title.clone(),
+        tasks: it
+            .tasks
+            .iter()
+            .map(|t| pb::EvaluationTask {
+                id: t.id.clone(),
+                title: t.title.clone(),
+                section: t.section.clone().unwrap_or_default(),
+                checks: t.checks.iter().map(catalog::ItemCheck::summary).collect(),
+            })
+            .collect(),
+        responsible: responsible_parties(city, &it.code),
+    }
+}
+
+/// Accepts `prefix/{code}` or the bare code.
+fn strip<'a>(name: &'a str, prefix: &str) -> &'a str {
+    name.strip_prefix(prefix).unwrap_or(name)
+}
+
+#[tonic::async_trait]
+impl IndicatorService for IndicatorApi {
+    async fn get_catalog(
+        &self,
+        _request: Request<pb::GetCatalogRequest>,
+    ) -> Result<Response<pb::GetCatalogResponse>, Status> {
+        let city = self.org.borrow().clone();
+        let c = &self.catalog;
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(Response::new(pb::GetCatalogResponse {
+            version: c.version.clone(),
+            title: c.title.clone(),
+            source: c.source.clone(),
+            city_name: city.name.clone(),
+            city_source: city.source.clone(),
+            metric_count: count(c.metrics.len()),
+            indicator_count: count(c.indicators.len()),
+            evaluation_item_count: count(c.items.len()),
+            guiding_max_total: c.guiding_max_total().to_fixed(2),
+        }))
+    }
+
+    async fn list_indicators(
+        &self,
+        request: Request<pb::ListIndicatorsRequest>,
+    ) -> Result<Response<pb::ListIndicatorsResponse>, Status> {
+        let req = request.into_inner();
+        let (offset, limit) = page(req.page_size, &req.page_token, usize::MAX, usize::MAX)?;
+        let want = pb::IndicatorKind::try_from(req.kind).unwrap_or(pb::IndicatorKind::Unspecified);
+        let city = self.org.borrow().clone();
+        let matching: Vec<&catalog::Indicator> = self
+            .catalog
+            .indicators
+            .iter()
+            .filter(|i| want == pb::IndicatorKind::Unspecified || indicator_kind(i.kind) == want)
+            .collect();
+        let indicators = matching
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|i| self.indicator(i, &city))
+            .collect();
+        Ok(Response::new(pb::ListIndicatorsResponse {
+            indicators,
+            next_page_token: next_page_token(offset, limit, matching.len()),
+        }))
+    }
+
+    async fn get_indicator(
+        &self,
+        request: Request<pb::GetIndicatorRequest>,
+    ) -> Result<Response<pb::GetIndicatorResponse>, Status> {
+        let name = request.into_inner().name;
+        let code = strip(&name, "indicators/");
+        let ind = self
+            .catalog
+            .indicator(code)
+            .ok_or_else(|| not_found(&format!("indicators/{code}")))?;
+        let city = self.org.borrow().clone();
+        Ok(Response::new(pb::GetIndicatorResponse {
+            indicator: Some(self.indicator(ind, &city)),
+        }))
+    }
+
+    async fn list_metrics(
+        &self,
+        request: Request<pb::ListMetricsRequest>,
+    ) -> Result<Response<pb::ListMetricsResponse>, Status> {
+        let req = request.into_inner();
+        let (offset, limit) = page(req.page_size, &req.page_token, usize::MAX, usize::MAX)?;
+        let all = &self.catalog.metrics;
+        Ok(Response::new(pb::ListMetricsResponse {
+            metrics: all.iter().skip(offset).take(limit).map(metric).collect(),
+            next_page_token: next_page_token(offset, limit, all.len()),
+        }))
+    }
+
+    async fn get_metric(
+        &self,
+        request: Request<pb::GetMetricRequest>,
+    ) -> Result<Response<pb::GetMetricResponse>, Status> {
+        let name = request.into_inner().name;
+        let key = strip(&name, "metrics/");
+        let m = self
+            .catalog
+            .metric(key)
+            .ok_or_else(|| not_found(&format!("metrics/{key}")))?;
+        Ok(Response::new(pb::GetMetricResponse {
+            metric: Some(metric(m)),
+        }))
+    }
+
+    async fn list_domain_sets(
+        &self,
+        _request: Request<pb::ListDomainSetsRequest>,
+    ) -> Result<Response<pb::ListDomainSetsResponse>, Status> {
+        let domain_sets = self
+            .catalog
+            .domain_sets
+            .iter()
+            .map(|s| pb::DomainSet {
+                code: s.code.clone(),
+                open: s.open,
+                domains: s
+                    .domains
+                    .iter()
+                    .map(|d| pb::Domain {
+                        code: d.code.clone(),
+                        title: d.title.clone(),
+                        group: d.group.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListDomainSetsResponse { domain_sets }))
+    }
+
+    async fn list_evaluation_items(
+        &self,
+        _request: Request<pb::ListEvaluationItemsRequest>,
+    ) -> Result<Response<pb::ListEvaluationItemsResponse>, Status> {
+        let city = self.org.borrow().clone();
+        Ok(Response::new(pb::ListEvaluationItemsResponse {
+            items: self.catalog.items.iter().map(|i| item(i, &city)).collect(),
+        }))
+    }
+
+    async fn get_evaluation_item(
+        &self,
+        request: Request<pb::GetEvaluationItemRequest>,
+    ) -> Result<Response<pb::GetEvaluationItemResponse>, Status> {
+        let name = request.into_inner().name;
+        let code = strip(&name, "items/");
+        let it = self
+            .catalog
+            .item(code)
+            .ok_or_else(|| not_found(&format!("items/{code}")))?;
+        let city = self.org.borrow().clone();
+        Ok(Response::new(pb::GetEvaluationItemResponse {
+            item: Some(item(it, &city)),
+        }))
+    }
+}
