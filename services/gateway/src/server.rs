@@ -65,8 +65,8 @@ pub async fn serve(
         metrics = catalog.metrics.len(),
         "catalog loaded"
     );
+    let org = citycredit::org::fixed(citycredit::org::Org::new(&catalog, city));
     let catalog = Arc::new(catalog);
-    let (_org_tx, org_rx) = watch::channel(Arc::new(city));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in SERVED {
@@ -101,9 +101,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(IndicatorServiceServer::new(IndicatorApi::new(
-            catalog, org_rx,
-        )));
+        .add_service(IndicatorServiceServer::new(IndicatorApi::new(catalog, org)));
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
         TcpListenerStream::new(listener),
         async move {

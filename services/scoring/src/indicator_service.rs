@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use citycredit::catalog::{self, Catalog, IndicatorKind, MetricKind};
 use citycredit::city::City;
+use citycredit::org::OrgView;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::indicator_service_server::IndicatorService;
 use citycredit::status::{next_page_token, not_found, page};
@@ -17,11 +17,11 @@ use citycredit::status::{next_page_token, not_found, page};
 #[derive(Clone)]
 pub struct IndicatorApi {
     catalog: Arc<Catalog>,
-    org: watch::Receiver<Arc<City>>,
+    org: OrgView,
 }
 
 impl IndicatorApi {
-    pub fn new(catalog: Arc<Catalog>, org: watch::Receiver<Arc<City>>) -> Self {
+    pub fn new(catalog: Arc<Catalog>, org: OrgView) -> Self {
         IndicatorApi { catalog, org }
     }
 
@@ -173,7 +173,8 @@ impl IndicatorService for IndicatorApi {
         &self,
         _request: Request<pb::GetCatalogRequest>,
     ) -> Result<Response<pb::GetCatalogResponse>, Status> {
-        let city = self.org.borrow().clone();
+        let org = self.org.borrow().clone();
+        let city = &org.city;
         let c = &self.catalog;
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Ok(Response::new(pb::GetCatalogResponse {
@@ -196,7 +197,8 @@ impl IndicatorService for IndicatorApi {
         let req = request.into_inner();
         let (offset, limit) = page(req.page_size, &req.page_token, usize::MAX, usize::MAX)?;
         let want = pb::IndicatorKind::try_from(req.kind).unwrap_or(pb::IndicatorKind::Unspecified);
-        let city = self.org.borrow().clone();
+        let org = self.org.borrow().clone();
+        let city = &org.city;
         let matching: Vec<&catalog::Indicator> = self
             .catalog
             .indicators
@@ -207,7 +209,7 @@ impl IndicatorService for IndicatorApi {
             .iter()
             .skip(offset)
             .take(limit)
-            .map(|i| self.indicator(i, &city))
+            .map(|i| self.indicator(i, city))
             .collect();
         Ok(Response::new(pb::ListIndicatorsResponse {
             indicators,
@@ -225,9 +227,10 @@ impl IndicatorService for IndicatorApi {
             .catalog
             .indicator(code)
             .ok_or_else(|| not_found(&format!("indicators/{code}")))?;
-        let city = self.org.borrow().clone();
+        let org = self.org.borrow().clone();
+        let city = &org.city;
         Ok(Response::new(pb::GetIndicatorResponse {
-            indicator: Some(self.indicator(ind, &city)),
+            indicator: Some(self.indicator(ind, city)),
         }))
     }
 
@@ -288,9 +291,10 @@ impl IndicatorService for IndicatorApi {
         &self,
         _request: Request<pb::ListEvaluationItemsRequest>,
     ) -> Result<Response<pb::ListEvaluationItemsResponse>, Status> {
-        let city = self.org.borrow().clone();
+        let org = self.org.borrow().clone();
+        let city = &org.city;
         Ok(Response::new(pb::ListEvaluationItemsResponse {
-            items: self.catalog.items.iter().map(|i| item(i, &city)).collect(),
+            items: self.catalog.items.iter().map(|i| item(i, city)).collect(),
         }))
     }
 
@@ -304,9 +308,10 @@ impl IndicatorService for IndicatorApi {
             .catalog
             .item(code)
             .ok_or_else(|| not_found(&format!("items/{code}")))?;
-        let city = self.org.borrow().clone();
+        let org = self.org.borrow().clone();
+        let city = &org.city;
         Ok(Response::new(pb::GetEvaluationItemResponse {
-            item: Some(item(it, &city)),
+            item: Some(item(it, city)),
         }))
     }
 }

@@ -1,0 +1,301 @@
+//! The platform's store: one SQL database shared by the services, an SQLite file by default
+//! (WAL, `synchronous=FULL`) or PostgreSQL when a URL names one.
+//!
+//! Queries are written once against sqlx's `Any` driver with `$n` placeholders, which both
+//! databases accept; types are restricted to what `Any` carries on both (i64, text, bytes):
+//! booleans are i64 0/1 (an SQLite `bool` comes back as BIGINT through `Any`), times are i64
+//! microseconds since the Unix epoch. Schemas differ where the databases
+//! do (auto-increment, types), so each database has its own migrations folder with the same
+//! versions. Each service owns its tables and queries; this module owns connecting, migrating
+//! and the helpers tests use to run against both databases.
+
+pub mod testing;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("src/store/migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("src/store/migrations/postgres");
+
+/// Which database a store runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Why the store cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database url must start with postgres://, postgresql:// or sqlite: (got `{0}`)")]
+    BadUrl(String),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to the {backend} database: {source}")]
+    Connect {
+        backend: &'static str,
+        source: sqlx::Error,
+    },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// True for failures a retry may cure (connection lost, pool timed out, database
+    /// restarting), as opposed to bugs and constraint violations.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Connect { .. } => true,
+            StoreError::Query(e) => is_transient(e),
+            _ => false,
+        }
+    }
+}
+
+/// True when an sqlx error is about reaching the database rather than the query.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            // PostgreSQL: 08xxx connection exceptions, 57Pxx operator intervention (shutdown),
+            // 40001/40P01 serialization failure and deadlock. SQLite: 5 BUSY, 6 LOCKED.
+            let code = db.code().unwrap_or_default();
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code == "40001"
+                || code == "40P01"
+                || code == "5"
+                || code == "6"
+        }
+        _ => false,
+    }
+}
+
+/// A connection pool to the store.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+/// How to reach the store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// `postgres://...` or `sqlite:...`; None means `citycredit.db` in `data_dir`.
+    pub url: Option<String>,
+    pub data_dir: std::path::PathBuf,
+    pub max_connections: u32,
+    /// How long a query waits for a pooled connection before failing (so calls fail fast when
+    /// the database is down instead of hanging).
+    pub acquire_timeout: Duration,
+}
+
+impl Db {
+    /// Connects (creating the SQLite file and its directory when needed) and runs migrations.
+    pub async fn open(opts: &StoreOptions) -> Result<Db, StoreError> {
+        sqlx::any::install_default_drivers();
+        let url = match &opts.url {
+            Some(url) => url.clone(),
+            None => {
+                std::fs::create_dir_all(&opts.data_dir).map_err(|source| StoreError::DataDir {
+                    path: opts.data_dir.display().to_string(),
+                    source,
+                })?;
+                sqlite_url(&opts.data_dir.join("citycredit.db"))
+            }
+        };
+        let db = Db::connect(&url, opts.max_connections, opts.acquire_timeout, None).await?;
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Connects without migrating. `search_path`, for PostgreSQL, confines every connection to
+    /// one schema (tests use it for isolation).
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+        search_path: Option<String>,
+    ) -> Result<Db, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::BadUrl(redact(url)));
+        };
+        let connect_err = |source| StoreError::Connect {
+            backend: backend.as_str(),
+            source,
+        };
+        let mut url = url.to_owned();
+        if backend == Backend::Sqlite && !url.contains("mode=") {
+            url.push_str(if url.contains('?') {
+                "&mode=rwc"
+            } else {
+                "?mode=rwc"
+            });
+        }
+        let options = AnyConnectOptions::from_str(&url).map_err(connect_err)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                let search_path = search_path.clone();
+                Box::pin(async move {
+                    match backend {
+                        Backend::Sqlite => {
+                            // WAL lets readers run beside the writer; FULL makes every commit
+                            // durable; the busy timeout queues writers instead of failing.
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                        }
+                        Backend::Postgres => {
+                            if let Some(schema) = search_path {
+                                // A schema name we generated (letters, digits, '_'), never input.
+                                conn.execute(sqlx::AssertSqlSafe(format!(
+                                    "SET search_path TO \"{schema}\""
+                                )))
+                                .await?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(connect_err)?;
+        Ok(Db { pool, backend })
+    }
+
+    /// Runs the embedded migrations of this backend.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// A cheap round trip, for health checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Reads a `store_meta` value.
+    pub async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM store_meta WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Sets a `store_meta` value.
+    pub async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO store_meta (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// An `sqlite:` URL for a file path.
+pub fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+/// A database URL with any password removed, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Microseconds since the Unix epoch: how the store keeps instants.
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u@h:5432/db"
+        );
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+        assert_eq!(redact("sqlite:///x.db"), "sqlite:///x.db");
+    }
+
+    #[tokio::test]
+    async fn meta_round_trips_on_every_backend() {
+        for db in testing::databases().await {
+            assert_eq!(db.meta("k").await.ok().flatten(), None, "{}", db.name());
+            db.set_meta("k", "v1")
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", db.name()));
+            db.set_meta("k", "v2")
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", db.name()));
+            assert_eq!(db.meta("k").await.ok().flatten().as_deref(), Some("v2"));
+            // The types Any carries on both databases.
+            let row: (i64, String, Vec<u8>, i64) = sqlx::query_as(
+                "SELECT CAST($1 AS BIGINT), CAST($2 AS TEXT), $3, CAST($4 AS BIGINT)",
+            )
+            .bind(i64::MAX)
+            .bind("文本")
+            .bind(vec![0u8, 255])
+            .bind(1i64)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", db.name()));
+            assert_eq!(row, (i64::MAX, "文本".to_owned(), vec![0, 255], 1));
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Stores for tests: a fresh SQLite file, and (when `DATABASE_URL` names a PostgreSQL server) a
+//! fresh schema of its own on that server, so tests can run in parallel and side by side on
+//! both databases. Without `DATABASE_URL` the PostgreSQL half says it is skipped.
+
+use std::ops::Deref;
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::{Backend, Db, sqlite_url};
+
+/// A migrated store that cleans itself up.
+pub struct TestDb {
+    db: Db,
+    /// Keeps the SQLite directory alive.
+    _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL schema to drop at the end.
+    schema: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub fn name(&self) -> &'static str {
+        self.db.backend.as_str()
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The URL and schema for a second process (or a restarted server) to reach the same
+    /// database.
+    pub fn postgres_schema(&self) -> Option<(&str, &str)> {
+        self.schema.as_ref().map(|(u, s)| (u.as_str(), s.as_str()))
+    }
+}
+
+impl Deref for TestDb {
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        &self.db
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((url, schema)) = self.schema.take() else {
+            return;
+        };
+        // Best effort, on a thread of its own: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    if let Ok(db) = Db::connect(&url, 1, Duration::from_secs(5), None).await {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                        )))
+                        .execute(&db.pool)
+                        .await;
+                        db.pool.close().await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// A migrated SQLite store in a temporary directory.
+pub async fn sqlite() -> TestDb {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let url = sqlite_url(&dir.path().join("test.db"));
+    let db = Db::connect(&url, 8, Duration::from_secs(10), None)
+        .await
+        .unwrap_or_else(|e| panic!("sqlite: {e}"));
+    db.migrate()
+        .await
+        .unwrap_or_else(|e| panic!("sqlite migrate: {e}"));
+    TestDb {
+        db,
+        _dir: Some(dir),
+        schema: None,
+    }
+}
+
+/// A migrated PostgreSQL store in a fresh schema, or None (with a note on stderr) when
+/// `DATABASE_URL` is unset. Panics when it is set but unusable: CI must not skip silently.
+pub async fn postgres() -> Option<TestDb> {
+    let url = match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres") => url,
+        _ => {
+            eprintln!("note: DATABASE_URL is not a PostgreSQL URL; PostgreSQL part skipped");
+            return None;
+        }
+    };
+    let schema = format!("cc_test_{:016x}", rand::rng().random::<u64>());
+    let admin = Db::connect(&url, 1, Duration::from_secs(10), None)
+        .await
+        .unwrap_or_else(|e| panic!("DATABASE_URL is set but PostgreSQL is unreachable: {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
+        .execute(&admin.pool)
+        .await
+        .unwrap_or_else(|e| panic!("create schema: {e}"));
+    admin.pool.close().await;
+    let db = Db::connect(&url, 8, Duration::from_secs(10), Some(schema.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("postgres: {e}"));
+    db.migrate()
+        .await
+        .unwrap_or_else(|e| panic!("postgres migrate: {e}"));
+    debug_assert_eq!(db.backend, Backend::Postgres);
+    Some(TestDb {
+        db,
+        _dir: None,
+        schema: Some((url, schema)),
+    })
+}
+
+/// SQLite always, and PostgreSQL when `DATABASE_URL` names one.
+pub async fn databases() -> Vec<TestDb> {
+    let mut out = vec![sqlite().await];
+    out.extend(postgres().await);
+    out
+}
