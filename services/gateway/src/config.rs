@@ -31,6 +31,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// A database URL (`postgres://...` or `sqlite://...`); unset means SQLite in `data_dir`.
     pub database_url: Option<String>,
+    /// PostgreSQL only: the schema holding citycredit's tables (created when missing).
+    pub database_schema: Option<String>,
     /// A catalog file to use instead of the built-in national criteria.
     pub catalog: Option<PathBuf>,
     /// A city file to use instead of the built-in Quzhou seed.
@@ -41,6 +43,16 @@ pub struct Config {
     pub log_filter: String,
     /// How long in-flight RPCs may run after SIGTERM before the server stops anyway.
     pub shutdown_grace_secs: u64,
+    /// The bootstrap administrator's API key, used only when the store has no principals yet
+    /// (`CITYCREDIT_BOOTSTRAP_ADMIN_KEY`). Unset: a key is generated and printed once.
+    pub bootstrap_admin_key: Option<String>,
+    /// How often the registry checks for changes made by other processes (milliseconds):
+    /// the bound on how long a revoked key keeps working elsewhere.
+    pub registry_refresh_ms: u64,
+    /// Most database connections this process opens.
+    pub db_max_connections: u32,
+    /// How long a database call waits for a connection before failing with UNAVAILABLE.
+    pub db_acquire_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -49,11 +61,16 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             data_dir: PathBuf::from("data"),
             database_url: None,
+            database_schema: None,
             catalog: None,
             city: None,
             log_format: LogFormat::Text,
             log_filter: "info".into(),
             shutdown_grace_secs: 10,
+            bootstrap_admin_key: None,
+            registry_refresh_ms: 1000,
+            db_max_connections: 16,
+            db_acquire_timeout_ms: 3000,
         }
     }
 }
@@ -109,10 +126,38 @@ impl Config {
                 problem: "must start with postgres://, postgresql:// or sqlite:".into(),
             });
         }
+        if let Some(schema) = &self.database_schema
+            && !citycredit::store::valid_schema_name(schema)
+        {
+            return Err(ConfigError::Invalid {
+                field: "database_schema",
+                problem: "1-63 lowercase letters, digits or '_', not starting with a digit".into(),
+            });
+        }
         if self.shutdown_grace_secs > 600 {
             return Err(ConfigError::Invalid {
                 field: "shutdown_grace_secs",
                 problem: "at most 600".into(),
+            });
+        }
+        if let Some(key) = &self.bootstrap_admin_key
+            && key.len() < 32
+        {
+            return Err(ConfigError::Invalid {
+                field: "bootstrap_admin_key",
+                problem: "at least 32 characters (use a long random secret)".into(),
+            });
+        }
+        if !(100..=60_000).contains(&self.registry_refresh_ms) {
+            return Err(ConfigError::Invalid {
+                field: "registry_refresh_ms",
+                problem: "between 100 and 60000".into(),
+            });
+        }
+        if self.db_max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                field: "db_max_connections",
+                problem: "at least 1".into(),
             });
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_filter).is_err() {
@@ -126,6 +171,17 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// Where and how to open the store.
+    pub fn store_options(&self) -> citycredit::store::StoreOptions {
+        citycredit::store::StoreOptions {
+            url: self.database_url.clone(),
+            data_dir: self.data_dir.clone(),
+            max_connections: self.db_max_connections,
+            acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
+            schema: self.database_schema.clone(),
+        }
     }
 }
 
@@ -141,6 +197,7 @@ mod tests {
     #[test]
     fn defaults_then_file_then_env_then_flags() {
         Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.create_file(
                 "c.toml",
                 "listen = \"127.0.0.1:6001\"\nlog_format = \"json\"\n",
@@ -166,6 +223,7 @@ mod tests {
     #[test]
     fn database_url_falls_back_to_the_usual_variable() {
         Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.set_env("DATABASE_URL", "postgres://127.0.0.1/test");
             let c = Config::load(None, Figment::new()).map_err(|e| e.to_string())?;
             assert_eq!(c.database_url.as_deref(), Some("postgres://127.0.0.1/test"));
@@ -179,6 +237,7 @@ mod tests {
     #[test]
     fn unknown_fields_and_bad_values_are_refused() {
         Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.create_file("c.toml", "listen_addr = \"127.0.0.1:1\"\n")?;
             let e = Config::load(Some(Path::new("c.toml")), Figment::new())
                 .err()

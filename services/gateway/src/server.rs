@@ -12,7 +12,10 @@ use tonic_health::ServingStatus;
 
 use citycredit::catalog::{Catalog, LoadError};
 use citycredit::city::City;
+use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryServiceServer;
 use citycredit::proto::v1::indicator_service_server::IndicatorServiceServer;
+use citycredit::store::{Db, StoreError};
+use citycredit_registry::{ApiKeyLayer, Registry, RegistryApi};
 use citycredit_scoring::IndicatorApi;
 
 use crate::config::Config;
@@ -26,6 +29,8 @@ pub enum StartError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
     #[error("listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -47,7 +52,10 @@ pub fn load_data(config: &Config) -> Result<(Catalog, City), LoadError> {
 }
 
 /// gRPC service names this process serves (health reports each).
-pub const SERVED: &[&str] = &["citycredit.v1.IndicatorService"];
+pub const SERVED: &[&str] = &[
+    "citycredit.v1.IndicatorService",
+    "citycredit.v1.DepartmentRegistryService",
+];
 
 /// Serves the platform on `listener` until `shutdown` completes, then lets in-flight RPCs finish
 /// for up to the configured grace period.
@@ -65,8 +73,25 @@ pub async fn serve(
         metrics = catalog.metrics.len(),
         "catalog loaded"
     );
-    let org = citycredit::org::fixed(citycredit::org::Org::new(&catalog, city));
     let catalog = Arc::new(catalog);
+
+    let opts = config.store_options();
+    let db = Db::open(&opts).await?;
+    tracing::info!(
+        backend = db.backend.as_str(),
+        url = %opts.url.as_deref().map(citycredit::store::redact).unwrap_or_else(|| opts.data_dir.join("citycredit.db").display().to_string()),
+        "store open"
+    );
+    let registry = Registry::open(
+        db.clone(),
+        Arc::clone(&catalog),
+        &city,
+        config.bootstrap_admin_key.as_deref(),
+    )
+    .await?;
+    let refresh =
+        registry.spawn_refresh(std::time::Duration::from_millis(config.registry_refresh_ms));
+    let org = registry.org();
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in SERVED {
@@ -98,10 +123,17 @@ pub async fn serve(
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let router = Server::builder()
+        .layer(ApiKeyLayer::new(registry.keys()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(IndicatorServiceServer::new(IndicatorApi::new(catalog, org)));
+        .add_service(IndicatorServiceServer::new(IndicatorApi::new(
+            Arc::clone(&catalog),
+            org,
+        )))
+        .add_service(DepartmentRegistryServiceServer::new(RegistryApi::new(
+            Arc::clone(&registry),
+        )));
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
         TcpListenerStream::new(listener),
         async move {
@@ -125,6 +157,8 @@ pub async fn serve(
         Ok(Err(join)) => tracing::error!(error = %join, "server task failed"),
         Err(_) => tracing::warn!("grace period over: stopping with calls still in flight"),
     }
+    refresh.abort();
+    db.pool.close().await;
     tracing::info!("stopped");
     Ok(())
 }
