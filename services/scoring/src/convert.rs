@@ -1,0 +1,229 @@
+//! Engine results to their wire form: exact numbers rounded here and only here (scores half-up
+//! to 2 fraction digits, ratios to 6), with the submissions behind every input.
+
+use citycredit::aggregates::{Aggregates, SourceRef};
+use citycredit::catalog::IndicatorKind;
+use citycredit::numbers::Num;
+use citycredit::proto::v1 as pb;
+use citycredit::rules::{self, Outcome, Status, TaskStatus, TermOutcome};
+
+use crate::indicator_service::indicator_kind;
+
+/// Ratios (and other computed quantities) are written with 6 fraction digits, scores with 2.
+const RATIO_DIGITS: u32 = 6;
+const SCORE_DIGITS: u32 = 2;
+
+pub fn timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
+    }
+}
+
+pub fn micros(ts: &prost_types::Timestamp) -> i64 {
+    ts.seconds
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(ts.nanos / 1000))
+}
+
+pub fn outcome(o: Outcome) -> pb::Outcome {
+    match o {
+        Outcome::Passed => pb::Outcome::Passed,
+        Outcome::Vetoed => pb::Outcome::Vetoed,
+        Outcome::Incomplete => pb::Outcome::Incomplete,
+    }
+}
+
+pub fn status(s: Status) -> pb::IndicatorStatus {
+    match s {
+        Status::Pass => pb::IndicatorStatus::Pass,
+        Status::Fail => pb::IndicatorStatus::Fail,
+        Status::MissingData => pb::IndicatorStatus::MissingData,
+        Status::InvalidData => pb::IndicatorStatus::InvalidData,
+        Status::Scored => pb::IndicatorStatus::Scored,
+        Status::Partial => pb::IndicatorStatus::Partial,
+    }
+}
+
+fn term_outcome(o: TermOutcome) -> pb::TermOutcome {
+    match o {
+        TermOutcome::Met => pb::TermOutcome::Met,
+        TermOutcome::Vacuous => pb::TermOutcome::Vacuous,
+        TermOutcome::Unmet => pb::TermOutcome::Unmet,
+        TermOutcome::Missing => pb::TermOutcome::Missing,
+        TermOutcome::Scored => pb::TermOutcome::Scored,
+        TermOutcome::Invalid => pb::TermOutcome::Invalid,
+    }
+}
+
+pub fn task_status(s: TaskStatus) -> pb::TaskStatus {
+    match s {
+        TaskStatus::NotStarted => pb::TaskStatus::NotStarted,
+        TaskStatus::InProgress => pb::TaskStatus::InProgress,
+        TaskStatus::Done => pb::TaskStatus::Done,
+    }
+}
+
+fn score(n: &Option<Num>) -> String {
+    n.as_ref()
+        .map(|v| v.to_fixed(SCORE_DIGITS))
+        .unwrap_or_default()
+}
+
+fn ratio(n: &Option<Num>) -> String {
+    n.as_ref()
+        .map(|v| v.to_fixed(RATIO_DIGITS))
+        .unwrap_or_default()
+}
+
+pub fn gap(g: &rules::Gap) -> pb::Gap {
+    pb::Gap {
+        condition: g.term.clone(),
+        metric_key: g.metric.clone(),
+        current: g.current.clone().unwrap_or_default(),
+        required: g.required.clone(),
+        change: g.change.clone(),
+        description: g.description.clone(),
+    }
+}
+
+fn step(s: &Option<rules::Step>) -> Option<pb::ScoreStep> {
+    s.as_ref().map(|s| pb::ScoreStep {
+        score: s.score.to_fixed(SCORE_DIGITS),
+        changes: s.changes.iter().map(gap).collect(),
+        description: s.description.clone(),
+    })
+}
+
+pub fn source(s: &SourceRef) -> pb::SubmissionRef {
+    pb::SubmissionRef {
+        submission: format!("submissions/{}", s.submission_id),
+        department_code: s.department.clone(),
+        region_code: s.region.clone(),
+        domain: s.domain.clone(),
+        value: Some(s.value.clone()),
+        accept_time: Some(timestamp(s.accept_micros)),
+    }
+}
+
+pub fn indicator(r: &rules::IndicatorResult, aggregates: &Aggregates) -> pb::IndicatorResult {
+    pb::IndicatorResult {
+        code: r.code.clone(),
+        kind: indicator_kind(r.kind) as i32,
+        status: status(r.status) as i32,
+        score: if r.kind == IndicatorKind::Guiding {
+            score(&r.score)
+        } else {
+            String::new()
+        },
+        max_score: score(&r.max_score),
+        terms: r
+            .terms
+            .iter()
+            .map(|t| pb::TermResult {
+                label: t.label.clone(),
+                summary: t.summary.clone(),
+                outcome: term_outcome(t.outcome) as i32,
+                computed: ratio(&t.computed),
+                threshold: t.threshold.as_ref().map(Num::to_plain).unwrap_or_default(),
+                score: score(&t.score),
+                max_score: score(&t.max_score),
+                flags: t.flags.iter().map(|f| (*f).to_owned()).collect(),
+                missing_metrics: t.missing_metrics.clone(),
+            })
+            .collect(),
+        inputs: r
+            .inputs
+            .iter()
+            .map(|i| pb::IndicatorInput {
+                metric_key: i.metric.clone(),
+                value: i.value.clone().unwrap_or_default(),
+                domains: i.domains.clone(),
+                sources: aggregates
+                    .sources
+                    .get(&i.metric)
+                    .map(|s| s.iter().map(source).collect())
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        gaps: r.gaps.iter().map(gap).collect(),
+        next_step: step(&r.next_step),
+        to_max: step(&r.to_max),
+        flags: r.flags.iter().map(|f| (*f).to_owned()).collect(),
+    }
+}
+
+pub fn scorecard(card: &rules::Scorecard, aggregates: &Aggregates) -> pb::Scorecard {
+    pb::Scorecard {
+        region_code: aggregates.region.clone(),
+        period: aggregates.period.clone(),
+        outcome: outcome(card.outcome) as i32,
+        failing_basic: card.failing_basic.clone(),
+        incomplete_basic: card.incomplete_basic.clone(),
+        guiding_total: card.guiding_total.to_fixed(SCORE_DIGITS),
+        guiding_max: card.guiding_max.to_fixed(SCORE_DIGITS),
+        indicators: card
+            .indicators
+            .iter()
+            .map(|r| indicator(r, aggregates))
+            .collect(),
+        items: card
+            .items
+            .iter()
+            .map(|i| pb::ItemResult {
+                code: i.code.clone(),
+                done: i.done,
+                tasks: i
+                    .tasks
+                    .iter()
+                    .map(|t| pb::TaskResult {
+                        id: t.id.clone(),
+                        status: task_status(t.status) as i32,
+                        checks: t
+                            .checks
+                            .iter()
+                            .map(|c| pb::CheckResult {
+                                summary: c.summary.clone(),
+                                outcome: term_outcome(c.outcome) as i32,
+                                indicator_code: c
+                                    .indicator
+                                    .as_ref()
+                                    .map(|(code, _)| code.clone())
+                                    .unwrap_or_default(),
+                                indicator_status: c
+                                    .indicator
+                                    .as_ref()
+                                    .map_or(pb::IndicatorStatus::Unspecified, |(_, s)| status(*s))
+                                    as i32,
+                                computed: ratio(&c.computed),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        violations: card
+            .violations
+            .iter()
+            .map(|v| pb::CheckViolation {
+                numerator: v.numerator.clone(),
+                numerator_value: v.numerator_value.to_plain(),
+                denominator: v.denominator.clone().unwrap_or_default(),
+                bound: v.bound.to_plain(),
+                affects: v.affects.clone(),
+            })
+            .collect(),
+        catalog_version: card.catalog_version.clone(),
+        as_of: Some(timestamp(aggregates.as_of_micros)),
+    }
+}
+
+/// A signed, 2-digit difference: "+1.50", "-0.25", "0.00".
+pub fn signed_score(n: &Num) -> String {
+    let text = n.to_fixed(SCORE_DIGITS);
+    if n.is_negative() || n.to_fixed(SCORE_DIGITS) == "0.00" {
+        text
+    } else {
+        format!("+{text}")
+    }
+}

@@ -1,0 +1,646 @@
+//! `citycredit.v1.ScoringService`: scorecards computed by the rule engine from ingestion's
+//! aggregates (never from history), cached per (region, period) and invalidated by the change
+//! feed; explanations, what-ifs, watches, county rankings, department worklists and
+//! completeness reports.
+
+use std::collections::{BTreeSet, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status};
+
+use citycredit::aggregates::{AggregateSource, Aggregates, Change};
+use citycredit::auth::{self, Action};
+use citycredit::catalog::{Catalog, IndicatorKind, MetricKind};
+use citycredit::numbers::Num;
+use citycredit::org::{Org, OrgView};
+use citycredit::period::Period;
+use citycredit::proto::v1 as pb;
+use citycredit::proto::v1::scoring_service_server::ScoringService;
+use citycredit::rules::{self, Figure, Scorecard};
+use citycredit::status::{Violation, invalid_argument, not_found, with_info};
+
+use crate::convert;
+use crate::indicator_service::responsible_parties;
+
+/// A computed scorecard with the figures it came from.
+#[derive(Debug)]
+pub struct Scored {
+    pub card: Scorecard,
+    pub aggregates: Aggregates,
+}
+
+/// Current scorecards by (region, period). A change bumps the key's generation and drops the
+/// entry; a computation stores its result only if no change arrived while it ran.
+#[derive(Debug, Default)]
+struct Cache {
+    entries: HashMap<(String, String), Arc<Scored>>,
+    generations: HashMap<(String, String), u64>,
+}
+
+/// Serves scorecards.
+#[derive(Clone)]
+pub struct ScoringApi {
+    catalog: Arc<Catalog>,
+    org: OrgView,
+    source: Arc<dyn AggregateSource>,
+    cache: Arc<Mutex<Cache>>,
+}
+
+impl std::fmt::Debug for ScoringApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScoringApi").finish_non_exhaustive()
+    }
+}
+
+/// The most regions one BatchGetScorecards call may ask for.
+const MAX_BATCH_REGIONS: usize = 100;
+/// How long a watch waits for more changes before recomputing (coalesces bursts of commits).
+const WATCH_COALESCE: Duration = Duration::from_millis(100);
+
+impl ScoringApi {
+    /// Creates the service and starts the task that invalidates the cache from the change feed.
+    pub fn new(catalog: Arc<Catalog>, org: OrgView, source: Arc<dyn AggregateSource>) -> Self {
+        let api = ScoringApi {
+            catalog,
+            org,
+            source,
+            cache: Arc::new(Mutex::new(Cache::default())),
+        };
+        let mut changes = api.source.changes();
+        let cache = Arc::downgrade(&api.cache);
+        tokio::spawn(async move {
+            loop {
+                let event = changes.recv().await;
+                let Some(cache) = cache.upgrade() else { break };
+                let mut cache = cache
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match event {
+                    Ok(change) => {
+                        let key = (change.region, change.period);
+                        *cache.generations.entry(key.clone()).or_default() += 1;
+                        cache.entries.remove(&key);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Missed events: nothing cached can be trusted.
+                        for g in cache.generations.values_mut() {
+                            *g += 1;
+                        }
+                        cache.entries.clear();
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        api
+    }
+
+    fn org(&self) -> Arc<Org> {
+        self.org.borrow().clone()
+    }
+
+    fn check_region_period(&self, region: &str, period: &str) -> Result<(), Status> {
+        let mut v = Vec::new();
+        if region.is_empty() {
+            v.push(Violation::new("region_code", "required"));
+        } else if self.org().city.region(region).is_none() {
+            v.push(Violation::new(
+                "region_code",
+                format!("unknown region `{region}`"),
+            ));
+        }
+        if let Err(e) = period.parse::<Period>() {
+            v.push(Violation::new("period", e.to_string()));
+        }
+        if v.is_empty() {
+            Ok(())
+        } else {
+            Err(invalid_argument(&v))
+        }
+    }
+
+    /// The scorecard for (region, period), from the cache when current.
+    pub async fn scored(
+        &self,
+        region: &str,
+        period: &str,
+        as_of: Option<i64>,
+    ) -> Result<Arc<Scored>, Status> {
+        let key = (region.to_owned(), period.to_owned());
+        if as_of.is_none() {
+            let cache = self
+                .cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(hit) = cache.entries.get(&key) {
+                return Ok(Arc::clone(hit));
+            }
+        }
+        let generation = self.generation(&key);
+        let aggregates = self.source.aggregates(region, period, as_of).await?;
+        let card = rules::score(&self.catalog, &aggregates.values);
+        let scored = Arc::new(Scored { card, aggregates });
+        if as_of.is_none() {
+            let mut cache = self
+                .cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if cache.generations.get(&key).copied().unwrap_or(0) == generation {
+                cache.entries.insert(key, Arc::clone(&scored));
+            }
+        }
+        Ok(scored)
+    }
+
+    fn generation(&self, key: &(String, String)) -> u64 {
+        let cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.generations.get(key).copied().unwrap_or(0)
+    }
+
+    /// The city and its counties (regions one level below the root), city first.
+    fn city_and_counties(&self) -> Vec<String> {
+        let org = self.org();
+        let root = org.city.code.clone();
+        let mut out = vec![root.clone()];
+        out.extend(
+            org.city
+                .regions
+                .iter()
+                .filter(|r| r.parent.as_deref() == Some(root.as_str()))
+                .map(|r| r.code.clone()),
+        );
+        out
+    }
+
+    fn overridden(
+        &self,
+        base: &Aggregates,
+        overrides: &[pb::ValueOverride],
+    ) -> Result<rules::Values, Status> {
+        let mut values = base.values.clone();
+        let mut v = Vec::new();
+        for (i, o) in overrides.iter().enumerate() {
+            let field = |f: &str| format!("overrides[{i}].{f}");
+            let Some(metric) = self.catalog.metric(&o.metric_key) else {
+                v.push(Violation::new(
+                    field("metric_key"),
+                    format!("unknown metric `{}`", o.metric_key),
+                ));
+                continue;
+            };
+            if o.clear {
+                values.remove(&metric.key);
+                continue;
+            }
+            match figure(metric.kind, metric.max.as_ref(), o) {
+                Ok(f) => {
+                    values.set(metric.key.clone(), f);
+                }
+                Err(why) => v.push(Violation::new(field("value"), why)),
+            }
+        }
+        if v.is_empty() {
+            Ok(values)
+        } else {
+            Err(invalid_argument(&v))
+        }
+    }
+}
+
+/// An override's value as an aggregated figure of the metric's kind.
+fn figure(kind: MetricKind, max: Option<&Num>, o: &pb::ValueOverride) -> Result<Figure, String> {
+    use pb::metric_value::Value;
+    match (kind, o.value.as_ref().and_then(|v| v.value.as_ref())) {
+        (MetricKind::DomainFlag, _) => Ok(Figure::Domains(o.domains.iter().cloned().collect())),
+        (MetricKind::TaskStatus, _) => Err("task statuses cannot be overridden".into()),
+        (MetricKind::Bool, Some(Value::Flag(b))) => Ok(Figure::Flag(*b)),
+        (
+            MetricKind::Count | MetricKind::Amount | MetricKind::Rank | MetricKind::Score,
+            Some(Value::Number(text)),
+        ) => {
+            let n = Num::parse_decimal(text).map_err(|e| e.to_string())?;
+            if n.is_negative() {
+                return Err("must not be negative".into());
+            }
+            if matches!(kind, MetricKind::Count | MetricKind::Rank) && !n.is_integer() {
+                return Err(format!("a {} is a whole number", kind.as_str()));
+            }
+            if kind == MetricKind::Rank && n.is_zero() {
+                return Err("a RANK starts at 1".into());
+            }
+            if kind == MetricKind::Amount && Num::fraction_digits(text) > 2 {
+                return Err("an AMOUNT has at most 2 fraction digits".into());
+            }
+            if let Some(max) = max.filter(|m| kind == MetricKind::Score && n > **m) {
+                return Err(format!("a score is at most {max}"));
+            }
+            Ok(Figure::Number(n))
+        }
+        (kind, _) => Err(format!(
+            "a {} metric needs a {} value",
+            kind.as_str(),
+            match kind {
+                MetricKind::Bool => "flag",
+                _ => "number",
+            }
+        )),
+    }
+}
+
+fn as_of(ts: Option<&prost_types::Timestamp>) -> Option<i64> {
+    ts.map(convert::micros)
+}
+
+fn outcome_rank(o: pb::Outcome) -> u8 {
+    match o {
+        pb::Outcome::Passed => 0,
+        pb::Outcome::Incomplete => 1,
+        _ => 2,
+    }
+}
+
+/// Metrics a department has a current value for in these figures.
+fn reported_by(aggregates: &Aggregates, department: &str) -> BTreeSet<String> {
+    aggregates
+        .sources
+        .iter()
+        .filter(|(_, sources)| sources.iter().any(|s| s.department == department))
+        .map(|(m, _)| m.clone())
+        .collect()
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchScorecardResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ScoringService for ScoringApi {
+    async fn get_scorecard(
+        &self,
+        request: Request<pb::GetScorecardRequest>,
+    ) -> Result<Response<pb::GetScorecardResponse>, Status> {
+        let p = auth::principal(&request)?.clone();
+        self.org().access.decide(&p, Action::Read)?;
+        let req = request.into_inner();
+        self.check_region_period(&req.region_code, &req.period)?;
+        let s = self
+            .scored(&req.region_code, &req.period, as_of(req.as_of.as_ref()))
+            .await?;
+        Ok(Response::new(pb::GetScorecardResponse {
+            scorecard: Some(convert::scorecard(&s.card, &s.aggregates)),
+        }))
+    }
+
+    async fn batch_get_scorecards(
+        &self,
+        request: Request<pb::BatchGetScorecardsRequest>,
+    ) -> Result<Response<pb::BatchGetScorecardsResponse>, Status> {
+        let p = auth::principal(&request)?.clone();
+        self.org().access.decide(&p, Action::Read)?;
+        let req = request.into_inner();
+        let regions = if req.region_codes.is_empty() {
+            self.city_and_counties()
+        } else {
+            req.region_codes.clone()
+        };
+        if regions.len() > MAX_BATCH_REGIONS {
+            return Err(with_info(
+                Code::InvalidArgument,
+                format!("at most {MAX_BATCH_REGIONS} regions per call"),
+                &[],
+            ));
+        }
+        for r in &regions {
+            self.check_region_period(r, &req.period)?;
+        }
+        let at = as_of(req.as_of.as_ref());
+        let cards =
+            futures::future::try_join_all(regions.iter().map(|r| self.scored(r, &req.period, at)))
+                .await?;
+        Ok(Response::new(pb::BatchGetScorecardsResponse {
+            scorecards: cards
+                .iter()
+                .map(|s| convert::scorecard(&s.card, &s.aggregates))
+                .collect(),
+        }))
+    }
+
+    async fn explain_indicator(
+        &self,
+        request: Request<pb::ExplainIndicatorRequest>,
+    ) -> Result<Response<pb::ExplainIndicatorResponse>, Status> {
+        let p = auth::principal(&request)?.clone();
+        self.org().access.decide(&p, Action::Read)?;
+        let req = request.into_inner();
+        self.check_region_period(&req.region_code, &req.period)?;
+        let code = req
+            .indicator
+            .strip_prefix("indicators/")
+            .unwrap_or(&req.indicator)
+            .to_owned();
+        let ind = self
+            .catalog
+            .indicator(&code)
+            .ok_or_else(|| not_found(&format!("indicators/{code}")))?;
+        let s = self
+            .scored(&req.region_code, &req.period, as_of(req.as_of.as_ref()))
+            .await?;
+        let result = s
+            .card
+            .indicator(&code)
+            .ok_or_else(|| not_found(&format!("indicators/{code}")))?;
+        let org = self.org();
+        Ok(Response::new(pb::ExplainIndicatorResponse {
+            rule_summary: ind.rule_summary(),
+            result: Some(convert::indicator(result, &s.aggregates)),
+            responsible: responsible_parties(&org.city, &code),
+            title: ind.title.clone(),
+        }))
+    }
+
+    async fn what_if(
+        &self,
+        request: Request<pb::WhatIfRequest>,
+    ) -> Result<Response<pb::WhatIfResponse>, Status> {
+        let p = auth::principal(&request)?.clone();
+        self.org().access.decide(&p, Action::Read)?;
+        let req = request.into_inner();
+        self.check_region_period(&req.region_code, &req.period)?;
+        let base = self.scored(&req.region_code, &req.period, None).await?;
+        let values = self.overridden(&base.aggregates, &req.overrides)?;
+        let card = rules::score(&self.catalog, &values);
+        let mut assumed = base.aggregates.clone();
+        assumed.values = values;
+        let differences = card
+            .indicators
+            .iter()
+            .zip(&base.card.indicators)
+            .filter(|(a, b)| a.status != b.status || a.score != b.score)
+            .map(|(after, before)| pb::IndicatorDifference {
+                code: after.code.clone(),
+                before_status: convert::status(before.status) as i32,
+                after_status: convert::status(after.status) as i32,
+                before_score: before
+                    .score
+                    .as_ref()
+                    .map(|s| s.to_fixed(2))
+                    .unwrap_or_default(),
+                after_score: after
+                    .score
+                    .as_ref()
+                    .map(|s| s.to_fixed(2))
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let change = &card.guiding_total - &base.card.guiding_total;
+        Ok(Response::new(pb::WhatIfResponse {
+            scorecard: Some(convert::scorecard(&card, &assumed)),
+            baseline: Some(convert::scorecard(&base.card, &base.aggregates)),
+            differences,
+            guiding_total_change: convert::signed_score(&change),
+        }))
+    }
+
+    type WatchScorecardStream = WatchStream;
+
+    async fn watch_scorecard(
+        &self,
+        request: Request<pb::WatchScorecardRequest>,
+    ) -> Result<Response<Self::WatchScorecardStream>, Status> {
+        let p = auth::principal(&request)?.clone();
+        self.org().access.decide(&p, Action::Read)?;
+        let req = request.into_inner();
+        self.check_region_period(&req.region_code, &req.period)?;
+        // Subscribe before the first read so no change between the two is missed.
+        let mut changes = self.source.changes();
+        let first = self.scored(&req.region_code, &req.period, None).await?;
+        let (tx, rx) = mpsc::channel(4);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let send = |s: &Scored| pb::WatchScorecardResponse {
+                scorecard: Some(convert::scorecard(&s.card, &s.aggregates)),
+            };
+            if tx.send(Ok(send(&first))).await.is_err() {
+                return;
+            }
+            let relevant = |c: &Change| c.region == req.region_code && c.period == req.period;
+            loop {
+                let wake = tokio::select! {
+                    () = tx.closed() => return,
+                    event = changes.recv() => event,
+                };
+                match wake {
+                    Ok(c) if !relevant(&c) => continue,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+                // Coalesce a burst of commits into one update.
+                tokio::time::sleep(WATCH_COALESCE).await;
+                while let Ok(c) = changes.try_recv() {
+                    let _ = c;
+                }
+                let message = match api.scored(&req.region_code, &req.period, None).await {
+                    Ok(s) => Ok(send(&s)),
+                    Err(e) => Err(e),
+                };
+                if tx.send(message).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn compare_counties(
+        &self,
+        request: Request<pb::CompareCountiesRequest>,
+    ) -> Result<Response<pb::CompareCountiesResponse>, Status> {
+        let p = auth::principal(&request)?.clone();
+        self.org().access.decide(&p, Action::Read)?;
+        let period = request.into_inner().period;
+        let org = self.org();
+        let counties: Vec<String> = self.city_and_counties().into_iter().skip(1).collect();
+        for c in &counties {
+            self.check_region_period(c, &period)?;
+        }
+        if counties.is_empty() {
+            self.check_region_period(&org.city.code, &period)?;
+        }
+        let cards =
+            futures::future::try_join_all(counties.iter().map(|c| self.scored(c, &period, None)))
+                .await?;
+        let mut rankings: Vec<(pb::CountyRanking, Num)> = counties
+            .iter()
+            .zip(&cards)
+            .map(|(code, s)| {
+                (
+                    pb::CountyRanking {
+                        rank: 0,
+                        region_code: code.clone(),
+                        region_name: org
+                            .city
+                            .region(code)
+                            .map(|r| r.name.clone())
+                            .unwrap_or_default(),
+                        outcome: convert::outcome(s.card.outcome) as i32,
+                        guiding_total: s.card.guiding_total.to_fixed(2),
+                        failing_basic: s.card.failing_basic.clone(),
+                    },
+                    s.card.guiding_total.clone(),
+                )
+            })
+            .collect();
+        rankings.sort_by(|(a, ta), (b, tb)| {
+            outcome_rank(a.outcome())
+                .cmp(&outcome_rank(b.outcome()))
+                .then_with(|| tb.cmp(ta))
+                .then_with(|| a.region_code.cmp(&b.region_code))
+        });
+        let rankings = rankings
+            .into_iter()
+            .enumerate()
+            .map(|(i, (mut r, _))| {
+                r.rank = u32::try_from(i + 1).unwrap_or(u32::MAX);
+                r
+            })
+            .collect();
+        Ok(Response::new(pb::CompareCountiesResponse { rankings }))
+    }
+
+    async fn get_department_worklist(
+        &self,
+        request: Request<pb::GetDepartmentWorklistRequest>,
+    ) -> Result<Response<pb::GetDepartmentWorklistResponse>, Status> {
+        let p = auth::principal(&request)?.clone();
+        self.org().access.decide(&p, Action::Read)?;
+        let req = request.into_inner();
+        let org = self.org();
+        let dept = req
+            .department
+            .strip_prefix("departments/")
+            .unwrap_or(&req.department)
+            .to_owned();
+        if org.city.department(&dept).is_none() {
+            return Err(not_found(&format!("departments/{dept}")));
+        }
+        let region = if req.region_code.is_empty() {
+            org.city.code.clone()
+        } else {
+            req.region_code.clone()
+        };
+        self.check_region_period(&region, &req.period)?;
+        let s = self.scored(&region, &req.period, None).await?;
+        let mine = reported_by(&s.aggregates, &dept);
+        let may_report: BTreeSet<&str> = org.access.department_metrics(&dept).into_iter().collect();
+        let entries = org
+            .city
+            .duties_of_department(&dept)
+            .into_iter()
+            .map(|duty| {
+                let metrics = self.catalog.subject_metrics(&duty.subject);
+                // Its own metrics it has not reported; assessed metrics (SCORE, task statuses)
+                // nobody has reported yet, since the department must get them assessed.
+                let missing_metrics = metrics
+                    .iter()
+                    .filter(|m| {
+                        if may_report.contains(**m) {
+                            !mine.contains(**m)
+                        } else {
+                            self.catalog.metric(m).is_some_and(|x| {
+                                matches!(x.kind, MetricKind::Score | MetricKind::TaskStatus)
+                            }) && !s.aggregates.values.is_reported(m)
+                        }
+                    })
+                    .map(|m| (*m).to_owned())
+                    .collect();
+                let indicator = s.card.indicator(&duty.subject);
+                let gaps = match indicator {
+                    Some(r) if r.kind == IndicatorKind::Basic => {
+                        r.gaps.iter().map(convert::gap).collect()
+                    }
+                    Some(r) => r
+                        .next_step
+                        .iter()
+                        .flat_map(|st| st.changes.iter())
+                        .map(convert::gap)
+                        .collect(),
+                    None => Vec::new(),
+                };
+                pb::WorklistEntry {
+                    code: duty.subject.clone(),
+                    role: match duty.role {
+                        citycredit::city::Role::Lead => pb::ResponsibilityRole::Lead,
+                        citycredit::city::Role::Co => pb::ResponsibilityRole::Co,
+                    } as i32,
+                    via_group: duty
+                        .via_group
+                        .map(|g| format!("groups/{g}"))
+                        .unwrap_or_default(),
+                    status: indicator.map_or(pb::IndicatorStatus::Unspecified, |r| {
+                        convert::status(r.status)
+                    }) as i32,
+                    item_done: s.card.item(&duty.subject).is_some_and(|i| i.done),
+                    missing_metrics,
+                    gaps,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::GetDepartmentWorklistResponse {
+            department_code: dept,
+            entries,
+        }))
+    }
+
+    async fn get_completeness_report(
+        &self,
+        request: Request<pb::GetCompletenessReportRequest>,
+    ) -> Result<Response<pb::GetCompletenessReportResponse>, Status> {
+        let p = auth::principal(&request)?.clone();
+        self.org().access.decide(&p, Action::Read)?;
+        let req = request.into_inner();
+        let org = self.org();
+        let region = if req.region_code.is_empty() {
+            org.city.code.clone()
+        } else {
+            req.region_code.clone()
+        };
+        self.check_region_period(&region, &req.period)?;
+        let s = self.scored(&region, &req.period, None).await?;
+        let departments = org
+            .city
+            .departments
+            .iter()
+            .filter_map(|d| {
+                let expected = org.access.department_metrics(&d.code);
+                if expected.is_empty() {
+                    return None;
+                }
+                let mine = reported_by(&s.aggregates, &d.code);
+                let (reported, missing): (Vec<&str>, Vec<&str>) =
+                    expected.iter().partition(|m| mine.contains(**m));
+                let rate = Num::ratio(
+                    i64::try_from(reported.len()).unwrap_or(0),
+                    i64::try_from(expected.len()).unwrap_or(1),
+                );
+                Some(pb::DepartmentCompleteness {
+                    department_code: d.code.clone(),
+                    reported: reported.into_iter().map(str::to_owned).collect(),
+                    missing: missing.into_iter().map(str::to_owned).collect(),
+                    reporting_rate: rate.to_fixed(4),
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::GetCompletenessReportResponse {
+            departments,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests;

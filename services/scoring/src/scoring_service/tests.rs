@@ -1,0 +1,489 @@
+use std::collections::HashMap;
+use std::sync::Mutex as StdMutex;
+
+use citycredit::aggregates::{BoxFuture, SourceRef};
+use citycredit::auth::{Principal, Role};
+use citycredit::city::City;
+use tokio_stream::StreamExt;
+
+use super::*;
+
+/// Figures held in memory; `set` replaces them and announces the change.
+struct FakeSource {
+    figures: StdMutex<HashMap<(String, String), Aggregates>>,
+    changes: broadcast::Sender<Change>,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl FakeSource {
+    fn new() -> Arc<Self> {
+        Arc::new(FakeSource {
+            figures: StdMutex::new(HashMap::new()),
+            changes: broadcast::channel(64).0,
+            reads: Default::default(),
+        })
+    }
+
+    fn set(
+        &self,
+        region: &str,
+        period: &str,
+        values: rules::Values,
+        sources: Vec<(&str, SourceRef)>,
+    ) {
+        let mut agg = Aggregates {
+            region: region.into(),
+            period: period.into(),
+            as_of_micros: 1,
+            values,
+            ..Default::default()
+        };
+        for (m, s) in sources {
+            agg.sources.entry(m.to_owned()).or_default().push(s);
+        }
+        self.figures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((region.into(), period.into()), agg);
+        let _ = self.changes.send(Change {
+            region: region.into(),
+            period: period.into(),
+            last_submission_id: 1,
+            commit_micros: 1,
+        });
+    }
+}
+
+impl AggregateSource for FakeSource {
+    fn aggregates<'a>(
+        &'a self,
+        region: &'a str,
+        period: &'a str,
+        _as_of: Option<i64>,
+    ) -> BoxFuture<'a, Result<Aggregates, Status>> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let found = self
+            .figures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(region.to_owned(), period.to_owned()))
+            .cloned();
+        let empty = Aggregates {
+            region: region.into(),
+            period: period.into(),
+            ..Default::default()
+        };
+        Box::pin(async move { Ok(found.unwrap_or(empty)) })
+    }
+
+    fn changes(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+}
+
+fn status_of(card: &Scorecard, code: &str) -> Option<rules::Status> {
+    card.indicator(code).map(|r| r.status)
+}
+
+fn api(source: Arc<FakeSource>) -> ScoringApi {
+    let catalog = Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
+    let city = City::builtin(&catalog).unwrap_or_else(|e| panic!("{e}"));
+    let org = citycredit::org::fixed(Org::new(&catalog, city));
+    ScoringApi::new(Arc::new(catalog), org, source)
+}
+
+fn req<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.extensions_mut().insert(Principal {
+        id: "ops".into(),
+        role: Role::Operator,
+        department: None,
+    });
+    r
+}
+
+fn baseline() -> rules::Values {
+    let mut v = rules::Values::new();
+    for (k, n) in [
+        ("uscc.stock_codes_total", 43089),
+        ("uscc.stock_codes_converted", 43089),
+        ("uscc.codes_total", 344606),
+        ("uscc.codes_duplicate_or_invalid", 0),
+        ("gov.dishonesty_events_total", 0),
+        ("gov.dishonesty_events_rectified", 0),
+        ("service_halls.total", 70),
+        ("service_halls.connected", 70),
+        ("double_publicity.licenses_total", 10),
+        ("double_publicity.licenses_reported", 10),
+        ("double_publicity.penalties_total", 10),
+        ("double_publicity.penalties_reported", 10),
+        ("credit_report.target_entities", 100),
+        ("credit_report.submitted", 80),
+        ("blacklist.in_operation", 100),
+        ("blacklist.exited_after_rectification", 30),
+        ("credit_repair.trained", 50),
+        ("market_entities.in_operation", 1000),
+        ("commitment.proactive_or_self_discipline_entities", 900),
+        ("commitment.approval_substitution_items", 19),
+        ("approval_items.total", 5),
+        ("commitment.tolerance_acceptance_items", 5),
+        ("commitment.repair_commitment_entities", 100),
+        ("monitoring.counties_total", 6),
+        ("monitoring.counties_covered", 6),
+        ("monitoring.city_rank", 49),
+        ("penetration.unit_dishonesty_records", 100),
+        ("penetration.linked_records", 50),
+    ] {
+        v.set_number(k, Num::from_int(n));
+    }
+    v.set_flag("monitoring.township_extension_plan", true);
+    v
+}
+
+fn source_ref(id: u64, dept: &str) -> SourceRef {
+    SourceRef {
+        submission_id: id,
+        department: dept.into(),
+        region: "330800".into(),
+        domain: String::new(),
+        task_id: String::new(),
+        value: pb::MetricValue::default(),
+        accept_micros: 1,
+    }
+}
+
+#[tokio::test]
+async fn scorecards_are_cached_until_a_change_arrives() {
+    let source = FakeSource::new();
+    source.set(
+        "330800",
+        "2026",
+        baseline(),
+        vec![("uscc.stock_codes_total", source_ref(7, "samr"))],
+    );
+    let api = api(Arc::clone(&source));
+    let card = api
+        .get_scorecard(req(pb::GetScorecardRequest {
+            region_code: "330800".into(),
+            period: "2026".into(),
+            as_of: None,
+        }))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner()
+        .scorecard
+        .unwrap_or_default();
+    assert_eq!(card.outcome(), pb::Outcome::Passed);
+    assert_eq!(card.guiding_total, "1.00"); // G12: 50/100 x 2
+    let b01 = card
+        .indicators
+        .iter()
+        .find(|i| i.code == "B01")
+        .unwrap_or_else(|| panic!("B01"));
+    assert_eq!(b01.inputs[1].sources[0].submission, "submissions/7");
+    assert_eq!(b01.terms[0].computed, "1.000000");
+
+    let reads = || source.reads.load(std::sync::atomic::Ordering::SeqCst);
+    let before = reads();
+    api.scored("330800", "2026", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reads(), before, "a second read is served from the cache");
+
+    let mut v = baseline();
+    v.set_number("uscc.stock_codes_converted", Num::from_int(43000));
+    source.set("330800", "2026", v, Vec::new());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after = api
+        .scored("330800", "2026", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(reads() > before, "the change invalidated the entry");
+    assert_eq!(status_of(&after.card, "B01"), Some(rules::Status::Fail));
+    assert_eq!(
+        after
+            .card
+            .indicator("B01")
+            .map(|r| r.gaps[0].change.clone()),
+        Some("+89".into())
+    );
+}
+
+#[tokio::test]
+async fn what_if_stores_nothing_and_reports_the_difference() {
+    let source = FakeSource::new();
+    source.set("330800", "2026", baseline(), Vec::new());
+    let api = api(Arc::clone(&source));
+    let overrides = vec![
+        pb::ValueOverride {
+            metric_key: "penetration.linked_records".into(),
+            value: Some(pb::MetricValue {
+                value: Some(pb::metric_value::Value::Number("100".into())),
+            }),
+            ..Default::default()
+        },
+        pb::ValueOverride {
+            metric_key: "monitoring.city_rank".into(),
+            value: Some(pb::MetricValue {
+                value: Some(pb::metric_value::Value::Number("101".into())),
+            }),
+            ..Default::default()
+        },
+    ];
+    let out = api
+        .what_if(req(pb::WhatIfRequest {
+            region_code: "330800".into(),
+            period: "2026".into(),
+            overrides,
+        }))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    assert_eq!(
+        out.scorecard.as_ref().map(|c| c.outcome()),
+        Some(pb::Outcome::Vetoed)
+    );
+    assert_eq!(
+        out.baseline.as_ref().map(|c| c.outcome()),
+        Some(pb::Outcome::Passed)
+    );
+    assert_eq!(out.guiding_total_change, "+1.00");
+    let codes: Vec<&str> = out.differences.iter().map(|d| d.code.as_str()).collect();
+    assert_eq!(codes, ["B10", "G12"]);
+    // The stored figures are untouched.
+    let again = api
+        .scored("330800", "2026", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again.card.guiding_total.to_fixed(2), "1.00");
+
+    let bad = vec![
+        pb::ValueOverride {
+            metric_key: "nope".into(),
+            ..Default::default()
+        },
+        pb::ValueOverride {
+            metric_key: "uscc.codes_total".into(),
+            value: Some(pb::MetricValue {
+                value: Some(pb::metric_value::Value::Number("1.5".into())),
+            }),
+            ..Default::default()
+        },
+    ];
+    let err = api
+        .what_if(req(pb::WhatIfRequest {
+            region_code: "330800".into(),
+            period: "2026".into(),
+            overrides: bad,
+        }))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("must fail"));
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("overrides[0].metric_key")
+            && err.message().contains("overrides[1].value"),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn samr_worklist_with_nothing_reported() {
+    let api = api(FakeSource::new());
+    let out = api
+        .get_department_worklist(req(pb::GetDepartmentWorklistRequest {
+            department: "departments/samr".into(),
+            period: "2026".into(),
+            region_code: String::new(),
+        }))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    let by_code: HashMap<&str, &pb::WorklistEntry> =
+        out.entries.iter().map(|e| (e.code.as_str(), e)).collect();
+    for code in ["B01", "B02", "B06", "B07"] {
+        assert_eq!(
+            (by_code[code].role(), by_code[code].via_group.as_str()),
+            (pb::ResponsibilityRole::Lead, ""),
+            "{code}"
+        );
+    }
+    for code in ["B08", "B09", "G12"] {
+        assert_eq!(
+            (by_code[code].role(), by_code[code].via_group.as_str()),
+            (pb::ResponsibilityRole::Co, ""),
+            "{code}"
+        );
+    }
+    for code in ["B03", "G11", "G15", "G18", "G19", "G20"] {
+        assert!(
+            !by_code[code].via_group.is_empty(),
+            "{code} comes through a group"
+        );
+    }
+    for code in ["E02", "E04", "E05", "E08", "E09", "E10", "E12"] {
+        assert!(by_code.contains_key(code), "{code}");
+    }
+    assert_eq!(out.entries.len(), 20);
+    for e in &out.entries {
+        assert!(
+            !e.missing_metrics.is_empty(),
+            "{} lists the metrics still to report",
+            e.code
+        );
+    }
+    assert_eq!(
+        by_code["B01"].missing_metrics,
+        ["uscc.stock_codes_converted", "uscc.stock_codes_total"]
+    );
+    assert_eq!(by_code["B01"].status(), pb::IndicatorStatus::MissingData);
+    assert_eq!(
+        by_code["G20"].missing_metrics,
+        ["campaign.integrity_tour", "campaign.special_governance"]
+    );
+    assert_eq!(by_code["E02"].missing_metrics, ["task.status"]);
+    assert!(by_code["B01"].gaps.iter().any(|g| g.change == "report"));
+}
+
+#[tokio::test]
+async fn completeness_counts_what_each_department_reported() {
+    let source = FakeSource::new();
+    source.set(
+        "330800",
+        "2026",
+        baseline(),
+        vec![
+            ("uscc.stock_codes_total", source_ref(1, "samr")),
+            ("uscc.codes_total", source_ref(2, "samr")),
+        ],
+    );
+    let api = api(source);
+    let out = api
+        .get_completeness_report(req(pb::GetCompletenessReportRequest {
+            period: "2026".into(),
+            region_code: String::new(),
+        }))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    let samr = out
+        .departments
+        .iter()
+        .find(|d| d.department_code == "samr")
+        .unwrap_or_else(|| panic!("samr"));
+    assert_eq!(
+        samr.reported,
+        ["uscc.codes_total", "uscc.stock_codes_total"]
+    );
+    let expected = samr.reported.len() + samr.missing.len();
+    assert_eq!(
+        samr.reporting_rate,
+        Num::ratio(2, i64::try_from(expected).unwrap_or(1)).to_fixed(4)
+    );
+    let court = out
+        .departments
+        .iter()
+        .find(|d| d.department_code == "court")
+        .unwrap_or_else(|| panic!("court"));
+    assert_eq!(court.reporting_rate, "0.0000");
+}
+
+#[tokio::test]
+async fn counties_rank_by_outcome_then_total() {
+    let source = FakeSource::new();
+    let mut strong = baseline();
+    strong.set_number("penetration.linked_records", Num::from_int(100));
+    source.set("330802", "2026", strong, Vec::new());
+    source.set("330803", "2026", baseline(), Vec::new());
+    let mut vetoed = baseline();
+    vetoed.set_number("monitoring.city_rank", Num::from_int(150));
+    vetoed.set_number("penetration.linked_records", Num::from_int(100));
+    source.set("330822", "2026", vetoed, Vec::new());
+    let api = api(source);
+    let out = api
+        .compare_counties(req(pb::CompareCountiesRequest {
+            period: "2026".into(),
+        }))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    let order: Vec<(&str, u32)> = out
+        .rankings
+        .iter()
+        .map(|r| (r.region_code.as_str(), r.rank))
+        .collect();
+    assert_eq!(order.len(), 6);
+    assert_eq!(&order[..2], [("330802", 1), ("330803", 2)]);
+    assert_eq!(order[5], ("330822", 6));
+    assert_eq!(out.rankings[5].failing_basic, ["B10"]);
+    assert_eq!(out.rankings[0].region_name, "柯城区");
+}
+
+#[tokio::test]
+async fn watch_sends_the_scorecard_again_after_a_change() {
+    let source = FakeSource::new();
+    source.set("330800", "2026", baseline(), Vec::new());
+    let api = api(Arc::clone(&source));
+    let mut stream = api
+        .watch_scorecard(req(pb::WatchScorecardRequest {
+            region_code: "330800".into(),
+            period: "2026".into(),
+        }))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    let first = stream
+        .next()
+        .await
+        .unwrap_or_else(|| panic!("first"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        first.scorecard.map(|c| c.outcome()),
+        Some(pb::Outcome::Passed)
+    );
+    let mut v = baseline();
+    v.set_number("monitoring.city_rank", Num::from_int(101));
+    let started = std::time::Instant::now();
+    source.set("330800", "2026", v, Vec::new());
+    let next = tokio::time::timeout(Duration::from_secs(1), stream.next())
+        .await
+        .unwrap_or_else(|_| panic!("no update within 1 s"))
+        .unwrap_or_else(|| panic!("closed"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        next.scorecard.map(|c| c.outcome()),
+        Some(pb::Outcome::Vetoed)
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn bad_regions_and_periods_are_named() {
+    let api = api(FakeSource::new());
+    let err = api
+        .get_scorecard(req(pb::GetScorecardRequest {
+            region_code: "999999".into(),
+            period: "2026-13".into(),
+            as_of: None,
+        }))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("must fail"));
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("region_code") && err.message().contains("period"),
+        "{}",
+        err.message()
+    );
+    let anon = api
+        .get_scorecard(Request::new(pb::GetScorecardRequest {
+            region_code: "330800".into(),
+            period: "2026".into(),
+            as_of: None,
+        }))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("anonymous"));
+    assert_eq!(anon.code(), Code::Unauthenticated);
+}
