@@ -9,6 +9,7 @@
 
 pub mod authn;
 pub mod error;
+pub mod identity;
 pub mod keys;
 pub mod service;
 pub mod store;
