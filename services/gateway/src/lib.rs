@@ -3,6 +3,7 @@
 //! in-process or remote upstreams, rate limits) lives here too.
 
 pub mod config;
+pub mod rpc_table;
 pub mod server;
 pub mod telemetry;
 

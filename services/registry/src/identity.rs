@@ -98,7 +98,12 @@ impl IdentitySigner {
     }
 
     /// The principal of a header value for a call of `path` at `now_micros`.
-    pub fn verify(&self, value: &str, path: &str, now_micros: i64) -> Result<Principal, IdentityError> {
+    pub fn verify(
+        &self,
+        value: &str,
+        path: &str,
+        now_micros: i64,
+    ) -> Result<Principal, IdentityError> {
         let (body, mac_hex) = value.rsplit_once(';').ok_or(IdentityError::Malformed)?;
         let parts: Vec<&str> = body.split(';').collect();
         let [version, id, role, dept, issued, nonce] = parts.as_slice() else {
@@ -108,12 +113,14 @@ impl IdentitySigner {
             return Err(IdentityError::Malformed);
         }
         let given = hex::decode(mac_hex).map_err(|_| IdentityError::Malformed)?;
-        let mut mac = HmacSha256::new_from_slice(&self.key).map_err(|_| IdentityError::Malformed)?;
+        let mut mac =
+            HmacSha256::new_from_slice(&self.key).map_err(|_| IdentityError::Malformed)?;
         mac.update(path.as_bytes());
         mac.update(b"\n");
         mac.update(body.as_bytes());
         // Constant-time comparison.
-        mac.verify_slice(&given).map_err(|_| IdentityError::BadSignature)?;
+        mac.verify_slice(&given)
+            .map_err(|_| IdentityError::BadSignature)?;
         let issued: i64 = issued.parse().map_err(|_| IdentityError::Malformed)?;
         if (now_micros - issued).abs() > WINDOW_MICROS {
             return Err(IdentityError::Stale);
@@ -129,7 +136,10 @@ impl IdentitySigner {
     }
 
     fn remember(&self, nonce: u64, issued: i64, now: i64) -> Result<(), IdentityError> {
-        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while let Some(&(at, n)) = seen.order.front() {
             if now - at > 2 * WINDOW_MICROS || seen.order.len() >= MAX_NONCES {
                 seen.order.pop_front();
@@ -151,27 +161,57 @@ mod tests {
     use super::*;
 
     fn principal() -> Principal {
-        Principal { id: "samr-system".into(), role: Role::Department, department: Some("samr".into()) }
+        Principal {
+            id: "samr-system".into(),
+            role: Role::Department,
+            department: Some("samr".into()),
+        }
     }
 
     #[test]
     fn signed_identities_verify_once_for_their_path_and_window() {
         let signer = IdentitySigner::new(&[7u8; 32]).unwrap_or_else(|| panic!("key"));
         let path = "/citycredit.v1.MetricSubmissionService/SubmitValue";
-        let header = signer.sign(&principal(), path, 1_000_000_000).unwrap_or_default();
+        let header = signer
+            .sign(&principal(), path, 1_000_000_000)
+            .unwrap_or_default();
         assert_eq!(signer.verify(&header, path, 1_000_000_500), Ok(principal()));
-        assert_eq!(signer.verify(&header, path, 1_000_000_600), Err(IdentityError::Replayed));
+        assert_eq!(
+            signer.verify(&header, path, 1_000_000_600),
+            Err(IdentityError::Replayed)
+        );
 
-        let other = signer.sign(&principal(), path, 1_000_000_000).unwrap_or_default();
-        assert_eq!(signer.verify(&other, "/citycredit.v1.DepartmentRegistryService/CreateApiKey", 1_000_000_000), Err(IdentityError::BadSignature));
-        assert_eq!(signer.verify(&other, path, 1_000_000_000 + WINDOW_MICROS + 1), Err(IdentityError::Stale));
+        let other = signer
+            .sign(&principal(), path, 1_000_000_000)
+            .unwrap_or_default();
+        assert_eq!(
+            signer.verify(
+                &other,
+                "/citycredit.v1.DepartmentRegistryService/CreateApiKey",
+                1_000_000_000
+            ),
+            Err(IdentityError::BadSignature)
+        );
+        assert_eq!(
+            signer.verify(&other, path, 1_000_000_000 + WINDOW_MICROS + 1),
+            Err(IdentityError::Stale)
+        );
 
         let forged = other.replacen("department", "admin", 1);
-        assert_eq!(signer.verify(&forged, path, 1_000_000_000), Err(IdentityError::BadSignature));
+        assert_eq!(
+            signer.verify(&forged, path, 1_000_000_000),
+            Err(IdentityError::BadSignature)
+        );
         let wrong_key = IdentitySigner::new(&[8u8; 32]).unwrap_or_else(|| panic!("key"));
         let header = wrong_key.sign(&principal(), path, 5).unwrap_or_default();
-        assert_eq!(signer.verify(&header, path, 5), Err(IdentityError::BadSignature));
-        assert_eq!(signer.verify("v1;admin;admin;;5;00;zz", path, 5), Err(IdentityError::Malformed));
+        assert_eq!(
+            signer.verify(&header, path, 5),
+            Err(IdentityError::BadSignature)
+        );
+        assert_eq!(
+            signer.verify("v1;admin;admin;;5;00;zz", path, 5),
+            Err(IdentityError::Malformed)
+        );
         assert!(IdentitySigner::new(b"short").is_none());
     }
 }
