@@ -2,6 +2,8 @@
 //! listener and hands the same listener to the server: no port guessing) and gives clients for
 //! it. Shutdown is graceful and awaited when the `TestServer` is stopped.
 
+pub mod ingestion;
+
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;

@@ -41,6 +41,40 @@ pub struct Config {
     pub log_filter: String,
     /// How long in-flight RPCs may run after SIGTERM before the server stops anyway.
     pub shutdown_grace_secs: u64,
+    /// Pooled database connections.
+    #[serde(default = "defaults::database_max_connections")]
+    pub database_max_connections: u32,
+    /// Most values one SubmitBatch stream may carry.
+    #[serde(default = "defaults::ingest_max_batch_values")]
+    pub ingest_max_batch_values: usize,
+    /// Largest gRPC message the ingestion services decode, in bytes.
+    #[serde(default = "defaults::ingest_max_message_bytes")]
+    pub ingest_max_message_bytes: usize,
+    /// Group commit: the longest a submission waits for others to share its transaction.
+    #[serde(default = "defaults::ingest_group_commit_window_micros")]
+    pub ingest_group_commit_window_micros: u64,
+    /// Group commit: a transaction is written as soon as it holds this many rows.
+    #[serde(default = "defaults::ingest_group_commit_max_rows")]
+    pub ingest_group_commit_max_rows: usize,
+}
+
+/// Defaults of the settings added after the first release (older files lack them).
+mod defaults {
+    pub fn database_max_connections() -> u32 {
+        16
+    }
+    pub fn ingest_max_batch_values() -> usize {
+        10_000
+    }
+    pub fn ingest_max_message_bytes() -> usize {
+        4 * 1024 * 1024
+    }
+    pub fn ingest_group_commit_window_micros() -> u64 {
+        2_000
+    }
+    pub fn ingest_group_commit_max_rows() -> usize {
+        5_000
+    }
 }
 
 impl Default for Config {
@@ -54,6 +88,11 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_filter: "info".into(),
             shutdown_grace_secs: 10,
+            database_max_connections: defaults::database_max_connections(),
+            ingest_max_batch_values: defaults::ingest_max_batch_values(),
+            ingest_max_message_bytes: defaults::ingest_max_message_bytes(),
+            ingest_group_commit_window_micros: defaults::ingest_group_commit_window_micros(),
+            ingest_group_commit_max_rows: defaults::ingest_group_commit_max_rows(),
         }
     }
 }
@@ -113,6 +152,18 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "shutdown_grace_secs",
                 problem: "at most 600".into(),
+            });
+        }
+        if self.database_max_connections == 0 || self.ingest_max_batch_values == 0 {
+            return Err(ConfigError::Invalid {
+                field: "database_max_connections / ingest_max_batch_values",
+                problem: "must be at least 1".into(),
+            });
+        }
+        if self.ingest_group_commit_window_micros > 1_000_000 {
+            return Err(ConfigError::Invalid {
+                field: "ingest_group_commit_window_micros",
+                problem: "at most 1,000,000 (one second)".into(),
             });
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_filter).is_err() {

@@ -13,6 +13,8 @@ use tonic_health::ServingStatus;
 use citycredit::catalog::{Catalog, LoadError};
 use citycredit::city::City;
 use citycredit::proto::v1::indicator_service_server::IndicatorServiceServer;
+use citycredit::store::{Db, StoreError, StoreOptions};
+use citycredit_ingestion::{Ingestion, IngestionOptions, WriterConfig};
 use citycredit_scoring::IndicatorApi;
 
 use crate::config::Config;
@@ -22,6 +24,8 @@ use crate::config::Config;
 pub enum StartError {
     #[error("{0}")]
     Data(#[from] LoadError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server: {0}")]
@@ -47,7 +51,11 @@ pub fn load_data(config: &Config) -> Result<(Catalog, City), LoadError> {
 }
 
 /// gRPC service names this process serves (health reports each).
-pub const SERVED: &[&str] = &["citycredit.v1.IndicatorService"];
+pub const SERVED: &[&str] = &[
+    "citycredit.v1.IndicatorService",
+    "citycredit.v1.MetricSubmissionService",
+    "citycredit.v1.CodeAuditService",
+];
 
 /// Serves the platform on `listener` until `shutdown` completes, then lets in-flight RPCs finish
 /// for up to the configured grace period.
@@ -67,6 +75,7 @@ pub async fn serve(
     );
     let org = citycredit::org::fixed(citycredit::org::Org::new(&catalog, city));
     let catalog = Arc::new(catalog);
+    let ingestion = start_ingestion(&config, catalog.clone(), org.clone()).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in SERVED {
@@ -101,7 +110,9 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(IndicatorServiceServer::new(IndicatorApi::new(catalog, org)));
+        .add_service(IndicatorServiceServer::new(IndicatorApi::new(catalog, org)))
+        .add_service(ingestion.submission_service())
+        .add_service(ingestion.code_audit_service());
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
         TcpListenerStream::new(listener),
         async move {
@@ -127,6 +138,34 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens (and migrates) the store and starts ingestion's single writer and change feed.
+async fn start_ingestion(
+    config: &Config,
+    catalog: Arc<Catalog>,
+    org: citycredit::org::OrgView,
+) -> Result<Ingestion, StartError> {
+    let db = Db::open(&StoreOptions {
+        url: config.database_url.clone(),
+        data_dir: config.data_dir.clone(),
+        max_connections: config.database_max_connections,
+        acquire_timeout: std::time::Duration::from_secs(10),
+    })
+    .await?;
+    tracing::info!(backend = db.backend.as_str(), "store open");
+    let options = IngestionOptions {
+        writer: WriterConfig {
+            window: std::time::Duration::from_micros(config.ingest_group_commit_window_micros),
+            max_rows: config.ingest_group_commit_max_rows,
+            ..WriterConfig::default()
+        },
+        max_batch_values: config.ingest_max_batch_values,
+        max_message_bytes: config.ingest_max_message_bytes,
+        listen_url: config.database_url.clone(),
+        ..IngestionOptions::default()
+    };
+    Ok(Ingestion::start(db, catalog, org, options))
 }
 
 /// Binds the configured address.
