@@ -147,6 +147,26 @@ impl City {
         self.groups.iter().find(|g| g.code == code)
     }
 
+    /// Orders responsibilities as the catalog orders subjects: indicators B01..G20, then items
+    /// E01..E12.
+    pub fn sort_by_catalog(&mut self, catalog: &Catalog) {
+        let order = |s: &str| {
+            catalog
+                .indicators
+                .iter()
+                .position(|i| i.code == s)
+                .or_else(|| {
+                    catalog
+                        .items
+                        .iter()
+                        .position(|i| i.code == s)
+                        .map(|p| p + catalog.indicators.len())
+                })
+                .unwrap_or(usize::MAX)
+        };
+        self.responsibilities.sort_by_key(|r| order(&r.subject));
+    }
+
     /// The parties responsible for a subject, lead first.
     pub fn parties(&self, subject: &str) -> &[String] {
         self.responsibilities
@@ -323,8 +343,7 @@ fn validate(file: CityFile, source: &str, catalog: &Catalog, d: &mut Diagnostics
         }
     }
 
-    // Keep catalog order for subjects (B01..G20, then E01..E12).
-    let mut responsibilities: Vec<Responsibility> = file
+    let responsibilities: Vec<Responsibility> = file
         .responsibilities
         .into_iter()
         .map(|(s, p)| Responsibility {
@@ -332,22 +351,7 @@ fn validate(file: CityFile, source: &str, catalog: &Catalog, d: &mut Diagnostics
             parties: p.into_inner(),
         })
         .collect();
-    let order = |s: &str| {
-        catalog
-            .indicators
-            .iter()
-            .position(|i| i.code == s)
-            .or_else(|| {
-                catalog
-                    .items
-                    .iter()
-                    .position(|i| i.code == s)
-                    .map(|p| p + 1000)
-            })
-            .unwrap_or(usize::MAX)
-    };
-    responsibilities.sort_by_key(|r| order(&r.subject));
-    City {
+    let mut city = City {
         code: file.city.code,
         name: file.city.name,
         source: source.to_owned(),
@@ -359,7 +363,9 @@ fn validate(file: CityFile, source: &str, catalog: &Catalog, d: &mut Diagnostics
             .collect(),
         groups: file.groups.into_iter().map(Spanned::into_inner).collect(),
         responsibilities,
-    }
+    };
+    city.sort_by_catalog(catalog);
+    city
 }
 
 #[cfg(test)]

@@ -53,6 +53,8 @@ pub enum StoreError {
         backend: &'static str,
         source: sqlx::Error,
     },
+    #[error("database schema name `{0}` must be 1-63 lowercase letters, digits or '_'")]
+    BadSchema(String),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database: {0}")]
@@ -111,6 +113,9 @@ pub struct StoreOptions {
     /// How long a query waits for a pooled connection before failing (so calls fail fast when
     /// the database is down instead of hanging).
     pub acquire_timeout: Duration,
+    /// PostgreSQL only: keep every table in this schema (created when missing), so several
+    /// cities or test runs can share one database.
+    pub schema: Option<String>,
 }
 
 impl Db {
@@ -127,7 +132,27 @@ impl Db {
                 sqlite_url(&opts.data_dir.join("citycredit.db"))
             }
         };
-        let db = Db::connect(&url, opts.max_connections, opts.acquire_timeout, None).await?;
+        if let Some(schema) = &opts.schema {
+            if !valid_schema_name(schema) {
+                return Err(StoreError::BadSchema(schema.clone()));
+            }
+            if url.starts_with("postgres") {
+                let admin = Db::connect(&url, 1, opts.acquire_timeout, None).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+                )))
+                .execute(&admin.pool)
+                .await?;
+                admin.pool.close().await;
+            }
+        }
+        let db = Db::connect(
+            &url,
+            opts.max_connections,
+            opts.acquire_timeout,
+            opts.schema.clone(),
+        )
+        .await?;
         db.migrate().await?;
         Ok(db)
     }
@@ -233,6 +258,15 @@ impl Db {
         .await?;
         Ok(())
     }
+}
+
+/// Schema names are put into SQL text, so only plain identifiers are accepted.
+pub fn valid_schema_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !s.as_bytes()[0].is_ascii_digit()
 }
 
 /// An `sqlite:` URL for a file path.

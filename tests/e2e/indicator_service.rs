@@ -13,7 +13,7 @@ use tonic_types::StatusExt;
 #[tokio::test]
 async fn lists_all_twenty_indicators_with_names_scores_rules_and_leads() {
     let server = TestServer::start().await;
-    let mut client = IndicatorServiceClient::new(server.channel());
+    let mut client = IndicatorServiceClient::new(server.admin());
     let list = client
         .list_indicators(pb::ListIndicatorsRequest::default())
         .await
@@ -109,7 +109,7 @@ async fn lists_all_twenty_indicators_with_names_scores_rules_and_leads() {
 #[tokio::test]
 async fn lists_every_metric_with_kind_and_aggregation() {
     let server = TestServer::start().await;
-    let mut client = IndicatorServiceClient::new(server.channel());
+    let mut client = IndicatorServiceClient::new(server.admin());
     let metrics = client
         .list_metrics(pb::ListMetricsRequest::default())
         .await
@@ -184,7 +184,7 @@ async fn lists_every_metric_with_kind_and_aggregation() {
 #[tokio::test]
 async fn unknown_codes_are_not_found_with_error_info() {
     let server = TestServer::start().await;
-    let mut client = IndicatorServiceClient::new(server.channel());
+    let mut client = IndicatorServiceClient::new(server.admin());
     let err = client
         .get_indicator(pb::GetIndicatorRequest {
             name: "indicators/B99".into(),

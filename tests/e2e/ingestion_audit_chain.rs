@@ -7,7 +7,7 @@ use citycredit_tests::ingestion::*;
 async fn seeded() -> Vec<IngestionServer> {
     let mut out = Vec::new();
     for s in IngestionServer::start_all().await {
-        let mut c = s.client(Some(&platform()));
+        let mut c = s.client(Some(&platform())).await;
         for i in 0..10 {
             c.submit_value(pb::SubmitValueRequest {
                 value: Some(number_input(
@@ -30,6 +30,7 @@ async fn seeded() -> Vec<IngestionServer> {
 
 async fn verify(s: &IngestionServer) -> pb::VerifyAuditChainResponse {
     s.client(Some(&admin()))
+        .await
         .verify_audit_chain(pb::VerifyAuditChainRequest {})
         .await
         .unwrap_or_else(|e| panic!("{}: {e}", s.name()))

@@ -71,7 +71,7 @@ async fn exact_counts_on_real_form_codes() {
         codes.extend(valid[100..106].iter().cloned());
         let total = codes.len() as u64;
 
-        let mut c = s.audit_client(Some(&platform()));
+        let mut c = s.audit_client(Some(&platform())).await;
         let messages: Vec<_> = codes
             .chunks(1000)
             .enumerate()
@@ -138,6 +138,7 @@ async fn exact_counts_on_real_form_codes() {
         // Recording is authorized like any submission.
         let err = s
             .audit_client(Some(&principal("op", Role::Operator, None)))
+            .await
             .audit_codes(tokio_stream::iter(vec![pb::AuditCodesRequest {
                 codes: valid[..3].to_vec(),
                 record: Some(pb::AuditRecording {

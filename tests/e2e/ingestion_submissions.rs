@@ -41,7 +41,7 @@ fn batch(
 }
 
 async fn list_all(s: &IngestionServer) -> Vec<pb::Submission> {
-    let mut c = s.client(Some(&platform()));
+    let mut c = s.client(Some(&platform())).await;
     c.list_submissions(pb::ListSubmissionsRequest {
         page_size: 1000,
         ..Default::default()
@@ -58,6 +58,7 @@ async fn aggregates(
     as_of: Option<prost_types::Timestamp>,
 ) -> pb::QueryAggregatesResponse {
     s.client(Some(&platform()))
+        .await
         .query_aggregates(pb::QueryAggregatesRequest {
             region_code: region.to_owned(),
             period: "2026".to_owned(),
@@ -88,7 +89,7 @@ fn metric<'a>(r: &'a pb::QueryAggregatesResponse, key: &str) -> Option<&'a pb::A
 async fn idempotent_retry_and_conflicting_key() {
     for s in IngestionServer::start_all().await {
         let name = s.name();
-        let mut c = s.client(Some(&platform()));
+        let mut c = s.client(Some(&platform())).await;
         let input = number_input("uscc.codes_total", "330802", "2026", "samr", "10");
         let first = c
             .submit_value(unary(input.clone(), "k1"))
@@ -111,7 +112,9 @@ async fn idempotent_retry_and_conflicting_key() {
             .unwrap_or_else(|| panic!("{name}: reused key accepted"));
         assert_eq!(err.code(), Code::AlreadyExists, "{name}: {err:?}");
         // Keys are per principal: another principal may use the same key.
-        let mut other_principal = s.client(Some(&principal("platform-2", Role::Platform, None)));
+        let mut other_principal = s
+            .client(Some(&principal("platform-2", Role::Platform, None)))
+            .await;
         let theirs = other_principal
             .submit_value(unary(input.clone(), "k1"))
             .await
@@ -155,7 +158,7 @@ async fn idempotent_retry_and_conflicting_key() {
 async fn a_bad_item_stores_nothing_and_every_problem_is_reported() {
     for s in IngestionServer::start_all().await {
         let name = s.name();
-        let mut c = s.client(Some(&platform()));
+        let mut c = s.client(Some(&platform())).await;
         let mut values: Vec<_> = (0..6)
             .map(|i| number_input("uscc.codes_total", "330802", "2026", "samr", &i.to_string()))
             .collect();
@@ -251,6 +254,7 @@ async fn a_bad_item_stores_nothing_and_every_problem_is_reported() {
         assert!(err.message().contains("10000"), "{}", err.message());
         let err = s
             .client(None)
+            .await
             .submit_value(unary(good[0].clone(), ""))
             .await
             .err()
@@ -258,6 +262,7 @@ async fn a_bad_item_stores_nothing_and_every_problem_is_reported() {
         assert_eq!(err.code(), Code::Unauthenticated);
         let err = s
             .client(Some(&principal("op", Role::Operator, None)))
+            .await
             .submit_value(unary(good[0].clone(), ""))
             .await
             .err()
@@ -267,6 +272,7 @@ async fn a_bad_item_stores_nothing_and_every_problem_is_reported() {
         dept.department_code = "tax".into();
         let err = s
             .client(Some(&principal("samr-sys", Role::Department, Some("samr"))))
+            .await
             .submit_value(unary(dept, ""))
             .await
             .err()
@@ -281,7 +287,7 @@ async fn supersession_retraction_and_as_of() {
     for s in IngestionServer::start_all().await {
         let name = s.name();
         let samr = principal("samr-sys", Role::Department, Some("samr"));
-        let mut c = s.client(Some(&samr));
+        let mut c = s.client(Some(&samr)).await;
         let submit = |n: &str| {
             unary(
                 number_input("uscc.codes_total", "330802", "2026", "", n),
@@ -396,7 +402,7 @@ async fn supersession_retraction_and_as_of() {
 async fn roll_up_department_sums_and_domain_union() {
     for s in IngestionServer::start_all().await {
         let name = s.name();
-        let mut c = s.client(Some(&platform()));
+        let mut c = s.client(Some(&platform())).await;
         let values = vec![
             number_input("uscc.codes_total", "330802", "2026", "samr", "10"),
             number_input("uscc.codes_total", "330802", "2026", "civil-affairs", "5"),
@@ -424,11 +430,11 @@ async fn roll_up_department_sums_and_domain_union() {
                 false,
             ),
             flag_input(
-                "joint_rp.domain_implemented",
+                "xinyi_plus.domain_in_service",
                 "330881",
                 "2026",
                 "",
-                "jrp-01",
+                "xinyidai",
                 true,
             ),
         ];
@@ -475,8 +481,8 @@ async fn roll_up_department_sums_and_domain_union() {
             Some(vec!["production".to_owned()])
         );
         assert_eq!(
-            metric(&city, "joint_rp.domain_implemented").map(|m| m.domains.clone()),
-            Some(vec!["jrp-01".to_owned()])
+            metric(&city, "xinyi_plus.domain_in_service").map(|m| m.domains.clone()),
+            Some(vec!["xinyidai".to_owned()])
         );
         let county = aggregates(&s, "330802", None).await;
         assert_eq!(
@@ -542,7 +548,9 @@ async fn roll_up_department_sums_and_domain_union() {
         );
 
         // Task statuses: the latest per task at the region itself.
-        let mut a = s.client(Some(&principal("assessor-1", Role::Assessor, None)));
+        let mut a = s
+            .client(Some(&principal("assessor-1", Role::Assessor, None)))
+            .await;
         for status in [pb::TaskStatus::InProgress, pb::TaskStatus::Done] {
             a.submit_value(unary(
                 pb::SubmissionInput {
@@ -569,7 +577,7 @@ async fn roll_up_department_sums_and_domain_union() {
         // The in-process source gives scoring the same figures, exactly.
         use citycredit::aggregates::AggregateSource;
         let agg = s
-            .ingestion
+            .second_process()
             .aggregates("330800", "2026", None)
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -590,15 +598,16 @@ async fn change_feed_reports_region_and_ancestors() {
         let name = s.name();
         let mut watch = s
             .client(Some(&platform()))
+            .await
             .watch_changes(pb::WatchChangesRequest {
                 region_code: "330800".into(),
             })
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"))
             .into_inner();
-        let mut local = s.ingestion.subscribe();
         let r = s
             .client(Some(&platform()))
+            .await
             .submit_value(unary(
                 number_input("uscc.codes_total", "330881", "2026-Q3", "samr", "4"),
                 "",
@@ -620,29 +629,55 @@ async fn change_feed_reports_region_and_ancestors() {
             ),
             ("330800", "2026-Q3", id)
         );
-        let mut seen = Vec::new();
-        for _ in 0..2 {
-            let c = local.recv().await.unwrap_or_else(|e| panic!("{name}: {e}"));
-            seen.push(c.region);
-        }
-        seen.sort();
-        assert_eq!(seen, ["330800", "330881"]);
+        // A watcher of the county sees it too; one of another county does not.
+        let mut county = s
+            .client(Some(&platform()))
+            .await
+            .watch_changes(pb::WatchChangesRequest {
+                region_code: "330881".into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .into_inner();
+        let mut elsewhere = s
+            .client(Some(&platform()))
+            .await
+            .watch_changes(pb::WatchChangesRequest {
+                region_code: "330802".into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .into_inner();
+        let r = s
+            .client(Some(&platform()))
+            .await
+            .submit_value(unary(
+                number_input("uscc.codes_total", "330881", "2026-Q3", "samr", "5"),
+                "",
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let id = r.into_inner().submission.map(|x| x.id).unwrap_or_default();
+        let event = tokio::time::timeout(Duration::from_secs(10), county.message())
+            .await
+            .unwrap_or_else(|_| panic!("{name}: no county event"))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .unwrap_or_default();
+        assert_eq!(
+            (event.region_code.as_str(), event.last_submission_id),
+            ("330881", id)
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), elsewhere.message())
+                .await
+                .is_err(),
+            "{name}: another county heard the change"
+        );
 
-        // PostgreSQL: another process's writes arrive over LISTEN/NOTIFY.
-        if let Some((url, schema)) = s.db.postgres_schema() {
-            let (catalog, org) = catalog_and_org();
-            let other = citycredit_ingestion::Ingestion::start(
-                s.db.db().clone(),
-                catalog,
-                citycredit::org::fixed(org),
-                citycredit_ingestion::IngestionOptions {
-                    listen_url: Some(url.to_owned()),
-                    notify_channel: schema.to_owned(),
-                    ..Default::default()
-                },
-            );
-            // Give the first listener time to LISTEN before the other process writes.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        // Another process's writes reach this server's watchers: on PostgreSQL over
+        // LISTEN/NOTIFY (SQLite is one process by design).
+        if s.schema.is_some() {
+            let other = s.second_process();
             let p = platform();
             let values = other
                 .check(
@@ -663,14 +698,19 @@ async fn change_feed_reports_region_and_ancestors() {
                 .unwrap_or_else(|e| panic!("{e}"));
             let event = tokio::time::timeout(Duration::from_secs(10), async {
                 loop {
-                    let c = local.recv().await.unwrap_or_else(|e| panic!("{e}"));
-                    if c.region == "330822" {
+                    let c = watch
+                        .message()
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"))
+                        .unwrap_or_default();
+                    if c.period == "2026" {
                         return c;
                     }
                 }
             })
             .await
             .unwrap_or_else(|_| panic!("postgres: no cross-process notification"));
+            assert_eq!(event.region_code, "330800");
             assert_eq!(
                 event.last_submission_id,
                 u64::try_from(w.last_id).unwrap_or(0)
@@ -685,7 +725,7 @@ async fn concurrent_unary_submissions_share_commits_and_keep_the_chain() {
         let name = s.name();
         let mut tasks = Vec::new();
         // One HTTP/2 connection, many concurrent calls.
-        let shared = s.client(Some(&platform()));
+        let shared = s.client(Some(&platform())).await;
         for i in 0..300 {
             let mut c = shared.clone();
             tasks.push(tokio::spawn(async move {
@@ -709,6 +749,7 @@ async fn concurrent_unary_submissions_share_commits_and_keep_the_chain() {
         assert_eq!(ids, (1..=300).collect::<Vec<u64>>(), "{name}");
         let v = s
             .client(Some(&admin()))
+            .await
             .verify_audit_chain(pb::VerifyAuditChainRequest {})
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -717,6 +758,7 @@ async fn concurrent_unary_submissions_share_commits_and_keep_the_chain() {
         assert_eq!(v.rows_checked, 300);
         let err = s
             .client(Some(&platform()))
+            .await
             .verify_audit_chain(pb::VerifyAuditChainRequest {})
             .await
             .err()
@@ -725,6 +767,7 @@ async fn concurrent_unary_submissions_share_commits_and_keep_the_chain() {
         // Fewer transactions than calls: accept times are shared within a group.
         let rows = s
             .client(Some(&platform()))
+            .await
             .list_submissions(pb::ListSubmissionsRequest {
                 page_size: 1000,
                 ..Default::default()

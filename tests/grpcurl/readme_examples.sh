@@ -18,7 +18,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-env -u DATABASE_URL RUST_LOG=info "$bin" serve --listen 127.0.0.1:0 --data-dir "$work/data" 2>"$log" &
+# The examples authenticate with $CC_API_KEY: the bootstrap administrator's key here.
+CC_API_KEY="cc_readme_$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
+export CC_API_KEY
+env -u DATABASE_URL RUST_LOG=info CITYCREDIT_BOOTSTRAP_ADMIN_KEY="$CC_API_KEY" \
+  "$bin" serve --listen 127.0.0.1:0 --data-dir "$work/data" 2>"$log" &
 pid=$!
 addr=""
 for _ in $(seq 1 100); do

@@ -1,35 +1,32 @@
-//! Harness for the ingestion tests: the ingestion services over a fresh store on each database
-//! (`citycredit::store::testing::databases`), served by a real tonic server on `127.0.0.1:0`.
-//!
-//! Until the API-key layer is merged, the server wraps the services in a test-only interceptor
-//! that turns an `x-test-principal: id;role[;department]` header into a `Principal` (no header:
-//! no principal, so UNAUTHENTICATED). Clients from `client`/`audit_client` send that header.
+//! Harness for the ingestion tests: a real citycredit server (the gateway, with the API-key
+//! layer) on each backend (SQLite always, PostgreSQL with `DATABASE_URL`, in a fresh schema),
+//! clients authenticated as principals created through the registry API, a direct connection
+//! to the same store for tamper tests, and an in-process `Ingestion` handle over that store
+//! (a "second process" for the change-feed and aggregate-source tests).
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::metadata::MetadataValue;
+use tokio::sync::Mutex;
+use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint, Server};
-use tonic::{Request, Status};
 
 use citycredit::auth::{Principal, Role};
 use citycredit::catalog::Catalog;
 use citycredit::city::City;
 use citycredit::org::{self, Org};
 use citycredit::proto::v1 as pb;
-use citycredit::store::testing::{self, TestDb};
+use citycredit::store::{Db, sqlite_url};
 use citycredit_ingestion::{Ingestion, IngestionOptions};
 
-pub type SubmissionClient = pb::metric_submission_service_client::MetricSubmissionServiceClient<
-    InterceptedService<Channel, PrincipalHeader>,
->;
-pub type AuditClient = pb::code_audit_service_client::CodeAuditServiceClient<
-    InterceptedService<Channel, PrincipalHeader>,
->;
+use crate::{
+    AuthChannel, Backend, Bearer, TestSchema, TestServer, backends, fresh_schema, use_backend,
+};
+
+pub type SubmissionClient =
+    pb::metric_submission_service_client::MetricSubmissionServiceClient<AuthChannel>;
+pub type AuditClient = pb::code_audit_service_client::CodeAuditServiceClient<AuthChannel>;
 
 /// A principal for tests.
 pub fn principal(id: &str, role: Role, department: Option<&str>) -> Principal {
@@ -48,182 +45,138 @@ pub fn admin() -> Principal {
     principal("admin-1", Role::Admin, None)
 }
 
-/// Server side: header -> `Principal` in the request's extensions.
-fn test_authentication(mut req: Request<()>) -> Result<Request<()>, Status> {
-    let header = req
-        .metadata()
-        .get("x-test-principal")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if let Some(h) = header {
-        let mut parts = h.split(';');
-        let id = parts.next().unwrap_or_default().to_owned();
-        let role = parts
-            .next()
-            .and_then(Role::parse)
-            .ok_or_else(|| Status::unauthenticated("bad x-test-principal"))?;
-        let department = parts.next().map(str::to_owned);
-        req.extensions_mut().insert(Principal {
-            id,
-            role,
-            department,
-        });
-    }
-    Ok(req)
-}
-
-/// Client side: sends the principal header.
-#[derive(Clone)]
-pub struct PrincipalHeader(Option<String>);
-
-impl tonic::service::Interceptor for PrincipalHeader {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(h) = &self.0
-            && let Ok(v) = MetadataValue::try_from(h.as_str())
-        {
-            req.metadata_mut().insert("x-test-principal", v);
-        }
-        Ok(req)
+fn wire_role(r: Role) -> pb::Role {
+    match r {
+        Role::Department => pb::Role::Department,
+        Role::Platform => pb::Role::Platform,
+        Role::Assessor => pb::Role::Assessor,
+        Role::Operator => pb::Role::Operator,
+        Role::Admin => pb::Role::Admin,
     }
 }
 
-fn header(p: Option<&Principal>) -> PrincipalHeader {
-    PrincipalHeader(p.map(|p| {
-        format!(
-            "{};{}{}",
-            p.id,
-            p.role.as_str(),
-            p.department
-                .as_deref()
-                .map(|d| format!(";{d}"))
-                .unwrap_or_default()
-        )
-    }))
-}
-
-/// Ingestion served over one test database.
-pub struct IngestionServer {
-    pub db: TestDb,
-    pub ingestion: Ingestion,
-    pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-}
-
-/// The built-in catalog and Quzhou with `jrp-01`..`jrp-03` registered in the open set
-/// `joint_reward_punishment`.
+/// The built-in catalog and Quzhou, as the server seeds them.
 pub fn catalog_and_org() -> (Arc<Catalog>, Org) {
     let catalog = Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
     let city = City::builtin(&catalog).unwrap_or_else(|e| panic!("{e}"));
-    let org = Org::with_domains(
-        &catalog,
-        city,
-        [(
-            "joint_reward_punishment".to_owned(),
-            ["jrp-01", "jrp-02", "jrp-03"]
-                .into_iter()
-                .map(str::to_owned)
-                .collect(),
-        )]
-        .into_iter()
-        .collect(),
-    );
+    let org = Org::new(&catalog, city);
     (Arc::new(catalog), org)
 }
 
+/// A real server on one backend, with helpers.
+pub struct IngestionServer {
+    pub server: TestServer,
+    pub backend: Backend,
+    /// A direct connection to the server's store (raw SQL in tests).
+    pub db: Db,
+    /// The schema on PostgreSQL.
+    pub schema: Option<String>,
+    keys: Mutex<HashMap<String, String>>,
+    _schema: TestSchema,
+}
+
 impl IngestionServer {
-    /// One server per database (SQLite always, PostgreSQL with `DATABASE_URL`).
+    /// One server per backend.
     pub async fn start_all() -> Vec<IngestionServer> {
         let mut out = Vec::new();
-        for db in testing::databases().await {
-            out.push(IngestionServer::start(db, IngestionOptions::default()).await);
+        for backend in backends() {
+            out.push(IngestionServer::start(backend).await);
         }
         out
     }
 
-    pub async fn start(db: TestDb, mut options: IngestionOptions) -> IngestionServer {
-        let (catalog, org) = catalog_and_org();
-        if let Some((url, schema)) = db.postgres_schema() {
-            // One NOTIFY channel per test schema, so parallel tests do not hear each other.
-            options.listen_url = Some(url.to_owned());
-            options.notify_channel = schema.to_owned();
+    pub async fn start(backend: Backend) -> IngestionServer {
+        let schema = fresh_schema();
+        let server = TestServer::start_with(|c| use_backend(c, backend, &schema)).await;
+        // The first authenticated call waits until the server (and its migrated store) is up.
+        let mut registry = server.registry();
+        for _ in 0..100 {
+            if registry
+                .list_principals(pb::ListPrincipalsRequest::default())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let ingestion = Ingestion::start(db.db().clone(), catalog, org::fixed(org), options);
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("bind: {e}"));
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("addr: {e}"));
-        let (tx, rx) = oneshot::channel::<()>();
-        let router = Server::builder()
-            .add_service(InterceptedService::new(
-                ingestion.submission_service(),
-                test_authentication,
-            ))
-            .add_service(InterceptedService::new(
-                ingestion.code_audit_service(),
-                test_authentication,
-            ));
-        tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let db = match backend {
+            Backend::Sqlite => {
+                Db::connect(
+                    &sqlite_url(&server.data_dir.join("citycredit.db")),
+                    4,
+                    Duration::from_secs(10),
+                    None,
+                )
+                .await
+            }
+            Backend::Postgres => {
+                let url = std::env::var("DATABASE_URL").unwrap_or_default();
+                Db::connect(&url, 4, Duration::from_secs(10), Some(schema.to_string())).await
+            }
+        }
+        .unwrap_or_else(|e| panic!("connect to the test store: {e}"));
         IngestionServer {
+            server,
+            backend,
             db,
-            ingestion,
-            addr,
-            stop: Some(tx),
+            schema: (backend == Backend::Postgres).then(|| schema.to_string()),
+            keys: Mutex::new(HashMap::new()),
+            _schema: schema,
         }
     }
 
     pub fn name(&self) -> &'static str {
-        self.db.name()
+        match self.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
     }
 
-    fn channel(&self) -> Channel {
-        channel_to(self.addr)
+    /// An authenticated channel for `p` (created through the registry on first use); None: no
+    /// credential.
+    pub async fn channel(&self, p: Option<&Principal>) -> AuthChannel {
+        let Some(p) = p else {
+            return InterceptedService::new(self.server.channel(), Bearer(None));
+        };
+        let mut keys = self.keys.lock().await;
+        let key = match keys.get(&p.id) {
+            Some(k) => k.clone(),
+            None => {
+                let k = self
+                    .server
+                    .create_principal(&p.id, wire_role(p.role), p.department.as_deref())
+                    .await;
+                keys.insert(p.id.clone(), k.clone());
+                k
+            }
+        };
+        self.server.with_key(&key)
     }
 
-    /// A submission client acting as `p` (None: no credential).
-    pub fn client(&self, p: Option<&Principal>) -> SubmissionClient {
-        pb::metric_submission_service_client::MetricSubmissionServiceClient::with_interceptor(
-            self.channel(),
-            header(p),
+    /// A submission client acting as `p`.
+    pub async fn client(&self, p: Option<&Principal>) -> SubmissionClient {
+        pb::metric_submission_service_client::MetricSubmissionServiceClient::new(
+            self.channel(p).await,
         )
     }
 
     /// A code audit client acting as `p`.
-    pub fn audit_client(&self, p: Option<&Principal>) -> AuditClient {
-        pb::code_audit_service_client::CodeAuditServiceClient::with_interceptor(
-            self.channel(),
-            header(p),
-        )
+    pub async fn audit_client(&self, p: Option<&Principal>) -> AuditClient {
+        pb::code_audit_service_client::CodeAuditServiceClient::new(self.channel(p).await)
     }
-}
 
-impl Drop for IngestionServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+    /// An in-process ingestion handle over the same store: another writer, as a second process
+    /// would have (on PostgreSQL it notifies the server's change feed).
+    pub fn second_process(&self) -> Ingestion {
+        let (catalog, org) = catalog_and_org();
+        let mut options = IngestionOptions::default();
+        if let Some(schema) = &self.schema {
+            options.listen_url = std::env::var("DATABASE_URL").ok();
+            options.notify_channel = format!("citycredit_changes_{schema}");
         }
+        Ingestion::start(self.db.clone(), catalog, org::fixed(org), options)
     }
-}
-
-/// A lazily connecting channel to `addr`.
-pub fn channel_to(addr: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap_or_else(|e| panic!("endpoint: {e}"))
-        .connect_lazy()
-}
-
-/// A submission client for any address acting as `p`.
-pub fn client_at(addr: SocketAddr, p: Option<&Principal>) -> SubmissionClient {
-    pb::metric_submission_service_client::MetricSubmissionServiceClient::with_interceptor(
-        channel_to(addr),
-        header(p),
-    )
 }
 
 /// A value input.

@@ -1,29 +1,57 @@
 //! Test harness: starts a real citycredit server in-process on `127.0.0.1:0` (the test binds the
 //! listener and hands the same listener to the server: no port guessing) and gives clients for
-//! it. Shutdown is graceful and awaited when the `TestServer` is stopped.
+//! it, authenticated the way real callers are: principals and API keys created through the
+//! registry API with the bootstrap administrator's key. Shutdown is graceful and awaited when
+//! the `TestServer` is stopped.
 
 pub mod ingestion;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use citycredit::proto::v1 as pb;
+use citycredit::proto::v1::department_registry_service_client::DepartmentRegistryServiceClient;
 use citycredit_gateway::Config;
 use citycredit_gateway::server::{self, StartError};
+
+/// The bootstrap administrator key every test server starts with.
+pub const ADMIN_KEY: &str = "test-bootstrap-admin-key-0123456789abcdef";
+
+/// Adds `authorization: Bearer <key>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel that authenticates as one principal.
+pub type AuthChannel = InterceptedService<Channel, Bearer>;
 
 /// A running server.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub data_dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), StartError>>>,
-    _data: tempfile::TempDir,
+    _data: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
-    /// Starts a server with default configuration and a fresh data directory.
+    /// Starts a server with default configuration and a fresh data directory (SQLite).
     pub async fn start() -> TestServer {
         TestServer::start_with(|_| {}).await
     }
@@ -31,6 +59,14 @@ impl TestServer {
     /// Starts a server after `adjust` changes the configuration.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
         let data = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = data.path().to_owned();
+        let mut server = TestServer::start_in(&path, adjust).await;
+        server._data = Some(data);
+        server
+    }
+
+    /// Starts a server on an existing data directory (to restart on the same store).
+    pub async fn start_in(data_dir: &Path, adjust: impl FnOnce(&mut Config)) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("bind: {e}"));
@@ -39,8 +75,10 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("addr: {e}"));
         let mut config = Config {
             listen: addr,
-            data_dir: data.path().to_owned(),
+            data_dir: data_dir.to_owned(),
             shutdown_grace_secs: 5,
+            bootstrap_admin_key: Some(ADMIN_KEY.into()),
+            registry_refresh_ms: 200,
             ..Config::default()
         };
         adjust(&mut config);
@@ -50,17 +88,77 @@ impl TestServer {
         }));
         TestServer {
             addr,
+            data_dir: data_dir.to_owned(),
             stop: Some(tx),
             task: Some(task),
-            _data: data,
+            _data: None,
         }
     }
 
-    /// A channel to the server (connects lazily, so the first call waits for it to listen).
+    /// An unauthenticated channel (connects lazily: the first call waits for the server).
     pub fn channel(&self) -> Channel {
         Endpoint::from_shared(format!("http://{}", self.addr))
             .unwrap_or_else(|e| panic!("endpoint: {e}"))
             .connect_lazy()
+    }
+
+    /// A channel that sends `key`.
+    pub fn with_key(&self, key: &str) -> AuthChannel {
+        let value = format!("Bearer {key}")
+            .parse()
+            .unwrap_or_else(|e| panic!("key is not header text: {e}"));
+        InterceptedService::new(self.channel(), Bearer(Some(value)))
+    }
+
+    /// A channel authenticated as the bootstrap administrator.
+    pub fn admin(&self) -> AuthChannel {
+        self.with_key(ADMIN_KEY)
+    }
+
+    /// A registry client as the administrator.
+    pub fn registry(&self) -> DepartmentRegistryServiceClient<AuthChannel> {
+        DepartmentRegistryServiceClient::new(self.admin())
+    }
+
+    /// Creates a principal (through the registry API) and an API key for it; returns the key.
+    pub async fn create_principal(
+        &self,
+        id: &str,
+        role: pb::Role,
+        department: Option<&str>,
+    ) -> String {
+        let mut registry = self.registry();
+        registry
+            .create_principal(pb::CreatePrincipalRequest {
+                principal: Some(pb::Principal {
+                    id: id.into(),
+                    role: role as i32,
+                    department_code: department.unwrap_or_default().into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("create principal {id}: {e}"));
+        registry
+            .create_api_key(pb::CreateApiKeyRequest {
+                principal: format!("principals/{id}"),
+                expire_time: None,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("create key for {id}: {e}"))
+            .into_inner()
+            .secret
+    }
+
+    /// A channel authenticated as a new principal with `role` (and `department`).
+    pub async fn channel_as(
+        &self,
+        id: &str,
+        role: pb::Role,
+        department: Option<&str>,
+    ) -> AuthChannel {
+        let key = self.create_principal(id, role, department).await;
+        self.with_key(&key)
     }
 
     /// Stops the server gracefully and returns how `serve` ended.
@@ -79,6 +177,88 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
+        }
+    }
+}
+
+/// Where a test server keeps its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The backends to run end-to-end tests on: SQLite always, PostgreSQL when `DATABASE_URL`
+/// names one (otherwise the PostgreSQL half says it is skipped).
+pub fn backends() -> Vec<Backend> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres") => vec![Backend::Sqlite, Backend::Postgres],
+        _ => {
+            eprintln!("note: DATABASE_URL is not a PostgreSQL URL; PostgreSQL part skipped");
+            vec![Backend::Sqlite]
+        }
+    }
+}
+
+/// A fresh PostgreSQL schema name for one test; the schema (if one was created) is dropped
+/// when this is dropped.
+pub struct TestSchema(String);
+
+impl std::ops::Deref for TestSchema {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for TestSchema {
+    fn drop(&mut self) {
+        let Ok(url) = std::env::var("DATABASE_URL") else {
+            return;
+        };
+        if !url.starts_with("postgres") {
+            return;
+        }
+        let schema = self.0.clone();
+        // Drop cannot await: use a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let opts = std::time::Duration::from_secs(5);
+                if let Ok(db) = citycredit::store::Db::connect(&url, 1, opts, None).await {
+                    let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&db.pool)
+                        .await;
+                    db.pool.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A fresh PostgreSQL schema for one test.
+pub fn fresh_schema() -> TestSchema {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    TestSchema(format!("cc_e2e_{:x}_{}", nanos, std::process::id()))
+}
+
+/// Points a configuration at `backend`; for PostgreSQL at `schema` on `DATABASE_URL`.
+pub fn use_backend(config: &mut Config, backend: Backend, schema: &str) {
+    match backend {
+        Backend::Sqlite => config.database_url = None,
+        Backend::Postgres => {
+            config.database_url = std::env::var("DATABASE_URL").ok();
+            config.database_schema = Some(schema.to_owned());
         }
     }
 }

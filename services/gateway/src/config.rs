@@ -31,6 +31,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// A database URL (`postgres://...` or `sqlite://...`); unset means SQLite in `data_dir`.
     pub database_url: Option<String>,
+    /// PostgreSQL only: the schema holding citycredit's tables (created when missing).
+    pub database_schema: Option<String>,
     /// A catalog file to use instead of the built-in national criteria.
     pub catalog: Option<PathBuf>,
     /// A city file to use instead of the built-in Quzhou seed.
@@ -41,9 +43,16 @@ pub struct Config {
     pub log_filter: String,
     /// How long in-flight RPCs may run after SIGTERM before the server stops anyway.
     pub shutdown_grace_secs: u64,
-    /// Pooled database connections.
-    #[serde(default = "defaults::database_max_connections")]
-    pub database_max_connections: u32,
+    /// The bootstrap administrator's API key, used only when the store has no principals yet
+    /// (`CITYCREDIT_BOOTSTRAP_ADMIN_KEY`). Unset: a key is generated and printed once.
+    pub bootstrap_admin_key: Option<String>,
+    /// How often the registry checks for changes made by other processes (milliseconds):
+    /// the bound on how long a revoked key keeps working elsewhere.
+    pub registry_refresh_ms: u64,
+    /// Most database connections this process opens.
+    pub db_max_connections: u32,
+    /// How long a database call waits for a connection before failing with UNAVAILABLE.
+    pub db_acquire_timeout_ms: u64,
     /// Most values one SubmitBatch stream may carry.
     #[serde(default = "defaults::ingest_max_batch_values")]
     pub ingest_max_batch_values: usize,
@@ -58,11 +67,8 @@ pub struct Config {
     pub ingest_group_commit_max_rows: usize,
 }
 
-/// Defaults of the settings added after the first release (older files lack them).
+/// Defaults of the ingestion settings.
 mod defaults {
-    pub fn database_max_connections() -> u32 {
-        16
-    }
     pub fn ingest_max_batch_values() -> usize {
         10_000
     }
@@ -83,12 +89,16 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             data_dir: PathBuf::from("data"),
             database_url: None,
+            database_schema: None,
             catalog: None,
             city: None,
             log_format: LogFormat::Text,
             log_filter: "info".into(),
             shutdown_grace_secs: 10,
-            database_max_connections: defaults::database_max_connections(),
+            bootstrap_admin_key: None,
+            registry_refresh_ms: 1000,
+            db_max_connections: 16,
+            db_acquire_timeout_ms: 3000,
             ingest_max_batch_values: defaults::ingest_max_batch_values(),
             ingest_max_message_bytes: defaults::ingest_max_message_bytes(),
             ingest_group_commit_window_micros: defaults::ingest_group_commit_window_micros(),
@@ -148,22 +158,44 @@ impl Config {
                 problem: "must start with postgres://, postgresql:// or sqlite:".into(),
             });
         }
+        if let Some(schema) = &self.database_schema
+            && !citycredit::store::valid_schema_name(schema)
+        {
+            return Err(ConfigError::Invalid {
+                field: "database_schema",
+                problem: "1-63 lowercase letters, digits or '_', not starting with a digit".into(),
+            });
+        }
         if self.shutdown_grace_secs > 600 {
             return Err(ConfigError::Invalid {
                 field: "shutdown_grace_secs",
                 problem: "at most 600".into(),
             });
         }
-        if self.database_max_connections == 0 || self.ingest_max_batch_values == 0 {
+        if let Some(key) = &self.bootstrap_admin_key
+            && key.len() < 32
+        {
             return Err(ConfigError::Invalid {
-                field: "database_max_connections / ingest_max_batch_values",
-                problem: "must be at least 1".into(),
+                field: "bootstrap_admin_key",
+                problem: "at least 32 characters (use a long random secret)".into(),
             });
         }
-        if self.ingest_group_commit_window_micros > 1_000_000 {
+        if !(100..=60_000).contains(&self.registry_refresh_ms) {
             return Err(ConfigError::Invalid {
-                field: "ingest_group_commit_window_micros",
-                problem: "at most 1,000,000 (one second)".into(),
+                field: "registry_refresh_ms",
+                problem: "between 100 and 60000".into(),
+            });
+        }
+        if self.db_max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                field: "db_max_connections",
+                problem: "at least 1".into(),
+            });
+        }
+        if self.ingest_max_batch_values == 0 || self.ingest_group_commit_window_micros > 1_000_000 {
+            return Err(ConfigError::Invalid {
+                field: "ingest_max_batch_values / ingest_group_commit_window_micros",
+                problem: "at least 1 value per batch; a window of at most 1,000,000 µs".into(),
             });
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_filter).is_err() {
@@ -177,6 +209,17 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// Where and how to open the store.
+    pub fn store_options(&self) -> citycredit::store::StoreOptions {
+        citycredit::store::StoreOptions {
+            url: self.database_url.clone(),
+            data_dir: self.data_dir.clone(),
+            max_connections: self.db_max_connections,
+            acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
+            schema: self.database_schema.clone(),
+        }
     }
 }
 
@@ -192,6 +235,7 @@ mod tests {
     #[test]
     fn defaults_then_file_then_env_then_flags() {
         Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.create_file(
                 "c.toml",
                 "listen = \"127.0.0.1:6001\"\nlog_format = \"json\"\n",
@@ -217,6 +261,7 @@ mod tests {
     #[test]
     fn database_url_falls_back_to_the_usual_variable() {
         Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.set_env("DATABASE_URL", "postgres://127.0.0.1/test");
             let c = Config::load(None, Figment::new()).map_err(|e| e.to_string())?;
             assert_eq!(c.database_url.as_deref(), Some("postgres://127.0.0.1/test"));
@@ -230,6 +275,7 @@ mod tests {
     #[test]
     fn unknown_fields_and_bad_values_are_refused() {
         Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.create_file("c.toml", "listen_addr = \"127.0.0.1:1\"\n")?;
             let e = Config::load(Some(Path::new("c.toml")), Figment::new())
                 .err()

@@ -12,9 +12,11 @@ use tonic_health::ServingStatus;
 
 use citycredit::catalog::{Catalog, LoadError};
 use citycredit::city::City;
+use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryServiceServer;
 use citycredit::proto::v1::indicator_service_server::IndicatorServiceServer;
-use citycredit::store::{Db, StoreError, StoreOptions};
+use citycredit::store::{Db, StoreError};
 use citycredit_ingestion::{Ingestion, IngestionOptions, WriterConfig};
+use citycredit_registry::{ApiKeyLayer, Registry, RegistryApi};
 use citycredit_scoring::IndicatorApi;
 
 use crate::config::Config;
@@ -24,12 +26,12 @@ use crate::config::Config;
 pub enum StartError {
     #[error("{0}")]
     Data(#[from] LoadError),
-    #[error("store: {0}")]
-    Store(#[from] StoreError),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
     #[error("listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -53,6 +55,7 @@ pub fn load_data(config: &Config) -> Result<(Catalog, City), LoadError> {
 /// gRPC service names this process serves (health reports each).
 pub const SERVED: &[&str] = &[
     "citycredit.v1.IndicatorService",
+    "citycredit.v1.DepartmentRegistryService",
     "citycredit.v1.MetricSubmissionService",
     "citycredit.v1.CodeAuditService",
 ];
@@ -73,9 +76,26 @@ pub async fn serve(
         metrics = catalog.metrics.len(),
         "catalog loaded"
     );
-    let org = citycredit::org::fixed(citycredit::org::Org::new(&catalog, city));
     let catalog = Arc::new(catalog);
-    let ingestion = start_ingestion(&config, catalog.clone(), org.clone()).await?;
+
+    let opts = config.store_options();
+    let db = Db::open(&opts).await?;
+    tracing::info!(
+        backend = db.backend.as_str(),
+        url = %opts.url.as_deref().map(citycredit::store::redact).unwrap_or_else(|| opts.data_dir.join("citycredit.db").display().to_string()),
+        "store open"
+    );
+    let registry = Registry::open(
+        db.clone(),
+        Arc::clone(&catalog),
+        &city,
+        config.bootstrap_admin_key.as_deref(),
+    )
+    .await?;
+    let refresh =
+        registry.spawn_refresh(std::time::Duration::from_millis(config.registry_refresh_ms));
+    let org = registry.org();
+    let ingestion = start_ingestion(&config, db.clone(), Arc::clone(&catalog), org.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in SERVED {
@@ -107,10 +127,17 @@ pub async fn serve(
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let router = Server::builder()
+        .layer(ApiKeyLayer::new(registry.keys()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(IndicatorServiceServer::new(IndicatorApi::new(catalog, org)))
+        .add_service(IndicatorServiceServer::new(IndicatorApi::new(
+            Arc::clone(&catalog),
+            org,
+        )))
+        .add_service(DepartmentRegistryServiceServer::new(RegistryApi::new(
+            Arc::clone(&registry),
+        )))
         .add_service(ingestion.submission_service())
         .add_service(ingestion.code_audit_service());
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
@@ -136,24 +163,19 @@ pub async fn serve(
         Ok(Err(join)) => tracing::error!(error = %join, "server task failed"),
         Err(_) => tracing::warn!("grace period over: stopping with calls still in flight"),
     }
+    refresh.abort();
+    db.pool.close().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Opens (and migrates) the store and starts ingestion's single writer and change feed.
-async fn start_ingestion(
+/// Starts ingestion's single writer and change feed over the open store.
+fn start_ingestion(
     config: &Config,
+    db: Db,
     catalog: Arc<Catalog>,
     org: citycredit::org::OrgView,
-) -> Result<Ingestion, StartError> {
-    let db = Db::open(&StoreOptions {
-        url: config.database_url.clone(),
-        data_dir: config.data_dir.clone(),
-        max_connections: config.database_max_connections,
-        acquire_timeout: std::time::Duration::from_secs(10),
-    })
-    .await?;
-    tracing::info!(backend = db.backend.as_str(), "store open");
+) -> Ingestion {
     let options = IngestionOptions {
         writer: WriterConfig {
             window: std::time::Duration::from_micros(config.ingest_group_commit_window_micros),
@@ -163,9 +185,13 @@ async fn start_ingestion(
         max_batch_values: config.ingest_max_batch_values,
         max_message_bytes: config.ingest_max_message_bytes,
         listen_url: config.database_url.clone(),
-        ..IngestionOptions::default()
+        // LISTEN/NOTIFY channels are per database: one per schema keeps cities apart.
+        notify_channel: match &config.database_schema {
+            Some(schema) => format!("citycredit_changes_{schema}"),
+            None => "citycredit_changes".to_owned(),
+        },
     };
-    Ok(Ingestion::start(db, catalog, org, options))
+    Ingestion::start(db, catalog, org, options)
 }
 
 /// Binds the configured address.

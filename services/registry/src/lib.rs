@@ -1,4 +1,185 @@
-//! The department registry service: `DepartmentRegistryService` (regions, departments, groups,
-//! responsibilities, principals and API keys). Not served yet: the registry issue implements it
-//! (calls return UNIMPLEMENTED until then, as the proto says). Until then the organisation comes
-//! straight from the city file.
+//! The department registry: the city's organisation (regions, departments, groups,
+//! responsibilities, open-set domains), principals and API keys, and the authentication layer
+//! that turns an API key into a principal.
+//!
+//! The registry is the only writer of its tables. It publishes two snapshots that the other
+//! services read without I/O: the organisation (`OrgView`: city, domains, access index) and the
+//! active keys (`KeyView`). Both are replaced immediately after a write in this process, and
+//! within `refresh_interval` after a write in another process (the registry revision is polled).
+
+pub mod authn;
+pub mod error;
+pub mod keys;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Mutex, watch};
+
+use citycredit::auth::Role;
+use citycredit::catalog::Catalog;
+use citycredit::city::City;
+use citycredit::org::{Org, OrgView};
+use citycredit::store::{Db, StoreError, now_micros};
+
+pub use authn::ApiKeyLayer;
+pub use error::RegistryError;
+pub use keys::{KeyMap, KeyView};
+pub use service::RegistryApi;
+use store::{Audit, KeyRow, PrincipalRow, RegistryStore};
+
+/// The id of the administrator created on an empty store.
+pub const BOOTSTRAP_ADMIN: &str = "admin";
+
+/// The registry and the snapshots it publishes.
+pub struct Registry {
+    pub store: RegistryStore,
+    pub catalog: Arc<Catalog>,
+    org_tx: watch::Sender<Arc<Org>>,
+    keys_tx: watch::Sender<Arc<KeyMap>>,
+    revision: AtomicI64,
+    reload_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("revision", &self.revision.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// Seeds an empty store from `seed` (idempotently), creates the bootstrap administrator on
+    /// a store without principals, and loads the snapshots.
+    ///
+    /// The bootstrap key is `bootstrap_key` when given; otherwise one is generated and printed
+    /// once to standard error. It is never printed again.
+    pub async fn open(
+        db: Db,
+        catalog: Arc<Catalog>,
+        seed: &City,
+        bootstrap_key: Option<&str>,
+    ) -> Result<Arc<Registry>, StoreError> {
+        let store = RegistryStore::new(db);
+        if store.seed(seed).await? {
+            tracing::info!(city = %seed.name, source = %seed.source, "registry seeded from the city file");
+        }
+        if store.principal_count().await? == 0 {
+            bootstrap_admin(&store, bootstrap_key).await?;
+        }
+        let mut city = store.load_city().await?;
+        city.sort_by_catalog(&catalog);
+        let domains = store.load_domains().await?;
+        let keys = store.load_keys().await?;
+        let revision = store.revision().await?;
+        let org = Org::with_domains(&catalog, city, domains);
+        let (org_tx, _) = watch::channel(Arc::new(org));
+        let (keys_tx, _) = watch::channel(Arc::new(keys));
+        Ok(Arc::new(Registry {
+            store,
+            catalog,
+            org_tx,
+            keys_tx,
+            revision: AtomicI64::new(revision),
+            reload_lock: Mutex::new(()),
+        }))
+    }
+
+    /// The organisation snapshot.
+    pub fn org(&self) -> OrgView {
+        self.org_tx.subscribe()
+    }
+
+    /// The key snapshot.
+    pub fn keys(&self) -> KeyView {
+        self.keys_tx.subscribe()
+    }
+
+    /// Reloads both snapshots from the store and publishes them.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let _guard = self.reload_lock.lock().await;
+        let revision = self.store.revision().await?;
+        let mut city = self.store.load_city().await?;
+        city.sort_by_catalog(&self.catalog);
+        let domains = self.store.load_domains().await?;
+        let keys = self.store.load_keys().await?;
+        self.org_tx
+            .send_replace(Arc::new(Org::with_domains(&self.catalog, city, domains)));
+        self.keys_tx.send_replace(Arc::new(keys));
+        self.revision.store(revision, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Polls the registry revision every `every` and reloads when another process changed it.
+    pub fn spawn_refresh(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let registry = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match registry.store.revision().await {
+                    Ok(rev) if rev != registry.revision.load(Ordering::Relaxed) => {
+                        if let Err(e) = registry.reload().await {
+                            tracing::warn!(error = %e, "registry reload failed; keeping the last snapshot");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "registry revision poll failed"),
+                }
+            }
+        })
+    }
+}
+
+async fn bootstrap_admin(store: &RegistryStore, given: Option<&str>) -> Result<(), StoreError> {
+    let now = now_micros();
+    let admin = PrincipalRow {
+        id: BOOTSTRAP_ADMIN.into(),
+        display_name: "bootstrap administrator".into(),
+        role: Role::Admin,
+        department: None,
+        create_micros: now,
+    };
+    let audit = |action| Audit {
+        principal: "system",
+        action,
+        resource: "principals/admin",
+        detail: "created on an empty store".into(),
+    };
+    store
+        .create_principal(&admin, audit("CreatePrincipal"))
+        .await?;
+    let (prefix, key, generated) = match given {
+        Some(k) => (keys::prefix_of(k).to_owned(), k.to_owned(), false),
+        None => {
+            let (p, k) = keys::generate();
+            (p, k, true)
+        }
+    };
+    let row = KeyRow {
+        prefix: prefix.clone(),
+        principal: BOOTSTRAP_ADMIN.into(),
+        create_micros: now,
+        expire_micros: None,
+        revoke_micros: None,
+    };
+    store
+        .create_key(&row, &keys::hash(&key), audit("CreateApiKey"))
+        .await?;
+    if generated {
+        // Printed once, on purpose, outside the structured log: the only way to learn it.
+        eprintln!(
+            "\n=== citycredit: bootstrap administrator key (shown once; store it now) ===\n{key}\n\
+             === use it as `authorization: Bearer <key>`; set CITYCREDIT_BOOTSTRAP_ADMIN_KEY to choose it ===\n"
+        );
+        tracing::warn!(key_prefix = %prefix, "created the bootstrap administrator with a generated key (printed above)");
+    } else {
+        tracing::info!(key_prefix = %prefix, "created the bootstrap administrator with the configured key");
+    }
+    Ok(())
+}
