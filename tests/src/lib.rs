@@ -4,6 +4,8 @@
 //! registry API with the bootstrap administrator's key. Shutdown is graceful and awaited when
 //! the `TestServer` is stopped.
 
+pub mod ingestion;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 

@@ -53,6 +53,34 @@ pub struct Config {
     pub db_max_connections: u32,
     /// How long a database call waits for a connection before failing with UNAVAILABLE.
     pub db_acquire_timeout_ms: u64,
+    /// Most values one SubmitBatch stream may carry.
+    #[serde(default = "defaults::ingest_max_batch_values")]
+    pub ingest_max_batch_values: usize,
+    /// Largest gRPC message the ingestion services decode, in bytes.
+    #[serde(default = "defaults::ingest_max_message_bytes")]
+    pub ingest_max_message_bytes: usize,
+    /// Group commit: the longest a submission waits for others to share its transaction.
+    #[serde(default = "defaults::ingest_group_commit_window_micros")]
+    pub ingest_group_commit_window_micros: u64,
+    /// Group commit: a transaction is written as soon as it holds this many rows.
+    #[serde(default = "defaults::ingest_group_commit_max_rows")]
+    pub ingest_group_commit_max_rows: usize,
+}
+
+/// Defaults of the ingestion settings.
+mod defaults {
+    pub fn ingest_max_batch_values() -> usize {
+        10_000
+    }
+    pub fn ingest_max_message_bytes() -> usize {
+        4 * 1024 * 1024
+    }
+    pub fn ingest_group_commit_window_micros() -> u64 {
+        2_000
+    }
+    pub fn ingest_group_commit_max_rows() -> usize {
+        5_000
+    }
 }
 
 impl Default for Config {
@@ -71,6 +99,10 @@ impl Default for Config {
             registry_refresh_ms: 1000,
             db_max_connections: 16,
             db_acquire_timeout_ms: 3000,
+            ingest_max_batch_values: defaults::ingest_max_batch_values(),
+            ingest_max_message_bytes: defaults::ingest_max_message_bytes(),
+            ingest_group_commit_window_micros: defaults::ingest_group_commit_window_micros(),
+            ingest_group_commit_max_rows: defaults::ingest_group_commit_max_rows(),
         }
     }
 }
@@ -158,6 +190,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "db_max_connections",
                 problem: "at least 1".into(),
+            });
+        }
+        if self.ingest_max_batch_values == 0 || self.ingest_group_commit_window_micros > 1_000_000 {
+            return Err(ConfigError::Invalid {
+                field: "ingest_max_batch_values / ingest_group_commit_window_micros",
+                problem: "at least 1 value per batch; a window of at most 1,000,000 µs".into(),
             });
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_filter).is_err() {

@@ -15,6 +15,7 @@ use citycredit::city::City;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryServiceServer;
 use citycredit::proto::v1::indicator_service_server::IndicatorServiceServer;
 use citycredit::store::{Db, StoreError};
+use citycredit_ingestion::{Ingestion, IngestionOptions, WriterConfig};
 use citycredit_registry::{ApiKeyLayer, Registry, RegistryApi};
 use citycredit_scoring::IndicatorApi;
 
@@ -55,6 +56,8 @@ pub fn load_data(config: &Config) -> Result<(Catalog, City), LoadError> {
 pub const SERVED: &[&str] = &[
     "citycredit.v1.IndicatorService",
     "citycredit.v1.DepartmentRegistryService",
+    "citycredit.v1.MetricSubmissionService",
+    "citycredit.v1.CodeAuditService",
 ];
 
 /// Serves the platform on `listener` until `shutdown` completes, then lets in-flight RPCs finish
@@ -92,6 +95,7 @@ pub async fn serve(
     let refresh =
         registry.spawn_refresh(std::time::Duration::from_millis(config.registry_refresh_ms));
     let org = registry.org();
+    let ingestion = start_ingestion(&config, db.clone(), Arc::clone(&catalog), org.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in SERVED {
@@ -133,7 +137,9 @@ pub async fn serve(
         )))
         .add_service(DepartmentRegistryServiceServer::new(RegistryApi::new(
             Arc::clone(&registry),
-        )));
+        )))
+        .add_service(ingestion.submission_service())
+        .add_service(ingestion.code_audit_service());
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
         TcpListenerStream::new(listener),
         async move {
@@ -161,6 +167,31 @@ pub async fn serve(
     db.pool.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts ingestion's single writer and change feed over the open store.
+fn start_ingestion(
+    config: &Config,
+    db: Db,
+    catalog: Arc<Catalog>,
+    org: citycredit::org::OrgView,
+) -> Ingestion {
+    let options = IngestionOptions {
+        writer: WriterConfig {
+            window: std::time::Duration::from_micros(config.ingest_group_commit_window_micros),
+            max_rows: config.ingest_group_commit_max_rows,
+            ..WriterConfig::default()
+        },
+        max_batch_values: config.ingest_max_batch_values,
+        max_message_bytes: config.ingest_max_message_bytes,
+        listen_url: config.database_url.clone(),
+        // LISTEN/NOTIFY channels are per database: one per schema keeps cities apart.
+        notify_channel: match &config.database_schema {
+            Some(schema) => format!("citycredit_changes_{schema}"),
+            None => "citycredit_changes".to_owned(),
+        },
+    };
+    Ingestion::start(db, catalog, org, options)
 }
 
 /// Binds the configured address.

@@ -1,2 +1,391 @@
-//! The ingestion service: `MetricSubmissionService` and `CodeAuditService`. Not served yet:
-//! the ingestion issue implements it (calls return UNIMPLEMENTED until then, as the proto says).
+//! The ingestion service: `MetricSubmissionService` (validated, idempotent, append-only
+//! submissions in a hash chain, with aggregates and a change feed for scoring) and
+//! `CodeAuditService` (GB 32100 code checks).
+//!
+//! `Ingestion` is the handle every part shares: the store, the catalog, the organisation
+//! snapshot, the single writer and the change feed. The gRPC services are thin layers over it,
+//! and it implements `citycredit::aggregates::AggregateSource` so scoring can read figures in
+//! process.
+
+pub mod aggregation;
+pub mod audit_chain;
+pub mod change_feed;
+pub mod code_audit;
+pub mod code_audit_service;
+pub mod error;
+pub mod store;
+pub mod submission_service;
+pub mod validation;
+pub mod writer;
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+use tonic::Status;
+
+use citycredit::aggregates::{AggregateSource, Aggregates, BoxFuture, Change};
+use citycredit::auth::Principal;
+use citycredit::catalog::Catalog;
+use citycredit::org::OrgView;
+use citycredit::proto::v1 as pb;
+use citycredit::status::Violation;
+use citycredit::store::{Backend, Db, now_micros};
+
+pub use code_audit_service::CodeAuditApi;
+pub use error::IngestError;
+pub use submission_service::SubmissionApi;
+pub use writer::WriterConfig;
+
+use crate::change_feed::ChangeFeed;
+use crate::store::{StoredRow, scoped_key};
+use crate::validation::NewValue;
+use crate::writer::{Idempotency, Op, Outcome, Writer};
+
+/// How ingestion runs.
+#[derive(Clone, Debug)]
+pub struct IngestionOptions {
+    pub writer: WriterConfig,
+    /// Most values in one SubmitBatch stream.
+    pub max_batch_values: usize,
+    /// Largest decoded gRPC message, in bytes.
+    pub max_message_bytes: usize,
+    /// PostgreSQL only: the URL the change-feed listener connects to (None: no listener, so
+    /// only this process's changes are seen).
+    pub listen_url: Option<String>,
+    /// PostgreSQL only: the LISTEN/NOTIFY channel (one per database or schema).
+    pub notify_channel: String,
+}
+
+impl Default for IngestionOptions {
+    fn default() -> Self {
+        IngestionOptions {
+            writer: WriterConfig::default(),
+            max_batch_values: 10_000,
+            max_message_bytes: 4 * 1024 * 1024,
+            listen_url: None,
+            notify_channel: "citycredit_changes".to_owned(),
+        }
+    }
+}
+
+struct Inner {
+    db: Db,
+    catalog: Arc<Catalog>,
+    org: OrgView,
+    writer: Writer,
+    feed: ChangeFeed,
+    options: IngestionOptions,
+}
+
+/// The shared handle.
+#[derive(Clone)]
+pub struct Ingestion {
+    inner: Arc<Inner>,
+}
+
+/// The result of a write.
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub first_id: i64,
+    pub last_id: i64,
+    pub accept_micros: i64,
+    pub replayed: bool,
+    /// The stored row of a one-row write.
+    pub row: Option<StoredRow>,
+}
+
+impl Ingestion {
+    /// Starts the writer (and, on PostgreSQL with a listen URL, the change-feed listener). The
+    /// store must be migrated.
+    pub fn start(db: Db, catalog: Arc<Catalog>, org: OrgView, options: IngestionOptions) -> Self {
+        let feed = ChangeFeed::new(org.clone());
+        let postgres = db.backend == Backend::Postgres;
+        let notify = postgres.then(|| options.notify_channel.clone());
+        if let (true, Some(url)) = (postgres, options.listen_url.clone()) {
+            change_feed::spawn_listener(url, options.notify_channel.clone(), feed.clone());
+        }
+        let writer = Writer::spawn(db.clone(), feed.clone(), notify, options.writer);
+        Ingestion {
+            inner: Arc::new(Inner {
+                db,
+                catalog,
+                org,
+                writer,
+                feed,
+                options,
+            }),
+        }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub fn org(&self) -> &OrgView {
+        &self.inner.org
+    }
+
+    pub fn options(&self) -> &IngestionOptions {
+        &self.inner.options
+    }
+
+    /// `MetricSubmissionService`, with the message size limit applied.
+    pub fn submission_service(
+        &self,
+    ) -> pb::metric_submission_service_server::MetricSubmissionServiceServer<SubmissionApi> {
+        pb::metric_submission_service_server::MetricSubmissionServiceServer::new(
+            SubmissionApi::new(self.clone()),
+        )
+        .max_decoding_message_size(self.inner.options.max_message_bytes)
+    }
+
+    /// `CodeAuditService`, with the message size limit applied.
+    pub fn code_audit_service(
+        &self,
+    ) -> pb::code_audit_service_server::CodeAuditServiceServer<CodeAuditApi> {
+        pb::code_audit_service_server::CodeAuditServiceServer::new(CodeAuditApi::new(self.clone()))
+            .max_decoding_message_size(self.inner.options.max_message_bytes)
+    }
+
+    /// Validates `inputs` (paths `{prefix}[i]`, or `prefix` alone for one unary value) and
+    /// authorizes each for `principal`: every violation at once, then the first denial.
+    pub fn check(
+        &self,
+        principal: &Principal,
+        inputs: &[pb::SubmissionInput],
+        unary: bool,
+    ) -> Result<Vec<NewValue>, IngestError> {
+        let org = self.inner.org.borrow().clone();
+        let mut violations: Vec<Violation> = Vec::new();
+        let mut values = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.iter().enumerate() {
+            let path = if unary {
+                "value".to_owned()
+            } else {
+                format!("values[{i}]")
+            };
+            if let Some(v) = validation::check_input(
+                &self.inner.catalog,
+                &org,
+                principal,
+                Some(input),
+                &path,
+                &mut violations,
+            ) {
+                values.push(v);
+            }
+        }
+        if !violations.is_empty() {
+            return Err(IngestError::Invalid(violations));
+        }
+        for v in &values {
+            validation::authorize(&org, principal, v)?;
+        }
+        Ok(values)
+    }
+
+    /// Stores checked values as one all-or-nothing write, idempotent under `key`.
+    pub async fn write_values(
+        &self,
+        principal: &Principal,
+        values: Vec<NewValue>,
+        key: &str,
+        what: &str,
+    ) -> Result<Written, IngestError> {
+        let idem = (!key.is_empty()).then(|| Idempotency {
+            key: key.to_owned(),
+            fingerprint: fingerprint_values(what, &values),
+        });
+        self.write(principal, idem, Op::Values(values)).await
+    }
+
+    /// Retracts a stored value (checks done by the caller).
+    pub async fn write_retraction(
+        &self,
+        principal: &Principal,
+        target: StoredRow,
+        reason: String,
+        key: &str,
+    ) -> Result<Written, IngestError> {
+        let idem = (!key.is_empty()).then(|| Idempotency {
+            key: key.to_owned(),
+            fingerprint: retraction_fingerprint(target.id, &reason),
+        });
+        self.write(
+            principal,
+            idem,
+            Op::Retract {
+                target: Box::new(target),
+                reason,
+            },
+        )
+        .await
+    }
+
+    async fn write(
+        &self,
+        principal: &Principal,
+        idem: Option<Idempotency>,
+        op: Op,
+    ) -> Result<Written, IngestError> {
+        // Fast path for retries: answered from the stored key without queueing a write.
+        if let Some(i) = &idem
+            && let Some(w) = self.replay(principal, &i.key, &i.fingerprint).await?
+        {
+            return Ok(w);
+        }
+        let o: Outcome = self
+            .inner
+            .writer
+            .write(principal.id.clone(), idem, op)
+            .await?;
+        Ok(Written {
+            first_id: o.first_id,
+            last_id: o.last_id,
+            accept_micros: o.accept_micros,
+            replayed: o.replayed,
+            row: o.row,
+        })
+    }
+
+    /// A stored result for `key` when the request is the same; ALREADY_EXISTS when not.
+    pub async fn replay(
+        &self,
+        principal: &Principal,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<Option<Written>, IngestError> {
+        let rec = store::idempotency_record(&self.inner.db, &scoped_key(&principal.id, key))
+            .await
+            .map_err(|e| IngestError::storage("read idempotency key", &e))?;
+        match rec {
+            None => Ok(None),
+            Some(r) if r.fingerprint == fingerprint => Ok(Some(Written {
+                first_id: r.first_id,
+                last_id: r.last_id,
+                accept_micros: r.accept_micros,
+                replayed: true,
+                row: None,
+            })),
+            Some(_) => Err(IngestError::KeyConflict(key.to_owned())),
+        }
+    }
+
+    /// One stored submission.
+    pub async fn get(&self, id: i64) -> Result<StoredRow, IngestError> {
+        store::get(&self.inner.db, id)
+            .await
+            .map_err(|e| IngestError::storage("read submission", &e))?
+            .ok_or_else(|| IngestError::NotFound(format!("submissions/{id}")))
+    }
+
+    /// The figures for `region` and `period` (validated by the caller).
+    pub async fn aggregates_of(
+        &self,
+        region: &str,
+        period: &str,
+        as_of: Option<i64>,
+    ) -> Result<Aggregates, IngestError> {
+        let regions = self.inner.org.borrow().subtree(region);
+        let at = as_of.unwrap_or_else(now_micros);
+        let rows = store::versions(&self.inner.db, &regions, period, as_of)
+            .await
+            .map_err(|e| IngestError::storage("read current values", &e))?;
+        Ok(aggregation::aggregate(
+            &self.inner.catalog,
+            region,
+            period,
+            at,
+            rows,
+        ))
+    }
+
+    /// Checks a region and period for an aggregate query.
+    pub fn check_region_period(&self, region: &str, period: &str) -> Result<String, IngestError> {
+        let mut v = Vec::new();
+        if self.inner.org.borrow().city.region(region).is_none() {
+            v.push(Violation::new(
+                "region_code",
+                format!(
+                    "unknown region `{}`",
+                    region.chars().take(64).collect::<String>()
+                ),
+            ));
+        }
+        let period = match period.parse::<citycredit::period::Period>() {
+            Ok(p) => p.to_string(),
+            Err(e) => {
+                v.push(Violation::new("period", e.to_string()));
+                String::new()
+            }
+        };
+        if v.is_empty() {
+            Ok(period)
+        } else {
+            Err(IngestError::Invalid(v))
+        }
+    }
+
+    /// A new subscription to the change feed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.inner.feed.subscribe()
+    }
+}
+
+/// SHA-256 over the canonical (normalised, length-prefixed) values of a request.
+pub fn fingerprint_values(what: &str, values: &[NewValue]) -> String {
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_be_bytes());
+        h.update(b);
+    };
+    field(what.as_bytes());
+    for v in values {
+        for f in [
+            &v.metric,
+            &v.region,
+            &v.period,
+            &v.department,
+            &v.domain,
+            &v.task_id,
+            &v.value,
+            &v.evidence_uri,
+            &v.note,
+        ] {
+            field(f.as_bytes());
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+/// SHA-256 over a retraction request.
+pub fn retraction_fingerprint(id: i64, reason: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"retract\0");
+    h.update(id.to_be_bytes());
+    h.update(reason.as_bytes());
+    hex::encode(h.finalize())
+}
+
+impl AggregateSource for Ingestion {
+    fn aggregates<'a>(
+        &'a self,
+        region: &'a str,
+        period: &'a str,
+        as_of_micros: Option<i64>,
+    ) -> BoxFuture<'a, Result<Aggregates, Status>> {
+        Box::pin(async move {
+            let period = self.check_region_period(region, period)?;
+            Ok(self.aggregates_of(region, &period, as_of_micros).await?)
+        })
+    }
+
+    fn changes(&self) -> broadcast::Receiver<Change> {
+        self.subscribe()
+    }
+}

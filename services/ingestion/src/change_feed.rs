@@ -1,0 +1,155 @@
+//! "Values changed for (region, period)" events. After each commit the writer publishes one
+//! `Change` per affected region (the region reported for and every region above it) and
+//! period on a broadcast channel. On PostgreSQL the writer also `pg_notify`s inside its
+//! transaction, and a listener task forwards other processes' notifications (its own, marked
+//! with this process's origin, are skipped: they were published locally).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use citycredit::aggregates::Change;
+use citycredit::org::OrgView;
+
+/// Buffered events per subscriber before a slow one starts missing them.
+const CAPACITY: usize = 4096;
+
+/// PostgreSQL NOTIFY payloads must stay under 8,000 bytes.
+const MAX_PAYLOAD: usize = 7_000;
+
+/// The base changes of one commit: (region reported for, period) -> highest id.
+pub type BaseChanges = BTreeMap<(String, String), u64>;
+
+/// The in-process feed.
+#[derive(Clone)]
+pub struct ChangeFeed {
+    tx: broadcast::Sender<Change>,
+    org: OrgView,
+    /// Marks this process's notifications.
+    pub origin: String,
+}
+
+impl ChangeFeed {
+    pub fn new(org: OrgView) -> Self {
+        let (tx, _) = broadcast::channel(CAPACITY);
+        ChangeFeed {
+            tx,
+            org,
+            origin: format!("{:016x}", rand::random::<u64>()),
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.tx.subscribe()
+    }
+
+    /// Publishes a commit's changes, expanded to every ancestor region, one event per
+    /// (region, period).
+    pub fn publish(&self, base: &BaseChanges, commit_micros: i64) {
+        let org = self.org.borrow().clone();
+        let mut expanded: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for ((region, period), last) in base {
+            for r in org.ancestry(region) {
+                let e = expanded.entry((r, period.clone())).or_insert(0);
+                *e = (*e).max(*last);
+            }
+        }
+        for ((region, period), last_submission_id) in expanded {
+            // No subscribers is fine.
+            let _ = self.tx.send(Change {
+                region,
+                period,
+                last_submission_id,
+                commit_micros,
+            });
+        }
+    }
+}
+
+/// NOTIFY payloads for a commit: "origin micros" then one "region period id" line per change.
+pub fn payloads(origin: &str, base: &BaseChanges, commit_micros: i64) -> Vec<String> {
+    let mut out = Vec::new();
+    let header = format!("{origin} {commit_micros}\n");
+    let mut cur = header.clone();
+    for ((region, period), id) in base {
+        let line = format!("{region} {period} {id}\n");
+        if cur.len() + line.len() > MAX_PAYLOAD {
+            out.push(std::mem::replace(&mut cur, header.clone()));
+        }
+        cur.push_str(&line);
+    }
+    if cur.len() > header.len() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Parses a payload: (origin, commit micros, base changes).
+pub fn parse_payload(p: &str) -> Option<(String, i64, BaseChanges)> {
+    let mut lines = p.lines();
+    let mut head = lines.next()?.split(' ');
+    let origin = head.next()?.to_owned();
+    let micros = head.next()?.parse().ok()?;
+    let mut base = BaseChanges::new();
+    for l in lines {
+        let mut f = l.split(' ');
+        let (r, p, id) = (f.next()?, f.next()?, f.next()?.parse().ok()?);
+        base.insert((r.to_owned(), p.to_owned()), id);
+    }
+    Some((origin, micros, base))
+}
+
+/// Forwards other processes' notifications on `channel` into `feed`, reconnecting on errors.
+pub fn spawn_listener(
+    url: String,
+    channel: String,
+    feed: ChangeFeed,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match listen(&url, &channel, &feed).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "change feed listener lost its connection; reconnecting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    })
+}
+
+async fn listen(url: &str, channel: &str, feed: &ChangeFeed) -> Result<(), sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+    listener.listen(channel).await?;
+    loop {
+        let n = listener.recv().await?;
+        match parse_payload(n.payload()) {
+            Some((origin, _, _)) if origin == feed.origin => {}
+            Some((_, micros, base)) => feed.publish(&base, micros),
+            None => tracing::warn!(payload = n.payload(), "unreadable change notification"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip_and_split() {
+        let mut base = BaseChanges::new();
+        for i in 0..500u64 {
+            base.insert((format!("3308{i:02}"), "2026".into()), i);
+        }
+        let ps = payloads("abc", &base, 42);
+        assert!(ps.len() > 1 && ps.iter().all(|p| p.len() <= MAX_PAYLOAD));
+        let mut back = BaseChanges::new();
+        for p in &ps {
+            let (o, m, b) = parse_payload(p).unwrap_or_else(|| panic!("parse {p}"));
+            assert_eq!((o.as_str(), m), ("abc", 42));
+            back.extend(b);
+        }
+        assert_eq!(back, base);
+    }
+}

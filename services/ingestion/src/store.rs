@@ -1,0 +1,549 @@
+//! The ingestion tables and their SQL (written once for sqlx `Any`: `$n` placeholders, only
+//! i64 and text columns). `submissions` is append-only; `value_versions` is derived from it in
+//! the same transaction; `idempotency` remembers keys; `chain_head` is the writer's one row.
+
+use futures::TryStreamExt;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use citycredit::store::Db;
+
+/// Kinds of submission rows.
+pub const KIND_VALUE: &str = "value";
+pub const KIND_RETRACTION: &str = "retraction";
+
+/// One stored submission row, every column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRow {
+    pub id: i64,
+    pub principal: String,
+    pub department: String,
+    pub region: String,
+    pub period: String,
+    pub metric: String,
+    pub domain: String,
+    pub task_id: String,
+    pub value: String,
+    pub evidence_uri: String,
+    pub note: String,
+    pub idempotency_key: String,
+    pub accept_micros: i64,
+    pub kind: String,
+    pub retracts: Option<i64>,
+    pub reason: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+pub const SUBMISSION_COLUMNS: &str = "id, principal, department, region, period, metric, domain, \
+    task_id, value, evidence_uri, note, idempotency_key, accept_micros, kind, retracts, reason, \
+    prev_hash, hash";
+const SUBMISSION_ARITY: usize = 18;
+
+impl StoredRow {
+    pub fn from_row(r: &AnyRow) -> Result<StoredRow, sqlx::Error> {
+        Ok(StoredRow {
+            id: r.try_get(0)?,
+            principal: r.try_get(1)?,
+            department: r.try_get(2)?,
+            region: r.try_get(3)?,
+            period: r.try_get(4)?,
+            metric: r.try_get(5)?,
+            domain: r.try_get(6)?,
+            task_id: r.try_get(7)?,
+            value: r.try_get(8)?,
+            evidence_uri: r.try_get(9)?,
+            note: r.try_get(10)?,
+            idempotency_key: r.try_get(11)?,
+            accept_micros: r.try_get(12)?,
+            kind: r.try_get(13)?,
+            retracts: r.try_get(14)?,
+            reason: r.try_get(15)?,
+            prev_hash: r.try_get(16)?,
+            hash: r.try_get(17)?,
+        })
+    }
+
+    /// The key a value supersedes within: (metric, region, period, department, domain, task).
+    pub fn vkey(&self) -> String {
+        vkey(
+            &self.metric,
+            &self.region,
+            &self.period,
+            &self.department,
+            &self.domain,
+            &self.task_id,
+        )
+    }
+}
+
+/// Unambiguous text for a value key (length-prefixed fields).
+pub fn vkey(
+    metric: &str,
+    region: &str,
+    period: &str,
+    department: &str,
+    domain: &str,
+    task_id: &str,
+) -> String {
+    let mut out = String::with_capacity(64);
+    for f in [metric, region, period, department, domain, task_id] {
+        out.push_str(&f.len().to_string());
+        out.push(':');
+        out.push_str(f);
+    }
+    out
+}
+
+/// `($1, $2, ...), (...)` for `rows` rows of `arity` columns.
+pub fn placeholders(rows: usize, arity: usize) -> String {
+    let mut s = String::with_capacity(rows * arity * 5);
+    let mut n = 1;
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        for c in 0..arity {
+            if c > 0 {
+                s.push(',');
+            }
+            s.push('$');
+            s.push_str(&n.to_string());
+            n += 1;
+        }
+        s.push(')');
+    }
+    s
+}
+
+/// `$k, $k+1, ...` (n of them).
+pub fn list(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Rows per multi-row INSERT (18 columns: under SQLite's and PostgreSQL's parameter limits).
+const INSERT_CHUNK: usize = 500;
+
+pub async fn insert_submissions(
+    conn: &mut AnyConnection,
+    rows: &[StoredRow],
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let sql = format!(
+            "INSERT INTO submissions ({SUBMISSION_COLUMNS}) VALUES {}",
+            placeholders(chunk.len(), SUBMISSION_ARITY)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for r in chunk {
+            q = q
+                .bind(r.id)
+                .bind(r.principal.as_str())
+                .bind(r.department.as_str())
+                .bind(r.region.as_str())
+                .bind(r.period.as_str())
+                .bind(r.metric.as_str())
+                .bind(r.domain.as_str())
+                .bind(r.task_id.as_str())
+                .bind(r.value.as_str())
+                .bind(r.evidence_uri.as_str())
+                .bind(r.note.as_str())
+                .bind(r.idempotency_key.as_str())
+                .bind(r.accept_micros)
+                .bind(r.kind.as_str())
+                .bind(r.retracts)
+                .bind(r.reason.as_str())
+                .bind(r.prev_hash.as_str())
+                .bind(r.hash.as_str());
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// One version of a value key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version {
+    pub submission_id: i64,
+    pub vkey: String,
+    pub metric: String,
+    pub region: String,
+    pub period: String,
+    pub department: String,
+    pub domain: String,
+    pub task_id: String,
+    pub value: String,
+    pub valid_from: i64,
+    pub valid_to: Option<i64>,
+}
+
+pub async fn insert_versions(
+    conn: &mut AnyConnection,
+    versions: &[Version],
+) -> Result<(), sqlx::Error> {
+    for chunk in versions.chunks(INSERT_CHUNK) {
+        let sql = format!(
+            "INSERT INTO value_versions (submission_id, vkey, metric, region, period, department, \
+             domain, task_id, value, valid_from, valid_to) VALUES {}",
+            placeholders(chunk.len(), 11)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for v in chunk {
+            q = q
+                .bind(v.submission_id)
+                .bind(v.vkey.as_str())
+                .bind(v.metric.as_str())
+                .bind(v.region.as_str())
+                .bind(v.period.as_str())
+                .bind(v.department.as_str())
+                .bind(v.domain.as_str())
+                .bind(v.task_id.as_str())
+                .bind(v.value.as_str())
+                .bind(v.valid_from)
+                .bind(v.valid_to);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Closes the current versions of these submissions at `at`.
+pub async fn close_versions(
+    conn: &mut AnyConnection,
+    submission_ids: &[i64],
+    at: i64,
+) -> Result<(), sqlx::Error> {
+    for chunk in submission_ids.chunks(1000) {
+        let sql = format!(
+            "UPDATE value_versions SET valid_to = $1 WHERE valid_to IS NULL AND submission_id IN ({})",
+            list(2, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(at);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// vkey -> current submission id, for the given keys.
+pub async fn current_of_keys(
+    conn: &mut AnyConnection,
+    keys: &[String],
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let mut out = Vec::new();
+    for chunk in keys.chunks(1000) {
+        let sql = format!(
+            "SELECT vkey, submission_id FROM value_versions WHERE valid_to IS NULL AND vkey IN ({})",
+            list(1, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for k in chunk {
+            q = q.bind(k.as_str());
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            out.push((r.try_get(0)?, r.try_get(1)?));
+        }
+    }
+    Ok(out)
+}
+
+/// A remembered idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub scoped_key: String,
+    pub fingerprint: String,
+    pub first_id: i64,
+    pub last_id: i64,
+    pub accept_micros: i64,
+}
+
+impl IdempotencyRecord {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(IdempotencyRecord {
+            scoped_key: r.try_get(0)?,
+            fingerprint: r.try_get(1)?,
+            first_id: r.try_get(2)?,
+            last_id: r.try_get(3)?,
+            accept_micros: r.try_get(4)?,
+        })
+    }
+}
+
+/// Idempotency keys are scoped per principal: (principal, key) as one unambiguous text.
+pub fn scoped_key(principal: &str, key: &str) -> String {
+    format!("{}:{principal}{key}", principal.len())
+}
+
+pub async fn idempotency_records(
+    conn: &mut AnyConnection,
+    scoped_keys: &[String],
+) -> Result<Vec<IdempotencyRecord>, sqlx::Error> {
+    let mut out = Vec::new();
+    for chunk in scoped_keys.chunks(1000) {
+        let sql = format!(
+            "SELECT scoped_key, fingerprint, first_id, last_id, accept_micros FROM idempotency \
+             WHERE scoped_key IN ({})",
+            list(1, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for k in chunk {
+            q = q.bind(k.as_str());
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            out.push(IdempotencyRecord::from_row(&r)?);
+        }
+    }
+    Ok(out)
+}
+
+pub async fn idempotency_record(
+    db: &Db,
+    scoped_key: &str,
+) -> Result<Option<IdempotencyRecord>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT scoped_key, fingerprint, first_id, last_id, accept_micros FROM idempotency \
+         WHERE scoped_key = $1",
+    )
+    .bind(scoped_key)
+    .fetch_optional(&db.pool)
+    .await?;
+    row.map(|r| IdempotencyRecord::from_row(&r)).transpose()
+}
+
+pub async fn insert_idempotency(
+    conn: &mut AnyConnection,
+    records: &[IdempotencyRecord],
+) -> Result<(), sqlx::Error> {
+    for chunk in records.chunks(INSERT_CHUNK) {
+        let sql = format!(
+            "INSERT INTO idempotency (scoped_key, fingerprint, first_id, last_id, accept_micros) \
+             VALUES {}",
+            placeholders(chunk.len(), 5)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for r in chunk {
+            q = q
+                .bind(r.scoped_key.as_str())
+                .bind(r.fingerprint.as_str())
+                .bind(r.first_id)
+                .bind(r.last_id)
+                .bind(r.accept_micros);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// The chain head: last id, last hash, last accept time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub last_id: i64,
+    pub last_hash: String,
+    pub last_micros: i64,
+}
+
+pub async fn lock_head(conn: &mut AnyConnection, for_update: bool) -> Result<Head, sqlx::Error> {
+    let sql = if for_update {
+        "SELECT last_id, last_hash, last_micros FROM chain_head WHERE id = 1 FOR UPDATE"
+    } else {
+        "SELECT last_id, last_hash, last_micros FROM chain_head WHERE id = 1"
+    };
+    let r = sqlx::query(sql).fetch_one(&mut *conn).await?;
+    Ok(Head {
+        last_id: r.try_get(0)?,
+        last_hash: r.try_get(1)?,
+        last_micros: r.try_get(2)?,
+    })
+}
+
+pub async fn head(db: &Db) -> Result<Head, sqlx::Error> {
+    let mut conn = db.pool.acquire().await?;
+    lock_head(&mut conn, false).await
+}
+
+pub async fn set_head(conn: &mut AnyConnection, head: &Head) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE chain_head SET last_id = $1, last_hash = $2, last_micros = $3 WHERE id = 1",
+    )
+    .bind(head.last_id)
+    .bind(head.last_hash.as_str())
+    .bind(head.last_micros)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(db: &Db, id: i64) -> Result<Option<StoredRow>, sqlx::Error> {
+    let sql = format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await?;
+    row.map(|r| StoredRow::from_row(&r)).transpose()
+}
+
+pub async fn range(db: &Db, first: i64, last: i64) -> Result<Vec<StoredRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id >= $1 AND id <= $2 ORDER BY id"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(first)
+        .bind(last)
+        .fetch_all(&db.pool)
+        .await?;
+    rows.iter().map(StoredRow::from_row).collect()
+}
+
+/// The id of the submission that retracts `id`, if any.
+pub async fn retraction_of(db: &Db, id: i64) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM submissions WHERE retracts = $1 LIMIT 1")
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await
+}
+
+/// Filters of ListSubmissions (empty strings match everything).
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    pub region: String,
+    pub period: String,
+    pub metric: String,
+    pub department: String,
+    pub principal: String,
+    pub start_micros: Option<i64>,
+    pub end_micros: Option<i64>,
+    /// Only ids below this (keyset pagination, newest first).
+    pub before_id: Option<i64>,
+}
+
+pub async fn list_submissions(
+    db: &Db,
+    f: &ListFilter,
+    limit: usize,
+) -> Result<Vec<StoredRow>, sqlx::Error> {
+    let mut clauses: Vec<String> = Vec::new();
+    let mut texts: Vec<&str> = Vec::new();
+    let mut n = 0;
+    for (col, v) in [
+        ("region", &f.region),
+        ("period", &f.period),
+        ("metric", &f.metric),
+        ("department", &f.department),
+        ("principal", &f.principal),
+    ] {
+        if !v.is_empty() {
+            n += 1;
+            clauses.push(format!("{col} = ${n}"));
+            texts.push(v);
+        }
+    }
+    let mut ints: Vec<i64> = Vec::new();
+    for (cond, v) in [
+        ("accept_micros >=", f.start_micros),
+        ("accept_micros <", f.end_micros),
+        ("id <", f.before_id),
+    ] {
+        if let Some(v) = v {
+            n += 1;
+            clauses.push(format!("{cond} ${n}"));
+            ints.push(v);
+        }
+    }
+    let filter = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT {SUBMISSION_COLUMNS} FROM submissions {filter} ORDER BY id DESC LIMIT {}",
+        limit
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for t in texts {
+        q = q.bind(t);
+    }
+    for i in ints {
+        q = q.bind(i);
+    }
+    let rows = q.fetch_all(&db.pool).await?;
+    rows.iter().map(StoredRow::from_row).collect()
+}
+
+/// Every submission in id order, streamed to `visit` (stops early when it returns false).
+pub async fn walk_submissions(
+    db: &Db,
+    mut visit: impl FnMut(StoredRow) -> bool,
+) -> Result<(), sqlx::Error> {
+    let sql = format!("SELECT {SUBMISSION_COLUMNS} FROM submissions ORDER BY id");
+    let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&db.pool);
+    while let Some(r) = rows.try_next().await? {
+        if !visit(StoredRow::from_row(&r)?) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A current (or as-of) version for aggregation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionRow {
+    pub submission_id: i64,
+    pub metric: String,
+    pub region: String,
+    pub department: String,
+    pub domain: String,
+    pub task_id: String,
+    pub value: String,
+    pub valid_from: i64,
+}
+
+/// The versions valid for `period` at `regions`: current ones, or those valid at `as_of`.
+pub async fn versions(
+    db: &Db,
+    regions: &[String],
+    period: &str,
+    as_of: Option<i64>,
+) -> Result<Vec<VersionRow>, sqlx::Error> {
+    let cols = "submission_id, metric, region, department, domain, task_id, value, valid_from";
+    let sql = match as_of {
+        None => format!(
+            "SELECT {cols} FROM value_versions WHERE period = $1 AND region IN ({}) \
+             AND valid_to IS NULL",
+            list(2, regions.len())
+        ),
+        Some(_) => format!(
+            "SELECT {cols} FROM value_versions WHERE period = $1 AND region IN ({}) \
+             AND valid_from <= ${} AND (valid_to IS NULL OR valid_to > ${})",
+            list(2, regions.len()),
+            regions.len() + 2,
+            regions.len() + 3
+        ),
+    };
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(period);
+    for r in regions {
+        q = q.bind(r.as_str());
+    }
+    if let Some(t) = as_of {
+        q = q.bind(t).bind(t);
+    }
+    let rows = q.fetch_all(&db.pool).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(VersionRow {
+                submission_id: r.try_get(0)?,
+                metric: r.try_get(1)?,
+                region: r.try_get(2)?,
+                department: r.try_get(3)?,
+                domain: r.try_get(4)?,
+                task_id: r.try_get(5)?,
+                value: r.try_get(6)?,
+                valid_from: r.try_get(7)?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,565 @@
+//! `citycredit.v1.MetricSubmissionService` over the `Ingestion` handle.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::broadcast::error::RecvError;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use citycredit::auth::{self, Action, Principal};
+use citycredit::proto::v1 as pb;
+use citycredit::proto::v1::metric_submission_service_server::MetricSubmissionService;
+use citycredit::status::{self, Violation};
+
+use crate::error::IngestError;
+use crate::store::{self, KIND_RETRACTION, ListFilter, StoredRow};
+use crate::validation::{self, MAX_CODE_CHARS, MAX_NOTE_CHARS, wire_value};
+use crate::{Ingestion, Written};
+
+/// Serves submissions.
+#[derive(Clone)]
+pub struct SubmissionApi {
+    ing: Ingestion,
+}
+
+impl SubmissionApi {
+    pub fn new(ing: Ingestion) -> Self {
+        SubmissionApi { ing }
+    }
+
+    fn authorize(&self, p: &Principal, action: Action<'_>) -> Result<(), IngestError> {
+        Ok(self.ing.org().borrow().access.decide(p, action)?)
+    }
+
+    /// The wire form of a stored row.
+    pub fn submission(&self, r: &StoredRow) -> pb::Submission {
+        let kind = self.ing.catalog().metric(&r.metric).map(|m| m.kind);
+        let retraction = r.kind == KIND_RETRACTION;
+        pb::Submission {
+            name: format!("submissions/{}", r.id),
+            id: u64::try_from(r.id).unwrap_or(0),
+            input: Some(pb::SubmissionInput {
+                metric_key: r.metric.clone(),
+                region_code: r.region.clone(),
+                period: r.period.clone(),
+                department_code: r.department.clone(),
+                domain: r.domain.clone(),
+                task_id: r.task_id.clone(),
+                value: if retraction {
+                    None
+                } else {
+                    wire_value(kind, &r.value)
+                },
+                evidence_uri: r.evidence_uri.clone(),
+                note: r.note.clone(),
+            }),
+            principal: format!("principals/{}", r.principal),
+            idempotency_key: r.idempotency_key.clone(),
+            accept_time: Some(timestamp(r.accept_micros)),
+            retracts: r
+                .retracts
+                .map(|id| format!("submissions/{id}"))
+                .unwrap_or_default(),
+            retraction_reason: r.reason.clone(),
+            prev_hash: r.prev_hash.clone(),
+            hash: r.hash.clone(),
+        }
+    }
+
+    async fn row_of(&self, w: &Written) -> Result<StoredRow, IngestError> {
+        match &w.row {
+            Some(r) => Ok(r.clone()),
+            None => self.ing.get(w.first_id).await,
+        }
+    }
+
+    async fn submit_batch_inner(
+        &self,
+        principal: &Principal,
+        mut stream: Streaming<pb::SubmitBatchRequest>,
+    ) -> Result<pb::SubmitBatchResponse, IngestError> {
+        let limit = self.ing.options().max_batch_values;
+        let mut inputs: Vec<pb::SubmissionInput> = Vec::new();
+        let mut key: Option<String> = None;
+        let mut validate_only: Option<bool> = None;
+        let mut violations = Vec::new();
+        let mut message = 0usize;
+        loop {
+            let msg = match stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                // A stream that breaks off stores nothing.
+                Err(s) => return Err(IngestError::ClientStream(s.message().to_owned())),
+            };
+            match (&key, msg.idempotency_key.as_str()) {
+                (None, k) => key = Some(k.to_owned()),
+                (Some(_), "") => {}
+                (Some(k), other) if k == other => {}
+                (Some(_), _) => violations.push(Violation::new(
+                    format!("requests[{message}].idempotency_key"),
+                    "must repeat the first message's key or be empty",
+                )),
+            }
+            match (validate_only, msg.validate_only) {
+                (None, v) => validate_only = Some(v),
+                (Some(true), _) | (Some(false), false) => {}
+                (Some(false), true) => violations.push(Violation::new(
+                    format!("requests[{message}].validate_only"),
+                    "must be set in the first message",
+                )),
+            }
+            if inputs.len() + msg.values.len() > limit {
+                return Err(IngestError::TooLarge {
+                    what: "values in a batch",
+                    limit,
+                });
+            }
+            inputs.extend(msg.values);
+            message += 1;
+        }
+        let key = key.unwrap_or_default();
+        validation::check_idempotency_key(&key, "idempotency_key", &mut violations);
+        if inputs.is_empty() {
+            violations.push(Violation::new("values", "a batch needs at least one value"));
+        }
+        let values = match self.ing.check(principal, &inputs, false) {
+            Ok(v) if violations.is_empty() => v,
+            Ok(_) => return Err(IngestError::Invalid(violations)),
+            Err(IngestError::Invalid(mut more)) => {
+                violations.append(&mut more);
+                return Err(IngestError::Invalid(violations));
+            }
+            Err(e) if violations.is_empty() => return Err(e),
+            Err(_) => return Err(IngestError::Invalid(violations)),
+        };
+        let count = u32::try_from(values.len()).unwrap_or(u32::MAX);
+        if validate_only == Some(true) {
+            return Ok(pb::SubmitBatchResponse {
+                accepted_count: count,
+                ..Default::default()
+            });
+        }
+        let w = self
+            .ing
+            .write_values(principal, values, &key, "batch")
+            .await?;
+        Ok(pb::SubmitBatchResponse {
+            accepted_count: u32::try_from(w.last_id - w.first_id + 1).unwrap_or(count),
+            first_submission_id: u64::try_from(w.first_id).unwrap_or(0),
+            last_submission_id: u64::try_from(w.last_id).unwrap_or(0),
+            replayed: w.replayed,
+            accept_time: Some(timestamp(w.accept_micros)),
+        })
+    }
+}
+
+/// Microseconds since the epoch as a protobuf timestamp.
+pub fn timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1_000).unwrap_or(0),
+    }
+}
+
+/// A protobuf timestamp as microseconds since the epoch.
+pub fn micros(t: &prost_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(t.nanos) / 1_000)
+}
+
+/// Parses "submissions/{id}".
+fn submission_id(field: &str, name: &str) -> Result<i64, IngestError> {
+    name.strip_prefix("submissions/")
+        .and_then(|n| n.parse::<i64>().ok())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            IngestError::Invalid(vec![Violation::new(
+                field,
+                "must be `submissions/{id}` with a positive id",
+            )])
+        })
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchChangesResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl MetricSubmissionService for SubmissionApi {
+    async fn submit_value(
+        &self,
+        request: Request<pb::SubmitValueRequest>,
+    ) -> Result<Response<pb::SubmitValueResponse>, Status> {
+        let principal = auth::principal(&request)?.clone();
+        let req = request.into_inner();
+        let mut violations = Vec::new();
+        validation::check_idempotency_key(&req.idempotency_key, "idempotency_key", &mut violations);
+        let Some(input) = req.value else {
+            violations.push(Violation::new("value", "required"));
+            return Err(IngestError::Invalid(violations).into());
+        };
+        let values = match self
+            .ing
+            .check(&principal, std::slice::from_ref(&input), true)
+        {
+            Ok(v) if violations.is_empty() => v,
+            Err(IngestError::Invalid(mut more)) => {
+                violations.append(&mut more);
+                return Err(IngestError::Invalid(violations).into());
+            }
+            Ok(_) => return Err(IngestError::Invalid(violations).into()),
+            Err(e) => return Err(e.into()),
+        };
+        if req.validate_only {
+            return Ok(Response::new(pb::SubmitValueResponse::default()));
+        }
+        let w = self
+            .ing
+            .write_values(&principal, values, &req.idempotency_key, "value")
+            .await?;
+        let row = self.row_of(&w).await?;
+        Ok(Response::new(pb::SubmitValueResponse {
+            submission: Some(self.submission(&row)),
+            replayed: w.replayed,
+        }))
+    }
+
+    async fn submit_batch(
+        &self,
+        request: Request<Streaming<pb::SubmitBatchRequest>>,
+    ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        let principal = auth::principal(&request)?.clone();
+        let out = self
+            .submit_batch_inner(&principal, request.into_inner())
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn get_submission(
+        &self,
+        request: Request<pb::GetSubmissionRequest>,
+    ) -> Result<Response<pb::GetSubmissionResponse>, Status> {
+        let principal = auth::principal(&request)?;
+        self.authorize(principal, Action::Read)?;
+        let id = submission_id("name", &request.get_ref().name)?;
+        let row = self.ing.get(id).await?;
+        Ok(Response::new(pb::GetSubmissionResponse {
+            submission: Some(self.submission(&row)),
+        }))
+    }
+
+    async fn list_submissions(
+        &self,
+        request: Request<pb::ListSubmissionsRequest>,
+    ) -> Result<Response<pb::ListSubmissionsResponse>, Status> {
+        let principal = auth::principal(&request)?;
+        self.authorize(principal, Action::Read)?;
+        let req = request.get_ref();
+        let mut violations = Vec::new();
+        if req.page_size < 0 {
+            violations.push(Violation::new("page_size", "must not be negative"));
+        }
+        let limit = match usize::try_from(req.page_size).unwrap_or(0) {
+            0 => 100,
+            n => n.min(1_000),
+        };
+        let before_id = if req.page_token.is_empty() {
+            None
+        } else {
+            match req
+                .page_token
+                .strip_prefix("before:")
+                .and_then(|n| n.parse::<i64>().ok())
+            {
+                Some(id) => Some(id),
+                None => {
+                    violations.push(Violation::new(
+                        "page_token",
+                        "not a token from a previous response",
+                    ));
+                    None
+                }
+            }
+        };
+        for (name, v) in [
+            ("region_code", &req.region_code),
+            ("period", &req.period),
+            ("metric_key", &req.metric_key),
+            ("department_code", &req.department_code),
+            ("principal", &req.principal),
+        ] {
+            if v.chars().count() > MAX_CODE_CHARS {
+                violations.push(Violation::new(
+                    name,
+                    format!("at most {MAX_CODE_CHARS} characters"),
+                ));
+            }
+        }
+        let principal_filter = if req.principal.is_empty() {
+            String::new()
+        } else {
+            match req.principal.strip_prefix("principals/") {
+                Some(p) if !p.is_empty() => p.to_owned(),
+                _ => {
+                    violations.push(Violation::new("principal", "must be `principals/{id}`"));
+                    String::new()
+                }
+            }
+        };
+        if !violations.is_empty() {
+            return Err(IngestError::Invalid(violations).into());
+        }
+        let filter = ListFilter {
+            region: req.region_code.clone(),
+            period: req.period.clone(),
+            metric: req.metric_key.clone(),
+            department: req.department_code.clone(),
+            principal: principal_filter,
+            start_micros: req.start_time.as_ref().map(micros),
+            end_micros: req.end_time.as_ref().map(micros),
+            before_id,
+        };
+        // One more than asked tells whether there is a next page.
+        let mut rows = store::list_submissions(self.ing.db(), &filter, limit + 1)
+            .await
+            .map_err(|e| IngestError::storage("list submissions", &e))?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let next_page_token = match (more, rows.last()) {
+            (true, Some(last)) => format!("before:{}", last.id),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListSubmissionsResponse {
+            submissions: rows.iter().map(|r| self.submission(r)).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn retract_submission(
+        &self,
+        request: Request<pb::RetractSubmissionRequest>,
+    ) -> Result<Response<pb::RetractSubmissionResponse>, Status> {
+        let principal = auth::principal(&request)?.clone();
+        let req = request.into_inner();
+        let mut violations = Vec::new();
+        let id = match submission_id("name", &req.name) {
+            Ok(id) => id,
+            Err(IngestError::Invalid(mut v)) => {
+                violations.append(&mut v);
+                0
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if req.reason.trim().is_empty() {
+            violations.push(Violation::new("reason", "required"));
+        } else if req.reason.chars().count() > MAX_NOTE_CHARS {
+            violations.push(Violation::new(
+                "reason",
+                format!("at most {MAX_NOTE_CHARS} characters"),
+            ));
+        }
+        validation::check_idempotency_key(&req.idempotency_key, "idempotency_key", &mut violations);
+        if !violations.is_empty() {
+            return Err(IngestError::Invalid(violations).into());
+        }
+        if !req.idempotency_key.is_empty()
+            && let Some(w) = self
+                .ing
+                .replay(
+                    &principal,
+                    &req.idempotency_key,
+                    &crate::retraction_fingerprint(id, &req.reason),
+                )
+                .await?
+        {
+            let row = self.row_of(&w).await?;
+            return Ok(Response::new(pb::RetractSubmissionResponse {
+                retraction: Some(self.submission(&row)),
+                replayed: true,
+            }));
+        }
+        let target = self.ing.get(id).await?;
+        self.authorize(
+            &principal,
+            Action::Submit {
+                metric: &target.metric,
+                region: &target.region,
+            },
+        )?;
+        if target.kind == KIND_RETRACTION {
+            return Err(IngestError::FailedPrecondition(format!(
+                "submissions/{id} is a retraction and cannot be retracted"
+            ))
+            .into());
+        }
+        let already = store::retraction_of(self.ing.db(), id)
+            .await
+            .map_err(|e| IngestError::storage("read retractions", &e))?;
+        if let Some(by) = already {
+            return Err(IngestError::FailedPrecondition(format!(
+                "submissions/{id} is already retracted by submissions/{by}"
+            ))
+            .into());
+        }
+        let w = self
+            .ing
+            .write_retraction(&principal, target, req.reason, &req.idempotency_key)
+            .await?;
+        let row = self.row_of(&w).await?;
+        Ok(Response::new(pb::RetractSubmissionResponse {
+            retraction: Some(self.submission(&row)),
+            replayed: w.replayed,
+        }))
+    }
+
+    async fn query_aggregates(
+        &self,
+        request: Request<pb::QueryAggregatesRequest>,
+    ) -> Result<Response<pb::QueryAggregatesResponse>, Status> {
+        let principal = auth::principal(&request)?;
+        self.authorize(principal, Action::Read)?;
+        let req = request.get_ref();
+        let period = self
+            .ing
+            .check_region_period(&req.region_code, &req.period)?;
+        let as_of = req.as_of.as_ref().map(micros);
+        let agg = self
+            .ing
+            .aggregates_of(&req.region_code, &period, as_of)
+            .await?;
+        let mut metrics = Vec::new();
+        for m in &self.ing.catalog().metrics {
+            let Some(figure) = agg.values.get(&m.key) else {
+                continue;
+            };
+            use citycredit::rules::Figure;
+            let mut out = pb::AggregatedMetric {
+                metric_key: m.key.clone(),
+                ..Default::default()
+            };
+            match figure {
+                Figure::Number(n) => {
+                    out.value = Some(pb::MetricValue {
+                        value: Some(pb::metric_value::Value::Number(n.to_plain())),
+                    });
+                }
+                Figure::Flag(b) => {
+                    out.value = Some(pb::MetricValue {
+                        value: Some(pb::metric_value::Value::Flag(*b)),
+                    });
+                }
+                Figure::Domains(d) => out.domains = d.iter().cloned().collect(),
+                Figure::Tasks(t) => {
+                    out.task_statuses = t
+                        .iter()
+                        .map(|(id, s)| {
+                            let s = match s {
+                                citycredit::rules::TaskStatus::NotStarted => {
+                                    pb::TaskStatus::NotStarted
+                                }
+                                citycredit::rules::TaskStatus::InProgress => {
+                                    pb::TaskStatus::InProgress
+                                }
+                                citycredit::rules::TaskStatus::Done => pb::TaskStatus::Done,
+                            };
+                            (id.clone(), s as i32)
+                        })
+                        .collect();
+                }
+            }
+            out.sources = agg
+                .sources
+                .get(&m.key)
+                .into_iter()
+                .flatten()
+                .map(|s| pb::SubmissionRef {
+                    submission: format!("submissions/{}", s.submission_id),
+                    department_code: s.department.clone(),
+                    region_code: s.region.clone(),
+                    domain: s.domain.clone(),
+                    value: Some(s.value.clone()),
+                    accept_time: Some(timestamp(s.accept_micros)),
+                })
+                .collect();
+            metrics.push(out);
+        }
+        Ok(Response::new(pb::QueryAggregatesResponse {
+            region_code: agg.region,
+            period: agg.period,
+            metrics,
+            as_of: Some(timestamp(agg.as_of_micros)),
+        }))
+    }
+
+    type WatchChangesStream = WatchStream;
+
+    async fn watch_changes(
+        &self,
+        request: Request<pb::WatchChangesRequest>,
+    ) -> Result<Response<Self::WatchChangesStream>, Status> {
+        let principal = auth::principal(&request)?;
+        self.authorize(principal, Action::Read)?;
+        let region = request.get_ref().region_code.clone();
+        if !region.is_empty() && self.ing.org().borrow().city.region(&region).is_none() {
+            return Err(IngestError::Invalid(vec![Violation::new(
+                "region_code",
+                format!(
+                    "unknown region `{}`",
+                    region.chars().take(64).collect::<String>()
+                ),
+            )])
+            .into());
+        }
+        let rx = self.ing.subscribe();
+        let stream = futures::stream::unfold((rx, false), move |(mut rx, done)| {
+            let region = region.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    match rx.recv().await {
+                        Ok(c) if region.is_empty() || c.region == region => {
+                            let item = pb::WatchChangesResponse {
+                                region_code: c.region,
+                                period: c.period,
+                                last_submission_id: c.last_submission_id,
+                                commit_time: Some(timestamp(c.commit_micros)),
+                            };
+                            return Some((Ok(item), (rx, false)));
+                        }
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(n)) => {
+                            let status = status::retry_after(
+                                Code::ResourceExhausted,
+                                format!(
+                                    "the watcher fell {n} changes behind: re-read and watch again"
+                                ),
+                                std::time::Duration::from_millis(100),
+                            );
+                            return Some((Err(status), (rx, true)));
+                        }
+                        Err(RecvError::Closed) => return None,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream.boxed())))
+    }
+
+    async fn verify_audit_chain(
+        &self,
+        request: Request<pb::VerifyAuditChainRequest>,
+    ) -> Result<Response<pb::VerifyAuditChainResponse>, Status> {
+        let principal = auth::principal(&request)?;
+        self.authorize(principal, Action::Administer)?;
+        let v = crate::audit_chain::verify(self.ing.db())
+            .await
+            .map_err(|e| IngestError::storage("verify audit chain", &e))?;
+        Ok(Response::new(pb::VerifyAuditChainResponse {
+            intact: v.intact,
+            rows_checked: v.rows_checked,
+            first_bad_submission_id: v.first_bad,
+            problem: v.problem,
+        }))
+    }
+}

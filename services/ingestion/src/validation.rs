@@ -1,0 +1,498 @@
+//! Validation at entry (rulebook section 2): every problem of a request is found and reported
+//! at once, one `Violation` per problem with a path to the field (`values[3].value`). A value
+//! that passes comes out normalised as a `NewValue` (canonical number text, the department
+//! resolved), which is what is stored and fingerprinted.
+
+use citycredit::auth::{Action, Denied, Principal, Role};
+use citycredit::catalog::{Catalog, Metric, MetricKind};
+use citycredit::numbers::Num;
+use citycredit::org::Org;
+use citycredit::period::Period;
+use citycredit::proto::v1 as pb;
+use citycredit::status::Violation;
+
+/// Longest metric key, region, department, domain, task id or period accepted.
+pub const MAX_CODE_CHARS: usize = 128;
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 128;
+/// Longest note or retraction reason.
+pub const MAX_NOTE_CHARS: usize = 2_000;
+/// Longest evidence URI.
+pub const MAX_URI_CHARS: usize = 2_048;
+/// Most fraction digits a SCORE may carry (kept exact in the canonical text).
+pub const MAX_SCORE_FRACTION_DIGITS: usize = 12;
+
+/// A validated value, as it is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewValue {
+    pub metric: String,
+    pub region: String,
+    pub period: String,
+    /// The department reported for ("" when none).
+    pub department: String,
+    pub domain: String,
+    pub task_id: String,
+    /// Canonical text: exact decimal ("12.5"), "true"/"false", or a task status name.
+    pub value: String,
+    pub evidence_uri: String,
+    pub note: String,
+}
+
+/// Checks one input; pushes a violation per problem under `path` and returns the normalised
+/// value when there were none.
+pub fn check_input(
+    catalog: &Catalog,
+    org: &Org,
+    principal: &Principal,
+    input: Option<&pb::SubmissionInput>,
+    path: &str,
+    out: &mut Vec<Violation>,
+) -> Option<NewValue> {
+    let before = out.len();
+    let Some(input) = input else {
+        out.push(Violation::new(path, "required"));
+        return None;
+    };
+    let field = |name: &str| format!("{path}.{name}");
+    let bounded = |name: &str, text: &str, max: usize, out: &mut Vec<Violation>| {
+        let ok = text.chars().count() <= max;
+        if !ok {
+            out.push(Violation::new(
+                field(name),
+                format!("at most {max} characters"),
+            ));
+        }
+        ok
+    };
+
+    // Metric.
+    let mut metric: Option<&Metric> = None;
+    if input.metric_key.is_empty() {
+        out.push(Violation::new(field("metric_key"), "required"));
+    } else if bounded("metric_key", &input.metric_key, MAX_CODE_CHARS, out) {
+        metric = catalog.metric(&input.metric_key);
+        if metric.is_none() {
+            out.push(Violation::new(
+                field("metric_key"),
+                format!("unknown metric `{}`", input.metric_key),
+            ));
+        }
+    }
+
+    // Region.
+    if input.region_code.is_empty() {
+        out.push(Violation::new(field("region_code"), "required"));
+    } else if bounded("region_code", &input.region_code, MAX_CODE_CHARS, out)
+        && org.city.region(&input.region_code).is_none()
+    {
+        out.push(Violation::new(
+            field("region_code"),
+            format!("unknown region `{}`", input.region_code),
+        ));
+    }
+
+    // Period.
+    let period = if input.period.is_empty() {
+        out.push(Violation::new(field("period"), "required"));
+        None
+    } else if bounded("period", &input.period, MAX_CODE_CHARS, out) {
+        match input.period.parse::<Period>() {
+            Ok(p) => Some(p.to_string()),
+            Err(e) => {
+                out.push(Violation::new(field("period"), e.to_string()));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    // Department.
+    let department = check_department(org, principal, &input.department_code, &field, out);
+
+    // Domain and task id, by kind.
+    let kind = metric.map(|m| m.kind);
+    if bounded("domain", &input.domain, MAX_CODE_CHARS, out) {
+        match kind {
+            Some(MetricKind::DomainFlag) if input.domain.is_empty() => {
+                out.push(Violation::new(
+                    field("domain"),
+                    "required for a DOMAIN_FLAG metric",
+                ));
+            }
+            Some(MetricKind::DomainFlag)
+                if !org.domain_known(catalog, &input.metric_key, &input.domain) =>
+            {
+                let set = catalog
+                    .domain_set_of(&input.metric_key)
+                    .map_or("", |s| s.code.as_str());
+                out.push(Violation::new(
+                    field("domain"),
+                    format!("unknown domain `{}` in domain set `{set}`", input.domain),
+                ));
+            }
+            Some(MetricKind::DomainFlag) => {}
+            Some(_) if !input.domain.is_empty() => {
+                out.push(Violation::new(
+                    field("domain"),
+                    "only DOMAIN_FLAG metrics take a domain",
+                ));
+            }
+            _ => {}
+        }
+    }
+    if bounded("task_id", &input.task_id, MAX_CODE_CHARS, out) {
+        match kind {
+            Some(MetricKind::TaskStatus) if input.task_id.is_empty() => {
+                out.push(Violation::new(
+                    field("task_id"),
+                    "required for a TASK_STATUS metric",
+                ));
+            }
+            Some(MetricKind::TaskStatus) if catalog.task(&input.task_id).is_none() => {
+                out.push(Violation::new(
+                    field("task_id"),
+                    format!("unknown task `{}`", input.task_id),
+                ));
+            }
+            Some(MetricKind::TaskStatus) => {}
+            Some(_) if !input.task_id.is_empty() => {
+                out.push(Violation::new(
+                    field("task_id"),
+                    "only TASK_STATUS metrics take a task id",
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    // Value.
+    let value = metric.and_then(|m| check_value(m, input.value.as_ref(), &field("value"), out));
+
+    // Evidence and note.
+    if !input.evidence_uri.is_empty()
+        && bounded("evidence_uri", &input.evidence_uri, MAX_URI_CHARS, out)
+        && url::Url::parse(&input.evidence_uri).is_err()
+    {
+        out.push(Violation::new(
+            field("evidence_uri"),
+            "not an absolute URI (e.g. https://example.org/report.pdf)",
+        ));
+    }
+    bounded("note", &input.note, MAX_NOTE_CHARS, out);
+
+    if out.len() > before {
+        return None;
+    }
+    Some(NewValue {
+        metric: input.metric_key.clone(),
+        region: input.region_code.clone(),
+        period: period?,
+        department: department?,
+        domain: input.domain.clone(),
+        task_id: input.task_id.clone(),
+        value: value?,
+        evidence_uri: input.evidence_uri.clone(),
+        note: input.note.clone(),
+    })
+}
+
+fn check_department(
+    org: &Org,
+    principal: &Principal,
+    given: &str,
+    field: &dyn Fn(&str) -> String,
+    out: &mut Vec<Violation>,
+) -> Option<String> {
+    if given.chars().count() > MAX_CODE_CHARS {
+        out.push(Violation::new(
+            field("department_code"),
+            format!("at most {MAX_CODE_CHARS} characters"),
+        ));
+        return None;
+    }
+    match (principal.role, principal.department.as_deref()) {
+        (Role::Department, Some(own)) => {
+            if given.is_empty() || given == own {
+                Some(own.to_owned())
+            } else {
+                out.push(Violation::new(
+                    field("department_code"),
+                    format!("a department principal reports for its own department `{own}`"),
+                ));
+                None
+            }
+        }
+        _ => {
+            if given.is_empty() || org.city.department(given).is_some() {
+                Some(given.to_owned())
+            } else {
+                out.push(Violation::new(
+                    field("department_code"),
+                    format!("unknown department `{given}`"),
+                ));
+                None
+            }
+        }
+    }
+}
+
+/// Checks a value against its metric's kind; returns the canonical text.
+fn check_value(
+    metric: &Metric,
+    value: Option<&pb::MetricValue>,
+    path: &str,
+    out: &mut Vec<Violation>,
+) -> Option<String> {
+    use pb::metric_value::Value as V;
+    let kind = metric.kind;
+    let wrong_field = |out: &mut Vec<Violation>| {
+        let want = match kind {
+            MetricKind::Count | MetricKind::Amount | MetricKind::Rank | MetricKind::Score => {
+                "`number`"
+            }
+            MetricKind::Bool | MetricKind::DomainFlag => "`flag`",
+            MetricKind::TaskStatus => "`task_status`",
+        };
+        out.push(Violation::new(
+            path,
+            format!("a {} metric takes {want}", kind.as_str()),
+        ));
+        None
+    };
+    match (kind, value.and_then(|v| v.value.as_ref())) {
+        (
+            MetricKind::Count | MetricKind::Amount | MetricKind::Rank | MetricKind::Score,
+            Some(V::Number(text)),
+        ) => {
+            let n = match Num::parse_decimal(text) {
+                Ok(n) => n,
+                Err(e) => {
+                    out.push(Violation::new(path, e.to_string()));
+                    return None;
+                }
+            };
+            let before = out.len();
+            if n.is_negative() {
+                out.push(Violation::new(
+                    path,
+                    format!("a {} is never negative", kind.as_str()),
+                ));
+            }
+            match kind {
+                MetricKind::Count | MetricKind::Rank if !n.is_integer() => {
+                    out.push(Violation::new(
+                        path,
+                        format!("a {} is a whole number, not `{text}`", kind.as_str()),
+                    ));
+                }
+                MetricKind::Rank if n.is_zero() => {
+                    out.push(Violation::new(path, "a RANK starts at 1"));
+                }
+                MetricKind::Amount if Num::fraction_digits(text) > 2 => {
+                    out.push(Violation::new(
+                        path,
+                        format!("an AMOUNT has at most 2 fraction digits, not `{text}`"),
+                    ));
+                }
+                MetricKind::Score => {
+                    if Num::fraction_digits(text) > MAX_SCORE_FRACTION_DIGITS {
+                        out.push(Violation::new(
+                            path,
+                            format!(
+                                "a SCORE has at most {MAX_SCORE_FRACTION_DIGITS} fraction digits"
+                            ),
+                        ));
+                    }
+                    if let Some(max) = &metric.max
+                        && &n > max
+                    {
+                        out.push(Violation::new(
+                            path,
+                            format!(
+                                "`{}` scores at most {}, not `{text}`",
+                                metric.key,
+                                max.to_plain()
+                            ),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            (out.len() == before).then(|| n.to_plain())
+        }
+        (MetricKind::Bool | MetricKind::DomainFlag, Some(V::Flag(b))) => Some(b.to_string()),
+        (MetricKind::TaskStatus, Some(V::TaskStatus(s))) => match pb::TaskStatus::try_from(*s) {
+            Ok(pb::TaskStatus::Unspecified) | Err(_) => {
+                out.push(Violation::new(
+                    path,
+                    "task_status must be NOT_STARTED, IN_PROGRESS or DONE",
+                ));
+                None
+            }
+            Ok(s) => Some(task_status_name(s).to_owned()),
+        },
+        _ => wrong_field(out),
+    }
+}
+
+fn task_status_name(s: pb::TaskStatus) -> &'static str {
+    match s {
+        pb::TaskStatus::NotStarted => "NOT_STARTED",
+        pb::TaskStatus::InProgress => "IN_PROGRESS",
+        pb::TaskStatus::Done => "DONE",
+        pb::TaskStatus::Unspecified => "",
+    }
+}
+
+/// The wire form of a stored canonical value of a metric of `kind`.
+pub fn wire_value(kind: Option<MetricKind>, text: &str) -> Option<pb::MetricValue> {
+    use pb::metric_value::Value as V;
+    let value = match kind? {
+        MetricKind::Count | MetricKind::Amount | MetricKind::Rank | MetricKind::Score => {
+            V::Number(text.to_owned())
+        }
+        MetricKind::Bool | MetricKind::DomainFlag => V::Flag(text == "true"),
+        MetricKind::TaskStatus => V::TaskStatus(match text {
+            "NOT_STARTED" => pb::TaskStatus::NotStarted,
+            "IN_PROGRESS" => pb::TaskStatus::InProgress,
+            "DONE" => pb::TaskStatus::Done,
+            _ => pb::TaskStatus::Unspecified,
+        } as i32),
+    };
+    Some(pb::MetricValue { value: Some(value) })
+}
+
+/// Checks an idempotency key's length.
+pub fn check_idempotency_key(key: &str, path: &str, out: &mut Vec<Violation>) {
+    if key.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS {
+        out.push(Violation::new(
+            path,
+            format!("at most {MAX_IDEMPOTENCY_KEY_CHARS} characters"),
+        ));
+    }
+}
+
+/// May `principal` submit `value`?
+pub fn authorize(org: &Org, principal: &Principal, value: &NewValue) -> Result<(), Denied> {
+    org.access.decide(
+        principal,
+        Action::Submit {
+            metric: &value.metric,
+            region: &value.region,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use citycredit::city::City;
+
+    fn setup() -> (Catalog, Org) {
+        let catalog = Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
+        let city = City::builtin(&catalog).unwrap_or_else(|e| panic!("{e}"));
+        let org = Org::new(&catalog, city);
+        (catalog, org)
+    }
+
+    fn platform() -> Principal {
+        Principal {
+            id: "p".into(),
+            role: Role::Platform,
+            department: None,
+        }
+    }
+
+    fn number(n: &str) -> Option<pb::MetricValue> {
+        Some(pb::MetricValue {
+            value: Some(pb::metric_value::Value::Number(n.into())),
+        })
+    }
+
+    fn input(metric: &str, value: Option<pb::MetricValue>) -> pb::SubmissionInput {
+        pb::SubmissionInput {
+            metric_key: metric.into(),
+            region_code: "330800".into(),
+            period: "2026".into(),
+            value,
+            ..Default::default()
+        }
+    }
+
+    fn problems(i: &pb::SubmissionInput) -> Vec<Violation> {
+        let (c, o) = setup();
+        let mut out = Vec::new();
+        check_input(&c, &o, &platform(), Some(i), "value", &mut out);
+        out
+    }
+
+    #[test]
+    fn kinds_are_enforced() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("uscc.codes_total", "12", true),
+            ("uscc.codes_total", "12.0", true),
+            ("uscc.codes_total", "1.5", false),
+            ("uscc.codes_total", "-1", false),
+            ("uscc.codes_total", "1e3", false),
+            ("uscc.codes_total", "NaN", false),
+            ("xinyidai.loan_amount", "12.50", true),
+            ("xinyidai.loan_amount", "12.505", false),
+            ("monitoring.city_rank", "0", false),
+            ("monitoring.city_rank", "3", true),
+            ("campaign.integrity_tour", "2", true),
+            ("campaign.integrity_tour", "2.01", false),
+        ];
+        for (metric, v, ok) in cases {
+            let got = problems(&input(metric, number(v)));
+            assert_eq!(got.is_empty(), *ok, "{metric} {v}: {got:?}");
+            if !ok {
+                assert!(got.iter().all(|p| p.field == "value.value"), "{got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let i = pb::SubmissionInput {
+            metric_key: "joint_rp.domain_implemented".into(),
+            region_code: "999999".into(),
+            period: "2026-13".into(),
+            department_code: "nobody".into(),
+            domain: String::new(),
+            task_id: "E01.1".into(),
+            value: number("1"),
+            evidence_uri: "not a uri".into(),
+            note: "x".repeat(2001),
+        };
+        let got: Vec<String> = problems(&i).into_iter().map(|v| v.field).collect();
+        assert_eq!(
+            got,
+            [
+                "value.region_code",
+                "value.period",
+                "value.department_code",
+                "value.domain",
+                "value.task_id",
+                "value.value",
+                "value.evidence_uri",
+                "value.note"
+            ]
+        );
+    }
+
+    #[test]
+    fn canonical_numbers() {
+        let (c, o) = setup();
+        let mut out = Vec::new();
+        let v = check_input(
+            &c,
+            &o,
+            &platform(),
+            Some(&input("xinyidai.loan_amount", number("0012.50"))),
+            "value",
+            &mut out,
+        );
+        assert_eq!(v.map(|v| v.value).as_deref(), Some("12.5"), "{out:?}");
+    }
+}

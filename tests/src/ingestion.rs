@@ -1,0 +1,232 @@
+//! Harness for the ingestion tests: a real citycredit server (the gateway, with the API-key
+//! layer) on each backend (SQLite always, PostgreSQL with `DATABASE_URL`, in a fresh schema),
+//! clients authenticated as principals created through the registry API, a direct connection
+//! to the same store for tamper tests, and an in-process `Ingestion` handle over that store
+//! (a "second process" for the change-feed and aggregate-source tests).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tonic::Status;
+use tonic::service::interceptor::InterceptedService;
+
+use citycredit::auth::{Principal, Role};
+use citycredit::catalog::Catalog;
+use citycredit::city::City;
+use citycredit::org::{self, Org};
+use citycredit::proto::v1 as pb;
+use citycredit::store::{Db, sqlite_url};
+use citycredit_ingestion::{Ingestion, IngestionOptions};
+
+use crate::{
+    AuthChannel, Backend, Bearer, TestSchema, TestServer, backends, fresh_schema, use_backend,
+};
+
+pub type SubmissionClient =
+    pb::metric_submission_service_client::MetricSubmissionServiceClient<AuthChannel>;
+pub type AuditClient = pb::code_audit_service_client::CodeAuditServiceClient<AuthChannel>;
+
+/// A principal for tests.
+pub fn principal(id: &str, role: Role, department: Option<&str>) -> Principal {
+    Principal {
+        id: id.to_owned(),
+        role,
+        department: department.map(str::to_owned),
+    }
+}
+
+pub fn platform() -> Principal {
+    principal("platform-1", Role::Platform, None)
+}
+
+pub fn admin() -> Principal {
+    principal("admin-1", Role::Admin, None)
+}
+
+fn wire_role(r: Role) -> pb::Role {
+    match r {
+        Role::Department => pb::Role::Department,
+        Role::Platform => pb::Role::Platform,
+        Role::Assessor => pb::Role::Assessor,
+        Role::Operator => pb::Role::Operator,
+        Role::Admin => pb::Role::Admin,
+    }
+}
+
+/// The built-in catalog and Quzhou, as the server seeds them.
+pub fn catalog_and_org() -> (Arc<Catalog>, Org) {
+    let catalog = Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
+    let city = City::builtin(&catalog).unwrap_or_else(|e| panic!("{e}"));
+    let org = Org::new(&catalog, city);
+    (Arc::new(catalog), org)
+}
+
+/// A real server on one backend, with helpers.
+pub struct IngestionServer {
+    pub server: TestServer,
+    pub backend: Backend,
+    /// A direct connection to the server's store (raw SQL in tests).
+    pub db: Db,
+    /// The schema on PostgreSQL.
+    pub schema: Option<String>,
+    keys: Mutex<HashMap<String, String>>,
+    _schema: TestSchema,
+}
+
+impl IngestionServer {
+    /// One server per backend.
+    pub async fn start_all() -> Vec<IngestionServer> {
+        let mut out = Vec::new();
+        for backend in backends() {
+            out.push(IngestionServer::start(backend).await);
+        }
+        out
+    }
+
+    pub async fn start(backend: Backend) -> IngestionServer {
+        let schema = fresh_schema();
+        let server = TestServer::start_with(|c| use_backend(c, backend, &schema)).await;
+        // The first authenticated call waits until the server (and its migrated store) is up.
+        let mut registry = server.registry();
+        for _ in 0..100 {
+            if registry
+                .list_principals(pb::ListPrincipalsRequest::default())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let db = match backend {
+            Backend::Sqlite => {
+                Db::connect(
+                    &sqlite_url(&server.data_dir.join("citycredit.db")),
+                    4,
+                    Duration::from_secs(10),
+                    None,
+                )
+                .await
+            }
+            Backend::Postgres => {
+                let url = std::env::var("DATABASE_URL").unwrap_or_default();
+                Db::connect(&url, 4, Duration::from_secs(10), Some(schema.to_string())).await
+            }
+        }
+        .unwrap_or_else(|e| panic!("connect to the test store: {e}"));
+        IngestionServer {
+            server,
+            backend,
+            db,
+            schema: (backend == Backend::Postgres).then(|| schema.to_string()),
+            keys: Mutex::new(HashMap::new()),
+            _schema: schema,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    /// An authenticated channel for `p` (created through the registry on first use); None: no
+    /// credential.
+    pub async fn channel(&self, p: Option<&Principal>) -> AuthChannel {
+        let Some(p) = p else {
+            return InterceptedService::new(self.server.channel(), Bearer(None));
+        };
+        let mut keys = self.keys.lock().await;
+        let key = match keys.get(&p.id) {
+            Some(k) => k.clone(),
+            None => {
+                let k = self
+                    .server
+                    .create_principal(&p.id, wire_role(p.role), p.department.as_deref())
+                    .await;
+                keys.insert(p.id.clone(), k.clone());
+                k
+            }
+        };
+        self.server.with_key(&key)
+    }
+
+    /// A submission client acting as `p`.
+    pub async fn client(&self, p: Option<&Principal>) -> SubmissionClient {
+        pb::metric_submission_service_client::MetricSubmissionServiceClient::new(
+            self.channel(p).await,
+        )
+    }
+
+    /// A code audit client acting as `p`.
+    pub async fn audit_client(&self, p: Option<&Principal>) -> AuditClient {
+        pb::code_audit_service_client::CodeAuditServiceClient::new(self.channel(p).await)
+    }
+
+    /// An in-process ingestion handle over the same store: another writer, as a second process
+    /// would have (on PostgreSQL it notifies the server's change feed).
+    pub fn second_process(&self) -> Ingestion {
+        let (catalog, org) = catalog_and_org();
+        let mut options = IngestionOptions::default();
+        if let Some(schema) = &self.schema {
+            options.listen_url = std::env::var("DATABASE_URL").ok();
+            options.notify_channel = format!("citycredit_changes_{schema}");
+        }
+        Ingestion::start(self.db.clone(), catalog, org::fixed(org), options)
+    }
+}
+
+/// A value input.
+pub fn number_input(
+    metric: &str,
+    region: &str,
+    period: &str,
+    department: &str,
+    n: &str,
+) -> pb::SubmissionInput {
+    pb::SubmissionInput {
+        metric_key: metric.to_owned(),
+        region_code: region.to_owned(),
+        period: period.to_owned(),
+        department_code: department.to_owned(),
+        value: Some(pb::MetricValue {
+            value: Some(pb::metric_value::Value::Number(n.to_owned())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A DOMAIN_FLAG input.
+pub fn flag_input(
+    metric: &str,
+    region: &str,
+    period: &str,
+    department: &str,
+    domain: &str,
+    flag: bool,
+) -> pb::SubmissionInput {
+    pb::SubmissionInput {
+        metric_key: metric.to_owned(),
+        region_code: region.to_owned(),
+        period: period.to_owned(),
+        department_code: department.to_owned(),
+        domain: domain.to_owned(),
+        value: Some(pb::MetricValue {
+            value: Some(pb::metric_value::Value::Flag(flag)),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The field paths of an INVALID_ARGUMENT status's BadRequest violations.
+pub fn violation_fields(status: &Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
