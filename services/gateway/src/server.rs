@@ -14,10 +14,11 @@ use citycredit::catalog::{Catalog, LoadError};
 use citycredit::city::City;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryServiceServer;
 use citycredit::proto::v1::indicator_service_server::IndicatorServiceServer;
+use citycredit::proto::v1::scoring_service_server::ScoringServiceServer;
 use citycredit::store::{Db, StoreError};
 use citycredit_ingestion::{Ingestion, IngestionOptions, WriterConfig};
 use citycredit_registry::{ApiKeyLayer, Registry, RegistryApi};
-use citycredit_scoring::IndicatorApi;
+use citycredit_scoring::{IndicatorApi, ScoringApi};
 
 use crate::config::Config;
 
@@ -58,6 +59,7 @@ pub const SERVED: &[&str] = &[
     "citycredit.v1.DepartmentRegistryService",
     "citycredit.v1.MetricSubmissionService",
     "citycredit.v1.CodeAuditService",
+    "citycredit.v1.ScoringService",
 ];
 
 /// Serves the platform on `listener` until `shutdown` completes, then lets in-flight RPCs finish
@@ -96,6 +98,11 @@ pub async fn serve(
         registry.spawn_refresh(std::time::Duration::from_millis(config.registry_refresh_ms));
     let org = registry.org();
     let ingestion = start_ingestion(&config, db.clone(), Arc::clone(&catalog), org.clone());
+    let scoring = ScoringApi::new(
+        Arc::clone(&catalog),
+        org.clone(),
+        Arc::new(ingestion.clone()),
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in SERVED {
@@ -139,7 +146,8 @@ pub async fn serve(
             Arc::clone(&registry),
         )))
         .add_service(ingestion.submission_service())
-        .add_service(ingestion.code_audit_service());
+        .add_service(ingestion.code_audit_service())
+        .add_service(ScoringServiceServer::new(scoring));
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
         TcpListenerStream::new(listener),
         async move {
