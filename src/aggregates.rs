@@ -54,6 +54,25 @@ pub struct Change {
     pub commit_micros: i64,
 }
 
+impl Change {
+    /// The region name of a change that may affect everything (a consumer that lost events).
+    pub const EVERYTHING: &'static str = "*";
+
+    /// "Anything may have changed": drop every cached figure.
+    pub fn everything() -> Change {
+        Change {
+            region: Change::EVERYTHING.to_owned(),
+            period: String::new(),
+            last_submission_id: 0,
+            commit_micros: 0,
+        }
+    }
+
+    pub fn is_everything(&self) -> bool {
+        self.region == Change::EVERYTHING
+    }
+}
+
 /// A boxed future, so `AggregateSource` can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

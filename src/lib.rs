@@ -5,6 +5,7 @@ pub mod aggregates;
 pub mod auth;
 pub mod catalog;
 pub mod city;
+pub mod counters;
 pub mod numbers;
 pub mod org;
 pub mod period;

@@ -3,6 +3,8 @@
 //! the city's responsibility table, so it needs no I/O on the hot path; the registry replaces
 //! the snapshot when the organisation changes.
 
+pub mod identity;
+
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 

@@ -59,6 +59,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database: {0}")]
     Query(#[from] sqlx::Error),
+    #[error(
+        "the store has not been seeded: start the registry (or `serve` with every service) first"
+    )]
+    NotSeeded,
 }
 
 impl StoreError {

@@ -21,6 +21,105 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which part of the platform this process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceMode {
+    /// Every service behind the gateway, in one process (the default).
+    All,
+    /// The gateway alone, in front of remote services (`upstreams`).
+    Gateway,
+    /// `MetricSubmissionService` and `CodeAuditService`.
+    Ingestion,
+    /// `ScoringService` and `IndicatorService` (reads ingestion at `upstreams.ingestion`).
+    Scoring,
+    /// `DepartmentRegistryService` (the only process that seeds the store).
+    Registry,
+}
+
+impl ServiceMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceMode::All => "all",
+            ServiceMode::Gateway => "gateway",
+            ServiceMode::Ingestion => "ingestion",
+            ServiceMode::Scoring => "scoring",
+            ServiceMode::Registry => "registry",
+        }
+    }
+}
+
+/// Protection the gateway applies to every call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySettings {
+    /// Calls in flight at once across all callers; beyond it calls are shed at once with
+    /// RESOURCE_EXHAUSTED and RetryInfo.
+    pub max_concurrent_calls: usize,
+    /// Calls per second each principal may start (token bucket refill rate).
+    pub per_principal_rate: u32,
+    /// Calls a principal may start in a burst.
+    pub per_principal_burst: u32,
+    /// Deadline for calls that send none (`grpc-timeout`), except server-streaming watches.
+    pub default_deadline_ms: u64,
+    /// Largest message accepted or sent, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl GatewaySettings {
+    pub fn default_deadline(&self) -> Duration {
+        Duration::from_millis(self.default_deadline_ms)
+    }
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            max_concurrent_calls: 512,
+            per_principal_rate: 2000,
+            per_principal_burst: 4000,
+            default_deadline_ms: 30_000,
+            max_message_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// Where the gateway (and scoring) reach the other services when they run apart.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upstreams {
+    /// e.g. `http://registry:50051`
+    pub registry: Option<String>,
+    pub ingestion: Option<String>,
+    pub scoring: Option<String>,
+}
+
+/// TLS for the listener (rustls). With `client_ca`, clients must present a certificate signed
+/// by it (mTLS, for platform-to-platform links).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA whose client certificates are required; unset: no client certificates.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// TLS for calls to upstreams (gateway -> services, scoring -> ingestion).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSettings {
+    /// PEM CA that signed the upstreams' certificates.
+    pub ca: PathBuf,
+    /// The name the upstreams' certificates carry.
+    pub domain: String,
+    /// Client certificate and key, for upstreams that require mTLS.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
 /// Everything `citycredit serve` needs to know.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +164,27 @@ pub struct Config {
     /// Group commit: a transaction is written as soon as it holds this many rows.
     #[serde(default = "defaults::ingest_group_commit_max_rows")]
     pub ingest_group_commit_max_rows: usize,
+    /// Which part of the platform this process runs.
+    pub service: ServiceMode,
+    /// The secret the gateway signs callers' identities with and services verify them with
+    /// (at least 32 characters; `CITYCREDIT_INTERNAL_IDENTITY_SECRET`). Required when services
+    /// run apart; generated per process when everything runs in one.
+    pub internal_identity_secret: Option<String>,
+    /// Gateway protection.
+    #[serde(default)]
+    pub gateway: GatewaySettings,
+    /// Remote services, for `service = "gateway"` and `"scoring"`.
+    #[serde(default)]
+    pub upstreams: Upstreams,
+    /// TLS for this process's listener.
+    pub tls: Option<TlsSettings>,
+    /// TLS for calls to upstreams.
+    pub upstream_tls: Option<UpstreamTlsSettings>,
+    /// Prometheus metrics on `http://<metrics_listen>/metrics`; unset: no metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    /// OTLP/gRPC endpoint for traces (`OTEL_EXPORTER_OTLP_ENDPOINT` is honoured too); unset:
+    /// no export.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Defaults of the ingestion settings.
@@ -103,6 +223,14 @@ impl Default for Config {
             ingest_max_message_bytes: defaults::ingest_max_message_bytes(),
             ingest_group_commit_window_micros: defaults::ingest_group_commit_window_micros(),
             ingest_group_commit_max_rows: defaults::ingest_group_commit_max_rows(),
+            service: ServiceMode::All,
+            internal_identity_secret: None,
+            gateway: GatewaySettings::default(),
+            upstreams: Upstreams::default(),
+            tls: None,
+            upstream_tls: None,
+            metrics_listen: None,
+            otlp_endpoint: None,
         }
     }
 }
@@ -198,6 +326,56 @@ impl Config {
                 problem: "at least 1 value per batch; a window of at most 1,000,000 µs".into(),
             });
         }
+        if let Some(secret) = &self.internal_identity_secret
+            && secret.len() < 32
+        {
+            return Err(ConfigError::Invalid {
+                field: "internal_identity_secret",
+                problem: "at least 32 characters".into(),
+            });
+        }
+        if self.service != ServiceMode::All && self.internal_identity_secret.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "internal_identity_secret",
+                problem: format!(
+                    "required when running `{}` alone: the gateway and the services must share it",
+                    self.service.as_str()
+                ),
+            });
+        }
+        let need = |name: &'static str, url: &Option<String>| match url {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => Ok(()),
+            Some(_) => Err(ConfigError::Invalid {
+                field: name,
+                problem: "an http:// or https:// URL".into(),
+            }),
+            None => Err(ConfigError::Invalid {
+                field: name,
+                problem: "required for this service mode".into(),
+            }),
+        };
+        match self.service {
+            ServiceMode::Gateway => {
+                need("upstreams.registry", &self.upstreams.registry)?;
+                need("upstreams.ingestion", &self.upstreams.ingestion)?;
+                need("upstreams.scoring", &self.upstreams.scoring)?;
+            }
+            ServiceMode::Scoring => need("upstreams.ingestion", &self.upstreams.ingestion)?,
+            _ => {}
+        }
+        let g = &self.gateway;
+        if g.max_concurrent_calls == 0 || g.per_principal_rate == 0 || g.per_principal_burst == 0 {
+            return Err(ConfigError::Invalid {
+                field: "gateway",
+                problem: "max_concurrent_calls, per_principal_rate and per_principal_burst must be at least 1".into(),
+            });
+        }
+        if g.default_deadline_ms == 0 || g.max_message_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                field: "gateway",
+                problem: "default_deadline_ms at least 1, max_message_bytes at least 1024".into(),
+            });
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log_filter).is_err() {
             return Err(ConfigError::Invalid {
                 field: "log_filter",
@@ -205,6 +383,10 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    pub fn default_deadline(&self) -> Duration {
+        Duration::from_millis(self.gateway.default_deadline_ms)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -3,8 +3,14 @@
 //! in-process or remote upstreams, rate limits) lives here too.
 
 pub mod config;
+pub mod edge;
+pub mod front;
+pub mod health;
+pub mod limits;
+pub mod metrics;
 pub mod rpc_table;
 pub mod server;
 pub mod telemetry;
+pub mod upstream;
 
 pub use config::Config;

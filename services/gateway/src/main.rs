@@ -45,6 +45,9 @@ enum Command {
         /// Directory for the embedded database.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Run one part of the platform alone (default: everything in one process).
+        #[arg(long, value_enum)]
+        service: Option<citycredit_gateway::config::ServiceMode>,
     },
     /// Load and validate the catalog and city files, print a summary, and exit.
     Check {
@@ -53,7 +56,12 @@ enum Command {
     },
 }
 
-fn overrides(common: &Common, listen: Option<&String>, data_dir: Option<&PathBuf>) -> Figment {
+fn overrides(
+    common: &Common,
+    listen: Option<&String>,
+    data_dir: Option<&PathBuf>,
+    service: Option<citycredit_gateway::config::ServiceMode>,
+) -> Figment {
     let mut fig = Figment::new();
     if let Some(v) = &common.catalog {
         fig = fig.merge(Serialized::default("catalog", v));
@@ -67,6 +75,9 @@ fn overrides(common: &Common, listen: Option<&String>, data_dir: Option<&PathBuf
     if let Some(v) = data_dir {
         fig = fig.merge(Serialized::default("data_dir", v));
     }
+    if let Some(v) = service {
+        fig = fig.merge(Serialized::default("service", v));
+    }
     fig
 }
 
@@ -77,11 +88,12 @@ fn main() -> ExitCode {
             common,
             listen,
             data_dir,
+            service,
         } => (
             common,
-            overrides(common, listen.as_ref(), data_dir.as_ref()),
+            overrides(common, listen.as_ref(), data_dir.as_ref(), *service),
         ),
-        Command::Check { common } => (common, overrides(common, None, None)),
+        Command::Check { common } => (common, overrides(common, None, None, None)),
     };
     let config = match Config::load(common.config.as_deref(), flags) {
         Ok(c) => c,
@@ -90,7 +102,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(config.log_format, &config.log_filter);
+    let telemetry = telemetry::init(
+        config.log_format,
+        &config.log_filter,
+        config.otlp_endpoint.as_deref(),
+        config.service.as_str(),
+    );
 
     match cli.command {
         Command::Check { .. } => match server::load_data(&config) {
@@ -134,7 +151,9 @@ fn main() -> ExitCode {
             };
             let result = runtime.block_on(async {
                 let listener = server::bind(&config).await?;
-                server::serve(config, listener, server::shutdown_signal()).await
+                let result = server::serve(config, listener, server::shutdown_signal()).await;
+                telemetry.shutdown().await;
+                result
             });
             match result {
                 Ok(()) => ExitCode::SUCCESS,

@@ -1,15 +1,26 @@
-//! Assembles the platform from its configuration and serves it on one listener: the citycredit
-//! services, `grpc.health.v1` and reflection (`v1` and `v1alpha`), with graceful shutdown.
+//! Assembles the platform from its configuration and serves it on one listener, with graceful
+//! shutdown. The same parts make every mode:
+//!
+//! - `all` (the default): the gateway in front of every service in this process;
+//! - `gateway`: the gateway in front of remote services (`upstreams`);
+//! - `ingestion`, `scoring`, `registry`: one service alone, behind the front that verifies the
+//!   gateway's signed identity.
+//!
+//! Every mode serves `grpc.health.v1` (reporting the health of what it depends on) and
+//! reflection (`v1` and `v1alpha`).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
-use tonic_health::ServingStatus;
+use tonic::service::Routes;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 
+use citycredit::auth::identity::IdentitySigner;
 use citycredit::catalog::{Catalog, LoadError};
 use citycredit::city::City;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryServiceServer;
@@ -17,10 +28,16 @@ use citycredit::proto::v1::indicator_service_server::IndicatorServiceServer;
 use citycredit::proto::v1::scoring_service_server::ScoringServiceServer;
 use citycredit::store::{Db, StoreError};
 use citycredit_ingestion::{Ingestion, IngestionOptions, WriterConfig};
-use citycredit_registry::{ApiKeyLayer, Registry, RegistryApi};
-use citycredit_scoring::{IndicatorApi, ScoringApi};
+use citycredit_registry::{Registry, RegistryApi};
+use citycredit_scoring::{IndicatorApi, RemoteAggregates, ScoringApi};
 
-use crate::config::Config;
+use crate::config::{Config, ServiceMode};
+use crate::edge::{Gateway, GatewayParts};
+use crate::front::ServiceFront;
+use crate::health::{self, Check};
+use crate::metrics::{self, Metrics};
+use crate::rpc_table::RpcTable;
+use crate::upstream::{self, Upstream, UpstreamError};
 
 /// Why the platform could not start.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +50,17 @@ pub enum StartError {
     Transport(#[from] tonic::transport::Error),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("TLS file {path}: {source}")]
+    TlsFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("metrics endpoint: {0}")]
+    Metrics(std::io::Error),
+    #[error("internal identity secret must be at least 32 characters")]
+    Secret,
     #[error("listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -53,14 +81,28 @@ pub fn load_data(config: &Config) -> Result<(Catalog, City), LoadError> {
     Ok((catalog, city))
 }
 
-/// gRPC service names this process serves (health reports each).
-pub const SERVED: &[&str] = &[
-    "citycredit.v1.IndicatorService",
-    "citycredit.v1.DepartmentRegistryService",
-    "citycredit.v1.MetricSubmissionService",
-    "citycredit.v1.CodeAuditService",
-    "citycredit.v1.ScoringService",
-];
+const INDICATOR: &str = "citycredit.v1.IndicatorService";
+const SCORING: &str = "citycredit.v1.ScoringService";
+const SUBMISSION: &str = "citycredit.v1.MetricSubmissionService";
+const CODE_AUDIT: &str = "citycredit.v1.CodeAuditService";
+const REGISTRY: &str = "citycredit.v1.DepartmentRegistryService";
+
+/// gRPC services each mode serves (health reports each).
+pub fn served(mode: ServiceMode) -> &'static [&'static str] {
+    match mode {
+        ServiceMode::All | ServiceMode::Gateway => {
+            &[INDICATOR, SCORING, SUBMISSION, CODE_AUDIT, REGISTRY]
+        }
+        ServiceMode::Ingestion => &[SUBMISSION, CODE_AUDIT],
+        ServiceMode::Scoring => &[INDICATOR, SCORING],
+        ServiceMode::Registry => &[REGISTRY],
+    }
+}
+
+/// How often health checks run.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// How long a service started apart from the registry waits for it to seed the store.
+const SEED_WAIT: Duration = Duration::from_secs(120);
 
 /// Serves the platform on `listener` until `shutdown` completes, then lets in-flight RPCs finish
 /// for up to the configured grace period.
@@ -69,16 +111,23 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    let mode = config.service;
     let (catalog, city) = load_data(&config)?;
     tracing::info!(
+        service = mode.as_str(),
         catalog = %catalog.source,
         version = %catalog.version,
         city = %city.name,
-        indicators = catalog.indicators.len(),
-        metrics = catalog.metrics.len(),
         "catalog loaded"
     );
     let catalog = Arc::new(catalog);
+    let metrics = Metrics::new();
+    if let Some(addr) = config.metrics_listen {
+        metrics::serve(addr, Arc::clone(&metrics))
+            .await
+            .map_err(StartError::Metrics)?;
+    }
+    let signer = Arc::new(identity_signer(&config)?);
 
     let opts = config.store_options();
     let db = Db::open(&opts).await?;
@@ -87,68 +136,170 @@ pub async fn serve(
         url = %opts.url.as_deref().map(citycredit::store::redact).unwrap_or_else(|| opts.data_dir.join("citycredit.db").display().to_string()),
         "store open"
     );
-    let registry = Registry::open(
-        db.clone(),
-        Arc::clone(&catalog),
-        &city,
-        config.bootstrap_admin_key.as_deref(),
-    )
-    .await?;
-    let refresh =
-        registry.spawn_refresh(std::time::Duration::from_millis(config.registry_refresh_ms));
+    let registry = match mode {
+        ServiceMode::All | ServiceMode::Registry => {
+            Registry::open(
+                db.clone(),
+                Arc::clone(&catalog),
+                &city,
+                config.bootstrap_admin_key.as_deref(),
+            )
+            .await?
+        }
+        _ => Registry::attach(db.clone(), Arc::clone(&catalog), SEED_WAIT).await?,
+    };
+    let refresh = registry.spawn_refresh(Duration::from_millis(config.registry_refresh_ms));
     let org = registry.org();
-    let ingestion = start_ingestion(&config, db.clone(), Arc::clone(&catalog), org.clone());
-    let scoring = ScoringApi::new(
-        Arc::clone(&catalog),
-        org.clone(),
-        Arc::new(ingestion.clone()),
-    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    for name in SERVED {
-        health
-            .set_service_status(*name, ServingStatus::Serving)
-            .await;
-    }
-    health.set_service_status("", ServingStatus::Serving).await;
+    let names: Vec<String> = served(mode).iter().map(|s| (*s).to_owned()).collect();
+    let mut checks = vec![Check::Database(db.clone())];
 
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(citycredit::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            // Both reflection versions, so `list` shows both whichever one a client speaks.
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(
-                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-            )
+    let upstream_tls = match &config.upstream_tls {
+        Some(t) => Some(upstream::client_tls(t)?),
+        None => None,
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let max_message = config.gateway.max_message_bytes;
+    let mut background: Vec<tokio::task::JoinHandle<()>> = vec![refresh];
+
+    let routes: Routes = match mode {
+        ServiceMode::All => {
+            let ingestion = start_ingestion(&config, db.clone(), Arc::clone(&catalog), org.clone());
+            let scoring = ScoringApi::new(
+                Arc::clone(&catalog),
+                org.clone(),
+                Arc::new(ingestion.clone()),
+            );
+            let local = |svc| upstream::local(svc, Arc::clone(&signer));
+            let mut routes: HashMap<String, Upstream> = HashMap::new();
+            routes.insert(
+                INDICATOR.into(),
+                upstream::local(
+                    IndicatorServiceServer::new(IndicatorApi::new(
+                        Arc::clone(&catalog),
+                        org.clone(),
+                    ))
+                    .max_decoding_message_size(max_message),
+                    Arc::clone(&signer),
+                ),
+            );
+            routes.insert(
+                SCORING.into(),
+                upstream::local(
+                    ScoringServiceServer::new(scoring).max_decoding_message_size(max_message),
+                    Arc::clone(&signer),
+                ),
+            );
+            routes.insert(
+                REGISTRY.into(),
+                local(
+                    DepartmentRegistryServiceServer::new(RegistryApi::new(Arc::clone(&registry)))
+                        .max_decoding_message_size(max_message),
+                ),
+            );
+            routes.insert(
+                SUBMISSION.into(),
+                upstream::local(ingestion.submission_service(), Arc::clone(&signer)),
+            );
+            routes.insert(
+                CODE_AUDIT.into(),
+                upstream::local(ingestion.code_audit_service(), Arc::clone(&signer)),
+            );
+            gateway_routes(
+                &config,
+                routes,
+                health_service,
+                &registry,
+                &signer,
+                &metrics,
+            )?
+        }
+        ServiceMode::Gateway => {
+            let mut routes: HashMap<String, Upstream> = HashMap::new();
+            let u = &config.upstreams;
+            for (name, url, services) in [
+                ("registry", &u.registry, &[REGISTRY][..]),
+                ("ingestion", &u.ingestion, &[SUBMISSION, CODE_AUDIT][..]),
+                ("scoring", &u.scoring, &[SCORING, INDICATOR][..]),
+            ] {
+                let url = url.as_deref().unwrap_or_default();
+                let channel = upstream::channel(url, upstream_tls.as_ref())?;
+                checks.push(Check::Upstream {
+                    name: name.into(),
+                    channel: channel.clone(),
+                });
+                for s in services {
+                    routes.insert((*s).into(), upstream::remote(channel.clone()));
+                }
+            }
+            gateway_routes(
+                &config,
+                routes,
+                health_service,
+                &registry,
+                &signer,
+                &metrics,
+            )?
+        }
+        ServiceMode::Ingestion => {
+            let ingestion = start_ingestion(&config, db.clone(), Arc::clone(&catalog), org.clone());
+            let routes = open_routes(health_service)?
+                .add_service(ingestion.submission_service())
+                .add_service(ingestion.code_audit_service());
+            alone(routes, &signer)
+        }
+        ServiceMode::Scoring => {
+            let url = config.upstreams.ingestion.as_deref().unwrap_or_default();
+            let channel = upstream::channel(url, upstream_tls.as_ref())?;
+            checks.push(Check::Upstream {
+                name: "ingestion".into(),
+                channel: channel.clone(),
+            });
+            let source =
+                RemoteAggregates::start(channel, Arc::clone(&signer), Arc::clone(&catalog));
+            let scoring = ScoringApi::new(Arc::clone(&catalog), org.clone(), source);
+            let routes = open_routes(health_service)?
+                .add_service(
+                    IndicatorServiceServer::new(IndicatorApi::new(
+                        Arc::clone(&catalog),
+                        org.clone(),
+                    ))
+                    .max_decoding_message_size(max_message),
+                )
+                .add_service(
+                    ScoringServiceServer::new(scoring).max_decoding_message_size(max_message),
+                );
+            alone(routes, &signer)
+        }
+        ServiceMode::Registry => {
+            let routes = open_routes(health_service)?.add_service(
+                DepartmentRegistryServiceServer::new(RegistryApi::new(Arc::clone(&registry)))
+                    .max_decoding_message_size(max_message),
+            );
+            alone(routes, &signer)
+        }
+    };
+    background.push(health::spawn(
+        health.clone(),
+        names.clone(),
+        checks,
+        HEALTH_EVERY,
+    ));
 
     let addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.listen,
         source,
     })?;
-    tracing::info!(%addr, "serving gRPC");
+    tracing::info!(%addr, service = mode.as_str(), tls = config.tls.is_some(), "serving gRPC");
 
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(server_tls(tls)?)?;
+    }
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let router = Server::builder()
-        .layer(ApiKeyLayer::new(registry.keys()))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(IndicatorServiceServer::new(IndicatorApi::new(
-            Arc::clone(&catalog),
-            org,
-        )))
-        .add_service(DepartmentRegistryServiceServer::new(RegistryApi::new(
-            Arc::clone(&registry),
-        )))
-        .add_service(ingestion.submission_service())
-        .add_service(ingestion.code_audit_service())
-        .add_service(ScoringServiceServer::new(scoring));
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+    let server = tokio::spawn(builder.add_routes(routes).serve_with_incoming_shutdown(
         TcpListenerStream::new(listener),
         async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
@@ -160,21 +311,118 @@ pub async fn serve(
         grace_secs = config.shutdown_grace_secs,
         "shutting down: draining in-flight calls"
     );
-    for name in SERVED {
-        health
-            .set_service_status(*name, ServingStatus::NotServing)
-            .await;
+    for task in &background {
+        task.abort();
     }
+    for name in &names {
+        health.set_not_serving_named(name).await;
+    }
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
     let _ = stop_tx.send(true);
     match tokio::time::timeout(config.shutdown_grace(), server).await {
         Ok(Ok(result)) => result?,
         Ok(Err(join)) => tracing::error!(error = %join, "server task failed"),
         Err(_) => tracing::warn!("grace period over: stopping with calls still in flight"),
     }
-    refresh.abort();
     db.pool.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Health reporter helper: NOT_SERVING by name.
+trait NamedStatus {
+    async fn set_not_serving_named(&self, name: &str);
+}
+
+impl NamedStatus for tonic_health::server::HealthReporter {
+    async fn set_not_serving_named(&self, name: &str) {
+        self.set_service_status(name, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+}
+
+/// The signer for internal identities: the configured secret, or (everything in one process)
+/// a random one that never leaves it.
+fn identity_signer(config: &Config) -> Result<IdentitySigner, StartError> {
+    let secret: Vec<u8> = match &config.internal_identity_secret {
+        Some(s) => s.as_bytes().to_vec(),
+        None => {
+            use rand::RngCore;
+            let mut b = vec![0u8; 32];
+            rand::rng().fill_bytes(&mut b);
+            b
+        }
+    };
+    IdentitySigner::new(&secret).ok_or(StartError::Secret)
+}
+
+/// Health and reflection (over every citycredit service, health, rich error types and
+/// reflection itself, in both versions: grpcurl releases differ).
+fn open_routes(
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+) -> Result<Routes, StartError> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(citycredit::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    Ok(Routes::new(health)
+        .add_service(builder().build_v1()?)
+        .add_service(builder().build_v1alpha()?))
+}
+
+/// Services running alone: behind the front that verifies the gateway's signed identity.
+fn alone(routes: Routes, signer: &Arc<IdentitySigner>) -> Routes {
+    let front = ServiceFront::new(routes.prepare(), Arc::clone(signer));
+    Routes::from(axum::Router::new().fallback_service(front))
+}
+
+/// The gateway in front of `routes`, answering health and reflection itself.
+fn gateway_routes(
+    config: &Config,
+    routes: HashMap<String, Upstream>,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    registry: &Arc<Registry>,
+    signer: &Arc<IdentitySigner>,
+    metrics: &Arc<Metrics>,
+) -> Result<Routes, StartError> {
+    let open = open_routes(health)?.prepare();
+    let gateway = Gateway::new(GatewayParts {
+        table: RpcTable::citycredit(),
+        routes,
+        open: tower::util::BoxCloneSyncService::new(open),
+        keys: registry.keys(),
+        signer: Arc::clone(signer),
+        settings: config.gateway.clone(),
+        metrics: Arc::clone(metrics),
+    });
+    Ok(Routes::from(axum::Router::new().fallback_service(gateway)))
+}
+
+fn server_tls(t: &crate::config::TlsSettings) -> Result<ServerTlsConfig, StartError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|source| StartError::TlsFile {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let mut tls =
+        ServerTlsConfig::new().identity(Identity::from_pem(read(&t.cert)?, read(&t.key)?));
+    if let Some(ca) = &t.client_ca {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    Ok(tls)
 }
 
 /// Starts ingestion's single writer and change feed over the open store.
@@ -186,7 +434,7 @@ fn start_ingestion(
 ) -> Ingestion {
     let options = IngestionOptions {
         writer: WriterConfig {
-            window: std::time::Duration::from_micros(config.ingest_group_commit_window_micros),
+            window: Duration::from_micros(config.ingest_group_commit_window_micros),
             max_rows: config.ingest_group_commit_max_rows,
             ..WriterConfig::default()
         },

@@ -1,24 +1,152 @@
-//! Logging set-up: `tracing` to stderr, as text or JSON.
+//! Logs, traces and trace context.
+//!
+//! Logs: `tracing` to stderr, as text or JSON. Traces: when an OTLP endpoint is configured,
+//! spans are exported over OTLP/gRPC. Trace context: the gateway continues the caller's W3C
+//! `traceparent` and passes it on to the service it routes to, which continues it in turn, so
+//! one trace runs from the caller through the gateway into the service and its database spans.
 
 use std::io::IsTerminal;
 
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `RUST_LOG`, when set, wins over the configured filter.
-pub fn init(format: LogFormat, filter: &str) {
+struct HeaderRead<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderRead<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+struct HeaderWrite<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderWrite<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// Makes `span` a child of the trace named by the request's `traceparent`, if any.
+pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    if headers.contains_key("traceparent") {
+        let cx = TraceContextPropagator::new().extract(&HeaderRead(headers));
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// Writes `span`'s trace context as `traceparent` for the next hop.
+pub fn pass_on_trace(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    let cx = span.context();
+    TraceContextPropagator::new().inject_context(&cx, &mut HeaderWrite(headers));
+}
+
+/// Keeps the trace exporter alive; flush it at shutdown.
+#[derive(Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("exporting", &self.provider.is_some())
+            .finish()
+    }
+}
+
+impl Telemetry {
+    /// Flushes and stops the exporter. Runs on a blocking thread: on a current-thread runtime
+    /// the exporter's shutdown would wait on the runtime it blocks.
+    pub async fn shutdown(self) {
+        if let Some(p) = self.provider {
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = p.shutdown() {
+                    eprintln!("citycredit: trace exporter shutdown: {e}");
+                }
+            })
+            .await;
+        }
+    }
+}
+
+/// Installs the global subscriber: logs, plus traces to `otlp_endpoint` when given.
+/// `RUST_LOG`, when set, wins over the configured filter.
+pub fn init(
+    format: LogFormat,
+    filter: &str,
+    otlp_endpoint: Option<&str>,
+    service: &str,
+) -> Telemetry {
+    let provider = otlp_endpoint.and_then(|endpoint| {
+        use opentelemetry_otlp::WithExportConfig;
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .build()
+        {
+            Ok(exporter) => Some(provider_with(exporter, service)),
+            Err(e) => {
+                eprintln!("citycredit: cannot export traces to {endpoint}: {e}");
+                None
+            }
+        }
+    });
+    install(format, filter, provider.as_ref());
+    Telemetry { provider }
+}
+
+/// A tracer provider exporting to `exporter` in batches.
+pub fn provider_with(exporter: impl SpanExporter + 'static, service: &str) -> SdkTracerProvider {
+    SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(format!("citycredit-{service}"))
+                .build(),
+        )
+        .build()
+}
+
+/// Installs the subscriber with an optional trace provider (tests pass an in-memory one).
+pub fn install(format: LogFormat, filter: &str, provider: Option<&SdkTracerProvider>) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let ansi = std::io::stderr().is_terminal();
+    let otel = provider.map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("citycredit")));
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    // A subscriber already installed (tests starting several servers) is fine.
+    let _ = match format {
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(ansi),
+            )
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
     };
-    // A subscriber already installed (tests) is fine.
-    drop(result);
 }

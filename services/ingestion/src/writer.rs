@@ -465,6 +465,7 @@ impl WriterTask {
             }
         }
         tx.commit().await.map_err(db_err("commit"))?;
+        citycredit::counters::add_ingested_rows(u64::try_from(rows.len()).unwrap_or(0));
         if !base.is_empty() {
             self.feed.publish(&base, now);
         }

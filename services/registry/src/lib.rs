@@ -9,7 +9,6 @@
 
 pub mod authn;
 pub mod error;
-pub mod identity;
 pub mod keys;
 pub mod service;
 pub mod store;
@@ -78,6 +77,38 @@ impl Registry {
         let keys = store.load_keys().await?;
         let revision = store.revision().await?;
         let org = Org::with_domains(&catalog, city, domains);
+        let (org_tx, _) = watch::channel(Arc::new(org));
+        let (keys_tx, _) = watch::channel(Arc::new(keys));
+        Ok(Arc::new(Registry {
+            store,
+            catalog,
+            org_tx,
+            keys_tx,
+            revision: AtomicI64::new(revision),
+            reload_lock: Mutex::new(()),
+        }))
+    }
+
+    /// Joins a store another process seeds (services running apart from the registry): waits
+    /// until it is seeded, then loads the snapshots. Never seeds, never creates principals.
+    pub async fn attach(
+        db: Db,
+        catalog: Arc<Catalog>,
+        wait: Duration,
+    ) -> Result<Arc<Registry>, StoreError> {
+        let store = RegistryStore::new(db);
+        let started = std::time::Instant::now();
+        while !store.is_seeded().await? {
+            if started.elapsed() > wait {
+                return Err(StoreError::NotSeeded);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let mut city = store.load_city().await?;
+        city.sort_by_catalog(&catalog);
+        let org = Org::with_domains(&catalog, city, store.load_domains().await?);
+        let keys = store.load_keys().await?;
+        let revision = store.revision().await?;
         let (org_tx, _) = watch::channel(Arc::new(org));
         let (keys_tx, _) = watch::channel(Arc::new(keys));
         Ok(Arc::new(Registry {

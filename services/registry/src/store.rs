@@ -150,6 +150,11 @@ impl RegistryStore {
         Ok(true)
     }
 
+    /// True once the store has been seeded from a city file.
+    pub async fn is_seeded(&self) -> Result<bool, StoreError> {
+        Ok(self.db.meta(SEEDED).await?.is_some())
+    }
+
     /// The organisation as stored.
     pub async fn load_city(&self) -> Result<City, StoreError> {
         let pool = &self.db.pool;

@@ -3,7 +3,9 @@
 
 pub mod convert;
 pub mod indicator_service;
+pub mod remote_source;
 pub mod scoring_service;
 
 pub use indicator_service::IndicatorApi;
+pub use remote_source::RemoteAggregates;
 pub use scoring_service::ScoringApi;

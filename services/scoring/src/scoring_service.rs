@@ -81,6 +81,12 @@ impl ScoringApi {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 match event {
+                    Ok(change) if change.is_everything() => {
+                        for g in cache.generations.values_mut() {
+                            *g += 1;
+                        }
+                        cache.entries.clear();
+                    }
                     Ok(change) => {
                         let key = (change.region, change.period);
                         *cache.generations.entry(key.clone()).or_default() += 1;
@@ -436,7 +442,7 @@ impl ScoringService for ScoringApi {
                     event = changes.recv() => event,
                 };
                 match wake {
-                    Ok(c) if !relevant(&c) => continue,
+                    Ok(c) if !relevant(&c) && !c.is_everything() => continue,
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return,
                 }

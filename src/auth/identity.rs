@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 
-use citycredit::auth::{Principal, Role};
+use crate::auth::{Principal, Role};
 
 /// The header carrying the signed identity.
 pub const HEADER: &str = "x-citycredit-identity";

@@ -1,0 +1,287 @@
+//! The gateway: the one front door. For every call it, in order,
+//!
+//! 1. answers health checks and reflection itself (no credential needed);
+//! 2. finds the RPC in the descriptor table (UNIMPLEMENTED for unknown methods);
+//! 3. discards any identity the caller sent and authenticates its API key (UNAUTHENTICATED);
+//! 4. applies the caller's rate limit and the global limit on calls in flight, shedding the excess
+//!    at once with RESOURCE_EXHAUSTED and RetryInfo;
+//! 5. sets the deadline: the caller's `grpc-timeout`, or the default for calls that do not stream
+//!    responses, and enforces it (DEADLINE_EXCEEDED) while passing it on;
+//! 6. signs the principal for the service (`x-citycredit-identity`) and passes the trace on;
+//! 7. forwards the raw HTTP/2 request to the service's upstream, in process or remote, streaming
+//!    bodies through without decoding them;
+//! 8. logs the call (principal, method, code, latency) and counts it.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use tower::{Service, ServiceExt};
+use tracing::Instrument;
+
+use citycredit::auth::Principal;
+use citycredit::auth::identity::{HEADER as IDENTITY_HEADER, IdentitySigner};
+use citycredit::status::{retry_after, with_info};
+use citycredit_registry::KeyView;
+use citycredit_registry::authn::{authenticate, is_open_path};
+
+use crate::config::GatewaySettings;
+use crate::limits::Limits;
+use crate::metrics::{Metrics, PrincipalLabels};
+use crate::rpc_table::{RpcTable, format_grpc_timeout, parse_grpc_timeout, service_of};
+use crate::telemetry;
+use crate::upstream::{Body, Upstream};
+
+/// Everything the gateway needs.
+pub struct GatewayParts {
+    pub table: RpcTable,
+    /// gRPC service name -> upstream.
+    pub routes: HashMap<String, Upstream>,
+    /// The gateway's own health and reflection.
+    pub open: Upstream,
+    pub keys: KeyView,
+    pub signer: Arc<IdentitySigner>,
+    pub settings: GatewaySettings,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The gateway as a tower service over raw HTTP requests.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    parts: GatewayParts,
+    limits: Limits,
+}
+
+impl Gateway {
+    pub fn new(parts: GatewayParts) -> Gateway {
+        let limits = Limits::new(&parts.settings);
+        let inner = Arc::new(Inner { parts, limits });
+        // Idle principals' rate buckets are forgotten now and then.
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(inner) => inner.limits.forget_idle(),
+                    None => break,
+                }
+            }
+        });
+        Gateway { inner }
+    }
+}
+
+fn refuse(code: Code, message: impl Into<String>) -> http::Response<Body> {
+    with_info(code, message, &[]).into_http()
+}
+
+/// The gRPC status code of a response whose headers carry it (errors, trailers-only answers);
+/// "streamed" when it will come in the trailers.
+fn code_of(resp: &http::Response<Body>) -> String {
+    match resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(code) => Code::from_bytes(code.as_bytes()).description().to_owned(),
+        None => "streamed".to_owned(),
+    }
+}
+
+fn principal_label(p: Option<&Principal>) -> String {
+    p.map_or_else(|| "-".to_owned(), |p| p.id.clone())
+}
+
+impl Inner {
+    async fn handle(self: Arc<Self>, mut req: http::Request<Body>) -> http::Response<Body> {
+        let started = Instant::now();
+        let path = req.uri().path().to_owned();
+        if is_open_path(&path) {
+            return self.forward(self.parts.open.clone(), req).await;
+        }
+        let span = tracing::info_span!("gateway", rpc = %path, principal = tracing::field::Empty);
+        telemetry::continue_trace(&span, req.headers());
+        let response = self
+            .admit_and_forward(&mut req, &path, &span)
+            .instrument(span.clone())
+            .await;
+        let elapsed = started.elapsed();
+        let (principal, code) = (
+            principal_label(req.extensions().get::<Principal>()),
+            code_of(&response.0),
+        );
+        self.parts.metrics.observe(&path, &code, elapsed);
+        tracing::info!(
+            target: "citycredit::access",
+            parent: &span,
+            principal,
+            rpc = %path,
+            code,
+            latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            "call"
+        );
+        response.0
+    }
+
+    /// Steps 2-7. Returns the response (the request keeps the principal for the access log).
+    async fn admit_and_forward(
+        &self,
+        req: &mut http::Request<Body>,
+        path: &str,
+        span: &tracing::Span,
+    ) -> Answer {
+        let Some(rpc) = self.parts.table.get(path) else {
+            return Answer(refuse(
+                Code::Unimplemented,
+                format!("unknown method {path}"),
+            ));
+        };
+        let Some(upstream) = service_of(path).and_then(|s| self.parts.routes.get(s)) else {
+            return Answer(refuse(
+                Code::Unimplemented,
+                format!("{} is not served here", rpc.service),
+            ));
+        };
+
+        // Identity comes only from the API key.
+        req.extensions_mut().remove::<Principal>();
+        req.headers_mut().remove(IDENTITY_HEADER);
+        let principal = match authenticate(&self.parts.keys, req) {
+            Ok(p) => p,
+            Err(refusal) => return Answer(refusal.into_response()),
+        };
+        span.record("principal", principal.id.as_str());
+        req.extensions_mut().insert(principal.clone());
+
+        if let Err(wait) = self.limits.check_rate(&principal.id) {
+            self.parts.metrics.shed.inc();
+            return Answer(
+                retry_after(
+                    Code::ResourceExhausted,
+                    format!("rate limit for principal `{}` exceeded", principal.id),
+                    wait.max(Duration::from_millis(1)),
+                )
+                .into_http(),
+            );
+        }
+        let Some(permit) = self.limits.admit() else {
+            self.parts.metrics.shed.inc();
+            return Answer(
+                retry_after(
+                    Code::ResourceExhausted,
+                    "the platform is at capacity; retry shortly",
+                    Duration::from_millis(100),
+                )
+                .into_http(),
+            );
+        };
+
+        // The deadline: the caller's, else the default unless responses stream (watches).
+        let asked = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let deadline = asked
+            .or_else(|| (!rpc.server_streaming).then(|| self.parts.settings.default_deadline()));
+        if let Some(d) = deadline
+            && let Ok(v) = http::HeaderValue::from_str(&format_grpc_timeout(d))
+        {
+            req.headers_mut().insert("grpc-timeout", v);
+        }
+
+        let now = citycredit::store::now_micros();
+        match self
+            .parts
+            .signer
+            .sign(&principal, path, now)
+            .and_then(|h| http::HeaderValue::from_str(&h).ok())
+        {
+            Some(v) => {
+                req.headers_mut().insert(IDENTITY_HEADER, v);
+            }
+            None => {
+                return Answer(refuse(
+                    Code::Internal,
+                    "cannot pass the caller's identity on",
+                ));
+            }
+        }
+        telemetry::pass_on_trace(span, req.headers_mut());
+        if path.starts_with("/citycredit.v1.MetricSubmissionService/Submit") {
+            self.parts
+                .metrics
+                .pushes
+                .get_or_create(&PrincipalLabels {
+                    principal: principal.id.clone(),
+                })
+                .inc();
+        }
+
+        let forwarded = take(req);
+        let call = self.forward(upstream.clone(), forwarded);
+        let response = match deadline {
+            Some(d) => match tokio::time::timeout(d, call).await {
+                Ok(r) => r,
+                Err(_) => refuse(
+                    Code::DeadlineExceeded,
+                    format!("deadline of {} ms exceeded", d.as_millis()),
+                ),
+            },
+            None => call.await,
+        };
+        drop(permit);
+        Answer(response)
+    }
+
+    async fn forward(&self, upstream: Upstream, req: http::Request<Body>) -> http::Response<Body> {
+        match upstream.oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// A response, kept apart from the request so the access log can still read the principal.
+struct Answer(http::Response<Body>);
+
+/// Moves the request out, leaving a copy of its method, URI and extensions for the access log.
+fn take(req: &mut http::Request<Body>) -> http::Request<Body> {
+    let mut placeholder = http::Request::new(Body::empty());
+    *placeholder.method_mut() = req.method().clone();
+    *placeholder.uri_mut() = req.uri().clone();
+    if let Some(p) = req.extensions().get::<Principal>() {
+        placeholder.extensions_mut().insert(p.clone());
+    }
+    std::mem::replace(req, placeholder)
+}
+
+impl<B> Service<http::Request<B>> for Gateway
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let inner = Arc::clone(&self.inner);
+        let req = req.map(Body::new);
+        Box::pin(async move { Ok(inner.handle(req).await) })
+    }
+}

@@ -1,0 +1,132 @@
+//! Upstreams: where the gateway sends a call, by gRPC service name. An upstream is either a
+//! service in this process or a remote endpoint; both are the same boxed tower service over raw
+//! HTTP/2 requests, so the gateway forwards bodies as they stream, without decoding messages.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tower::Service;
+use tower::util::BoxCloneSyncService;
+
+use citycredit::auth::identity::IdentitySigner;
+use citycredit::status::retry_after;
+
+use crate::config::UpstreamTlsSettings;
+use crate::front::ServiceFront;
+
+/// The body of every request and response the gateway handles.
+pub type Body = tonic::body::Body;
+
+/// A routed service.
+pub type Upstream = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
+
+/// Why an upstream cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {url}: {source}")]
+    Endpoint {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("upstream TLS file {path}: {source}")]
+    TlsFile {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Client TLS for upstream connections.
+pub fn client_tls(s: &UpstreamTlsSettings) -> Result<ClientTlsConfig, UpstreamError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|source| UpstreamError::TlsFile {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&s.ca)?))
+        .domain_name(s.domain.clone());
+    if let (Some(cert), Some(key)) = (&s.cert, &s.key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(tls)
+}
+
+/// A lazily connected channel to `url`.
+pub fn channel(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, UpstreamError> {
+    let err = |source| UpstreamError::Endpoint {
+        url: url.to_owned(),
+        source,
+    };
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(err)?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.clone()).map_err(err)?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
+/// A remote service: transport failures become UNAVAILABLE answers with RetryInfo.
+pub fn remote(channel: Channel) -> Upstream {
+    BoxCloneSyncService::new(Remote { channel })
+}
+
+/// A service in this process, behind the same front the remote services have (the signed
+/// identity verified, the trace continued).
+pub fn local<S>(svc: S, signer: Arc<IdentitySigner>) -> Upstream
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    BoxCloneSyncService::new(ServiceFront::new(svc, signer))
+}
+
+#[derive(Clone)]
+struct Remote {
+    channel: Channel,
+}
+
+impl Service<http::Request<Body>> for Remote {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Channel buffers internally; readiness is checked per call below.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let mut channel = self.channel.clone();
+        Box::pin(async move {
+            use tower::ServiceExt;
+            let result = match channel.ready().await {
+                Ok(ch) => ch.call(req).await,
+                Err(e) => Err(e),
+            };
+            Ok(result.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "upstream unreachable");
+                retry_after(
+                    Code::Unavailable,
+                    "the service is unavailable; retry shortly",
+                    Duration::from_millis(500),
+                )
+                .into_http()
+            }))
+        })
+    }
+}

@@ -1,0 +1,192 @@
+//! Ingestion's aggregates over gRPC, for a scoring service running apart from ingestion: the
+//! same `AggregateSource` contract, read with `QueryAggregates` and fed by `WatchChanges`. Calls
+//! carry a signed internal identity (an operator principal named `scoring-service`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tonic::Status;
+use tonic::transport::Channel;
+
+use citycredit::aggregates::{AggregateSource, Aggregates, BoxFuture, Change, SourceRef};
+use citycredit::auth::identity::{HEADER, IdentitySigner};
+use citycredit::auth::{Principal, Role};
+use citycredit::catalog::{Catalog, MetricKind};
+use citycredit::numbers::Num;
+use citycredit::proto::v1 as pb;
+use citycredit::proto::v1::metric_submission_service_client::MetricSubmissionServiceClient;
+use citycredit::rules::{Figure, TaskStatus, Values};
+
+use crate::convert;
+
+/// The principal scoring acts as towards ingestion.
+pub fn service_principal() -> Principal {
+    Principal {
+        id: "scoring-service".into(),
+        role: Role::Operator,
+        department: None,
+    }
+}
+
+/// See the module documentation.
+pub struct RemoteAggregates {
+    channel: Channel,
+    signer: Arc<IdentitySigner>,
+    catalog: Arc<Catalog>,
+    changes: broadcast::Sender<Change>,
+}
+
+impl std::fmt::Debug for RemoteAggregates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RemoteAggregates(..)")
+    }
+}
+
+impl RemoteAggregates {
+    /// Starts following ingestion's change feed (reconnecting while it is unreachable).
+    pub fn start(
+        channel: Channel,
+        signer: Arc<IdentitySigner>,
+        catalog: Arc<Catalog>,
+    ) -> Arc<Self> {
+        let (changes, _) = broadcast::channel(4096);
+        let me = Arc::new(RemoteAggregates {
+            channel,
+            signer,
+            catalog,
+            changes,
+        });
+        let weak = Arc::downgrade(&me);
+        tokio::spawn(async move {
+            loop {
+                let Some(me) = weak.upgrade() else { break };
+                if let Err(e) = me.follow().await {
+                    tracing::warn!(error = %e.message(), "ingestion change feed lost; reconnecting");
+                }
+                // Whatever happened while disconnected is unknown: invalidate everything.
+                let _ = me.changes.send(Change::everything());
+                drop(me);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        me
+    }
+
+    fn signed<T>(&self, msg: T, path: &str) -> Result<tonic::Request<T>, Status> {
+        let mut req = tonic::Request::new(msg);
+        let header = self
+            .signer
+            .sign(&service_principal(), path, citycredit::store::now_micros())
+            .ok_or_else(|| Status::internal("cannot sign the internal identity"))?;
+        let value = header
+            .parse()
+            .map_err(|_| Status::internal("identity header"))?;
+        req.metadata_mut().insert(HEADER, value);
+        Ok(req)
+    }
+
+    async fn follow(&self) -> Result<(), Status> {
+        let mut client = MetricSubmissionServiceClient::new(self.channel.clone());
+        let req = self.signed(
+            pb::WatchChangesRequest::default(),
+            "/citycredit.v1.MetricSubmissionService/WatchChanges",
+        )?;
+        let mut stream = client.watch_changes(req).await?.into_inner();
+        while let Some(event) = stream.message().await? {
+            let _ = self.changes.send(Change {
+                region: event.region_code,
+                period: event.period,
+                last_submission_id: event.last_submission_id,
+                commit_micros: event.commit_time.as_ref().map_or(0, convert::micros),
+            });
+        }
+        Ok(())
+    }
+
+    fn decode(&self, resp: pb::QueryAggregatesResponse) -> Aggregates {
+        let mut values = Values::new();
+        let mut out = Aggregates {
+            region: resp.region_code.clone(),
+            period: resp.period.clone(),
+            as_of_micros: resp.as_of.as_ref().map_or(0, convert::micros),
+            ..Default::default()
+        };
+        use pb::metric_value::Value;
+        for m in resp.metrics {
+            let kind = self.catalog.metric(&m.metric_key).map(|x| x.kind);
+            let figure = match (kind, m.value.as_ref().and_then(|v| v.value.as_ref())) {
+                (Some(MetricKind::DomainFlag), _) => {
+                    Some(Figure::Domains(m.domains.iter().cloned().collect()))
+                }
+                (Some(MetricKind::TaskStatus), _) => Some(Figure::Tasks(
+                    m.task_statuses
+                        .iter()
+                        .map(|(k, v)| {
+                            let s = match pb::TaskStatus::try_from(*v) {
+                                Ok(pb::TaskStatus::Done) => TaskStatus::Done,
+                                Ok(pb::TaskStatus::InProgress) => TaskStatus::InProgress,
+                                _ => TaskStatus::NotStarted,
+                            };
+                            (k.clone(), s)
+                        })
+                        .collect(),
+                )),
+                (Some(_), Some(Value::Flag(b))) => Some(Figure::Flag(*b)),
+                (Some(_), Some(Value::Number(t))) => Num::parse_decimal(t).ok().map(Figure::Number),
+                _ => None,
+            };
+            if let Some(f) = figure {
+                values.set(m.metric_key.clone(), f);
+            }
+            let sources = m
+                .sources
+                .into_iter()
+                .map(|s| SourceRef {
+                    submission_id: s
+                        .submission
+                        .rsplit('/')
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0),
+                    department: s.department_code,
+                    region: s.region_code,
+                    domain: s.domain,
+                    task_id: String::new(),
+                    value: s.value.unwrap_or_default(),
+                    accept_micros: s.accept_time.as_ref().map_or(0, convert::micros),
+                })
+                .collect();
+            out.sources.insert(m.metric_key, sources);
+        }
+        out.values = values;
+        out
+    }
+}
+
+impl AggregateSource for RemoteAggregates {
+    fn aggregates<'a>(
+        &'a self,
+        region: &'a str,
+        period: &'a str,
+        as_of_micros: Option<i64>,
+    ) -> BoxFuture<'a, Result<Aggregates, Status>> {
+        Box::pin(async move {
+            let mut client = MetricSubmissionServiceClient::new(self.channel.clone());
+            let req = self.signed(
+                pb::QueryAggregatesRequest {
+                    region_code: region.to_owned(),
+                    period: period.to_owned(),
+                    as_of: as_of_micros.map(convert::timestamp),
+                },
+                "/citycredit.v1.MetricSubmissionService/QueryAggregates",
+            )?;
+            let resp = client.query_aggregates(req).await?.into_inner();
+            Ok(self.decode(resp))
+        })
+    }
+
+    fn changes(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+}
