@@ -230,3 +230,14 @@ pub fn violation_fields(status: &Status) -> Vec<String> {
         .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
         .unwrap_or_default()
 }
+
+/// A channel to any address that authenticates with `key` (for servers run as subprocesses).
+pub fn channel_with_key(addr: std::net::SocketAddr, key: &str) -> AuthChannel {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap_or_else(|e| panic!("endpoint: {e}"))
+        .connect_lazy();
+    let value = format!("Bearer {key}")
+        .parse()
+        .unwrap_or_else(|e| panic!("key is not header text: {e}"));
+    InterceptedService::new(channel, Bearer(Some(value)))
+}

@@ -125,14 +125,28 @@ pub fn list(start: usize, n: usize) -> String {
         .join(", ")
 }
 
-/// Rows per multi-row INSERT (18 columns: under SQLite's and PostgreSQL's parameter limits).
-const INSERT_CHUNK: usize = 500;
+/// Parameters per statement. SQLite looks a parameter up by walking its list
+/// (`sqlite3_bind_parameter_name`), so binding costs O(n^2) in the parameters of one
+/// statement: keep SQLite statements small. PostgreSQL allows 65,535.
+fn param_budget(conn: &AnyConnection) -> usize {
+    if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+        180
+    } else {
+        9_000
+    }
+}
+
+/// Rows per statement for `arity` parameters per row.
+fn rows_per_statement(conn: &AnyConnection, arity: usize) -> usize {
+    (param_budget(conn) / arity).max(1)
+}
 
 pub async fn insert_submissions(
     conn: &mut AnyConnection,
     rows: &[StoredRow],
 ) -> Result<(), sqlx::Error> {
-    for chunk in rows.chunks(INSERT_CHUNK) {
+    let n = rows_per_statement(conn, SUBMISSION_ARITY);
+    for chunk in rows.chunks(n) {
         let sql = format!(
             "INSERT INTO submissions ({SUBMISSION_COLUMNS}) VALUES {}",
             placeholders(chunk.len(), SUBMISSION_ARITY)
@@ -184,7 +198,8 @@ pub async fn insert_versions(
     conn: &mut AnyConnection,
     versions: &[Version],
 ) -> Result<(), sqlx::Error> {
-    for chunk in versions.chunks(INSERT_CHUNK) {
+    let n = rows_per_statement(conn, 11);
+    for chunk in versions.chunks(n) {
         let sql = format!(
             "INSERT INTO value_versions (submission_id, vkey, metric, region, period, department, \
              domain, task_id, value, valid_from, valid_to) VALUES {}",
@@ -216,7 +231,8 @@ pub async fn close_versions(
     submission_ids: &[i64],
     at: i64,
 ) -> Result<(), sqlx::Error> {
-    for chunk in submission_ids.chunks(1000) {
+    let n = rows_per_statement(conn, 1);
+    for chunk in submission_ids.chunks(n) {
         let sql = format!(
             "UPDATE value_versions SET valid_to = $1 WHERE valid_to IS NULL AND submission_id IN ({})",
             list(2, chunk.len())
@@ -236,7 +252,8 @@ pub async fn current_of_keys(
     keys: &[String],
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
     let mut out = Vec::new();
-    for chunk in keys.chunks(1000) {
+    let n = rows_per_statement(conn, 1);
+    for chunk in keys.chunks(n) {
         let sql = format!(
             "SELECT vkey, submission_id FROM value_versions WHERE valid_to IS NULL AND vkey IN ({})",
             list(1, chunk.len())
@@ -284,7 +301,8 @@ pub async fn idempotency_records(
     scoped_keys: &[String],
 ) -> Result<Vec<IdempotencyRecord>, sqlx::Error> {
     let mut out = Vec::new();
-    for chunk in scoped_keys.chunks(1000) {
+    let n = rows_per_statement(conn, 1);
+    for chunk in scoped_keys.chunks(n) {
         let sql = format!(
             "SELECT scoped_key, fingerprint, first_id, last_id, accept_micros FROM idempotency \
              WHERE scoped_key IN ({})",
@@ -319,7 +337,8 @@ pub async fn insert_idempotency(
     conn: &mut AnyConnection,
     records: &[IdempotencyRecord],
 ) -> Result<(), sqlx::Error> {
-    for chunk in records.chunks(INSERT_CHUNK) {
+    let n = rows_per_statement(conn, 5);
+    for chunk in records.chunks(n) {
         let sql = format!(
             "INSERT INTO idempotency (scoped_key, fingerprint, first_id, last_id, accept_micros) \
              VALUES {}",

@@ -1,0 +1,380 @@
+//! `citycredit-bench`: measures the ingestion service on this machine and prints figures and
+//! ratios to the targets of the ingestion issue. Build with `--release`. PostgreSQL runs use
+//! `DATABASE_URL` and a fresh schema that is dropped afterwards.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use citycredit::auth::{Principal, Role};
+use citycredit::catalog::Catalog;
+use citycredit::city::City;
+use citycredit::org::{self, Org};
+use citycredit::proto::v1 as pb;
+use citycredit::store::testing::{self, TestDb};
+use citycredit_ingestion::code_audit::{MAX_DISTINCT, complete};
+use citycredit_ingestion::{Ingestion, IngestionOptions};
+
+#[derive(Parser)]
+#[command(name = "citycredit-bench", about = "Ingestion benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Batches of `batch` values submitted by `clients` concurrent callers, direct to the service.
+    IngestBatch {
+        #[arg(long, value_enum, default_value = "sqlite")]
+        db: Db,
+        #[arg(long, default_value_t = 200_000)]
+        values: usize,
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+    },
+    /// Single-value submissions from `clients` concurrent callers (group commit).
+    IngestUnary {
+        #[arg(long, value_enum, default_value = "postgres")]
+        db: Db,
+        #[arg(long, default_value_t = 50_000)]
+        values: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+    },
+    /// Streams codes through CodeAuditService over loopback gRPC.
+    CodeAudit {
+        #[arg(long, default_value_t = 5_000_000)]
+        codes: usize,
+        #[arg(long, default_value_t = 10_000)]
+        per_message: usize,
+    },
+    /// Aggregation query for the city with `submissions` stored submissions.
+    Aggregate {
+        #[arg(long, value_enum, default_value = "postgres")]
+        db: Db,
+        #[arg(long, default_value_t = 1_000_000)]
+        submissions: usize,
+        #[arg(long, default_value_t = 2_000)]
+        queries: usize,
+    },
+}
+
+fn platform() -> Principal {
+    Principal {
+        id: "bench-platform".into(),
+        role: Role::Platform,
+        department: None,
+    }
+}
+
+const REGIONS: [&str; 7] = [
+    "330800", "330802", "330803", "330822", "330824", "330825", "330881",
+];
+const DEPARTMENTS: [&str; 5] = ["samr", "tax", "court", "civil-affairs", "business-env"];
+
+/// The i-th value: COUNT metrics over every region and a few departments, so values supersede
+/// each other as they would in real use.
+fn value(catalog: &Catalog, i: usize) -> pb::SubmissionInput {
+    let counts: Vec<&str> = catalog
+        .metrics
+        .iter()
+        .filter(|m| m.kind == citycredit::catalog::MetricKind::Count)
+        .map(|m| m.key.as_str())
+        .collect();
+    pb::SubmissionInput {
+        metric_key: counts[i % counts.len()].to_owned(),
+        region_code: REGIONS[(i / counts.len()) % REGIONS.len()].to_owned(),
+        period: "2026".into(),
+        department_code: DEPARTMENTS[(i / 7) % DEPARTMENTS.len()].to_owned(),
+        value: Some(pb::MetricValue {
+            value: Some(pb::metric_value::Value::Number((i % 100_000).to_string())),
+        }),
+        ..Default::default()
+    }
+}
+
+async fn store(db: Db) -> TestDb {
+    match db {
+        Db::Sqlite => testing::sqlite().await,
+        Db::Postgres => testing::postgres()
+            .await
+            .unwrap_or_else(|| panic!("set DATABASE_URL to a PostgreSQL server")),
+    }
+}
+
+fn ingestion(db: &TestDb) -> (Ingestion, Arc<Catalog>) {
+    let catalog = Arc::new(Catalog::builtin().unwrap_or_else(|e| panic!("{e}")));
+    let city = City::builtin(&catalog).unwrap_or_else(|e| panic!("{e}"));
+    let org = org::fixed(Org::new(&catalog, city));
+    let ing = Ingestion::start(
+        db.db().clone(),
+        catalog.clone(),
+        org,
+        IngestionOptions::default(),
+    );
+    (ing, catalog)
+}
+
+fn ratio(measured: f64, target: f64) -> String {
+    #[allow(clippy::float_arithmetic, reason = "benchmark ratios, not scores")]
+    let r = measured / target;
+    format!("{r:.2}x target")
+}
+
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::float_arithmetic,
+    reason = "benchmark figures"
+)]
+fn per_sec(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+async fn ingest_batch(db: Db, values: usize, batch: usize, clients: usize) {
+    let tdb = store(db).await;
+    let (ing, catalog) = ingestion(&tdb);
+    let p = platform();
+    let inputs: Vec<pb::SubmissionInput> = (0..values).map(|i| value(&catalog, i)).collect();
+    let batches: Vec<Vec<pb::SubmissionInput>> = inputs.chunks(batch).map(<[_]>::to_vec).collect();
+    let queue = Arc::new(std::sync::Mutex::new(batches.into_iter().enumerate()));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (ing, p, queue) = (ing.clone(), p.clone(), queue.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let next = queue.lock().ok().and_then(|mut q| q.next());
+                let Some((i, b)) = next else { break };
+                let checked = ing.check(&p, &b, false).unwrap_or_else(|e| panic!("{e}"));
+                ing.write_values(&p, checked, &format!("batch-{i}"), "batch")
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let took = start.elapsed();
+    let rate = per_sec(values, took);
+    let target = if db == Db::Postgres {
+        25_000.0
+    } else {
+        20_000.0
+    };
+    println!(
+        "ingest-batch db={db:?} values={values} batch={batch} clients={clients}: {took:.2?}, {rate:.0} values/s ({})",
+        ratio(rate, target)
+    );
+}
+
+async fn ingest_unary(db: Db, values: usize, clients: usize) {
+    let tdb = store(db).await;
+    let (ing, catalog) = ingestion(&tdb);
+    let p = platform();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (ing, p, next, catalog) = (ing.clone(), p.clone(), next.clone(), catalog.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= values {
+                    break;
+                }
+                let input = value(&catalog, i);
+                let checked = ing
+                    .check(&p, std::slice::from_ref(&input), true)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                ing.write_values(&p, checked, &format!("u-{i}"), "value")
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let took = start.elapsed();
+    let rate = per_sec(values, took);
+    println!(
+        "ingest-unary db={db:?} values={values} clients={clients}: {took:.2?}, {rate:.0} submissions/s ({})",
+        ratio(rate, 5_000.0)
+    );
+}
+
+async fn code_audit(codes: usize, per_message: usize) {
+    let tdb = store(Db::Sqlite).await;
+    let (ing, _) = ingestion(&tdb);
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let svc = tonic::service::interceptor::InterceptedService::new(
+        ing.code_audit_service()
+            .max_decoding_message_size(64 * 1024 * 1024),
+        |mut r: tonic::Request<()>| {
+            r.extensions_mut().insert(platform());
+            Ok(r)
+        },
+    );
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    // Real-form codes, 1 in 100 repeated.
+    let all: Vec<String> = (0..codes)
+        .map(|i| {
+            let n = if i % 100 == 99 { i - 1 } else { i };
+            complete(&format!("9133{:02}{:010}", n % 100, n)).unwrap_or_default()
+        })
+        .collect();
+    let msgs: Vec<pb::AuditCodesRequest> = all
+        .chunks(per_message)
+        .map(|c| pb::AuditCodesRequest {
+            codes: c.to_vec(),
+            record: None,
+        })
+        .collect();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut client = pb::code_audit_service_client::CodeAuditServiceClient::new(channel)
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let start = Instant::now();
+    let r = client
+        .audit_codes(tokio_stream::iter(msgs))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    let took = start.elapsed();
+    let rate = per_sec(codes, took);
+    println!(
+        "code-audit codes={codes} per_message={per_message}: {took:.2?}, {rate:.0} codes/s ({}); valid={} duplicate={}; memory: 16 bytes per distinct valid code in a u128 hash set, at most {} bytes with table overhead, capped at {MAX_DISTINCT} distinct codes",
+        ratio(rate, 1_000_000.0),
+        r.valid,
+        r.duplicate,
+        citycredit_ingestion::code_audit::BYTES_PER_CODE
+    );
+}
+
+async fn aggregate(db: Db, submissions: usize, queries: usize) {
+    let tdb = store(db).await;
+    let (ing, catalog) = ingestion(&tdb);
+    let p = platform();
+    let load = Instant::now();
+    let mut done = 0;
+    let mut tasks = Vec::new();
+    let chunk = 5_000;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for _ in 0..4 {
+        let (ing, p, next, catalog) = (ing.clone(), p.clone(), next.clone(), catalog.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let start = next.fetch_add(chunk, std::sync::atomic::Ordering::Relaxed);
+                if start >= submissions {
+                    break;
+                }
+                let inputs: Vec<_> = (start..(start + chunk).min(submissions))
+                    .map(|i| value(&catalog, i))
+                    .collect();
+                let checked = ing
+                    .check(&p, &inputs, false)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                ing.write_values(&p, checked, "", "batch")
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap_or_else(|e| panic!("{e}"));
+        done += 1;
+    }
+    let _ = done;
+    let loaded = load.elapsed();
+    if db == Db::Postgres {
+        let _ = sqlx::query("ANALYZE").execute(&tdb.pool).await;
+    }
+    let mut times = Vec::with_capacity(queries);
+    let mut figures = 0;
+    for _ in 0..queries {
+        let t = Instant::now();
+        let agg = ing
+            .aggregates_of("330800", "2026", None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        times.push(t.elapsed());
+        figures = agg.sources.values().map(Vec::len).sum();
+    }
+    times.sort_unstable();
+    let pct = |q: usize| times[(times.len() * q / 100).min(times.len() - 1)];
+    let p99 = pct(99);
+    println!(
+        "aggregate db={db:?} submissions={submissions} (loaded in {loaded:.2?}) queries={queries}: p50 {:.2?}, p99 {p99:.2?}, max {:.2?}; {figures} current values behind the city's figures; p99 {}",
+        pct(50),
+        times.last().copied().unwrap_or_default(),
+        if p99 <= Duration::from_millis(5) {
+            "meets the 5 ms target"
+        } else {
+            "misses the 5 ms target"
+        }
+    );
+    // As of an instant before the last load: the as-of path.
+    let as_of = citycredit::store::now_micros() - 1;
+    let t = Instant::now();
+    for _ in 0..100 {
+        ing.aggregates_of("330800", "2026", Some(as_of))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    println!(
+        "aggregate as_of: mean {:.2?} over 100 queries",
+        t.elapsed() / 100
+    );
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    rt.block_on(async {
+        match cli.command {
+            Cmd::IngestBatch {
+                db,
+                values,
+                batch,
+                clients,
+            } => ingest_batch(db, values, batch, clients).await,
+            Cmd::IngestUnary {
+                db,
+                values,
+                clients,
+            } => ingest_unary(db, values, clients).await,
+            Cmd::CodeAudit { codes, per_message } => code_audit(codes, per_message).await,
+            Cmd::Aggregate {
+                db,
+                submissions,
+                queries,
+            } => aggregate(db, submissions, queries).await,
+        }
+    });
+}
