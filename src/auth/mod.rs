@@ -78,6 +78,13 @@ pub enum Action<'a> {
     Read,
     /// Submit (or retract) a value of `metric` for `region`.
     Submit { metric: &'a str, region: &'a str },
+    /// Retract a stored value of `metric` for `region`, reported for `department`: allowed to
+    /// whoever may submit it, and for department principals only their own department's values.
+    Retract {
+        metric: &'a str,
+        region: &'a str,
+        department: &'a str,
+    },
     /// Change the registry, manage principals and keys, verify the audit chain.
     Administer,
 }
@@ -87,6 +94,7 @@ impl Action<'_> {
         match self {
             Action::Read => "read",
             Action::Submit { .. } => "submit",
+            Action::Retract { .. } => "retract",
             Action::Administer => "administer",
         }
     }
@@ -178,19 +186,42 @@ impl Access {
                 principal: p.to_string(),
                 action: action.name(),
                 metric: match action {
-                    Action::Submit { metric, .. } => metric.to_owned(),
+                    Action::Submit { metric, .. } | Action::Retract { metric, .. } => {
+                        metric.to_owned()
+                    }
                     _ => String::new(),
                 },
                 region: match action {
-                    Action::Submit { region, .. } => region.to_owned(),
+                    Action::Submit { region, .. } | Action::Retract { region, .. } => {
+                        region.to_owned()
+                    }
                     _ => String::new(),
                 },
                 reason,
             })
         };
+        if let Action::Retract {
+            metric,
+            region,
+            department,
+        } = action
+        {
+            if p.role == Role::Department && p.department.as_deref() != Some(department) {
+                return deny(format!(
+                    "it was reported for department `{department}`; a department retracts only its own values"
+                ));
+            }
+            return self
+                .decide(p, Action::Submit { metric, region })
+                .map_err(|mut d| {
+                    d.action = "retract";
+                    d
+                });
+        }
         match (p.role, action) {
             (Role::Admin, _) | (_, Action::Read) => Ok(()),
             (_, Action::Administer) => deny("only administrators manage the registry".into()),
+            (_, Action::Retract { .. }) => Ok(()),
             (Role::Operator, Action::Submit { .. }) => {
                 deny("operators read and do not submit".into())
             }

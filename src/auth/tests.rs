@@ -199,3 +199,30 @@ fn department_metrics_follow_responsibilities_through_groups() {
             .contains(&"campaign.integrity_tour")
     );
 }
+
+#[test]
+fn departments_retract_only_their_own_values() {
+    let a = access();
+    let samr = who(Role::Department, Some("samr"));
+    let court = who(Role::Department, Some("court"));
+    let retract = |dept| Action::Retract {
+        metric: "uscc.codes_total",
+        region: "330800",
+        department: dept,
+    };
+    assert!(a.decide(&samr, retract("samr")).is_ok());
+    let denied = a
+        .decide(&court, retract("samr"))
+        .err()
+        .unwrap_or_else(|| panic!("court retracted samr's value"));
+    assert!(denied.to_string().contains("may not retract"), "{denied}");
+    // The platform may retract what it may submit, whoever it was reported for.
+    assert!(
+        a.decide(&who(Role::Platform, None), retract("samr"))
+            .is_ok()
+    );
+    assert!(
+        a.decide(&who(Role::Operator, None), retract("samr"))
+            .is_err()
+    );
+}

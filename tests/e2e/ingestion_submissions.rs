@@ -412,7 +412,6 @@ async fn roll_up_department_sums_and_domain_union() {
             number_input("xinyidai.loan_amount", "330802", "2026", "", "0.10"),
             number_input("xinyidai.loan_amount", "330803", "2026", "", "0.25"),
             number_input("monitoring.city_rank", "330800", "2026", "", "3"),
-            number_input("monitoring.city_rank", "330802", "2026", "", "1"),
             flag_input(
                 "integrity.credit_records",
                 "330802",
@@ -489,10 +488,23 @@ async fn roll_up_department_sums_and_domain_union() {
             number_of(&county, "uscc.codes_total").as_deref(),
             Some("15")
         );
-        assert_eq!(
-            number_of(&county, "monitoring.city_rank").as_deref(),
-            Some("1")
-        );
+        // A rank is the city's alone: the county has none, and cannot be given one.
+        assert_eq!(number_of(&county, "monitoring.city_rank"), None);
+        let err = c
+            .submit_value(pb::SubmitValueRequest {
+                value: Some(number_input(
+                    "monitoring.city_rank",
+                    "330802",
+                    "2026",
+                    "",
+                    "1",
+                )),
+                ..Default::default()
+            })
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{name}: a county rank was accepted"));
+        assert_eq!(violation_fields(&err), ["value.region_code"]);
         assert_eq!(
             number_of(&county, "monitoring.township_extension_plan"),
             None

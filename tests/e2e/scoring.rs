@@ -329,7 +329,20 @@ async fn samr_worklist_lists_its_duties_and_missing_metrics() {
         via,
         ["B03", "G11", "G15", "G18", "G19", "G20", "E09", "E12"]
     );
-    assert!(list.entries.iter().all(|e| !e.missing_metrics.is_empty()));
+    assert!(
+        list.entries
+            .iter()
+            .all(|e| !e.missing_metrics.is_empty() || !e.awaiting_assessment.is_empty())
+    );
+    let g20 = list
+        .entries
+        .iter()
+        .find(|e| e.code == "G20")
+        .unwrap_or_else(|| panic!("G20"));
+    assert_eq!(
+        g20.awaiting_assessment,
+        ["campaign.integrity_tour", "campaign.special_governance"]
+    );
 
     // After samr reports B01's figures they leave its list.
     let samr = principal("samr-sys", Role::Department, Some("samr"));

@@ -64,10 +64,6 @@ def test_an_operator_reads_but_cannot_submit(make_client):
             principal=reg_pb.Principal(id="ops-escalation", role=reg_pb.ROLE_ADMIN)))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "platform bug: RetractSubmission authorizes the metric and region only, not the retracted "
-    "submission's department, so a department may retract another department's value it could "
-    "never have submitted (court retracts samr's uscc.codes_total)"))
 def test_a_department_cannot_retract_another_departments_value(make_client):
     samr = make_client("samr-retract", reg_pb.ROLE_DEPARTMENT, department_code="samr")
     court = make_client("court-retract", reg_pb.ROLE_DEPARTMENT, department_code="court")

@@ -51,43 +51,67 @@ impl Check {
     }
 }
 
-/// Runs the checks every `every` and keeps `reporter` current for `services` and "".
-pub fn spawn(
+/// Runs the checks once now (so health is right from the first call), then every `every`,
+/// keeping `reporter` current for `services` and "".
+pub async fn spawn(
     reporter: HealthReporter,
     services: Vec<String>,
     checks: Vec<Check>,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
+    let mut state = State {
+        reporter,
+        services,
+        checks,
+        every,
+        serving: None,
+    };
+    state.round().await;
     tokio::spawn(async move {
-        let mut serving: Option<bool> = None;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
         loop {
             tick.tick().await;
-            let mut problems = Vec::new();
-            for c in &checks {
-                if let Err(p) = c.ok(every.max(Duration::from_millis(500))).await {
-                    problems.push(p);
-                }
-            }
-            let now = problems.is_empty();
-            if serving != Some(now) {
-                let status = if now {
-                    ServingStatus::Serving
-                } else {
-                    ServingStatus::NotServing
-                };
-                for s in &services {
-                    reporter.set_service_status(s.as_str(), status).await;
-                }
-                reporter.set_service_status("", status).await;
-                if now {
-                    tracing::info!("health: serving");
-                } else {
-                    tracing::warn!(problems = ?problems, "health: not serving");
-                }
-                serving = Some(now);
-            }
+            state.round().await;
         }
     })
+}
+
+struct State {
+    reporter: HealthReporter,
+    services: Vec<String>,
+    checks: Vec<Check>,
+    every: Duration,
+    serving: Option<bool>,
+}
+
+impl State {
+    async fn round(&mut self) {
+        let mut problems = Vec::new();
+        for c in &self.checks {
+            if let Err(p) = c.ok(self.every.max(Duration::from_millis(500))).await {
+                problems.push(p);
+            }
+        }
+        let now = problems.is_empty();
+        if self.serving == Some(now) {
+            return;
+        }
+        let status = if now {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for s in &self.services {
+            self.reporter.set_service_status(s.as_str(), status).await;
+        }
+        self.reporter.set_service_status("", status).await;
+        if now {
+            tracing::info!("health: serving");
+        } else {
+            tracing::warn!(problems = ?problems, "health: not serving");
+        }
+        self.serving = Some(now);
+    }
 }

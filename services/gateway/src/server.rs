@@ -279,12 +279,7 @@ pub async fn serve(
             alone(routes, &signer)
         }
     };
-    background.push(health::spawn(
-        health.clone(),
-        names.clone(),
-        checks,
-        HEALTH_EVERY,
-    ));
+    background.push(health::spawn(health.clone(), names.clone(), checks, HEALTH_EVERY).await);
 
     let addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.listen,

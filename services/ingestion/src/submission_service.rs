@@ -380,9 +380,10 @@ impl MetricSubmissionService for SubmissionApi {
         let target = self.ing.get(id).await?;
         self.authorize(
             &principal,
-            Action::Submit {
+            Action::Retract {
                 metric: &target.metric,
                 region: &target.region,
+                department: &target.department,
             },
         )?;
         if target.kind == KIND_RETRACTION {

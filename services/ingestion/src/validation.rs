@@ -89,6 +89,17 @@ pub fn check_input(
             field("region_code"),
             format!("unknown region `{}`", input.region_code),
         ));
+    } else if metric.is_some_and(|m| m.kind == MetricKind::Rank)
+        && input.region_code != org.city.code
+    {
+        // A rank is the city's place among prefecture-level cities (rulebook section 2).
+        out.push(Violation::new(
+            field("region_code"),
+            format!(
+                "a RANK metric is reported for the city ({}) only",
+                org.city.code
+            ),
+        ));
     }
 
     // Period.

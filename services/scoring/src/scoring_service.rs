@@ -550,19 +550,21 @@ impl ScoringService for ScoringApi {
             .into_iter()
             .map(|duty| {
                 let metrics = self.catalog.subject_metrics(&duty.subject);
-                // Its own metrics it has not reported; assessed metrics (SCORE, task statuses)
-                // nobody has reported yet, since the department must get them assessed.
+                let assessed = |m: &str| {
+                    self.catalog.metric(m).is_some_and(|x| {
+                        matches!(x.kind, MetricKind::Score | MetricKind::TaskStatus)
+                    })
+                };
+                // Its own metrics it has not reported yet.
                 let missing_metrics = metrics
                     .iter()
-                    .filter(|m| {
-                        if may_report.contains(**m) {
-                            !mine.contains(**m)
-                        } else {
-                            self.catalog.metric(m).is_some_and(|x| {
-                                matches!(x.kind, MetricKind::Score | MetricKind::TaskStatus)
-                            }) && !s.aggregates.values.is_reported(m)
-                        }
-                    })
+                    .filter(|m| may_report.contains(**m) && !mine.contains(**m))
+                    .map(|m| (*m).to_owned())
+                    .collect();
+                // Assessed values nobody has reported yet: the department must get them assessed.
+                let awaiting_assessment = metrics
+                    .iter()
+                    .filter(|m| assessed(m) && !s.aggregates.values.is_reported(m))
                     .map(|m| (*m).to_owned())
                     .collect();
                 let indicator = s.card.indicator(&duty.subject);
@@ -594,6 +596,7 @@ impl ScoringService for ScoringApi {
                     item_done: s.card.item(&duty.subject).is_some_and(|i| i.done),
                     missing_metrics,
                     gaps,
+                    awaiting_assessment,
                 }
             })
             .collect();

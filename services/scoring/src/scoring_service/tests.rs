@@ -328,7 +328,7 @@ async fn samr_worklist_with_nothing_reported() {
     assert_eq!(out.entries.len(), 20);
     for e in &out.entries {
         assert!(
-            !e.missing_metrics.is_empty(),
+            !e.missing_metrics.is_empty() || !e.awaiting_assessment.is_empty(),
             "{} lists the metrics still to report",
             e.code
         );
@@ -338,11 +338,15 @@ async fn samr_worklist_with_nothing_reported() {
         ["uscc.stock_codes_converted", "uscc.stock_codes_total"]
     );
     assert_eq!(by_code["B01"].status(), pb::IndicatorStatus::MissingData);
+    assert!(
+        by_code["G20"].missing_metrics.is_empty(),
+        "samr cannot report assessed scores"
+    );
     assert_eq!(
-        by_code["G20"].missing_metrics,
+        by_code["G20"].awaiting_assessment,
         ["campaign.integrity_tour", "campaign.special_governance"]
     );
-    assert_eq!(by_code["E02"].missing_metrics, ["task.status"]);
+    assert_eq!(by_code["E02"].awaiting_assessment, ["task.status"]);
     assert!(by_code["B01"].gaps.iter().any(|g| g.change == "report"));
 }
 
