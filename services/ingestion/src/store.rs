@@ -133,6 +133,7 @@ pub async fn insert_submissions(
     rows: &[StoredRow],
 ) -> Result<(), sqlx::Error> {
     for chunk in rows.chunks(INSERT_CHUNK) {
+        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
         let sql = format!(
             "INSERT INTO submissions ({SUBMISSION_COLUMNS}) VALUES {}",
             placeholders(chunk.len(), SUBMISSION_ARITY)
@@ -185,6 +186,7 @@ pub async fn insert_versions(
     versions: &[Version],
 ) -> Result<(), sqlx::Error> {
     for chunk in versions.chunks(INSERT_CHUNK) {
+        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
         let sql = format!(
             "INSERT INTO value_versions (submission_id, vkey, metric, region, period, department, \
              domain, task_id, value, valid_from, valid_to) VALUES {}",
@@ -217,6 +219,7 @@ pub async fn close_versions(
     at: i64,
 ) -> Result<(), sqlx::Error> {
     for chunk in submission_ids.chunks(1000) {
+        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
         let sql = format!(
             "UPDATE value_versions SET valid_to = $1 WHERE valid_to IS NULL AND submission_id IN ({})",
             list(2, chunk.len())
@@ -237,6 +240,7 @@ pub async fn current_of_keys(
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
     let mut out = Vec::new();
     for chunk in keys.chunks(1000) {
+        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
         let sql = format!(
             "SELECT vkey, submission_id FROM value_versions WHERE valid_to IS NULL AND vkey IN ({})",
             list(1, chunk.len())
@@ -285,6 +289,7 @@ pub async fn idempotency_records(
 ) -> Result<Vec<IdempotencyRecord>, sqlx::Error> {
     let mut out = Vec::new();
     for chunk in scoped_keys.chunks(1000) {
+        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
         let sql = format!(
             "SELECT scoped_key, fingerprint, first_id, last_id, accept_micros FROM idempotency \
              WHERE scoped_key IN ({})",
@@ -320,6 +325,7 @@ pub async fn insert_idempotency(
     records: &[IdempotencyRecord],
 ) -> Result<(), sqlx::Error> {
     for chunk in records.chunks(INSERT_CHUNK) {
+        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
         let sql = format!(
             "INSERT INTO idempotency (scoped_key, fingerprint, first_id, last_id, accept_micros) \
              VALUES {}",
@@ -379,6 +385,7 @@ pub async fn set_head(conn: &mut AnyConnection, head: &Head) -> Result<(), sqlx:
 }
 
 pub async fn get(db: &Db, id: i64) -> Result<Option<StoredRow>, sqlx::Error> {
+    // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
     let sql = format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = $1");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(id)
@@ -388,6 +395,7 @@ pub async fn get(db: &Db, id: i64) -> Result<Option<StoredRow>, sqlx::Error> {
 }
 
 pub async fn range(db: &Db, first: i64, last: i64) -> Result<Vec<StoredRow>, sqlx::Error> {
+    // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
     let sql = format!(
         "SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id >= $1 AND id <= $2 ORDER BY id"
     );
@@ -459,6 +467,7 @@ pub async fn list_submissions(
     } else {
         format!("WHERE {}", clauses.join(" AND "))
     };
+    // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
     let sql = format!(
         "SELECT {SUBMISSION_COLUMNS} FROM submissions {filter} ORDER BY id DESC LIMIT {}",
         limit
@@ -479,6 +488,7 @@ pub async fn walk_submissions(
     db: &Db,
     mut visit: impl FnMut(StoredRow) -> bool,
 ) -> Result<(), sqlx::Error> {
+    // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
     let sql = format!("SELECT {SUBMISSION_COLUMNS} FROM submissions ORDER BY id");
     let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&db.pool);
     while let Some(r) = rows.try_next().await? {
@@ -524,6 +534,7 @@ pub async fn versions(
             regions.len() + 3
         ),
     };
+    // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(period);
     for r in regions {
         q = q.bind(r.as_str());
