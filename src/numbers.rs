@@ -25,6 +25,17 @@ pub enum NumError {
     TooLong(String),
 }
 
+/// Most characters of the offending text an error quotes.
+const MAX_QUOTED_CHARS: usize = 48;
+
+/// The offending text as an error quotes it: at most `MAX_QUOTED_CHARS` characters.
+fn quoted(s: &str) -> String {
+    match s.char_indices().nth(MAX_QUOTED_CHARS) {
+        None => s.to_owned(),
+        Some((end, _)) => format!("{}…", &s[..end]),
+    }
+}
+
 /// Longest accepted decimal string; far beyond any real figure, small enough to keep hostile
 /// input from costing big-integer time.
 const MAX_DIGITS: usize = 40;
@@ -65,14 +76,14 @@ impl Num {
             && frac_part.bytes().all(|b| b.is_ascii_digit())
             && !(body.contains('.') && frac_part.is_empty());
         if !syntax_ok {
-            return Err(NumError::Syntax(s.to_owned()));
+            return Err(NumError::Syntax(quoted(s)));
         }
         if int_part.len() + frac_part.len() > MAX_DIGITS {
-            return Err(NumError::TooLong(s.to_owned()));
+            return Err(NumError::TooLong(quoted(s)));
         }
         let digits: BigInt = format!("{int_part}{frac_part}")
             .parse()
-            .map_err(|_| NumError::Syntax(s.to_owned()))?;
+            .map_err(|_| NumError::Syntax(quoted(s)))?;
         let scale = BigInt::from(10u32).pow(u32::try_from(frac_part.len()).unwrap_or(0));
         let mut value = BigRational::new(digits, scale);
         if neg {
@@ -187,7 +198,7 @@ impl FromStr for Num {
                 let n = Num::parse_decimal(n.trim())?;
                 let d = Num::parse_decimal(d.trim())?;
                 if d.is_zero() {
-                    return Err(NumError::Syntax(s.to_owned()));
+                    return Err(NumError::Syntax(quoted(s)));
                 }
                 Ok(Num(n.0 / d.0))
             }
@@ -259,6 +270,19 @@ mod tests {
             Num::parse_decimal(&"9".repeat(41)),
             Err(NumError::TooLong(_))
         ));
+    }
+
+    #[test]
+    fn errors_quote_at_most_48_characters() {
+        // Regression (fuzz target `period`, bad-input catalogue): a 1 MB string was quoted whole.
+        for bad in ["x".repeat(1 << 20), "9".repeat(1 << 20), "é".repeat(100)] {
+            match Num::parse_decimal(&bad) {
+                Err(NumError::Syntax(t) | NumError::TooLong(t)) => {
+                    assert_eq!(t.chars().count(), MAX_QUOTED_CHARS + 1)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -40,15 +40,30 @@ fn reason(code: Code) -> &'static str {
     }
 }
 
+/// Longest message a status carries, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 1_024;
+/// Longest field violation description or `ErrorInfo` metadata value, in characters.
+pub const MAX_DETAIL_CHARS: usize = 256;
+
+/// `text` cut to `max` characters (with "…" when cut). Messages and details often quote the
+/// caller's input; a hostile 1 MB field must not come back as a 1 MB status (it travels in
+/// HTTP/2 trailers, where it can exceed the peer's header limit and break the call).
+pub fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}…", &text[..end]),
+    }
+}
+
 /// A status with `ErrorInfo` and the given metadata.
 pub fn with_info(code: Code, message: impl Into<String>, metadata: &[(&str, &str)]) -> Status {
     let mut details = ErrorDetails::new();
     let meta: HashMap<String, String> = metadata
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .map(|(k, v)| ((*k).to_owned(), clip(v, MAX_DETAIL_CHARS)))
         .collect();
     details.set_error_info(reason(code), DOMAIN, meta);
-    Status::with_error_details(code, message, details)
+    Status::with_error_details(code, clip(&message.into(), MAX_MESSAGE_CHARS), details)
 }
 
 /// One problem with one field of a request.
@@ -74,7 +89,13 @@ pub fn invalid_argument(violations: &[Violation]) -> Status {
     let summary: Vec<String> = violations
         .iter()
         .take(3)
-        .map(|v| format!("{}: {}", v.field, v.description))
+        .map(|v| {
+            format!(
+                "{}: {}",
+                clip(&v.field, MAX_DETAIL_CHARS),
+                clip(&v.description, MAX_DETAIL_CHARS)
+            )
+        })
         .collect();
     let more = violations.len().saturating_sub(3);
     let mut message = format!("invalid request: {}", summary.join("; "));
@@ -84,7 +105,12 @@ pub fn invalid_argument(violations: &[Violation]) -> Status {
     let mut details = ErrorDetails::with_bad_request(
         violations
             .iter()
-            .map(|v| FieldViolation::new(v.field.clone(), v.description.clone()))
+            .map(|v| {
+                FieldViolation::new(
+                    clip(&v.field, MAX_DETAIL_CHARS),
+                    clip(&v.description, MAX_DETAIL_CHARS),
+                )
+            })
             .collect::<Vec<_>>(),
     );
     details.set_error_info(
@@ -114,7 +140,7 @@ pub fn retry_after(code: Code, message: impl Into<String>, delay: Duration) -> S
     let mut details = ErrorDetails::new();
     details.set_error_info(reason(code), DOMAIN, HashMap::new());
     details.set_retry_info(Some(delay));
-    Status::with_error_details(code, message, details)
+    Status::with_error_details(code, clip(&message.into(), MAX_MESSAGE_CHARS), details)
 }
 
 /// INTERNAL: the detail is logged here once and never sent to the caller.
@@ -182,6 +208,22 @@ mod tests {
             Some(DOMAIN)
         );
         assert!(status.message().contains("values[0].value"));
+    }
+
+    #[test]
+    fn echoed_input_is_clipped() {
+        // Regression (bad-input catalogue): a 1 MB number or region came back whole in the
+        // message and the BadRequest detail.
+        let huge = "7".repeat(1 << 20);
+        let status = invalid_argument(&[Violation::new("value.value", format!("`{huge}` bad"))]);
+        assert!(status.message().len() < 2 * MAX_DETAIL_CHARS + 64);
+        let details = status.get_error_details();
+        let bad = details.bad_request().map(|b| b.field_violations.clone());
+        assert!(bad.is_some_and(|b| b[0].description.chars().count() == MAX_DETAIL_CHARS + 1));
+        let status = with_info(Code::NotFound, huge.clone(), &[("resource", &huge)]);
+        assert_eq!(status.message().chars().count(), MAX_MESSAGE_CHARS + 1);
+        assert_eq!(clip("衢州市", 2), "衢州…");
+        assert_eq!(clip("衢州", 2), "衢州");
     }
 
     #[test]

@@ -142,6 +142,8 @@ impl Db {
             }
             if url.starts_with("postgres") {
                 let admin = Db::connect(&url, 1, opts.acquire_timeout, None).await?;
+                // SQL-safe: an identifier cannot be bound; `valid_schema_name` (checked above)
+                // allows only [a-z0-9_].
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
                 )))
@@ -170,6 +172,12 @@ impl Db {
         search_path: Option<String>,
     ) -> Result<Db, StoreError> {
         sqlx::any::install_default_drivers();
+        // The schema is spliced into `SET search_path` (identifiers cannot be bound).
+        if let Some(schema) = &search_path
+            && !valid_schema_name(schema)
+        {
+            return Err(StoreError::BadSchema(schema.clone()));
+        }
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres
         } else if url.starts_with("sqlite:") {
@@ -208,7 +216,8 @@ impl Db {
                         }
                         Backend::Postgres => {
                             if let Some(schema) = search_path {
-                                // A schema name we generated (letters, digits, '_'), never input.
+                                // SQL-safe: an identifier cannot be bound; `connect` checked it
+                                // with `valid_schema_name` ([a-z0-9_] only).
                                 conn.execute(sqlx::AssertSqlSafe(format!(
                                     "SET search_path TO \"{schema}\""
                                 )))

@@ -54,6 +54,7 @@ impl Drop for TestDb {
             if let Ok(rt) = rt {
                 rt.block_on(async {
                     if let Ok(db) = Db::connect(&url, 1, Duration::from_secs(5), None).await {
+                        // SQL-safe: a schema name this module generated ([a-z0-9_]).
                         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                             "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
                         )))
@@ -99,6 +100,7 @@ pub async fn postgres() -> Option<TestDb> {
     let admin = Db::connect(&url, 1, Duration::from_secs(10), None)
         .await
         .unwrap_or_else(|e| panic!("DATABASE_URL is set but PostgreSQL is unreachable: {e}"));
+    // SQL-safe: the schema name generated just above ([a-z0-9_]).
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
         .execute(&admin.pool)
         .await

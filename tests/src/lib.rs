@@ -231,6 +231,7 @@ impl Drop for TestSchema {
             rt.block_on(async {
                 let opts = std::time::Duration::from_secs(5);
                 if let Ok(db) = citycredit::store::Db::connect(&url, 1, opts, None).await {
+                    // SQL-safe: a schema name `fresh_schema` generated ([a-z0-9_]).
                     let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
                     let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
                         .execute(&db.pool)

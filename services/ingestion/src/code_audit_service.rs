@@ -62,6 +62,7 @@ impl CodeAuditApi {
                 })?;
             }
         }
+        crate::ensure_not_cancelled().await;
         if !violations.is_empty() {
             return Err(IngestError::Invalid(violations));
         }

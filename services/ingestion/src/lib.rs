@@ -42,6 +42,18 @@ use crate::store::{StoredRow, scoped_key};
 use crate::validation::NewValue;
 use crate::writer::{Idempotency, Op, Outcome, Writer};
 
+/// Call when a client stream has ended, before committing anything from it.
+///
+/// hyper reports a client's RST_STREAM(CANCEL) on a request stream as a clean end of the body,
+/// so a batch the client abandoned looks complete to the handler (found by the bad-input
+/// catalogue: an abandoned SubmitBatch was sometimes stored). hyper checks for a reset every
+/// time the handler is pending and then drops the handler; the reset has already been received
+/// when the body reports its end, so returning Pending once here is enough for a cancelled
+/// stream's handler to be dropped before it reaches the writer.
+pub async fn ensure_not_cancelled() {
+    tokio::task::yield_now().await;
+}
+
 /// How ingestion runs.
 #[derive(Clone, Debug)]
 pub struct IngestionOptions {

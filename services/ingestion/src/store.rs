@@ -147,6 +147,7 @@ pub async fn insert_submissions(
 ) -> Result<(), sqlx::Error> {
     let n = rows_per_statement(conn, SUBMISSION_ARITY);
     for chunk in rows.chunks(n) {
+        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
         let sql = format!(
             "INSERT INTO submissions ({SUBMISSION_COLUMNS}) VALUES {}",
             placeholders(chunk.len(), SUBMISSION_ARITY)
@@ -200,6 +201,7 @@ pub async fn insert_versions(
 ) -> Result<(), sqlx::Error> {
     let n = rows_per_statement(conn, 11);
     for chunk in versions.chunks(n) {
+        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
         let sql = format!(
             "INSERT INTO value_versions (submission_id, vkey, metric, region, period, department, \
              domain, task_id, value, valid_from, valid_to) VALUES {}",
@@ -233,6 +235,7 @@ pub async fn close_versions(
 ) -> Result<(), sqlx::Error> {
     let n = rows_per_statement(conn, 1);
     for chunk in submission_ids.chunks(n) {
+        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
         let sql = format!(
             "UPDATE value_versions SET valid_to = $1 WHERE valid_to IS NULL AND submission_id IN ({})",
             list(2, chunk.len())
@@ -254,6 +257,7 @@ pub async fn current_of_keys(
     let mut out = Vec::new();
     let n = rows_per_statement(conn, 1);
     for chunk in keys.chunks(n) {
+        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
         let sql = format!(
             "SELECT vkey, submission_id FROM value_versions WHERE valid_to IS NULL AND vkey IN ({})",
             list(1, chunk.len())
@@ -303,6 +307,7 @@ pub async fn idempotency_records(
     let mut out = Vec::new();
     let n = rows_per_statement(conn, 1);
     for chunk in scoped_keys.chunks(n) {
+        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
         let sql = format!(
             "SELECT scoped_key, fingerprint, first_id, last_id, accept_micros FROM idempotency \
              WHERE scoped_key IN ({})",
@@ -339,6 +344,7 @@ pub async fn insert_idempotency(
 ) -> Result<(), sqlx::Error> {
     let n = rows_per_statement(conn, 5);
     for chunk in records.chunks(n) {
+        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
         let sql = format!(
             "INSERT INTO idempotency (scoped_key, fingerprint, first_id, last_id, accept_micros) \
              VALUES {}",
@@ -398,6 +404,7 @@ pub async fn set_head(conn: &mut AnyConnection, head: &Head) -> Result<(), sqlx:
 }
 
 pub async fn get(db: &Db, id: i64) -> Result<Option<StoredRow>, sqlx::Error> {
+    // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
     let sql = format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = $1");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(id)
@@ -407,6 +414,7 @@ pub async fn get(db: &Db, id: i64) -> Result<Option<StoredRow>, sqlx::Error> {
 }
 
 pub async fn range(db: &Db, first: i64, last: i64) -> Result<Vec<StoredRow>, sqlx::Error> {
+    // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
     let sql = format!(
         "SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id >= $1 AND id <= $2 ORDER BY id"
     );
@@ -478,6 +486,7 @@ pub async fn list_submissions(
     } else {
         format!("WHERE {}", clauses.join(" AND "))
     };
+    // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
     let sql = format!(
         "SELECT {SUBMISSION_COLUMNS} FROM submissions {filter} ORDER BY id DESC LIMIT {}",
         limit
@@ -498,6 +507,7 @@ pub async fn walk_submissions(
     db: &Db,
     mut visit: impl FnMut(StoredRow) -> bool,
 ) -> Result<(), sqlx::Error> {
+    // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
     let sql = format!("SELECT {SUBMISSION_COLUMNS} FROM submissions ORDER BY id");
     let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&db.pool);
     while let Some(r) = rows.try_next().await? {
@@ -543,6 +553,7 @@ pub async fn versions(
             regions.len() + 3
         ),
     };
+    // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(period);
     for r in regions {
         q = q.bind(r.as_str());

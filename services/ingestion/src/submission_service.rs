@@ -117,6 +117,7 @@ impl SubmissionApi {
             inputs.extend(msg.values);
             message += 1;
         }
+        crate::ensure_not_cancelled().await;
         let key = key.unwrap_or_default();
         validation::check_idempotency_key(&key, "idempotency_key", &mut violations);
         if inputs.is_empty() {
@@ -269,6 +270,7 @@ impl MetricSubmissionService for SubmissionApi {
                 .page_token
                 .strip_prefix("before:")
                 .and_then(|n| n.parse::<i64>().ok())
+                .filter(|id| *id > 0)
             {
                 Some(id) => Some(id),
                 None => {

@@ -183,11 +183,11 @@ pub fn check_input(
     // Evidence and note.
     if !input.evidence_uri.is_empty()
         && bounded("evidence_uri", &input.evidence_uri, MAX_URI_CHARS, out)
-        && url::Url::parse(&input.evidence_uri).is_err()
+        && !is_evidence_uri(&input.evidence_uri)
     {
         out.push(Violation::new(
             field("evidence_uri"),
-            "not an absolute URI (e.g. https://example.org/report.pdf)",
+            "not an absolute http or https URI (e.g. https://example.org/report.pdf)",
         ));
     }
     bounded("note", &input.note, MAX_NOTE_CHARS, out);
@@ -206,6 +206,14 @@ pub fn check_input(
         evidence_uri: input.evidence_uri.clone(),
         note: input.note.clone(),
     })
+}
+
+/// An evidence URI is an absolute `http` or `https` URI with a host. Other schemes are refused:
+/// the URI is shown to reviewers as a link, and `javascript:` or `data:` links are an attack on
+/// them, not evidence.
+pub fn is_evidence_uri(text: &str) -> bool {
+    url::Url::parse(text)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
 }
 
 fn check_department(
@@ -490,6 +498,25 @@ mod tests {
                 "value.note"
             ]
         );
+    }
+
+    #[test]
+    fn evidence_uris_are_http_or_https() {
+        // Regression (bad-input catalogue): `javascript:` and `data:` URIs were stored.
+        for ok in ["https://example.org/r.pdf", "http://10.0.0.1:8080/a?b=c#d"] {
+            assert!(is_evidence_uri(ok), "{ok}");
+        }
+        for bad in [
+            "javascript:alert(1)",
+            "data:text/html,<script>alert(1)</script>",
+            "file:///etc/passwd",
+            "mailto:a@b.c",
+            "https://",
+            "/relative",
+            "not a uri",
+        ] {
+            assert!(!is_evidence_uri(bad), "{bad}");
+        }
     }
 
     #[test]
