@@ -67,9 +67,27 @@ impl TestServer {
 
     /// Starts a server on an existing data directory (to restart on the same store).
     pub async fn start_in(data_dir: &Path, adjust: impl FnOnce(&mut Config)) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("bind: {e}"));
+        TestServer::start_on("127.0.0.1:0", data_dir, adjust).await
+    }
+
+    /// Starts a server on a given address (to restart one where its callers expect it).
+    pub async fn start_on(
+        addr: &str,
+        data_dir: &Path,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestServer {
+        let mut listener = None;
+        // The port of a server stopped a moment ago can take a moment to free.
+        for _ in 0..50 {
+            match TcpListener::bind(addr).await {
+                Ok(l) => {
+                    listener = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+        let listener = listener.unwrap_or_else(|| panic!("bind {addr}"));
         let addr = listener
             .local_addr()
             .unwrap_or_else(|e| panic!("addr: {e}"));

@@ -267,7 +267,13 @@ impl Config {
                     .only(&["DATABASE_URL"])
                     .map(|_| "database_url".into()),
             )
-            .merge(Env::prefixed("CITYCREDIT_"))
+            .merge(
+                Env::raw()
+                    .only(&["OTEL_EXPORTER_OTLP_ENDPOINT"])
+                    .map(|_| "otlp_endpoint".into()),
+            )
+            // Nested settings with a double underscore: CITYCREDIT_UPSTREAMS__INGESTION.
+            .merge(Env::prefixed("CITYCREDIT_").split("__"))
             .merge(overrides);
         let config: Config = fig.extract().map_err(Box::new)?;
         config.validate()?;
@@ -436,6 +442,21 @@ mod tests {
             let flags = Figment::from(Serialized::default("listen", "127.0.0.1:6003"));
             let c = Config::load(Some(Path::new("c.toml")), flags).map_err(|e| e.to_string())?;
             assert_eq!(c.listen.port(), 6003);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn nested_settings_come_from_double_underscore_variables() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("CITYCREDIT_UPSTREAMS__INGESTION", "http://127.0.0.1:7");
+            jail.set_env("CITYCREDIT_GATEWAY__DEFAULT_DEADLINE_MS", "1234");
+            jail.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317");
+            let c = Config::load(None, Figment::new()).map_err(|e| e.to_string())?;
+            assert_eq!(c.upstreams.ingestion.as_deref(), Some("http://127.0.0.1:7"));
+            assert_eq!(c.gateway.default_deadline_ms, 1234);
+            assert_eq!(c.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
             Ok(())
         });
     }

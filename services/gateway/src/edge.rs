@@ -192,7 +192,13 @@ impl Inner {
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
+        // Answer a little before the caller's deadline (a tenth, at most 20 ms) so the caller hears
+        // DEADLINE_EXCEEDED from the platform rather than giving up on its own.
         let deadline = asked
+            .map(|d| {
+                d.saturating_sub((d / 10).min(Duration::from_millis(20)))
+                    .max(Duration::from_millis(1))
+            })
             .or_else(|| (!rpc.server_streaming).then(|| self.parts.settings.default_deadline()));
         if let Some(d) = deadline
             && let Ok(v) = http::HeaderValue::from_str(&format_grpc_timeout(d))

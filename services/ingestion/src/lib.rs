@@ -20,6 +20,8 @@ pub mod writer;
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 use tonic::Status;
@@ -306,6 +308,12 @@ impl Ingestion {
         let regions = self.inner.org.borrow().subtree(region);
         let at = as_of.unwrap_or_else(now_micros);
         let rows = store::versions(&self.inner.db, &regions, period, as_of)
+            .instrument(tracing::info_span!(
+                "db.query",
+                db.system = self.inner.db.backend.as_str(),
+                db.operation = "select value_versions",
+                regions = regions.len(),
+            ))
             .await
             .map_err(|e| IngestError::storage("read current values", &e))?;
         Ok(aggregation::aggregate(
