@@ -89,6 +89,13 @@ impl Org {
     }
 }
 
+/// Something that can bring the snapshot up to date at once (the registry), for a reader that
+/// meets a name the snapshot lacks: it may have been added a moment ago by another process.
+pub trait OrgRefresh: Send + Sync + std::fmt::Debug {
+    /// Reloads if the organisation changed since the snapshot was taken; true when it did.
+    fn refresh(&self) -> crate::aggregates::BoxFuture<'_, bool>;
+}
+
 /// Readers' handle on the current snapshot.
 pub type OrgView = watch::Receiver<Arc<Org>>;
 

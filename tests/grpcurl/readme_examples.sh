@@ -8,7 +8,7 @@
 set -euo pipefail
 doc="${1:?markdown file}"
 grpcurl="${GRPCURL:-grpcurl}"
-bin="${SERVER_BIN:?path to the citycredit binary}"
+bin="${SERVER_BIN:-target/debug/citycredit}"
 
 work="$(mktemp -d)"
 log="$work/server.log"
@@ -18,20 +18,27 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The examples authenticate with $CC_API_KEY: the bootstrap administrator's key here.
-CC_API_KEY="cc_readme_$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
+if [ -n "${CITYCREDIT_ADDR:-}" ]; then
+  # A server (or topology) that is already running; CC_API_KEY must be its administrator's key.
+  addr="$CITYCREDIT_ADDR"
+  : "${CC_API_KEY:?CC_API_KEY must hold the administrator key of the running server}"
+else
+  # The examples authenticate with $CC_API_KEY: the bootstrap administrator's key here.
+  CC_API_KEY="cc_readme_$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
+  export CC_API_KEY
+  env -u DATABASE_URL RUST_LOG=info CITYCREDIT_BOOTSTRAP_ADMIN_KEY="$CC_API_KEY" \
+    "$bin" serve --listen 127.0.0.1:0 --data-dir "$work/data" 2>"$log" &
+  pid=$!
+  addr=""
+  for _ in $(seq 1 100); do
+    addr="$(sed -n 's/.*serving gRPC.*addr=\([0-9.:]*\).*/\1/p' "$log" | head -n1)"
+    [ -n "$addr" ] && break
+    kill -0 "$pid" 2>/dev/null || { cat "$log"; echo "server exited"; exit 1; }
+    sleep 0.1
+  done
+  [ -n "$addr" ] || { cat "$log"; echo "server did not start"; exit 1; }
+fi
 export CC_API_KEY
-env -u DATABASE_URL RUST_LOG=info CITYCREDIT_BOOTSTRAP_ADMIN_KEY="$CC_API_KEY" \
-  "$bin" serve --listen 127.0.0.1:0 --data-dir "$work/data" 2>"$log" &
-pid=$!
-addr=""
-for _ in $(seq 1 100); do
-  addr="$(sed -n 's/.*serving gRPC.*addr=\([0-9.:]*\).*/\1/p' "$log" | head -n1)"
-  [ -n "$addr" ] && break
-  kill -0 "$pid" 2>/dev/null || { cat "$log"; echo "server exited"; exit 1; }
-  sleep 0.1
-done
-[ -n "$addr" ] || { cat "$log"; echo "server did not start"; exit 1; }
 
 # Collect the examples.
 python3 - "$doc" > "$work/examples" <<'PY'

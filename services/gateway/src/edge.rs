@@ -45,6 +45,9 @@ pub struct GatewayParts {
     /// The gateway's own health and reflection.
     pub open: Upstream,
     pub keys: KeyView,
+    /// Reloads the key cache from the store when an unknown key arrives (a key just created in
+    /// another process), at most every `KEY_RELOAD_EVERY`.
+    pub registry: Option<Arc<citycredit_registry::Registry>>,
     pub signer: Arc<IdentitySigner>,
     pub settings: GatewaySettings,
     pub metrics: Arc<Metrics>,
@@ -59,12 +62,18 @@ pub struct Gateway {
 struct Inner {
     parts: GatewayParts,
     limits: Limits,
+    /// One registry look-up at a time for unknown keys (they cost a query each).
+    key_lookup: tokio::sync::Mutex<()>,
 }
 
 impl Gateway {
     pub fn new(parts: GatewayParts) -> Gateway {
         let limits = Limits::new(&parts.settings);
-        let inner = Arc::new(Inner { parts, limits });
+        let inner = Arc::new(Inner {
+            parts,
+            limits,
+            key_lookup: tokio::sync::Mutex::new(()),
+        });
         // Idle principals' rate buckets are forgotten now and then.
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -158,7 +167,14 @@ impl Inner {
         req.headers_mut().remove(IDENTITY_HEADER);
         let principal = match authenticate(&self.parts.keys, req) {
             Ok(p) => p,
-            Err(refusal) => return Answer(refusal.into_response()),
+            Err(refusal) => {
+                // Perhaps a key created a moment ago in another process: look again, once.
+                self.refresh_keys().await;
+                match authenticate(&self.parts.keys, req) {
+                    Ok(p) => p,
+                    Err(_) => return Answer(refusal.into_response()),
+                }
+            }
         };
         span.record("principal", principal.id.as_str());
         req.extensions_mut().insert(principal.clone());
@@ -248,6 +264,18 @@ impl Inner {
         };
         drop(permit);
         Answer(response)
+    }
+
+    /// Reloads the key cache if the registry changed since it was loaded (one check at a time;
+    /// calls waiting meanwhile see the result of the check in progress).
+    async fn refresh_keys(&self) {
+        let Some(registry) = &self.parts.registry else {
+            return;
+        };
+        let _one_at_a_time = self.key_lookup.lock().await;
+        if let Err(e) = registry.refresh_if_changed().await {
+            tracing::warn!(error = %e, "key cache refresh failed");
+        }
     }
 
     async fn forward(&self, upstream: Upstream, req: http::Request<Body>) -> http::Response<Body> {

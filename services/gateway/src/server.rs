@@ -164,7 +164,7 @@ pub async fn serve(
 
     let routes: Routes = match mode {
         ServiceMode::All => {
-            let ingestion = start_ingestion(&config, db.clone(), Arc::clone(&catalog), org.clone());
+            let ingestion = start_ingestion(&config, db.clone(), Arc::clone(&catalog), &registry);
             let scoring = ScoringApi::new(
                 Arc::clone(&catalog),
                 org.clone(),
@@ -242,7 +242,7 @@ pub async fn serve(
             )?
         }
         ServiceMode::Ingestion => {
-            let ingestion = start_ingestion(&config, db.clone(), Arc::clone(&catalog), org.clone());
+            let ingestion = start_ingestion(&config, db.clone(), Arc::clone(&catalog), &registry);
             let routes = open_routes(health_service)?
                 .add_service(ingestion.submission_service())
                 .add_service(ingestion.code_audit_service());
@@ -398,6 +398,7 @@ fn gateway_routes(
         routes,
         open: tower::util::BoxCloneSyncService::new(open),
         keys: registry.keys(),
+        registry: Some(Arc::clone(registry)),
         signer: Arc::clone(signer),
         settings: config.gateway.clone(),
         metrics: Arc::clone(metrics),
@@ -425,8 +426,9 @@ fn start_ingestion(
     config: &Config,
     db: Db,
     catalog: Arc<Catalog>,
-    org: citycredit::org::OrgView,
+    registry: &Arc<Registry>,
 ) -> Ingestion {
+    let org = registry.org();
     let options = IngestionOptions {
         writer: WriterConfig {
             window: Duration::from_micros(config.ingest_group_commit_window_micros),
@@ -441,6 +443,7 @@ fn start_ingestion(
             Some(schema) => format!("citycredit_changes_{schema}"),
             None => "citycredit_changes".to_owned(),
         },
+        org_refresh: Some(Arc::clone(registry) as Arc<dyn citycredit::org::OrgRefresh>),
     };
     Ingestion::start(db, catalog, org, options)
 }

@@ -103,3 +103,33 @@ fn serve_stops_gracefully_on_sigterm() {
     assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
     assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
 }
+
+#[test]
+fn every_shipped_configuration_file_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{e}")) {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .env_remove("DATABASE_URL")
+            .env(
+                "CITYCREDIT_INTERNAL_IDENTITY_SECRET",
+                "a-secret-for-checking-the-files-0123456789",
+            )
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 6, "only {checked} configuration files found");
+}

@@ -84,7 +84,7 @@ impl CodeAuditApi {
             ];
             let mut v = Vec::new();
             validation::check_idempotency_key(&r.idempotency_key, "record.idempotency_key", &mut v);
-            let values = match self.ing.check(principal, &inputs, false) {
+            let values = match self.ing.check_fresh(principal, &inputs, false).await {
                 Ok(values) if v.is_empty() => values,
                 Ok(_) => return Err(IngestError::Invalid(v)),
                 Err(IngestError::Invalid(more)) => {

@@ -69,6 +69,9 @@ pub struct IngestionOptions {
     pub listen_url: Option<String>,
     /// PostgreSQL only: the LISTEN/NOTIFY channel (one per database or schema).
     pub notify_channel: String,
+    /// Brings the organisation snapshot up to date when a submission names something it lacks
+    /// (a domain, region or responsibility added a moment ago in another process).
+    pub org_refresh: Option<Arc<dyn citycredit::org::OrgRefresh>>,
 }
 
 impl Default for IngestionOptions {
@@ -79,6 +82,7 @@ impl Default for IngestionOptions {
             max_message_bytes: 4 * 1024 * 1024,
             listen_url: None,
             notify_channel: "citycredit_changes".to_owned(),
+            org_refresh: None,
         }
     }
 }
@@ -168,6 +172,27 @@ impl Ingestion {
 
     /// Validates `inputs` (paths `{prefix}[i]`, or `prefix` alone for one unary value) and
     /// authorizes each for `principal`: every violation at once, then the first denial.
+    /// [`Ingestion::check`], and if it refuses, once more after bringing the organisation
+    /// snapshot up to date (when it changed).
+    pub async fn check_fresh(
+        &self,
+        principal: &Principal,
+        inputs: &[pb::SubmissionInput],
+        unary: bool,
+    ) -> Result<Vec<NewValue>, IngestError> {
+        let first = self.check(principal, inputs, unary);
+        match (&first, &self.inner.options.org_refresh) {
+            (Err(IngestError::Invalid(_) | IngestError::Denied(_)), Some(refresh)) => {
+                if refresh.refresh().await {
+                    self.check(principal, inputs, unary)
+                } else {
+                    first
+                }
+            }
+            _ => first,
+        }
+    }
+
     pub fn check(
         &self,
         principal: &Principal,

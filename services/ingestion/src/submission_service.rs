@@ -123,7 +123,7 @@ impl SubmissionApi {
         if inputs.is_empty() {
             violations.push(Violation::new("values", "a batch needs at least one value"));
         }
-        let values = match self.ing.check(principal, &inputs, false) {
+        let values = match self.ing.check_fresh(principal, &inputs, false).await {
             Ok(v) if violations.is_empty() => v,
             Ok(_) => return Err(IngestError::Invalid(violations)),
             Err(IngestError::Invalid(mut more)) => {
@@ -200,7 +200,8 @@ impl MetricSubmissionService for SubmissionApi {
         };
         let values = match self
             .ing
-            .check(&principal, std::slice::from_ref(&input), true)
+            .check_fresh(&principal, std::slice::from_ref(&input), true)
+            .await
         {
             Ok(v) if violations.is_empty() => v,
             Err(IngestError::Invalid(mut more)) => {

@@ -146,6 +146,16 @@ impl Registry {
         Ok(())
     }
 
+    /// Reloads when another process changed the registry since the last load; true if it did.
+    pub async fn refresh_if_changed(&self) -> Result<bool, StoreError> {
+        let rev = self.store.revision().await?;
+        if rev == self.revision.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        self.reload().await?;
+        Ok(true)
+    }
+
     /// Polls the registry revision every `every` and reloads when another process changed it.
     pub fn spawn_refresh(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let registry = Arc::clone(self);
@@ -214,4 +224,18 @@ async fn bootstrap_admin(store: &RegistryStore, given: Option<&str>) -> Result<(
         tracing::info!(key_prefix = %prefix, "created the bootstrap administrator with the configured key");
     }
     Ok(())
+}
+
+impl citycredit::org::OrgRefresh for Registry {
+    fn refresh(&self) -> citycredit::aggregates::BoxFuture<'_, bool> {
+        Box::pin(async move {
+            match self.refresh_if_changed().await {
+                Ok(changed) => changed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "registry refresh failed");
+                    false
+                }
+            }
+        })
+    }
 }
