@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod gateway;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -33,6 +35,17 @@ enum Db {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The split topology as real processes: direct vs through the gateway, ingest through it,
+    /// the gateway's memory. Uses DATABASE_URL when set (PostgreSQL), else SQLite.
+    Gateway {
+        /// The citycredit binary (build it with --release).
+        #[arg(long, default_value = "target/release/citycredit")]
+        bin: String,
+        #[arg(long, default_value_t = 64_000)]
+        calls: usize,
+        #[arg(long, default_value_t = 100_000)]
+        values: usize,
+    },
     /// Batches of `batch` values submitted by `clients` concurrent callers, direct to the service.
     IngestBatch {
         #[arg(long, value_enum, default_value = "sqlite")]
@@ -358,6 +371,7 @@ fn main() {
         .unwrap_or_else(|e| panic!("runtime: {e}"));
     rt.block_on(async {
         match cli.command {
+            Cmd::Gateway { bin, calls, values } => gateway::run(bin, calls, values).await,
             Cmd::IngestBatch {
                 db,
                 values,

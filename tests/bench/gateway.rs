@@ -1,0 +1,221 @@
+//! `citycredit-bench gateway`: the split topology as real OS processes (registry, ingestion,
+//! scoring, gateway), and the cost of the gateway measured in one run: throughput direct to a
+//! service vs through the gateway at 64 calls in flight, added median latency at one call in
+//! flight, batched ingest through the gateway, and the gateway process's memory.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+use citycredit::auth::identity::{HEADER, IdentitySigner};
+use citycredit::auth::{Principal, Role};
+use citycredit::proto::v1 as pb;
+use citycredit::proto::v1::indicator_service_client::IndicatorServiceClient;
+use citycredit::proto::v1::metric_submission_service_client::MetricSubmissionServiceClient;
+
+const SECRET: &str = "bench-internal-identity-secret-0123456789";
+const ADMIN: &str = "bench-bootstrap-admin-key-0123456789abcdef";
+const CATALOG_PATH: &str = "/citycredit.v1.IndicatorService/GetCatalog";
+
+struct Proc {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(bin: &str, service: &str, dir: &std::path::Path, env: &[(&str, String)]) -> Proc {
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--service", service, "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("CITYCREDIT_INTERNAL_IDENTITY_SECRET", SECRET)
+        .env("CITYCREDIT_BOOTSTRAP_ADMIN_KEY", ADMIN)
+        .env("CITYCREDIT_LOG_FILTER", "warn,citycredit_gateway::server=info")
+        .env("CITYCREDIT_GATEWAY__PER_PRINCIPAL_RATE", "1000000")
+        .env("CITYCREDIT_GATEWAY__PER_PRINCIPAL_BURST", "1000000")
+        .env("CITYCREDIT_GATEWAY__MAX_CONCURRENT_CALLS", "4096")
+        .stderr(Stdio::piped());
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        cmd.env("CITYCREDIT_DATABASE_URL", url);
+        cmd.env("CITYCREDIT_DATABASE_SCHEMA", format!("cc_bench_{}", std::process::id()));
+    } else {
+        cmd.env_remove("DATABASE_URL");
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {service}: {e}"));
+    let stderr = child.stderr.take().unwrap_or_else(|| panic!("stderr"));
+    let mut lines = BufReader::new(stderr).lines();
+    let line = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("serving gRPC"))
+        .unwrap_or_else(|| panic!("{service} did not start"));
+    let addr = line.split("addr=").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_default().to_owned();
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    Proc { child, addr }
+}
+
+fn channel(addr: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}")).unwrap_or_else(|e| panic!("{e}")).connect_lazy()
+}
+
+/// Calls GetCatalog `total` times with `inflight` in flight; returns (calls per second, latencies).
+async fn load(inflight: usize, total: usize, call: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Duration> + Send + Sync>) -> (f64, Vec<Duration>) {
+    let started = Instant::now();
+    let per = total / inflight;
+    let mut tasks = Vec::new();
+    for _ in 0..inflight {
+        let call = Arc::clone(&call);
+        tasks.push(tokio::spawn(async move {
+            let mut l = Vec::with_capacity(per);
+            for _ in 0..per {
+                l.push(call().await);
+            }
+            l
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    (all.len() as f64 / secs, all)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+pub async fn run(bin: String, calls: usize, values: usize) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let registry = start(&bin, "registry", dir.path(), &[]);
+    let ingestion = start(&bin, "ingestion", dir.path(), &[]);
+    let scoring = start(&bin, "scoring", dir.path(), &[("CITYCREDIT_UPSTREAMS__INGESTION", format!("http://{}", ingestion.addr))]);
+    let gateway = start(&bin, "gateway", dir.path(), &[
+        ("CITYCREDIT_UPSTREAMS__REGISTRY", format!("http://{}", registry.addr)),
+        ("CITYCREDIT_UPSTREAMS__INGESTION", format!("http://{}", ingestion.addr)),
+        ("CITYCREDIT_UPSTREAMS__SCORING", format!("http://{}", scoring.addr)),
+    ]);
+    let db = if std::env::var("DATABASE_URL").is_ok() { "PostgreSQL" } else { "SQLite" };
+    println!("topology: registry {}, ingestion {}, scoring {}, gateway {} ({db})", registry.addr, ingestion.addr, scoring.addr, gateway.addr);
+
+    let signer = Arc::new(IdentitySigner::new(SECRET.as_bytes()).unwrap_or_else(|| panic!("signer")));
+    let ops = Principal { id: "bench".into(), role: Role::Operator, department: None };
+    let direct_ch = channel(&scoring.addr);
+    let gateway_ch = channel(&gateway.addr);
+    let bearer: MetadataValue<_> = format!("Bearer {ADMIN}").parse().unwrap_or_else(|_| panic!("header"));
+
+    let direct: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Duration> + Send + Sync> = {
+        let (ch, signer, ops) = (direct_ch.clone(), Arc::clone(&signer), ops.clone());
+        Arc::new(move || {
+            let (ch, signer, ops) = (ch.clone(), Arc::clone(&signer), ops.clone());
+            Box::pin(async move {
+                let mut req = tonic::Request::new(pb::GetCatalogRequest {});
+                let h = signer.sign(&ops, CATALOG_PATH, citycredit::store::now_micros()).unwrap_or_default();
+                req.metadata_mut().insert(HEADER, h.parse().unwrap_or_else(|_| panic!("header")));
+                let t = Instant::now();
+                IndicatorServiceClient::new(ch).get_catalog(req).await.unwrap_or_else(|e| panic!("direct: {e}"));
+                t.elapsed()
+            })
+        })
+    };
+    let through: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Duration> + Send + Sync> = {
+        let (ch, bearer) = (gateway_ch.clone(), bearer.clone());
+        Arc::new(move || {
+            let (ch, bearer) = (ch.clone(), bearer.clone());
+            Box::pin(async move {
+                let mut req = tonic::Request::new(pb::GetCatalogRequest {});
+                req.metadata_mut().insert("authorization", bearer);
+                let t = Instant::now();
+                IndicatorServiceClient::new(ch).get_catalog(req).await.unwrap_or_else(|e| panic!("gateway: {e}"));
+                t.elapsed()
+            })
+        })
+    };
+    // Warm both paths (connections, caches).
+    let _ = load(8, 800, Arc::clone(&direct)).await;
+    let _ = load(8, 800, Arc::clone(&through)).await;
+
+    let (d_rate, _) = load(64, calls, Arc::clone(&direct)).await;
+    let (g_rate, _) = load(64, calls, Arc::clone(&through)).await;
+    println!("GetCatalog, 64 in flight, {calls} calls: direct {d_rate:.0}/s, through the gateway {g_rate:.0}/s, ratio {:.2} (target >= 0.60)", g_rate / d_rate);
+
+    let (_, dl) = load(1, 3000, Arc::clone(&direct)).await;
+    let (_, gl) = load(1, 3000, Arc::clone(&through)).await;
+    let (dm, gm) = (median(dl), median(gl));
+    println!(
+        "one call in flight, 3000 calls: median direct {:.3} ms, through the gateway {:.3} ms, added {:.3} ms (target <= 0.15 ms)",
+        dm.as_secs_f64() * 1e3,
+        gm.as_secs_f64() * 1e3,
+        (gm.as_secs_f64() - dm.as_secs_f64()) * 1e3
+    );
+
+    // Batched ingest through the gateway as the credit sharing platform.
+    let mut reg = citycredit::proto::v1::department_registry_service_client::DepartmentRegistryServiceClient::new(gateway_ch.clone());
+    let mut req = tonic::Request::new(pb::CreatePrincipalRequest { principal: Some(pb::Principal { id: "bench-platform".into(), role: pb::Role::Platform as i32, ..Default::default() }) });
+    req.metadata_mut().insert("authorization", bearer.clone());
+    reg.create_principal(req).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut req = tonic::Request::new(pb::CreateApiKeyRequest { principal: "principals/bench-platform".into(), expire_time: None });
+    req.metadata_mut().insert("authorization", bearer.clone());
+    let key = reg.create_api_key(req).await.unwrap_or_else(|e| panic!("{e}")).into_inner().secret;
+    let platform: MetadataValue<_> = format!("Bearer {key}").parse().unwrap_or_else(|_| panic!("header"));
+    let clients = 8usize;
+    let batches = values / 100;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (ch, platform) = (gateway_ch.clone(), platform.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = MetricSubmissionServiceClient::new(ch);
+            for b in (c..batches).step_by(clients) {
+                let values: Vec<pb::SubmissionInput> = (0..100)
+                    .map(|i| pb::SubmissionInput {
+                        metric_key: "uscc.codes_total".into(),
+                        region_code: "330800".into(),
+                        period: "2026".into(),
+                        department_code: format!("dept-{}", (b * 100 + i) % 37),
+                        value: Some(pb::MetricValue { value: Some(pb::metric_value::Value::Number(((b * 100 + i) % 1000).to_string())) }),
+                        ..Default::default()
+                    })
+                    .collect();
+                let mut req = tonic::Request::new(tokio_stream::iter([pb::SubmitBatchRequest { idempotency_key: String::new(), validate_only: false, values }]));
+                req.metadata_mut().insert("authorization", platform.clone());
+                client.submit_batch(req).await.unwrap_or_else(|e| panic!("batch: {e}"));
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("batched ingest through the gateway ({db}), batches of 100, {clients} callers: {:.0} values/s ({} values in {secs:.2} s; target >= 25,000 on PostgreSQL)", (batches * 100) as f64 / secs, batches * 100);
+    let pid = gateway.child.id();
+    println!(
+        "gateway memory: VmRSS {} KiB, peak VmHWM {} KiB (target <= 64 MiB = 65536 KiB)",
+        rss_kib(pid, "VmRSS:"),
+        rss_kib(pid, "VmHWM:")
+    );
+}
