@@ -2,6 +2,8 @@
 //! ratios to the targets of the ingestion issue. Build with `--release`. PostgreSQL runs use
 //! `DATABASE_URL` and a fresh schema that is dropped afterwards.
 
+mod overload;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,6 +83,29 @@ enum Cmd {
         submissions: usize,
         #[arg(long, default_value_t = 2_000)]
         queries: usize,
+    },
+    /// Overload through the gateway of four processes (PostgreSQL from DATABASE_URL): the
+    /// sustainable push rate, then `factor` times it; goodput, p99, shedding and gateway memory.
+    Overload {
+        /// Closed-loop callers that measure the sustainable rate.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        measure_secs: u64,
+        /// Length of the overload.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, default_value_t = 2)]
+        factor: u32,
+        /// The gateway's `gateway.max_concurrent_calls`.
+        #[arg(long, default_value_t = 32)]
+        max_concurrent_calls: usize,
+        /// The gateway's `gateway.per_principal_rate` (and burst).
+        #[arg(long, default_value_t = 2000)]
+        per_principal_rate: u32,
+        /// Each call's deadline.
+        #[arg(long, default_value_t = 5000)]
+        deadline_ms: u64,
     },
 }
 
@@ -389,6 +414,26 @@ fn main() {
                 submissions,
                 queries,
             } => aggregate(db, submissions, queries).await,
+            Cmd::Overload {
+                clients,
+                measure_secs,
+                seconds,
+                factor,
+                max_concurrent_calls,
+                per_principal_rate,
+                deadline_ms,
+            } => {
+                overload::run(overload::Overload {
+                    clients,
+                    measure_secs,
+                    seconds,
+                    factor,
+                    max_concurrent_calls,
+                    per_principal_rate,
+                    deadline_ms,
+                })
+                .await;
+            }
         }
     });
 }

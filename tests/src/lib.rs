@@ -5,6 +5,7 @@
 //! the `TestServer` is stopped.
 
 pub mod ingestion;
+pub mod topology;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
