@@ -28,32 +28,49 @@ struct Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 }
 
 fn start(bin: &str, service: &str, dir: &std::path::Path, env: &[(&str, String)]) -> Proc {
     let mut cmd = Command::new(bin);
-    cmd.args(["serve", "--service", service, "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .env("CITYCREDIT_INTERNAL_IDENTITY_SECRET", SECRET)
-        .env("CITYCREDIT_BOOTSTRAP_ADMIN_KEY", ADMIN)
-        .env("CITYCREDIT_LOG_FILTER", "warn,citycredit_gateway::server=info")
-        .env("CITYCREDIT_GATEWAY__PER_PRINCIPAL_RATE", "1000000")
-        .env("CITYCREDIT_GATEWAY__PER_PRINCIPAL_BURST", "1000000")
-        .env("CITYCREDIT_GATEWAY__MAX_CONCURRENT_CALLS", "4096")
-        .stderr(Stdio::piped());
+    cmd.args([
+        "serve",
+        "--service",
+        service,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(dir)
+    .env("CITYCREDIT_INTERNAL_IDENTITY_SECRET", SECRET)
+    .env("CITYCREDIT_BOOTSTRAP_ADMIN_KEY", ADMIN)
+    .env(
+        "CITYCREDIT_LOG_FILTER",
+        "warn,citycredit_gateway::server=info",
+    )
+    .env("CITYCREDIT_GATEWAY__PER_PRINCIPAL_RATE", "1000000")
+    .env("CITYCREDIT_GATEWAY__PER_PRINCIPAL_BURST", "1000000")
+    .env("CITYCREDIT_GATEWAY__MAX_CONCURRENT_CALLS", "4096")
+    .stderr(Stdio::piped());
     if let Ok(url) = std::env::var("DATABASE_URL") {
         cmd.env("CITYCREDIT_DATABASE_URL", url);
-        cmd.env("CITYCREDIT_DATABASE_SCHEMA", format!("cc_bench_{}", std::process::id()));
+        cmd.env(
+            "CITYCREDIT_DATABASE_SCHEMA",
+            format!("cc_bench_{}", std::process::id()),
+        );
     } else {
         cmd.env_remove("DATABASE_URL");
     }
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {service}: {e}"));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {service}: {e}"));
     let stderr = child.stderr.take().unwrap_or_else(|| panic!("stderr"));
     let mut lines = BufReader::new(stderr).lines();
     let line = lines
@@ -61,18 +78,29 @@ fn start(bin: &str, service: &str, dir: &std::path::Path, env: &[(&str, String)]
         .map_while(Result::ok)
         .find(|l| l.contains("serving gRPC"))
         .unwrap_or_else(|| panic!("{service} did not start"));
-    let addr = line.split("addr=").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_default().to_owned();
+    let addr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned();
     // Keep draining its log so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
     Proc { child, addr }
 }
 
 fn channel(addr: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}")).unwrap_or_else(|e| panic!("{e}")).connect_lazy()
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect_lazy()
 }
 
 /// Calls GetCatalog `total` times with `inflight` in flight; returns (calls per second, latencies).
-async fn load(inflight: usize, total: usize, call: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Duration> + Send + Sync>) -> (f64, Vec<Duration>) {
+async fn load(
+    inflight: usize,
+    total: usize,
+    call: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Duration> + Send + Sync>,
+) -> (f64, Vec<Duration>) {
     let started = Instant::now();
     let per = total / inflight;
     let mut tasks = Vec::new();
@@ -113,20 +141,56 @@ pub async fn run(bin: String, calls: usize, values: usize) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let registry = start(&bin, "registry", dir.path(), &[]);
     let ingestion = start(&bin, "ingestion", dir.path(), &[]);
-    let scoring = start(&bin, "scoring", dir.path(), &[("CITYCREDIT_UPSTREAMS__INGESTION", format!("http://{}", ingestion.addr))]);
-    let gateway = start(&bin, "gateway", dir.path(), &[
-        ("CITYCREDIT_UPSTREAMS__REGISTRY", format!("http://{}", registry.addr)),
-        ("CITYCREDIT_UPSTREAMS__INGESTION", format!("http://{}", ingestion.addr)),
-        ("CITYCREDIT_UPSTREAMS__SCORING", format!("http://{}", scoring.addr)),
-    ]);
-    let db = if std::env::var("DATABASE_URL").is_ok() { "PostgreSQL" } else { "SQLite" };
-    println!("topology: registry {}, ingestion {}, scoring {}, gateway {} ({db})", registry.addr, ingestion.addr, scoring.addr, gateway.addr);
+    let scoring = start(
+        &bin,
+        "scoring",
+        dir.path(),
+        &[(
+            "CITYCREDIT_UPSTREAMS__INGESTION",
+            format!("http://{}", ingestion.addr),
+        )],
+    );
+    let gateway = start(
+        &bin,
+        "gateway",
+        dir.path(),
+        &[
+            (
+                "CITYCREDIT_UPSTREAMS__REGISTRY",
+                format!("http://{}", registry.addr),
+            ),
+            (
+                "CITYCREDIT_UPSTREAMS__INGESTION",
+                format!("http://{}", ingestion.addr),
+            ),
+            (
+                "CITYCREDIT_UPSTREAMS__SCORING",
+                format!("http://{}", scoring.addr),
+            ),
+        ],
+    );
+    let db = if std::env::var("DATABASE_URL").is_ok() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    println!(
+        "topology: registry {}, ingestion {}, scoring {}, gateway {} ({db})",
+        registry.addr, ingestion.addr, scoring.addr, gateway.addr
+    );
 
-    let signer = Arc::new(IdentitySigner::new(SECRET.as_bytes()).unwrap_or_else(|| panic!("signer")));
-    let ops = Principal { id: "bench".into(), role: Role::Operator, department: None };
+    let signer =
+        Arc::new(IdentitySigner::new(SECRET.as_bytes()).unwrap_or_else(|| panic!("signer")));
+    let ops = Principal {
+        id: "bench".into(),
+        role: Role::Operator,
+        department: None,
+    };
     let direct_ch = channel(&scoring.addr);
     let gateway_ch = channel(&gateway.addr);
-    let bearer: MetadataValue<_> = format!("Bearer {ADMIN}").parse().unwrap_or_else(|_| panic!("header"));
+    let bearer: MetadataValue<_> = format!("Bearer {ADMIN}")
+        .parse()
+        .unwrap_or_else(|_| panic!("header"));
 
     let direct: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Duration> + Send + Sync> = {
         let (ch, signer, ops) = (direct_ch.clone(), Arc::clone(&signer), ops.clone());
@@ -134,10 +198,16 @@ pub async fn run(bin: String, calls: usize, values: usize) {
             let (ch, signer, ops) = (ch.clone(), Arc::clone(&signer), ops.clone());
             Box::pin(async move {
                 let mut req = tonic::Request::new(pb::GetCatalogRequest {});
-                let h = signer.sign(&ops, CATALOG_PATH, citycredit::store::now_micros()).unwrap_or_default();
-                req.metadata_mut().insert(HEADER, h.parse().unwrap_or_else(|_| panic!("header")));
+                let h = signer
+                    .sign(&ops, CATALOG_PATH, citycredit::store::now_micros())
+                    .unwrap_or_default();
+                req.metadata_mut()
+                    .insert(HEADER, h.parse().unwrap_or_else(|_| panic!("header")));
                 let t = Instant::now();
-                IndicatorServiceClient::new(ch).get_catalog(req).await.unwrap_or_else(|e| panic!("direct: {e}"));
+                IndicatorServiceClient::new(ch)
+                    .get_catalog(req)
+                    .await
+                    .unwrap_or_else(|e| panic!("direct: {e}"));
                 t.elapsed()
             })
         })
@@ -150,7 +220,10 @@ pub async fn run(bin: String, calls: usize, values: usize) {
                 let mut req = tonic::Request::new(pb::GetCatalogRequest {});
                 req.metadata_mut().insert("authorization", bearer);
                 let t = Instant::now();
-                IndicatorServiceClient::new(ch).get_catalog(req).await.unwrap_or_else(|e| panic!("gateway: {e}"));
+                IndicatorServiceClient::new(ch)
+                    .get_catalog(req)
+                    .await
+                    .unwrap_or_else(|e| panic!("gateway: {e}"));
                 t.elapsed()
             })
         })
@@ -161,7 +234,10 @@ pub async fn run(bin: String, calls: usize, values: usize) {
 
     let (d_rate, _) = load(64, calls, Arc::clone(&direct)).await;
     let (g_rate, _) = load(64, calls, Arc::clone(&through)).await;
-    println!("GetCatalog, 64 in flight, {calls} calls: direct {d_rate:.0}/s, through the gateway {g_rate:.0}/s, ratio {:.2} (target >= 0.60)", g_rate / d_rate);
+    println!(
+        "GetCatalog, 64 in flight, {calls} calls: direct {d_rate:.0}/s, through the gateway {g_rate:.0}/s, ratio {:.2} (target >= 0.60)",
+        g_rate / d_rate
+    );
 
     let (_, dl) = load(1, 3000, Arc::clone(&direct)).await;
     let (_, gl) = load(1, 3000, Arc::clone(&through)).await;
@@ -175,19 +251,50 @@ pub async fn run(bin: String, calls: usize, values: usize) {
 
     // Batched ingest through the gateway as the credit sharing platform.
     let mut reg = citycredit::proto::v1::department_registry_service_client::DepartmentRegistryServiceClient::new(gateway_ch.clone());
-    let mut req = tonic::Request::new(pb::CreatePrincipalRequest { principal: Some(pb::Principal { id: "bench-platform".into(), role: pb::Role::Platform as i32, ..Default::default() }) });
+    let mut req = tonic::Request::new(pb::CreatePrincipalRequest {
+        principal: Some(pb::Principal {
+            id: "bench-platform".into(),
+            role: pb::Role::Platform as i32,
+            ..Default::default()
+        }),
+    });
     req.metadata_mut().insert("authorization", bearer.clone());
-    reg.create_principal(req).await.unwrap_or_else(|e| panic!("{e}"));
-    let mut req = tonic::Request::new(pb::CreateApiKeyRequest { principal: "principals/bench-platform".into(), expire_time: None });
+    reg.create_principal(req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut req = tonic::Request::new(pb::CreateApiKeyRequest {
+        principal: "principals/bench-platform".into(),
+        expire_time: None,
+    });
     req.metadata_mut().insert("authorization", bearer.clone());
-    let key = reg.create_api_key(req).await.unwrap_or_else(|e| panic!("{e}")).into_inner().secret;
-    let platform: MetadataValue<_> = format!("Bearer {key}").parse().unwrap_or_else(|_| panic!("header"));
+    let key = reg
+        .create_api_key(req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner()
+        .secret;
+    let platform: MetadataValue<_> = format!("Bearer {key}")
+        .parse()
+        .unwrap_or_else(|_| panic!("header"));
+    let catalog = citycredit::catalog::Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
+    let departments: Arc<Vec<String>> = Arc::new(
+        citycredit::city::City::builtin(&catalog)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .departments
+            .iter()
+            .map(|d| d.code.clone())
+            .collect(),
+    );
     let clients = 8usize;
     let batches = values / 100;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (ch, platform) = (gateway_ch.clone(), platform.clone());
+        let (ch, platform, departments) = (
+            gateway_ch.clone(),
+            platform.clone(),
+            Arc::clone(&departments),
+        );
         tasks.push(tokio::spawn(async move {
             let mut client = MetricSubmissionServiceClient::new(ch);
             for b in (c..batches).step_by(clients) {
@@ -195,15 +302,26 @@ pub async fn run(bin: String, calls: usize, values: usize) {
                     .map(|i| pb::SubmissionInput {
                         metric_key: "uscc.codes_total".into(),
                         region_code: "330800".into(),
-                        period: "2026".into(),
-                        department_code: format!("dept-{}", (b * 100 + i) % 37),
-                        value: Some(pb::MetricValue { value: Some(pb::metric_value::Value::Number(((b * 100 + i) % 1000).to_string())) }),
+                        department_code: departments[(b * 100 + i) % departments.len()].clone(),
+                        period: format!("{}", 2000 + (b * 100 + i) / 5000),
+                        value: Some(pb::MetricValue {
+                            value: Some(pb::metric_value::Value::Number(
+                                ((b * 100 + i) % 1000).to_string(),
+                            )),
+                        }),
                         ..Default::default()
                     })
                     .collect();
-                let mut req = tonic::Request::new(tokio_stream::iter([pb::SubmitBatchRequest { idempotency_key: String::new(), validate_only: false, values }]));
+                let mut req = tonic::Request::new(tokio_stream::iter([pb::SubmitBatchRequest {
+                    idempotency_key: String::new(),
+                    validate_only: false,
+                    values,
+                }]));
                 req.metadata_mut().insert("authorization", platform.clone());
-                client.submit_batch(req).await.unwrap_or_else(|e| panic!("batch: {e}"));
+                client
+                    .submit_batch(req)
+                    .await
+                    .unwrap_or_else(|e| panic!("batch: {e}"));
             }
         }));
     }
@@ -211,7 +329,11 @@ pub async fn run(bin: String, calls: usize, values: usize) {
         let _ = t.await;
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("batched ingest through the gateway ({db}), batches of 100, {clients} callers: {:.0} values/s ({} values in {secs:.2} s; target >= 25,000 on PostgreSQL)", (batches * 100) as f64 / secs, batches * 100);
+    println!(
+        "batched ingest through the gateway ({db}), batches of 100, {clients} callers: {:.0} values/s ({} values in {secs:.2} s; target >= 25,000 on PostgreSQL)",
+        (batches * 100) as f64 / secs,
+        batches * 100
+    );
     let pid = gateway.child.id();
     println!(
         "gateway memory: VmRSS {} KiB, peak VmHWM {} KiB (target <= 64 MiB = 65536 KiB)",
