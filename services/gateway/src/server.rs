@@ -130,7 +130,7 @@ pub async fn serve(
     let signer = Arc::new(identity_signer(&config)?);
 
     let opts = config.store_options();
-    let db = Db::open(&opts).await?;
+    let db = open_store(&opts).await?;
     tracing::info!(
         backend = db.backend.as_str(),
         url = %opts.url.as_deref().map(citycredit::store::redact).unwrap_or_else(|| opts.data_dir.join("citycredit.db").display().to_string()),
@@ -335,6 +335,29 @@ impl NamedStatus for tonic_health::server::HealthReporter {
     async fn set_not_serving_named(&self, name: &str) {
         self.set_service_status(name, tonic_health::ServingStatus::NotServing)
             .await;
+    }
+}
+
+/// How long start-up waits for an unreachable database before giving up.
+const STORE_START_WAIT: Duration = Duration::from_secs(60);
+
+/// Opens the store, waiting (with a log line every few seconds) while the database is
+/// unreachable, so a process started before its database comes up does not exit.
+async fn open_store(opts: &citycredit::store::StoreOptions) -> Result<Db, StartError> {
+    let started = std::time::Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        match Db::open(opts).await {
+            Ok(db) => return Ok(db),
+            Err(e) if e.is_transient() && started.elapsed() < STORE_START_WAIT => {
+                if attempt % 5 == 0 {
+                    tracing::warn!(error = %e, "database unreachable at start; waiting for it");
+                }
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
