@@ -350,7 +350,7 @@ async fn open_store(opts: &citycredit::store::StoreOptions) -> Result<Db, StartE
         match Db::open(opts).await {
             Ok(db) => return Ok(db),
             Err(e) if e.is_transient() && started.elapsed() < STORE_START_WAIT => {
-                if attempt % 5 == 0 {
+                if attempt.is_multiple_of(5) {
                     tracing::warn!(error = %e, "database unreachable at start; waiting for it");
                 }
                 attempt += 1;
