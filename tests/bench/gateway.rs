@@ -3,6 +3,12 @@
 //! service vs through the gateway at 64 calls in flight, added median latency at one call in
 //! flight, batched ingest through the gateway, and the gateway process's memory.
 
+#![allow(
+    clippy::float_arithmetic,
+    clippy::cast_precision_loss,
+    reason = "benchmark rates and ratios, never scores"
+)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
