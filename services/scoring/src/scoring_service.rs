@@ -32,6 +32,25 @@ use crate::indicator_service::responsible_parties;
 pub struct Scored {
     pub card: Scorecard,
     pub aggregates: Aggregates,
+    /// The wire form, built once on first use (a cached scorecard is then a clone).
+    wire: std::sync::OnceLock<pb::Scorecard>,
+}
+
+impl Scored {
+    pub fn new(card: Scorecard, aggregates: Aggregates) -> Scored {
+        Scored {
+            card,
+            aggregates,
+            wire: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The scorecard as sent, with the submissions behind every figure.
+    pub fn wire(&self) -> pb::Scorecard {
+        self.wire
+            .get_or_init(|| convert::scorecard(&self.card, &self.aggregates))
+            .clone()
+    }
 }
 
 /// Current scorecards by (region, period). A change bumps the key's generation and drops the
@@ -150,7 +169,7 @@ impl ScoringApi {
         let generation = self.generation(&key);
         let aggregates = self.source.aggregates(region, period, as_of).await?;
         let card = rules::score(&self.catalog, &aggregates.values);
-        let scored = Arc::new(Scored { card, aggregates });
+        let scored = Arc::new(Scored::new(card, aggregates));
         if as_of.is_none() {
             let mut cache = self
                 .cache
@@ -299,7 +318,7 @@ impl ScoringService for ScoringApi {
             .scored(&req.region_code, &req.period, as_of(req.as_of.as_ref()))
             .await?;
         Ok(Response::new(pb::GetScorecardResponse {
-            scorecard: Some(convert::scorecard(&s.card, &s.aggregates)),
+            scorecard: Some(s.wire()),
         }))
     }
 
@@ -330,10 +349,7 @@ impl ScoringService for ScoringApi {
             futures::future::try_join_all(regions.iter().map(|r| self.scored(r, &req.period, at)))
                 .await?;
         Ok(Response::new(pb::BatchGetScorecardsResponse {
-            scorecards: cards
-                .iter()
-                .map(|s| convert::scorecard(&s.card, &s.aggregates))
-                .collect(),
+            scorecards: cards.iter().map(|s| s.wire()).collect(),
         }))
     }
 
@@ -407,7 +423,7 @@ impl ScoringService for ScoringApi {
         let change = &card.guiding_total - &base.card.guiding_total;
         Ok(Response::new(pb::WhatIfResponse {
             scorecard: Some(convert::scorecard(&card, &assumed)),
-            baseline: Some(convert::scorecard(&base.card, &base.aggregates)),
+            baseline: Some(base.wire()),
             differences,
             guiding_total_change: convert::signed_score(&change),
         }))
@@ -430,7 +446,7 @@ impl ScoringService for ScoringApi {
         let api = self.clone();
         tokio::spawn(async move {
             let send = |s: &Scored| pb::WatchScorecardResponse {
-                scorecard: Some(convert::scorecard(&s.card, &s.aggregates)),
+                scorecard: Some(s.wire()),
             };
             if tx.send(Ok(send(&first))).await.is_err() {
                 return;
