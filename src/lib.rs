@@ -13,3 +13,4 @@ pub mod proto;
 pub mod rules;
 pub mod status;
 pub mod store;
+pub mod wire;

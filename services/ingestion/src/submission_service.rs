@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 
+pub use citycredit::wire::{micros, timestamp};
 use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -152,21 +153,6 @@ impl SubmissionApi {
             accept_time: Some(timestamp(w.accept_micros)),
         })
     }
-}
-
-/// Microseconds since the epoch as a protobuf timestamp.
-pub fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1_000).unwrap_or(0),
-    }
-}
-
-/// A protobuf timestamp as microseconds since the epoch.
-pub fn micros(t: &prost_types::Timestamp) -> i64 {
-    t.seconds
-        .saturating_mul(1_000_000)
-        .saturating_add(i64::from(t.nanos) / 1_000)
 }
 
 /// Parses "submissions/{id}".

@@ -13,6 +13,7 @@ use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryService;
 use citycredit::status::{Violation, next_page_token, page};
 use citycredit::store::now_micros;
+use citycredit::wire::{bare as strip, micros, timestamp};
 
 use crate::Registry;
 use crate::error::RegistryError;
@@ -53,10 +54,6 @@ impl RegistryApi {
 }
 
 // ----- validation -----
-
-fn strip<'a>(name: &'a str, prefix: &str) -> &'a str {
-    name.strip_prefix(prefix).unwrap_or(name)
-}
 
 fn check_name(field: &str, name: &str, out: &mut Vec<Violation>) {
     let n = name.chars().count();
@@ -99,17 +96,6 @@ fn invalid_if_any(v: Vec<Violation>) -> Result<()> {
     } else {
         Err(RegistryError::Invalid(v))
     }
-}
-
-fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
-    }
-}
-
-fn micros(ts: &prost_types::Timestamp) -> i64 {
-    ts.seconds.saturating_mul(1_000_000) + i64::from(ts.nanos / 1000)
 }
 
 // ----- conversions -----

@@ -6,25 +6,13 @@ use citycredit::catalog::IndicatorKind;
 use citycredit::numbers::Num;
 use citycredit::proto::v1 as pb;
 use citycredit::rules::{self, Outcome, Status, TaskStatus, TermOutcome};
+pub use citycredit::wire::{micros, timestamp};
 
 use crate::indicator_service::indicator_kind;
 
 /// Ratios (and other computed quantities) are written with 6 fraction digits, scores with 2.
 const RATIO_DIGITS: u32 = 6;
 const SCORE_DIGITS: u32 = 2;
-
-pub fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
-    }
-}
-
-pub fn micros(ts: &prost_types::Timestamp) -> i64 {
-    ts.seconds
-        .saturating_mul(1_000_000)
-        .saturating_add(i64::from(ts.nanos / 1000))
-}
 
 pub fn outcome(o: Outcome) -> pb::Outcome {
     match o {

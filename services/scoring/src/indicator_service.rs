@@ -11,6 +11,7 @@ use citycredit::org::OrgView;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::indicator_service_server::IndicatorService;
 use citycredit::status::{next_page_token, not_found, page};
+use citycredit::wire::bare as strip;
 
 /// Serves the catalog. The organisation (for responsible parties) is a snapshot that the
 /// registry replaces when an administrator changes it.
@@ -160,11 +161,6 @@ fn item(it: &catalog::Item, city: &City) -> pb::EvaluationItem {
             .collect(),
         responsible: responsible_parties(city, &it.code),
     }
-}
-
-/// Accepts `prefix/{code}` or the bare code.
-fn strip<'a>(name: &'a str, prefix: &str) -> &'a str {
-    name.strip_prefix(prefix).unwrap_or(name)
 }
 
 #[tonic::async_trait]
