@@ -89,6 +89,61 @@ pub struct Metric {
     pub used_by: Vec<String>,
 }
 
+/// At most this many fraction digits in a SCORE value (keeps the stored text exact and short).
+pub const MAX_SCORE_FRACTION_DIGITS: usize = 12;
+
+impl Metric {
+    /// A number written for this metric, checked against its kind (rulebook section 2): the
+    /// exact value, or every problem with it. Used for submissions and for what-if overrides.
+    pub fn parse_number(&self, text: &str) -> Result<Num, Vec<String>> {
+        let kind = self.kind;
+        let n = Num::parse_decimal(text).map_err(|e| vec![e.to_string()])?;
+        let mut problems = Vec::new();
+        if !kind.is_numeric() {
+            problems.push(format!("a {} metric takes no number", kind.as_str()));
+        }
+        if n.is_negative() {
+            problems.push(format!("a {} is never negative", kind.as_str()));
+        }
+        match kind {
+            MetricKind::Count | MetricKind::Rank if !n.is_integer() => {
+                problems.push(format!(
+                    "a {} is a whole number, not `{text}`",
+                    kind.as_str()
+                ));
+            }
+            MetricKind::Rank if n.is_zero() => problems.push("a RANK starts at 1".to_owned()),
+            MetricKind::Amount if Num::fraction_digits(text) > 2 => {
+                problems.push(format!(
+                    "an AMOUNT has at most 2 fraction digits, not `{text}`"
+                ));
+            }
+            MetricKind::Score => {
+                if Num::fraction_digits(text) > MAX_SCORE_FRACTION_DIGITS {
+                    problems.push(format!(
+                        "a SCORE has at most {MAX_SCORE_FRACTION_DIGITS} fraction digits"
+                    ));
+                }
+                if let Some(max) = &self.max
+                    && &n > max
+                {
+                    problems.push(format!(
+                        "`{}` scores at most {}, not `{text}`",
+                        self.key,
+                        max.to_plain()
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if problems.is_empty() {
+            Ok(n)
+        } else {
+            Err(problems)
+        }
+    }
+}
+
 /// A named list of domains.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,7 +5,6 @@
 
 use citycredit::auth::{Action, Denied, Principal, Role};
 use citycredit::catalog::{Catalog, Metric, MetricKind};
-use citycredit::numbers::Num;
 use citycredit::org::Org;
 use citycredit::period::Period;
 use citycredit::proto::v1 as pb;
@@ -20,7 +19,7 @@ pub const MAX_NOTE_CHARS: usize = 2_000;
 /// Longest evidence URI.
 pub const MAX_URI_CHARS: usize = 2_048;
 /// Most fraction digits a SCORE may carry (kept exact in the canonical text).
-pub const MAX_SCORE_FRACTION_DIGITS: usize = 12;
+pub use citycredit::catalog::MAX_SCORE_FRACTION_DIGITS;
 
 /// A validated value, as it is stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -283,63 +282,13 @@ fn check_value(
         (
             MetricKind::Count | MetricKind::Amount | MetricKind::Rank | MetricKind::Score,
             Some(V::Number(text)),
-        ) => {
-            let n = match Num::parse_decimal(text) {
-                Ok(n) => n,
-                Err(e) => {
-                    out.push(Violation::new(path, e.to_string()));
-                    return None;
-                }
-            };
-            let before = out.len();
-            if n.is_negative() {
-                out.push(Violation::new(
-                    path,
-                    format!("a {} is never negative", kind.as_str()),
-                ));
+        ) => match metric.parse_number(text) {
+            Ok(n) => Some(n.to_plain()),
+            Err(problems) => {
+                out.extend(problems.into_iter().map(|p| Violation::new(path, p)));
+                None
             }
-            match kind {
-                MetricKind::Count | MetricKind::Rank if !n.is_integer() => {
-                    out.push(Violation::new(
-                        path,
-                        format!("a {} is a whole number, not `{text}`", kind.as_str()),
-                    ));
-                }
-                MetricKind::Rank if n.is_zero() => {
-                    out.push(Violation::new(path, "a RANK starts at 1"));
-                }
-                MetricKind::Amount if Num::fraction_digits(text) > 2 => {
-                    out.push(Violation::new(
-                        path,
-                        format!("an AMOUNT has at most 2 fraction digits, not `{text}`"),
-                    ));
-                }
-                MetricKind::Score => {
-                    if Num::fraction_digits(text) > MAX_SCORE_FRACTION_DIGITS {
-                        out.push(Violation::new(
-                            path,
-                            format!(
-                                "a SCORE has at most {MAX_SCORE_FRACTION_DIGITS} fraction digits"
-                            ),
-                        ));
-                    }
-                    if let Some(max) = &metric.max
-                        && &n > max
-                    {
-                        out.push(Violation::new(
-                            path,
-                            format!(
-                                "`{}` scores at most {}, not `{text}`",
-                                metric.key,
-                                max.to_plain()
-                            ),
-                        ));
-                    }
-                }
-                _ => {}
-            }
-            (out.len() == before).then(|| n.to_plain())
-        }
+        },
         (MetricKind::Bool | MetricKind::DomainFlag, Some(V::Flag(b))) => Some(b.to_string()),
         (MetricKind::TaskStatus, Some(V::TaskStatus(s))) => match pb::TaskStatus::try_from(*s) {
             Ok(pb::TaskStatus::Unspecified) | Err(_) => {

@@ -225,7 +225,7 @@ impl ScoringApi {
                 values.remove(&metric.key);
                 continue;
             }
-            match figure(metric.kind, metric.max.as_ref(), o) {
+            match figure(metric, o) {
                 Ok(f) => {
                     values.set(metric.key.clone(), f);
                 }
@@ -240,41 +240,25 @@ impl ScoringApi {
     }
 }
 
-/// An override's value as an aggregated figure of the metric's kind.
-fn figure(kind: MetricKind, max: Option<&Num>, o: &pb::ValueOverride) -> Result<Figure, String> {
+/// An override's value as an aggregated figure of the metric's kind (numbers checked by the same
+/// rules as submissions).
+fn figure(metric: &citycredit::catalog::Metric, o: &pb::ValueOverride) -> Result<Figure, String> {
     use pb::metric_value::Value;
-    match (kind, o.value.as_ref().and_then(|v| v.value.as_ref())) {
+    match (metric.kind, o.value.as_ref().and_then(|v| v.value.as_ref())) {
         (MetricKind::DomainFlag, _) => Ok(Figure::Domains(o.domains.iter().cloned().collect())),
         (MetricKind::TaskStatus, _) => Err("task statuses cannot be overridden".into()),
         (MetricKind::Bool, Some(Value::Flag(b))) => Ok(Figure::Flag(*b)),
-        (
-            MetricKind::Count | MetricKind::Amount | MetricKind::Rank | MetricKind::Score,
-            Some(Value::Number(text)),
-        ) => {
-            let n = Num::parse_decimal(text).map_err(|e| e.to_string())?;
-            if n.is_negative() {
-                return Err("must not be negative".into());
-            }
-            if matches!(kind, MetricKind::Count | MetricKind::Rank) && !n.is_integer() {
-                return Err(format!("a {} is a whole number", kind.as_str()));
-            }
-            if kind == MetricKind::Rank && n.is_zero() {
-                return Err("a RANK starts at 1".into());
-            }
-            if kind == MetricKind::Amount && Num::fraction_digits(text) > 2 {
-                return Err("an AMOUNT has at most 2 fraction digits".into());
-            }
-            if let Some(max) = max.filter(|m| kind == MetricKind::Score && n > **m) {
-                return Err(format!("a score is at most {max}"));
-            }
-            Ok(Figure::Number(n))
-        }
+        (kind, Some(Value::Number(text))) if kind.is_numeric() => metric
+            .parse_number(text)
+            .map(Figure::Number)
+            .map_err(|problems| problems.join("; ")),
         (kind, _) => Err(format!(
             "a {} metric needs a {} value",
             kind.as_str(),
-            match kind {
-                MetricKind::Bool => "flag",
-                _ => "number",
+            if kind == MetricKind::Bool {
+                "flag"
+            } else {
+                "number"
             }
         )),
     }
