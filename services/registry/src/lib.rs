@@ -71,22 +71,7 @@ impl Registry {
         if store.principal_count().await? == 0 {
             bootstrap_admin(&store, bootstrap_key).await?;
         }
-        let mut city = store.load_city().await?;
-        city.sort_by_catalog(&catalog);
-        let domains = store.load_domains().await?;
-        let keys = store.load_keys().await?;
-        let revision = store.revision().await?;
-        let org = Org::with_domains(&catalog, city, domains);
-        let (org_tx, _) = watch::channel(Arc::new(org));
-        let (keys_tx, _) = watch::channel(Arc::new(keys));
-        Ok(Arc::new(Registry {
-            store,
-            catalog,
-            org_tx,
-            keys_tx,
-            revision: AtomicI64::new(revision),
-            reload_lock: Mutex::new(()),
-        }))
+        Registry::load(store, catalog).await
     }
 
     /// Joins a store another process seeds (services running apart from the registry): waits
@@ -104,18 +89,20 @@ impl Registry {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        let mut city = store.load_city().await?;
-        city.sort_by_catalog(&catalog);
-        let org = Org::with_domains(&catalog, city, store.load_domains().await?);
-        let keys = store.load_keys().await?;
-        let revision = store.revision().await?;
-        let (org_tx, _) = watch::channel(Arc::new(org));
-        let (keys_tx, _) = watch::channel(Arc::new(keys));
+        Registry::load(store, catalog).await
+    }
+
+    /// The registry over a seeded store, with its snapshots loaded.
+    async fn load(
+        store: RegistryStore,
+        catalog: Arc<Catalog>,
+    ) -> Result<Arc<Registry>, StoreError> {
+        let (revision, org, keys) = snapshots(&store, &catalog).await?;
         Ok(Arc::new(Registry {
             store,
             catalog,
-            org_tx,
-            keys_tx,
+            org_tx: watch::channel(Arc::new(org)).0,
+            keys_tx: watch::channel(Arc::new(keys)).0,
             revision: AtomicI64::new(revision),
             reload_lock: Mutex::new(()),
         }))
@@ -134,13 +121,8 @@ impl Registry {
     /// Reloads both snapshots from the store and publishes them.
     pub async fn reload(&self) -> Result<(), StoreError> {
         let _guard = self.reload_lock.lock().await;
-        let revision = self.store.revision().await?;
-        let mut city = self.store.load_city().await?;
-        city.sort_by_catalog(&self.catalog);
-        let domains = self.store.load_domains().await?;
-        let keys = self.store.load_keys().await?;
-        self.org_tx
-            .send_replace(Arc::new(Org::with_domains(&self.catalog, city, domains)));
+        let (revision, org, keys) = snapshots(&self.store, &self.catalog).await?;
+        self.org_tx.send_replace(Arc::new(org));
         self.keys_tx.send_replace(Arc::new(keys));
         self.revision.store(revision, Ordering::Relaxed);
         Ok(())
@@ -176,6 +158,19 @@ impl Registry {
             }
         })
     }
+}
+
+/// The revision, organisation and keys as stored. The revision is read first, so a write that
+/// lands meanwhile leaves a newer revision than the one recorded and is loaded again next time.
+async fn snapshots(
+    store: &RegistryStore,
+    catalog: &Catalog,
+) -> Result<(i64, Org, KeyMap), StoreError> {
+    let revision = store.revision().await?;
+    let mut city = store.load_city().await?;
+    city.sort_by_catalog(catalog);
+    let org = Org::with_domains(catalog, city, store.load_domains().await?);
+    Ok((revision, org, store.load_keys().await?))
 }
 
 async fn bootstrap_admin(store: &RegistryStore, given: Option<&str>) -> Result<(), StoreError> {
