@@ -107,12 +107,8 @@ fn code_of(resp: &http::Response<Body>) -> String {
     }
 }
 
-fn principal_label(p: Option<&Principal>) -> String {
-    p.map_or_else(|| "-".to_owned(), |p| p.id.clone())
-}
-
 impl Inner {
-    async fn handle(self: Arc<Self>, mut req: http::Request<Body>) -> http::Response<Body> {
+    async fn handle(self: Arc<Self>, req: http::Request<Body>) -> http::Response<Body> {
         let started = Instant::now();
         let path = req.uri().path().to_owned();
         if is_open_path(&path) {
@@ -120,15 +116,13 @@ impl Inner {
         }
         let span = tracing::info_span!("gateway", rpc = %path, principal = tracing::field::Empty);
         telemetry::continue_trace(&span, req.headers());
-        let response = self
-            .admit_and_forward(&mut req, &path, &span)
+        let (response, principal) = self
+            .admit_and_forward(req, &path, &span)
             .instrument(span.clone())
             .await;
         let elapsed = started.elapsed();
-        let (principal, code) = (
-            principal_label(req.extensions().get::<Principal>()),
-            code_of(&response.0),
-        );
+        let code = code_of(&response);
+        let principal = principal.unwrap_or_else(|| "-".to_owned());
         self.parts.metrics.observe(&path, &code, elapsed);
         tracing::info!(
             target: "citycredit::access",
@@ -139,67 +133,84 @@ impl Inner {
             latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             "call"
         );
-        response.0
+        response
     }
 
-    /// Steps 2-7. Returns the response (the request keeps the principal for the access log).
+    /// Steps 2-7: the response, and the authenticated principal's id for the access log.
     async fn admit_and_forward(
         &self,
-        req: &mut http::Request<Body>,
+        mut req: http::Request<Body>,
         path: &str,
         span: &tracing::Span,
-    ) -> Answer {
+    ) -> (http::Response<Body>, Option<String>) {
         let Some(rpc) = self.parts.table.get(path) else {
-            return Answer(refuse(
-                Code::Unimplemented,
-                format!("unknown method {path}"),
-            ));
+            let unknown = refuse(Code::Unimplemented, format!("unknown method {path}"));
+            return (unknown, None);
         };
         let Some(upstream) = service_of(path).and_then(|s| self.parts.routes.get(s)) else {
-            return Answer(refuse(
+            let elsewhere = refuse(
                 Code::Unimplemented,
                 format!("{} is not served here", rpc.service),
-            ));
+            );
+            return (elsewhere, None);
         };
 
         // Identity comes only from the API key.
         req.extensions_mut().remove::<Principal>();
         req.headers_mut().remove(IDENTITY_HEADER);
-        let principal = match authenticate(&self.parts.keys, req) {
+        let principal = match authenticate(&self.parts.keys, &req) {
             Ok(p) => p,
             Err(refusal) => {
                 // Perhaps a key created a moment ago in another process: look again, once.
                 self.refresh_keys().await;
-                match authenticate(&self.parts.keys, req) {
+                match authenticate(&self.parts.keys, &req) {
                     Ok(p) => p,
-                    Err(_) => return Answer(refusal.into_response()),
+                    Err(_) => return (refusal.into_response(), None),
                 }
             }
         };
         span.record("principal", principal.id.as_str());
-        req.extensions_mut().insert(principal.clone());
+        let response = self
+            .forward_as(
+                &principal,
+                rpc.server_streaming,
+                upstream.clone(),
+                req,
+                path,
+                span,
+            )
+            .await;
+        (response, Some(principal.id))
+    }
 
+    /// Steps 4-7 for an authenticated principal.
+    async fn forward_as(
+        &self,
+        principal: &Principal,
+        server_streaming: bool,
+        upstream: Upstream,
+        mut req: http::Request<Body>,
+        path: &str,
+        span: &tracing::Span,
+    ) -> http::Response<Body> {
+        req.extensions_mut().insert(principal.clone());
         if let Err(wait) = self.limits.check_rate(&principal.id) {
             self.parts.metrics.shed.inc();
-            return Answer(
-                retry_after(
-                    Code::ResourceExhausted,
-                    format!("rate limit for principal `{}` exceeded", principal.id),
-                    wait.max(Duration::from_millis(1)),
-                )
-                .into_http(),
-            );
+            return retry_after(
+                Code::ResourceExhausted,
+                format!("rate limit for principal `{}` exceeded", principal.id),
+                wait.max(Duration::from_millis(1)),
+            )
+            .into_http();
         }
         let Some(permit) = self.limits.admit() else {
             self.parts.metrics.shed.inc();
-            return Answer(
-                retry_after(
-                    Code::ResourceExhausted,
-                    "the platform is at capacity; retry shortly",
-                    Duration::from_millis(100),
-                )
-                .into_http(),
-            );
+            return retry_after(
+                Code::ResourceExhausted,
+                "the platform is at capacity; retry shortly",
+                Duration::from_millis(100),
+            )
+            .into_http();
         };
 
         // The deadline: the caller's, else the default unless responses stream (watches).
@@ -215,7 +226,7 @@ impl Inner {
                 d.saturating_sub((d / 10).min(Duration::from_millis(20)))
                     .max(Duration::from_millis(1))
             })
-            .or_else(|| (!rpc.server_streaming).then(|| self.parts.settings.default_deadline()));
+            .or_else(|| (!server_streaming).then(|| self.parts.settings.default_deadline()));
         if let Some(d) = deadline
             && let Ok(v) = http::HeaderValue::from_str(&format_grpc_timeout(d))
         {
@@ -226,17 +237,14 @@ impl Inner {
         match self
             .parts
             .signer
-            .sign(&principal, path, now)
+            .sign(principal, path, now)
             .and_then(|h| http::HeaderValue::from_str(&h).ok())
         {
             Some(v) => {
                 req.headers_mut().insert(IDENTITY_HEADER, v);
             }
             None => {
-                return Answer(refuse(
-                    Code::Internal,
-                    "cannot pass the caller's identity on",
-                ));
+                return refuse(Code::Internal, "cannot pass the caller's identity on");
             }
         }
         telemetry::pass_on_trace(span, req.headers_mut());
@@ -250,8 +258,7 @@ impl Inner {
                 .inc();
         }
 
-        let forwarded = take(req);
-        let call = self.forward(upstream.clone(), forwarded);
+        let call = self.forward(upstream, req);
         let response = match deadline {
             Some(d) => match tokio::time::timeout(d, call).await {
                 Ok(r) => r,
@@ -263,7 +270,7 @@ impl Inner {
             None => call.await,
         };
         drop(permit);
-        Answer(response)
+        response
     }
 
     /// Reloads the key cache if the registry changed since it was loaded (one check at a time;
@@ -284,20 +291,6 @@ impl Inner {
             Err(never) => match never {},
         }
     }
-}
-
-/// A response, kept apart from the request so the access log can still read the principal.
-struct Answer(http::Response<Body>);
-
-/// Moves the request out, leaving a copy of its method, URI and extensions for the access log.
-fn take(req: &mut http::Request<Body>) -> http::Request<Body> {
-    let mut placeholder = http::Request::new(Body::empty());
-    *placeholder.method_mut() = req.method().clone();
-    *placeholder.uri_mut() = req.uri().clone();
-    if let Some(p) = req.extensions().get::<Principal>() {
-        placeholder.extensions_mut().insert(p.clone());
-    }
-    std::mem::replace(req, placeholder)
 }
 
 impl<B> Service<http::Request<B>> for Gateway

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::Code;
-use tower::{Layer, Service};
+use tower::Service;
 use tracing::Instrument;
 
 use citycredit::auth::Principal;
@@ -29,25 +29,6 @@ pub struct ServiceFront<S> {
 impl<S> ServiceFront<S> {
     pub fn new(inner: S, signer: Arc<IdentitySigner>) -> Self {
         ServiceFront { inner, signer }
-    }
-}
-
-/// [`ServiceFront`] as a layer, for a tonic server of services running alone.
-#[derive(Clone)]
-pub struct ServiceFrontLayer {
-    signer: Arc<IdentitySigner>,
-}
-
-impl ServiceFrontLayer {
-    pub fn new(signer: Arc<IdentitySigner>) -> Self {
-        ServiceFrontLayer { signer }
-    }
-}
-
-impl<S> Layer<S> for ServiceFrontLayer {
-    type Service = ServiceFront<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        ServiceFront::new(inner, Arc::clone(&self.signer))
     }
 }
 

@@ -310,7 +310,9 @@ pub async fn serve(
         task.abort();
     }
     for name in &names {
-        health.set_not_serving_named(name).await;
+        health
+            .set_service_status(name.as_str(), tonic_health::ServingStatus::NotServing)
+            .await;
     }
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -324,18 +326,6 @@ pub async fn serve(
     db.pool.close().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Health reporter helper: NOT_SERVING by name.
-trait NamedStatus {
-    async fn set_not_serving_named(&self, name: &str);
-}
-
-impl NamedStatus for tonic_health::server::HealthReporter {
-    async fn set_not_serving_named(&self, name: &str) {
-        self.set_service_status(name, tonic_health::ServingStatus::NotServing)
-            .await;
-    }
 }
 
 /// How long start-up waits for an unreachable database before giving up.
