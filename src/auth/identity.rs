@@ -132,6 +132,7 @@ impl IdentitySigner {
             id: (*id).to_owned(),
             role,
             department: (!dept.is_empty()).then(|| (*dept).to_owned()),
+            credential: None,
         })
     }
 
@@ -165,6 +166,7 @@ mod tests {
             id: "samr-system".into(),
             role: Role::Department,
             department: Some("samr".into()),
+            credential: None,
         }
     }
 

@@ -60,6 +60,18 @@ pub struct Principal {
     pub role: Role,
     /// The department of a `department` principal.
     pub department: Option<String>,
+    /// The API key the call was authenticated with (its public prefix, `cc_xxxxxxxx`), when it
+    /// came from one; None for the platform's own service identities.
+    pub credential: Option<String>,
+}
+
+/// Whether a principal's credential still stands: not revoked or expired since the call that
+/// carries it began. Long calls (a batch stream, a watch) ask again before they commit or
+/// deliver, so revoking a key also stops the calls already under way.
+pub trait CredentialCheck: Send + Sync + fmt::Debug {
+    /// False when `principal.credential` names a key that is no longer active at `now_micros`.
+    /// A principal without a credential (a service identity) always stands.
+    fn still_valid(&self, principal: &Principal, now_micros: i64) -> bool;
 }
 
 impl fmt::Display for Principal {

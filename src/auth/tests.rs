@@ -11,6 +11,7 @@ fn who(role: Role, department: Option<&str>) -> Principal {
         id: format!("{}-1", role.as_str()),
         role,
         department: department.map(str::to_owned),
+        credential: None,
     }
 }
 

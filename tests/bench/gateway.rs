@@ -191,6 +191,7 @@ pub async fn run(bin: String, calls: usize, values: usize) {
         id: "bench".into(),
         role: Role::Operator,
         department: None,
+        credential: None,
     };
     let direct_ch = channel(&scoring.addr);
     let gateway_ch = channel(&gateway.addr);

@@ -114,6 +114,7 @@ fn platform() -> Principal {
         id: "bench-platform".into(),
         role: Role::Platform,
         department: None,
+        credential: None,
     }
 }
 
@@ -450,6 +451,7 @@ async fn scorecards(ing: &Ingestion, catalog: &Arc<Catalog>) {
         id: "bench".into(),
         role: Role::Operator,
         department: None,
+        credential: None,
     };
     let req = |region: &str| {
         let mut r = tonic::Request::new(pb::GetScorecardRequest {

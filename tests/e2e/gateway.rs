@@ -36,6 +36,7 @@ async fn a_forged_identity_header_is_ignored() {
         id: "admin".into(),
         role: citycredit::auth::Role::Admin,
         department: None,
+        credential: None,
     };
     let path = "/citycredit.v1.DepartmentRegistryService/CreateDepartment";
     let forged = signer

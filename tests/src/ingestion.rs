@@ -34,6 +34,7 @@ pub fn principal(id: &str, role: Role, department: Option<&str>) -> Principal {
         id: id.to_owned(),
         role,
         department: department.map(str::to_owned),
+        credential: None,
     }
 }
 

@@ -457,6 +457,7 @@ fn start_ingestion(
             None => "citycredit_changes".to_owned(),
         },
         org_refresh: Some(Arc::clone(registry) as Arc<dyn citycredit::org::OrgRefresh>),
+        credentials: Some(Arc::clone(registry) as Arc<dyn citycredit::auth::CredentialCheck>),
     };
     Ingestion::start(db, catalog, org, options)
 }

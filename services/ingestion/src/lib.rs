@@ -72,6 +72,9 @@ pub struct IngestionOptions {
     /// Brings the organisation snapshot up to date when a submission names something it lacks
     /// (a domain, region or responsibility added a moment ago in another process).
     pub org_refresh: Option<Arc<dyn citycredit::org::OrgRefresh>>,
+    /// Tells whether a caller's API key still stands (None: every credential stands), so a
+    /// key revoked while its batch stream or watch is open stops it.
+    pub credentials: Option<Arc<dyn citycredit::auth::CredentialCheck>>,
 }
 
 impl Default for IngestionOptions {
@@ -83,6 +86,7 @@ impl Default for IngestionOptions {
             listen_url: None,
             notify_channel: "citycredit_changes".to_owned(),
             org_refresh: None,
+            credentials: None,
         }
     }
 }

@@ -369,6 +369,7 @@ mod tests {
             id: "p".into(),
             role: Role::Platform,
             department: None,
+            credential: None,
         }
     }
 

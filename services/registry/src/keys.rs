@@ -110,6 +110,7 @@ mod tests {
             id: "p".into(),
             role: Role::Operator,
             department: None,
+            credential: None,
         };
         let mut map = KeyMap::default();
         map.keys.insert(

@@ -234,3 +234,15 @@ impl citycredit::org::OrgRefresh for Registry {
         })
     }
 }
+
+impl citycredit::auth::CredentialCheck for Registry {
+    fn still_valid(&self, principal: &citycredit::auth::Principal, now_micros: i64) -> bool {
+        let Some(prefix) = &principal.credential else {
+            return true;
+        };
+        let keys = self.keys_tx.borrow();
+        keys.keys.get(prefix).is_some_and(|k| {
+            k.principal.id == principal.id && k.expire_micros.is_none_or(|e| now_micros < e)
+        })
+    }
+}

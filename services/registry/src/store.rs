@@ -282,8 +282,9 @@ impl RegistryStore {
                 );
                 continue;
             };
+            let prefix: String = r.try_get(0)?;
             map.keys.insert(
-                r.try_get(0)?,
+                prefix.clone(),
                 CachedKey {
                     hash: r.try_get(1)?,
                     expire_micros: r.try_get(2)?,
@@ -291,6 +292,7 @@ impl RegistryStore {
                         id: r.try_get(3)?,
                         role,
                         department: r.try_get(5)?,
+                        credential: Some(prefix),
                     },
                 },
             );

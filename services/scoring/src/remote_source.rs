@@ -26,6 +26,7 @@ pub fn service_principal() -> Principal {
         id: "scoring-service".into(),
         role: Role::Operator,
         department: None,
+        credential: None,
     }
 }
 

@@ -98,6 +98,7 @@ fn req<T>(msg: T) -> Request<T> {
         id: "ops".into(),
         role: Role::Operator,
         department: None,
+        credential: None,
     });
     r
 }
