@@ -64,6 +64,16 @@ impl Refusal {
     }
 }
 
+/// The key of an `authorization` value in its one canonical form: `Bearer`, exactly one space,
+/// and a key of visible ASCII characters. Anything else (two spaces, a tab, surrounding or
+/// trailing spaces, `bearer` in lower case, an empty key) is refused rather than tidied up: a
+/// credential is compared byte for byte, and one spelling means logs, proxies and the platform
+/// all agree on what was presented.
+pub fn bearer_key(value: &str) -> Option<&str> {
+    let key = value.strip_prefix("Bearer ")?;
+    (!key.is_empty() && key.bytes().all(|b| b.is_ascii_graphic())).then_some(key)
+}
+
 /// The principal of a request's credential, or why it is refused.
 pub fn authenticate<B>(keys: &KeyView, req: &http::Request<B>) -> Result<Principal, Refusal> {
     let header = req
@@ -79,8 +89,8 @@ pub fn authenticate<B>(keys: &KeyView, req: &http::Request<B>) -> Result<Princip
         Some(Err(())) => {
             return Err(Refusal("the authorization header is not valid text"));
         }
-        Some(Ok(value)) => match value.strip_prefix("Bearer ") {
-            Some(key) => key.trim(),
+        Some(Ok(value)) => match bearer_key(value) {
+            Some(key) => key,
             None => {
                 return Err(Refusal(
                     "the authorization header must be `Bearer <api key>`",
@@ -143,5 +153,31 @@ where
             }
         }
         Box::pin(inner.call(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_key;
+
+    #[test]
+    fn only_the_canonical_bearer_form_is_accepted() {
+        let key = "cc_0badc0de_00ff";
+        assert_eq!(bearer_key(&format!("Bearer {key}")), Some(key));
+        for bad in [
+            format!("Bearer  {key}"),
+            format!("Bearer\t{key}"),
+            format!("Bearer {key} "),
+            format!("Bearer {key}\t"),
+            format!(" Bearer {key}"),
+            format!("bearer {key}"),
+            format!("BEARER {key}"),
+            format!("Bearer {key} x"),
+            "Bearer ".to_owned(),
+            "Bearer".to_owned(),
+            key.to_owned(),
+        ] {
+            assert_eq!(bearer_key(&bad), None, "{bad:?}");
+        }
     }
 }

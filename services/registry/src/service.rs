@@ -47,6 +47,11 @@ impl RegistryApi {
         Ok(p)
     }
 
+    /// True when `who` may administer: the one decision, asked rather than re-derived.
+    fn is_admin(&self, who: &Principal) -> bool {
+        self.org().access.decide(who, Action::Administer).is_ok()
+    }
+
     async fn republish(&self) -> Result<()> {
         self.registry.reload().await?;
         Ok(())
@@ -95,6 +100,28 @@ fn invalid_if_any(v: Vec<Violation>) -> Result<()> {
         Ok(())
     } else {
         Err(RegistryError::Invalid(v))
+    }
+}
+
+/// An API key's name: `principals/{id}/apiKeys/{prefix}` (the owner and the prefix) or the
+/// bare prefix.
+fn key_name(name: &str) -> Result<(Option<String>, String)> {
+    let bad = || {
+        RegistryError::invalid(
+            "name",
+            "principals/{id}/apiKeys/{prefix}, or the key's bare prefix",
+        )
+    };
+    let plain = |s: &str| !s.is_empty() && !s.contains('/');
+    match name.strip_prefix("principals/") {
+        Some(rest) => match rest.split_once("/apiKeys/") {
+            Some((id, prefix)) if plain(id) && plain(prefix) => {
+                Ok((Some(id.to_owned()), prefix.to_owned()))
+            }
+            _ => Err(bad()),
+        },
+        None if plain(name) => Ok((None, name.to_owned())),
+        None => Err(bad()),
     }
 }
 
@@ -927,18 +954,32 @@ impl DepartmentRegistryService for RegistryApi {
         &self,
         request: Request<pb::ListPrincipalsRequest>,
     ) -> std::result::Result<Response<pb::ListPrincipalsResponse>, Status> {
-        self.allow(&request, Action::Read)?;
+        let who = self.allow(&request, Action::Read)?;
         let req = request.into_inner();
         let (offset, limit) = page(req.page_size, &req.page_token, 100, 1000)?;
-        let (rows, total) = self
-            .registry
-            .store
-            .principals(
-                i64::try_from(offset).unwrap_or(i64::MAX),
-                i64::try_from(limit).unwrap_or(i64::MAX),
-            )
-            .await
-            .map_err(RegistryError::from)?;
+        let (rows, total) = if self.is_admin(&who) {
+            self.registry
+                .store
+                .principals(
+                    i64::try_from(offset).unwrap_or(i64::MAX),
+                    i64::try_from(limit).unwrap_or(i64::MAX),
+                )
+                .await
+                .map_err(RegistryError::from)?
+        } else {
+            // Everyone else sees only themselves: who else holds keys is the administrators'
+            // business.
+            let own: Vec<PrincipalRow> = self
+                .registry
+                .store
+                .principal(&who.id)
+                .await
+                .map_err(RegistryError::from)?
+                .into_iter()
+                .collect();
+            let total = i64::try_from(own.len()).unwrap_or(0);
+            (own.into_iter().skip(offset).take(limit).collect(), total)
+        };
         Ok(Response::new(pb::ListPrincipalsResponse {
             principals: rows.iter().map(principal_pb).collect(),
             next_page_token: next_page_token(offset, limit, usize::try_from(total).unwrap_or(0)),
@@ -1024,14 +1065,21 @@ impl DepartmentRegistryService for RegistryApi {
     ) -> std::result::Result<Response<pb::RevokeApiKeyResponse>, Status> {
         let who = self.allow(&request, Action::Administer)?;
         let name = request.into_inner().name;
-        let prefix = name.rsplit('/').next().unwrap_or_default().to_owned();
+        let (owner, prefix) = key_name(&name)?;
+        // A key named under another principal is as unknown as a key that does not exist: the
+        // same answer, so the call is no oracle for which prefixes exist.
+        let unknown = || match &owner {
+            Some(id) => RegistryError::NotFound(format!("principals/{id}/apiKeys/{prefix}")),
+            None => RegistryError::NotFound(format!("apiKeys/{prefix}")),
+        };
         let row = self
             .registry
             .store
             .key(&prefix)
             .await
             .map_err(RegistryError::from)?
-            .ok_or_else(|| RegistryError::NotFound(format!("apiKeys/{prefix}")))?;
+            .filter(|row| owner.as_ref().is_none_or(|id| *id == row.principal))
+            .ok_or_else(unknown)?;
         if row.revoke_micros.is_none() {
             let resource = format!("principals/{}/apiKeys/{prefix}", row.principal);
             self.registry
@@ -1067,13 +1115,17 @@ impl DepartmentRegistryService for RegistryApi {
         &self,
         request: Request<pb::ListRegistryChangesRequest>,
     ) -> std::result::Result<Response<pb::ListRegistryChangesResponse>, Status> {
-        self.allow(&request, Action::Read)?;
+        let who = self.allow(&request, Action::Read)?;
         let req = request.into_inner();
         let (offset, limit) = page(req.page_size, &req.page_token, 100, 1000)?;
+        // Administrators see every change; anyone else the changes to their own principal and
+        // keys (who created them, when a key was revoked), nothing about others.
+        let about = (!self.is_admin(&who)).then(|| format!("principals/{}", who.id));
         let (rows, total) = self
             .registry
             .store
             .changes(
+                about.as_deref(),
                 i64::try_from(offset).unwrap_or(i64::MAX),
                 i64::try_from(limit).unwrap_or(i64::MAX),
             )

@@ -367,18 +367,40 @@ impl RegistryStore {
         row.map(|r| key_row(&r)).transpose()
     }
 
+    /// The change log, newest first; with `about`, only the changes to that resource and the
+    /// resources below it (`principals/x` and `principals/x/apiKeys/...`).
     pub async fn changes(
         &self,
+        about: Option<&str>,
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<ChangeRow>, i64), StoreError> {
-        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM registry_changes")
-            .fetch_one(&self.db.pool)
-            .await?;
+        // An empty `about` matches everything; otherwise the resource itself or, compared as a
+        // prefix with substr (not LIKE: ids may hold `_`), what lies below it.
+        let about = about.unwrap_or("");
+        let below = if about.is_empty() {
+            String::new()
+        } else {
+            format!("{about}/")
+        };
+        let below_len = i64::try_from(below.chars().count()).unwrap_or(i64::MAX);
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM registry_changes \
+             WHERE ($1 = '' OR resource = $1 OR substr(resource, 1, CAST($2 AS INTEGER)) = $3)",
+        )
+        .bind(about)
+        .bind(below_len)
+        .bind(&below)
+        .fetch_one(&self.db.pool)
+        .await?;
         let rows = sqlx::query(
             "SELECT id, principal, action, resource, detail, change_micros FROM registry_changes \
-             ORDER BY id DESC LIMIT $1 OFFSET $2",
+             WHERE ($1 = '' OR resource = $1 OR substr(resource, 1, CAST($2 AS INTEGER)) = $3) \
+             ORDER BY id DESC LIMIT $4 OFFSET $5",
         )
+        .bind(about)
+        .bind(below_len)
+        .bind(&below)
         .bind(limit)
         .bind(offset)
         .fetch_all(&self.db.pool)
