@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use citycredit::auth::{self, Action};
 use citycredit::catalog::{self, Catalog, IndicatorKind, MetricKind};
 use citycredit::city::City;
 use citycredit::org::OrgView;
@@ -24,6 +25,14 @@ pub struct IndicatorApi {
 impl IndicatorApi {
     pub fn new(catalog: Arc<Catalog>, org: OrgView) -> Self {
         IndicatorApi { catalog, org }
+    }
+
+    /// Every RPC here is a read: the caller must be an authenticated principal allowed to read
+    /// (today every role is), decided by the one authorization function like everywhere else.
+    fn allow<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let p = auth::principal(request)?;
+        self.org.borrow().access.decide(p, Action::Read)?;
+        Ok(())
     }
 
     fn indicator(&self, ind: &catalog::Indicator, city: &City) -> pb::Indicator {
@@ -167,8 +176,9 @@ fn item(it: &catalog::Item, city: &City) -> pb::EvaluationItem {
 impl IndicatorService for IndicatorApi {
     async fn get_catalog(
         &self,
-        _request: Request<pb::GetCatalogRequest>,
+        request: Request<pb::GetCatalogRequest>,
     ) -> Result<Response<pb::GetCatalogResponse>, Status> {
+        self.allow(&request)?;
         let org = self.org.borrow().clone();
         let city = &org.city;
         let c = &self.catalog;
@@ -190,6 +200,7 @@ impl IndicatorService for IndicatorApi {
         &self,
         request: Request<pb::ListIndicatorsRequest>,
     ) -> Result<Response<pb::ListIndicatorsResponse>, Status> {
+        self.allow(&request)?;
         let req = request.into_inner();
         let (offset, limit) = page(req.page_size, &req.page_token, usize::MAX, usize::MAX)?;
         let want = pb::IndicatorKind::try_from(req.kind).unwrap_or(pb::IndicatorKind::Unspecified);
@@ -217,6 +228,7 @@ impl IndicatorService for IndicatorApi {
         &self,
         request: Request<pb::GetIndicatorRequest>,
     ) -> Result<Response<pb::GetIndicatorResponse>, Status> {
+        self.allow(&request)?;
         let name = request.into_inner().name;
         let code = strip(&name, "indicators/");
         let ind = self
@@ -234,6 +246,7 @@ impl IndicatorService for IndicatorApi {
         &self,
         request: Request<pb::ListMetricsRequest>,
     ) -> Result<Response<pb::ListMetricsResponse>, Status> {
+        self.allow(&request)?;
         let req = request.into_inner();
         let (offset, limit) = page(req.page_size, &req.page_token, usize::MAX, usize::MAX)?;
         let all = &self.catalog.metrics;
@@ -247,6 +260,7 @@ impl IndicatorService for IndicatorApi {
         &self,
         request: Request<pb::GetMetricRequest>,
     ) -> Result<Response<pb::GetMetricResponse>, Status> {
+        self.allow(&request)?;
         let name = request.into_inner().name;
         let key = strip(&name, "metrics/");
         let m = self
@@ -260,8 +274,9 @@ impl IndicatorService for IndicatorApi {
 
     async fn list_domain_sets(
         &self,
-        _request: Request<pb::ListDomainSetsRequest>,
+        request: Request<pb::ListDomainSetsRequest>,
     ) -> Result<Response<pb::ListDomainSetsResponse>, Status> {
+        self.allow(&request)?;
         let domain_sets = self
             .catalog
             .domain_sets
@@ -285,8 +300,9 @@ impl IndicatorService for IndicatorApi {
 
     async fn list_evaluation_items(
         &self,
-        _request: Request<pb::ListEvaluationItemsRequest>,
+        request: Request<pb::ListEvaluationItemsRequest>,
     ) -> Result<Response<pb::ListEvaluationItemsResponse>, Status> {
+        self.allow(&request)?;
         let org = self.org.borrow().clone();
         let city = &org.city;
         Ok(Response::new(pb::ListEvaluationItemsResponse {
@@ -298,6 +314,7 @@ impl IndicatorService for IndicatorApi {
         &self,
         request: Request<pb::GetEvaluationItemRequest>,
     ) -> Result<Response<pb::GetEvaluationItemResponse>, Status> {
+        self.allow(&request)?;
         let name = request.into_inner().name;
         let code = strip(&name, "items/");
         let it = self
