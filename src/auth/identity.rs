@@ -1,17 +1,36 @@
-//! The internal identity the gateway passes to services: the authenticated principal, signed
-//! with a secret only the gateway and the services hold (HMAC-SHA256), bound to the RPC path,
-//! and valid for a short window. A service reached directly cannot be fooled by a forged header
-//! (no secret), a header lifted from one call cannot be used for another RPC (path bound) or later
-//! (window), and within the window each signature is accepted once (nonce cache).
+//! The internal identity: who a call to a service is made for, signed by the party that
+//! authenticated it, so a service trusts no header it cannot verify.
 //!
-//! Header: `x-citycredit-identity: v1;<principal>;<role>;<department>;<issued micros>;<nonce>;<hex mac>`
+//! Signatures are Ed25519. The gateway signs with its private key and every service holds only
+//! the gateway's public key, so a service (say, a compromised scoring process) can verify
+//! identities but never mint one. Scoring's own calls to ingestion are signed with a key of its
+//! own that ingestion trusts only as the `scoring-service` principal and only for the two reads
+//! scoring makes ([`SCORING_SCOPE`]).
+//!
+//! What a signature binds:
+//! - the **issuer** (which key signed: `gateway` or `scoring`), the **audience** (the service
+//!   process the call was sent to; a front accepts only its own name), the RPC **path**;
+//! - the **principal** (id, role, department) and its **credential** (the API key's prefix), so
+//!   the service can check against its own registry snapshot that the key still stands;
+//! - the issue time (accepted for [`WINDOW_MICROS`] either side, for clock skew) and a 128-bit
+//!   random **nonce** (each accepted once: per process here, and for calls that change state
+//!   across every replica through the store, see the gateway's front);
+//! - for every RPC whose request is one message, the SHA-256 of the request body as sent on the
+//!   wire (the gRPC frame); the receiver buffers the body and compares before the service sees
+//!   it. A client-streaming request (SubmitBatch) is marked `stream`: its messages are not
+//!   bound, only everything above (see SECURITY.md).
+//!
+//! Header: `x-citycredit-identity: v2;<issuer>;<audience>;<principal>;<role>;<department>;
+//! <credential>;<issued micros>;<nonce hex>;<body sha-256 hex | stream>;<signature hex>`.
+//! The signature covers a domain-separation tag, the path, and every field before it.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::sync::Mutex;
 
-use hmac::{Hmac, Mac};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand::RngCore;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use crate::auth::{Principal, Role};
 
@@ -20,123 +39,446 @@ pub const HEADER: &str = "x-citycredit-identity";
 /// How long a signed identity is accepted after it was issued (and how far in the future, for
 /// clock skew between hosts).
 pub const WINDOW_MICROS: i64 = 30_000_000;
-/// Most nonces remembered; beyond this the oldest are forgotten early (they are then refused as
-/// replays only by their window).
-const MAX_NONCES: usize = 1_000_000;
+/// Most nonces one process remembers (about 64 bytes each: 32 MiB at the bound); beyond it the
+/// oldest are forgotten early and only the window (and, for calls that change state, the
+/// store's nonce table) refuses their replay. 500,000 covers the window at 16,000 calls/s.
+const MAX_NONCES: usize = 500_000;
+/// Separates these signatures from anything else the keys might ever sign.
+const SIGNING_CONTEXT: &str = "citycredit-internal-identity";
+/// The principal scoring acts as towards ingestion.
+pub const SCORING_PRINCIPAL: &str = "scoring-service";
+/// The only RPCs ingestion accepts with scoring's key.
+pub const SCORING_SCOPE: &[&str] = &[
+    "/citycredit.v1.MetricSubmissionService/QueryAggregates",
+    "/citycredit.v1.MetricSubmissionService/WatchChanges",
+];
 
-type HmacSha256 = Hmac<Sha256>;
+/// Who signed an identity, and so which public key verifies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Issuer {
+    /// The gateway: any principal that authenticated with an API key.
+    Gateway,
+    /// The scoring service: only itself ([`SCORING_PRINCIPAL`]), only towards ingestion, only
+    /// for [`SCORING_SCOPE`].
+    Scoring,
+}
+
+impl Issuer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Issuer::Gateway => "gateway",
+            Issuer::Scoring => "scoring",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Issuer> {
+        match s {
+            "gateway" => Some(Issuer::Gateway),
+            "scoring" => Some(Issuer::Scoring),
+            _ => None,
+        }
+    }
+}
+
+/// The service process a call is sent to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Audience {
+    /// DepartmentRegistryService.
+    Registry,
+    /// MetricSubmissionService and CodeAuditService.
+    Ingestion,
+    /// ScoringService and IndicatorService.
+    Scoring,
+}
+
+impl Audience {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Audience::Registry => "registry",
+            Audience::Ingestion => "ingestion",
+            Audience::Scoring => "scoring",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Audience> {
+        match s {
+            "registry" => Some(Audience::Registry),
+            "ingestion" => Some(Audience::Ingestion),
+            "scoring" => Some(Audience::Scoring),
+            _ => None,
+        }
+    }
+
+    /// The audience that serves a gRPC path (`/citycredit.v1.X/Method`).
+    pub fn of_path(path: &str) -> Option<Audience> {
+        let service = path.strip_prefix('/')?.split('/').next()?;
+        match service {
+            "citycredit.v1.DepartmentRegistryService" => Some(Audience::Registry),
+            "citycredit.v1.MetricSubmissionService" | "citycredit.v1.CodeAuditService" => {
+                Some(Audience::Ingestion)
+            }
+            "citycredit.v1.ScoringService" | "citycredit.v1.IndicatorService" => {
+                Some(Audience::Scoring)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What a signature says about the request body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyBinding {
+    /// SHA-256 of the whole request body as sent (one gRPC frame).
+    Digest([u8; 32]),
+    /// A client stream: the messages are not bound.
+    Stream,
+}
+
+impl BodyBinding {
+    /// The binding of a buffered request body.
+    pub fn of(body: &[u8]) -> BodyBinding {
+        BodyBinding::Digest(Sha256::digest(body).into())
+    }
+
+    /// The binding of a unary request carrying `message` (uncompressed, as tonic sends it: a
+    /// zero flag byte, the length as 4 bytes big-endian, the encoded message).
+    pub fn of_message<M: prost::Message>(message: &M) -> BodyBinding {
+        let encoded = message.encode_to_vec();
+        let mut hasher = Sha256::new();
+        hasher.update([0u8]);
+        hasher.update(u32::try_from(encoded.len()).unwrap_or(u32::MAX).to_be_bytes());
+        hasher.update(&encoded);
+        BodyBinding::Digest(hasher.finalize().into())
+    }
+
+    fn encode(self) -> String {
+        match self {
+            BodyBinding::Digest(d) => hex::encode(d),
+            BodyBinding::Stream => "stream".to_owned(),
+        }
+    }
+
+    fn parse(s: &str) -> Option<BodyBinding> {
+        if s == "stream" {
+            return Some(BodyBinding::Stream);
+        }
+        let mut d = [0u8; 32];
+        hex::decode_to_slice(s, &mut d).ok()?;
+        Some(BodyBinding::Digest(d))
+    }
+}
 
 /// Why an internal identity is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
     #[error("malformed internal identity")]
     Malformed,
+    #[error("internal identity signed by `{0}`, whose key this service does not hold")]
+    UnknownIssuer(&'static str),
     #[error("internal identity signature does not verify")]
     BadSignature,
+    #[error("internal identity is for `{0}`, not this service")]
+    WrongAudience(&'static str),
     #[error("internal identity expired or from the future")]
     Stale,
     #[error("internal identity replayed")]
     Replayed,
+    #[error("scoring's key may not sign this call")]
+    OutOfScope,
 }
 
-/// Signs and verifies internal identities with one shared secret.
+/// An identity that verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub issuer: Issuer,
+    pub principal: Principal,
+    pub issued_micros: i64,
+    /// The nonce, hex: the key of the store's replay guard.
+    pub nonce: String,
+    pub body: BodyBinding,
+}
+
+fn field_ok(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_graphic() && b != b';')
+}
+
+fn signed_message(path: &str, fields: &str) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIGNING_CONTEXT.len() + path.len() + fields.len() + 2);
+    m.extend_from_slice(SIGNING_CONTEXT.as_bytes());
+    m.push(b'\n');
+    m.extend_from_slice(path.as_bytes());
+    m.push(b'\n');
+    m.extend_from_slice(fields.as_bytes());
+    m
+}
+
+/// Why key material cannot be used. Messages say how to make a good key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error(
+        "not an Ed25519 {what}: expected one line of 64 hex digits; make keys with `citycredit keys generate --out DIR`"
+    )]
+    Malformed { what: &'static str },
+    #[error(
+        "this {what} is a placeholder or has too little entropy; make keys with `citycredit keys generate --out DIR`"
+    )]
+    Weak { what: &'static str },
+}
+
+/// Reads 32 bytes from key text: one line of 64 hex digits (lines starting with `#` and blank
+/// lines are ignored).
+fn key_bytes(text: &str, what: &'static str) -> Result<[u8; 32], KeyError> {
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let (Some(line), None) = (lines.next(), lines.next()) else {
+        return Err(KeyError::Malformed { what });
+    };
+    if crate::auth::secrets::is_placeholder(line) {
+        return Err(KeyError::Weak { what });
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(line, &mut out).map_err(|_| KeyError::Malformed { what })?;
+    // 32 random bytes hold about 30 distinct values; fewer than 16 is a pattern, not a key.
+    let distinct = out
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    if distinct < 16 {
+        return Err(KeyError::Weak { what });
+    }
+    Ok(out)
+}
+
+/// Parses a public key file's text (see [`IdentitySigner::public_key_text`]).
+pub fn parse_public_key(text: &str) -> Result<VerifyingKey, KeyError> {
+    let what = "public key";
+    let bytes = key_bytes(text, what)?;
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::Malformed { what })?;
+    if key.is_weak() {
+        return Err(KeyError::Weak { what });
+    }
+    Ok(key)
+}
+
+/// Signs identities with one issuer's private key.
 pub struct IdentitySigner {
-    key: Vec<u8>,
+    issuer: Issuer,
+    key: SigningKey,
+}
+
+impl fmt::Debug for IdentitySigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdentitySigner({})", self.issuer.as_str())
+    }
+}
+
+impl IdentitySigner {
+    /// A fresh random key (everything in one process: it never leaves memory).
+    pub fn generate(issuer: Issuer) -> IdentitySigner {
+        let mut seed = [0u8; 32];
+        rand::rng().fill_bytes(&mut seed);
+        let key = SigningKey::from_bytes(&seed);
+        seed.fill(0);
+        IdentitySigner { issuer, key }
+    }
+
+    /// A signer from a private key file's text (64 hex digits: the Ed25519 seed).
+    pub fn from_text(issuer: Issuer, text: &str) -> Result<IdentitySigner, KeyError> {
+        let mut seed = key_bytes(text, "private key")?;
+        let key = SigningKey::from_bytes(&seed);
+        seed.fill(0);
+        Ok(IdentitySigner { issuer, key })
+    }
+
+    pub fn issuer(&self) -> Issuer {
+        self.issuer
+    }
+
+    pub fn public_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// The private key file's text.
+    pub fn private_key_text(&self) -> String {
+        format!(
+            "# citycredit {} identity signing key (Ed25519 seed). Secret: only the {} holds it.\n{}\n",
+            self.issuer.as_str(),
+            self.issuer.as_str(),
+            hex::encode(self.key.to_bytes())
+        )
+    }
+
+    /// The public key file's text.
+    pub fn public_key_text(&self) -> String {
+        format!(
+            "# citycredit {} identity public key (Ed25519). Services verify with it.\n{}\n",
+            self.issuer.as_str(),
+            hex::encode(self.public_key().to_bytes())
+        )
+    }
+
+    /// The header value for `principal` calling `path` on `audience` at `now_micros`, binding
+    /// `body`. None when the principal's fields cannot be carried (never for registry-made ids).
+    pub fn sign(
+        &self,
+        principal: &Principal,
+        audience: Audience,
+        path: &str,
+        body: BodyBinding,
+        now_micros: i64,
+    ) -> Option<String> {
+        let dept = principal.department.as_deref().unwrap_or("");
+        let credential = principal.credential.as_deref().unwrap_or("");
+        if principal.id.is_empty()
+            || !field_ok(&principal.id)
+            || !field_ok(dept)
+            || !field_ok(credential)
+        {
+            return None;
+        }
+        let mut nonce = [0u8; 16];
+        rand::rng().fill_bytes(&mut nonce);
+        let fields = format!(
+            "v2;{};{};{};{};{dept};{credential};{now_micros};{};{}",
+            self.issuer.as_str(),
+            audience.as_str(),
+            principal.id,
+            principal.role.as_str(),
+            hex::encode(nonce),
+            body.encode(),
+        );
+        let signature = self.key.sign(&signed_message(path, &fields));
+        Some(format!("{fields};{}", hex::encode(signature.to_bytes())))
+    }
+}
+
+/// Verifies identities for one audience with the public keys it trusts.
+pub struct IdentityVerifier {
+    audience: Audience,
+    gateway: VerifyingKey,
+    scoring: Option<VerifyingKey>,
     seen: Mutex<Seen>,
 }
 
-impl std::fmt::Debug for IdentitySigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("IdentitySigner(..)")
+impl fmt::Debug for IdentityVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdentityVerifier({})", self.audience.as_str())
     }
 }
 
 #[derive(Default)]
 struct Seen {
-    nonces: HashMap<u64, i64>,
-    order: VecDeque<(i64, u64)>,
+    nonces: HashMap<u128, i64>,
+    order: VecDeque<(i64, u128)>,
 }
 
-fn field_ok(s: &str) -> bool {
-    !s.contains(';') && s.is_ascii()
-}
-
-impl IdentitySigner {
-    /// A signer for `secret` (at least 32 bytes).
-    pub fn new(secret: &[u8]) -> Option<IdentitySigner> {
-        (secret.len() >= 32).then(|| IdentitySigner {
-            key: secret.to_vec(),
+impl IdentityVerifier {
+    /// A verifier for `audience` trusting the gateway's key and, for ingestion, scoring's.
+    pub fn new(
+        audience: Audience,
+        gateway: VerifyingKey,
+        scoring: Option<VerifyingKey>,
+    ) -> IdentityVerifier {
+        IdentityVerifier {
+            audience,
+            gateway,
+            // Only ingestion has anything to give scoring.
+            scoring: scoring.filter(|_| audience == Audience::Ingestion),
             seen: Mutex::new(Seen::default()),
-        })
-    }
-
-    fn mac(&self, path: &str, body: &str) -> Option<Vec<u8>> {
-        let mut mac = HmacSha256::new_from_slice(&self.key).ok()?;
-        mac.update(path.as_bytes());
-        mac.update(b"\n");
-        mac.update(body.as_bytes());
-        Some(mac.finalize().into_bytes().to_vec())
-    }
-
-    /// The header value for `principal` calling `path` at `now_micros`.
-    pub fn sign(&self, principal: &Principal, path: &str, now_micros: i64) -> Option<String> {
-        let dept = principal.department.as_deref().unwrap_or("");
-        if !field_ok(&principal.id) || !field_ok(dept) {
-            return None;
         }
-        let nonce = rand::rng().next_u64();
-        let body = format!(
-            "v1;{};{};{};{};{:016x}",
-            principal.id,
-            principal.role.as_str(),
-            dept,
-            now_micros,
-            nonce
-        );
-        let mac = self.mac(path, &body)?;
-        Some(format!("{body};{}", hex::encode(mac)))
     }
 
-    /// The principal of a header value for a call of `path` at `now_micros`.
+    pub fn audience(&self) -> Audience {
+        self.audience
+    }
+
+    /// The identity in header `value` for a call of `path` at `now_micros`: signature, issuer
+    /// scope, audience, window, and once per nonce in this process.
     pub fn verify(
         &self,
         value: &str,
         path: &str,
         now_micros: i64,
-    ) -> Result<Principal, IdentityError> {
-        let (body, mac_hex) = value.rsplit_once(';').ok_or(IdentityError::Malformed)?;
-        let parts: Vec<&str> = body.split(';').collect();
-        let [version, id, role, dept, issued, nonce] = parts.as_slice() else {
+    ) -> Result<Verified, IdentityError> {
+        let (fields, sig_hex) = value.rsplit_once(';').ok_or(IdentityError::Malformed)?;
+        let parts: Vec<&str> = fields.split(';').collect();
+        let [
+            version,
+            issuer,
+            audience,
+            id,
+            role,
+            dept,
+            credential,
+            issued,
+            nonce,
+            body,
+        ] = parts.as_slice()
+        else {
             return Err(IdentityError::Malformed);
         };
-        if *version != "v1" {
+        if *version != "v2" {
             return Err(IdentityError::Malformed);
         }
-        let given = hex::decode(mac_hex).map_err(|_| IdentityError::Malformed)?;
-        let mut mac =
-            HmacSha256::new_from_slice(&self.key).map_err(|_| IdentityError::Malformed)?;
-        mac.update(path.as_bytes());
-        mac.update(b"\n");
-        mac.update(body.as_bytes());
-        // Constant-time comparison.
-        mac.verify_slice(&given)
-            .map_err(|_| IdentityError::BadSignature)?;
-        let issued: i64 = issued.parse().map_err(|_| IdentityError::Malformed)?;
-        if (now_micros - issued).abs() > WINDOW_MICROS {
-            return Err(IdentityError::Stale);
+        let issuer = Issuer::parse(issuer).ok_or(IdentityError::Malformed)?;
+        let key = match issuer {
+            Issuer::Gateway => &self.gateway,
+            Issuer::Scoring => self
+                .scoring
+                .as_ref()
+                .ok_or(IdentityError::UnknownIssuer(issuer.as_str()))?,
+        };
+        let mut sig = [0u8; 64];
+        hex::decode_to_slice(sig_hex, &mut sig).map_err(|_| IdentityError::Malformed)?;
+        key.verify_strict(
+            &signed_message(path, fields),
+            &Signature::from_bytes(&sig),
+        )
+        .map_err(|_| IdentityError::BadSignature)?;
+
+        // Signed by a key we trust: now what it says.
+        let audience = Audience::parse(audience).ok_or(IdentityError::Malformed)?;
+        if audience != self.audience {
+            return Err(IdentityError::WrongAudience(audience.as_str()));
         }
-        let nonce = u64::from_str_radix(nonce, 16).map_err(|_| IdentityError::Malformed)?;
-        self.remember(nonce, issued, now_micros)?;
         let role = Role::parse(role).ok_or(IdentityError::Malformed)?;
-        Ok(Principal {
+        let principal = Principal {
             id: (*id).to_owned(),
             role,
             department: (!dept.is_empty()).then(|| (*dept).to_owned()),
-            credential: None,
+            credential: (!credential.is_empty()).then(|| (*credential).to_owned()),
+        };
+        if issuer == Issuer::Scoring
+            && !(principal.id == SCORING_PRINCIPAL
+                && principal.role == Role::Operator
+                && principal.department.is_none()
+                && principal.credential.is_none()
+                && SCORING_SCOPE.contains(&path))
+        {
+            return Err(IdentityError::OutOfScope);
+        }
+        let issued: i64 = issued.parse().map_err(|_| IdentityError::Malformed)?;
+        if now_micros.abs_diff(issued) > WINDOW_MICROS.unsigned_abs() {
+            return Err(IdentityError::Stale);
+        }
+        let body = BodyBinding::parse(body).ok_or(IdentityError::Malformed)?;
+        let nonce_value = u128::from_str_radix(nonce, 16).map_err(|_| IdentityError::Malformed)?;
+        if nonce.len() != 32 {
+            return Err(IdentityError::Malformed);
+        }
+        self.remember(nonce_value, issued, now_micros)?;
+        Ok(Verified {
+            issuer,
+            principal,
+            issued_micros: issued,
+            nonce: (*nonce).to_owned(),
+            body,
         })
     }
 
-    fn remember(&self, nonce: u64, issued: i64, now: i64) -> Result<(), IdentityError> {
+    fn remember(&self, nonce: u128, issued: i64, now: i64) -> Result<(), IdentityError> {
         let mut seen = self
             .seen
             .lock()
@@ -161,59 +503,243 @@ impl IdentitySigner {
 mod tests {
     use super::*;
 
+    const PATH: &str = "/citycredit.v1.MetricSubmissionService/SubmitValue";
+    const T: i64 = 1_000_000_000;
+
     fn principal() -> Principal {
         Principal {
             id: "samr-system".into(),
             role: Role::Department,
             department: Some("samr".into()),
+            credential: Some("cc_0badc0de".into()),
+        }
+    }
+
+    fn scoring_principal() -> Principal {
+        Principal {
+            id: SCORING_PRINCIPAL.into(),
+            role: Role::Operator,
+            department: None,
             credential: None,
         }
     }
 
-    #[test]
-    fn signed_identities_verify_once_for_their_path_and_window() {
-        let signer = IdentitySigner::new(&[7u8; 32]).unwrap_or_else(|| panic!("key"));
-        let path = "/citycredit.v1.MetricSubmissionService/SubmitValue";
-        let header = signer
-            .sign(&principal(), path, 1_000_000_000)
-            .unwrap_or_default();
-        assert_eq!(signer.verify(&header, path, 1_000_000_500), Ok(principal()));
-        assert_eq!(
-            signer.verify(&header, path, 1_000_000_600),
-            Err(IdentityError::Replayed)
-        );
+    fn body() -> BodyBinding {
+        BodyBinding::of(b"\0\0\0\0\x02hi")
+    }
 
-        let other = signer
-            .sign(&principal(), path, 1_000_000_000)
+    #[test]
+    fn signed_identities_verify_once_for_their_path_audience_body_and_window() {
+        let gateway = IdentitySigner::generate(Issuer::Gateway);
+        let ingestion = IdentityVerifier::new(Audience::Ingestion, gateway.public_key(), None);
+        let h = gateway
+            .sign(&principal(), Audience::Ingestion, PATH, body(), T)
             .unwrap_or_default();
+        let v = ingestion
+            .verify(&h, PATH, T + 500)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v.principal, principal(), "the credential travels too");
+        assert_eq!(v.body, body());
+        assert_eq!(v.issuer, Issuer::Gateway);
+        assert_eq!(ingestion.verify(&h, PATH, T + 600), Err(IdentityError::Replayed));
+
+        let sign = || {
+            gateway
+                .sign(&principal(), Audience::Ingestion, PATH, body(), T)
+                .unwrap_or_default()
+        };
+        // Another RPC path, a later time, another audience.
         assert_eq!(
-            signer.verify(
-                &other,
-                "/citycredit.v1.DepartmentRegistryService/CreateApiKey",
-                1_000_000_000
+            ingestion.verify(
+                &sign(),
+                "/citycredit.v1.MetricSubmissionService/RetractSubmission",
+                T
             ),
             Err(IdentityError::BadSignature)
         );
         assert_eq!(
-            signer.verify(&other, path, 1_000_000_000 + WINDOW_MICROS + 1),
+            ingestion.verify(&sign(), PATH, T + WINDOW_MICROS + 1),
             Err(IdentityError::Stale)
         );
-
-        let forged = other.replacen("department", "admin", 1);
+        let registry = IdentityVerifier::new(Audience::Registry, gateway.public_key(), None);
         assert_eq!(
-            signer.verify(&forged, path, 1_000_000_000),
+            registry.verify(&sign(), PATH, T),
+            Err(IdentityError::WrongAudience("ingestion"))
+        );
+        // Any edited field (role, body digest, credential) breaks the signature.
+        for (from, to) in [
+            (";department;", ";admin;"),
+            (";cc_0badc0de;", ";cc_0badc0df;"),
+        ] {
+            let edited = sign().replacen(from, to, 1);
+            assert_eq!(
+                ingestion.verify(&edited, PATH, T),
+                Err(IdentityError::BadSignature),
+                "{from}"
+            );
+        }
+        let other_body = sign().replacen(
+            &body().encode(),
+            &BodyBinding::of(b"\0\0\0\0\x02ho").encode(),
+            1,
+        );
+        assert_eq!(
+            ingestion.verify(&other_body, PATH, T),
             Err(IdentityError::BadSignature)
         );
-        let wrong_key = IdentitySigner::new(&[8u8; 32]).unwrap_or_else(|| panic!("key"));
-        let header = wrong_key.sign(&principal(), path, 5).unwrap_or_default();
+        // A key the service does not trust.
+        let stranger = IdentitySigner::generate(Issuer::Gateway);
+        let h = stranger
+            .sign(&principal(), Audience::Ingestion, PATH, body(), T)
+            .unwrap_or_default();
         assert_eq!(
-            signer.verify(&header, path, 5),
+            ingestion.verify(&h, PATH, T),
             Err(IdentityError::BadSignature)
         );
         assert_eq!(
-            signer.verify("v1;admin;admin;;5;00;zz", path, 5),
+            ingestion.verify("v2;gateway;ingestion;a;admin;;;5;00;stream;zz", PATH, 5),
             Err(IdentityError::Malformed)
         );
-        assert!(IdentitySigner::new(b"short").is_none());
+        assert_eq!(
+            ingestion.verify("v1;admin;admin;;5;00;00", PATH, 5),
+            Err(IdentityError::Malformed)
+        );
+    }
+
+    #[test]
+    fn scorings_key_is_good_only_for_its_own_reads_on_ingestion() {
+        let gateway = IdentitySigner::generate(Issuer::Gateway);
+        let scoring = IdentitySigner::generate(Issuer::Scoring);
+        let ingestion = IdentityVerifier::new(
+            Audience::Ingestion,
+            gateway.public_key(),
+            Some(scoring.public_key()),
+        );
+        let read = SCORING_SCOPE[0];
+        let h = scoring
+            .sign(&scoring_principal(), Audience::Ingestion, read, body(), T)
+            .unwrap_or_default();
+        assert!(ingestion.verify(&h, read, T).is_ok());
+
+        let admin = Principal {
+            id: "admin".into(),
+            role: Role::Admin,
+            department: None,
+            credential: Some("cc_bootstrap".into()),
+        };
+        for (who, path) in [(&admin, read), (&scoring_principal(), PATH)] {
+            let h = scoring
+                .sign(who, Audience::Ingestion, path, body(), T)
+                .unwrap_or_default();
+            assert_eq!(
+                ingestion.verify(&h, path, T),
+                Err(IdentityError::OutOfScope)
+            );
+        }
+        // The registry and scoring do not even hold scoring's key.
+        let registry = IdentityVerifier::new(
+            Audience::Registry,
+            gateway.public_key(),
+            Some(scoring.public_key()),
+        );
+        let path = "/citycredit.v1.DepartmentRegistryService/CreateApiKey";
+        let h = scoring
+            .sign(&admin, Audience::Registry, path, body(), T)
+            .unwrap_or_default();
+        assert_eq!(
+            registry.verify(&h, path, T),
+            Err(IdentityError::UnknownIssuer("scoring"))
+        );
+        // Scoring's key passed off as the gateway's does not verify either.
+        let forged = h.replacen("v2;scoring;", "v2;gateway;", 1);
+        assert_eq!(
+            registry.verify(&forged, path, T),
+            Err(IdentityError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn key_files_round_trip_and_weak_keys_are_refused() {
+        let signer = IdentitySigner::generate(Issuer::Scoring);
+        let again = IdentitySigner::from_text(Issuer::Scoring, &signer.private_key_text())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again.public_key(), signer.public_key());
+        assert_eq!(
+            parse_public_key(&signer.public_key_text()).ok(),
+            Some(signer.public_key())
+        );
+        for weak in [
+            "0".repeat(64),
+            "0102".repeat(16),
+            "CHANGE-ME-to-a-key".to_owned(),
+        ] {
+            assert!(
+                matches!(
+                    IdentitySigner::from_text(Issuer::Gateway, &weak),
+                    Err(KeyError::Weak { .. })
+                ),
+                "{weak}"
+            );
+        }
+        for malformed in ["", "abc", "zz".repeat(32).as_str(), "00\n11"] {
+            assert!(
+                matches!(
+                    IdentitySigner::from_text(Issuer::Gateway, malformed),
+                    Err(KeyError::Malformed { .. })
+                ),
+                "{malformed}"
+            );
+        }
+    }
+
+    #[test]
+    fn unary_message_binding_is_the_grpc_frame() {
+        let msg = crate::proto::v1::GetCatalogRequest {};
+        assert_eq!(
+            BodyBinding::of_message(&msg),
+            BodyBinding::of(&[0, 0, 0, 0, 0])
+        );
+    }
+
+    /// The per-call cost of the identity: one signature at the gateway, one verification (and
+    /// the body digest of a 1 KiB request) at the service. Prints ns/op; run with
+    /// `cargo test --release -p citycredit --lib identity_cost -- --nocapture` for the figure.
+    #[test]
+    fn identity_cost_is_small() {
+        let gateway = IdentitySigner::generate(Issuer::Gateway);
+        let verifier = IdentityVerifier::new(Audience::Ingestion, gateway.public_key(), None);
+        let request = vec![7u8; 1024];
+        let n: u32 = 2000;
+        let start = std::time::Instant::now();
+        let headers: Vec<String> = (0..n)
+            .map(|i| {
+                gateway
+                    .sign(
+                        &principal(),
+                        Audience::Ingestion,
+                        PATH,
+                        BodyBinding::of(&request),
+                        T + i64::from(i),
+                    )
+                    .unwrap_or_default()
+            })
+            .collect();
+        let sign = start.elapsed() / n;
+        let start = std::time::Instant::now();
+        for (i, h) in headers.iter().enumerate() {
+            let v = verifier.verify(h, PATH, T + i64::try_from(i).unwrap_or(0));
+            assert_eq!(v.map(|v| v.body), Ok(BodyBinding::of(&request)));
+        }
+        let verify = start.elapsed() / n;
+        eprintln!(
+            "internal identity: sign {} ns/op, verify {} ns/op (1 KiB body digest included in both)",
+            sign.as_nanos(),
+            verify.as_nanos()
+        );
+        // Generous for debug builds; the release figure is in SECURITY.md.
+        assert!(
+            sign + verify < std::time::Duration::from_millis(2),
+            "{sign:?} + {verify:?}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! the snapshot when the organisation changes.
 
 pub mod identity;
+pub mod secrets;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -69,7 +70,8 @@ pub struct Principal {
 /// carries it began. Long calls (a batch stream, a watch) ask again before they commit or
 /// deliver, so revoking a key also stops the calls already under way.
 pub trait CredentialCheck: Send + Sync + fmt::Debug {
-    /// False when `principal.credential` names a key that is no longer active at `now_micros`.
+    /// False when `principal.credential` names a key that is no longer active at `now_micros`
+    /// (revoked, expired, unknown) or that belongs to another principal, role or department.
     /// A principal without a credential (a service identity) always stands.
     fn still_valid(&self, principal: &Principal, now_micros: i64) -> bool;
 }

@@ -17,13 +17,12 @@ use std::time::{Duration, Instant};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
-use citycredit::auth::identity::{HEADER, IdentitySigner};
+use citycredit::auth::identity::{Audience, BodyBinding, HEADER, IdentitySigner, Issuer};
 use citycredit::auth::{Principal, Role};
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::indicator_service_client::IndicatorServiceClient;
 use citycredit::proto::v1::metric_submission_service_client::MetricSubmissionServiceClient;
 
-const SECRET: &str = "bench-internal-identity-secret-0123456789";
 const ADMIN: &str = "bench-bootstrap-admin-key-0123456789abcdef";
 const CATALOG_PATH: &str = "/citycredit.v1.IndicatorService/GetCatalog";
 
@@ -52,7 +51,6 @@ fn start(bin: &str, service: &str, dir: &std::path::Path, env: &[(&str, String)]
         "--data-dir",
     ])
     .arg(dir)
-    .env("CITYCREDIT_INTERNAL_IDENTITY_SECRET", SECRET)
     .env("CITYCREDIT_BOOTSTRAP_ADMIN_KEY", ADMIN)
     .env(
         "CITYCREDIT_LOG_FILTER",
@@ -70,6 +68,9 @@ fn start(bin: &str, service: &str, dir: &std::path::Path, env: &[(&str, String)]
         );
     } else {
         cmd.env_remove("DATABASE_URL");
+    }
+    for (k, v) in citycredit_tests::topology::identity_env(service, &dir.join("keys")) {
+        cmd.env(k, v);
     }
     for (k, v) in env {
         cmd.env(k, v);
@@ -145,6 +146,7 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 
 pub async fn run(bin: String, calls: usize, values: usize) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let keys = citycredit_tests::topology::make_keys(std::path::Path::new(&bin), dir.path());
     let registry = start(&bin, "registry", dir.path(), &[]);
     let ingestion = start(&bin, "ingestion", dir.path(), &[]);
     let scoring = start(
@@ -185,13 +187,21 @@ pub async fn run(bin: String, calls: usize, values: usize) {
         registry.addr, ingestion.addr, scoring.addr, gateway.addr
     );
 
-    let signer =
-        Arc::new(IdentitySigner::new(SECRET.as_bytes()).unwrap_or_else(|| panic!("signer")));
+    // Calls straight to scoring carry an identity signed with the gateway's key, as the
+    // gateway's do.
+    let gateway_key = std::fs::read_to_string(keys.join("gateway/identity.key"))
+        .unwrap_or_else(|e| panic!("gateway key: {e}"));
+    let signer = Arc::new(
+        IdentitySigner::from_text(Issuer::Gateway, &gateway_key)
+            .unwrap_or_else(|e| panic!("signer: {e}")),
+    );
+    // The bootstrap administrator, as the gateway signs it (its key is in the bootstrap
+    // format, so its credential is the bootstrap prefix): the front checks the key stands.
     let ops = Principal {
-        id: "bench".into(),
-        role: Role::Operator,
+        id: "admin".into(),
+        role: Role::Admin,
         department: None,
-        credential: None,
+        credential: Some("cc_bootstrap".into()),
     };
     let direct_ch = channel(&scoring.addr);
     let gateway_ch = channel(&gateway.addr);
@@ -204,10 +214,17 @@ pub async fn run(bin: String, calls: usize, values: usize) {
         Arc::new(move || {
             let (ch, signer, ops) = (ch.clone(), Arc::clone(&signer), ops.clone());
             Box::pin(async move {
-                let mut req = tonic::Request::new(pb::GetCatalogRequest {});
+                let msg = pb::GetCatalogRequest {};
                 let h = signer
-                    .sign(&ops, CATALOG_PATH, citycredit::store::now_micros())
+                    .sign(
+                        &ops,
+                        Audience::Scoring,
+                        CATALOG_PATH,
+                        BodyBinding::of_message(&msg),
+                        citycredit::store::now_micros(),
+                    )
                     .unwrap_or_default();
+                let mut req = tonic::Request::new(msg);
                 req.metadata_mut()
                     .insert(HEADER, h.parse().unwrap_or_else(|_| panic!("header")));
                 let t = Instant::now();

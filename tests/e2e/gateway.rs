@@ -16,8 +16,6 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
-const SECRET: &str = "test-internal-identity-secret-0123456789";
-
 fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
     r.unwrap_or_else(|e| panic!("{e:?}")).into_inner()
 }
@@ -29,9 +27,8 @@ async fn a_forged_identity_header_is_ignored() {
         .create_principal("ops-forger", pb::Role::Operator, None)
         .await;
     // A header claiming to be the administrator, signed with a key the platform does not have.
-    let signer =
-        citycredit::auth::identity::IdentitySigner::new(b"an-attacker-made-up-secret-of-32-bytes")
-            .unwrap_or_else(|| panic!("signer"));
+    use citycredit::auth::identity::{Audience, BodyBinding, IdentitySigner, Issuer};
+    let signer = IdentitySigner::generate(Issuer::Gateway);
     let admin = citycredit::auth::Principal {
         id: "admin".into(),
         role: citycredit::auth::Role::Admin,
@@ -40,7 +37,13 @@ async fn a_forged_identity_header_is_ignored() {
     };
     let path = "/citycredit.v1.DepartmentRegistryService/CreateDepartment";
     let forged = signer
-        .sign(&admin, path, citycredit::store::now_micros())
+        .sign(
+            &admin,
+            Audience::Registry,
+            path,
+            BodyBinding::Stream,
+            citycredit::store::now_micros(),
+        )
         .unwrap_or_default();
 
     let mut as_ops = Registry::new(server.with_key(&ops_key));
@@ -205,12 +208,39 @@ struct Split {
     gateway: TestServer,
 }
 
-fn apart(mode: ServiceMode) -> impl FnOnce(&mut citycredit_gateway::Config) {
+/// A configuration for `mode` running apart, with its part's identity keys from `keys` (made
+/// by `citycredit_gateway::keys::generate`).
+fn apart(mode: ServiceMode, keys: &std::path::Path) -> impl FnOnce(&mut citycredit_gateway::Config) {
+    let dir = keys.join(mode.as_str());
     move |c| {
         c.service = mode;
-        c.internal_identity_secret = Some(SECRET.into());
         c.database_url = None;
+        let id = &mut c.identity;
+        if matches!(mode, ServiceMode::Gateway | ServiceMode::Scoring) {
+            id.signing_key = Some(dir.join("identity.key"));
+        }
+        if matches!(
+            mode,
+            ServiceMode::Registry | ServiceMode::Ingestion | ServiceMode::Scoring
+        ) {
+            id.gateway_public_key = Some(dir.join("gateway-identity.pub"));
+        }
+        if mode == ServiceMode::Ingestion {
+            id.scoring_public_key = Some(dir.join("scoring-identity.pub"));
+        }
     }
+}
+
+fn make_keys(dir: &std::path::Path) -> std::path::PathBuf {
+    let out = dir.join("keys");
+    citycredit_gateway::keys::generate(&citycredit_gateway::keys::KeyOptions {
+        out: out.clone(),
+        extra_names: vec!["127.0.0.1".into()],
+        namespace: None,
+        days: 1,
+    })
+    .unwrap_or_else(|e| panic!("keys: {e}"));
+    out
 }
 
 async fn split() -> Split {
@@ -222,15 +252,16 @@ async fn split() -> Split {
         );
     }
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let keys = make_keys(dir.path());
     // The registry first: it creates and seeds the store the others join.
-    let registry = TestServer::start_in(dir.path(), apart(ServiceMode::Registry)).await;
+    let registry = TestServer::start_in(dir.path(), apart(ServiceMode::Registry, &keys)).await;
     wait_for(
         &registry.channel(),
         ServingStatus::Serving,
         Duration::from_secs(20),
     )
     .await;
-    let ingestion = TestServer::start_in(dir.path(), apart(ServiceMode::Ingestion)).await;
+    let ingestion = TestServer::start_in(dir.path(), apart(ServiceMode::Ingestion, &keys)).await;
     wait_for(
         &ingestion.channel(),
         ServingStatus::Serving,
@@ -242,15 +273,16 @@ async fn split() -> Split {
         format!("http://{}", ingestion.addr),
     );
     let ing = ing_url.clone();
+    let scoring_keys = keys.clone();
     let scoring = TestServer::start_in(dir.path(), move |c| {
-        apart(ServiceMode::Scoring)(c);
+        apart(ServiceMode::Scoring, &scoring_keys)(c);
         c.upstreams.ingestion = Some(ing);
     })
     .await;
     let scoring_addr = scoring.addr.to_string();
     let sco_url = format!("http://{}", scoring.addr);
     let gateway = TestServer::start_in(dir.path(), move |c| {
-        apart(ServiceMode::Gateway)(c);
+        apart(ServiceMode::Gateway, &keys)(c);
         c.upstreams.registry = Some(reg_url);
         c.upstreams.ingestion = Some(ing_url);
         c.upstreams.scoring = Some(sco_url);
@@ -351,8 +383,9 @@ async fn gateway_health_follows_an_upstream_that_stops_and_restarts() {
     }
     let down = wait_for(&gw, ServingStatus::NotServing, Duration::from_secs(5)).await;
     let ing_url = format!("http://{}", s.ingestion.addr);
+    let keys = s.dir.path().join("keys");
     let restarted = TestServer::start_on(&s.scoring_addr, s.dir.path(), move |c| {
-        apart(ServiceMode::Scoring)(c);
+        apart(ServiceMode::Scoring, &keys)(c);
         c.upstreams.ingestion = Some(ing_url);
     })
     .await;

@@ -1,12 +1,18 @@
-//! The platform as separate OS processes, for fault tests: the real `citycredit` binary started
-//! four times (`--service registry|ingestion|scoring|gateway`) on loopback ports, all on one
-//! fresh PostgreSQL schema (`DATABASE_URL`), optionally with the ingestion process's database
-//! connections going through a fault-injecting TCP proxy ([`Proxy`]: pass, delay, reset,
-//! blackhole). Processes can be killed with SIGKILL and restarted on the same port; everything
-//! is killed (SIGKILL, each child) and the schema dropped when the [`Topology`] is dropped.
+//! The platform as separate OS processes: the real `citycredit` binary started four times
+//! (`--service registry|ingestion|scoring|gateway`) on loopback ports, all on one fresh
+//! PostgreSQL schema (`DATABASE_URL`) or one SQLite file, optionally with the ingestion
+//! process's database connections going through a fault-injecting TCP proxy ([`Proxy`]: pass,
+//! delay, reset, blackhole). Processes can be killed with SIGKILL and restarted on the same
+//! port, and extra replicas started; everything is killed (SIGKILL, each child) and the schema
+//! dropped when the [`Topology`] is dropped.
 //!
-//! Each process reads a TOML configuration file written here; its address comes from its
-//! `serving gRPC addr=...` log line on the first start, and it is restarted on the same port.
+//! Keys and certificates are made for each run by the real binary (`citycredit keys
+//! generate`); each process gets only its part's identity keys, and with `mtls` (or the
+//! shipped configurations) the services require the gateway's client certificate.
+//!
+//! Each process reads a TOML configuration file written here (or its shipped one, rewritten to
+//! this run's paths and addresses); its address comes from its `serving gRPC addr=...` log
+//! line on the first start, and it is restarted on the same port.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -27,9 +33,6 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::ingestion::channel_with_key;
 use crate::{ADMIN_KEY, AuthChannel, TestSchema, fresh_schema};
-
-/// The shared secret of the processes' internal identities.
-pub const IDENTITY_SECRET: &str = "topology-internal-identity-secret-0123456789";
 
 // ---------------------------------------------------------------------------------------------
 // The fault-injecting TCP proxy.
@@ -240,6 +243,9 @@ impl Part {
         Part::Gateway,
     ];
 
+    /// The parts that run a service behind the front (everything but the gateway).
+    pub const SERVICES: [Part; 3] = [Part::Registry, Part::Ingestion, Part::Scoring];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Part::Registry => "registry",
@@ -252,11 +258,56 @@ impl Part {
     fn index(self) -> usize {
         self as usize
     }
+
+    /// The gRPC services this part serves.
+    pub fn grpc_services(self) -> &'static [&'static str] {
+        match self {
+            Part::Registry => &["citycredit.v1.DepartmentRegistryService"],
+            Part::Ingestion => &[
+                "citycredit.v1.MetricSubmissionService",
+                "citycredit.v1.CodeAuditService",
+            ],
+            Part::Scoring => &[
+                "citycredit.v1.ScoringService",
+                "citycredit.v1.IndicatorService",
+            ],
+            Part::Gateway => &[],
+        }
+    }
+}
+
+/// Where the processes keep their data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    /// A fresh schema on `DATABASE_URL`.
+    Postgres,
+    /// One SQLite file every process opens.
+    Sqlite,
+}
+
+impl From<crate::Backend> for Store {
+    fn from(b: crate::Backend) -> Store {
+        match b {
+            crate::Backend::Sqlite => Store::Sqlite,
+            crate::Backend::Postgres => Store::Postgres,
+        }
+    }
 }
 
 /// How to run the topology.
 #[derive(Clone, Debug)]
 pub struct TopologyOptions {
+    /// PostgreSQL (the default; the topology is then skipped without `DATABASE_URL`) or one
+    /// SQLite file.
+    pub store: Store,
+    /// mTLS between the gateway and the services and between scoring and ingestion, with the
+    /// certificates `citycredit keys generate` makes. (The gateway's own listener stays
+    /// plaintext, as callers reach it in tests.)
+    pub mtls: bool,
+    /// Run each part from its shipped configuration file (`deploy/config/<part>.toml`) with
+    /// only its paths and addresses rewritten to this run's, and everything else from
+    /// `CITYCREDIT_*` variables: what a deployment gets, mTLS and all.
+    pub shipped_configs: bool,
     /// Put the fault proxy between the ingestion process and PostgreSQL.
     pub proxy_ingestion_db: bool,
     /// Extra TOML lines for every process's configuration (top-level keys).
@@ -275,6 +326,9 @@ pub struct TopologyOptions {
 impl Default for TopologyOptions {
     fn default() -> Self {
         TopologyOptions {
+            store: Store::Postgres,
+            mtls: false,
+            shipped_configs: false,
             proxy_ingestion_db: false,
             common: Vec::new(),
             ingestion: Vec::new(),
@@ -287,6 +341,7 @@ impl Default for TopologyOptions {
 
 /// A running process and the tail of its log.
 struct Proc {
+    part: Part,
     child: Option<Child>,
     pid: Option<u32>,
     addr: SocketAddr,
@@ -294,7 +349,7 @@ struct Proc {
     starts: u32,
 }
 
-/// The platform as four processes on one PostgreSQL schema.
+/// The platform as four processes (and any extra replicas) on one store.
 pub struct Topology {
     dir: tempfile::TempDir,
     binary: PathBuf,
@@ -302,6 +357,7 @@ pub struct Topology {
     url: String,
     schema: TestSchema,
     pub proxy: Option<Proxy>,
+    /// The four parts (by `Part::index`), then extra replicas.
     procs: Vec<Proc>,
 }
 
@@ -360,18 +416,71 @@ pub fn binary() -> PathBuf {
     bin
 }
 
+/// The repository's `deploy/config` directory.
+pub fn shipped_config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config")
+}
+
+/// Makes every key and certificate with the real binary (`citycredit keys generate`), names
+/// valid for 127.0.0.1; returns the directory (one subdirectory per part).
+pub fn make_keys(binary: &Path, dir: &Path) -> PathBuf {
+    let out = dir.join("keys");
+    let done = std::process::Command::new(binary)
+        .args(["keys", "generate", "--san", "127.0.0.1", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap_or_else(|e| panic!("citycredit keys generate: {e}"));
+    assert!(
+        done.status.success(),
+        "citycredit keys generate: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    out
+}
+
+/// The `CITYCREDIT_*` variables that give `part` its identity keys from `keys` (made by
+/// [`make_keys`]).
+pub fn identity_env(part: &str, keys: &Path) -> Vec<(String, String)> {
+    let file = |f: &str| keys.join(part).join(f).display().to_string();
+    let mut env = Vec::new();
+    if matches!(part, "gateway" | "scoring") {
+        env.push(("CITYCREDIT_IDENTITY__SIGNING_KEY".into(), file("identity.key")));
+    }
+    if matches!(part, "registry" | "ingestion" | "scoring") {
+        env.push((
+            "CITYCREDIT_IDENTITY__GATEWAY_PUBLIC_KEY".into(),
+            file("gateway-identity.pub"),
+        ));
+    }
+    if part == "ingestion" {
+        env.push((
+            "CITYCREDIT_IDENTITY__SCORING_PUBLIC_KEY".into(),
+            file("scoring-identity.pub"),
+        ));
+    }
+    env
+}
+
 impl Topology {
     /// Starts registry, ingestion, scoring and gateway, in that order, each once serving.
-    /// None when `DATABASE_URL` is not a PostgreSQL URL.
+    /// None when the store is PostgreSQL and `DATABASE_URL` is not a PostgreSQL URL.
     pub async fn start(options: TopologyOptions) -> Option<Topology> {
-        let url = database_url()?;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let url = match options.store {
+            Store::Postgres => database_url()?,
+            Store::Sqlite => format!("sqlite://{}", dir.path().join("citycredit.db").display()),
+        };
+        assert!(
+            !(options.proxy_ingestion_db && options.store == Store::Sqlite),
+            "the database proxy needs PostgreSQL"
+        );
         let binary = options.binary.clone().unwrap_or_else(binary);
         let proxy = if options.proxy_ingestion_db {
             Some(Proxy::start(db_socket(&url)).await)
         } else {
             None
         };
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        make_keys(&binary, dir.path());
         let mut t = Topology {
             dir,
             binary,
@@ -383,13 +492,14 @@ impl Topology {
         };
         for part in Part::ALL {
             t.procs.push(Proc {
+                part,
                 child: None,
                 pid: None,
                 addr: SocketAddr::from(([127, 0, 0, 1], 0)),
                 log: Arc::new(Mutex::new(VecDeque::new())),
                 starts: 0,
             });
-            t.start_part(part).await;
+            t.start_index(part.index()).await;
         }
         Some(t)
     }
@@ -398,9 +508,13 @@ impl Topology {
         &self.schema
     }
 
-    /// The PostgreSQL URL the processes use (without the proxy).
+    /// The database URL the processes use (without the proxy).
     pub fn database_url(&self) -> &str {
         &self.url
+    }
+
+    pub fn store_kind(&self) -> Store {
+        self.options.store
     }
 
     pub fn addr(&self, part: Part) -> SocketAddr {
@@ -417,6 +531,16 @@ impl Topology {
         self.procs[part.index()].starts
     }
 
+    /// The keys and certificates of this run (one directory per part).
+    pub fn keys_dir(&self) -> PathBuf {
+        self.dir.path().join("keys")
+    }
+
+    /// True when the services require mTLS.
+    pub fn mtls(&self) -> bool {
+        self.options.mtls || self.options.shipped_configs
+    }
+
     /// An administrator's channel to the gateway.
     pub fn admin(&self) -> AuthChannel {
         channel_with_key(self.addr(Part::Gateway), ADMIN_KEY)
@@ -427,53 +551,178 @@ impl Topology {
         channel_with_key(self.addr(Part::Gateway), key)
     }
 
-    fn config(&self, part: Part) -> String {
+    /// A channel straight to the process at `addr` (a part or a replica of one), as the
+    /// gateway reaches it: with the gateway's client certificate when the services require
+    /// mTLS, plaintext otherwise. It carries no identity.
+    pub fn direct(&self, addr: SocketAddr) -> tonic::transport::Channel {
+        if self.mtls() {
+            self.tls_channel(addr, Some("gateway"))
+        } else {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap_or_else(|e| panic!("endpoint: {e}"))
+                .connect_lazy()
+        }
+    }
+
+    /// A TLS channel to `addr` that trusts this run's CA and presents the client certificate
+    /// of `client` (`gateway` or `scoring`), or none.
+    pub fn tls_channel(&self, addr: SocketAddr, client: Option<&str>) -> tonic::transport::Channel {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+        let keys = self.keys_dir();
+        let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let mut tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(keys.join("gateway/ca.crt"))));
+        if let Some(c) = client {
+            tls = tls.identity(Identity::from_pem(
+                read(keys.join(c).join("client.crt")),
+                read(keys.join(c).join("client.key")),
+            ));
+        }
+        Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap_or_else(|e| panic!("endpoint: {e}"))
+            .connect_timeout(Duration::from_secs(5))
+            .tls_config(tls)
+            .unwrap_or_else(|e| panic!("tls: {e}"))
+            .connect_lazy()
+    }
+
+    fn url_of(&self, part: Part) -> String {
+        let scheme = if self.mtls() { "https" } else { "http" };
+        // A part not started yet (the registry's configuration is written first) has no
+        // address; nothing that starts before it needs one.
+        let addr = self
+            .procs
+            .get(part.index())
+            .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |p| p.addr);
+        format!("{scheme}://{addr}")
+    }
+
+    /// The configuration file `part` starts with, and the environment it gets.
+    fn config(&self, part: Part) -> (String, Vec<(String, String)>) {
         let db = match (&self.proxy, part) {
             (Some(p), Part::Ingestion) => via(&self.url, p.addr),
             _ => self.url.clone(),
         };
+        let keys = self.keys_dir();
+        let mut env = identity_env(part.as_str(), &keys);
+        if self.options.shipped_configs {
+            env.extend(self.shipped_env(&db));
+            return (self.shipped_config(part), env);
+        }
         let mut lines = vec![
             format!("service = \"{}\"", part.as_str()),
             format!("database_url = \"{db}\""),
-            format!("database_schema = \"{}\"", &*self.schema),
-            format!("internal_identity_secret = \"{IDENTITY_SECRET}\""),
             format!("bootstrap_admin_key = \"{ADMIN_KEY}\""),
             format!("log_filter = \"{}\"", self.options.log_filter),
             "registry_refresh_ms = 500".into(),
             "shutdown_grace_secs = 2".into(),
         ];
+        if self.options.store == Store::Postgres {
+            lines.push(format!("database_schema = \"{}\"", &*self.schema));
+        }
         lines.extend(self.options.common.iter().cloned());
         if part == Part::Ingestion {
             lines.extend(self.options.ingestion.iter().cloned());
         }
-        let up = |p: Part| format!("http://{}", self.addr(p));
+        let file = |f: &str| keys.join(part.as_str()).join(f).display().to_string();
+        if self.options.mtls && part != Part::Gateway {
+            lines.push("[tls]".into());
+            lines.push(format!("cert = \"{}\"", file("server.crt")));
+            lines.push(format!("key = \"{}\"", file("server.key")));
+            lines.push(format!("client_ca = \"{}\"", file("ca.crt")));
+        }
+        if self.options.mtls && matches!(part, Part::Gateway | Part::Scoring) {
+            lines.push("[upstream_tls]".into());
+            lines.push(format!("ca = \"{}\"", file("ca.crt")));
+            lines.push(format!("cert = \"{}\"", file("client.crt")));
+            lines.push(format!("key = \"{}\"", file("client.key")));
+        }
         match part {
             Part::Scoring => {
                 lines.push("[upstreams]".into());
-                lines.push(format!("ingestion = \"{}\"", up(Part::Ingestion)));
+                lines.push(format!("ingestion = \"{}\"", self.url_of(Part::Ingestion)));
             }
             Part::Gateway => {
                 lines.push("[upstreams]".into());
-                lines.push(format!("registry = \"{}\"", up(Part::Registry)));
-                lines.push(format!("ingestion = \"{}\"", up(Part::Ingestion)));
-                lines.push(format!("scoring = \"{}\"", up(Part::Scoring)));
+                lines.push(format!("registry = \"{}\"", self.url_of(Part::Registry)));
+                lines.push(format!("ingestion = \"{}\"", self.url_of(Part::Ingestion)));
+                lines.push(format!("scoring = \"{}\"", self.url_of(Part::Scoring)));
                 lines.push("[gateway]".into());
                 lines.extend(self.options.gateway.iter().cloned());
             }
             _ => {}
         }
-        lines.join("\n") + "\n"
+        (lines.join("\n") + "\n", env)
+    }
+
+    /// `deploy/config/<part>.toml` with its key paths pointing at this run's keys and its
+    /// upstreams at this run's processes; everything the file does not say about this run
+    /// (database, bootstrap key, log format, ports) comes from the environment.
+    fn shipped_config(&self, part: Part) -> String {
+        let path = shipped_config_dir().join(format!("{}.toml", part.as_str()));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut text = text.replace(
+            "/etc/citycredit/keys/",
+            &format!("{}/", self.keys_dir().join(part.as_str()).display()),
+        );
+        for up in [Part::Registry, Part::Ingestion, Part::Scoring] {
+            text = text.replace(
+                &format!("https://citycredit-{}:50051", up.as_str()),
+                &self.url_of(up),
+            );
+        }
+        text
+    }
+
+    /// The environment a shipped configuration needs for this run.
+    fn shipped_env(&self, db: &str) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("CITYCREDIT_DATABASE_URL".to_owned(), db.to_owned()),
+            ("CITYCREDIT_BOOTSTRAP_ADMIN_KEY".into(), ADMIN_KEY.into()),
+            ("CITYCREDIT_LOG_FORMAT".into(), "text".into()),
+            ("CITYCREDIT_LOG_FILTER".into(), self.options.log_filter.clone()),
+            ("CITYCREDIT_METRICS_LISTEN".into(), "127.0.0.1:0".into()),
+            ("CITYCREDIT_REGISTRY_REFRESH_MS".into(), "500".into()),
+            ("CITYCREDIT_SHUTDOWN_GRACE_SECS".into(), "2".into()),
+        ];
+        if self.options.store == Store::Postgres {
+            env.push(("CITYCREDIT_DATABASE_SCHEMA".into(), self.schema.to_string()));
+        }
+        env
     }
 
     /// Starts `part` (on its previous port when it ran before) and waits until it serves.
     pub async fn start_part(&mut self, part: Part) {
+        self.start_index(part.index()).await;
+    }
+
+    /// Starts one more process of `part` (a replica on the same store, with the same
+    /// configuration) and returns its address. It is killed with the topology.
+    pub async fn start_replica(&mut self, part: Part) -> SocketAddr {
+        self.procs.push(Proc {
+            part,
+            child: None,
+            pid: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log: Arc::new(Mutex::new(VecDeque::new())),
+            starts: 0,
+        });
+        let i = self.procs.len() - 1;
+        self.start_index(i).await;
+        self.procs[i].addr
+    }
+
+    async fn start_index(&mut self, i: usize) {
+        let part = self.procs[i].part;
         assert!(
-            self.procs[part.index()].child.is_none(),
+            self.procs[i].child.is_none(),
             "{part:?} is already running"
         );
-        let file = self.dir.path().join(format!("{}.toml", part.as_str()));
-        std::fs::write(&file, self.config(part)).unwrap_or_else(|e| panic!("config: {e}"));
-        let listen = self.procs[part.index()].addr;
+        let (text, env) = self.config(part);
+        let file = self.dir.path().join(format!("{}-{i}.toml", part.as_str()));
+        std::fs::write(&file, text).unwrap_or_else(|e| panic!("config: {e}"));
+        let listen = self.procs[i].addr;
         let mut cmd = Command::new(&self.binary);
         cmd.arg("serve")
             .arg("--config")
@@ -493,11 +742,14 @@ impl Topology {
                 cmd.env_remove(k);
             }
         }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {part:?}: {e}"));
         let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
-        let log = Arc::clone(&self.procs[part.index()].log);
+        let log = Arc::clone(&self.procs[i].log);
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
@@ -520,7 +772,7 @@ impl Topology {
             }
         });
         let pid = child.id();
-        let p = &mut self.procs[part.index()];
+        let p = &mut self.procs[i];
         p.child = Some(child);
         p.pid = pid;
         p.starts += 1;
@@ -528,10 +780,10 @@ impl Topology {
             Ok(Ok(Some(addr))) => addr,
             _ => panic!(
                 "{part:?} did not start serving; its log:\n{}",
-                self.log_tail(part, 60)
+                self.log_tail_of(i, 60)
             ),
         };
-        self.procs[part.index()].addr = addr;
+        self.procs[i].addr = addr;
     }
 
     /// SIGKILL to `part`, and waits for it to be gone.
@@ -565,7 +817,11 @@ impl Topology {
 
     /// The last `n` lines `part` logged.
     pub fn log_tail(&self, part: Part, n: usize) -> String {
-        let log = self.procs[part.index()]
+        self.log_tail_of(part.index(), n)
+    }
+
+    fn log_tail_of(&self, i: usize, n: usize) -> String {
+        let log = self.procs[i]
             .log
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -585,13 +841,17 @@ impl Topology {
     /// The health `part` reports for the whole server (""), or None when it does not answer
     /// within `timeout`.
     pub async fn health(&self, part: Part, timeout: Duration) -> Option<ServingStatus> {
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr(part)))
+        let addr = self.addr(part);
+        let channel = if part == Part::Gateway {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
                 .ok()?
                 .connect_timeout(timeout)
-                .timeout(timeout);
+                .timeout(timeout)
+                .connect_lazy()
+        } else {
+            self.direct(addr)
+        };
         let call = async {
-            let channel = endpoint.connect().await.ok()?;
             let r = HealthClient::new(channel)
                 .check(HealthCheckRequest {
                     service: String::new(),
@@ -620,16 +880,12 @@ impl Topology {
         None
     }
 
-    /// A direct connection to the topology's schema (for reconciliation), not through the proxy.
+    /// A direct connection to the topology's store (for reconciliation), not through the proxy.
     pub async fn store(&self) -> citycredit::store::Db {
-        citycredit::store::Db::connect(
-            &self.url,
-            2,
-            Duration::from_secs(10),
-            Some(self.schema.to_string()),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("connect to the topology's store: {e}"))
+        let schema = (self.options.store == Store::Postgres).then(|| self.schema.to_string());
+        citycredit::store::Db::connect(&self.url, 2, Duration::from_secs(10), schema)
+            .await
+            .unwrap_or_else(|e| panic!("connect to the topology's store: {e}"))
     }
 }
 

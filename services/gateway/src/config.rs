@@ -113,11 +113,28 @@ pub struct TlsSettings {
 pub struct UpstreamTlsSettings {
     /// PEM CA that signed the upstreams' certificates.
     pub ca: PathBuf,
-    /// The name the upstreams' certificates carry.
-    pub domain: String,
+    /// The name every upstream's certificate carries; unset (the usual case): each upstream's
+    /// certificate must carry the host name of its URL.
+    pub domain: Option<String>,
     /// Client certificate and key, for upstreams that require mTLS.
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+}
+
+/// The keys of the internal identity (files made by `citycredit keys generate`). Which a
+/// process needs depends on what it runs: the gateway signs, the services verify, scoring
+/// signs its own reads of ingestion. Everything in one process needs none (its keys are made
+/// in memory at start and never leave it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentitySettings {
+    /// This process's private signing key: the gateway's (`gateway`), or scoring's own
+    /// (`scoring`). No other process may hold one.
+    pub signing_key: Option<PathBuf>,
+    /// The gateway's public key: every service verifies callers' identities with it.
+    pub gateway_public_key: Option<PathBuf>,
+    /// Scoring's public key: ingestion accepts it for scoring's own reads only.
+    pub scoring_public_key: Option<PathBuf>,
 }
 
 /// Everything `citycredit serve` needs to know.
@@ -166,10 +183,13 @@ pub struct Config {
     pub ingest_group_commit_max_rows: usize,
     /// Which part of the platform this process runs.
     pub service: ServiceMode,
-    /// The secret the gateway signs callers' identities with and services verify them with
-    /// (at least 32 characters; `CITYCREDIT_INTERNAL_IDENTITY_SECRET`). Required when services
-    /// run apart; generated per process when everything runs in one.
+    /// Replaced by `[identity]` (asymmetric keys): a shared secret let any service mint any
+    /// identity. Refused when set, with a message saying what to do instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal_identity_secret: Option<String>,
+    /// The internal identity's keys, when services run apart.
+    #[serde(default)]
+    pub identity: IdentitySettings,
     /// Gateway protection.
     #[serde(default)]
     pub gateway: GatewaySettings,
@@ -181,7 +201,13 @@ pub struct Config {
     /// TLS for calls to upstreams.
     pub upstream_tls: Option<UpstreamTlsSettings>,
     /// Prometheus metrics on `http://<metrics_listen>/metrics`; unset: no metrics endpoint.
+    /// Bind it to loopback or the pod network, never to a published address.
     pub metrics_listen: Option<SocketAddr>,
+    /// A plaintext listener serving `grpc.health.v1` only (no reflection, no RPCs), for probes
+    /// that cannot present a client certificate (Kubernetes' gRPC probes) when the main
+    /// listener requires one; unset: none.
+    #[serde(default)]
+    pub health_listen: Option<SocketAddr>,
     /// OTLP/gRPC endpoint for traces (`OTEL_EXPORTER_OTLP_ENDPOINT` is honoured too); unset:
     /// no export.
     pub otlp_endpoint: Option<String>,
@@ -225,11 +251,13 @@ impl Default for Config {
             ingest_group_commit_max_rows: defaults::ingest_group_commit_max_rows(),
             service: ServiceMode::All,
             internal_identity_secret: None,
+            identity: IdentitySettings::default(),
             gateway: GatewaySettings::default(),
             upstreams: Upstreams::default(),
             tls: None,
             upstream_tls: None,
             metrics_listen: None,
+            health_listen: None,
             otlp_endpoint: None,
         }
     }
@@ -307,11 +335,14 @@ impl Config {
             });
         }
         if let Some(key) = &self.bootstrap_admin_key
-            && key.len() < 32
+            && let Some(problem) = citycredit::auth::secrets::secret_problem(key)
         {
             return Err(ConfigError::Invalid {
                 field: "bootstrap_admin_key",
-                problem: "at least 32 characters (use a long random secret)".into(),
+                problem: format!(
+                    "{problem}; {}",
+                    citycredit::auth::secrets::HOW_TO_MAKE_ONE
+                ),
             });
         }
         if !(100..=60_000).contains(&self.registry_refresh_ms) {
@@ -332,28 +363,29 @@ impl Config {
                 problem: "at least 1 value per batch; a window of at most 1,000,000 µs".into(),
             });
         }
-        if let Some(secret) = &self.internal_identity_secret
-            && secret.len() < 32
-        {
+        if self.internal_identity_secret.is_some() {
             return Err(ConfigError::Invalid {
                 field: "internal_identity_secret",
-                problem: "at least 32 characters".into(),
+                problem: "no longer used: the gateway signs identities with a private key and the services hold only its public key; make the keys with `citycredit keys generate --out DIR` and set [identity] (see deploy/config)".into(),
             });
         }
-        if self.service != ServiceMode::All && self.internal_identity_secret.is_none() {
-            return Err(ConfigError::Invalid {
-                field: "internal_identity_secret",
-                problem: format!(
-                    "required when running `{}` alone: the gateway and the services must share it",
-                    self.service.as_str()
-                ),
-            });
-        }
+        self.validate_identity()?;
+        // With TLS to the upstreams every URL must say https (tonic would quietly connect in
+        // plaintext to an http:// one), and https needs the CA to verify against.
+        let scheme = if self.upstream_tls.is_some() {
+            "https://"
+        } else {
+            "http://"
+        };
         let need = |name: &'static str, url: &Option<String>| match url {
-            Some(u) if u.starts_with("http://") || u.starts_with("https://") => Ok(()),
+            Some(u) if u.starts_with(scheme) => Ok(()),
             Some(_) => Err(ConfigError::Invalid {
                 field: name,
-                problem: "an http:// or https:// URL".into(),
+                problem: if self.upstream_tls.is_some() {
+                    "an https:// URL: [upstream_tls] is set".into()
+                } else {
+                    "an http:// URL (https:// needs [upstream_tls])".into()
+                },
             }),
             None => Err(ConfigError::Invalid {
                 field: name,
@@ -387,6 +419,49 @@ impl Config {
                 field: "log_filter",
                 problem: format!("`{}` is not a valid filter", self.log_filter),
             });
+        }
+        Ok(())
+    }
+
+    /// Each mode holds exactly the identity keys its part needs: the gateway signs, services
+    /// only verify, scoring signs its own reads; a verifying service holding a signing key
+    /// would defeat the point, so it is refused.
+    fn validate_identity(&self) -> Result<(), ConfigError> {
+        let id = &self.identity;
+        let (sign, gateway_pub, scoring_pub) = match self.service {
+            ServiceMode::All => (false, false, false),
+            ServiceMode::Gateway => (true, false, false),
+            ServiceMode::Registry => (false, true, false),
+            ServiceMode::Ingestion => (false, true, true),
+            ServiceMode::Scoring => (true, true, false),
+        };
+        let mode = self.service.as_str();
+        for (field, want, have) in [
+            ("identity.signing_key", sign, id.signing_key.is_some()),
+            (
+                "identity.gateway_public_key",
+                gateway_pub,
+                id.gateway_public_key.is_some(),
+            ),
+            (
+                "identity.scoring_public_key",
+                scoring_pub,
+                id.scoring_public_key.is_some(),
+            ),
+        ] {
+            let problem = match (want, have) {
+                (true, false) => format!(
+                    "required when running `{mode}`: make the keys with `citycredit keys generate --out DIR`"
+                ),
+                (false, true) if self.service == ServiceMode::All => {
+                    "not used when everything runs in one process (its keys are made in memory); remove it".into()
+                }
+                (false, true) => format!(
+                    "`{mode}` must not hold this key: each process holds only the keys its part needs"
+                ),
+                _ => continue,
+            };
+            return Err(ConfigError::Invalid { field, problem });
         }
         Ok(())
     }

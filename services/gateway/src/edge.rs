@@ -7,7 +7,8 @@
 //!    at once with RESOURCE_EXHAUSTED and RetryInfo;
 //! 5. sets the deadline: the caller's `grpc-timeout`, or the default for calls that do not stream
 //!    responses, and enforces it (DEADLINE_EXCEEDED) while passing it on;
-//! 6. signs the principal for the service (`x-citycredit-identity`) and passes the trace on;
+//! 6. signs the principal for the service (`x-citycredit-identity`: its audience, the path, the
+//!    principal's API key, and the request body of a unary call) and passes the trace on;
 //! 7. forwards the raw HTTP/2 request to the service's upstream, in process or remote, streaming
 //!    bodies through without decoding them;
 //! 8. logs the call (principal, method, code, latency) and counts it.
@@ -25,12 +26,13 @@ use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
 use citycredit::auth::Principal;
-use citycredit::auth::identity::{HEADER as IDENTITY_HEADER, IdentitySigner};
+use citycredit::auth::identity::HEADER as IDENTITY_HEADER;
 use citycredit::status::{retry_after, with_info};
 use citycredit_registry::KeyView;
 use citycredit_registry::authn::{authenticate, is_open_path};
 
 use crate::config::GatewaySettings;
+use crate::internal_identity::EdgeSigner;
 use crate::limits::Limits;
 use crate::metrics::{Metrics, PrincipalLabels};
 use crate::rpc_table::{RpcTable, format_grpc_timeout, parse_grpc_timeout, service_of};
@@ -48,7 +50,7 @@ pub struct GatewayParts {
     /// Reloads the key cache from the store when an unknown key arrives (a key just created in
     /// another process), at most every `KEY_RELOAD_EVERY`.
     pub registry: Option<Arc<citycredit_registry::Registry>>,
-    pub signer: Arc<IdentitySigner>,
+    pub signer: Arc<EdgeSigner>,
     pub settings: GatewaySettings,
     pub metrics: Arc<Metrics>,
 }
@@ -233,20 +235,12 @@ impl Inner {
             req.headers_mut().insert("grpc-timeout", v);
         }
 
+        // The identity for the upstream's audience, bound to the request body.
         let now = citycredit::store::now_micros();
-        match self
-            .parts
-            .signer
-            .sign(principal, path, now)
-            .and_then(|h| http::HeaderValue::from_str(&h).ok())
-        {
-            Some(v) => {
-                req.headers_mut().insert(IDENTITY_HEADER, v);
-            }
-            None => {
-                return refuse(Code::Internal, "cannot pass the caller's identity on");
-            }
-        }
+        req = match self.parts.signer.sign_request(principal, path, req, now).await {
+            Ok(signed) => signed,
+            Err(refusal) => return refusal,
+        };
         telemetry::pass_on_trace(span, req.headers_mut());
         if path.starts_with("/citycredit.v1.MetricSubmissionService/Submit") {
             self.parts

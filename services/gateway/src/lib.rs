@@ -6,6 +6,8 @@ pub mod config;
 pub mod edge;
 pub mod front;
 pub mod health;
+pub mod internal_identity;
+pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod rpc_table;

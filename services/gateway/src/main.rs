@@ -1,4 +1,5 @@
-//! `citycredit`: runs the platform (`serve`) or checks data files (`check`).
+//! `citycredit`: runs the platform (`serve`), checks data files (`check`), or makes the keys
+//! and certificates of a split deployment (`keys generate`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +55,33 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Keys and certificates for running the services apart.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a private CA, a server certificate per service, client certificates for the gateway
+    /// and scoring (mTLS), and the Ed25519 identity keys: one directory per part holding only
+    /// what that part needs (see deploy/k8s/create-secrets.sh).
+    Generate {
+        /// The directory to create (must not exist or be empty; nothing is overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// An extra name (DNS name or IP address) for every server certificate; repeat it.
+        /// `--san 127.0.0.1` when the parts run on one host.
+        #[arg(long = "san")]
+        extra_names: Vec<String>,
+        /// The Kubernetes namespace, for the services' in-cluster names.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// How long the certificates are valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
 }
 
 fn overrides(
@@ -81,6 +109,33 @@ fn overrides(
     fig
 }
 
+fn keys(command: KeysCommand) -> ExitCode {
+    let KeysCommand::Generate {
+        out,
+        extra_names,
+        namespace,
+        days,
+    } = command;
+    let opts = citycredit_gateway::keys::KeyOptions {
+        out,
+        extra_names,
+        namespace,
+        days,
+    };
+    match citycredit_gateway::keys::generate(&opts) {
+        Ok(written) => {
+            for path in written {
+                println!("{}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("citycredit: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (common, flags) = match &cli.command {
@@ -94,6 +149,13 @@ fn main() -> ExitCode {
             overrides(common, listen.as_ref(), data_dir.as_ref(), *service),
         ),
         Command::Check { common } => (common, overrides(common, None, None, None)),
+        // Needs no configuration.
+        Command::Keys { .. } => {
+            let Command::Keys { command } = cli.command else {
+                return ExitCode::FAILURE;
+            };
+            return keys(command);
+        }
     };
     let config = match Config::load(common.config.as_deref(), flags) {
         Ok(c) => c,
@@ -110,6 +172,7 @@ fn main() -> ExitCode {
     );
 
     match cli.command {
+        Command::Keys { .. } => ExitCode::FAILURE,
         Command::Check { .. } => match server::load_data(&config) {
             Ok((catalog, city)) => {
                 println!(

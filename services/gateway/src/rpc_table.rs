@@ -55,6 +55,13 @@ impl RpcTable {
         self.rpcs.get(path)
     }
 
+    /// Every RPC path, sorted.
+    pub fn paths(&self) -> Vec<String> {
+        let mut p: Vec<String> = self.rpcs.keys().cloned().collect();
+        p.sort();
+        p
+    }
+
     /// Service names, sorted.
     pub fn services(&self) -> Vec<String> {
         let mut s: Vec<String> = self.rpcs.values().map(|r| r.service.clone()).collect();

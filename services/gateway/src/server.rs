@@ -4,7 +4,10 @@
 //! - `all` (the default): the gateway in front of every service in this process;
 //! - `gateway`: the gateway in front of remote services (`upstreams`);
 //! - `ingestion`, `scoring`, `registry`: one service alone, behind the front that verifies the
-//!   gateway's signed identity.
+//!   gateway's signed identity (and, for ingestion, scoring's own).
+//!
+//! Keys: in `all` the gateway's signing key is made in memory at start and never leaves the
+//! process; apart, each process reads only the keys its part needs (`[identity]`).
 //!
 //! Every mode serves `grpc.health.v1` (reporting the health of what it depends on) and
 //! reflection (`v1` and `v1alpha`).
@@ -20,7 +23,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
-use citycredit::auth::identity::IdentitySigner;
+use citycredit::auth::identity::{
+    Audience, IdentitySigner, IdentityVerifier, Issuer, KeyError, parse_public_key,
+};
 use citycredit::catalog::{Catalog, LoadError};
 use citycredit::city::City;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryServiceServer;
@@ -33,7 +38,8 @@ use citycredit_scoring::{IndicatorApi, RemoteAggregates, ScoringApi};
 
 use crate::config::{Config, ServiceMode};
 use crate::edge::{Gateway, GatewayParts};
-use crate::front::ServiceFront;
+use crate::front::{FrontParts, ServiceFront};
+use crate::internal_identity::{EdgeSigner, SharedNonces};
 use crate::health::{self, Check};
 use crate::metrics::{self, Metrics};
 use crate::rpc_table::RpcTable;
@@ -59,8 +65,12 @@ pub enum StartError {
     },
     #[error("metrics endpoint: {0}")]
     Metrics(std::io::Error),
-    #[error("internal identity secret must be at least 32 characters")]
-    Secret,
+    #[error("{field} {path}: {problem}")]
+    IdentityKey {
+        field: &'static str,
+        path: String,
+        problem: String,
+    },
     #[error("listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -127,7 +137,7 @@ pub async fn serve(
             .await
             .map_err(StartError::Metrics)?;
     }
-    let signer = Arc::new(identity_signer(&config)?);
+    let keys = IdentityKeys::load(&config)?;
 
     let opts = config.store_options();
     let db = open_store(&opts).await?;
@@ -152,6 +162,7 @@ pub async fn serve(
     let org = registry.org();
 
     let (health, health_service) = tonic_health::server::health_reporter();
+    let health_for_probes = health_service.clone();
     let names: Vec<String> = served(mode).iter().map(|s| (*s).to_owned()).collect();
     let mut checks = vec![Check::Database(db.clone())];
 
@@ -161,6 +172,27 @@ pub async fn serve(
     };
     let max_message = config.gateway.max_message_bytes;
     let mut background: Vec<tokio::task::JoinHandle<()>> = vec![refresh];
+    // Services apart share one replay guard through the store; in one process no identity
+    // ever crosses a network.
+    let nonces = match mode {
+        ServiceMode::Registry | ServiceMode::Ingestion | ServiceMode::Scoring => {
+            let nonces = Arc::new(SharedNonces::new(db.clone()));
+            background.push(nonces.spawn_pruning());
+            Some(nonces)
+        }
+        ServiceMode::All | ServiceMode::Gateway => None,
+    };
+    let gateway_public = keys.gateway_public;
+    let scoring_public = keys.scoring_public;
+    let mut signer = keys.signer;
+    let front = |audience: Audience| {
+        FrontParts::new(
+            IdentityVerifier::new(audience, gateway_public, scoring_public),
+            Arc::clone(&registry),
+            nonces.clone(),
+            max_message,
+        )
+    };
 
     let routes: Routes = match mode {
         ServiceMode::All => {
@@ -170,7 +202,6 @@ pub async fn serve(
                 org.clone(),
                 Arc::new(ingestion.clone()),
             );
-            let local = |svc| upstream::local(svc, Arc::clone(&signer));
             let mut routes: HashMap<String, Upstream> = HashMap::new();
             routes.insert(
                 INDICATOR.into(),
@@ -180,39 +211,35 @@ pub async fn serve(
                         org.clone(),
                     ))
                     .max_decoding_message_size(max_message),
-                    Arc::clone(&signer),
+                    front(Audience::Scoring),
                 ),
             );
             routes.insert(
                 SCORING.into(),
                 upstream::local(
                     ScoringServiceServer::new(scoring).max_decoding_message_size(max_message),
-                    Arc::clone(&signer),
+                    front(Audience::Scoring),
                 ),
             );
             routes.insert(
                 REGISTRY.into(),
-                local(
+                upstream::local(
                     DepartmentRegistryServiceServer::new(RegistryApi::new(Arc::clone(&registry)))
                         .max_decoding_message_size(max_message),
+                    front(Audience::Registry),
                 ),
             );
+            let ingestion_front = front(Audience::Ingestion);
             routes.insert(
                 SUBMISSION.into(),
-                upstream::local(ingestion.submission_service(), Arc::clone(&signer)),
+                upstream::local(ingestion.submission_service(), Arc::clone(&ingestion_front)),
             );
             routes.insert(
                 CODE_AUDIT.into(),
-                upstream::local(ingestion.code_audit_service(), Arc::clone(&signer)),
+                upstream::local(ingestion.code_audit_service(), ingestion_front),
             );
-            gateway_routes(
-                &config,
-                routes,
-                health_service,
-                &registry,
-                &signer,
-                &metrics,
-            )?
+            let edge = edge_signer(signer.take(), max_message)?;
+            gateway_routes(&config, routes, health_service, &registry, edge, &metrics)?
         }
         ServiceMode::Gateway => {
             let mut routes: HashMap<String, Upstream> = HashMap::new();
@@ -232,21 +259,15 @@ pub async fn serve(
                     routes.insert((*s).into(), upstream::remote(channel.clone()));
                 }
             }
-            gateway_routes(
-                &config,
-                routes,
-                health_service,
-                &registry,
-                &signer,
-                &metrics,
-            )?
+            let edge = edge_signer(signer.take(), max_message)?;
+            gateway_routes(&config, routes, health_service, &registry, edge, &metrics)?
         }
         ServiceMode::Ingestion => {
             let ingestion = start_ingestion(&config, db.clone(), Arc::clone(&catalog), &registry);
             let routes = open_routes(health_service)?
                 .add_service(ingestion.submission_service())
                 .add_service(ingestion.code_audit_service());
-            alone(routes, &signer)
+            alone(routes, front(Audience::Ingestion))
         }
         ServiceMode::Scoring => {
             let url = config.upstreams.ingestion.as_deref().unwrap_or_default();
@@ -255,8 +276,8 @@ pub async fn serve(
                 name: "ingestion".into(),
                 channel: channel.clone(),
             });
-            let source =
-                RemoteAggregates::start(channel, Arc::clone(&signer), Arc::clone(&catalog));
+            let own = signer.take().ok_or_else(|| missing_key("identity.signing_key"))?;
+            let source = RemoteAggregates::start(channel, Arc::new(own), Arc::clone(&catalog));
             let scoring = ScoringApi::new(Arc::clone(&catalog), org.clone(), source);
             let routes = open_routes(health_service)?
                 .add_service(
@@ -269,17 +290,20 @@ pub async fn serve(
                 .add_service(
                     ScoringServiceServer::new(scoring).max_decoding_message_size(max_message),
                 );
-            alone(routes, &signer)
+            alone(routes, front(Audience::Scoring))
         }
         ServiceMode::Registry => {
             let routes = open_routes(health_service)?.add_service(
                 DepartmentRegistryServiceServer::new(RegistryApi::new(Arc::clone(&registry)))
                     .max_decoding_message_size(max_message),
             );
-            alone(routes, &signer)
+            alone(routes, front(Audience::Registry))
         }
     };
     background.push(health::spawn(health.clone(), names.clone(), checks, HEALTH_EVERY).await);
+    if let Some(addr) = config.health_listen {
+        background.push(serve_health_for_probes(addr, health_for_probes).await?);
+    }
 
     let addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.listen,
@@ -351,19 +375,142 @@ async fn open_store(opts: &citycredit::store::StoreOptions) -> Result<Db, StartE
     }
 }
 
-/// The signer for internal identities: the configured secret, or (everything in one process)
-/// a random one that never leaves it.
-fn identity_signer(config: &Config) -> Result<IdentitySigner, StartError> {
-    let secret: Vec<u8> = match &config.internal_identity_secret {
-        Some(s) => s.as_bytes().to_vec(),
-        None => {
-            use rand::RngCore;
-            let mut b = vec![0u8; 32];
-            rand::rng().fill_bytes(&mut b);
-            b
+/// The identity keys this process holds (see [`crate::config::IdentitySettings`]).
+struct IdentityKeys {
+    /// The gateway's signing key (generated in memory for `all`), or scoring's own.
+    signer: Option<IdentitySigner>,
+    /// What every front verifies the gateway's identities with (`all`: the generated key's).
+    gateway_public: ed25519_dalek::VerifyingKey,
+    /// Ingestion only: scoring's public key.
+    scoring_public: Option<ed25519_dalek::VerifyingKey>,
+}
+
+fn missing_key(field: &'static str) -> StartError {
+    StartError::IdentityKey {
+        field,
+        path: String::new(),
+        problem: "required: make the keys with `citycredit keys generate --out DIR`".into(),
+    }
+}
+
+impl IdentityKeys {
+    /// The keys `config`'s mode needs, read and checked (placeholders and weak keys refused).
+    fn load(config: &Config) -> Result<IdentityKeys, StartError> {
+        let id = &config.identity;
+        let read = |field: &'static str, path: &Option<std::path::PathBuf>| {
+            let path = path.as_ref().ok_or_else(|| missing_key(field))?;
+            std::fs::read_to_string(path)
+                .map(|text| (path.display().to_string(), text))
+                .map_err(|e| StartError::IdentityKey {
+                    field,
+                    path: path.display().to_string(),
+                    problem: e.to_string(),
+                })
+        };
+        let bad = |field: &'static str, path: String| {
+            move |e: KeyError| StartError::IdentityKey {
+                field,
+                path,
+                problem: e.to_string(),
+            }
+        };
+        let signer = |issuer: Issuer| -> Result<IdentitySigner, StartError> {
+            let (path, text) = read("identity.signing_key", &id.signing_key)?;
+            IdentitySigner::from_text(issuer, &text).map_err(bad("identity.signing_key", path))
+        };
+        let public = |field: &'static str, p: &Option<std::path::PathBuf>| {
+            let (path, text) = read(field, p)?;
+            parse_public_key(&text).map_err(bad(field, path))
+        };
+        match config.service {
+            ServiceMode::All => {
+                let signer = IdentitySigner::generate(Issuer::Gateway);
+                Ok(IdentityKeys {
+                    gateway_public: signer.public_key(),
+                    signer: Some(signer),
+                    scoring_public: None,
+                })
+            }
+            ServiceMode::Gateway => {
+                let signer = signer(Issuer::Gateway)?;
+                Ok(IdentityKeys {
+                    gateway_public: signer.public_key(),
+                    signer: Some(signer),
+                    scoring_public: None,
+                })
+            }
+            ServiceMode::Registry => Ok(IdentityKeys {
+                signer: None,
+                gateway_public: public("identity.gateway_public_key", &id.gateway_public_key)?,
+                scoring_public: None,
+            }),
+            ServiceMode::Ingestion => Ok(IdentityKeys {
+                signer: None,
+                gateway_public: public("identity.gateway_public_key", &id.gateway_public_key)?,
+                scoring_public: Some(public(
+                    "identity.scoring_public_key",
+                    &id.scoring_public_key,
+                )?),
+            }),
+            ServiceMode::Scoring => {
+                let signer = signer(Issuer::Scoring)?;
+                let gateway_public =
+                    public("identity.gateway_public_key", &id.gateway_public_key)?;
+                // Scoring holding the gateway's private key could mint any identity.
+                if signer.public_key() == gateway_public {
+                    return Err(StartError::IdentityKey {
+                        field: "identity.signing_key",
+                        path: id
+                            .signing_key
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default(),
+                        problem: "this is the gateway's key: scoring must sign with its own (scoring/identity.key from `citycredit keys generate`)".into(),
+                    });
+                }
+                Ok(IdentityKeys {
+                    signer: Some(signer),
+                    gateway_public,
+                    scoring_public: None,
+                })
+            }
         }
-    };
-    IdentitySigner::new(&secret).ok_or(StartError::Secret)
+    }
+}
+
+/// The gateway's signer over the key loaded for it.
+fn edge_signer(
+    signer: Option<IdentitySigner>,
+    max_message: usize,
+) -> Result<Arc<EdgeSigner>, StartError> {
+    let signer = signer.ok_or_else(|| missing_key("identity.signing_key"))?;
+    Ok(Arc::new(EdgeSigner::new(signer, max_message)))
+}
+
+/// `grpc.health.v1` alone, in plaintext, for probes that cannot present a client certificate:
+/// it tells whether the process serves and nothing else.
+async fn serve_health_for_probes(
+    addr: std::net::SocketAddr,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+) -> Result<tokio::task::JoinHandle<()>, StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    tracing::info!(addr = %bound, "serving health checks for probes");
+    Ok(tokio::spawn(async move {
+        let served = Server::builder()
+            .add_service(health)
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "health endpoint for probes stopped");
+        }
+    }))
 }
 
 /// Health and reflection (over every citycredit service, health, rich error types and
@@ -389,8 +536,8 @@ fn open_routes(
 }
 
 /// Services running alone: behind the front that verifies the gateway's signed identity.
-fn alone(routes: Routes, signer: &Arc<IdentitySigner>) -> Routes {
-    let front = ServiceFront::new(routes.prepare(), Arc::clone(signer));
+fn alone(routes: Routes, front: Arc<FrontParts>) -> Routes {
+    let front = ServiceFront::new(routes.prepare(), front);
     Routes::from(axum::Router::new().fallback_service(front))
 }
 
@@ -402,7 +549,7 @@ fn gateway_routes(
         impl tonic_health::pb::health_server::Health,
     >,
     registry: &Arc<Registry>,
-    signer: &Arc<IdentitySigner>,
+    signer: Arc<EdgeSigner>,
     metrics: &Arc<Metrics>,
 ) -> Result<Routes, StartError> {
     let open = open_routes(health)?.prepare();
@@ -412,7 +559,7 @@ fn gateway_routes(
         open: tower::util::BoxCloneSyncService::new(open),
         keys: registry.keys(),
         registry: Some(Arc::clone(registry)),
-        signer: Arc::clone(signer),
+        signer,
         settings: config.gateway.clone(),
         metrics: Arc::clone(metrics),
     });

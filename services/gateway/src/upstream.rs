@@ -12,11 +12,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tower::Service;
 use tower::util::BoxCloneSyncService;
 
-use citycredit::auth::identity::IdentitySigner;
 use citycredit::status::retry_after;
 
 use crate::config::UpstreamTlsSettings;
-use crate::front::ServiceFront;
+use crate::front::{FrontParts, ServiceFront};
 
 /// The body of every request and response the gateway handles.
 pub type Body = tonic::body::Body;
@@ -47,9 +46,11 @@ pub fn client_tls(s: &UpstreamTlsSettings) -> Result<ClientTlsConfig, UpstreamEr
             source,
         })
     };
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&s.ca)?))
-        .domain_name(s.domain.clone());
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&s.ca)?));
+    // Unset: each upstream's certificate must carry the host name of its URL.
+    if let Some(domain) = &s.domain {
+        tls = tls.domain_name(domain.clone());
+    }
     if let (Some(cert), Some(key)) = (&s.cert, &s.key) {
         tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
     }
@@ -81,7 +82,7 @@ pub fn remote(channel: Channel) -> Upstream {
 
 /// A service in this process, behind the same front the remote services have (the signed
 /// identity verified, the trace continued).
-pub fn local<S>(svc: S, signer: Arc<IdentitySigner>) -> Upstream
+pub fn local<S>(svc: S, front: Arc<FrontParts>) -> Upstream
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
         + Clone
@@ -90,7 +91,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    BoxCloneSyncService::new(ServiceFront::new(svc, signer))
+    BoxCloneSyncService::new(ServiceFront::new(svc, front))
 }
 
 #[derive(Clone)]

@@ -241,8 +241,13 @@ impl citycredit::auth::CredentialCheck for Registry {
             return true;
         };
         let keys = self.keys_tx.borrow();
+        // The key must still be active and still name this very principal (id, role and
+        // department), so an identity can claim nothing its key does not grant.
         keys.keys.get(prefix).is_some_and(|k| {
-            k.principal.id == principal.id && k.expire_micros.is_none_or(|e| now_micros < e)
+            k.principal.id == principal.id
+                && k.principal.role == principal.role
+                && k.principal.department == principal.department
+                && k.expire_micros.is_none_or(|e| now_micros < e)
         })
     }
 }

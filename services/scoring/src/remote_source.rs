@@ -1,6 +1,8 @@
 //! Ingestion's aggregates over gRPC, for a scoring service running apart from ingestion: the
 //! same `AggregateSource` contract, read with `QueryAggregates` and fed by `WatchChanges`. Calls
-//! carry a signed internal identity (an operator principal named `scoring-service`).
+//! carry an internal identity signed with scoring's own key (not the gateway's), as the operator
+//! principal `scoring-service`, bound to ingestion as audience and to the request body; ingestion
+//! accepts that key for these two reads only, so this process can act as nobody else.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +12,9 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use citycredit::aggregates::{AggregateSource, Aggregates, BoxFuture, Change, SourceRef};
-use citycredit::auth::identity::{HEADER, IdentitySigner};
+use citycredit::auth::identity::{
+    Audience, BodyBinding, HEADER, IdentitySigner, SCORING_PRINCIPAL,
+};
 use citycredit::auth::{Principal, Role};
 use citycredit::catalog::{Catalog, MetricKind};
 use citycredit::numbers::Num;
@@ -23,7 +27,7 @@ use crate::convert;
 /// The principal scoring acts as towards ingestion.
 pub fn service_principal() -> Principal {
     Principal {
-        id: "scoring-service".into(),
+        id: SCORING_PRINCIPAL.into(),
         role: Role::Operator,
         department: None,
         credential: None,
@@ -74,12 +78,18 @@ impl RemoteAggregates {
         me
     }
 
-    fn signed<T>(&self, msg: T, path: &str) -> Result<tonic::Request<T>, Status> {
-        let mut req = tonic::Request::new(msg);
+    fn signed<T: prost::Message>(&self, msg: T, path: &str) -> Result<tonic::Request<T>, Status> {
         let header = self
             .signer
-            .sign(&service_principal(), path, citycredit::store::now_micros())
+            .sign(
+                &service_principal(),
+                Audience::Ingestion,
+                path,
+                BodyBinding::of_message(&msg),
+                citycredit::store::now_micros(),
+            )
             .ok_or_else(|| Status::internal("cannot sign the internal identity"))?;
+        let mut req = tonic::Request::new(msg);
         let value = header
             .parse()
             .map_err(|_| Status::internal("identity header"))?;
