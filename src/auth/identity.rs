@@ -146,7 +146,11 @@ impl BodyBinding {
         let encoded = message.encode_to_vec();
         let mut hasher = Sha256::new();
         hasher.update([0u8]);
-        hasher.update(u32::try_from(encoded.len()).unwrap_or(u32::MAX).to_be_bytes());
+        hasher.update(
+            u32::try_from(encoded.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
         hasher.update(&encoded);
         BodyBinding::Digest(hasher.finalize().into())
     }
@@ -241,10 +245,7 @@ fn key_bytes(text: &str, what: &'static str) -> Result<[u8; 32], KeyError> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(line, &mut out).map_err(|_| KeyError::Malformed { what })?;
     // 32 random bytes hold about 30 distinct values; fewer than 16 is a pattern, not a key.
-    let distinct = out
-        .iter()
-        .collect::<std::collections::HashSet<_>>()
-        .len();
+    let distinct = out.iter().collect::<std::collections::HashSet<_>>().len();
     if distinct < 16 {
         return Err(KeyError::Weak { what });
     }
@@ -432,11 +433,8 @@ impl IdentityVerifier {
         };
         let mut sig = [0u8; 64];
         hex::decode_to_slice(sig_hex, &mut sig).map_err(|_| IdentityError::Malformed)?;
-        key.verify_strict(
-            &signed_message(path, fields),
-            &Signature::from_bytes(&sig),
-        )
-        .map_err(|_| IdentityError::BadSignature)?;
+        key.verify_strict(&signed_message(path, fields), &Signature::from_bytes(&sig))
+            .map_err(|_| IdentityError::BadSignature)?;
 
         // Signed by a key we trust: now what it says.
         let audience = Audience::parse(audience).ok_or(IdentityError::Malformed)?;
@@ -464,10 +462,16 @@ impl IdentityVerifier {
             return Err(IdentityError::Stale);
         }
         let body = BodyBinding::parse(body).ok_or(IdentityError::Malformed)?;
-        let nonce_value = u128::from_str_radix(nonce, 16).map_err(|_| IdentityError::Malformed)?;
-        if nonce.len() != 32 {
+        // Exactly 32 lowercase hex digits: one spelling per nonce (from_str_radix alone would
+        // also take a sign).
+        if nonce.len() != 32
+            || !nonce
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(IdentityError::Malformed);
         }
+        let nonce_value = u128::from_str_radix(nonce, 16).map_err(|_| IdentityError::Malformed)?;
         self.remember(nonce_value, issued, now_micros)?;
         Ok(Verified {
             issuer,
@@ -541,7 +545,10 @@ mod tests {
         assert_eq!(v.principal, principal(), "the credential travels too");
         assert_eq!(v.body, body());
         assert_eq!(v.issuer, Issuer::Gateway);
-        assert_eq!(ingestion.verify(&h, PATH, T + 600), Err(IdentityError::Replayed));
+        assert_eq!(
+            ingestion.verify(&h, PATH, T + 600),
+            Err(IdentityError::Replayed)
+        );
 
         let sign = || {
             gateway

@@ -36,8 +36,7 @@ pub const MIN_ENTROPY_BITS: u32 = 100;
 pub const MIN_DISTINCT: usize = 12;
 
 /// How to make a good secret, for messages.
-pub const HOW_TO_MAKE_ONE: &str =
-    "make one with `openssl rand -hex 32` (or leave it unset and a key is generated and printed once)";
+pub const HOW_TO_MAKE_ONE: &str = "make one with `openssl rand -hex 32` (or leave it unset and a key is generated and printed once)";
 
 /// What is wrong with `secret` as an API key chosen by an operator, or None when it will do.
 pub fn secret_problem(secret: &str) -> Option<String> {

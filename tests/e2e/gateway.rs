@@ -210,7 +210,10 @@ struct Split {
 
 /// A configuration for `mode` running apart, with its part's identity keys from `keys` (made
 /// by `citycredit_gateway::keys::generate`).
-fn apart(mode: ServiceMode, keys: &std::path::Path) -> impl FnOnce(&mut citycredit_gateway::Config) {
+fn apart(
+    mode: ServiceMode,
+    keys: &std::path::Path,
+) -> impl FnOnce(&mut citycredit_gateway::Config) {
     let dir = keys.join(mode.as_str());
     move |c| {
         c.service = mode;

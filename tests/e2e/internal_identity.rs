@@ -200,7 +200,11 @@ async fn every_rpc_without_identity_is_refused_by_every_service(backend: Backend
                 .await
                 .err()
                 .unwrap_or_else(|| panic!("{part:?} {path}: answered without an identity"));
-            assert_eq!(err.code(), Code::Unauthenticated, "{part:?} {path}: {err:?}");
+            assert_eq!(
+                err.code(),
+                Code::Unauthenticated,
+                "{part:?} {path}: {err:?}"
+            );
             assert!(
                 err.message().contains("no internal identity"),
                 "{part:?} {path}: refused by the handler, not the front: {}",
@@ -209,7 +213,11 @@ async fn every_rpc_without_identity_is_refused_by_every_service(backend: Backend
             swept += 1;
         }
     }
-    assert_eq!(swept, table.paths().len(), "every RPC belongs to one service");
+    assert_eq!(
+        swept,
+        table.paths().len(),
+        "every RPC belongs to one service"
+    );
     eprintln!("{backend:?}: {swept} RPCs refused without an identity");
 }
 
@@ -238,7 +246,10 @@ async fn a_header_minted_with_scorings_key_is_refused(backend: Backend) {
     };
     for (audience, who) in [
         (Audience::Registry, admin()),
-        (Audience::Registry, citycredit_scoring::remote_source::service_principal()),
+        (
+            Audience::Registry,
+            citycredit_scoring::remote_source::service_principal(),
+        ),
     ] {
         let h = sign(&scoring, &who, audience, path, &msg);
         assert_refused_at_front(
@@ -255,7 +266,10 @@ async fn a_header_minted_with_scorings_key_is_refused(backend: Backend) {
     // Nor may it write to ingestion, as itself or as anyone.
     let path = "/citycredit.v1.MetricSubmissionService/SubmitValue";
     let submit = pb::SubmitValueRequest::default();
-    for who in [admin(), citycredit_scoring::remote_source::service_principal()] {
+    for who in [
+        admin(),
+        citycredit_scoring::remote_source::service_principal(),
+    ] {
         let h = sign(&scoring, &who, Audience::Ingestion, path, &submit);
         assert_refused_at_front(
             call(ingestion.clone(), path, encoded(&submit), Some(&h)).await,
@@ -337,7 +351,11 @@ async fn a_captured_header_works_once_for_its_body_and_audience(backend: Backend
         .err()
         .unwrap_or_else(|| panic!("another body was accepted under a signed header"));
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
-    assert!(err.message().contains("another request body"), "{}", err.message());
+    assert!(
+        err.message().contains("another request body"),
+        "{}",
+        err.message()
+    );
 
     // A header the gateway made for another service.
     let h = sign(&gateway, &admin(), Audience::Registry, path, &signed_for);
@@ -535,7 +553,10 @@ async fn the_shipped_split_configuration_runs_with_mtls(backend: Backend) {
     for part in Part::SERVICES {
         let addr = t.addr(part);
         // The control: the gateway's certificate gets through TLS (and health is open).
-        assert!(tls_call(t.direct(addr)).await.is_ok(), "{part:?} with the gateway's certificate");
+        assert!(
+            tls_call(t.direct(addr)).await.is_ok(),
+            "{part:?} with the gateway's certificate"
+        );
         let plaintext = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap_or_else(|e| panic!("{e}"))
             .connect_timeout(Duration::from_secs(5))

@@ -34,7 +34,9 @@ async fn bearer_has_one_canonical_form(backend: Backend) {
         .create_principal("ops-bearer", pb::Role::Operator, None)
         .await;
     assert!(
-        list_regions_with(&server, &format!("Bearer {key}")).await.is_ok(),
+        list_regions_with(&server, &format!("Bearer {key}"))
+            .await
+            .is_ok(),
         "{backend:?}: the canonical form"
     );
     // Reaches the platform unchanged: refused by it.
@@ -50,7 +52,11 @@ async fn bearer_has_one_canonical_form(backend: Backend) {
             .await
             .err()
             .unwrap_or_else(|| panic!("{backend:?}: {what} was accepted"));
-        assert_eq!(err.code(), Code::Unauthenticated, "{backend:?}: {what}: {err:?}");
+        assert_eq!(
+            err.code(),
+            Code::Unauthenticated,
+            "{backend:?}: {what}: {err:?}"
+        );
     }
     // Surrounding whitespace may already be refused by HTTP/2 (it is malformed there); either
     // way the call must not get through.
@@ -106,13 +112,18 @@ async fn a_key_is_revoked_only_under_its_own_principal(backend: Backend) {
         "{backend:?}: the answers differ, an oracle for which prefixes exist"
     );
     let info = |s: &tonic::Status| {
-        s.get_error_details()
-            .error_info()
-            .map(|i| (i.reason.clone(), i.metadata.keys().cloned().collect::<Vec<_>>()))
+        s.get_error_details().error_info().map(|i| {
+            (
+                i.reason.clone(),
+                i.metadata.keys().cloned().collect::<Vec<_>>(),
+            )
+        })
     };
     assert_eq!(info(&crossed), info(&missing));
     assert!(
-        list_regions_with(&server, &format!("Bearer {b}")).await.is_ok(),
+        list_regions_with(&server, &format!("Bearer {b}"))
+            .await
+            .is_ok(),
         "{backend:?}: B's key stopped working"
     );
 
@@ -125,7 +136,9 @@ async fn a_key_is_revoked_only_under_its_own_principal(backend: Backend) {
         .unwrap_or_else(|e| panic!("{backend:?}: {e}"))
         .into_inner();
     assert!(revoked.api_key.is_some_and(|k| k.revoke_time.is_some()));
-    let err = list_regions_with(&server, &format!("Bearer {b}")).await.err();
+    let err = list_regions_with(&server, &format!("Bearer {b}"))
+        .await
+        .err();
     assert_eq!(err.map(|e| e.code()), Some(Code::Unauthenticated));
     admin
         .revoke_api_key(pb::RevokeApiKeyRequest {
@@ -134,7 +147,12 @@ async fn a_key_is_revoked_only_under_its_own_principal(backend: Backend) {
         .await
         .unwrap_or_else(|e| panic!("{backend:?}: bare prefix: {e}"));
 
-    for bad in ["principals/ops-a/keys/cc_00000000", "principals//apiKeys/x", "a/b", ""] {
+    for bad in [
+        "principals/ops-a/keys/cc_00000000",
+        "principals//apiKeys/x",
+        "a/b",
+        "",
+    ] {
         let err = admin
             .revoke_api_key(pb::RevokeApiKeyRequest { name: bad.into() })
             .await
@@ -171,7 +189,10 @@ async fn non_administrators_see_only_themselves(backend: Backend) {
         .into_inner();
     let ids: Vec<String> = everyone.principals.iter().map(|p| p.id.clone()).collect();
     for id in ["admin", "ops-self", "samr-self", "ops-other"] {
-        assert!(ids.contains(&id.to_owned()), "{backend:?}: admin misses {id}: {ids:?}");
+        assert!(
+            ids.contains(&id.to_owned()),
+            "{backend:?}: admin misses {id}: {ids:?}"
+        );
     }
     let all_changes = admin
         .list_registry_changes(pb::ListRegistryChangesRequest::default())
@@ -203,7 +224,11 @@ async fn non_administrators_see_only_themselves(backend: Backend) {
             .unwrap_or_else(|e| panic!("{e}"))
             .into_inner();
         let own = format!("principals/{id}");
-        let resources: Vec<&str> = changes.changes.iter().map(|c| c.resource.as_str()).collect();
+        let resources: Vec<&str> = changes
+            .changes
+            .iter()
+            .map(|c| c.resource.as_str())
+            .collect();
         assert!(
             resources.contains(&own.as_str())
                 && resources

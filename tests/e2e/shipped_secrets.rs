@@ -87,14 +87,21 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 fn placeholder_weak_and_misplaced_identity_keys_are_refused_at_start() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let keys = make_keys(&binary(), dir.path());
-    let good_pub = keys.join("registry/gateway-identity.pub").display().to_string();
+    let good_pub = keys
+        .join("registry/gateway-identity.pub")
+        .display()
+        .to_string();
     let gateway_key = keys.join("gateway/identity.key").display().to_string();
 
     // A key file someone forgot to fill in, and one that is all zeros.
     let placeholder = write(dir.path(), "placeholder.pub", "CHANGE-ME-to-a-public-key\n");
     let zeros = write(dir.path(), "zeros.key", &format!("{}\n", "0".repeat(64)));
     for (service, var, file) in [
-        ("registry", "CITYCREDIT_IDENTITY__GATEWAY_PUBLIC_KEY", &placeholder),
+        (
+            "registry",
+            "CITYCREDIT_IDENTITY__GATEWAY_PUBLIC_KEY",
+            &placeholder,
+        ),
         ("gateway", "CITYCREDIT_IDENTITY__SIGNING_KEY", &zeros),
     ] {
         let mut env = vec![(var, file.clone())];
@@ -122,11 +129,18 @@ fn placeholder_weak_and_misplaced_identity_keys_are_refused_at_start() {
         &[
             ("CITYCREDIT_IDENTITY__SIGNING_KEY", gateway_key.clone()),
             ("CITYCREDIT_IDENTITY__GATEWAY_PUBLIC_KEY", good_pub.clone()),
-            ("CITYCREDIT_UPSTREAMS__INGESTION", "http://127.0.0.1:9".into()),
+            (
+                "CITYCREDIT_UPSTREAMS__INGESTION",
+                "http://127.0.0.1:9".into(),
+            ),
         ],
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("the gateway's key"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the gateway's key"),
+        "{}",
+        stderr(&out)
+    );
 
     // A verifying service holding a signing key, and the old shared secret.
     let out = serve_must_fail(
@@ -137,7 +151,11 @@ fn placeholder_weak_and_misplaced_identity_keys_are_refused_at_start() {
         ],
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("identity.signing_key"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("identity.signing_key"),
+        "{}",
+        stderr(&out)
+    );
     let out = serve_must_fail(
         &["--service", "registry"],
         &[
@@ -149,7 +167,11 @@ fn placeholder_weak_and_misplaced_identity_keys_are_refused_at_start() {
         ],
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("citycredit keys generate"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("citycredit keys generate"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Every file under `deploy/`.
@@ -189,7 +211,8 @@ fn deploy_ships_no_secret_and_the_split_configs_default_to_mtls_and_private_metr
             );
         }
         assert!(
-            !text.contains("internal-identity-secret") && !text.contains("INTERNAL_IDENTITY_SECRET"),
+            !text.contains("internal-identity-secret")
+                && !text.contains("INTERNAL_IDENTITY_SECRET"),
             "{name} still speaks of the shared identity secret"
         );
         // Passwords only ever come from the environment of whoever deploys.
@@ -213,18 +236,31 @@ fn deploy_ships_no_secret_and_the_split_configs_default_to_mtls_and_private_metr
         let tls = c
             .tls
             .unwrap_or_else(|| panic!("{part}: no TLS on the service's listener"));
-        assert!(tls.client_ca.is_some(), "{part}: client certificates not required");
-        assert!(c.identity.signing_key.is_none() || part == "scoring", "{part}");
+        assert!(
+            tls.client_ca.is_some(),
+            "{part}: client certificates not required"
+        );
+        assert!(
+            c.identity.signing_key.is_none() || part == "scoring",
+            "{part}"
+        );
     }
     for part in ["gateway", "scoring"] {
         let c = load(&shipped_config_dir().join(format!("{part}.toml")));
         let up = c
             .upstream_tls
             .unwrap_or_else(|| panic!("{part}: plaintext to its upstreams"));
-        assert!(up.cert.is_some() && up.key.is_some(), "{part}: no client certificate");
-        for url in [c.upstreams.registry, c.upstreams.ingestion, c.upstreams.scoring]
-            .into_iter()
-            .flatten()
+        assert!(
+            up.cert.is_some() && up.key.is_some(),
+            "{part}: no client certificate"
+        );
+        for url in [
+            c.upstreams.registry,
+            c.upstreams.ingestion,
+            c.upstreams.scoring,
+        ]
+        .into_iter()
+        .flatten()
         {
             assert!(url.starts_with("https://"), "{part}: {url}");
         }

@@ -444,7 +444,10 @@ pub fn identity_env(part: &str, keys: &Path) -> Vec<(String, String)> {
     let file = |f: &str| keys.join(part).join(f).display().to_string();
     let mut env = Vec::new();
     if matches!(part, "gateway" | "scoring") {
-        env.push(("CITYCREDIT_IDENTITY__SIGNING_KEY".into(), file("identity.key")));
+        env.push((
+            "CITYCREDIT_IDENTITY__SIGNING_KEY".into(),
+            file("identity.key"),
+        ));
     }
     if matches!(part, "registry" | "ingestion" | "scoring") {
         env.push((
@@ -569,9 +572,10 @@ impl Topology {
     pub fn tls_channel(&self, addr: SocketAddr, client: Option<&str>) -> tonic::transport::Channel {
         use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
         let keys = self.keys_dir();
-        let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let mut tls =
-            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(keys.join("gateway/ca.crt"))));
+        let read =
+            |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(keys.join("gateway/ca.crt"))));
         if let Some(c) = client {
             tls = tls.identity(Identity::from_pem(
                 read(keys.join(c).join("client.crt")),
@@ -660,8 +664,8 @@ impl Topology {
     /// (database, bootstrap key, log format, ports) comes from the environment.
     fn shipped_config(&self, part: Part) -> String {
         let path = shipped_config_dir().join(format!("{}.toml", part.as_str()));
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let mut text = text.replace(
             "/etc/citycredit/keys/",
             &format!("{}/", self.keys_dir().join(part.as_str()).display()),
@@ -681,7 +685,10 @@ impl Topology {
             ("CITYCREDIT_DATABASE_URL".to_owned(), db.to_owned()),
             ("CITYCREDIT_BOOTSTRAP_ADMIN_KEY".into(), ADMIN_KEY.into()),
             ("CITYCREDIT_LOG_FORMAT".into(), "text".into()),
-            ("CITYCREDIT_LOG_FILTER".into(), self.options.log_filter.clone()),
+            (
+                "CITYCREDIT_LOG_FILTER".into(),
+                self.options.log_filter.clone(),
+            ),
             ("CITYCREDIT_METRICS_LISTEN".into(), "127.0.0.1:0".into()),
             ("CITYCREDIT_REGISTRY_REFRESH_MS".into(), "500".into()),
             ("CITYCREDIT_SHUTDOWN_GRACE_SECS".into(), "2".into()),
@@ -715,10 +722,7 @@ impl Topology {
 
     async fn start_index(&mut self, i: usize) {
         let part = self.procs[i].part;
-        assert!(
-            self.procs[i].child.is_none(),
-            "{part:?} is already running"
-        );
+        assert!(self.procs[i].child.is_none(), "{part:?} is already running");
         let (text, env) = self.config(part);
         let file = self.dir.path().join(format!("{}-{i}.toml", part.as_str()));
         std::fs::write(&file, text).unwrap_or_else(|e| panic!("config: {e}"));

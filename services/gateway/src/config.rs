@@ -339,10 +339,7 @@ impl Config {
         {
             return Err(ConfigError::Invalid {
                 field: "bootstrap_admin_key",
-                problem: format!(
-                    "{problem}; {}",
-                    citycredit::auth::secrets::HOW_TO_MAKE_ONE
-                ),
+                problem: format!("{problem}; {}", citycredit::auth::secrets::HOW_TO_MAKE_ONE),
             });
         }
         if !(100..=60_000).contains(&self.registry_refresh_ms) {

@@ -237,7 +237,12 @@ impl Inner {
 
         // The identity for the upstream's audience, bound to the request body.
         let now = citycredit::store::now_micros();
-        req = match self.parts.signer.sign_request(principal, path, req, now).await {
+        req = match self
+            .parts
+            .signer
+            .sign_request(principal, path, req, now)
+            .await
+        {
             Ok(signed) => signed,
             Err(refusal) => return refusal,
         };

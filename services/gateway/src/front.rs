@@ -118,8 +118,10 @@ impl FrontParts {
             }
         };
         if issuer == Issuer::Gateway && !self.credential_stands(&principal, now).await {
-            self.refusals
-                .note(path, "the identity's api key is unknown, revoked or expired here");
+            self.refusals.note(
+                path,
+                "the identity's api key is unknown, revoked or expired here",
+            );
             return Err(unauthenticated(
                 "the caller's api key is unknown, revoked or expired",
             ));
@@ -132,8 +134,10 @@ impl FrontParts {
             (false, BodyBinding::Digest(want)) => {
                 let bytes = read_body(body, self.max_message, body_wait(&parts.headers)).await?;
                 if BodyBinding::of(&bytes) != BodyBinding::Digest(want) {
-                    self.refusals
-                        .note(path, "the request body is not the one the identity was signed for");
+                    self.refusals.note(
+                        path,
+                        "the request body is not the one the identity was signed for",
+                    );
                     return Err(unauthenticated(
                         "internal identity refused: it was signed for another request body",
                     ));
@@ -141,8 +145,10 @@ impl FrontParts {
                 Body::new(http_body_util::Full::new(bytes))
             }
             _ => {
-                self.refusals
-                    .note(path, "the identity binds the body the wrong way for this RPC");
+                self.refusals.note(
+                    path,
+                    "the identity binds the body the wrong way for this RPC",
+                );
                 return Err(unauthenticated("internal identity refused"));
             }
         };

@@ -259,14 +259,30 @@ mod tests {
         for db in citycredit::store::testing::databases().await {
             let nonces = SharedNonces::new(db.db().clone());
             let t = 1_000_000_000_000;
-            assert!(nonces.claim("00ff", t).await.unwrap_or(false), "{}", db.name());
-            assert!(!nonces.claim("00ff", t).await.unwrap_or(true), "{}", db.name());
+            assert!(
+                nonces.claim("00ff", t).await.unwrap_or(false),
+                "{}",
+                db.name()
+            );
+            assert!(
+                !nonces.claim("00ff", t).await.unwrap_or(true),
+                "{}",
+                db.name()
+            );
             // A second replica is another pool on the same store.
             let other = SharedNonces::new(db.db().clone());
-            assert!(!other.claim("00ff", t).await.unwrap_or(true), "{}", db.name());
+            assert!(
+                !other.claim("00ff", t).await.unwrap_or(true),
+                "{}",
+                db.name()
+            );
             assert_eq!(nonces.prune(t + WINDOW_MICROS).await.ok(), Some(0));
             assert_eq!(nonces.prune(t + 2 * WINDOW_MICROS + 1).await.ok(), Some(1));
-            assert!(nonces.claim("00ff", t).await.unwrap_or(false), "{}", db.name());
+            assert!(
+                nonces.claim("00ff", t).await.unwrap_or(false),
+                "{}",
+                db.name()
+            );
 
             // The cost of a claim: one INSERT per call that changes state.
             let n: u32 = 300;

@@ -92,12 +92,7 @@ pub fn generate(opts: &KeyOptions) -> Result<Vec<PathBuf>, KeysError> {
         return Err(KeysError::Days);
     }
     let out = &opts.out;
-    if out.exists()
-        && std::fs::read_dir(out)
-            .map_err(io(out))?
-            .next()
-            .is_some()
-    {
+    if out.exists() && std::fs::read_dir(out).map_err(io(out))?.next().is_some() {
         return Err(KeysError::NotEmpty(out.clone()));
     }
     std::fs::create_dir_all(out).map_err(io(out))?;
@@ -134,9 +129,10 @@ pub fn generate(opts: &KeyOptions) -> Result<Vec<PathBuf>, KeysError> {
     let leaf = |names: Vec<String>, server: bool| -> Result<(String, String), KeysError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(names.clone())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![if server {
             ExtendedKeyUsagePurpose::ServerAuth
@@ -258,10 +254,9 @@ mod tests {
         let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap_or_default();
         let gateway = IdentitySigner::from_text(Issuer::Gateway, &read("gateway/identity.key"))
             .unwrap_or_else(|e| panic!("{e}"));
-        let public = citycredit::auth::identity::parse_public_key(&read(
-            "registry/gateway-identity.pub",
-        ))
-        .unwrap_or_else(|e| panic!("{e}"));
+        let public =
+            citycredit::auth::identity::parse_public_key(&read("registry/gateway-identity.pub"))
+                .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(gateway.public_key(), public);
         // Never overwritten.
         assert!(matches!(generate(&opts), Err(KeysError::NotEmpty(_))));

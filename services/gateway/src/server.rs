@@ -39,8 +39,8 @@ use citycredit_scoring::{IndicatorApi, RemoteAggregates, ScoringApi};
 use crate::config::{Config, ServiceMode};
 use crate::edge::{Gateway, GatewayParts};
 use crate::front::{FrontParts, ServiceFront};
-use crate::internal_identity::{EdgeSigner, SharedNonces};
 use crate::health::{self, Check};
+use crate::internal_identity::{EdgeSigner, SharedNonces};
 use crate::metrics::{self, Metrics};
 use crate::rpc_table::RpcTable;
 use crate::upstream::{self, Upstream, UpstreamError};
@@ -276,7 +276,9 @@ pub async fn serve(
                 name: "ingestion".into(),
                 channel: channel.clone(),
             });
-            let own = signer.take().ok_or_else(|| missing_key("identity.signing_key"))?;
+            let own = signer
+                .take()
+                .ok_or_else(|| missing_key("identity.signing_key"))?;
             let source = RemoteAggregates::start(channel, Arc::new(own), Arc::clone(&catalog));
             let scoring = ScoringApi::new(Arc::clone(&catalog), org.clone(), source);
             let routes = open_routes(health_service)?
@@ -454,8 +456,7 @@ impl IdentityKeys {
             }),
             ServiceMode::Scoring => {
                 let signer = signer(Issuer::Scoring)?;
-                let gateway_public =
-                    public("identity.gateway_public_key", &id.gateway_public_key)?;
+                let gateway_public = public("identity.gateway_public_key", &id.gateway_public_key)?;
                 // Scoring holding the gateway's private key could mint any identity.
                 if signer.public_key() == gateway_public {
                     return Err(StartError::IdentityKey {
