@@ -386,3 +386,84 @@ fn the_manifests_render_and_the_secret_step_gives_each_part_only_its_keys() {
     );
     assert!(stderr(&out).contains("bootstrap administrator key"));
 }
+
+/// The plaintext health port the Kubernetes probes use (the gRPC port requires a client
+/// certificate the kubelet does not have): health answers there, nothing else does.
+#[tokio::test]
+async fn the_probes_health_port_answers_health_and_nothing_else() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let keys = make_keys(&binary(), dir.path());
+    let config = std::fs::read_to_string(shipped_config_dir().join("registry.toml"))
+        .unwrap_or_default()
+        .replace(
+            "/etc/citycredit/keys/",
+            &format!("{}/", keys.join("registry").display()),
+        );
+    let file = dir.path().join("registry.toml");
+    std::fs::write(&file, config).unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = tokio::process::Command::new(binary());
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("DATABASE_URL")
+        .env("CITYCREDIT_LOG_FORMAT", "text")
+        .env("CITYCREDIT_METRICS_LISTEN", "127.0.0.1:0")
+        .env("CITYCREDIT_HEALTH_LISTEN", "127.0.0.1:0")
+        .env(
+            "CITYCREDIT_BOOTSTRAP_ADMIN_KEY",
+            "probe-test-admin-key-0123456789abcdefghijk",
+        )
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{e}"));
+    let stderr = child.stderr.take().unwrap_or_else(|| panic!("stderr"));
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let mut probe = None;
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("serving health checks for probes")
+                && let Some(rest) = line.split("addr=").nth(1)
+            {
+                probe = rest.split_whitespace().next().map(str::to_owned);
+            }
+            if line.contains("serving gRPC") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "the registry did not start");
+    let probe = probe.unwrap_or_else(|| panic!("no health port for probes in the log"));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{probe}"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect_lazy();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let started = Instant::now();
+    loop {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status())
+            .ok();
+        if status == Some(tonic_health::pb::health_check_response::ServingStatus::Serving) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "health on the probes' port: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let err = citycredit::proto::v1::department_registry_service_client::DepartmentRegistryServiceClient::new(channel)
+        .list_groups(citycredit::proto::v1::ListGroupsRequest {})
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("the probes' port served the registry"));
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    let _ = child.kill().await;
+}
