@@ -548,6 +548,65 @@ mod tests {
     }
 
     #[test]
+    fn each_mode_holds_exactly_the_identity_keys_its_part_needs() {
+        let base = |mode: ServiceMode| Config {
+            service: mode,
+            upstreams: Upstreams {
+                registry: Some("http://r:1".into()),
+                ingestion: Some("http://i:1".into()),
+                scoring: Some("http://s:1".into()),
+            },
+            ..Config::default()
+        };
+        let key = || Some(PathBuf::from("k"));
+        let field = |c: &Config| match c.validate() {
+            Err(ConfigError::Invalid { field, .. }) => Some(field),
+            _ => None,
+        };
+        // Missing keys.
+        assert_eq!(
+            field(&base(ServiceMode::Gateway)),
+            Some("identity.signing_key")
+        );
+        assert_eq!(
+            field(&base(ServiceMode::Registry)),
+            Some("identity.gateway_public_key")
+        );
+        let mut c = base(ServiceMode::Ingestion);
+        c.identity.gateway_public_key = key();
+        assert_eq!(field(&c), Some("identity.scoring_public_key"));
+        c.identity.scoring_public_key = key();
+        assert_eq!(field(&c), None);
+        // A verifying service holding a signing key, and keys in one process.
+        c.identity.signing_key = key();
+        assert_eq!(field(&c), Some("identity.signing_key"));
+        let mut all = base(ServiceMode::All);
+        all.identity.gateway_public_key = key();
+        assert_eq!(field(&all), Some("identity.gateway_public_key"));
+        // Scoring signs its own reads and verifies the gateway's identities.
+        let mut s = base(ServiceMode::Scoring);
+        s.identity.signing_key = key();
+        s.identity.gateway_public_key = key();
+        assert_eq!(field(&s), None);
+        // With TLS to the upstreams, http:// would quietly be plaintext.
+        s.upstream_tls = Some(UpstreamTlsSettings {
+            ca: PathBuf::from("ca"),
+            domain: None,
+            cert: None,
+            key: None,
+        });
+        assert_eq!(field(&s), Some("upstreams.ingestion"));
+        s.upstreams.ingestion = Some("https://i:1".into());
+        assert_eq!(field(&s), None);
+        // The retired shared secret and placeholder bootstrap keys.
+        s.internal_identity_secret = Some("x".repeat(40));
+        assert_eq!(field(&s), Some("internal_identity_secret"));
+        let mut b = base(ServiceMode::All);
+        b.bootstrap_admin_key = Some("CHANGE-ME-to-32-or-more-random-characters".into());
+        assert_eq!(field(&b), Some("bootstrap_admin_key"));
+    }
+
+    #[test]
     fn unknown_fields_and_bad_values_are_refused() {
         Jail::expect_with(|jail| {
             jail.clear_env();
