@@ -169,7 +169,8 @@ pub async fn serve(
                 Arc::clone(&catalog),
                 org.clone(),
                 Arc::new(ingestion.clone()),
-            );
+            )
+            .with_credentials(Arc::clone(&registry) as Arc<dyn citycredit::auth::CredentialCheck>);
             let local = |svc| upstream::local(svc, Arc::clone(&signer));
             let mut routes: HashMap<String, Upstream> = HashMap::new();
             routes.insert(
@@ -257,7 +258,10 @@ pub async fn serve(
             });
             let source =
                 RemoteAggregates::start(channel, Arc::clone(&signer), Arc::clone(&catalog));
-            let scoring = ScoringApi::new(Arc::clone(&catalog), org.clone(), source);
+            let scoring = ScoringApi::new(Arc::clone(&catalog), org.clone(), source)
+                .with_credentials(
+                    Arc::clone(&registry) as Arc<dyn citycredit::auth::CredentialCheck>
+                );
             let routes = open_routes(health_service)?
                 .add_service(
                     IndicatorServiceServer::new(IndicatorApi::new(
@@ -449,6 +453,11 @@ fn start_ingestion(
             ..WriterConfig::default()
         },
         max_batch_values: config.ingest_max_batch_values,
+        max_batch_bytes: config.ingest_max_batch_bytes,
+        max_audit_distinct_codes: config.ingest_max_audit_distinct_codes,
+        max_concurrent_audits: config.ingest_max_concurrent_audits,
+        max_audits_per_principal: config.ingest_max_audits_per_principal,
+        credential_recheck: IngestionOptions::default().credential_recheck,
         max_message_bytes: config.ingest_max_message_bytes,
         listen_url: config.database_url.clone(),
         // LISTEN/NOTIFY channels are per database: one per schema keeps cities apart.
