@@ -235,6 +235,15 @@ enum Plan {
     },
 }
 
+/// An attempt ready to commit.
+struct Prepared {
+    plans: Vec<Plan>,
+    outcomes: Vec<Option<Outcome>>,
+    rows: usize,
+    base: BaseChanges,
+    now: i64,
+}
+
 /// Why an attempt failed, and so whether splitting it can help.
 #[derive(Debug)]
 struct Failure {
@@ -479,15 +488,83 @@ impl WriterTask {
     async fn attempt(&self, jobs: &[Work]) -> Result<Vec<Result<Outcome, IngestError>>, Failure> {
         let db_err = |stage: &'static str| move |error: sqlx::Error| Failure { stage, error };
         let mut conn = self.db.pool.acquire().await.map_err(db_err("acquire"))?;
-        let mut tx = conn.begin().await.map_err(db_err("begin"))?;
         let postgres = self.db.backend == Backend::Postgres;
-        let head = store::lock_head(&mut tx, postgres)
+        // SQLite: take the write lock at BEGIN, where the busy timeout applies. A deferred
+        // transaction that has read and then writes gets SQLITE_BUSY at once (no waiting) while
+        // another connection still holds the lock, e.g. the rollback of a failed attempt.
+        let begin = if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" };
+        let mut tx = conn.begin_with(begin).await.map_err(db_err("begin"))?;
+        let prepared = self.prepare(&mut tx, jobs).await;
+        let Prepared {
+            plans,
+            outcomes,
+            rows,
+            base,
+            now,
+        } = match prepared {
+            Ok(p) => p,
+            Err(failure) => {
+                // Finished before the next attempt begins (a dropped transaction rolls back
+                // in the background).
+                if let Err(e) = tx.rollback().await {
+                    tracing::warn!(error = %e, "rollback of a failed group commit");
+                }
+                return Err(failure);
+            }
+        };
+        tx.commit().await.map_err(db_err("commit"))?;
+        citycredit::counters::add_ingested_rows(u64::try_from(rows).unwrap_or(0));
+        if !base.is_empty() {
+            self.feed.publish(&base, now);
+        }
+
+        let missing = || IngestError::internal("group commit", "missing outcome");
+        let mut answers = Vec::with_capacity(jobs.len());
+        for (i, plan) in plans.into_iter().enumerate() {
+            answers.push(match plan {
+                Plan::Write => outcomes[i].clone().ok_or_else(missing),
+                Plan::Replay(o) => Ok(*o),
+                Plan::ReplayOf(j) => outcomes
+                    .get(j)
+                    .and_then(Option::as_ref)
+                    .map(|o| Outcome {
+                        replayed: true,
+                        ..o.clone()
+                    })
+                    .ok_or_else(missing),
+                Plan::Conflict(key) => Err(IngestError::KeyConflict(key)),
+                Plan::Revoked => Err(IngestError::Revoked),
+                Plan::AlreadyRetracted { target, by } => Err(IngestError::AlreadyRetracted {
+                    id: target,
+                    by: Some(by),
+                }),
+                Plan::RetractedInGroup { target, by_job } => Err(IngestError::AlreadyRetracted {
+                    id: target,
+                    by: outcomes
+                        .get(by_job)
+                        .and_then(Option::as_ref)
+                        .map(|o| o.first_id),
+                }),
+            });
+        }
+        Ok(answers)
+    }
+
+    /// Everything of an attempt before its COMMIT: plans, rows, versions, the new head.
+    async fn prepare(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        jobs: &[Work],
+    ) -> Result<Prepared, Failure> {
+        let db_err = |stage: &'static str| move |error: sqlx::Error| Failure { stage, error };
+        let postgres = self.db.backend == Backend::Postgres;
+        let head = store::lock_head(tx, postgres)
             .await
             .map_err(db_err("read chain head"))?;
         // Strictly increasing per commit, so `as_of` tells commits apart.
         let now = now_micros().max(head.last_micros + 1);
 
-        let plans = self.plan(&mut tx, jobs, now).await?;
+        let plans = self.plan(tx, jobs, now).await?;
 
         // Current versions of every key the writes touch.
         let mut keys: Vec<String> = Vec::new();
@@ -503,7 +580,7 @@ impl WriterTask {
         keys.sort_unstable();
         keys.dedup();
         let mut versions = Versions {
-            current: store::current_of_keys(&mut tx, &keys)
+            current: store::current_of_keys(tx, &keys)
                 .await
                 .map_err(db_err("read current values"))?
                 .into_iter()
@@ -593,10 +670,9 @@ impl WriterTask {
                     // key that is not retracted becomes current again. Retracting an older,
                     // superseded value changes nothing current.
                     if versions.close(&key, Some(target.id))
-                        && let Some(earlier) =
-                            store::previous_value(&mut tx, target, &retracted_here)
-                                .await
-                                .map_err(db_err("read the previous value"))?
+                        && let Some(earlier) = store::previous_value(tx, target, &retracted_here)
+                            .await
+                            .map_err(db_err("read the previous value"))?
                     {
                         versions.open(Version::of(&earlier, key, now));
                     }
@@ -635,16 +711,16 @@ impl WriterTask {
 
         if !rows.is_empty() {
             let opened: Vec<Version> = versions.opened.into_iter().flatten().collect();
-            store::insert_submissions(&mut tx, &rows)
+            store::insert_submissions(tx, &rows)
                 .await
                 .map_err(db_err("insert submissions"))?;
-            store::close_versions(&mut tx, &versions.closes, now)
+            store::close_versions(tx, &versions.closes, now)
                 .await
                 .map_err(db_err("close superseded values"))?;
-            store::insert_versions(&mut tx, &opened)
+            store::insert_versions(tx, &opened)
                 .await
                 .map_err(db_err("insert value versions"))?;
-            store::insert_idempotency(&mut tx, &records)
+            store::insert_idempotency(tx, &records)
                 .await
                 .map_err(db_err("insert idempotency keys"))?;
             let new_head = store::Head {
@@ -652,7 +728,7 @@ impl WriterTask {
                 last_hash: prev,
                 last_micros: now,
             };
-            store::set_head(&mut tx, &new_head)
+            store::set_head(tx, &new_head)
                 .await
                 .map_err(db_err("move chain head"))?;
             if let Some(channel) = &self.notify_channel {
@@ -666,42 +742,13 @@ impl WriterTask {
                 }
             }
         }
-        tx.commit().await.map_err(db_err("commit"))?;
-        citycredit::counters::add_ingested_rows(u64::try_from(rows.len()).unwrap_or(0));
-        if !base.is_empty() {
-            self.feed.publish(&base, now);
-        }
-
-        let missing = || IngestError::internal("group commit", "missing outcome");
-        let mut answers = Vec::with_capacity(jobs.len());
-        for (i, plan) in plans.into_iter().enumerate() {
-            answers.push(match plan {
-                Plan::Write => outcomes[i].clone().ok_or_else(missing),
-                Plan::Replay(o) => Ok(*o),
-                Plan::ReplayOf(j) => outcomes
-                    .get(j)
-                    .and_then(Option::as_ref)
-                    .map(|o| Outcome {
-                        replayed: true,
-                        ..o.clone()
-                    })
-                    .ok_or_else(missing),
-                Plan::Conflict(key) => Err(IngestError::KeyConflict(key)),
-                Plan::Revoked => Err(IngestError::Revoked),
-                Plan::AlreadyRetracted { target, by } => Err(IngestError::AlreadyRetracted {
-                    id: target,
-                    by: Some(by),
-                }),
-                Plan::RetractedInGroup { target, by_job } => Err(IngestError::AlreadyRetracted {
-                    id: target,
-                    by: outcomes
-                        .get(by_job)
-                        .and_then(Option::as_ref)
-                        .map(|o| o.first_id),
-                }),
-            });
-        }
-        Ok(answers)
+        Ok(Prepared {
+            plans,
+            outcomes,
+            rows: rows.len(),
+            base,
+            now,
+        })
     }
 
     /// Decides each job's answer from the stored state, inside the transaction: credentials,
