@@ -103,12 +103,14 @@ async fn innocents_and_poisoned_callers_through_the_server(backend: Backend) {
         }
     }
     let mut poisoned = 0;
+    let mut failed: Vec<String> = Vec::new();
+    let mut stored_poison: Vec<&str> = Vec::new();
     for t in tasks {
         let (key, result, poison) = t.await.unwrap_or_else(|e| panic!("{name}: {e}"));
         match (poison, result) {
             (None, Ok(())) => {}
-            (None, Err(e)) => panic!("{name}: innocent {key} failed: {e:?}"),
-            (Some(field), Ok(())) => panic!("{name}: poisoned {field} stored"),
+            (None, Err(e)) => failed.push(format!("{key}: {:?}", e.code())),
+            (Some(field), Ok(())) => stored_poison.push(field),
             (Some(field), Err(e)) => {
                 poisoned += 1;
                 assert_eq!(e.code(), Code::InvalidArgument, "{name}: {field}: {e:?}");
@@ -117,6 +119,19 @@ async fn innocents_and_poisoned_callers_through_the_server(backend: Backend) {
             }
         }
     }
+    eprintln!(
+        "{name}: {} of {INNOCENT} innocent pushes failed, {} of 24 poisoned ones stored",
+        failed.len(),
+        stored_poison.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{name}: innocent pushes failed: {failed:?}"
+    );
+    assert!(
+        stored_poison.is_empty(),
+        "{name}: poison stored: {stored_poison:?}"
+    );
     assert_eq!(poisoned, 24, "{name}");
     let keys = stored_keys(&s.db).await;
     for i in 0..INNOCENT {

@@ -211,7 +211,7 @@ mod defaults {
         64 * 1024 * 1024
     }
     pub fn ingest_max_audit_distinct_codes() -> usize {
-        2_000_000
+        1_000_000
     }
     pub fn ingest_max_concurrent_audits() -> usize {
         2
