@@ -425,6 +425,10 @@ async fn ten_thousand_bad_values_get_a_small_answer(backend: Backend) {
         "{name}: {}",
         listed.len()
     );
+    eprintln!(
+        "{name}: 10,000 bad values: {size} bytes of trailers, {} violations listed",
+        listed.len()
+    );
     assert_eq!(listed[0].field, "values[0].value");
     let meta = details
         .error_info()
