@@ -13,4 +13,5 @@ pub mod proto;
 pub mod rules;
 pub mod status;
 pub mod store;
+pub mod text;
 pub mod wire;

@@ -167,8 +167,9 @@ async fn a_bad_item_stores_nothing_and_every_problem_is_reported() {
         values[4].period = "2026-13".into();
         values[5].metric_key = "no.such_metric".into();
         for validate_only in [false, true] {
+            // Every problem of a message is reported at once.
             let err = c
-                .submit_batch(batch(values.clone(), "bad", validate_only, 2))
+                .submit_batch(batch(values.clone(), "bad", validate_only, 6))
                 .await
                 .err()
                 .unwrap_or_else(|| panic!("{name}: bad batch accepted"));
@@ -183,6 +184,15 @@ async fn a_bad_item_stores_nothing_and_every_problem_is_reported() {
                 ],
                 "{name}"
             );
+            // The first message with a problem ends the stream (issue 10: a batch is checked
+            // as it arrives), so later messages' problems are not reached.
+            let err = c
+                .submit_batch(batch(values.clone(), "bad", validate_only, 2))
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{name}: bad batch accepted"));
+            assert_eq!(err.code(), Code::InvalidArgument);
+            assert_eq!(violation_fields(&err), ["values[1].value"], "{name}");
         }
         assert!(
             list_all(&s).await.is_empty(),
@@ -345,15 +355,20 @@ async fn supersession_retraction_and_as_of() {
             .unwrap_or_else(|e| panic!("{name}: {e}"))
             .into_inner();
         assert!(again.replayed && again.retraction.map(|x| x.id) == Some(retraction.id));
-        // The retracted value is gone and the older superseded one does not come back.
+        // Retracting a correction is an undo (issue 10): the value it superseded is current
+        // again; the past still reads as it was.
         let now = aggregates(&s, "330800", None).await;
-        assert_eq!(number_of(&now, "uscc.codes_total"), None, "{name}");
+        assert_eq!(
+            number_of(&now, "uscc.codes_total").as_deref(),
+            Some("10"),
+            "{name}"
+        );
         let before = aggregates(&s, "330800", v12.accept_time).await;
         assert_eq!(
             number_of(&before, "uscc.codes_total").as_deref(),
             Some("12")
         );
-        // Retracting a non-current value changes nothing current; history keeps every row.
+        // Retracting the only value left leaves none; history keeps every row.
         c.retract_submission(pb::RetractSubmissionRequest {
             name: v10.name.clone(),
             reason: "old".into(),
@@ -361,6 +376,8 @@ async fn supersession_retraction_and_as_of() {
         })
         .await
         .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let now = aggregates(&s, "330800", None).await;
+        assert_eq!(number_of(&now, "uscc.codes_total"), None, "{name}");
         let err = c
             .retract_submission(pb::RetractSubmissionRequest {
                 name: v10.name.clone(),

@@ -175,6 +175,18 @@ pub struct Config {
     /// Largest gRPC message the ingestion services decode, in bytes.
     #[serde(default = "defaults::ingest_max_message_bytes")]
     pub ingest_max_message_bytes: usize,
+    /// Most bytes (encoded messages) one SubmitBatch stream may carry.
+    #[serde(default = "defaults::ingest_max_batch_bytes")]
+    pub ingest_max_batch_bytes: usize,
+    /// Most distinct valid codes one code audit remembers (about 46 bytes each).
+    #[serde(default = "defaults::ingest_max_audit_distinct_codes")]
+    pub ingest_max_audit_distinct_codes: usize,
+    /// Most code audits running at once in this process.
+    #[serde(default = "defaults::ingest_max_concurrent_audits")]
+    pub ingest_max_concurrent_audits: usize,
+    /// Most code audits one principal runs at once.
+    #[serde(default = "defaults::ingest_max_audits_per_principal")]
+    pub ingest_max_audits_per_principal: usize,
     /// Group commit: the longest a submission waits for others to share its transaction.
     #[serde(default = "defaults::ingest_group_commit_window_micros")]
     pub ingest_group_commit_window_micros: u64,
@@ -221,6 +233,18 @@ mod defaults {
     pub fn ingest_max_message_bytes() -> usize {
         4 * 1024 * 1024
     }
+    pub fn ingest_max_batch_bytes() -> usize {
+        64 * 1024 * 1024
+    }
+    pub fn ingest_max_audit_distinct_codes() -> usize {
+        1_000_000
+    }
+    pub fn ingest_max_concurrent_audits() -> usize {
+        2
+    }
+    pub fn ingest_max_audits_per_principal() -> usize {
+        1
+    }
     pub fn ingest_group_commit_window_micros() -> u64 {
         2_000
     }
@@ -246,6 +270,10 @@ impl Default for Config {
             db_max_connections: 16,
             db_acquire_timeout_ms: 3000,
             ingest_max_batch_values: defaults::ingest_max_batch_values(),
+            ingest_max_batch_bytes: defaults::ingest_max_batch_bytes(),
+            ingest_max_audit_distinct_codes: defaults::ingest_max_audit_distinct_codes(),
+            ingest_max_concurrent_audits: defaults::ingest_max_concurrent_audits(),
+            ingest_max_audits_per_principal: defaults::ingest_max_audits_per_principal(),
             ingest_max_message_bytes: defaults::ingest_max_message_bytes(),
             ingest_group_commit_window_micros: defaults::ingest_group_commit_window_micros(),
             ingest_group_commit_max_rows: defaults::ingest_group_commit_max_rows(),
@@ -358,6 +386,17 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "ingest_max_batch_values / ingest_group_commit_window_micros",
                 problem: "at least 1 value per batch; a window of at most 1,000,000 µs".into(),
+            });
+        }
+        if self.ingest_max_batch_bytes == 0
+            || self.ingest_max_audit_distinct_codes == 0
+            || self.ingest_max_concurrent_audits == 0
+            || self.ingest_max_audits_per_principal == 0
+        {
+            return Err(ConfigError::Invalid {
+                field: "ingest_max_batch_bytes / ingest_max_audit_distinct_codes / \
+                        ingest_max_concurrent_audits / ingest_max_audits_per_principal",
+                problem: "at least 1".into(),
             });
         }
         if self.internal_identity_secret.is_some() {

@@ -201,7 +201,8 @@ pub async fn serve(
                 Arc::clone(&catalog),
                 org.clone(),
                 Arc::new(ingestion.clone()),
-            );
+            )
+            .with_credentials(Arc::clone(&registry) as Arc<dyn citycredit::auth::CredentialCheck>);
             let mut routes: HashMap<String, Upstream> = HashMap::new();
             routes.insert(
                 INDICATOR.into(),
@@ -280,7 +281,10 @@ pub async fn serve(
                 .take()
                 .ok_or_else(|| missing_key("identity.signing_key"))?;
             let source = RemoteAggregates::start(channel, Arc::new(own), Arc::clone(&catalog));
-            let scoring = ScoringApi::new(Arc::clone(&catalog), org.clone(), source);
+            let scoring = ScoringApi::new(Arc::clone(&catalog), org.clone(), source)
+                .with_credentials(
+                    Arc::clone(&registry) as Arc<dyn citycredit::auth::CredentialCheck>
+                );
             let routes = open_routes(health_service)?
                 .add_service(
                     IndicatorServiceServer::new(IndicatorApi::new(
@@ -597,6 +601,11 @@ fn start_ingestion(
             ..WriterConfig::default()
         },
         max_batch_values: config.ingest_max_batch_values,
+        max_batch_bytes: config.ingest_max_batch_bytes,
+        max_audit_distinct_codes: config.ingest_max_audit_distinct_codes,
+        max_concurrent_audits: config.ingest_max_concurrent_audits,
+        max_audits_per_principal: config.ingest_max_audits_per_principal,
+        credential_recheck: IngestionOptions::default().credential_recheck,
         max_message_bytes: config.ingest_max_message_bytes,
         listen_url: config.database_url.clone(),
         // LISTEN/NOTIFY channels are per database: one per schema keeps cities apart.

@@ -34,7 +34,7 @@ pub fn aggregate(
             continue; // a metric the current catalog no longer has
         };
         // Latest first: accept time, then id.
-        rows.sort_by_key(|r| std::cmp::Reverse((r.valid_from, r.submission_id)));
+        rows.sort_by_key(|r| std::cmp::Reverse((r.accepted_micros, r.submission_id)));
         let used: Vec<&VersionRow> = match m.kind {
             MetricKind::Count | MetricKind::Amount => {
                 let mut sum = Num::zero();
@@ -102,7 +102,7 @@ pub fn aggregate(
                 domain: r.domain.clone(),
                 task_id: r.task_id.clone(),
                 value: wire_value(Some(m.kind), &r.value).unwrap_or_default(),
-                accept_micros: r.valid_from,
+                accept_micros: r.accepted_micros,
             })
             .collect();
         refs.sort_by_key(|s| s.submission_id);

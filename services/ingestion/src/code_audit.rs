@@ -7,7 +7,10 @@
 //! alphabet), then a wrong 18th character, then a wrong organisation check, then a duplicate of
 //! a valid code seen earlier; everything else is valid. Duplicates are found with a set of
 //! valid codes packed into a `u128` each (31^18 < 2^128): 16 bytes per distinct valid code in
-//! the table, at most about 37 bytes with the hash table's control bytes and spare capacity.
+//! the table, up to about 46 bytes at the peak, with the hash table's control bytes, its spare
+//! capacity and the old table still held while it doubles (10 M distinct codes measured 455 MB).
+//! An audit remembers at most a configured number of distinct codes (1 M by default), so its
+//! memory is bounded.
 
 use std::collections::HashSet;
 
@@ -19,10 +22,15 @@ const WEIGHTS_31: [u32; 17] = [
 const WEIGHTS_11: [u32; 8] = [3, 7, 9, 10, 5, 8, 4, 2];
 /// Most offenders kept as samples.
 pub const MAX_SAMPLES: usize = 100;
-/// Most distinct valid codes one audit remembers (bounds memory at about 370 MB).
-pub const MAX_DISTINCT: usize = 10_000_000;
-/// Upper bound of the memory one distinct valid code costs, in bytes.
-pub const BYTES_PER_CODE: usize = 37;
+/// Most distinct valid codes one audit remembers by default: a prefecture-level city has a few
+/// hundred thousand registered entities, and 1,000,000 codes measured +39 MiB of process memory
+/// at the peak (within the 64 MiB one principal may cost; `IngestionOptions::
+/// max_audit_distinct_codes` sets another bound).
+pub const DEFAULT_MAX_DISTINCT: usize = 1_000_000;
+/// [`DEFAULT_MAX_DISTINCT`], under its old name.
+pub const MAX_DISTINCT: usize = DEFAULT_MAX_DISTINCT;
+/// Upper bound of the memory one distinct valid code costs at the peak, in bytes.
+pub const BYTES_PER_CODE: usize = 46;
 
 const fn value_table() -> [u8; 256] {
     let mut t = [255u8; 256];
@@ -142,7 +150,7 @@ pub struct Problem {
 }
 
 /// A running audit.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Audit {
     pub total: u64,
     pub valid: u64,
@@ -152,16 +160,38 @@ pub struct Audit {
     pub duplicate: u64,
     pub samples: Vec<Problem>,
     seen: HashSet<u128>,
+    max_distinct: usize,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit::with_limit(DEFAULT_MAX_DISTINCT)
+    }
 }
 
 /// The audit remembered too many distinct codes.
 #[derive(Debug, thiserror::Error)]
-#[error("at most {MAX_DISTINCT} distinct codes per audit")]
-pub struct TooMany;
+#[error("at most {0} distinct codes per audit")]
+pub struct TooMany(pub usize);
 
 impl Audit {
     pub fn new() -> Self {
         Audit::default()
+    }
+
+    /// An audit that remembers at most `max_distinct` distinct valid codes.
+    pub fn with_limit(max_distinct: usize) -> Self {
+        Audit {
+            total: 0,
+            valid: 0,
+            malformed: 0,
+            bad_check_character: 0,
+            bad_organisation_check: 0,
+            duplicate: 0,
+            samples: Vec::new(),
+            seen: HashSet::new(),
+            max_distinct,
+        }
     }
 
     /// Everything not valid (for `uscc.codes_duplicate_or_invalid`).
@@ -175,8 +205,8 @@ impl Audit {
         let reason = match check(code) {
             Verdict::Valid(packed) => {
                 if self.seen.insert(packed) {
-                    if self.seen.len() > MAX_DISTINCT {
-                        return Err(TooMany);
+                    if self.seen.len() > self.max_distinct {
+                        return Err(TooMany(self.max_distinct));
                     }
                     self.valid += 1;
                     return Ok(());

@@ -10,10 +10,12 @@ use citycredit::proto::v1::code_audit_service_server::CodeAuditService;
 use citycredit::status::Violation;
 
 use crate::Ingestion;
-use crate::code_audit::{Audit, MAX_DISTINCT};
+use citycredit::status::Reason;
+
+use crate::code_audit::Audit;
 use crate::error::IngestError;
 use crate::submission_service::SubmissionApi;
-use crate::validation;
+use crate::validation::{self, NewValue};
 
 pub const CODES_TOTAL: &str = "uscc.codes_total";
 pub const CODES_BAD: &str = "uscc.codes_duplicate_or_invalid";
@@ -34,7 +36,11 @@ impl CodeAuditApi {
         principal: &Principal,
         mut stream: Streaming<pb::AuditCodesRequest>,
     ) -> Result<pb::AuditCodesResponse, IngestError> {
-        let mut audit = Audit::new();
+        // Held until the audit ends or its client goes away: bounds the audits (and so the
+        // memory) in flight, in all and per principal.
+        let _slot = self.ing.start_audit(principal)?;
+        let limit = self.ing.options().max_audit_distinct_codes;
+        let mut audit = Audit::with_limit(limit);
         let mut record: Option<pb::AuditRecording> = None;
         let mut first = true;
         let mut violations = Vec::new();
@@ -46,6 +52,9 @@ impl CodeAuditApi {
             };
             if let Some(r) = msg.record {
                 if first {
+                    // Refused before any code is read: a caller who may not record (or whose
+                    // recording is malformed) learns it at the first message.
+                    self.check_recording(principal, &r, 0, 0).await?;
                     record = Some(r);
                 } else {
                     violations.push(Violation::new(
@@ -58,7 +67,8 @@ impl CodeAuditApi {
             for code in &msg.codes {
                 audit.push(code).map_err(|_| IngestError::TooLarge {
                     what: "distinct codes in an audit",
-                    limit: MAX_DISTINCT,
+                    limit,
+                    reason: Reason::AuditTooLarge,
                 })?;
             }
         }
@@ -68,38 +78,9 @@ impl CodeAuditApi {
         }
         let mut recorded = Vec::new();
         if let Some(r) = record {
-            let input = |metric: &str, n: u64| pb::SubmissionInput {
-                metric_key: metric.to_owned(),
-                region_code: r.region_code.clone(),
-                period: r.period.clone(),
-                value: Some(pb::MetricValue {
-                    value: Some(pb::metric_value::Value::Number(n.to_string())),
-                }),
-                note: format!("code audit of {} codes", audit.total),
-                ..Default::default()
-            };
-            let inputs = [
-                input(CODES_TOTAL, audit.total),
-                input(CODES_BAD, audit.invalid_or_duplicate()),
-            ];
-            let mut v = Vec::new();
-            validation::check_idempotency_key(&r.idempotency_key, "record.idempotency_key", &mut v);
-            let values = match self.ing.check_fresh(principal, &inputs, false).await {
-                Ok(values) if v.is_empty() => values,
-                Ok(_) => return Err(IngestError::Invalid(v)),
-                Err(IngestError::Invalid(more)) => {
-                    // Both values share the recording's fields: report them once, by name.
-                    for m in more
-                        .into_iter()
-                        .filter(|m| m.field.starts_with("values[0]."))
-                    {
-                        let field = m.field.replacen("values[0].", "record.", 1);
-                        v.push(Violation::new(field, m.description));
-                    }
-                    return Err(IngestError::Invalid(v));
-                }
-                Err(e) => return Err(e),
-            };
+            let values = self
+                .check_recording(principal, &r, audit.total, audit.invalid_or_duplicate())
+                .await?;
             let w = self
                 .ing
                 .write_values(principal, values, &r.idempotency_key, "code-audit")
@@ -128,6 +109,47 @@ impl CodeAuditApi {
                 .collect(),
             recorded,
         })
+    }
+}
+
+impl CodeAuditApi {
+    /// The two values a recording stores, validated and authorized for `principal`.
+    async fn check_recording(
+        &self,
+        principal: &Principal,
+        r: &pb::AuditRecording,
+        total: u64,
+        bad: u64,
+    ) -> Result<Vec<NewValue>, IngestError> {
+        let input = |metric: &str, n: u64| pb::SubmissionInput {
+            metric_key: metric.to_owned(),
+            region_code: r.region_code.clone(),
+            period: r.period.clone(),
+            value: Some(pb::MetricValue {
+                value: Some(pb::metric_value::Value::Number(n.to_string())),
+            }),
+            note: format!("code audit of {total} codes"),
+            ..Default::default()
+        };
+        let inputs = [input(CODES_TOTAL, total), input(CODES_BAD, bad)];
+        let mut v = Vec::new();
+        validation::check_idempotency_key(&r.idempotency_key, "record.idempotency_key", &mut v);
+        match self.ing.check_fresh(principal, &inputs, false).await {
+            Ok(values) if v.is_empty() => Ok(values),
+            Ok(_) => Err(IngestError::Invalid(v)),
+            Err(IngestError::Invalid(more)) => {
+                // Both values share the recording's fields: report them once, by name.
+                for m in more
+                    .into_iter()
+                    .filter(|m| m.field.starts_with("values[0]."))
+                {
+                    let field = m.field.replacen("values[0].", "record.", 1);
+                    v.push(Violation::new(field, m.description));
+                }
+                Err(IngestError::Invalid(v))
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 
 use citycredit::auth::Denied;
-use citycredit::status::{self, Violation};
+use citycredit::status::{self, Reason, Violation};
 
 /// Everything that can go wrong in ingestion. Clone, because one failed group commit answers
 /// every caller in the group with the same error.
@@ -24,12 +24,32 @@ pub enum IngestError {
     /// An unknown resource ("submissions/42").
     #[error("{0} not found")]
     NotFound(String),
-    /// Valid, but the stored state forbids it (retracting a retraction).
+    /// Valid, but the stored state forbids it.
     #[error("{0}")]
     FailedPrecondition(String),
-    /// Too many values or codes in one call.
+    /// The submission is retracted already (by `by`, when known).
+    #[error("submissions/{id} is already retracted")]
+    AlreadyRetracted { id: i64, by: Option<i64> },
+    /// The submission is itself a retraction.
+    #[error("submissions/{0} is a retraction and cannot be retracted")]
+    NotRetractable(i64),
+    /// Too many values, bytes or codes in one call.
     #[error("{what}: at most {limit} per call")]
-    TooLarge { what: &'static str, limit: usize },
+    TooLarge {
+        what: &'static str,
+        limit: usize,
+        reason: Reason,
+    },
+    /// Too many calls of a kind run at once (in all or for this principal); waiting helps.
+    #[error("{what}: at most {limit} at once; retry later")]
+    Busy {
+        what: &'static str,
+        limit: usize,
+        retry: Duration,
+    },
+    /// The API key the call began with was revoked or expired meanwhile.
+    #[error("the API key of this call was revoked or has expired")]
+    Revoked,
     /// The client's stream broke off; nothing was stored.
     #[error("the request stream ended abnormally: {0}")]
     ClientStream(String),
@@ -80,9 +100,58 @@ impl From<IngestError> for Status {
             IngestError::FailedPrecondition(m) => {
                 status::with_info(Code::FailedPrecondition, m, &[])
             }
-            e @ IngestError::TooLarge { .. } => {
-                status::with_info(Code::ResourceExhausted, e.to_string(), &[])
+            IngestError::AlreadyRetracted { id, by } => {
+                let resource = format!("submissions/{id}");
+                match by {
+                    Some(by) => {
+                        let by = format!("submissions/{by}");
+                        status::with_reason(
+                            Code::FailedPrecondition,
+                            Reason::AlreadyRetracted,
+                            format!("{resource} is already retracted by {by}"),
+                            &[("resource", &resource), ("retracted_by", &by)],
+                        )
+                    }
+                    None => status::with_reason(
+                        Code::FailedPrecondition,
+                        Reason::AlreadyRetracted,
+                        format!("{resource} is already retracted"),
+                        &[("resource", &resource)],
+                    ),
+                }
             }
+            IngestError::NotRetractable(id) => {
+                let resource = format!("submissions/{id}");
+                status::with_reason(
+                    Code::FailedPrecondition,
+                    Reason::NotRetractable,
+                    format!("{resource} is a retraction and cannot be retracted"),
+                    &[("resource", &resource)],
+                )
+            }
+            IngestError::TooLarge {
+                what,
+                limit,
+                reason,
+            } => status::with_reason(
+                Code::ResourceExhausted,
+                reason,
+                format!("{what}: at most {limit} per call"),
+                &[("what", what), ("limit", &limit.to_string())],
+            ),
+            IngestError::Busy { what, limit, retry } => status::retry_after_reason(
+                Code::ResourceExhausted,
+                Reason::AuditCapacity,
+                format!("{what}: at most {limit} at once; retry later"),
+                retry,
+                &[("what", what), ("limit", &limit.to_string())],
+            ),
+            IngestError::Revoked => status::with_reason(
+                Code::Unauthenticated,
+                Reason::CredentialRevoked,
+                "the API key of this call was revoked or has expired",
+                &[],
+            ),
             e @ IngestError::ClientStream(_) => {
                 status::with_info(Code::Cancelled, e.to_string(), &[])
             }

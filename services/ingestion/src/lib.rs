@@ -18,7 +18,9 @@ pub mod submission_service;
 pub mod validation;
 pub mod writer;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tracing::Instrument;
 
@@ -33,6 +35,7 @@ use citycredit::org::OrgView;
 use citycredit::proto::v1 as pb;
 use citycredit::status::Violation;
 use citycredit::store::{Backend, Db, now_micros};
+use citycredit::text::TextKind;
 
 pub use code_audit_service::CodeAuditApi;
 pub use error::IngestError;
@@ -42,7 +45,7 @@ pub use writer::WriterConfig;
 use crate::change_feed::ChangeFeed;
 use crate::store::{StoredRow, scoped_key};
 use crate::validation::NewValue;
-use crate::writer::{Idempotency, Op, Outcome, Writer};
+use crate::writer::{FieldRoot, Idempotency, Op, Outcome, Writer};
 
 /// Call when a client stream has ended, before committing anything from it.
 ///
@@ -62,6 +65,19 @@ pub struct IngestionOptions {
     pub writer: WriterConfig,
     /// Most values in one SubmitBatch stream.
     pub max_batch_values: usize,
+    /// Most bytes (encoded messages) in one SubmitBatch stream: what one stream can make the
+    /// server hold before it commits (RESOURCE_EXHAUSTED `BATCH_TOO_LARGE` beyond).
+    pub max_batch_bytes: usize,
+    /// Most distinct valid codes one code audit remembers (about 45 bytes each):
+    /// RESOURCE_EXHAUSTED `AUDIT_TOO_LARGE` beyond.
+    pub max_audit_distinct_codes: usize,
+    /// Most code audits running at once in this process (RESOURCE_EXHAUSTED `AUDIT_CAPACITY`
+    /// with RetryInfo beyond): with `max_audit_distinct_codes`, bounds the memory audits hold.
+    pub max_concurrent_audits: usize,
+    /// Most code audits one principal runs at once.
+    pub max_audits_per_principal: usize,
+    /// How often an open WatchChanges stream asks whether its caller's key still stands.
+    pub credential_recheck: Duration,
     /// Largest decoded gRPC message, in bytes.
     pub max_message_bytes: usize,
     /// PostgreSQL only: the URL the change-feed listener connects to (None: no listener, so
@@ -82,6 +98,11 @@ impl Default for IngestionOptions {
         IngestionOptions {
             writer: WriterConfig::default(),
             max_batch_values: 10_000,
+            max_batch_bytes: 64 * 1024 * 1024,
+            max_audit_distinct_codes: code_audit::DEFAULT_MAX_DISTINCT,
+            max_concurrent_audits: 2,
+            max_audits_per_principal: 1,
+            credential_recheck: Duration::from_millis(250),
             max_message_bytes: 4 * 1024 * 1024,
             listen_url: None,
             notify_channel: "citycredit_changes".to_owned(),
@@ -98,7 +119,51 @@ struct Inner {
     writer: Writer,
     feed: ChangeFeed,
     options: IngestionOptions,
+    audits: Mutex<AuditSlots>,
 }
+
+/// Code audits running now, in all and per principal.
+#[derive(Debug, Default)]
+struct AuditSlots {
+    total: usize,
+    by_principal: HashMap<String, usize>,
+}
+
+/// A running code audit's place; freed when dropped (the audit ended, failed or its client
+/// went away).
+pub struct AuditSlot {
+    ing: Ingestion,
+    principal: String,
+}
+
+impl std::fmt::Debug for AuditSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditSlot")
+            .field("principal", &self.principal)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for AuditSlot {
+    fn drop(&mut self) {
+        let mut slots = self
+            .ing
+            .inner
+            .audits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slots.total = slots.total.saturating_sub(1);
+        if let Some(n) = slots.by_principal.get_mut(&self.principal) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                slots.by_principal.remove(&self.principal);
+            }
+        }
+    }
+}
+
+/// How long a caller refused for audit capacity is told to wait.
+const AUDIT_RETRY: Duration = Duration::from_secs(2);
 
 /// The shared handle.
 #[derive(Clone)]
@@ -127,7 +192,13 @@ impl Ingestion {
         if let (true, Some(url)) = (postgres, options.listen_url.clone()) {
             change_feed::spawn_listener(url, options.notify_channel.clone(), feed.clone());
         }
-        let writer = Writer::spawn(db.clone(), feed.clone(), notify, options.writer);
+        let writer = Writer::spawn(
+            db.clone(),
+            feed.clone(),
+            notify,
+            options.writer,
+            options.credentials.clone(),
+        );
         Ingestion {
             inner: Arc::new(Inner {
                 db,
@@ -136,8 +207,51 @@ impl Ingestion {
                 writer,
                 feed,
                 options,
+                audits: Mutex::new(AuditSlots::default()),
             }),
         }
+    }
+
+    /// Whether the API key `principal` called with still stands (always, without a
+    /// credential check or for a principal without a key).
+    pub fn credential_stands(&self, principal: &Principal) -> bool {
+        self.inner
+            .options
+            .credentials
+            .as_ref()
+            .is_none_or(|c| c.still_valid(principal, now_micros()))
+    }
+
+    /// A place for one more code audit by `principal`, or RESOURCE_EXHAUSTED (`AUDIT_CAPACITY`,
+    /// RetryInfo) when the process or the principal runs as many as allowed.
+    pub fn start_audit(&self, principal: &Principal) -> Result<AuditSlot, IngestError> {
+        let o = &self.inner.options;
+        let mut slots = self
+            .inner
+            .audits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mine = slots.by_principal.get(&principal.id).copied().unwrap_or(0);
+        if mine >= o.max_audits_per_principal {
+            return Err(IngestError::Busy {
+                what: "code audits per principal",
+                limit: o.max_audits_per_principal,
+                retry: AUDIT_RETRY,
+            });
+        }
+        if slots.total >= o.max_concurrent_audits {
+            return Err(IngestError::Busy {
+                what: "code audits in all",
+                limit: o.max_concurrent_audits,
+                retry: AUDIT_RETRY,
+            });
+        }
+        slots.total += 1;
+        *slots.by_principal.entry(principal.id.clone()).or_default() += 1;
+        Ok(AuditSlot {
+            ing: self.clone(),
+            principal: principal.id.clone(),
+        })
     }
 
     pub fn db(&self) -> &Db {
@@ -174,7 +288,7 @@ impl Ingestion {
             .max_decoding_message_size(self.inner.options.max_message_bytes)
     }
 
-    /// Validates `inputs` (paths `{prefix}[i]`, or `prefix` alone for one unary value) and
+    /// Validates `inputs` (paths `values[first + i]`, or `value` for one unary value) and
     /// authorizes each for `principal`: every violation at once, then the first denial.
     /// [`Ingestion::check`], and if it refuses, once more after bringing the organisation
     /// snapshot up to date (when it changed).
@@ -184,16 +298,27 @@ impl Ingestion {
         inputs: &[pb::SubmissionInput],
         unary: bool,
     ) -> Result<Vec<NewValue>, IngestError> {
-        let first = self.check(principal, inputs, unary);
-        match (&first, &self.inner.options.org_refresh) {
+        self.check_fresh_at(principal, inputs, (!unary).then_some(0))
+            .await
+    }
+
+    /// [`Ingestion::check_fresh`] with paths `values[first + i]` (`first` None: unary).
+    pub async fn check_fresh_at(
+        &self,
+        principal: &Principal,
+        inputs: &[pb::SubmissionInput],
+        first: Option<usize>,
+    ) -> Result<Vec<NewValue>, IngestError> {
+        let checked = self.check_at(principal, inputs, first);
+        match (&checked, &self.inner.options.org_refresh) {
             (Err(IngestError::Invalid(_) | IngestError::Denied(_)), Some(refresh)) => {
                 if refresh.refresh().await {
-                    self.check(principal, inputs, unary)
+                    self.check_at(principal, inputs, first)
                 } else {
-                    first
+                    checked
                 }
             }
-            _ => first,
+            _ => checked,
         }
     }
 
@@ -203,14 +328,22 @@ impl Ingestion {
         inputs: &[pb::SubmissionInput],
         unary: bool,
     ) -> Result<Vec<NewValue>, IngestError> {
+        self.check_at(principal, inputs, (!unary).then_some(0))
+    }
+
+    fn check_at(
+        &self,
+        principal: &Principal,
+        inputs: &[pb::SubmissionInput],
+        first: Option<usize>,
+    ) -> Result<Vec<NewValue>, IngestError> {
         let org = self.inner.org.borrow().clone();
         let mut violations: Vec<Violation> = Vec::new();
         let mut values = Vec::with_capacity(inputs.len());
         for (i, input) in inputs.iter().enumerate() {
-            let path = if unary {
-                "value".to_owned()
-            } else {
-                format!("values[{i}]")
+            let path = match first {
+                None => "value".to_owned(),
+                Some(first) => format!("values[{}]", first + i),
             };
             if let Some(v) = validation::check_input(
                 &self.inner.catalog,
@@ -244,7 +377,12 @@ impl Ingestion {
             key: key.to_owned(),
             fingerprint: fingerprint_values(what, &values),
         });
-        self.write(principal, idem, Op::Values(values)).await
+        let root = match what {
+            "batch" => FieldRoot::Values,
+            "code-audit" => FieldRoot::Record,
+            _ => FieldRoot::Value,
+        };
+        self.write(principal, idem, Op::Values(values), root).await
     }
 
     /// Retracts a stored value (checks done by the caller).
@@ -266,6 +404,7 @@ impl Ingestion {
                 target: Box::new(target),
                 reason,
             },
+            FieldRoot::Retraction,
         )
         .await
     }
@@ -275,6 +414,7 @@ impl Ingestion {
         principal: &Principal,
         idem: Option<Idempotency>,
         op: Op,
+        root: FieldRoot,
     ) -> Result<Written, IngestError> {
         // Fast path for retries: answered from the stored key without queueing a write.
         if let Some(i) = &idem
@@ -285,7 +425,7 @@ impl Ingestion {
         let o: Outcome = self
             .inner
             .writer
-            .write(principal.id.clone(), idem, op)
+            .write(principal.clone(), idem, op, root)
             .await?;
         Ok(Written {
             first_id: o.first_id,
@@ -357,7 +497,11 @@ impl Ingestion {
     /// Checks a region and period for an aggregate query.
     pub fn check_region_period(&self, region: &str, period: &str) -> Result<String, IngestError> {
         let mut v = Vec::new();
-        if self.inner.org.borrow().city.region(region).is_none() {
+        let region_clean =
+            validation::check_text("region_code", region, TextKind::Identifier, &mut v);
+        let period_clean = validation::check_text("period", period, TextKind::Identifier, &mut v);
+        if !region_clean {
+        } else if self.inner.org.borrow().city.region(region).is_none() {
             v.push(Violation::new(
                 "region_code",
                 format!(
@@ -369,7 +513,9 @@ impl Ingestion {
         let period = match period.parse::<citycredit::period::Period>() {
             Ok(p) => p.to_string(),
             Err(e) => {
-                v.push(Violation::new("period", e.to_string()));
+                if period_clean {
+                    v.push(Violation::new("period", e.to_string()));
+                }
                 String::new()
             }
         };

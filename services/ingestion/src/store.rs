@@ -2,11 +2,12 @@
 //! i64 and text columns). `submissions` is append-only; `value_versions` is derived from it in
 //! the same transaction; `idempotency` remembers keys; `chain_head` is the writer's one row.
 
-use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use citycredit::store::Db;
+use citycredit::store::{Backend, Db};
 
 /// Kinds of submission rows.
 pub const KIND_VALUE: &str = "value";
@@ -193,19 +194,24 @@ pub struct Version {
     pub value: String,
     pub valid_from: i64,
     pub valid_to: Option<i64>,
+    /// When the submission was accepted (`valid_from` is when this version became current:
+    /// later for a value reopened by a retraction).
+    pub accepted_micros: i64,
 }
+
+const VERSION_ARITY: usize = 12;
 
 pub async fn insert_versions(
     conn: &mut AnyConnection,
     versions: &[Version],
 ) -> Result<(), sqlx::Error> {
-    let n = rows_per_statement(conn, 11);
+    let n = rows_per_statement(conn, VERSION_ARITY);
     for chunk in versions.chunks(n) {
         // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
         let sql = format!(
             "INSERT INTO value_versions (submission_id, vkey, metric, region, period, department, \
-             domain, task_id, value, valid_from, valid_to) VALUES {}",
-            placeholders(chunk.len(), 11)
+             domain, task_id, value, valid_from, valid_to, accepted_micros) VALUES {}",
+            placeholders(chunk.len(), VERSION_ARITY)
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for v in chunk {
@@ -220,7 +226,8 @@ pub async fn insert_versions(
                 .bind(v.task_id.as_str())
                 .bind(v.value.as_str())
                 .bind(v.valid_from)
-                .bind(v.valid_to);
+                .bind(v.valid_to)
+                .bind(v.accepted_micros);
         }
         q.execute(&mut *conn).await?;
     }
@@ -434,6 +441,74 @@ pub async fn retraction_of(db: &Db, id: i64) -> Result<Option<i64>, sqlx::Error>
         .await
 }
 
+/// (target, retracting submission) for each of `targets` that is retracted.
+pub async fn retractions_of(
+    conn: &mut AnyConnection,
+    targets: &[i64],
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    let mut out = Vec::new();
+    let n = rows_per_statement(conn, 1);
+    for chunk in targets.chunks(n) {
+        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
+        let sql = format!(
+            "SELECT retracts, id FROM submissions WHERE retracts IN ({})",
+            list(1, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for t in chunk {
+            q = q.bind(*t);
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            out.push((r.try_get(0)?, r.try_get(1)?));
+        }
+    }
+    Ok(out)
+}
+
+/// The latest value of `of`'s key stored before it that is not retracted (in the store, or
+/// by this transaction: `retracted`): what becomes current again when `of` is retracted.
+pub async fn previous_value(
+    conn: &mut AnyConnection,
+    of: &StoredRow,
+    retracted: &std::collections::HashSet<i64>,
+) -> Result<Option<StoredRow>, sqlx::Error> {
+    // A few at a time: rows retracted by this very transaction are skipped here.
+    const PAGE: i64 = 16;
+    let mut before = of.id;
+    loop {
+        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
+        let sql = format!(
+            "SELECT {SUBMISSION_COLUMNS} FROM submissions s WHERE metric = $1 AND region = $2 \
+             AND period = $3 AND department = $4 AND domain = $5 AND task_id = $6 \
+             AND kind = $7 AND id < $8 \
+             AND NOT EXISTS (SELECT 1 FROM submissions r WHERE r.retracts = s.id) \
+             ORDER BY id DESC LIMIT {PAGE}"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(of.metric.as_str())
+            .bind(of.region.as_str())
+            .bind(of.period.as_str())
+            .bind(of.department.as_str())
+            .bind(of.domain.as_str())
+            .bind(of.task_id.as_str())
+            .bind(KIND_VALUE)
+            .bind(before)
+            .fetch_all(&mut *conn)
+            .await?;
+        let page = i64::try_from(rows.len()).unwrap_or(PAGE);
+        for r in &rows {
+            let row = StoredRow::from_row(r)?;
+            if !retracted.contains(&row.id) {
+                return Ok(Some(row));
+            }
+            before = row.id;
+        }
+        if page < PAGE {
+            return Ok(None);
+        }
+    }
+}
+
 /// Filters of ListSubmissions (empty strings match everything).
 #[derive(Clone, Debug, Default)]
 pub struct ListFilter {
@@ -502,14 +577,18 @@ pub async fn list_submissions(
     rows.iter().map(StoredRow::from_row).collect()
 }
 
-/// Every submission in id order, streamed to `visit` (stops early when it returns false).
+/// Every submission up to `last_id` in id order, streamed to `visit` (stops early when it
+/// returns false).
 pub async fn walk_submissions(
     db: &Db,
+    last_id: i64,
     mut visit: impl FnMut(StoredRow) -> bool,
 ) -> Result<(), sqlx::Error> {
     // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
-    let sql = format!("SELECT {SUBMISSION_COLUMNS} FROM submissions ORDER BY id");
-    let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&db.pool);
+    let sql = format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id <= $1 ORDER BY id");
+    let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(last_id)
+        .fetch(&db.pool);
     while let Some(r) = rows.try_next().await? {
         if !visit(StoredRow::from_row(&r)?) {
             break;
@@ -528,7 +607,8 @@ pub struct VersionRow {
     pub domain: String,
     pub task_id: String,
     pub value: String,
-    pub valid_from: i64,
+    /// When the submission behind this version was accepted.
+    pub accepted_micros: i64,
 }
 
 /// The versions valid for `period` at `regions`: current ones, or those valid at `as_of`.
@@ -538,7 +618,7 @@ pub async fn versions(
     period: &str,
     as_of: Option<i64>,
 ) -> Result<Vec<VersionRow>, sqlx::Error> {
-    let cols = "submission_id, metric, region, department, domain, task_id, value, valid_from";
+    let cols = "submission_id, metric, region, department, domain, task_id, value, accepted_micros";
     let sql = match as_of {
         None => format!(
             "SELECT {cols} FROM value_versions WHERE period = $1 AND region IN ({}) \
@@ -572,8 +652,99 @@ pub async fn versions(
                 domain: r.try_get(4)?,
                 task_id: r.try_get(5)?,
                 value: r.try_get(6)?,
-                valid_from: r.try_get(7)?,
+                accepted_micros: r.try_get(7)?,
             })
         })
         .collect()
+}
+
+/// The value key's columns in the order both verification streams sort by, compared byte by
+/// byte as Rust compares strings (SQLite's default BINARY collation; `C` on PostgreSQL), so the
+/// two streams can be merged in Rust.
+fn key_order(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "metric, region, period, department, domain, task_id",
+        Backend::Postgres => {
+            "metric COLLATE \"C\", region COLLATE \"C\", period COLLATE \"C\", \
+             department COLLATE \"C\", domain COLLATE \"C\", task_id COLLATE \"C\""
+        }
+    }
+}
+
+/// A value key as a tuple that sorts like [`key_order`].
+pub type KeyTuple = (String, String, String, String, String, String);
+
+impl StoredRow {
+    pub fn key_tuple(&self) -> KeyTuple {
+        (
+            self.metric.clone(),
+            self.region.clone(),
+            self.period.clone(),
+            self.department.clone(),
+            self.domain.clone(),
+            self.task_id.clone(),
+        )
+    }
+}
+
+/// Submissions up to `last_id`, by value key then id.
+pub fn submissions_by_key(db: &Db, last_id: i64) -> BoxStream<'_, Result<StoredRow, sqlx::Error>> {
+    // SQL-safe: only column names, `$n` placeholders and constant collations are spliced in.
+    let sql = format!(
+        "SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id <= $1 ORDER BY {}, id",
+        key_order(db.backend)
+    );
+    Box::pin(
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(last_id)
+            .fetch(&db.pool)
+            .map(|r| r.and_then(|row| StoredRow::from_row(&row))),
+    )
+}
+
+/// Every stored version that had begun by `until`, by value key, then start, then submission.
+pub fn versions_by_key(db: &Db, until: i64) -> BoxStream<'_, Result<Version, sqlx::Error>> {
+    // SQL-safe: only column names, `$n` placeholders and constant collations are spliced in.
+    let sql = format!(
+        "SELECT submission_id, vkey, metric, region, period, department, domain, task_id, value, \
+         valid_from, valid_to, accepted_micros FROM value_versions WHERE valid_from <= $1 \
+         ORDER BY {}, valid_from, submission_id",
+        key_order(db.backend)
+    );
+    Box::pin(
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(until)
+            .fetch(&db.pool)
+            .map(|r| {
+                r.and_then(|row| {
+                    Ok(Version {
+                        submission_id: row.try_get(0)?,
+                        vkey: row.try_get(1)?,
+                        metric: row.try_get(2)?,
+                        region: row.try_get(3)?,
+                        period: row.try_get(4)?,
+                        department: row.try_get(5)?,
+                        domain: row.try_get(6)?,
+                        task_id: row.try_get(7)?,
+                        value: row.try_get(8)?,
+                        valid_from: row.try_get(9)?,
+                        valid_to: row.try_get(10)?,
+                        accepted_micros: row.try_get(11)?,
+                    })
+                })
+            }),
+    )
+}
+
+impl Version {
+    pub fn key_tuple(&self) -> KeyTuple {
+        (
+            self.metric.clone(),
+            self.region.clone(),
+            self.period.clone(),
+            self.department.clone(),
+            self.domain.clone(),
+            self.task_id.clone(),
+        )
+    }
 }

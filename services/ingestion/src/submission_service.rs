@@ -2,6 +2,8 @@
 
 use std::pin::Pin;
 
+use citycredit::status::Reason;
+use citycredit::text::TextKind;
 pub use citycredit::wire::{micros, timestamp};
 use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
@@ -14,7 +16,7 @@ use citycredit::status::{self, Violation};
 
 use crate::error::IngestError;
 use crate::store::{self, KIND_RETRACTION, ListFilter, StoredRow};
-use crate::validation::{self, MAX_CODE_CHARS, MAX_NOTE_CHARS, wire_value};
+use crate::validation::{self, MAX_CODE_CHARS, MAX_NOTE_CHARS, NewValue, wire_value};
 use crate::{Ingestion, Written};
 
 /// Serves submissions.
@@ -79,11 +81,17 @@ impl SubmissionApi {
         principal: &Principal,
         mut stream: Streaming<pb::SubmitBatchRequest>,
     ) -> Result<pb::SubmitBatchResponse, IngestError> {
+        use prost::Message;
         let limit = self.ing.options().max_batch_values;
-        let mut inputs: Vec<pb::SubmissionInput> = Vec::new();
+        let max_bytes = self.ing.options().max_batch_bytes;
+        // Each message is validated and authorized as it arrives, and the first one with a
+        // problem ends the stream: a caller who may not submit, or whose values are wrong, is
+        // told at once instead of after streaming everything, and the server holds only the
+        // checked values (never more than `max_batch_bytes` of messages).
+        let mut values: Vec<NewValue> = Vec::new();
         let mut key: Option<String> = None;
         let mut validate_only: Option<bool> = None;
-        let mut violations = Vec::new();
+        let mut bytes = 0usize;
         let mut message = 0usize;
         loop {
             let msg = match stream.message().await {
@@ -92,8 +100,23 @@ impl SubmissionApi {
                 // A stream that breaks off stores nothing.
                 Err(s) => return Err(IngestError::ClientStream(s.message().to_owned())),
             };
+            if !self.ing.credential_stands(principal) {
+                return Err(IngestError::Revoked);
+            }
+            bytes = bytes.saturating_add(msg.encoded_len());
+            if bytes > max_bytes {
+                return Err(IngestError::TooLarge {
+                    what: "bytes in a batch stream",
+                    limit: max_bytes,
+                    reason: Reason::BatchTooLarge,
+                });
+            }
+            let mut violations = Vec::new();
             match (&key, msg.idempotency_key.as_str()) {
-                (None, k) => key = Some(k.to_owned()),
+                (None, k) => {
+                    validation::check_idempotency_key(k, "idempotency_key", &mut violations);
+                    key = Some(k.to_owned());
+                }
                 (Some(_), "") => {}
                 (Some(k), other) if k == other => {}
                 (Some(_), _) => violations.push(Violation::new(
@@ -109,31 +132,38 @@ impl SubmissionApi {
                     "must be set in the first message",
                 )),
             }
-            if inputs.len() + msg.values.len() > limit {
+            if values.len() + msg.values.len() > limit {
                 return Err(IngestError::TooLarge {
                     what: "values in a batch",
                     limit,
+                    reason: Reason::BatchTooLarge,
                 });
             }
-            inputs.extend(msg.values);
+            let first = values.len();
+            match self
+                .ing
+                .check_fresh_at(principal, &msg.values, Some(first))
+                .await
+            {
+                Ok(checked) if violations.is_empty() => values.extend(checked),
+                Ok(_) => return Err(IngestError::Invalid(violations)),
+                Err(IngestError::Invalid(mut more)) => {
+                    violations.append(&mut more);
+                    return Err(IngestError::Invalid(violations));
+                }
+                Err(e) if violations.is_empty() => return Err(e),
+                Err(_) => return Err(IngestError::Invalid(violations)),
+            }
             message += 1;
         }
         crate::ensure_not_cancelled().await;
         let key = key.unwrap_or_default();
-        validation::check_idempotency_key(&key, "idempotency_key", &mut violations);
-        if inputs.is_empty() {
-            violations.push(Violation::new("values", "a batch needs at least one value"));
+        if values.is_empty() {
+            return Err(IngestError::Invalid(vec![Violation::new(
+                "values",
+                "a batch needs at least one value",
+            )]));
         }
-        let values = match self.ing.check_fresh(principal, &inputs, false).await {
-            Ok(v) if violations.is_empty() => v,
-            Ok(_) => return Err(IngestError::Invalid(violations)),
-            Err(IngestError::Invalid(mut more)) => {
-                violations.append(&mut more);
-                return Err(IngestError::Invalid(violations));
-            }
-            Err(e) if violations.is_empty() => return Err(e),
-            Err(_) => return Err(IngestError::Invalid(violations)),
-        };
         let count = u32::try_from(values.len()).unwrap_or(u32::MAX);
         if validate_only == Some(true) {
             return Ok(pb::SubmitBatchResponse {
@@ -157,6 +187,10 @@ impl SubmissionApi {
 
 /// Parses "submissions/{id}".
 fn submission_id(field: &str, name: &str) -> Result<i64, IngestError> {
+    let mut v = Vec::new();
+    if !validation::check_text(field, name, TextKind::Identifier, &mut v) {
+        return Err(IngestError::Invalid(v));
+    }
     name.strip_prefix("submissions/")
         .and_then(|n| n.parse::<i64>().ok())
         .filter(|n| *n > 0)
@@ -166,6 +200,22 @@ fn submission_id(field: &str, name: &str) -> Result<i64, IngestError> {
                 "must be `submissions/{id}` with a positive id",
             )])
         })
+}
+
+/// A request timestamp as a store instant; a violation on `field` when out of range.
+fn instant(
+    field: &str,
+    ts: Option<&prost_types::Timestamp>,
+    out: &mut Vec<Violation>,
+) -> Option<i64> {
+    match ts.map(citycredit::wire::checked_micros) {
+        None => None,
+        Some(Ok(m)) => Some(m),
+        Some(Err(why)) => {
+            out.push(Violation::new(field, why));
+            None
+        }
+    }
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchChangesResponse, Status>> + Send>>;
@@ -250,7 +300,13 @@ impl MetricSubmissionService for SubmissionApi {
             0 => 100,
             n => n.min(1_000),
         };
-        let before_id = if req.page_token.is_empty() {
+        let token_clean = validation::check_text(
+            "page_token",
+            &req.page_token,
+            TextKind::Identifier,
+            &mut violations,
+        );
+        let before_id = if req.page_token.is_empty() || !token_clean {
             None
         } else {
             match req
@@ -269,6 +325,7 @@ impl MetricSubmissionService for SubmissionApi {
                 }
             }
         };
+        let mut filters_clean = true;
         for (name, v) in [
             ("region_code", &req.region_code),
             ("period", &req.period),
@@ -276,14 +333,16 @@ impl MetricSubmissionService for SubmissionApi {
             ("department_code", &req.department_code),
             ("principal", &req.principal),
         ] {
-            if v.chars().count() > MAX_CODE_CHARS {
+            if !validation::check_text(name, v, TextKind::Identifier, &mut violations) {
+                filters_clean = false;
+            } else if v.chars().count() > MAX_CODE_CHARS {
                 violations.push(Violation::new(
                     name,
                     format!("at most {MAX_CODE_CHARS} characters"),
                 ));
             }
         }
-        let principal_filter = if req.principal.is_empty() {
+        let principal_filter = if req.principal.is_empty() || !filters_clean {
             String::new()
         } else {
             match req.principal.strip_prefix("principals/") {
@@ -294,6 +353,8 @@ impl MetricSubmissionService for SubmissionApi {
                 }
             }
         };
+        let start_micros = instant("start_time", req.start_time.as_ref(), &mut violations);
+        let end_micros = instant("end_time", req.end_time.as_ref(), &mut violations);
         if !violations.is_empty() {
             return Err(IngestError::Invalid(violations).into());
         }
@@ -303,8 +364,8 @@ impl MetricSubmissionService for SubmissionApi {
             metric: req.metric_key.clone(),
             department: req.department_code.clone(),
             principal: principal_filter,
-            start_micros: req.start_time.as_ref().map(micros),
-            end_micros: req.end_time.as_ref().map(micros),
+            start_micros,
+            end_micros,
             before_id,
         };
         // One more than asked tells whether there is a next page.
@@ -338,7 +399,8 @@ impl MetricSubmissionService for SubmissionApi {
             }
             Err(e) => return Err(e.into()),
         };
-        if req.reason.trim().is_empty() {
+        if !validation::check_text("reason", &req.reason, TextKind::FreeText, &mut violations) {
+        } else if req.reason.trim().is_empty() {
             violations.push(Violation::new("reason", "required"));
         } else if req.reason.chars().count() > MAX_NOTE_CHARS {
             violations.push(Violation::new(
@@ -376,19 +438,16 @@ impl MetricSubmissionService for SubmissionApi {
             },
         )?;
         if target.kind == KIND_RETRACTION {
-            return Err(IngestError::FailedPrecondition(format!(
-                "submissions/{id} is a retraction and cannot be retracted"
-            ))
-            .into());
+            return Err(IngestError::NotRetractable(id).into());
         }
+        // A fast answer for the common case; the writer checks again inside its transaction
+        // (and the unique index on `submissions(retracts)` behind it), so of concurrent
+        // retractions of one value exactly one is stored.
         let already = store::retraction_of(self.ing.db(), id)
             .await
             .map_err(|e| IngestError::storage("read retractions", &e))?;
         if let Some(by) = already {
-            return Err(IngestError::FailedPrecondition(format!(
-                "submissions/{id} is already retracted by submissions/{by}"
-            ))
-            .into());
+            return Err(IngestError::AlreadyRetracted { id, by: Some(by) }.into());
         }
         let w = self
             .ing
@@ -408,10 +467,17 @@ impl MetricSubmissionService for SubmissionApi {
         let principal = auth::principal(&request)?;
         self.authorize(principal, Action::Read)?;
         let req = request.get_ref();
-        let period = self
-            .ing
-            .check_region_period(&req.region_code, &req.period)?;
-        let as_of = req.as_of.as_ref().map(micros);
+        let mut violations = Vec::new();
+        let as_of = instant("as_of", req.as_of.as_ref(), &mut violations);
+        let period = match self.ing.check_region_period(&req.region_code, &req.period) {
+            Ok(p) if violations.is_empty() => p,
+            Ok(_) => return Err(IngestError::Invalid(violations).into()),
+            Err(IngestError::Invalid(mut more)) => {
+                more.append(&mut violations);
+                return Err(IngestError::Invalid(more).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let agg = self
             .ing
             .aggregates_of(&req.region_code, &period, as_of)
@@ -488,7 +554,17 @@ impl MetricSubmissionService for SubmissionApi {
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
         let principal = auth::principal(&request)?;
         self.authorize(principal, Action::Read)?;
+        let principal = principal.clone();
         let region = request.get_ref().region_code.clone();
+        let mut violations = Vec::new();
+        if !validation::check_text(
+            "region_code",
+            &region,
+            TextKind::Identifier,
+            &mut violations,
+        ) {
+            return Err(IngestError::Invalid(violations).into());
+        }
         if !region.is_empty() && self.ing.org().borrow().city.region(&region).is_none() {
             return Err(IngestError::Invalid(vec![Violation::new(
                 "region_code",
@@ -500,15 +576,29 @@ impl MetricSubmissionService for SubmissionApi {
             .into());
         }
         let rx = self.ing.subscribe();
+        let ing = self.ing.clone();
+        // The caller's key is asked about on every event and at least this often: a revoked
+        // key's watch ends within this interval after the revocation reaches this process.
+        let recheck = self.ing.options().credential_recheck;
         let stream = futures::stream::unfold((rx, false), move |(mut rx, done)| {
             let region = region.clone();
+            let ing = ing.clone();
+            let principal = principal.clone();
             async move {
                 if done {
                     return None;
                 }
                 loop {
-                    match rx.recv().await {
-                        Ok(c) if region.is_empty() || c.region == region => {
+                    let event = tokio::select! {
+                        event = rx.recv() => Some(event),
+                        () = tokio::time::sleep(recheck) => None,
+                    };
+                    if !ing.credential_stands(&principal) {
+                        return Some((Err(Status::from(IngestError::Revoked)), (rx, true)));
+                    }
+                    match event {
+                        None => {}
+                        Some(Ok(c)) if region.is_empty() || c.region == region => {
                             let item = pb::WatchChangesResponse {
                                 region_code: c.region,
                                 period: c.period,
@@ -517,8 +607,8 @@ impl MetricSubmissionService for SubmissionApi {
                             };
                             return Some((Ok(item), (rx, false)));
                         }
-                        Ok(_) => {}
-                        Err(RecvError::Lagged(n)) => {
+                        Some(Ok(_)) => {}
+                        Some(Err(RecvError::Lagged(n))) => {
                             let status = status::retry_after(
                                 Code::ResourceExhausted,
                                 format!(
@@ -528,7 +618,7 @@ impl MetricSubmissionService for SubmissionApi {
                             );
                             return Some((Err(status), (rx, true)));
                         }
-                        Err(RecvError::Closed) => return None,
+                        Some(Err(RecvError::Closed)) => return None,
                     }
                 }
             }
@@ -550,6 +640,7 @@ impl MetricSubmissionService for SubmissionApi {
             rows_checked: v.rows_checked,
             first_bad_submission_id: v.first_bad,
             problem: v.problem,
+            versions_checked: v.versions_checked,
         }))
     }
 }

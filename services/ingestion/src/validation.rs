@@ -9,6 +9,7 @@ use citycredit::org::Org;
 use citycredit::period::Period;
 use citycredit::proto::v1 as pb;
 use citycredit::status::Violation;
+use citycredit::text::{self, TextKind};
 
 /// Longest metric key, region, department, domain, task id or period accepted.
 pub const MAX_CODE_CHARS: usize = 128;
@@ -63,10 +64,34 @@ pub fn check_input(
         }
         ok
     };
+    // Text rules first: a field that breaks them is reported once and not quoted back in any
+    // later message ("unknown region ...").
+    let clean = |name: &str, value: &str, kind: TextKind, out: &mut Vec<Violation>| {
+        check_text(&field(name), value, kind, out)
+    };
+    let metric_clean = clean("metric_key", &input.metric_key, TextKind::Identifier, out);
+    let region_clean = clean("region_code", &input.region_code, TextKind::Identifier, out);
+    let period_clean = clean("period", &input.period, TextKind::Identifier, out);
+    let department_clean = clean(
+        "department_code",
+        &input.department_code,
+        TextKind::Identifier,
+        out,
+    );
+    let domain_clean = clean("domain", &input.domain, TextKind::Identifier, out);
+    let task_clean = clean("task_id", &input.task_id, TextKind::Identifier, out);
+    let uri_clean = clean(
+        "evidence_uri",
+        &input.evidence_uri,
+        TextKind::Identifier,
+        out,
+    );
+    clean("note", &input.note, TextKind::FreeText, out);
 
     // Metric.
     let mut metric: Option<&Metric> = None;
-    if input.metric_key.is_empty() {
+    if !metric_clean {
+    } else if input.metric_key.is_empty() {
         out.push(Violation::new(field("metric_key"), "required"));
     } else if bounded("metric_key", &input.metric_key, MAX_CODE_CHARS, out) {
         metric = catalog.metric(&input.metric_key);
@@ -79,7 +104,8 @@ pub fn check_input(
     }
 
     // Region.
-    if input.region_code.is_empty() {
+    if !region_clean {
+    } else if input.region_code.is_empty() {
         out.push(Violation::new(field("region_code"), "required"));
     } else if bounded("region_code", &input.region_code, MAX_CODE_CHARS, out)
         && org.city.region(&input.region_code).is_none()
@@ -102,7 +128,9 @@ pub fn check_input(
     }
 
     // Period.
-    let period = if input.period.is_empty() {
+    let period = if !period_clean {
+        None
+    } else if input.period.is_empty() {
         out.push(Violation::new(field("period"), "required"));
         None
     } else if bounded("period", &input.period, MAX_CODE_CHARS, out) {
@@ -118,11 +146,15 @@ pub fn check_input(
     };
 
     // Department.
-    let department = check_department(org, principal, &input.department_code, &field, out);
+    let department = if department_clean {
+        check_department(org, principal, &input.department_code, &field, out)
+    } else {
+        None
+    };
 
     // Domain and task id, by kind.
     let kind = metric.map(|m| m.kind);
-    if bounded("domain", &input.domain, MAX_CODE_CHARS, out) {
+    if domain_clean && bounded("domain", &input.domain, MAX_CODE_CHARS, out) {
         match kind {
             Some(MetricKind::DomainFlag) if input.domain.is_empty() => {
                 out.push(Violation::new(
@@ -151,7 +183,7 @@ pub fn check_input(
             _ => {}
         }
     }
-    if bounded("task_id", &input.task_id, MAX_CODE_CHARS, out) {
+    if task_clean && bounded("task_id", &input.task_id, MAX_CODE_CHARS, out) {
         match kind {
             Some(MetricKind::TaskStatus) if input.task_id.is_empty() => {
                 out.push(Violation::new(
@@ -180,14 +212,15 @@ pub fn check_input(
     let value = metric.and_then(|m| check_value(m, input.value.as_ref(), &field("value"), out));
 
     // Evidence and note.
-    if !input.evidence_uri.is_empty()
+    let mut evidence_uri = String::new();
+    if uri_clean
+        && !input.evidence_uri.is_empty()
         && bounded("evidence_uri", &input.evidence_uri, MAX_URI_CHARS, out)
-        && !is_evidence_uri(&input.evidence_uri)
     {
-        out.push(Violation::new(
-            field("evidence_uri"),
-            "not an absolute http or https URI (e.g. https://example.org/report.pdf)",
-        ));
+        match evidence_uri_normalised(&input.evidence_uri) {
+            Ok(u) => evidence_uri = u,
+            Err(why) => out.push(Violation::new(field("evidence_uri"), why)),
+        }
     }
     bounded("note", &input.note, MAX_NOTE_CHARS, out);
 
@@ -202,17 +235,62 @@ pub fn check_input(
         domain: input.domain.clone(),
         task_id: input.task_id.clone(),
         value: value?,
-        evidence_uri: input.evidence_uri.clone(),
+        evidence_uri,
         note: input.note.clone(),
     })
+}
+
+/// Checks `value` against the text rules of `kind` (`citycredit::text`); pushes a violation
+/// naming the code point and returns false when it breaks them.
+pub fn check_text(path: &str, value: &str, kind: TextKind, out: &mut Vec<Violation>) -> bool {
+    match text::check(value, kind) {
+        Ok(()) => true,
+        Err(refused) => {
+            out.push(Violation::new(path, refused.to_string()));
+            false
+        }
+    }
 }
 
 /// An evidence URI is an absolute `http` or `https` URI with a host. Other schemes are refused:
 /// the URI is shown to reviewers as a link, and `javascript:` or `data:` links are an attack on
 /// them, not evidence.
 pub fn is_evidence_uri(text: &str) -> bool {
-    url::Url::parse(text)
-        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+    evidence_uri_normalised(text).is_ok()
+}
+
+/// The stored form of an evidence URI: parsed and written back by the `url` crate (WHATWG
+/// rules: scheme and host lower-cased, default port dropped, spaces and other unsafe characters
+/// percent-encoded, `/` after a bare host), so that the link reviewers click is the link that
+/// was checked. Refused rather than repaired: control characters anywhere (the parser would
+/// silently drop tabs and newlines), surrounding spaces (the parser would trim them: a client
+/// that pads its URIs has a bug worth seeing), credentials (`user:pass@` would publish a
+/// password to every reader), and anything but an absolute http(s) URI with a host.
+pub fn evidence_uri_normalised(text: &str) -> Result<String, String> {
+    if let Err(refused) = text::check_identifier(text) {
+        return Err(refused.to_string());
+    }
+    if text.trim() != text {
+        return Err("no spaces before or after the URI".to_owned());
+    }
+    let url = url::Url::parse(text).map_err(|_| {
+        "not an absolute http or https URI (e.g. https://example.org/report.pdf)".to_owned()
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(
+            "not an absolute http or https URI (e.g. https://example.org/report.pdf)".to_owned(),
+        );
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("no user name or password in the URI (`user:pass@`)".to_owned());
+    }
+    let normalised = url.as_str().to_owned();
+    if normalised.chars().count() > MAX_URI_CHARS {
+        return Err(format!(
+            "at most {MAX_URI_CHARS} characters once normalised"
+        ));
+    }
+    Ok(normalised)
 }
 
 fn check_department(
@@ -331,8 +409,11 @@ pub fn wire_value(kind: Option<MetricKind>, text: &str) -> Option<pb::MetricValu
     Some(pb::MetricValue { value: Some(value) })
 }
 
-/// Checks an idempotency key's length.
+/// Checks an idempotency key's text and length.
 pub fn check_idempotency_key(key: &str, path: &str, out: &mut Vec<Violation>) {
+    if !check_text(path, key, TextKind::Identifier, out) {
+        return;
+    }
     if key.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS {
         out.push(Violation::new(
             path,
@@ -467,6 +548,74 @@ mod tests {
         ] {
             assert!(!is_evidence_uri(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn evidence_uris_are_normalised_or_refused() {
+        for (given, stored) in [
+            (
+                "HTTPS://Example.ORG:443/a b?x=1#f",
+                "https://example.org/a%20b?x=1#f",
+            ),
+            ("http://example.org", "http://example.org/"),
+        ] {
+            assert_eq!(evidence_uri_normalised(given).as_deref(), Ok(stored));
+        }
+        let idn = evidence_uri_normalised("https://衢州.example/报告.pdf").unwrap_or_default();
+        assert!(idn.starts_with("https://xn--"), "{idn}");
+        assert!(idn.ends_with(".example/%E6%8A%A5%E5%91%8A.pdf"), "{idn}");
+        for (bad, why) in [
+            (" https://example.org/r.pdf", "spaces"),
+            ("https://example.org/r.pdf ", "spaces"),
+            ("https://example.org/r\n.pdf", "U+000A"),
+            ("https://example.org/\u{1b}[31mred", "U+001B"),
+            ("https://user:pass@example.org/r.pdf", "password"),
+            ("https://user@example.org/r.pdf", "user name"),
+            ("https://example.org/\u{202E}fdp.exe", "U+202E"),
+        ] {
+            let got = evidence_uri_normalised(bad);
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains(why)),
+                "{bad:?}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn text_rules_apply_to_every_field_without_quoting_it() {
+        let i = pb::SubmissionInput {
+            metric_key: "uscc.codes_total\0".into(),
+            region_code: "3308\u{1b}02".into(),
+            period: "\u{202E}2026".into(),
+            department_code: "sa\u{200B}mr".into(),
+            domain: "\0".into(),
+            task_id: "\0".into(),
+            value: number("1"),
+            evidence_uri: "https://e.org/\0".into(),
+            note: "line one\nline two\ttab\0".into(),
+        };
+        let got = problems(&i);
+        let fields: Vec<&str> = got.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "value.metric_key",
+                "value.region_code",
+                "value.period",
+                "value.department_code",
+                "value.domain",
+                "value.task_id",
+                "value.evidence_uri",
+                "value.note",
+            ]
+        );
+        assert!(got[0].description.starts_with("U+0000"), "{got:?}");
+        assert!(got[1].description.starts_with("U+001B"), "{got:?}");
+        assert!(got[7].description.contains("at character 22"), "{got:?}");
+        // A note with line breaks and tabs is fine.
+        let mut ok = input("uscc.codes_total", number("1"));
+        ok.note = "第一行\n第二行\t备注".into();
+        assert!(problems(&ok).is_empty());
     }
 
     #[test]

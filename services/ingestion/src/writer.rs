@@ -4,15 +4,45 @@
 //! group in one transaction with multi-row statements, commits, and only then answers each
 //! caller. On PostgreSQL the transaction locks the `chain_head` row first, which serialises the
 //! writers of different processes; the head is always read from that row, never from memory.
+//!
+//! **A group never shares one member's failure.** When the group's transaction fails for a
+//! reason that is not transient (the database refused one job's input, or a bug), the writer
+//! splits the group in halves and writes each half in a transaction of its own, recursively,
+//! until the failing jobs stand alone: every other job is committed and every caller is
+//! answered once, for itself. Bisection rather than one job at a time: with k bad jobs in a
+//! group of n it costs about 2·k·log2(n/k) extra transactions instead of n, and a group under
+//! attack (a few poisoned callers among hundreds of innocent ones) is exactly when transactions
+//! are precious. A failed attempt rolls back completely, so every retry re-reads the chain head
+//! and the idempotency records inside its own transaction: a key is stored at most once however
+//! the group is split. Transient failures (connection lost, pool exhausted, serialization
+//! failure) and a failed COMMIT (its outcome is unknown) are not split: every job of the
+//! attempt gets UNAVAILABLE with RetryInfo and its client retries with its key.
+//!
+//! Inside the transaction, before anything is written, each job is checked against the stored
+//! state: its caller's API key must still stand (a key revoked while its batch streamed in
+//! commits nothing), its idempotency key replays or conflicts, and a retraction's target must
+//! not be retracted already (also guaranteed by the unique index on `submissions(retracts)`).
+//!
+//! Value versions: a value closes the key's current version and opens its own; a retraction of
+//! the current value closes it and reopens the latest earlier value of the key that is not
+//! retracted, as a new version row (an undo: v1, v2, v3; retract v3 -> v2; retract v2 -> v1;
+//! retracting the only value leaves none). A version valid for no instant (opened and closed
+//! in the same commit) is not stored. `audit_chain::verify` rebuilds the same versions from the
+//! chain and compares.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Connection;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use citycredit::auth::{CredentialCheck, Principal};
+use citycredit::status::Violation;
 use citycredit::store::{Backend, Db, now_micros};
+use citycredit::text::TextKind;
 
 use crate::audit_chain::row_hash;
 use crate::change_feed::{self, BaseChanges, ChangeFeed};
@@ -43,6 +73,20 @@ impl Op {
     }
 }
 
+/// Where a job's fields sit in its caller's request, to name them when the database refuses
+/// one (`value.note`, `values[3].note`, `record.period`, `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldRoot {
+    /// SubmitValue: `value.<field>`, `idempotency_key`.
+    Value,
+    /// SubmitBatch: `values[i].<field>`, `idempotency_key`.
+    Values,
+    /// A code audit's recording: `record.<field>`, `record.idempotency_key`.
+    Record,
+    /// RetractSubmission: `reason`, `idempotency_key`.
+    Retraction,
+}
+
 /// An idempotency key with the fingerprint of the request it came with.
 #[derive(Clone, Debug)]
 pub struct Idempotency {
@@ -53,9 +97,10 @@ pub struct Idempotency {
 /// One caller's write.
 #[derive(Debug)]
 pub struct Job {
-    pub principal: String,
+    pub principal: Principal,
     pub idempotency: Option<Idempotency>,
     pub op: Op,
+    pub root: FieldRoot,
     pub reply: oneshot::Sender<Result<Outcome, IngestError>>,
 }
 
@@ -104,12 +149,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task; it ends when every handle is dropped.
+    /// Starts the writer task; it ends when every handle is dropped. With `credentials`, a job
+    /// whose caller's API key no longer stands is refused inside the transaction.
     pub fn spawn(
         db: Db,
         feed: ChangeFeed,
         notify_channel: Option<String>,
         cfg: WriterConfig,
+        credentials: Option<Arc<dyn CredentialCheck>>,
     ) -> Writer {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         let task = WriterTask {
@@ -117,6 +164,7 @@ impl Writer {
             feed,
             notify_channel,
             cfg,
+            credentials,
         };
         tokio::spawn(task.run(rx));
         Writer { tx }
@@ -125,15 +173,17 @@ impl Writer {
     /// Queues a job and waits for its group to commit.
     pub async fn write(
         &self,
-        principal: String,
+        principal: Principal,
         idempotency: Option<Idempotency>,
         op: Op,
+        root: FieldRoot,
     ) -> Result<Outcome, IngestError> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             principal,
             idempotency,
             op,
+            root,
             reply,
         };
         self.tx
@@ -152,16 +202,200 @@ struct WriterTask {
     feed: ChangeFeed,
     notify_channel: Option<String>,
     cfg: WriterConfig,
+    credentials: Option<Arc<dyn CredentialCheck>>,
 }
 
-/// How one job of a group is answered.
+/// A job without its reply channel.
+struct Work {
+    principal: Principal,
+    idempotency: Option<Idempotency>,
+    op: Op,
+    root: FieldRoot,
+}
+
+/// How one job of an attempt is answered.
 enum Plan {
     Write,
     /// Replays a stored idempotency record.
     Replay(Box<Outcome>),
-    /// Replays the outcome of an earlier job of the same group.
+    /// Replays the outcome of an earlier job of the same attempt.
     ReplayOf(usize),
     Conflict(String),
+    /// The caller's API key was revoked or expired since the call began.
+    Revoked,
+    /// The target is retracted already (by this stored submission).
+    AlreadyRetracted {
+        target: i64,
+        by: i64,
+    },
+    /// The target is retracted by an earlier job of the same attempt.
+    RetractedInGroup {
+        target: i64,
+        by_job: usize,
+    },
+}
+
+/// An attempt ready to commit.
+struct Prepared {
+    plans: Vec<Plan>,
+    outcomes: Vec<Option<Outcome>>,
+    rows: usize,
+    base: BaseChanges,
+    now: i64,
+}
+
+/// Why an attempt failed, and so whether splitting it can help.
+#[derive(Debug)]
+struct Failure {
+    stage: &'static str,
+    error: sqlx::Error,
+}
+
+impl Failure {
+    /// Trouble reaching the database, or a COMMIT whose outcome is unknown: every job of the
+    /// attempt shares it and retrying (with its idempotency key) is the cure.
+    fn is_shared(&self) -> bool {
+        self.stage == "commit" || citycredit::store::is_transient(&self.error)
+    }
+
+    fn shared_error(&self) -> IngestError {
+        tracing::warn!(error = %self.error, stage = self.stage, "group commit failed; retry");
+        IngestError::Unavailable(self.stage.to_owned())
+    }
+
+    /// The answer for a job that fails alone.
+    fn lone_error(&self, work: &Work) -> IngestError {
+        if let Op::Retract { target, .. } = &work.op
+            && is_second_retraction(&self.error)
+        {
+            return IngestError::AlreadyRetracted {
+                id: target.id,
+                by: None,
+            };
+        }
+        if refuses_input(&self.error) {
+            tracing::info!(error = %self.error, principal = %work.principal.id,
+                "the database refused a submission's input");
+            return IngestError::Invalid(refused_fields(work));
+        }
+        IngestError::internal(self.stage, &self.error)
+    }
+}
+
+/// A unique violation of the one-retraction-per-submission index.
+fn is_second_retraction(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    let code = db.code().unwrap_or_default();
+    let unique = code == "23505" || code == "2067" || code == "1555";
+    unique
+        && (db.constraint() == Some("submissions_retracted_once")
+            || db.message().contains("submissions.retracts"))
+}
+
+/// The database refused a value in the statement: PostgreSQL data exceptions (class 22: NUL
+/// in text, an invalid byte sequence, a value too long) and SQLite's NUL trigger.
+fn refuses_input(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    let code = db.code().unwrap_or_default();
+    code.starts_with("22") || db.message().starts_with("citycredit: refused")
+}
+
+/// The fields of a refused job that break the text rules (what a database refuses in text), or
+/// the job as a whole when none does.
+fn refused_fields(work: &Work) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let key_path = match work.root {
+        FieldRoot::Record => "record.idempotency_key",
+        _ => "idempotency_key",
+    };
+    if let Some(i) = &work.idempotency {
+        crate::validation::check_text(key_path, &i.key, TextKind::Identifier, &mut out);
+    }
+    match &work.op {
+        Op::Values(values) => {
+            for (i, v) in values.iter().enumerate() {
+                let prefix = match work.root {
+                    FieldRoot::Values => format!("values[{i}]"),
+                    FieldRoot::Record => "record".to_owned(),
+                    FieldRoot::Value | FieldRoot::Retraction => "value".to_owned(),
+                };
+                for (name, text, kind) in [
+                    ("metric_key", &v.metric, TextKind::Identifier),
+                    ("region_code", &v.region, TextKind::Identifier),
+                    ("period", &v.period, TextKind::Identifier),
+                    ("department_code", &v.department, TextKind::Identifier),
+                    ("domain", &v.domain, TextKind::Identifier),
+                    ("task_id", &v.task_id, TextKind::Identifier),
+                    ("evidence_uri", &v.evidence_uri, TextKind::Identifier),
+                    ("note", &v.note, TextKind::FreeText),
+                ] {
+                    let path = format!("{prefix}.{name}");
+                    if !out.iter().any(|x: &Violation| x.field == path) {
+                        crate::validation::check_text(&path, text, kind, &mut out);
+                    }
+                }
+            }
+        }
+        Op::Retract { reason, .. } => {
+            crate::validation::check_text("reason", reason, TextKind::FreeText, &mut out);
+        }
+    }
+    if out.is_empty() {
+        let path = match work.root {
+            FieldRoot::Value => "value",
+            FieldRoot::Values => "values",
+            FieldRoot::Record => "record",
+            FieldRoot::Retraction => "reason",
+        };
+        out.push(Violation::new(
+            path,
+            "the database refused this input (a character or value it cannot store)",
+        ));
+    }
+    out
+}
+
+/// The value versions a group changes, with the in-group ones not yet stored.
+#[derive(Default)]
+struct Versions {
+    /// vkey -> (current submission id, index of its version when opened in this group).
+    current: HashMap<String, (i64, Option<usize>)>,
+    /// Versions opened in this group; None when closed in the same commit (valid for no
+    /// instant: not stored).
+    opened: Vec<Option<Version>>,
+    /// Stored current versions (by submission id) this group closes.
+    closes: Vec<i64>,
+}
+
+impl Versions {
+    /// Closes the current version of `key` (only when it is `only_if`, if given); stored ones
+    /// are closed at the commit's time. Returns whether one was closed.
+    fn close(&mut self, key: &str, only_if: Option<i64>) -> bool {
+        let Some(&(id, in_group)) = self.current.get(key) else {
+            return false;
+        };
+        if only_if.is_some_and(|want| want != id) {
+            return false;
+        }
+        match in_group {
+            // Opened in this commit too: valid for no instant.
+            Some(ix) => self.opened[ix] = None,
+            None => self.closes.push(id),
+        }
+        self.current.remove(key);
+        true
+    }
+
+    fn open(&mut self, version: Version) {
+        let key = version.vkey.clone();
+        let id = version.submission_id;
+        self.opened.push(Some(version));
+        self.current.insert(key, (id, Some(self.opened.len() - 1)));
+    }
 }
 
 impl WriterTask {
@@ -190,149 +424,196 @@ impl WriterTask {
     }
 
     async fn commit(&self, group: Vec<Job>) {
-        let (jobs, replies): (Vec<_>, Vec<_>) = group
+        let (work, replies): (Vec<_>, Vec<_>) = group
             .into_iter()
-            .map(|j| ((j.principal, j.idempotency, j.op), j.reply))
+            .map(|j| {
+                (
+                    Work {
+                        principal: j.principal,
+                        idempotency: j.idempotency,
+                        op: j.op,
+                        root: j.root,
+                    },
+                    j.reply,
+                )
+            })
             .unzip();
-        match self.write(&jobs).await {
-            Ok(answers) => {
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(answer);
-                }
-            }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
+        let answers = self.commit_isolating(&work).await;
+        for (reply, answer) in replies.into_iter().zip(answers) {
+            // A caller that gave up has dropped its receiver: nothing to tell it.
+            let _ = reply.send(answer);
         }
     }
 
-    async fn write(
-        &self,
-        jobs: &[(String, Option<Idempotency>, Op)],
-    ) -> Result<Vec<Result<Outcome, IngestError>>, IngestError> {
-        let db_err =
-            |context: &'static str| move |e: sqlx::Error| IngestError::storage(context, &e);
+    /// Writes `work` in as few transactions as its failures allow (see the module comment)
+    /// and returns one answer per job, in order.
+    async fn commit_isolating(&self, work: &[Work]) -> Vec<Result<Outcome, IngestError>> {
+        let mut answers: Vec<Option<Result<Outcome, IngestError>>> =
+            (0..work.len()).map(|_| None).collect();
+        // Ranges still to write, the next one on top: halves are written in arrival order.
+        let mut todo: Vec<Range<usize>> = Vec::with_capacity(8);
+        todo.push(0..work.len());
+        while let Some(range) = todo.pop() {
+            match self.attempt(&work[range.clone()]).await {
+                Ok(done) => {
+                    for (slot, answer) in answers[range].iter_mut().zip(done) {
+                        *slot = Some(answer);
+                    }
+                }
+                Err(failure) if failure.is_shared() => {
+                    let e = failure.shared_error();
+                    for slot in &mut answers[range] {
+                        *slot = Some(Err(e.clone()));
+                    }
+                }
+                Err(failure) if range.len() == 1 => {
+                    answers[range.start] = Some(Err(failure.lone_error(&work[range.start])));
+                }
+                Err(failure) => {
+                    tracing::info!(error = %failure.error, stage = failure.stage,
+                        jobs = range.len(), "group commit failed; isolating the failing jobs");
+                    let mid = range.start + range.len() / 2;
+                    todo.push(mid..range.end);
+                    todo.push(range.start..mid);
+                }
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(IngestError::internal("group commit", "no answer"))))
+            .collect()
+    }
+
+    /// One transaction over `jobs`.
+    async fn attempt(&self, jobs: &[Work]) -> Result<Vec<Result<Outcome, IngestError>>, Failure> {
+        let db_err = |stage: &'static str| move |error: sqlx::Error| Failure { stage, error };
         let mut conn = self.db.pool.acquire().await.map_err(db_err("acquire"))?;
-        let mut tx = conn.begin().await.map_err(db_err("begin"))?;
         let postgres = self.db.backend == Backend::Postgres;
-        let head = store::lock_head(&mut tx, postgres)
+        // SQLite: take the write lock at BEGIN, where the busy timeout applies. A deferred
+        // transaction that has read and then writes gets SQLITE_BUSY at once (no waiting) while
+        // another connection still holds the lock, e.g. the rollback of a failed attempt.
+        let begin = if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" };
+        let mut tx = conn.begin_with(begin).await.map_err(db_err("begin"))?;
+        let prepared = self.prepare(&mut tx, jobs).await;
+        let Prepared {
+            plans,
+            outcomes,
+            rows,
+            base,
+            now,
+        } = match prepared {
+            Ok(p) => p,
+            Err(failure) => {
+                // Finished before the next attempt begins (a dropped transaction rolls back
+                // in the background).
+                if let Err(e) = tx.rollback().await {
+                    tracing::warn!(error = %e, "rollback of a failed group commit");
+                }
+                return Err(failure);
+            }
+        };
+        tx.commit().await.map_err(db_err("commit"))?;
+        citycredit::counters::add_ingested_rows(u64::try_from(rows).unwrap_or(0));
+        if !base.is_empty() {
+            self.feed.publish(&base, now);
+        }
+
+        let missing = || IngestError::internal("group commit", "missing outcome");
+        let mut answers = Vec::with_capacity(jobs.len());
+        for (i, plan) in plans.into_iter().enumerate() {
+            answers.push(match plan {
+                Plan::Write => outcomes[i].clone().ok_or_else(missing),
+                Plan::Replay(o) => Ok(*o),
+                Plan::ReplayOf(j) => outcomes
+                    .get(j)
+                    .and_then(Option::as_ref)
+                    .map(|o| Outcome {
+                        replayed: true,
+                        ..o.clone()
+                    })
+                    .ok_or_else(missing),
+                Plan::Conflict(key) => Err(IngestError::KeyConflict(key)),
+                Plan::Revoked => Err(IngestError::Revoked),
+                Plan::AlreadyRetracted { target, by } => Err(IngestError::AlreadyRetracted {
+                    id: target,
+                    by: Some(by),
+                }),
+                Plan::RetractedInGroup { target, by_job } => Err(IngestError::AlreadyRetracted {
+                    id: target,
+                    by: outcomes
+                        .get(by_job)
+                        .and_then(Option::as_ref)
+                        .map(|o| o.first_id),
+                }),
+            });
+        }
+        Ok(answers)
+    }
+
+    /// Everything of an attempt before its COMMIT: plans, rows, versions, the new head.
+    async fn prepare(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        jobs: &[Work],
+    ) -> Result<Prepared, Failure> {
+        let db_err = |stage: &'static str| move |error: sqlx::Error| Failure { stage, error };
+        let postgres = self.db.backend == Backend::Postgres;
+        let head = store::lock_head(tx, postgres)
             .await
             .map_err(db_err("read chain head"))?;
         // Strictly increasing per commit, so `as_of` tells commits apart.
         let now = now_micros().max(head.last_micros + 1);
 
-        // Idempotency: stored records, then keys repeated inside the group.
-        let scoped: Vec<Option<String>> = jobs
-            .iter()
-            .map(|(p, idem, _)| idem.as_ref().map(|i| scoped_key(p, &i.key)))
-            .collect();
-        let wanted: Vec<String> = scoped.iter().flatten().cloned().collect();
-        let stored: HashMap<String, IdempotencyRecord> = if wanted.is_empty() {
-            HashMap::new()
-        } else {
-            store::idempotency_records(&mut tx, &wanted)
-                .await
-                .map_err(db_err("read idempotency keys"))?
-                .into_iter()
-                .map(|r| (r.scoped_key.clone(), r))
-                .collect()
-        };
-        let mut first_in_group: HashMap<&str, usize> = HashMap::new();
-        let mut plans = Vec::with_capacity(jobs.len());
-        for (i, (_, idem, _)) in jobs.iter().enumerate() {
-            let plan = match (idem, &scoped[i]) {
-                (Some(idem), Some(sk)) => {
-                    if let Some(rec) = stored.get(sk) {
-                        if rec.fingerprint == idem.fingerprint {
-                            Plan::Replay(Box::new(Outcome {
-                                first_id: rec.first_id,
-                                last_id: rec.last_id,
-                                accept_micros: rec.accept_micros,
-                                replayed: true,
-                                row: None,
-                            }))
-                        } else {
-                            Plan::Conflict(idem.key.clone())
-                        }
-                    } else if let Some(&j) = first_in_group.get(sk.as_str()) {
-                        let same = jobs[j].1.as_ref().map(|x| x.fingerprint.as_str())
-                            == Some(idem.fingerprint.as_str());
-                        if same {
-                            Plan::ReplayOf(j)
-                        } else {
-                            Plan::Conflict(idem.key.clone())
-                        }
-                    } else {
-                        first_in_group.insert(sk, i);
-                        Plan::Write
-                    }
-                }
-                _ => Plan::Write,
-            };
-            plans.push(plan);
-        }
+        let plans = self.plan(tx, jobs, now).await?;
 
         // Current versions of every key the writes touch.
         let mut keys: Vec<String> = Vec::new();
-        for ((_, _, op), plan) in jobs.iter().zip(&plans) {
+        for (job, plan) in jobs.iter().zip(&plans) {
             if !matches!(plan, Plan::Write) {
                 continue;
             }
-            match op {
+            match &job.op {
                 Op::Values(values) => keys.extend(values.iter().map(new_vkey)),
                 Op::Retract { target, .. } => keys.push(target.vkey()),
             }
         }
         keys.sort_unstable();
         keys.dedup();
-        // vkey -> (current submission id, index of its version when written in this group)
-        let mut current: HashMap<String, (i64, Option<usize>)> =
-            store::current_of_keys(&mut tx, &keys)
+        let mut versions = Versions {
+            current: store::current_of_keys(tx, &keys)
                 .await
                 .map_err(db_err("read current values"))?
                 .into_iter()
                 .map(|(k, id)| (k, (id, None)))
-                .collect();
+                .collect(),
+            ..Versions::default()
+        };
 
         let mut rows: Vec<StoredRow> = Vec::new();
-        let mut versions: Vec<Version> = Vec::new();
-        let mut closes: Vec<i64> = Vec::new();
         let mut records: Vec<IdempotencyRecord> = Vec::new();
         let mut base = BaseChanges::new();
         let mut next_id = head.last_id + 1;
         let mut prev = head.last_hash.clone();
         let mut outcomes: Vec<Option<Outcome>> = vec![None; jobs.len()];
+        // Targets retracted by this attempt (their earlier values must not come back).
+        let mut retracted_here: HashSet<i64> = HashSet::new();
 
-        let mut close = |key: &str,
-                         current: &mut HashMap<String, (i64, Option<usize>)>,
-                         versions: &mut Vec<Version>,
-                         only_if: Option<i64>| {
-            if let Some(&(id, in_group)) = current.get(key) {
-                if only_if.is_some_and(|want| want != id) {
-                    return;
-                }
-                match in_group {
-                    Some(ix) => versions[ix].valid_to = Some(now),
-                    None => closes.push(id),
-                }
-                current.remove(key);
-            }
-        };
-
-        for (i, ((principal, idem, op), plan)) in jobs.iter().zip(&plans).enumerate() {
+        for (i, (job, plan)) in jobs.iter().zip(&plans).enumerate() {
             if !matches!(plan, Plan::Write) {
                 continue;
             }
             let first = next_id;
-            let key_text = idem.as_ref().map(|x| x.key.clone()).unwrap_or_default();
-            match op {
+            let key_text = job
+                .idempotency
+                .as_ref()
+                .map(|x| x.key.clone())
+                .unwrap_or_default();
+            match &job.op {
                 Op::Values(values) => {
                     for v in values {
                         let mut row = StoredRow {
                             id: next_id,
-                            principal: principal.clone(),
+                            principal: job.principal.id.clone(),
                             department: v.department.clone(),
                             region: v.region.clone(),
                             period: v.period.clone(),
@@ -353,21 +634,8 @@ impl WriterTask {
                         row.hash = row_hash(&row);
                         prev = row.hash.clone();
                         let key = new_vkey(v);
-                        close(&key, &mut current, &mut versions, None);
-                        versions.push(Version {
-                            submission_id: next_id,
-                            vkey: key.clone(),
-                            metric: v.metric.clone(),
-                            region: v.region.clone(),
-                            period: v.period.clone(),
-                            department: v.department.clone(),
-                            domain: v.domain.clone(),
-                            task_id: v.task_id.clone(),
-                            value: v.value.clone(),
-                            valid_from: now,
-                            valid_to: None,
-                        });
-                        current.insert(key, (next_id, Some(versions.len() - 1)));
+                        versions.close(&key, None);
+                        versions.open(Version::of(&row, key, now));
                         note_change(&mut base, &row);
                         rows.push(row);
                         next_id += 1;
@@ -376,7 +644,7 @@ impl WriterTask {
                 Op::Retract { target, reason } => {
                     let mut row = StoredRow {
                         id: next_id,
-                        principal: principal.clone(),
+                        principal: job.principal.id.clone(),
                         department: target.department.clone(),
                         region: target.region.clone(),
                         period: target.period.clone(),
@@ -396,18 +664,27 @@ impl WriterTask {
                     };
                     row.hash = row_hash(&row);
                     prev = row.hash.clone();
-                    // Only a retraction of the current value changes what is current; older
-                    // superseded values do not come back.
-                    close(&target.vkey(), &mut current, &mut versions, Some(target.id));
+                    retracted_here.insert(target.id);
+                    let key = target.vkey();
+                    // Retracting the current value is an undo: the latest earlier value of the
+                    // key that is not retracted becomes current again. Retracting an older,
+                    // superseded value changes nothing current.
+                    if versions.close(&key, Some(target.id))
+                        && let Some(earlier) = store::previous_value(tx, target, &retracted_here)
+                            .await
+                            .map_err(db_err("read the previous value"))?
+                    {
+                        versions.open(Version::of(&earlier, key, now));
+                    }
                     note_change(&mut base, &row);
                     rows.push(row);
                     next_id += 1;
                 }
             }
             let last = next_id - 1;
-            if let (Some(idem), Some(sk)) = (idem, &scoped[i]) {
+            if let Some(idem) = &job.idempotency {
                 records.push(IdempotencyRecord {
-                    scoped_key: sk.clone(),
+                    scoped_key: scoped_key(&job.principal.id, &idem.key),
                     fingerprint: idem.fingerprint.clone(),
                     first_id: first,
                     last_id: last,
@@ -433,16 +710,17 @@ impl WriterTask {
         }
 
         if !rows.is_empty() {
-            store::insert_submissions(&mut tx, &rows)
+            let opened: Vec<Version> = versions.opened.into_iter().flatten().collect();
+            store::insert_submissions(tx, &rows)
                 .await
                 .map_err(db_err("insert submissions"))?;
-            store::close_versions(&mut tx, &closes, now)
+            store::close_versions(tx, &versions.closes, now)
                 .await
                 .map_err(db_err("close superseded values"))?;
-            store::insert_versions(&mut tx, &versions)
+            store::insert_versions(tx, &opened)
                 .await
                 .map_err(db_err("insert value versions"))?;
-            store::insert_idempotency(&mut tx, &records)
+            store::insert_idempotency(tx, &records)
                 .await
                 .map_err(db_err("insert idempotency keys"))?;
             let new_head = store::Head {
@@ -450,7 +728,7 @@ impl WriterTask {
                 last_hash: prev,
                 last_micros: now,
             };
-            store::set_head(&mut tx, &new_head)
+            store::set_head(tx, &new_head)
                 .await
                 .map_err(db_err("move chain head"))?;
             if let Some(channel) = &self.notify_channel {
@@ -464,31 +742,143 @@ impl WriterTask {
                 }
             }
         }
-        tx.commit().await.map_err(db_err("commit"))?;
-        citycredit::counters::add_ingested_rows(u64::try_from(rows.len()).unwrap_or(0));
-        if !base.is_empty() {
-            self.feed.publish(&base, now);
-        }
+        Ok(Prepared {
+            plans,
+            outcomes,
+            rows: rows.len(),
+            base,
+            now,
+        })
+    }
 
-        let mut answers = Vec::with_capacity(jobs.len());
-        for (i, plan) in plans.into_iter().enumerate() {
-            answers.push(match plan {
-                Plan::Write => outcomes[i]
-                    .clone()
-                    .ok_or_else(|| IngestError::internal("group commit", "missing outcome")),
-                Plan::Replay(o) => Ok(*o),
-                Plan::ReplayOf(j) => outcomes
-                    .get(j)
-                    .and_then(Option::as_ref)
-                    .map(|o| Outcome {
-                        replayed: true,
-                        ..o.clone()
-                    })
-                    .ok_or_else(|| IngestError::internal("group commit", "missing outcome")),
-                Plan::Conflict(key) => Err(IngestError::KeyConflict(key)),
-            });
+    /// Decides each job's answer from the stored state, inside the transaction: credentials,
+    /// idempotency records (stored, or repeated inside the attempt), retractions already made.
+    async fn plan(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        jobs: &[Work],
+        now: i64,
+    ) -> Result<Vec<Plan>, Failure> {
+        let stored: HashMap<String, IdempotencyRecord> = {
+            let wanted: Vec<String> = jobs
+                .iter()
+                .filter_map(|j| {
+                    j.idempotency
+                        .as_ref()
+                        .map(|i| scoped_key(&j.principal.id, &i.key))
+                })
+                .collect();
+            if wanted.is_empty() {
+                HashMap::new()
+            } else {
+                store::idempotency_records(tx, &wanted)
+                    .await
+                    .map_err(|error| Failure {
+                        stage: "read idempotency keys",
+                        error,
+                    })?
+                    .into_iter()
+                    .map(|r| (r.scoped_key.clone(), r))
+                    .collect()
+            }
+        };
+        let targets: Vec<i64> = jobs
+            .iter()
+            .filter_map(|j| match &j.op {
+                Op::Retract { target, .. } => Some(target.id),
+                Op::Values(_) => None,
+            })
+            .collect();
+        let retracted: HashMap<i64, i64> = if targets.is_empty() {
+            HashMap::new()
+        } else {
+            store::retractions_of(tx, &targets)
+                .await
+                .map_err(|error| Failure {
+                    stage: "read retractions",
+                    error,
+                })?
+                .into_iter()
+                .collect()
+        };
+
+        let mut first_in_group: HashMap<String, usize> = HashMap::new();
+        let mut retracting: HashMap<i64, usize> = HashMap::new();
+        let mut plans = Vec::with_capacity(jobs.len());
+        for (i, job) in jobs.iter().enumerate() {
+            let revoked = self
+                .credentials
+                .as_ref()
+                .is_some_and(|c| !c.still_valid(&job.principal, now));
+            let mut plan = if revoked {
+                Plan::Revoked
+            } else if let Some(idem) = &job.idempotency {
+                let sk = scoped_key(&job.principal.id, &idem.key);
+                if let Some(rec) = stored.get(&sk) {
+                    if rec.fingerprint == idem.fingerprint {
+                        Plan::Replay(Box::new(Outcome {
+                            first_id: rec.first_id,
+                            last_id: rec.last_id,
+                            accept_micros: rec.accept_micros,
+                            replayed: true,
+                            row: None,
+                        }))
+                    } else {
+                        Plan::Conflict(idem.key.clone())
+                    }
+                } else if let Some(&j) = first_in_group.get(&sk) {
+                    let same = jobs[j].idempotency.as_ref().map(|x| &x.fingerprint)
+                        == Some(&idem.fingerprint);
+                    if same {
+                        Plan::ReplayOf(j)
+                    } else {
+                        Plan::Conflict(idem.key.clone())
+                    }
+                } else {
+                    first_in_group.insert(sk, i);
+                    Plan::Write
+                }
+            } else {
+                Plan::Write
+            };
+            if let (Plan::Write, Op::Retract { target, .. }) = (&plan, &job.op) {
+                if let Some(&by) = retracted.get(&target.id) {
+                    plan = Plan::AlreadyRetracted {
+                        target: target.id,
+                        by,
+                    };
+                } else if let Some(&by_job) = retracting.get(&target.id) {
+                    plan = Plan::RetractedInGroup {
+                        target: target.id,
+                        by_job,
+                    };
+                } else {
+                    retracting.insert(target.id, i);
+                }
+            }
+            plans.push(plan);
         }
-        Ok(answers)
+        Ok(plans)
+    }
+}
+
+impl Version {
+    /// The version of `row` (a value) that becomes current at `now`.
+    fn of(row: &StoredRow, vkey: String, now: i64) -> Version {
+        Version {
+            submission_id: row.id,
+            vkey,
+            metric: row.metric.clone(),
+            region: row.region.clone(),
+            period: row.period.clone(),
+            department: row.department.clone(),
+            domain: row.domain.clone(),
+            task_id: row.task_id.clone(),
+            value: row.value.clone(),
+            valid_from: now,
+            valid_to: None,
+            accepted_micros: row.accept_micros,
+        }
     }
 }
 

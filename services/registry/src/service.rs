@@ -13,7 +13,8 @@ use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryService;
 use citycredit::status::{Violation, next_page_token, page};
 use citycredit::store::now_micros;
-use citycredit::wire::{bare as strip, micros, timestamp};
+use citycredit::text::{self, TextKind};
+use citycredit::wire::{bare as strip, checked_micros, timestamp};
 
 use crate::Registry;
 use crate::error::RegistryError;
@@ -60,9 +61,23 @@ impl RegistryApi {
 
 // ----- validation -----
 
+/// Identifier fields (codes, resource names, filters) follow the text rules of
+/// `citycredit::text`: a NUL here reached the database and came back as INTERNAL.
+fn check_ids(fields: &[(&str, &str)]) -> Result<()> {
+    let mut v = Vec::new();
+    for (field, value) in fields {
+        if let Err(refused) = text::check(value, TextKind::Identifier) {
+            v.push(Violation::new(*field, refused.to_string()));
+        }
+    }
+    invalid_if_any(v)
+}
+
 fn check_name(field: &str, name: &str, out: &mut Vec<Violation>) {
     let n = name.chars().count();
-    if n == 0 {
+    if let Err(refused) = text::check(name, TextKind::FreeText) {
+        out.push(Violation::new(field, refused.to_string()));
+    } else if n == 0 {
         out.push(Violation::new(field, "required"));
     } else if n > 100 {
         out.push(Violation::new(
@@ -287,6 +302,7 @@ impl DepartmentRegistryService for RegistryApi {
     ) -> std::result::Result<Response<pb::ListRegionsResponse>, Status> {
         self.allow(&request, Action::Read)?;
         let req = request.into_inner();
+        check_ids(&[("parent", &req.parent), ("page_token", &req.page_token)])?;
         let (offset, limit) = page(req.page_size, &req.page_token, 100, 1000)?;
         let org = self.org();
         let parent = strip(&req.parent, "regions/");
@@ -312,6 +328,7 @@ impl DepartmentRegistryService for RegistryApi {
         request: Request<pb::GetRegionRequest>,
     ) -> std::result::Result<Response<pb::GetRegionResponse>, Status> {
         self.allow(&request, Action::Read)?;
+        check_ids(&[("name", &request.get_ref().name)])?;
         let code = strip(&request.get_ref().name, "regions/").to_owned();
         let org = self.org();
         let r = org
@@ -329,6 +346,7 @@ impl DepartmentRegistryService for RegistryApi {
     ) -> std::result::Result<Response<pb::CreateRegionResponse>, Status> {
         let who = self.allow(&request, Action::Administer)?;
         let r = request.into_inner().region.unwrap_or_default();
+        check_ids(&[("region.code", &r.code), ("region.parent", &r.parent)])?;
         let parent = strip(&r.parent, "regions/").to_owned();
         let mut v = Vec::new();
         if r.code.len() < 6 || r.code.len() > 12 || !r.code.bytes().all(|b| b.is_ascii_digit()) {
@@ -390,6 +408,7 @@ impl DepartmentRegistryService for RegistryApi {
     ) -> std::result::Result<Response<pb::UpdateRegionResponse>, Status> {
         let who = self.allow(&request, Action::Administer)?;
         let req = request.into_inner();
+        check_ids(&[("name", &req.name)])?;
         let code = strip(&req.name, "regions/").to_owned();
         let mut v = Vec::new();
         check_name("display_name", &req.display_name, &mut v);
@@ -432,6 +451,7 @@ impl DepartmentRegistryService for RegistryApi {
     ) -> std::result::Result<Response<pb::ListDepartmentsResponse>, Status> {
         self.allow(&request, Action::Read)?;
         let req = request.into_inner();
+        check_ids(&[("page_token", &req.page_token)])?;
         let (offset, limit) = page(req.page_size, &req.page_token, 100, 1000)?;
         let org = self.org();
         let all = &org.city.departments;
@@ -451,6 +471,7 @@ impl DepartmentRegistryService for RegistryApi {
         request: Request<pb::GetDepartmentRequest>,
     ) -> std::result::Result<Response<pb::GetDepartmentResponse>, Status> {
         self.allow(&request, Action::Read)?;
+        check_ids(&[("name", &request.get_ref().name)])?;
         let code = strip(&request.get_ref().name, "departments/").to_owned();
         let org = self.org();
         let d = org
@@ -468,6 +489,7 @@ impl DepartmentRegistryService for RegistryApi {
     ) -> std::result::Result<Response<pb::CreateDepartmentResponse>, Status> {
         let who = self.allow(&request, Action::Administer)?;
         let d = request.into_inner().department.unwrap_or_default();
+        check_ids(&[("department.governs_region", &d.governs_region)])?;
         let governs = strip(&d.governs_region, "regions/").to_owned();
         let org = self.org();
         let mut v = Vec::new();
@@ -518,6 +540,7 @@ impl DepartmentRegistryService for RegistryApi {
     ) -> std::result::Result<Response<pb::UpdateDepartmentResponse>, Status> {
         let who = self.allow(&request, Action::Administer)?;
         let req = request.into_inner();
+        check_ids(&[("name", &req.name)])?;
         let code = strip(&req.name, "departments/").to_owned();
         let mut v = Vec::new();
         check_name("display_name", &req.display_name, &mut v);
@@ -570,6 +593,18 @@ impl DepartmentRegistryService for RegistryApi {
     ) -> std::result::Result<Response<pb::UpdateGroupMembersResponse>, Status> {
         let who = self.allow(&request, Action::Administer)?;
         let req = request.into_inner();
+        let mut ids = vec![("name".to_owned(), req.name.clone())];
+        ids.extend(
+            req.members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (format!("members[{i}]"), m.clone())),
+        );
+        check_ids(
+            &ids.iter()
+                .map(|(f, v)| (f.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+        )?;
         let code = strip(&req.name, "groups/").to_owned();
         let org = self.org();
         let resource = format!("groups/{code}");
@@ -623,6 +658,7 @@ impl DepartmentRegistryService for RegistryApi {
     ) -> std::result::Result<Response<pb::ListResponsibilitiesResponse>, Status> {
         self.allow(&request, Action::Read)?;
         let req = request.into_inner();
+        check_ids(&[("subject", &req.subject), ("party", &req.party)])?;
         let org = self.org();
         let subject = if req.subject.is_empty() {
             None
@@ -656,6 +692,18 @@ impl DepartmentRegistryService for RegistryApi {
     ) -> std::result::Result<Response<pb::SetResponsibilitiesResponse>, Status> {
         let who = self.allow(&request, Action::Administer)?;
         let req = request.into_inner();
+        let mut ids = vec![("subject".to_owned(), req.subject.clone())];
+        ids.extend(
+            req.parties
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("parties[{i}]"), p.clone())),
+        );
+        check_ids(
+            &ids.iter()
+                .map(|(f, v)| (f.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+        )?;
         let code = subject_code(&self.registry, &req.subject)?;
         let org = self.org();
         let mut v = Vec::new();
@@ -720,6 +768,7 @@ impl DepartmentRegistryService for RegistryApi {
         request: Request<pb::GetDepartmentDutiesRequest>,
     ) -> std::result::Result<Response<pb::GetDepartmentDutiesResponse>, Status> {
         self.allow(&request, Action::Read)?;
+        check_ids(&[("department", &request.get_ref().department)])?;
         let code = strip(&request.get_ref().department, "departments/").to_owned();
         let org = self.org();
         if org.city.department(&code).is_none() {
@@ -763,6 +812,7 @@ impl DepartmentRegistryService for RegistryApi {
         request: Request<pb::ListResponsibleDepartmentsRequest>,
     ) -> std::result::Result<Response<pb::ListResponsibleDepartmentsResponse>, Status> {
         self.allow(&request, Action::Read)?;
+        check_ids(&[("subject", &request.get_ref().subject)])?;
         let code = subject_code(&self.registry, &request.get_ref().subject)?;
         let org = self.org();
         let metrics: Vec<String> = self
@@ -796,6 +846,7 @@ impl DepartmentRegistryService for RegistryApi {
     ) -> std::result::Result<Response<pb::ListDomainsResponse>, Status> {
         self.allow(&request, Action::Read)?;
         let set_code = request.into_inner().domain_set;
+        check_ids(&[("domain_set", &set_code)])?;
         let set = self
             .registry
             .catalog
@@ -834,6 +885,7 @@ impl DepartmentRegistryService for RegistryApi {
     ) -> std::result::Result<Response<pb::RegisterDomainResponse>, Status> {
         let who = self.allow(&request, Action::Administer)?;
         let d = request.into_inner().domain.unwrap_or_default();
+        check_ids(&[("domain.domain_set", &d.domain_set)])?;
         let mut v = Vec::new();
         check_code("domain.code", &d.code, "domain", 40, &mut v);
         check_name("domain.display_name", &d.display_name, &mut v);
@@ -892,6 +944,7 @@ impl DepartmentRegistryService for RegistryApi {
     ) -> std::result::Result<Response<pb::CreatePrincipalResponse>, Status> {
         let who = self.allow(&request, Action::Administer)?;
         let p = request.into_inner().principal.unwrap_or_default();
+        check_ids(&[("principal.department_code", &p.department_code)])?;
         let mut v = Vec::new();
         check_code("principal.id", &p.id, "principal", 64, &mut v);
         let display_name = if p.display_name.is_empty() {
@@ -956,6 +1009,7 @@ impl DepartmentRegistryService for RegistryApi {
     ) -> std::result::Result<Response<pb::ListPrincipalsResponse>, Status> {
         let who = self.allow(&request, Action::Read)?;
         let req = request.into_inner();
+        check_ids(&[("page_token", &req.page_token)])?;
         let (offset, limit) = page(req.page_size, &req.page_token, 100, 1000)?;
         let (rows, total) = if self.is_admin(&who) {
             self.registry
@@ -992,12 +1046,18 @@ impl DepartmentRegistryService for RegistryApi {
     ) -> std::result::Result<Response<pb::CreateApiKeyResponse>, Status> {
         let who = self.allow(&request, Action::Administer)?;
         let req = request.into_inner();
+        check_ids(&[("principal", &req.principal)])?;
         let id = strip(&req.principal, "principals/").to_owned();
         if id.is_empty() {
             return Err(RegistryError::invalid("principal", "required: principals/{id}").into());
         }
         let now = now_micros();
-        let expire = req.expire_time.as_ref().map(micros);
+        let expire = req
+            .expire_time
+            .as_ref()
+            .map(checked_micros)
+            .transpose()
+            .map_err(|why| RegistryError::invalid("expire_time", why))?;
         if expire.is_some_and(|e| e <= now) {
             return Err(RegistryError::invalid("expire_time", "must be in the future").into());
         }
@@ -1047,6 +1107,7 @@ impl DepartmentRegistryService for RegistryApi {
         request: Request<pb::ListApiKeysRequest>,
     ) -> std::result::Result<Response<pb::ListApiKeysResponse>, Status> {
         self.allow(&request, Action::Administer)?;
+        check_ids(&[("principal", &request.get_ref().principal)])?;
         let principal = strip(&request.get_ref().principal, "principals/").to_owned();
         let rows = self
             .registry
@@ -1065,6 +1126,7 @@ impl DepartmentRegistryService for RegistryApi {
     ) -> std::result::Result<Response<pb::RevokeApiKeyResponse>, Status> {
         let who = self.allow(&request, Action::Administer)?;
         let name = request.into_inner().name;
+        check_ids(&[("name", &name)])?;
         let (owner, prefix) = key_name(&name)?;
         // A key named under another principal is as unknown as a key that does not exist: the
         // same answer, so the call is no oracle for which prefixes exist.
@@ -1117,6 +1179,7 @@ impl DepartmentRegistryService for RegistryApi {
     ) -> std::result::Result<Response<pb::ListRegistryChangesResponse>, Status> {
         let who = self.allow(&request, Action::Read)?;
         let req = request.into_inner();
+        check_ids(&[("page_token", &req.page_token)])?;
         let (offset, limit) = page(req.page_size, &req.page_token, 100, 1000)?;
         // Administrators see every change; anyone else the changes to their own principal and
         // keys (who created them, when a key was revoked), nothing about others.

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use citycredit::aggregates::{AggregateSource, Aggregates, Change};
-use citycredit::auth::{self, Action};
+use citycredit::auth::{self, Action, CredentialCheck, Principal};
 use citycredit::catalog::{Catalog, IndicatorKind, MetricKind};
 use citycredit::numbers::Num;
 use citycredit::org::{Org, OrgView};
@@ -22,7 +22,8 @@ use citycredit::period::Period;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::scoring_service_server::ScoringService;
 use citycredit::rules::{self, Figure, Scorecard};
-use citycredit::status::{Violation, invalid_argument, not_found, with_info};
+use citycredit::status::{Reason, Violation, invalid_argument, not_found, with_info, with_reason};
+use citycredit::text::{self, TextKind};
 
 use crate::convert;
 use crate::indicator_service::responsible_parties;
@@ -68,6 +69,8 @@ pub struct ScoringApi {
     org: OrgView,
     source: Arc<dyn AggregateSource>,
     cache: Arc<Mutex<Cache>>,
+    /// Whether a watcher's API key still stands (None: every key stands).
+    credentials: Option<Arc<dyn CredentialCheck>>,
 }
 
 impl std::fmt::Debug for ScoringApi {
@@ -80,6 +83,9 @@ impl std::fmt::Debug for ScoringApi {
 const MAX_BATCH_REGIONS: usize = 100;
 /// How long a watch waits for more changes before recomputing (coalesces bursts of commits).
 const WATCH_COALESCE: Duration = Duration::from_millis(100);
+/// How often an open watch asks whether its caller's key still stands: a revoked key's watch
+/// ends within this interval after the revocation reaches this process.
+const CREDENTIAL_RECHECK: Duration = Duration::from_millis(250);
 
 impl ScoringApi {
     /// Creates the service and starts the task that invalidates the cache from the change feed.
@@ -89,6 +95,7 @@ impl ScoringApi {
             org,
             source,
             cache: Arc::new(Mutex::new(Cache::default())),
+            credentials: None,
         };
         let mut changes = api.source.changes();
         let cache = Arc::downgrade(&api.cache);
@@ -125,21 +132,47 @@ impl ScoringApi {
         api
     }
 
+    /// Ends watches whose caller's API key is revoked or expires (asked every
+    /// `CREDENTIAL_RECHECK` and before every update).
+    pub fn with_credentials(mut self, credentials: Arc<dyn CredentialCheck>) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    fn credential_stands(&self, p: &Principal) -> bool {
+        self.credentials
+            .as_ref()
+            .is_none_or(|c| c.still_valid(p, citycredit::store::now_micros()))
+    }
+
     fn org(&self) -> Arc<Org> {
         self.org.borrow().clone()
     }
 
     fn check_region_period(&self, region: &str, period: &str) -> Result<(), Status> {
+        self.check_region_period_at("region_code", region, period)
+    }
+
+    /// Checks a region (its violation on `region_field`) and a period.
+    fn check_region_period_at(
+        &self,
+        region_field: &str,
+        region: &str,
+        period: &str,
+    ) -> Result<(), Status> {
         let mut v = Vec::new();
-        if region.is_empty() {
-            v.push(Violation::new("region_code", "required"));
+        let region_clean = identifier(region_field, region, &mut v);
+        let period_clean = identifier("period", period, &mut v);
+        if !region_clean {
+        } else if region.is_empty() {
+            v.push(Violation::new(region_field, "required"));
         } else if self.org().city.region(region).is_none() {
             v.push(Violation::new(
-                "region_code",
+                region_field,
                 format!("unknown region `{region}`"),
             ));
         }
-        if let Err(e) = period.parse::<Period>() {
+        if period_clean && let Err(e) = period.parse::<Period>() {
             v.push(Violation::new("period", e.to_string()));
         }
         if v.is_empty() {
@@ -214,6 +247,16 @@ impl ScoringApi {
         let mut v = Vec::new();
         for (i, o) in overrides.iter().enumerate() {
             let field = |f: &str| format!("overrides[{i}].{f}");
+            if !identifier(&field("metric_key"), &o.metric_key, &mut v) {
+                continue;
+            }
+            let mut domains_clean = true;
+            for (j, d) in o.domains.iter().enumerate() {
+                domains_clean &= identifier(&field(&format!("domains[{j}]")), d, &mut v);
+            }
+            if !domains_clean {
+                continue;
+            }
             let Some(metric) = self.catalog.metric(&o.metric_key) else {
                 v.push(Violation::new(
                     field("metric_key"),
@@ -264,8 +307,34 @@ fn figure(metric: &citycredit::catalog::Metric, o: &pb::ValueOverride) -> Result
     }
 }
 
-fn as_of(ts: Option<&prost_types::Timestamp>) -> Option<i64> {
-    ts.map(convert::micros)
+/// `as_of` as a store instant; INVALID_ARGUMENT (never quoting it) outside years 1-9999 or
+/// with nanos out of range.
+fn as_of(ts: Option<&prost_types::Timestamp>) -> Result<Option<i64>, Status> {
+    ts.map(citycredit::wire::checked_micros)
+        .transpose()
+        .map_err(|why| invalid_argument(&[Violation::new("as_of", why)]))
+}
+
+/// Checks an identifier field against the text rules (`citycredit::text`); pushes a violation
+/// naming the code point and returns false when it breaks them.
+fn identifier(field: &str, value: &str, out: &mut Vec<Violation>) -> bool {
+    match text::check(value, TextKind::Identifier) {
+        Ok(()) => true,
+        Err(refused) => {
+            out.push(Violation::new(field, refused.to_string()));
+            false
+        }
+    }
+}
+
+/// INVALID_ARGUMENT when `value` breaks the identifier text rules.
+fn check_identifier(field: &str, value: &str) -> Result<(), Status> {
+    let mut v = Vec::new();
+    if identifier(field, value, &mut v) {
+        Ok(())
+    } else {
+        Err(invalid_argument(&v))
+    }
 }
 
 fn outcome_rank(o: pb::Outcome) -> u8 {
@@ -297,10 +366,9 @@ impl ScoringService for ScoringApi {
         let p = auth::principal(&request)?.clone();
         self.org().access.decide(&p, Action::Read)?;
         let req = request.into_inner();
+        let at = as_of(req.as_of.as_ref())?;
         self.check_region_period(&req.region_code, &req.period)?;
-        let s = self
-            .scored(&req.region_code, &req.period, as_of(req.as_of.as_ref()))
-            .await?;
+        let s = self.scored(&req.region_code, &req.period, at).await?;
         Ok(Response::new(pb::GetScorecardResponse {
             scorecard: Some(s.wire()),
         }))
@@ -325,10 +393,15 @@ impl ScoringService for ScoringApi {
                 &[],
             ));
         }
-        for r in &regions {
-            self.check_region_period(r, &req.period)?;
+        let at = as_of(req.as_of.as_ref())?;
+        for (i, r) in regions.iter().enumerate() {
+            let field = if req.region_codes.is_empty() {
+                "region_code".to_owned()
+            } else {
+                format!("region_codes[{i}]")
+            };
+            self.check_region_period_at(&field, r, &req.period)?;
         }
-        let at = as_of(req.as_of.as_ref());
         let cards =
             futures::future::try_join_all(regions.iter().map(|r| self.scored(r, &req.period, at)))
                 .await?;
@@ -344,7 +417,9 @@ impl ScoringService for ScoringApi {
         let p = auth::principal(&request)?.clone();
         self.org().access.decide(&p, Action::Read)?;
         let req = request.into_inner();
+        let at = as_of(req.as_of.as_ref())?;
         self.check_region_period(&req.region_code, &req.period)?;
+        check_identifier("indicator", &req.indicator)?;
         let code = req
             .indicator
             .strip_prefix("indicators/")
@@ -354,9 +429,7 @@ impl ScoringService for ScoringApi {
             .catalog
             .indicator(&code)
             .ok_or_else(|| not_found(&format!("indicators/{code}")))?;
-        let s = self
-            .scored(&req.region_code, &req.period, as_of(req.as_of.as_ref()))
-            .await?;
+        let s = self.scored(&req.region_code, &req.period, at).await?;
         let result = s
             .card
             .indicator(&code)
@@ -428,6 +501,14 @@ impl ScoringService for ScoringApi {
         let first = self.scored(&req.region_code, &req.period, None).await?;
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
+        let revoked = || {
+            with_reason(
+                Code::Unauthenticated,
+                Reason::CredentialRevoked,
+                "the API key of this call was revoked or has expired",
+                &[],
+            )
+        };
         tokio::spawn(async move {
             let send = |s: &Scored| pb::WatchScorecardResponse {
                 scorecard: Some(s.wire()),
@@ -439,12 +520,18 @@ impl ScoringService for ScoringApi {
             loop {
                 let wake = tokio::select! {
                     () = tx.closed() => return,
-                    event = changes.recv() => event,
+                    event = changes.recv() => Some(event),
+                    () = tokio::time::sleep(CREDENTIAL_RECHECK) => None,
                 };
+                if !api.credential_stands(&p) {
+                    let _ = tx.send(Err(revoked())).await;
+                    return;
+                }
                 match wake {
-                    Ok(c) if !relevant(&c) && !c.is_everything() => continue,
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    None => continue,
+                    Some(Ok(c)) if !relevant(&c) && !c.is_everything() => continue,
+                    Some(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => {}
+                    Some(Err(broadcast::error::RecvError::Closed)) => return,
                 }
                 // Coalesce a burst of commits into one update.
                 tokio::time::sleep(WATCH_COALESCE).await;
@@ -526,6 +613,7 @@ impl ScoringService for ScoringApi {
         let p = auth::principal(&request)?.clone();
         self.org().access.decide(&p, Action::Read)?;
         let req = request.into_inner();
+        check_identifier("department", &req.department)?;
         let org = self.org();
         let dept = req
             .department
