@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod rpc_table;
 pub mod server;
 pub mod telemetry;
+pub mod transport;
 pub mod upstream;
 
 pub use config::Config;

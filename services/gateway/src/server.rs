@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
@@ -37,6 +36,7 @@ use crate::front::ServiceFront;
 use crate::health::{self, Check};
 use crate::metrics::{self, Metrics};
 use crate::rpc_table::RpcTable;
+use crate::transport::{self, TransportLimits};
 use crate::upstream::{self, Upstream, UpstreamError};
 
 /// Why the platform could not start.
@@ -287,15 +287,27 @@ pub async fn serve(
     })?;
     tracing::info!(%addr, service = mode.as_str(), tls = config.tls.is_some(), "serving gRPC");
 
+    let g = &config.gateway;
+    let limits = TransportLimits {
+        handshake_timeout: Duration::from_millis(g.handshake_timeout_ms),
+        write_timeout: Duration::from_millis(g.write_timeout_ms),
+    };
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(g.http2_max_concurrent_streams))
+        // A peer that opens and resets streams in a loop (rapid reset) is cut off early.
+        .http2_max_pending_accept_reset_streams(Some(
+            usize::try_from(g.http2_max_concurrent_streams).unwrap_or(usize::MAX),
+        ));
     if let Some(tls) = &config.tls {
-        builder = builder.tls_config(server_tls(tls)?)?;
+        builder = builder.tls_config(server_tls(tls)?.timeout(limits.handshake_timeout))?;
     }
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    // Every accepted connection gets TCP_NODELAY and the transport limits (`transport.rs`);
+    // tonic's own `tcp_nodelay` applies only to listeners it binds itself.
     let server = tokio::spawn(builder.add_routes(routes).serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
+        transport::incoming(listener, limits),
         async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         },
