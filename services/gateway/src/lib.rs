@@ -2,6 +2,8 @@
 //! serving it. Later the gateway proper (edge authentication, routing by service name to
 //! in-process or remote upstreams, rate limits) lives here too.
 
+pub mod adaptive;
+pub mod body;
 pub mod config;
 pub mod edge;
 pub mod front;
