@@ -4,6 +4,7 @@
 //! registry API with the bootstrap administrator's key. Shutdown is graceful and awaited when
 //! the `TestServer` is stopped.
 
+pub mod h2raw;
 pub mod ingestion;
 pub mod topology;
 

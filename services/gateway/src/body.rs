@@ -20,7 +20,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Frame, SizeHint};
-use tokio::sync::oneshot;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 use tonic::{Code, Status};
 
@@ -49,25 +50,52 @@ fn trailers_of(status: &Status) -> HeaderMap {
     trailers
 }
 
+/// Whether a request stream stalled, and a wake-up for whoever waits for it.
+#[derive(Debug, Default)]
+pub struct Stall {
+    fired: AtomicBool,
+    notify: Notify,
+}
+
+impl Stall {
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    /// Completes when the stream stalls (never, if it does not).
+    pub async fn wait(&self) {
+        while !self.fired() {
+            self.notify.notified().await;
+        }
+    }
+
+    fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        // A permit is stored when nobody waits yet.
+        self.notify.notify_one();
+    }
+}
+
 /// A request stream with an idle timeout. When it passes, the stream ends with an error and
-/// `stalled` fires (the gateway then answers the call itself).
+/// `stall` fires (the gateway then answers the call itself, whatever the service made of the
+/// error).
 pub struct ReadTimeoutBody {
     inner: Body,
     timeout: Duration,
     timer: Pin<Box<Sleep>>,
     armed: bool,
-    stalled: Option<oneshot::Sender<()>>,
+    stall: Arc<Stall>,
     failed: bool,
 }
 
 impl ReadTimeoutBody {
-    pub fn new(inner: Body, timeout: Duration, stalled: oneshot::Sender<()>) -> ReadTimeoutBody {
+    pub fn new(inner: Body, timeout: Duration, stall: Arc<Stall>) -> ReadTimeoutBody {
         ReadTimeoutBody {
             inner,
             timeout,
             timer: Box::pin(tokio::time::sleep(timeout)),
             armed: false,
-            stalled: Some(stalled),
+            stall,
             failed: false,
         }
     }
@@ -99,9 +127,7 @@ impl http_body::Body for ReadTimeoutBody {
                     return Poll::Pending;
                 }
                 me.failed = true;
-                if let Some(tx) = me.stalled.take() {
-                    let _ = tx.send(());
-                }
+                me.stall.fire();
                 Poll::Ready(Some(Err(stalled_status(me.timeout))))
             }
         }
@@ -369,11 +395,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_stream_that_stalls_ends_and_says_so() {
-        let (tx, rx) = oneshot::channel();
+        let stall = Arc::new(Stall::default());
         let never = Body::new(http_body_util::StreamBody::new(futures::stream::pending::<
             Result<Frame<Bytes>, Status>,
         >()));
-        let mut body = ReadTimeoutBody::new(never, Duration::from_millis(50), tx);
+        let mut body = ReadTimeoutBody::new(never, Duration::from_millis(50), Arc::clone(&stall));
         let started = Instant::now();
         let err = body.frame().await.and_then(Result::err);
         assert_eq!(err.map(|s| s.code()), Some(Code::DeadlineExceeded));
@@ -382,7 +408,8 @@ mod tests {
             waited >= Duration::from_millis(50) && waited < Duration::from_secs(5),
             "{waited:?}"
         );
-        assert!(rx.await.is_ok(), "the gateway is told");
+        assert!(stall.fired(), "the gateway is told");
+        stall.wait().await;
         assert!(body.frame().await.is_none());
     }
 }

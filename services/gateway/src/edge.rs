@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
 use tonic::Code;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
@@ -36,7 +35,7 @@ use citycredit::status::{clip, retry_after, with_info};
 use citycredit_registry::KeyView;
 use citycredit_registry::authn::{authenticate, is_open_path};
 
-use crate::body::{CallBody, OnEnd, ReadTimeoutBody, code_in, stalled_status};
+use crate::body::{CallBody, OnEnd, ReadTimeoutBody, Stall, code_in, stalled_status};
 use crate::config::GatewaySettings;
 use crate::limits::{CallKind, CallPermit, FAILURE_SUMMARY_EVERY, Limits, Refusal, ServePermit};
 use crate::metrics::{Metrics, UNKNOWN_METHOD, code_name};
@@ -354,7 +353,7 @@ impl Inner {
         }
 
         let read_timeout = Duration::from_millis(self.parts.settings.request_read_timeout_ms);
-        let mut stalled = None;
+        let stall = Arc::new(Stall::default());
         if kind == CallKind::Unary {
             // The request whole before the call takes a place that the services' capacity
             // bounds: a caller that sends headers and then nothing holds only its own budget.
@@ -389,10 +388,12 @@ impl Inner {
                 Err(why) => return self.refused(why, &principal.id),
             }
         } else if rpc.client_streaming {
-            let (tx, rx) = oneshot::channel();
             let body = std::mem::replace(req.body_mut(), Body::empty());
-            *req.body_mut() = Body::new(ReadTimeoutBody::new(body, read_timeout, tx));
-            stalled = Some(rx);
+            *req.body_mut() = Body::new(ReadTimeoutBody::new(
+                body,
+                read_timeout,
+                Arc::clone(&stall),
+            ));
         }
 
         let now = citycredit::store::now_micros();
@@ -414,19 +415,16 @@ impl Inner {
             self.parts.metrics.push(id);
         }
 
-        let stalled = async move {
-            let fired = match stalled {
-                Some(rx) => rx.await.is_ok(),
-                None => false,
-            };
-            if !fired {
-                std::future::pending::<()>().await;
-            }
-        };
         tokio::select! {
             biased;
-            () = stalled => stalled_status(read_timeout).into_http(),
-            r = self.forward(upstream, req) => r,
+            () = stall.wait() => stalled_status(read_timeout).into_http(),
+            // An in-process service may answer in the same poll in which the stream stalled:
+            // the caller is told why, not what the service made of the broken stream.
+            r = self.forward(upstream, req) => if stall.fired() {
+                stalled_status(read_timeout).into_http()
+            } else {
+                r
+            },
             () = tokio::time::sleep_until(deadline) => refuse(
                 Code::DeadlineExceeded,
                 format!("deadline of {} ms exceeded", given.as_millis()),

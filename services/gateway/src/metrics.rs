@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn concurrent_scrapes_never_count_a_row_twice() {
         let metrics = Metrics::new();
-        for round in 0..50u64 {
+        for round in 0..2000u64 {
             citycredit::counters::add_ingested_rows(round + 1);
             let total = citycredit::counters::ingested_rows();
             let barrier = Arc::new(std::sync::Barrier::new(8));
