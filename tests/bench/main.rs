@@ -103,6 +103,9 @@ enum Cmd {
         /// failed-auth).
         #[arg(long)]
         only: Option<String>,
+        /// Calls per second of the key-less floods (0: as fast as the attacker goes).
+        #[arg(long, default_value_t = 2000)]
+        flood_rate: u64,
     },
     /// One attack, in a process of its own (started by `attacks`).
     #[command(hide = true)]
@@ -115,6 +118,8 @@ enum Cmd {
         key: String,
         #[arg(long)]
         seconds: u64,
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
     },
     /// Serial (one call in flight) latency as a Python grpcio client sees it, through a real
     /// socket, against the real binary (all in one process, SQLite): GetScorecard (about 20 KB),
@@ -468,12 +473,14 @@ fn main() {
                 seconds,
                 victims,
                 only,
+                flood_rate,
             } => {
                 attacks::run(attacks::Attacks {
                     bin,
                     seconds,
                     victims,
                     only,
+                    flood_rate,
                 })
                 .await;
             }
@@ -482,7 +489,8 @@ fn main() {
                 addr,
                 key,
                 seconds,
-            } => attacks::worker(kind, addr, key, seconds).await,
+                rate,
+            } => attacks::worker(kind, addr, key, seconds, rate).await,
             Cmd::SerialLatency { bin, calls } => serial_latency::run(&bin, calls).await,
             Cmd::Overload {
                 clients,

@@ -189,7 +189,17 @@ pub async fn run(o: Overload) {
 
     for &factor in &o.factors {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        open_loop(&t, &clients, &counter, metrics, sustainable, factor, &o, rss_start).await;
+        open_loop(
+            &t,
+            &clients,
+            &counter,
+            metrics,
+            sustainable,
+            factor,
+            &o,
+            rss_start,
+        )
+        .await;
     }
 }
 
@@ -220,7 +230,11 @@ async fn open_loop(
     let limits: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
     let sampler = {
         let pid = t.pid(Part::Gateway).unwrap_or(0);
-        let (peak, on, limits) = (Arc::clone(&rss_peak), Arc::clone(&sampling), Arc::clone(&limits));
+        let (peak, on, limits) = (
+            Arc::clone(&rss_peak),
+            Arc::clone(&sampling),
+            Arc::clone(&limits),
+        );
         tokio::spawn(async move {
             while on.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Some(kib) = citycredit_tests::topology::rss_kib(pid) {
@@ -253,10 +267,7 @@ async fn open_loop(
                 let s = Instant::now();
                 let (code, retry_info) = match push(&mut c, i, deadline).await {
                     Ok(()) => (Code::Ok, false),
-                    Err(e) => (
-                        e.code(),
-                        e.get_error_details().retry_info().is_some(),
-                    ),
+                    Err(e) => (e.code(), e.get_error_details().retry_info().is_some()),
                 };
                 results
                     .lock()

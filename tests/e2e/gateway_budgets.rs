@@ -37,7 +37,10 @@ async fn start(backend: Backend, adjust: impl FnOnce(&mut Config)) -> (TestServe
         .await
         .is_err()
     {
-        assert!(up.elapsed() < Duration::from_secs(30), "server did not come up");
+        assert!(
+            up.elapsed() < Duration::from_secs(30),
+            "server did not come up"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     (server, schema)
@@ -58,7 +61,10 @@ fn push(i: u64) -> pb::SubmitValueRequest {
 }
 
 fn retry_delay(status: &tonic::Status) -> Option<Duration> {
-    status.get_error_details().retry_info().and_then(|r| r.retry_delay)
+    status
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
 }
 
 /// The victim's calls: a push and a scorecard, both must succeed.
@@ -155,7 +161,13 @@ async fn idle_streams_use_up_only_their_own_budget(backend: Backend) {
         .submit_batch(tokio_stream::iter([pb::SubmitBatchRequest {
             idempotency_key: String::new(),
             validate_only: false,
-            values: vec![number_input("uscc.codes_total", "330803", "2026", "samr", "7")],
+            values: vec![number_input(
+                "uscc.codes_total",
+                "330803",
+                "2026",
+                "samr",
+                "7",
+            )],
         }]))
         .await
         .unwrap_or_else(|e| panic!("the victim's batch was refused: {e:?}"));
@@ -260,7 +272,13 @@ async fn a_stalled_batch_ends_and_stores_nothing(backend: Backend) {
     let first = pb::SubmitBatchRequest {
         idempotency_key: "stalled-batch".into(),
         validate_only: false,
-        values: vec![number_input("uscc.codes_total", "330802", "2026", "samr", "5")],
+        values: vec![number_input(
+            "uscc.codes_total",
+            "330802",
+            "2026",
+            "samr",
+            "5",
+        )],
     };
     let sent = tx.send(first).await;
     assert!(sent.is_ok());
@@ -321,7 +339,10 @@ async fn client_deadlines_are_capped_per_kind(backend: Backend) {
     let err = c.submit_batch(req).await.err();
     let took = started.elapsed();
     drop(tx);
-    assert_eq!(err.as_ref().map(tonic::Status::code), Some(Code::DeadlineExceeded));
+    assert_eq!(
+        err.as_ref().map(tonic::Status::code),
+        Some(Code::DeadlineExceeded)
+    );
     assert!(
         took >= Duration::from_millis(280) && took < Duration::from_secs(5),
         "answered after {took:?}: {err:?}"
@@ -472,9 +493,10 @@ async fn failed_authentications_are_limited_per_source() {
         c.gateway.failed_auth_per_source_burst = 5;
     })
     .await;
-    let mut stranger = IndicatorServiceClient::new(
-        server.with_key("cc_0badc0de_0000000000000000000000000000000000000000000000000000000000000000"),
-    );
+    let mut stranger =
+        IndicatorServiceClient::new(server.with_key(
+            "cc_0badc0de_0000000000000000000000000000000000000000000000000000000000000000",
+        ));
     let mut codes = Vec::new();
     for _ in 0..8 {
         match stranger.get_catalog(pb::GetCatalogRequest {}).await {

@@ -81,7 +81,9 @@ impl Server {
             let mut tx = Some(tx);
             while let Ok(Some(line)) = reader.next_line().await {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    let addr = v["addr"].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
+                    let addr = v["addr"]
+                        .as_str()
+                        .and_then(|a| a.parse::<SocketAddr>().ok());
                     match v["message"].as_str() {
                         Some("serving gRPC") => found.0 = addr,
                         Some("serving metrics") => found.1 = addr,
@@ -135,7 +137,11 @@ impl Server {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let text = String::from_utf8_lossy(&raw).into_owned();
-        assert!(text.starts_with("HTTP/1.1 200"), "{}", &text[..text.len().min(200)]);
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "{}",
+            &text[..text.len().min(200)]
+        );
         text.split_once("\r\n\r\n")
             .map(|(_, body)| body.to_owned())
             .unwrap_or_default()
@@ -182,7 +188,13 @@ async fn scenario(backend: Backend) {
     let mut subs = Submissions::new(channel_with_key(server.grpc, &key));
     for v in ["11", "12"] {
         subs.submit_value(pb::SubmitValueRequest {
-            value: Some(number_input("uscc.codes_total", "330802", "2026", "samr", v)),
+            value: Some(number_input(
+                "uscc.codes_total",
+                "330802",
+                "2026",
+                "samr",
+                v,
+            )),
             idempotency_key: format!("metrics-{v}"),
             validate_only: false,
         })
@@ -210,7 +222,10 @@ async fn scenario(backend: Backend) {
             .map(|j| char::from(b'a' + u8::try_from((i * 7 + j) % 26).unwrap_or(0)))
             .collect();
         let (response, _s) = conn
-            .start(grpc_request(&format!("/x.{i}/{junk}"), None), Some(bytes::Bytes::new()))
+            .start(
+                grpc_request(&format!("/x.{i}/{junk}"), None),
+                Some(bytes::Bytes::new()),
+            )
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         unknown.push(response);
@@ -242,7 +257,10 @@ async fn scenario(backend: Backend) {
         "{name}: the exposition is {} bytes after 300 random paths",
         text.len()
     );
-    assert!(!text.contains("aaaa") && !text.contains("/x."), "{name}: a random path is a label");
+    assert!(
+        !text.contains("aaaa") && !text.contains("/x."),
+        "{name}: a random path is a label"
+    );
     let series = |m: &str, code: &str| {
         format!("citycredit_rpc_requests_total{{method=\"{m}\",code=\"{code}\"}}")
     };
@@ -260,22 +278,38 @@ async fn scenario(backend: Backend) {
         "{name}: a successful unary call is OK (read from the trailers):\n{text}"
     );
     assert_eq!(
-        value(&text, &series("/citycredit.v1.IndicatorService/GetIndicator", "NOT_FOUND")),
+        value(
+            &text,
+            &series("/citycredit.v1.IndicatorService/GetIndicator", "NOT_FOUND")
+        ),
         Some(1),
         "{name}"
     );
     assert_eq!(
-        value(&text, &series("/citycredit.v1.IndicatorService/GetCatalog", "UNAUTHENTICATED")),
+        value(
+            &text,
+            &series(
+                "/citycredit.v1.IndicatorService/GetCatalog",
+                "UNAUTHENTICATED"
+            )
+        ),
         Some(20),
         "{name}"
     );
     assert!(!text.contains("streamed"), "{name}");
     assert_eq!(
-        value(&text, "citycredit_pushes_total{principal=\"metrics-platform\"}"),
+        value(
+            &text,
+            "citycredit_pushes_total{principal=\"metrics-platform\"}"
+        ),
         Some(2),
         "{name}"
     );
-    assert_eq!(value(&text, "citycredit_ingested_rows_total"), Some(2), "{name}");
+    assert_eq!(
+        value(&text, "citycredit_ingested_rows_total"),
+        Some(2),
+        "{name}"
+    );
     assert!(
         value(&text, "citycredit_adaptive_limit").is_some(),
         "{name}: no adaptive limit gauge"

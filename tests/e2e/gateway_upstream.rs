@@ -54,7 +54,11 @@ impl Fake {
         let arrived = Arc::new(AtomicUsize::new(0));
         let arrival = Arc::new(Notify::new());
         let release = Arc::new(Semaphore::new(0));
-        let (a, n, r) = (Arc::clone(&arrived), Arc::clone(&arrival), Arc::clone(&release));
+        let (a, n, r) = (
+            Arc::clone(&arrived),
+            Arc::clone(&arrival),
+            Arc::clone(&release),
+        );
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (a, n, r) = (Arc::clone(&a), Arc::clone(&n), Arc::clone(&r));
@@ -77,23 +81,27 @@ impl Fake {
                             Behaviour::DieMidAnswer => {
                                 if let Ok(mut body) = respond.send_response(head, false) {
                                     // A gRPC frame promising 10 bytes, 2 of them sent.
-                                    let _ = body.send_data(Bytes::from_static(&[0, 0, 0, 0, 10, 8, 1]), false);
+                                    let _ = body.send_data(
+                                        Bytes::from_static(&[0, 0, 0, 0, 10, 8, 1]),
+                                        false,
+                                    );
                                 }
                                 // Let the frames out, then drop the connection without a word.
-                                let _ = tokio::time::timeout(
-                                    Duration::from_millis(100),
-                                    conn.accept(),
-                                )
-                                .await;
+                                let _ =
+                                    tokio::time::timeout(Duration::from_millis(100), conn.accept())
+                                        .await;
                                 return;
                             }
                             Behaviour::Hold => {
                                 let r = Arc::clone(&r);
                                 tokio::spawn(async move {
-                                    let Ok(permit) = r.acquire().await else { return };
+                                    let Ok(permit) = r.acquire().await else {
+                                        return;
+                                    };
                                     permit.forget();
                                     if let Ok(mut body) = respond.send_response(head, false) {
-                                        let _ = body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), false);
+                                        let _ = body
+                                            .send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), false);
                                         let mut trailers = http::HeaderMap::new();
                                         trailers.insert("grpc-status", http::HeaderValue::from(0));
                                         let _ = body.send_trailers(trailers);
@@ -238,7 +246,10 @@ async fn beyond_the_limit_calls_are_shed_at_once_and_one_principal_holds_half() 
         .unwrap_or_else(|| panic!("a principal took more than half of the limit"));
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("half"), "{}", err.message());
-    assert!(started.elapsed() < Duration::from_secs(1), "not refused at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "not refused at once"
+    );
 
     // B takes the other half; now the platform is full and C is refused at once.
     let b_calls = [hold(&b, 4), hold(&b, 5)];
@@ -260,8 +271,15 @@ async fn beyond_the_limit_calls_are_shed_at_once_and_one_principal_holds_half() 
         retry.is_some_and(|d| d >= Duration::from_millis(20) && d <= Duration::from_secs(1)),
         "{err:?}"
     );
-    assert!(refused_in < Duration::from_secs(1), "refused after {refused_in:?}");
-    assert_eq!(fake.arrived.load(Ordering::SeqCst), 4, "the excess reached the service");
+    assert!(
+        refused_in < Duration::from_secs(1),
+        "refused after {refused_in:?}"
+    );
+    assert_eq!(
+        fake.arrived.load(Ordering::SeqCst),
+        4,
+        "the excess reached the service"
+    );
 
     // Released, every admitted call succeeds and C gets in.
     fake.release.add_permits(4);

@@ -232,7 +232,9 @@ impl Slot {
         if let Some(limit) = self.limit.take() {
             let rtt = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
             let now = u64::try_from(limit.clock.elapsed().as_micros()).unwrap_or(u64::MAX);
-            limit.lock().complete(rtt, self.started_with, overloaded, now);
+            limit
+                .lock()
+                .complete(rtt, self.started_with, overloaded, now);
         }
     }
 }
@@ -312,7 +314,11 @@ mod tests {
         assert!(
             above_floor.iter().all(|l| (40..=110).contains(l)),
             "limits outside 40..=110: {:?}",
-            above_floor.iter().filter(|l| !(40..=110).contains(*l)).take(20).collect::<Vec<_>>()
+            above_floor
+                .iter()
+                .filter(|l| !(40..=110).contains(*l))
+                .take(20)
+                .collect::<Vec<_>>()
         );
         assert!(
             above_floor.len() * 100 >= tail.len() * 97,
@@ -344,7 +350,10 @@ mod tests {
         for _ in 0..10 {
             assert!(s.try_acquire().is_some());
         }
-        assert!(s.try_acquire().is_none(), "the limit admits no more than itself");
+        assert!(
+            s.try_acquire().is_none(),
+            "the limit admits no more than itself"
+        );
     }
 
     #[test]

@@ -42,10 +42,7 @@ fn trailers_of(status: &Status) -> HeaderMap {
     let mut trailers = HeaderMap::new();
     if status.add_header(&mut trailers).is_err() {
         // Only a message that cannot be a header value fails; the code alone still says it.
-        trailers.insert(
-            "grpc-status",
-            http::HeaderValue::from(status.code() as i32),
-        );
+        trailers.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
     }
     trailers
 }
@@ -225,7 +222,9 @@ impl http_body::Body for CallBody {
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    let code = code_in(trailers).or(me.header_code).unwrap_or(Code::Unknown);
+                    let code = code_in(trailers)
+                        .or(me.header_code)
+                        .unwrap_or(Code::Unknown);
                     me.end(code);
                 } else if let Some(o) = &me.owed {
                     o.waiting_for_peer();
@@ -265,7 +264,9 @@ impl http_body::Body for CallBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(http_body::Body::is_end_stream)
+        self.inner
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -281,7 +282,9 @@ impl Drop for CallBody {
             // Never polled to its end: either it had nothing to send (a trailers-only answer,
             // whose code is in the headers) or the caller went away before it was sent.
             let code = match &self.inner {
-                Some(b) if http_body::Body::is_end_stream(b) => self.header_code.unwrap_or(Code::Unknown),
+                Some(b) if http_body::Body::is_end_stream(b) => {
+                    self.header_code.unwrap_or(Code::Unknown)
+                }
                 _ => Code::Cancelled,
             };
             f(code);
@@ -322,7 +325,9 @@ mod tests {
             Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
             Ok(Frame::trailers(trailers)),
         ];
-        Body::new(http_body_util::StreamBody::new(futures::stream::iter(frames)))
+        Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+            frames,
+        )))
     }
 
     #[tokio::test]
@@ -331,7 +336,11 @@ mod tests {
         let body = CallBody::new(answer(Code::Ok), None, None, None, on_end);
         let collected = body.collect().await.map(|c| c.trailers().cloned());
         assert!(matches!(collected, Ok(Some(_))));
-        assert_eq!(codes(&seen), vec![Code::Ok], "once, with the trailers' code");
+        assert_eq!(
+            codes(&seen),
+            vec![Code::Ok],
+            "once, with the trailers' code"
+        );
     }
 
     #[tokio::test]
@@ -360,7 +369,9 @@ mod tests {
             Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
             Err(Status::internal("h2 protocol error: connection reset")),
         ];
-        let broken = Body::new(http_body_util::StreamBody::new(futures::stream::iter(frames)));
+        let broken = Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+            frames,
+        )));
         let body = CallBody::new(broken, None, None, None, on_end);
         let trailers = body
             .collect()
@@ -382,7 +393,13 @@ mod tests {
             Result<Frame<Bytes>, Status>,
         >()));
         let given = Duration::from_millis(50);
-        let body = CallBody::new(never, None, Some((Instant::now() + given, given)), None, on_end);
+        let body = CallBody::new(
+            never,
+            None,
+            Some((Instant::now() + given, given)),
+            None,
+            on_end,
+        );
         let trailers = body
             .collect()
             .await

@@ -165,10 +165,16 @@ impl Inner {
             serve,
             deadline,
         } = call;
+        // A unary call's answer is whole when its headers come (the service's handler is done):
+        // the services' capacity is free again, whatever the caller does with the body. A
+        // caller that never reads it keeps only its own budget (`permit`, freed at the end).
+        if let Some(serve) = serve {
+            serve.complete(matches!(
+                header_code,
+                Some(Code::DeadlineExceeded | Code::Unavailable)
+            ));
+        }
         let on_end: OnEnd = Box::new(move |code: Code| {
-            if let Some(serve) = serve {
-                serve.complete(matches!(code, Code::DeadlineExceeded | Code::Unavailable));
-            }
             drop(permit);
             let elapsed = started.elapsed();
             metrics.observe(&method, code, elapsed);
@@ -389,11 +395,8 @@ impl Inner {
             }
         } else if rpc.client_streaming {
             let body = std::mem::replace(req.body_mut(), Body::empty());
-            *req.body_mut() = Body::new(ReadTimeoutBody::new(
-                body,
-                read_timeout,
-                Arc::clone(&stall),
-            ));
+            *req.body_mut() =
+                Body::new(ReadTimeoutBody::new(body, read_timeout, Arc::clone(&stall)));
         }
 
         let now = citycredit::store::now_micros();

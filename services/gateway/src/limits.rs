@@ -148,8 +148,7 @@ impl Limits {
         let rate = NonZeroU32::new(s.per_principal_rate).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(s.per_principal_burst).unwrap_or(NonZeroU32::MIN);
         let auth_rate = NonZeroU32::new(s.failed_auth_per_source_rate).unwrap_or(NonZeroU32::MIN);
-        let auth_burst =
-            NonZeroU32::new(s.failed_auth_per_source_burst).unwrap_or(NonZeroU32::MIN);
+        let auth_burst = NonZeroU32::new(s.failed_auth_per_source_burst).unwrap_or(NonZeroU32::MIN);
         Limits {
             per_principal: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
             budgets: Arc::new(Budgets {
@@ -159,9 +158,7 @@ impl Limits {
             }),
             calls: Arc::new(Semaphore::new(s.max_concurrent_calls)),
             adaptive: AdaptiveLimit::new(s.min_concurrent_calls, s.max_concurrent_calls),
-            failed_auth: RateLimiter::keyed(
-                Quota::per_second(auth_rate).allow_burst(auth_burst),
-            ),
+            failed_auth: RateLimiter::keyed(Quota::per_second(auth_rate).allow_burst(auth_burst)),
             failures: Mutex::new(FailureLog::default()),
             clock: DefaultClock::default(),
         }
@@ -243,7 +240,11 @@ impl Limits {
     /// Counts a failed authentication from `source` with the key prefix it sent; Ok while the
     /// source is within its rate (the caller is told UNAUTHENTICATED and the key cache may be
     /// refreshed), else how long it should wait (it is refused without a look-up).
-    pub fn failed_auth(&self, source: Option<IpAddr>, prefix: Option<&str>) -> Result<(), Duration> {
+    pub fn failed_auth(
+        &self,
+        source: Option<IpAddr>,
+        prefix: Option<&str>,
+    ) -> Result<(), Duration> {
         let verdict = match source {
             Some(ip) => self
                 .failed_auth
@@ -414,7 +415,10 @@ mod tests {
         drop(one);
         assert!(limits.admit(&b, CallKind::Unary).is_ok());
         drop((two, stream, b1));
-        assert!(limits.budgets.lock().is_empty(), "idle principals are forgotten");
+        assert!(
+            limits.budgets.lock().is_empty(),
+            "idle principals are forgotten"
+        );
     }
 
     #[test]
@@ -442,7 +446,10 @@ mod tests {
         assert!(limits.failed_auth(Some(ip), Some("cc_0000000a")).is_ok());
         assert!(limits.failed_auth(Some(ip), Some("cc_0000000b")).is_ok());
         let wait = limits.failed_auth(Some(ip), None).err().unwrap_or_default();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
         assert!(limits.failed_auth(Some([10, 0, 0, 2].into()), None).is_ok());
         let log = limits
             .failures
@@ -466,6 +473,10 @@ mod tests {
         }
         assert_eq!(log.sources.len(), MAX_SOURCES);
         assert_eq!(log.other_failures, 100);
-        assert!(log.sources.values().all(|s| s.prefixes.len() == PREFIXES_PER_SOURCE));
+        assert!(
+            log.sources
+                .values()
+                .all(|s| s.prefixes.len() == PREFIXES_PER_SOURCE)
+        );
     }
 }

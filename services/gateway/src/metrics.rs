@@ -297,7 +297,12 @@ mod tests {
             .lines()
             .filter(|l| l.starts_with("citycredit_pushes_total{"))
             .count();
-        assert_eq!(labelled, MAX_PRINCIPAL_LABELS + 1, "{} principals and other", MAX_PRINCIPAL_LABELS);
+        assert_eq!(
+            labelled,
+            MAX_PRINCIPAL_LABELS + 1,
+            "{} principals and other",
+            MAX_PRINCIPAL_LABELS
+        );
         assert_eq!(
             value_of(&text, "citycredit_pushes_total{principal=\"other\"}"),
             Some(50)

@@ -323,7 +323,11 @@ mod tests {
         assert_eq!(watch.longest_wait_ms(), 0);
         owed.waiting_for_peer();
         drop(owed);
-        assert_eq!(watch.longest_wait_ms(), 0, "a finished response is forgotten");
+        assert_eq!(
+            watch.longest_wait_ms(),
+            0,
+            "a finished response is forgotten"
+        );
         assert!(
             watch
                 .responses
