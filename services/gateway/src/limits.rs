@@ -325,7 +325,7 @@ impl FailureLog {
 
     fn emit(self) {
         let mut sources: Vec<(Option<IpAddr>, SourceFailures)> = self.sources.into_iter().collect();
-        sources.sort_by(|a, b| b.1.failures.cmp(&a.1.failures));
+        sources.sort_by_key(|s| std::cmp::Reverse(s.1.failures));
         let mut rest_sources = 0u64;
         let mut rest_failures = self.other_failures;
         for (i, (source, f)) in sources.into_iter().enumerate() {
