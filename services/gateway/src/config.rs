@@ -53,9 +53,9 @@ impl ServiceMode {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewaySettings {
-    /// Ceiling of the adaptive limit on unary calls being served at once across all callers
-    /// (and the cap on calls and streams open at once in all); beyond the current limit calls
-    /// are shed at once with RESOURCE_EXHAUSTED and RetryInfo.
+    /// Ceiling of the adaptive limit on unary calls being served at once across all callers,
+    /// and the cap on unary calls in flight and (separately) streams open at once in all;
+    /// beyond them calls are shed at once with RESOURCE_EXHAUSTED and RetryInfo.
     pub max_concurrent_calls: usize,
     /// Floor of the adaptive limit: it never admits fewer unary calls at once than this. Equal
     /// to `max_concurrent_calls`, the limit is fixed.

@@ -135,7 +135,7 @@ impl Inner {
             return self.forward(self.parts.open.clone(), req).await;
         }
         let started = Instant::now();
-        let rpc = self.parts.table.get(path).cloned();
+        let rpc = self.parts.table.get_shared(path);
         let method = rpc
             .as_ref()
             .map_or_else(|| Arc::clone(&self.unknown), |r| Arc::clone(&r.path));
@@ -148,7 +148,7 @@ impl Inner {
         let conn = req.extensions().get::<ConnInfo>().cloned();
         let mut call = Call::default();
         let response = self
-            .admit_and_forward(req, rpc.as_ref(), conn.as_ref(), &mut call, &span)
+            .admit_and_forward(req, rpc.as_deref(), conn.as_ref(), &mut call, &span)
             .instrument(span.clone())
             .await;
 

@@ -6,8 +6,8 @@
 //!   request's arrival until its response is fully sent, and a share of the adaptive limit, so
 //!   one principal's idle streams, stalled uploads or unread responses use up only its own
 //!   budget;
-//! - a global cap on calls and streams open at once, and the adaptive limit on unary calls
-//!   being served (`adaptive.rs`);
+//! - global caps on unary calls in flight and on streams open (each `max_concurrent_calls`), and
+//!   the adaptive limit on unary calls being served (`adaptive.rs`);
 //! - failed authentications per source address: beyond a rate they are refused without a key
 //!   look-up, and they are logged as one summary per source every 10 seconds instead of lines
 //!   per attempt.
@@ -127,7 +127,10 @@ impl Drop for ServePermit {
 pub struct Limits {
     per_principal: DefaultKeyedRateLimiter<String>,
     budgets: Arc<Budgets>,
+    /// Unary calls in flight, and streams open, in all (separately: long watches must not
+    /// crowd out unary calls, nor the reverse).
     calls: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
     adaptive: Arc<AdaptiveLimit>,
     failed_auth: DefaultKeyedRateLimiter<IpAddr>,
     failures: Mutex<FailureLog>,
@@ -157,6 +160,7 @@ impl Limits {
                 usage: Mutex::new(HashMap::new()),
             }),
             calls: Arc::new(Semaphore::new(s.max_concurrent_calls)),
+            streams: Arc::new(Semaphore::new(s.max_concurrent_calls)),
             adaptive: AdaptiveLimit::new(s.min_concurrent_calls, s.max_concurrent_calls),
             failed_auth: RateLimiter::keyed(Quota::per_second(auth_rate).allow_burst(auth_burst)),
             failures: Mutex::new(FailureLog::default()),
@@ -185,7 +189,11 @@ impl Limits {
             }
             *used += 1;
         }
-        match Arc::clone(&self.calls).try_acquire_owned() {
+        let global = match kind {
+            CallKind::Unary => &self.calls,
+            CallKind::Stream => &self.streams,
+        };
+        match Arc::clone(global).try_acquire_owned() {
             Ok(global) => Ok(CallPermit {
                 budgets: Arc::clone(&self.budgets),
                 principal: Arc::clone(principal),
@@ -405,16 +413,20 @@ mod tests {
         let stream = limits.admit(&a, CallKind::Stream);
         assert!(stream.is_ok(), "streams have their own budget");
         assert!(limits.admit(&a, CallKind::Stream).is_err());
-        // b has its own budget, but the global cap (4) fills up.
+        // b has its own budget, but the global cap on unary calls (4) fills up; streams have
+        // their own global cap.
         let b1 = limits.admit(&b, CallKind::Unary);
-        assert!(b1.is_ok());
+        let b2 = limits.admit(&b, CallKind::Unary);
+        assert!(b1.is_ok() && b2.is_ok());
+        let c: Arc<str> = "c".into();
         assert!(matches!(
-            limits.admit(&b, CallKind::Unary),
+            limits.admit(&c, CallKind::Unary),
             Err(Refusal::Capacity { .. })
         ));
+        assert!(limits.admit(&c, CallKind::Stream).is_ok());
         drop(one);
-        assert!(limits.admit(&b, CallKind::Unary).is_ok());
-        drop((two, stream, b1));
+        assert!(limits.admit(&c, CallKind::Unary).is_ok());
+        drop((two, stream, b1, b2));
         assert!(
             limits.budgets.lock().is_empty(),
             "idle principals are forgotten"

@@ -30,7 +30,7 @@ impl RpcInfo {
 /// RPC path (`/package.Service/Method`) -> what it is.
 #[derive(Clone, Debug, Default)]
 pub struct RpcTable {
-    rpcs: HashMap<String, RpcInfo>,
+    rpcs: HashMap<String, Arc<RpcInfo>>,
 }
 
 impl RpcTable {
@@ -50,12 +50,12 @@ impl RpcTable {
                         let path = format!("/{name}/{}", m.name.unwrap_or_default());
                         rpcs.insert(
                             path.clone(),
-                            RpcInfo {
+                            Arc::new(RpcInfo {
                                 path: Arc::from(path),
                                 service: name.clone(),
                                 client_streaming: m.client_streaming.unwrap_or(false),
                                 server_streaming: m.server_streaming.unwrap_or(false),
-                            },
+                            }),
                         );
                     }
                 }
@@ -65,7 +65,12 @@ impl RpcTable {
     }
 
     pub fn get(&self, path: &str) -> Option<&RpcInfo> {
-        self.rpcs.get(path)
+        self.rpcs.get(path).map(|r| &**r)
+    }
+
+    /// Like `get`, shared (no copy per call).
+    pub fn get_shared(&self, path: &str) -> Option<Arc<RpcInfo>> {
+        self.rpcs.get(path).cloned()
     }
 
     /// Service names, sorted.
