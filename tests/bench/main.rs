@@ -2,7 +2,9 @@
 //! ratios to the targets of the ingestion issue. Build with `--release`. PostgreSQL runs use
 //! `DATABASE_URL` and a fresh schema that is dropped afterwards.
 
+mod attacks;
 mod overload;
+mod serial_latency;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,24 +86,74 @@ enum Cmd {
         #[arg(long, default_value_t = 2_000)]
         queries: usize,
     },
+    /// One principal (or a key-less caller) attacks the platform (the real binary, all in one
+    /// process), another principal works: the victim's goodput alone and under each attack,
+    /// the platform's memory, what the attacker got. Uses DATABASE_URL when set, else SQLite.
+    Attacks {
+        /// The citycredit binary (build it with --release).
+        #[arg(long, default_value = "target/release/citycredit")]
+        bin: String,
+        /// Length of each measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// The victim's closed-loop callers.
+        #[arg(long, default_value_t = 8)]
+        victims: usize,
+        /// Run only this attack (idle-streams, header-only, zero-window, random-paths,
+        /// failed-auth).
+        #[arg(long)]
+        only: Option<String>,
+        /// Calls per second of the key-less floods (0: as fast as the attacker goes).
+        #[arg(long, default_value_t = 2000)]
+        flood_rate: u64,
+    },
+    /// One attack, in a process of its own (started by `attacks`).
+    #[command(hide = true)]
+    AttackWorker {
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long, default_value = "")]
+        key: String,
+        #[arg(long)]
+        seconds: u64,
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+    },
+    /// Serial (one call in flight) latency as a Python grpcio client sees it, through a real
+    /// socket, against the real binary (all in one process, SQLite): GetScorecard (about 20 KB),
+    /// ListDepartments and GetCatalog. Needs tests/python/run.sh to have set up its venv.
+    SerialLatency {
+        /// The citycredit binary (build it with --release).
+        #[arg(long, default_value = "target/release/citycredit")]
+        bin: String,
+        #[arg(long, default_value_t = 500)]
+        calls: usize,
+    },
     /// Overload through the gateway of four processes (PostgreSQL from DATABASE_URL): the
-    /// sustainable push rate, then `factor` times it; goodput, p99, shedding and gateway memory.
+    /// sustainable push rate, then each factor times it; goodput, p99, shedding, the adaptive
+    /// limit and gateway memory.
     Overload {
         /// Closed-loop callers that measure the sustainable rate.
         #[arg(long, default_value_t = 16)]
         clients: usize,
         #[arg(long, default_value_t = 10)]
         measure_secs: u64,
-        /// Length of the overload.
-        #[arg(long, default_value_t = 20)]
+        /// Length of each overload.
+        #[arg(long, default_value_t = 15)]
         seconds: u64,
-        #[arg(long, default_value_t = 2)]
-        factor: u32,
-        /// The gateway's `gateway.max_concurrent_calls`.
-        #[arg(long, default_value_t = 32)]
+        /// Multiples of the sustainable rate to offer, one open loop each.
+        #[arg(long, value_delimiter = ',', default_value = "2,4")]
+        factors: Vec<u32>,
+        /// The gateway's `gateway.max_concurrent_calls` (ceiling of the adaptive limit).
+        #[arg(long, default_value_t = 512)]
         max_concurrent_calls: usize,
+        /// The gateway's `gateway.min_concurrent_calls` (floor of the adaptive limit).
+        #[arg(long, default_value_t = 16)]
+        min_concurrent_calls: usize,
         /// The gateway's `gateway.per_principal_rate` (and burst).
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value_t = 100_000)]
         per_principal_rate: u32,
         /// Each call's deadline.
         #[arg(long, default_value_t = 5000)]
@@ -416,12 +468,37 @@ fn main() {
                 submissions,
                 queries,
             } => aggregate(db, submissions, queries).await,
+            Cmd::Attacks {
+                bin,
+                seconds,
+                victims,
+                only,
+                flood_rate,
+            } => {
+                attacks::run(attacks::Attacks {
+                    bin,
+                    seconds,
+                    victims,
+                    only,
+                    flood_rate,
+                })
+                .await;
+            }
+            Cmd::AttackWorker {
+                kind,
+                addr,
+                key,
+                seconds,
+                rate,
+            } => attacks::worker(kind, addr, key, seconds, rate).await,
+            Cmd::SerialLatency { bin, calls } => serial_latency::run(&bin, calls).await,
             Cmd::Overload {
                 clients,
                 measure_secs,
                 seconds,
-                factor,
+                factors,
                 max_concurrent_calls,
+                min_concurrent_calls,
                 per_principal_rate,
                 deadline_ms,
             } => {
@@ -429,8 +506,9 @@ fn main() {
                     clients,
                     measure_secs,
                     seconds,
-                    factor,
+                    factors,
                     max_concurrent_calls,
+                    min_concurrent_calls,
                     per_principal_rate,
                     deadline_ms,
                 })

@@ -181,11 +181,11 @@ async fn client_loop(
                     assert!(
                         matches!(
                             status.code(),
+                            // Never INTERNAL: a service killed mid-answer is UNAVAILABLE.
                             Code::Unavailable
                                 | Code::DeadlineExceeded
                                 | Code::Cancelled
                                 | Code::Unknown
-                                | Code::Internal
                                 | Code::ResourceExhausted
                         ),
                         "{}: unexpected {status:?}",

@@ -208,44 +208,6 @@ struct Split {
     gateway: TestServer,
 }
 
-/// A configuration for `mode` running apart, with its part's identity keys from `keys` (made
-/// by `citycredit_gateway::keys::generate`).
-fn apart(
-    mode: ServiceMode,
-    keys: &std::path::Path,
-) -> impl FnOnce(&mut citycredit_gateway::Config) {
-    let dir = keys.join(mode.as_str());
-    move |c| {
-        c.service = mode;
-        c.database_url = None;
-        let id = &mut c.identity;
-        if matches!(mode, ServiceMode::Gateway | ServiceMode::Scoring) {
-            id.signing_key = Some(dir.join("identity.key"));
-        }
-        if matches!(
-            mode,
-            ServiceMode::Registry | ServiceMode::Ingestion | ServiceMode::Scoring
-        ) {
-            id.gateway_public_key = Some(dir.join("gateway-identity.pub"));
-        }
-        if mode == ServiceMode::Ingestion {
-            id.scoring_public_key = Some(dir.join("scoring-identity.pub"));
-        }
-    }
-}
-
-fn make_keys(dir: &std::path::Path) -> std::path::PathBuf {
-    let out = dir.join("keys");
-    citycredit_gateway::keys::generate(&citycredit_gateway::keys::KeyOptions {
-        out: out.clone(),
-        extra_names: vec!["127.0.0.1".into()],
-        namespace: None,
-        days: 1,
-    })
-    .unwrap_or_else(|e| panic!("keys: {e}"));
-    out
-}
-
 async fn split() -> Split {
     if std::env::var("SPLIT_DEBUG").is_ok() {
         citycredit_gateway::telemetry::install(
@@ -255,16 +217,24 @@ async fn split() -> Split {
         );
     }
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let keys = make_keys(dir.path());
+    let keys = citycredit_tests::make_keys(dir.path());
     // The registry first: it creates and seeds the store the others join.
-    let registry = TestServer::start_in(dir.path(), apart(ServiceMode::Registry, &keys)).await;
+    let registry = TestServer::start_in(
+        dir.path(),
+        citycredit_tests::apart(ServiceMode::Registry, &keys),
+    )
+    .await;
     wait_for(
         &registry.channel(),
         ServingStatus::Serving,
         Duration::from_secs(20),
     )
     .await;
-    let ingestion = TestServer::start_in(dir.path(), apart(ServiceMode::Ingestion, &keys)).await;
+    let ingestion = TestServer::start_in(
+        dir.path(),
+        citycredit_tests::apart(ServiceMode::Ingestion, &keys),
+    )
+    .await;
     wait_for(
         &ingestion.channel(),
         ServingStatus::Serving,
@@ -278,14 +248,14 @@ async fn split() -> Split {
     let ing = ing_url.clone();
     let scoring_keys = keys.clone();
     let scoring = TestServer::start_in(dir.path(), move |c| {
-        apart(ServiceMode::Scoring, &scoring_keys)(c);
+        citycredit_tests::apart(ServiceMode::Scoring, &scoring_keys)(c);
         c.upstreams.ingestion = Some(ing);
     })
     .await;
     let scoring_addr = scoring.addr.to_string();
     let sco_url = format!("http://{}", scoring.addr);
     let gateway = TestServer::start_in(dir.path(), move |c| {
-        apart(ServiceMode::Gateway, &keys)(c);
+        citycredit_tests::apart(ServiceMode::Gateway, &keys)(c);
         c.upstreams.registry = Some(reg_url);
         c.upstreams.ingestion = Some(ing_url);
         c.upstreams.scoring = Some(sco_url);
@@ -388,7 +358,7 @@ async fn gateway_health_follows_an_upstream_that_stops_and_restarts() {
     let ing_url = format!("http://{}", s.ingestion.addr);
     let keys = s.dir.path().join("keys");
     let restarted = TestServer::start_on(&s.scoring_addr, s.dir.path(), move |c| {
-        apart(ServiceMode::Scoring, &keys)(c);
+        citycredit_tests::apart(ServiceMode::Scoring, &keys)(c);
         c.upstreams.ingestion = Some(ing_url);
     })
     .await;

@@ -88,7 +88,14 @@ impl IngestionServer {
 
     pub async fn start(backend: Backend) -> IngestionServer {
         let schema = fresh_schema();
-        let server = TestServer::start_with(|c| use_backend(c, backend, &schema)).await;
+        let server = TestServer::start_with(|c| {
+            use_backend(c, backend, &schema);
+            // These tests load the services (300 concurrent pushes from one principal); the
+            // gateway's per-principal budgets and adaptive limit are tested in gateway_budgets.
+            c.gateway.max_calls_per_principal = 4096;
+            c.gateway.min_concurrent_calls = c.gateway.max_concurrent_calls;
+        })
+        .await;
         // The first authenticated call waits until the server (and its migrated store) is up.
         let mut registry = server.registry();
         for _ in 0..100 {

@@ -4,6 +4,7 @@
 //! registry API with the bootstrap administrator's key. Shutdown is graceful and awaited when
 //! the `TestServer` is stopped.
 
+pub mod h2raw;
 pub mod ingestion;
 pub mod topology;
 
@@ -281,4 +282,50 @@ pub fn use_backend(config: &mut Config, backend: Backend, schema: &str) {
             config.database_schema = Some(schema.to_owned());
         }
     }
+}
+
+/// A configuration for `mode` running apart, with its part's identity keys from `keys` (made
+/// by [`make_keys`]).
+pub fn apart(
+    mode: citycredit_gateway::config::ServiceMode,
+    keys: &std::path::Path,
+) -> impl FnOnce(&mut citycredit_gateway::Config) {
+    let dir = keys.join(mode.as_str());
+    move |c| {
+        c.service = mode;
+        c.database_url = None;
+        let id = &mut c.identity;
+        if matches!(
+            mode,
+            citycredit_gateway::config::ServiceMode::Gateway
+                | citycredit_gateway::config::ServiceMode::Scoring
+        ) {
+            id.signing_key = Some(dir.join("identity.key"));
+        }
+        if matches!(
+            mode,
+            citycredit_gateway::config::ServiceMode::Registry
+                | citycredit_gateway::config::ServiceMode::Ingestion
+                | citycredit_gateway::config::ServiceMode::Scoring
+        ) {
+            id.gateway_public_key = Some(dir.join("gateway-identity.pub"));
+        }
+        if mode == citycredit_gateway::config::ServiceMode::Ingestion {
+            id.scoring_public_key = Some(dir.join("scoring-identity.pub"));
+        }
+    }
+}
+
+/// Every key and certificate of the split topology (`citycredit_gateway::keys::generate`),
+/// names valid for 127.0.0.1, under `dir/keys` (one subdirectory per part).
+pub fn make_keys(dir: &std::path::Path) -> std::path::PathBuf {
+    let out = dir.join("keys");
+    citycredit_gateway::keys::generate(&citycredit_gateway::keys::KeyOptions {
+        out: out.clone(),
+        extra_names: vec!["127.0.0.1".into()],
+        namespace: None,
+        days: 1,
+    })
+    .unwrap_or_else(|e| panic!("keys: {e}"));
+    out
 }

@@ -49,19 +49,50 @@ impl ServiceMode {
     }
 }
 
-/// Protection the gateway applies to every call.
+/// Protection the gateway applies to every call, and the transport limits of every listener.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewaySettings {
-    /// Calls in flight at once across all callers; beyond it calls are shed at once with
-    /// RESOURCE_EXHAUSTED and RetryInfo.
+    /// Ceiling of the adaptive limit on unary calls being served at once across all callers,
+    /// and the cap on unary calls in flight and (separately) streams open at once in all;
+    /// beyond them calls are shed at once with RESOURCE_EXHAUSTED and RetryInfo.
     pub max_concurrent_calls: usize,
+    /// Floor of the adaptive limit: it never admits fewer unary calls at once than this. Equal
+    /// to `max_concurrent_calls`, the limit is fixed.
+    pub min_concurrent_calls: usize,
     /// Calls per second each principal may start (token bucket refill rate).
     pub per_principal_rate: u32,
     /// Calls a principal may start in a burst.
     pub per_principal_burst: u32,
+    /// Unary calls one principal may have in flight, from the request's arrival until its
+    /// response is fully sent.
+    pub max_calls_per_principal: usize,
+    /// Streaming calls (SubmitBatch, AuditCodes, watches) one principal may have open.
+    pub max_streams_per_principal: usize,
     /// Deadline for calls that send none (`grpc-timeout`), except server-streaming watches.
     pub default_deadline_ms: u64,
+    /// The longest deadline a unary call gets, whatever the caller asks.
+    pub max_deadline_unary_ms: u64,
+    /// The longest deadline a client-streaming call (SubmitBatch, AuditCodes) gets.
+    pub max_deadline_client_streaming_ms: u64,
+    /// The longest a server-streaming call (a watch) stays open; also its deadline when the
+    /// caller sends none.
+    pub max_deadline_server_streaming_ms: u64,
+    /// A request stream that sends nothing for this long ends with DEADLINE_EXCEEDED (a unary
+    /// request must arrive whole within it).
+    pub request_read_timeout_ms: u64,
+    /// A connection whose response data the peer has not taken for this long (TCP or HTTP/2
+    /// flow control) is closed.
+    pub write_timeout_ms: u64,
+    /// A connection must send its HTTP/2 preface (after TLS, when TLS is on) within this long.
+    pub handshake_timeout_ms: u64,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`: streams one HTTP/2 connection may have open.
+    pub http2_max_concurrent_streams: u32,
+    /// Failed authentications one source address may make per second; beyond it (and the
+    /// burst) they are answered RESOURCE_EXHAUSTED without a key look-up.
+    pub failed_auth_per_source_rate: u32,
+    /// Failed authentications one source address may make in a burst.
+    pub failed_auth_per_source_burst: u32,
     /// Largest message accepted or sent, in bytes.
     pub max_message_bytes: usize,
 }
@@ -76,9 +107,21 @@ impl Default for GatewaySettings {
     fn default() -> Self {
         GatewaySettings {
             max_concurrent_calls: 512,
+            min_concurrent_calls: 16,
             per_principal_rate: 2000,
             per_principal_burst: 4000,
+            max_calls_per_principal: 64,
+            max_streams_per_principal: 32,
             default_deadline_ms: 30_000,
+            max_deadline_unary_ms: 60_000,
+            max_deadline_client_streaming_ms: 300_000,
+            max_deadline_server_streaming_ms: 3_600_000,
+            request_read_timeout_ms: 10_000,
+            write_timeout_ms: 20_000,
+            handshake_timeout_ms: 10_000,
+            http2_max_concurrent_streams: 128,
+            failed_auth_per_source_rate: 5,
+            failed_auth_per_source_burst: 50,
             max_message_bytes: 8 * 1024 * 1024,
         }
     }
@@ -449,6 +492,48 @@ impl Config {
                 field: "gateway",
                 problem: "default_deadline_ms at least 1, max_message_bytes at least 1024".into(),
             });
+        }
+        if g.min_concurrent_calls == 0 || g.min_concurrent_calls > g.max_concurrent_calls {
+            return Err(ConfigError::Invalid {
+                field: "gateway.min_concurrent_calls",
+                problem: "at least 1 and at most max_concurrent_calls".into(),
+            });
+        }
+        if g.max_calls_per_principal == 0
+            || g.max_streams_per_principal == 0
+            || g.http2_max_concurrent_streams == 0
+            || g.failed_auth_per_source_rate == 0
+            || g.failed_auth_per_source_burst == 0
+        {
+            return Err(ConfigError::Invalid {
+                field: "gateway",
+                problem: "max_calls_per_principal, max_streams_per_principal, \
+                          http2_max_concurrent_streams and failed_auth_per_source_rate/burst \
+                          must be at least 1"
+                    .into(),
+            });
+        }
+        for (field, ms) in [
+            ("gateway.max_deadline_unary_ms", g.max_deadline_unary_ms),
+            (
+                "gateway.max_deadline_client_streaming_ms",
+                g.max_deadline_client_streaming_ms,
+            ),
+            (
+                "gateway.max_deadline_server_streaming_ms",
+                g.max_deadline_server_streaming_ms,
+            ),
+            ("gateway.request_read_timeout_ms", g.request_read_timeout_ms),
+            ("gateway.write_timeout_ms", g.write_timeout_ms),
+            ("gateway.handshake_timeout_ms", g.handshake_timeout_ms),
+        ] {
+            // A day is far beyond any call this platform serves; zero would refuse everything.
+            if ms == 0 || ms > 86_400_000 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    problem: "between 1 and 86400000 (a day)".into(),
+                });
+            }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_filter).is_err() {
             return Err(ConfigError::Invalid {

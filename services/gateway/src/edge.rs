@@ -1,17 +1,22 @@
 //! The gateway: the one front door. For every call it, in order,
 //!
 //! 1. answers health checks and reflection itself (no credential needed);
-//! 2. finds the RPC in the descriptor table (UNIMPLEMENTED for unknown methods);
+//! 2. finds the RPC in the descriptor table (UNIMPLEMENTED for unknown methods, all counted under
+//!    one `unknown` label);
 //! 3. discards any identity the caller sent and authenticates its API key (UNAUTHENTICATED);
-//! 4. applies the caller's rate limit and the global limit on calls in flight, shedding the excess
-//!    at once with RESOURCE_EXHAUSTED and RetryInfo;
-//! 5. sets the deadline: the caller's `grpc-timeout`, or the default for calls that do not stream
-//!    responses, and enforces it (DEADLINE_EXCEEDED) while passing it on;
+//!    failed attempts are limited per source address and logged as a periodic summary;
+//! 4. admits the call: the caller's rate limit, its budget of calls or streams in flight, the
+//!    global cap, and for a unary call (read whole first, within the read timeout) a place in
+//!    the adaptive limit, of which one principal may hold half; the excess is shed at once with
+//!    RESOURCE_EXHAUSTED and RetryInfo;
+//! 5. sets the deadline: the caller's `grpc-timeout` (or the default), capped per kind of call,
+//!    enforced to the end of the response (DEADLINE_EXCEEDED) and passed on;
 //! 6. signs the principal for the service (`x-citycredit-identity`: its audience, the path, the
 //!    principal's API key, and the request body of a unary call) and passes the trace on;
 //! 7. forwards the raw HTTP/2 request to the service's upstream, in process or remote, streaming
-//!    bodies through without decoding them;
-//! 8. logs the call (principal, method, code, latency) and counts it.
+//!    bodies through without decoding them (a request stream idle for the read timeout ends);
+//! 8. when the response has been sent (or dropped), frees the call's places, logs it (principal,
+//!    method, code, latency) and counts it, with the code read from the trailers.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -27,16 +32,18 @@ use tracing::Instrument;
 
 use citycredit::auth::Principal;
 use citycredit::auth::identity::HEADER as IDENTITY_HEADER;
-use citycredit::status::{retry_after, with_info};
+use citycredit::status::{clip, retry_after, with_info};
 use citycredit_registry::KeyView;
 use citycredit_registry::authn::{authenticate, is_open_path};
 
+use crate::body::{CallBody, OnEnd, ReadTimeoutBody, Stall, code_in, stalled_status};
 use crate::config::GatewaySettings;
 use crate::internal_identity::EdgeSigner;
-use crate::limits::Limits;
-use crate::metrics::{Metrics, PrincipalLabels};
-use crate::rpc_table::{RpcTable, format_grpc_timeout, parse_grpc_timeout, service_of};
+use crate::limits::{CallKind, CallPermit, FAILURE_SUMMARY_EVERY, Limits, Refusal, ServePermit};
+use crate::metrics::{Metrics, UNKNOWN_METHOD, code_name};
+use crate::rpc_table::{RpcInfo, RpcTable, format_grpc_timeout, parse_grpc_timeout};
 use crate::telemetry;
+use crate::transport::ConnInfo;
 use crate::upstream::{Body, Upstream};
 
 /// Everything the gateway needs.
@@ -66,7 +73,11 @@ struct Inner {
     limits: Limits,
     /// One registry look-up at a time for unknown keys (they cost a query each).
     key_lookup: tokio::sync::Mutex<()>,
+    unknown: Arc<str>,
 }
+
+/// Longest part of an unknown path that the access log, the span and the answer show.
+const LOGGED_PATH_CHARS: usize = 128;
 
 impl Gateway {
     pub fn new(parts: GatewayParts) -> Gateway {
@@ -75,16 +86,29 @@ impl Gateway {
             parts,
             limits,
             key_lookup: tokio::sync::Mutex::new(()),
+            unknown: Arc::from(UNKNOWN_METHOD),
         });
-        // Idle principals' rate buckets are forgotten now and then.
+        // Every second the adaptive limit's gauge, every 10 s the summary of failed
+        // authentications, every minute idle principals' and sources' buckets are forgotten.
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let summary_every = FAILURE_SUMMARY_EVERY.as_secs().max(1);
+            let mut n: u64 = 0;
             loop {
                 tick.tick().await;
-                match weak.upgrade() {
-                    Some(inner) => inner.limits.forget_idle(),
-                    None => break,
+                n += 1;
+                let Some(inner) = weak.upgrade() else { break };
+                inner
+                    .parts
+                    .metrics
+                    .adaptive_limit
+                    .set(i64::try_from(inner.limits.adaptive_limit()).unwrap_or(i64::MAX));
+                if n.is_multiple_of(summary_every) {
+                    inner.limits.log_failed_auth();
+                }
+                if n.is_multiple_of(60) {
+                    inner.limits.forget_idle();
                 }
             }
         });
@@ -96,65 +120,103 @@ fn refuse(code: Code, message: impl Into<String>) -> http::Response<Body> {
     with_info(code, message, &[]).into_http()
 }
 
-/// The gRPC status code of a response whose headers carry it (errors, trailers-only answers);
-/// "streamed" when it will come in the trailers.
-fn code_of(resp: &http::Response<Body>) -> String {
-    match resp
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(code) => Code::from_bytes(code.as_bytes()).description().to_owned(),
-        None => "streamed".to_owned(),
-    }
+/// What the gateway holds for a call until its response ends.
+#[derive(Default)]
+struct Call {
+    principal: Option<Arc<str>>,
+    permit: Option<CallPermit>,
+    serve: Option<ServePermit>,
+    /// When the call must end, and the duration it was given.
+    deadline: Option<(tokio::time::Instant, Duration)>,
 }
 
 impl Inner {
     async fn handle(self: Arc<Self>, req: http::Request<Body>) -> http::Response<Body> {
-        let started = Instant::now();
-        let path = req.uri().path().to_owned();
-        if is_open_path(&path) {
+        let path = req.uri().path();
+        if is_open_path(path) {
             return self.forward(self.parts.open.clone(), req).await;
         }
-        let span = tracing::info_span!("gateway", rpc = %path, principal = tracing::field::Empty);
+        let started = Instant::now();
+        let rpc = self.parts.table.get_shared(path);
+        let method = rpc
+            .as_ref()
+            .map_or_else(|| Arc::clone(&self.unknown), |r| Arc::clone(&r.path));
+        let logged: Arc<str> = match &rpc {
+            Some(r) => Arc::clone(&r.path),
+            None => Arc::from(clip(path, LOGGED_PATH_CHARS)),
+        };
+        let span = tracing::info_span!("gateway", rpc = %logged, principal = tracing::field::Empty);
         telemetry::continue_trace(&span, req.headers());
-        let (response, principal) = self
-            .admit_and_forward(req, &path, &span)
+        let conn = req.extensions().get::<ConnInfo>().cloned();
+        let mut call = Call::default();
+        let response = self
+            .admit_and_forward(req, rpc.as_deref(), conn.as_ref(), &mut call, &span)
             .instrument(span.clone())
             .await;
-        let elapsed = started.elapsed();
-        let code = code_of(&response);
-        let principal = principal.unwrap_or_else(|| "-".to_owned());
-        self.parts.metrics.observe(&path, &code, elapsed);
-        tracing::info!(
-            target: "citycredit::access",
-            parent: &span,
+
+        let (parts, body) = response.into_parts();
+        let header_code = code_in(&parts.headers);
+        let owed = match &conn {
+            Some(c) if !http_body::Body::is_end_stream(&body) => Some(c.watch.watch()),
+            _ => None,
+        };
+        let metrics = Arc::clone(&self.parts.metrics);
+        let Call {
             principal,
-            rpc = %path,
-            code,
-            latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-            "call"
-        );
-        response
+            permit,
+            serve,
+            deadline,
+        } = call;
+        // A unary call's answer is whole when its headers come (the service's handler is done):
+        // the services' capacity is free again, whatever the caller does with the body. A
+        // caller that never reads it keeps only its own budget (`permit`, freed at the end).
+        if let Some(serve) = serve {
+            serve.complete(matches!(
+                header_code,
+                Some(Code::DeadlineExceeded | Code::Unavailable)
+            ));
+        }
+        let on_end: OnEnd = Box::new(move |code: Code| {
+            drop(permit);
+            let elapsed = started.elapsed();
+            metrics.observe(&method, code, elapsed);
+            tracing::info!(
+                target: "citycredit::access",
+                parent: &span,
+                principal = principal.as_deref().unwrap_or("-"),
+                rpc = %logged,
+                code = code_name(code),
+                latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                "call"
+            );
+        });
+        let body = CallBody::new(body, header_code, deadline, owed, on_end);
+        http::Response::from_parts(parts, Body::new(body))
     }
 
-    /// Steps 2-7: the response, and the authenticated principal's id for the access log.
+    /// Steps 2-7.
     async fn admit_and_forward(
         &self,
         mut req: http::Request<Body>,
-        path: &str,
+        rpc: Option<&RpcInfo>,
+        conn: Option<&ConnInfo>,
+        call: &mut Call,
         span: &tracing::Span,
-    ) -> (http::Response<Body>, Option<String>) {
-        let Some(rpc) = self.parts.table.get(path) else {
-            let unknown = refuse(Code::Unimplemented, format!("unknown method {path}"));
-            return (unknown, None);
+    ) -> http::Response<Body> {
+        let Some(rpc) = rpc else {
+            return refuse(
+                Code::Unimplemented,
+                format!(
+                    "unknown method {}",
+                    clip(req.uri().path(), LOGGED_PATH_CHARS)
+                ),
+            );
         };
-        let Some(upstream) = service_of(path).and_then(|s| self.parts.routes.get(s)) else {
-            let elsewhere = refuse(
+        let Some(upstream) = self.parts.routes.get(&rpc.service) else {
+            return refuse(
                 Code::Unimplemented,
                 format!("{} is not served here", rpc.service),
             );
-            return (elsewhere, None);
         };
 
         // Identity comes only from the API key.
@@ -163,41 +225,112 @@ impl Inner {
         let principal = match authenticate(&self.parts.keys, &req) {
             Ok(p) => p,
             Err(refusal) => {
+                // Counted per source; beyond the source's rate, refused without a look-up.
+                let source = conn.and_then(|c| c.remote).map(|a| a.ip());
+                let prefix = req
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(|k| citycredit_registry::keys::prefix_of(k.trim()));
+                if let Err(wait) = self.limits.failed_auth(source, prefix) {
+                    self.parts.metrics.shed("failed_auth");
+                    return retry_after(
+                        Code::ResourceExhausted,
+                        "too many failed authentications from this address; retry later",
+                        wait,
+                    )
+                    .into_http();
+                }
                 // Perhaps a key created a moment ago in another process: look again, once.
                 self.refresh_keys().await;
                 match authenticate(&self.parts.keys, &req) {
                     Ok(p) => p,
-                    Err(_) => return (refusal.into_response(), None),
+                    Err(_) => return refusal.into_response(),
                 }
             }
         };
         span.record("principal", principal.id.as_str());
-        let response = self
-            .forward_as(
-                &principal,
-                rpc.server_streaming,
-                upstream.clone(),
-                req,
-                path,
-                span,
-            )
-            .await;
-        (response, Some(principal.id))
+        let id: Arc<str> = Arc::from(principal.id.as_str());
+        call.principal = Some(Arc::clone(&id));
+        self.forward_as(&principal, &id, rpc, upstream.clone(), req, call, span)
+            .await
+    }
+
+    /// Refuses a call the limits did not admit.
+    fn refused(&self, why: Refusal, principal: &str) -> http::Response<Body> {
+        let (reason, message, wait) = match why {
+            Refusal::PrincipalBudget { kind, limit } => {
+                let what = match kind {
+                    CallKind::Unary => "calls",
+                    CallKind::Stream => "streams",
+                };
+                (
+                    "principal_budget",
+                    format!(
+                        "principal `{principal}` already has {limit} {what} open \
+                         (max_{what}_per_principal); wait for one to finish"
+                    ),
+                    Duration::from_millis(100),
+                )
+            }
+            Refusal::PrincipalShare { limit } => (
+                "principal_share",
+                format!(
+                    "principal `{principal}` already has {limit} calls being served, half of \
+                     what the platform takes at once now; retry shortly"
+                ),
+                Duration::from_millis(50),
+            ),
+            Refusal::Capacity { retry_after } => (
+                "capacity",
+                "the platform is at capacity; retry shortly".to_owned(),
+                retry_after,
+            ),
+        };
+        self.parts.metrics.shed(reason);
+        retry_after(Code::ResourceExhausted, message, wait).into_http()
+    }
+
+    /// The deadline a call gets: the caller's (a little shorter, so that the caller hears
+    /// DEADLINE_EXCEEDED from the platform rather than giving up on its own), else the default
+    /// (for a watch, its cap), never more than the cap of its kind.
+    fn deadline_for(&self, rpc: &RpcInfo, asked: Option<Duration>) -> Duration {
+        let s = &self.parts.settings;
+        let cap = Duration::from_millis(if rpc.server_streaming {
+            s.max_deadline_server_streaming_ms
+        } else if rpc.client_streaming {
+            s.max_deadline_client_streaming_ms
+        } else {
+            s.max_deadline_unary_ms
+        });
+        let wanted = match asked {
+            // A tenth, at most 20 ms, before the caller's.
+            Some(d) => d
+                .saturating_sub((d / 10).min(Duration::from_millis(20)))
+                .max(Duration::from_millis(1)),
+            None if rpc.server_streaming => cap,
+            None => s.default_deadline(),
+        };
+        wanted.min(cap)
     }
 
     /// Steps 4-7 for an authenticated principal.
+    #[allow(clippy::too_many_arguments, reason = "one call's parts, passed once")]
     async fn forward_as(
         &self,
         principal: &Principal,
-        server_streaming: bool,
+        id: &Arc<str>,
+        rpc: &RpcInfo,
         upstream: Upstream,
         mut req: http::Request<Body>,
-        path: &str,
+        call: &mut Call,
         span: &tracing::Span,
     ) -> http::Response<Body> {
+        let path: &str = &rpc.path;
         req.extensions_mut().insert(principal.clone());
         if let Err(wait) = self.limits.check_rate(&principal.id) {
-            self.parts.metrics.shed.inc();
+            self.parts.metrics.shed("rate");
             return retry_after(
                 Code::ResourceExhausted,
                 format!("rate limit for principal `{}` exceeded", principal.id),
@@ -205,34 +338,67 @@ impl Inner {
             )
             .into_http();
         }
-        let Some(permit) = self.limits.admit() else {
-            self.parts.metrics.shed.inc();
-            return retry_after(
-                Code::ResourceExhausted,
-                "the platform is at capacity; retry shortly",
-                Duration::from_millis(100),
-            )
-            .into_http();
+        let kind = if rpc.streams() {
+            CallKind::Stream
+        } else {
+            CallKind::Unary
         };
+        match self.limits.admit(id, kind) {
+            Ok(permit) => call.permit = Some(permit),
+            Err(why) => return self.refused(why, &principal.id),
+        }
 
-        // The deadline: the caller's, else the default unless responses stream (watches).
         let asked = req
             .headers()
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
-        // Answer a little before the caller's deadline (a tenth, at most 20 ms) so the caller hears
-        // DEADLINE_EXCEEDED from the platform rather than giving up on its own.
-        let deadline = asked
-            .map(|d| {
-                d.saturating_sub((d / 10).min(Duration::from_millis(20)))
-                    .max(Duration::from_millis(1))
-            })
-            .or_else(|| (!server_streaming).then(|| self.parts.settings.default_deadline()));
-        if let Some(d) = deadline
-            && let Ok(v) = http::HeaderValue::from_str(&format_grpc_timeout(d))
-        {
+        let given = self.deadline_for(rpc, asked);
+        let deadline = tokio::time::Instant::now() + given;
+        call.deadline = Some((deadline, given));
+        if let Ok(v) = http::HeaderValue::from_str(&format_grpc_timeout(given)) {
             req.headers_mut().insert("grpc-timeout", v);
+        }
+
+        let read_timeout = Duration::from_millis(self.parts.settings.request_read_timeout_ms);
+        let stall = Arc::new(Stall::default());
+        if kind == CallKind::Unary {
+            // The request whole before the call takes a place that the services' capacity
+            // bounds: a caller that sends headers and then nothing holds only its own budget.
+            let limit = self.parts.settings.max_message_bytes.saturating_add(5);
+            let body = std::mem::replace(req.body_mut(), Body::empty());
+            match tokio::time::timeout(read_timeout.min(given), read_whole(body, limit)).await {
+                Ok(Ok(bytes)) => *req.body_mut() = Body::new(http_body_util::Full::new(bytes)),
+                Ok(Err(ReadError::TooLarge)) => {
+                    return refuse(
+                        Code::OutOfRange,
+                        format!("the request is larger than {limit} bytes"),
+                    );
+                }
+                Ok(Err(ReadError::Broken(status))) => {
+                    return refuse(
+                        Code::Cancelled,
+                        format!("the request stream broke: {}", status.message()),
+                    );
+                }
+                Err(_) if read_timeout < given => {
+                    return stalled_status(read_timeout).into_http();
+                }
+                Err(_) => {
+                    return refuse(
+                        Code::DeadlineExceeded,
+                        format!("deadline of {} ms exceeded", given.as_millis()),
+                    );
+                }
+            }
+            match self.limits.serve(id) {
+                Ok(permit) => call.serve = Some(permit),
+                Err(why) => return self.refused(why, &principal.id),
+            }
+        } else if rpc.client_streaming {
+            let body = std::mem::replace(req.body_mut(), Body::empty());
+            *req.body_mut() =
+                Body::new(ReadTimeoutBody::new(body, read_timeout, Arc::clone(&stall)));
         }
 
         // The identity for the upstream's audience, bound to the request body.
@@ -248,28 +414,24 @@ impl Inner {
         };
         telemetry::pass_on_trace(span, req.headers_mut());
         if path.starts_with("/citycredit.v1.MetricSubmissionService/Submit") {
-            self.parts
-                .metrics
-                .pushes
-                .get_or_create(&PrincipalLabels {
-                    principal: principal.id.clone(),
-                })
-                .inc();
+            self.parts.metrics.push(id);
         }
 
-        let call = self.forward(upstream, req);
-        let response = match deadline {
-            Some(d) => match tokio::time::timeout(d, call).await {
-                Ok(r) => r,
-                Err(_) => refuse(
-                    Code::DeadlineExceeded,
-                    format!("deadline of {} ms exceeded", d.as_millis()),
-                ),
+        tokio::select! {
+            biased;
+            () = stall.wait() => stalled_status(read_timeout).into_http(),
+            // An in-process service may answer in the same poll in which the stream stalled:
+            // the caller is told why, not what the service made of the broken stream.
+            r = self.forward(upstream, req) => if stall.fired() {
+                stalled_status(read_timeout).into_http()
+            } else {
+                r
             },
-            None => call.await,
-        };
-        drop(permit);
-        response
+            () = tokio::time::sleep_until(deadline) => refuse(
+                Code::DeadlineExceeded,
+                format!("deadline of {} ms exceeded", given.as_millis()),
+            ),
+        }
     }
 
     /// Reloads the key cache if the registry changed since it was loaded (one check at a time;
@@ -290,6 +452,47 @@ impl Inner {
             Err(never) => match never {},
         }
     }
+}
+
+/// Why a unary request could not be read whole.
+enum ReadError {
+    TooLarge,
+    Broken(tonic::Status),
+}
+
+/// The whole body, at most `limit` bytes.
+async fn read_whole(mut body: Body, limit: usize) -> Result<bytes::Bytes, ReadError> {
+    use http_body_util::BodyExt;
+    let mut first: Option<bytes::Bytes> = None;
+    let mut more: Option<bytes::BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(ReadError::Broken)?;
+        let Ok(data) = frame.into_data() else {
+            // Request trailers mean nothing to gRPC; they end the body.
+            break;
+        };
+        len = len.saturating_add(data.len());
+        if len > limit {
+            return Err(ReadError::TooLarge);
+        }
+        // One frame (the usual case) is kept as it came, without a copy.
+        match (&first, &mut more) {
+            (None, _) => first = Some(data),
+            (Some(f), None) => {
+                let mut b = bytes::BytesMut::with_capacity(len);
+                b.extend_from_slice(f);
+                b.extend_from_slice(&data);
+                more = Some(b);
+            }
+            (Some(_), Some(b)) => b.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, more) {
+        (_, Some(b)) => b.freeze(),
+        (Some(f), None) => f,
+        (None, None) => bytes::Bytes::new(),
+    })
 }
 
 impl<B> Service<http::Request<B>> for Gateway

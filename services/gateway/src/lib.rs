@@ -2,6 +2,8 @@
 //! serving it. Later the gateway proper (edge authentication, routing by service name to
 //! in-process or remote upstreams, rate limits) lives here too.
 
+pub mod adaptive;
+pub mod body;
 pub mod config;
 pub mod edge;
 pub mod front;
@@ -13,6 +15,7 @@ pub mod metrics;
 pub mod rpc_table;
 pub mod server;
 pub mod telemetry;
+pub mod transport;
 pub mod upstream;
 
 pub use config::Config;

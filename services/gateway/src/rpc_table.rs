@@ -3,6 +3,7 @@
 //! scorecard watch, gets no default deadline).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use prost::Message;
 use prost_types::FileDescriptorSet;
@@ -10,16 +11,26 @@ use prost_types::FileDescriptorSet;
 /// One RPC.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RpcInfo {
+    /// Its path, `/citycredit.v1.ScoringService/GetScorecard`: the `method` label of metrics.
+    pub path: Arc<str>,
     /// Fully qualified service name, e.g. `citycredit.v1.ScoringService`.
     pub service: String,
     pub client_streaming: bool,
     pub server_streaming: bool,
 }
 
+impl RpcInfo {
+    /// Whether either side streams (such calls count against the streams budget and get the
+    /// streaming deadline caps).
+    pub fn streams(&self) -> bool {
+        self.client_streaming || self.server_streaming
+    }
+}
+
 /// RPC path (`/package.Service/Method`) -> what it is.
 #[derive(Clone, Debug, Default)]
 pub struct RpcTable {
-    rpcs: HashMap<String, RpcInfo>,
+    rpcs: HashMap<String, Arc<RpcInfo>>,
 }
 
 impl RpcTable {
@@ -36,13 +47,15 @@ impl RpcTable {
                 for service in file.service {
                     let name = format!("{package}.{}", service.name.unwrap_or_default());
                     for m in service.method {
+                        let path = format!("/{name}/{}", m.name.unwrap_or_default());
                         rpcs.insert(
-                            format!("/{name}/{}", m.name.unwrap_or_default()),
-                            RpcInfo {
+                            path.clone(),
+                            Arc::new(RpcInfo {
+                                path: Arc::from(path),
                                 service: name.clone(),
                                 client_streaming: m.client_streaming.unwrap_or(false),
                                 server_streaming: m.server_streaming.unwrap_or(false),
-                            },
+                            }),
                         );
                     }
                 }
@@ -52,7 +65,12 @@ impl RpcTable {
     }
 
     pub fn get(&self, path: &str) -> Option<&RpcInfo> {
-        self.rpcs.get(path)
+        self.rpcs.get(path).map(|r| &**r)
+    }
+
+    /// Like `get`, shared (no copy per call).
+    pub fn get_shared(&self, path: &str) -> Option<Arc<RpcInfo>> {
+        self.rpcs.get(path).cloned()
     }
 
     /// Every RPC path, sorted.

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
@@ -43,6 +42,7 @@ use crate::health::{self, Check};
 use crate::internal_identity::{EdgeSigner, SharedNonces};
 use crate::metrics::{self, Metrics};
 use crate::rpc_table::RpcTable;
+use crate::transport::{self, TransportLimits};
 use crate::upstream::{self, Upstream, UpstreamError};
 
 /// Why the platform could not start.
@@ -307,8 +307,13 @@ pub async fn serve(
         }
     };
     background.push(health::spawn(health.clone(), names.clone(), checks, HEALTH_EVERY).await);
+    let g = &config.gateway;
+    let limits = TransportLimits {
+        handshake_timeout: Duration::from_millis(g.handshake_timeout_ms),
+        write_timeout: Duration::from_millis(g.write_timeout_ms),
+    };
     if let Some(addr) = config.health_listen {
-        background.push(serve_health_for_probes(addr, health_for_probes).await?);
+        background.push(serve_health_for_probes(addr, health_for_probes, limits).await?);
     }
 
     let addr = listener.local_addr().map_err(|source| StartError::Listen {
@@ -319,13 +324,20 @@ pub async fn serve(
 
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(g.http2_max_concurrent_streams))
+        // A peer that opens and resets streams in a loop (rapid reset) is cut off early.
+        .http2_max_pending_accept_reset_streams(Some(
+            usize::try_from(g.http2_max_concurrent_streams).unwrap_or(usize::MAX),
+        ));
     if let Some(tls) = &config.tls {
-        builder = builder.tls_config(server_tls(tls)?)?;
+        builder = builder.tls_config(server_tls(tls)?.timeout(limits.handshake_timeout))?;
     }
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    // Every accepted connection gets TCP_NODELAY and the transport limits (`transport.rs`);
+    // tonic's own `tcp_nodelay` applies only to listeners it binds itself.
     let server = tokio::spawn(builder.add_routes(routes).serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
+        transport::incoming(listener, limits),
         async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         },
@@ -499,6 +511,7 @@ async fn serve_health_for_probes(
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
+    limits: TransportLimits,
 ) -> Result<tokio::task::JoinHandle<()>, StartError> {
     let listener = TcpListener::bind(addr)
         .await
@@ -510,7 +523,7 @@ async fn serve_health_for_probes(
     Ok(tokio::spawn(async move {
         let served = Server::builder()
             .add_service(health)
-            .serve_with_incoming(TcpListenerStream::new(listener))
+            .serve_with_incoming(transport::incoming(listener, limits))
             .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "health endpoint for probes stopped");

@@ -107,10 +107,12 @@ pub fn authenticate<B>(keys: &KeyView, req: &http::Request<B>) -> Result<Princip
                 KeyRefusal::Mismatch => "wrong secret",
                 KeyRefusal::Expired => "expired",
             };
-            tracing::warn!(
+            // Debug only: a flood of bad keys must not become a flood of log lines. The gateway
+            // logs failed authentications as one summary per source address every 10 s.
+            tracing::debug!(
                 key_prefix = prefix_of(key),
                 reason,
-                path = req.uri().path(),
+                path = %citycredit::status::clip(req.uri().path(), 128),
                 "api key refused"
             );
             Err(Refusal("the api key is unknown, revoked or expired"))

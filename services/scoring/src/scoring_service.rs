@@ -381,11 +381,26 @@ impl ScoringService for ScoringApi {
         let p = auth::principal(&request)?.clone();
         self.org().access.decide(&p, Action::Read)?;
         let req = request.into_inner();
+        if req.region_codes.len() > MAX_BATCH_REGIONS {
+            return Err(with_info(
+                Code::InvalidArgument,
+                format!("at most {MAX_BATCH_REGIONS} regions per call"),
+                &[],
+            ));
+        }
         let regions = if req.region_codes.is_empty() {
             self.city_and_counties()
         } else {
-            req.region_codes.clone()
+            // A region asked twice is scored and sent once (in the order first asked): a
+            // caller repeating one region cannot multiply the work and the answer.
+            let mut seen = std::collections::HashSet::new();
+            req.region_codes
+                .iter()
+                .filter(|r| seen.insert(r.as_str()))
+                .cloned()
+                .collect()
         };
+        // A city with more counties than the cap is refused the same way.
         if regions.len() > MAX_BATCH_REGIONS {
             return Err(with_info(
                 Code::InvalidArgument,
