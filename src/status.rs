@@ -204,6 +204,14 @@ impl Violation {
 /// most [`MAX_VIOLATION_BYTES`] of them), the total in `ErrorInfo`. The message names the first
 /// problems so that clients without rich error support still see what is wrong.
 pub fn invalid_argument(violations: &[Violation]) -> Status {
+    invalid_argument_of(violations, violations.len())
+}
+
+/// [`invalid_argument`] for a request with `total` problems of which only the first ones were
+/// kept (`violations`): a caller that collects problems over a long stream keeps no more than
+/// a status can list.
+pub fn invalid_argument_of(violations: &[Violation], total: usize) -> Status {
+    let total = total.max(violations.len());
     let clipped = |v: &Violation| {
         FieldViolation::new(
             clip(&v.field, MAX_DETAIL_CHARS),
@@ -229,16 +237,16 @@ pub fn invalid_argument(violations: &[Violation]) -> Status {
         .map(|v| format!("{}: {}", v.field, v.description))
         .collect();
     let mut message = format!("invalid request: {}", summary.join("; "));
-    let unnamed = violations.len().saturating_sub(summary.len());
+    let unnamed = total.saturating_sub(summary.len());
     if unnamed > 0 {
         message = format!(
             "invalid request ({} problems, {} listed in the details): {}",
-            violations.len(),
+            total,
             listed.len(),
             summary.join("; ")
         );
     }
-    let total = violations.len().to_string();
+    let total = total.to_string();
     let shown = listed.len().to_string();
     let mut details = ErrorDetails::with_bad_request(listed);
     details.set_error_info(
