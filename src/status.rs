@@ -25,6 +25,7 @@
 //! | `AUDIT_TOO_LARGE`       | RESOURCE_EXHAUSTED  | a code audit holds more distinct codes than allowed (metadata `limit`) |
 //! | `AUDIT_CAPACITY`        | RESOURCE_EXHAUSTED  | too many code audits run at once, in all or for the caller; RetryInfo |
 //! | `CREDENTIAL_REVOKED`    | UNAUTHENTICATED     | the API key a long call began with was revoked or expired meanwhile |
+//! | `REQUEST_BYTES`         | RESOURCE_EXHAUSTED  | the request bodies the gateway holds would exceed the caller's budget or the gateway's (metadata `scope`: `principal` or `all`, `limit`); RetryInfo |
 //!
 //! A status travels in HTTP/2 trailers, and common clients refuse trailers above 8 KiB
 //! (grpcio's default metadata limit; beyond it a call fails with "Stream removed"). So a message
@@ -67,6 +68,7 @@ pub enum Reason {
     AuditTooLarge,
     AuditCapacity,
     CredentialRevoked,
+    RequestBytes,
 }
 
 impl Reason {
@@ -78,6 +80,7 @@ impl Reason {
             Reason::AuditTooLarge => "AUDIT_TOO_LARGE",
             Reason::AuditCapacity => "AUDIT_CAPACITY",
             Reason::CredentialRevoked => "CREDENTIAL_REVOKED",
+            Reason::RequestBytes => "REQUEST_BYTES",
         }
     }
 }
