@@ -245,3 +245,218 @@ async fn request_bodies_held_at_the_gateway_are_bounded_per_principal_and_in_all
     let s = call(&mut conn, &a, LARGEST).await;
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
 }
+
+/// Measured on the real gateway process (the four-process topology on PostgreSQL; needs the
+/// built binary and `DATABASE_URL`): four principals each open 32 calls that send 8 MiB of an
+/// 8 MiB message and stop, with the shipped budgets and then with budgets too large to matter
+/// (how the gateway behaved before it had them). Prints the gateway's peak resident memory
+/// beside a victim's calls; fails when the shipped budgets let the gateway grow by more than
+/// its 256 MiB and 32 MiB of slack.
+///
+/// ```text
+/// cargo build -p citycredit-gateway --bin citycredit
+/// DATABASE_URL=postgres://postgres@127.0.0.1:5432/test \
+///   cargo test -p citycredit-tests --test gateway_request_bytes -- --ignored --nocapture
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement on real processes: needs the built binary and DATABASE_URL"]
+async fn memory_the_gateway_holds_for_stalled_large_bodies() {
+    let Some(shipped) = flood(&["request_read_timeout_ms = 60000"]).await else {
+        eprintln!("note: DATABASE_URL is not a PostgreSQL URL; measurement skipped");
+        return;
+    };
+    let unbounded = flood(&[
+        "request_read_timeout_ms = 60000",
+        "max_buffered_request_bytes_per_principal = 4294967296",
+        "max_buffered_request_bytes = 17179869184",
+    ])
+    .await
+    .unwrap_or_default();
+    println!("shipped budgets: {shipped}\nbudgets too large to matter: {unbounded}");
+    assert!(
+        shipped.grown_mib <= 256 + 32,
+        "the gateway grew by {} MiB",
+        shipped.grown_mib
+    );
+    assert!(
+        shipped.refused > 0 && unbounded.refused == 0,
+        "{shipped} / {unbounded}"
+    );
+}
+
+/// What one flood did.
+#[derive(Debug, Default)]
+struct Flood {
+    grown_mib: u64,
+    refused: usize,
+    victim_calls: usize,
+    victim_ok: usize,
+    victim_failed: Vec<String>,
+    answers: std::collections::BTreeMap<String, usize>,
+    victim_worst: Duration,
+    took: Duration,
+}
+
+impl std::fmt::Display for Flood {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "gateway RSS +{} MiB at the peak, {} of 128 stalled calls refused REQUEST_BYTES, \
+             victim {}/{} calls OK (slowest {:.1?}; others {:?}), over {:.1?}; stalled calls: \
+             {:?}",
+            self.grown_mib,
+            self.refused,
+            self.victim_ok,
+            self.victim_calls,
+            self.victim_worst,
+            self.victim_failed,
+            self.took,
+            self.answers
+        )
+    }
+}
+
+async fn flood(gateway: &[&str]) -> Option<Flood> {
+    use citycredit_tests::topology::{Part, Topology, TopologyOptions};
+    const EIGHT_MIB: usize = 8 * 1024 * 1024;
+    let t = Topology::start(TopologyOptions {
+        gateway: gateway.iter().map(|l| (*l).to_owned()).collect(),
+        ..TopologyOptions::default()
+    })
+    .await?;
+    let addr = t.addr(Part::Gateway);
+    let mut registry =
+        pb::department_registry_service_client::DepartmentRegistryServiceClient::new(t.admin());
+    let mut keys = Vec::new();
+    for id in ["flood-1", "flood-2", "flood-3", "flood-4", "victim"] {
+        registry
+            .create_principal(pb::CreatePrincipalRequest {
+                principal: Some(pb::Principal {
+                    id: id.into(),
+                    role: pb::Role::Platform as i32,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("create principal: {e}"));
+        keys.push(
+            registry
+                .create_api_key(pb::CreateApiKeyRequest {
+                    principal: format!("principals/{id}"),
+                    expire_time: None,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("create key: {e}"))
+                .into_inner()
+                .secret,
+        );
+    }
+    // Keys made at the registry reach the gateway's process within its refresh interval.
+    let mut warm = h2raw::connect(addr, 65_535)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for key in &keys {
+        let started = Instant::now();
+        while call(&mut warm, key, 1_000).await.code() != Code::InvalidArgument {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "a key never worked"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    let victim = keys.pop().unwrap_or_default();
+    let before = t.rss_kib(Part::Gateway).unwrap_or(0);
+    let pid = t.pid(Part::Gateway).unwrap_or(0);
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let sampling = {
+        let peak = std::sync::Arc::clone(&peak);
+        tokio::spawn(async move {
+            loop {
+                if let Some(kib) = citycredit_tests::topology::rss_kib(pid) {
+                    peak.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    // 8 MiB announced, 8 MiB minus a byte sent, never ended.
+    let body = {
+        let mut b = vec![0u8];
+        b.extend(u32::try_from(EIGHT_MIB).unwrap_or(0).to_be_bytes());
+        b.resize(EIGHT_MIB + 4, 0);
+        Bytes::from(b)
+    };
+    let mut streams = Vec::new();
+    let mut responses = Vec::new();
+    for key in &keys {
+        let mut conn = h2raw::connect(addr, 65_535)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for _ in 0..32 {
+            let (response, mut stream) = conn
+                .start(grpc_request(PATH, Some(key)), None)
+                .await
+                .unwrap_or_else(|e| panic!("start: {e}"));
+            let _ = stream.send_data(body.clone(), false);
+            streams.push(stream);
+            responses.push(response);
+        }
+    }
+    // The victim's small calls meanwhile.
+    let mut victim_conn = h2raw::connect(addr, 65_535)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut result = Flood::default();
+    // Until the gateway has stopped growing for 2 s (the flood is all in, or refused).
+    let flood_started = Instant::now();
+    let mut last_growth = Instant::now();
+    let mut seen = before;
+    while last_growth.elapsed() < Duration::from_secs(2)
+        && flood_started.elapsed() < Duration::from_secs(50)
+    {
+        let now = peak.load(std::sync::atomic::Ordering::Relaxed);
+        if now > seen + 1024 {
+            seen = now;
+            last_growth = Instant::now();
+        }
+        let started = Instant::now();
+        let s = call(&mut victim_conn, &victim, 1_000).await;
+        if s.code() == Code::InvalidArgument {
+            result.victim_ok += 1;
+        } else {
+            result
+                .victim_failed
+                .push(format!("{:?}: {}", s.code(), s.message()));
+        }
+        result.victim_worst = result.victim_worst.max(started.elapsed());
+        result.victim_calls += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    result.took = flood_started.elapsed();
+    sampling.abort();
+    for response in responses {
+        let answer = match tokio::time::timeout(Duration::from_millis(1), response).await {
+            Ok(Ok(r)) => tonic::Status::from_header_map(r.headers()),
+            _ => None,
+        };
+        let what = match &answer {
+            Some(s)
+                if is_budget_refusal(s, "principal", 64 * 1024 * 1024)
+                    || is_budget_refusal(s, "all", 256 * 1024 * 1024) =>
+            {
+                result.refused += 1;
+                format!("{:?} REQUEST_BYTES", s.code())
+            }
+            Some(s) => format!("{:?}: {}", s.code(), s.message()),
+            None => "no answer".to_owned(),
+        };
+        *result.answers.entry(what).or_default() += 1;
+    }
+    drop(streams);
+    result.grown_mib = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(before)
+        / 1024;
+    Some(result)
+}
