@@ -25,6 +25,7 @@
 //! | `AUDIT_TOO_LARGE`       | RESOURCE_EXHAUSTED  | a code audit holds more distinct codes than allowed (metadata `limit`) |
 //! | `AUDIT_CAPACITY`        | RESOURCE_EXHAUSTED  | too many code audits run at once, in all or for the caller; RetryInfo |
 //! | `CREDENTIAL_REVOKED`    | UNAUTHENTICATED     | the API key a long call began with was revoked or expired meanwhile |
+//! | `REQUEST_BYTES`         | RESOURCE_EXHAUSTED  | the request bodies the gateway holds would exceed the caller's budget or the gateway's (metadata `scope`: `principal` or `all`, `limit`); RetryInfo |
 //!
 //! A status travels in HTTP/2 trailers, and common clients refuse trailers above 8 KiB
 //! (grpcio's default metadata limit; beyond it a call fails with "Stream removed"). So a message
@@ -67,6 +68,7 @@ pub enum Reason {
     AuditTooLarge,
     AuditCapacity,
     CredentialRevoked,
+    RequestBytes,
 }
 
 impl Reason {
@@ -78,6 +80,7 @@ impl Reason {
             Reason::AuditTooLarge => "AUDIT_TOO_LARGE",
             Reason::AuditCapacity => "AUDIT_CAPACITY",
             Reason::CredentialRevoked => "CREDENTIAL_REVOKED",
+            Reason::RequestBytes => "REQUEST_BYTES",
         }
     }
 }
@@ -204,6 +207,14 @@ impl Violation {
 /// most [`MAX_VIOLATION_BYTES`] of them), the total in `ErrorInfo`. The message names the first
 /// problems so that clients without rich error support still see what is wrong.
 pub fn invalid_argument(violations: &[Violation]) -> Status {
+    invalid_argument_of(violations, violations.len())
+}
+
+/// [`invalid_argument`] for a request with `total` problems of which only the first ones were
+/// kept (`violations`): a caller that collects problems over a long stream keeps no more than
+/// a status can list.
+pub fn invalid_argument_of(violations: &[Violation], total: usize) -> Status {
+    let total = total.max(violations.len());
     let clipped = |v: &Violation| {
         FieldViolation::new(
             clip(&v.field, MAX_DETAIL_CHARS),
@@ -229,16 +240,16 @@ pub fn invalid_argument(violations: &[Violation]) -> Status {
         .map(|v| format!("{}: {}", v.field, v.description))
         .collect();
     let mut message = format!("invalid request: {}", summary.join("; "));
-    let unnamed = violations.len().saturating_sub(summary.len());
+    let unnamed = total.saturating_sub(summary.len());
     if unnamed > 0 {
         message = format!(
             "invalid request ({} problems, {} listed in the details): {}",
-            violations.len(),
+            total,
             listed.len(),
             summary.join("; ")
         );
     }
-    let total = violations.len().to_string();
+    let total = total.to_string();
     let shown = listed.len().to_string();
     let mut details = ErrorDetails::with_bad_request(listed);
     details.set_error_info(

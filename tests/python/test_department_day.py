@@ -220,9 +220,8 @@ def test_a_day_of_samr_traffic(samr, admin):
     samr.batch([[(MONTH, TOTAL, 43095)], [(MONTH, CONVERTED, 43001)]], "eod-fix-3",
                expect_replay=True)
 
-    # A batch checked before sending (validate_only): three bad values among six, in one
-    # message; every problem of it is reported at once and nothing is stored. (A stream ends at
-    # its first bad message: problems of later messages are not reached.)
+    # A batch checked before sending (validate_only): three bad values among six, in two
+    # messages; every problem of every message is reported at once and nothing is stored.
     stored_before = len(list_all(client, page_size=50))
     bad = [
         samr.value(MONTH, TOTAL, 43095),
@@ -235,7 +234,8 @@ def test_a_day_of_samr_traffic(samr, admin):
     with expect_failure(grpc.StatusCode.INVALID_ARGUMENT) as failure:
         client.call(client.submissions.SubmitBatch, iter([
             sub_pb.SubmitBatchRequest(idempotency_key=samr.key("check"), validate_only=True,
-                                      values=bad),
+                                      values=bad[:3]),
+            sub_pb.SubmitBatchRequest(validate_only=True, values=bad[3:]),
         ]))
     assert failure.bad_request is not None, failure.detail_types
     paths = [v.field for v in failure.bad_request.field_violations]

@@ -95,6 +95,14 @@ pub struct GatewaySettings {
     pub failed_auth_per_source_burst: u32,
     /// Largest message accepted or sent, in bytes.
     pub max_message_bytes: usize,
+    /// Bytes one principal's request bodies may hold at the gateway at once. The gateway reads
+    /// the request of every RPC whose request is one message whole before passing it on (to
+    /// admit it and to bind its digest to the signed identity); bytes are reserved as they
+    /// arrive and given back when the service answers. Beyond it: RESOURCE_EXHAUSTED with
+    /// RetryInfo, ErrorInfo reason `REQUEST_BYTES` (metadata `scope` = `principal`).
+    pub max_buffered_request_bytes_per_principal: usize,
+    /// Bytes all request bodies may hold at the gateway at once (`scope` = `all` beyond it).
+    pub max_buffered_request_bytes: usize,
 }
 
 impl GatewaySettings {
@@ -123,6 +131,8 @@ impl Default for GatewaySettings {
             failed_auth_per_source_rate: 5,
             failed_auth_per_source_burst: 50,
             max_message_bytes: 8 * 1024 * 1024,
+            max_buffered_request_bytes_per_principal: 64 * 1024 * 1024,
+            max_buffered_request_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -491,6 +501,17 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "gateway",
                 problem: "default_deadline_ms at least 1, max_message_bytes at least 1024".into(),
+            });
+        }
+        // A principal must be able to send one message of the largest size (and its 5-byte
+        // frame header), and the budget in all must hold one principal's.
+        if g.max_buffered_request_bytes_per_principal < g.max_message_bytes.saturating_add(5)
+            || g.max_buffered_request_bytes < g.max_buffered_request_bytes_per_principal
+        {
+            return Err(ConfigError::Invalid {
+                field: "gateway.max_buffered_request_bytes_per_principal",
+                problem: "at least max_message_bytes + 5, and at most max_buffered_request_bytes"
+                    .into(),
             });
         }
         if g.min_concurrent_calls == 0 || g.min_concurrent_calls > g.max_concurrent_calls {

@@ -6,17 +6,22 @@
 //! 3. discards any identity the caller sent and authenticates its API key (UNAUTHENTICATED);
 //!    failed attempts are limited per source address and logged as a periodic summary;
 //! 4. admits the call: the caller's rate limit, its budget of calls or streams in flight, the
-//!    global cap, and for a unary call (read whole first, within the read timeout) a place in
-//!    the adaptive limit, of which one principal may hold half; the excess is shed at once with
-//!    RESOURCE_EXHAUSTED and RetryInfo;
+//!    global cap; a request that is one message is read whole (within the read timeout, its
+//!    bytes reserved in the caller's and the gateway's byte budgets as they arrive, hashed as
+//!    they arrive for step 6); a unary call then takes a place in the adaptive limit, of which
+//!    one principal may hold half; the excess is shed at once with RESOURCE_EXHAUSTED and
+//!    RetryInfo;
 //! 5. sets the deadline: the caller's `grpc-timeout` (or the default), capped per kind of call,
 //!    enforced to the end of the response (DEADLINE_EXCEEDED) and passed on;
 //! 6. signs the principal for the service (`x-citycredit-identity`: its audience, the path, the
-//!    principal's API key, and the request body of a unary call) and passes the trace on;
+//!    principal's API key, and the digest of a request that is one message) and passes the
+//!    trace on;
 //! 7. forwards the raw HTTP/2 request to the service's upstream, in process or remote, streaming
 //!    bodies through without decoding them (a request stream idle for the read timeout ends);
-//! 8. when the response has been sent (or dropped), frees the call's places, logs it (principal,
-//!    method, code, latency) and counts it, with the code read from the trailers.
+//! 8. when the service answers, gives back its place in the adaptive limit and the request's
+//!    bytes; when the response has been sent (or dropped), frees the call's other places, logs
+//!    it (principal, method, code, latency) and counts it, with the code read from the
+//!    trailers.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -31,15 +36,17 @@ use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
 use citycredit::auth::Principal;
-use citycredit::auth::identity::HEADER as IDENTITY_HEADER;
-use citycredit::status::{clip, retry_after, with_info};
+use citycredit::auth::identity::{BodyBinding, HEADER as IDENTITY_HEADER};
+use citycredit::status::{Reason, clip, retry_after, retry_after_reason, with_info};
 use citycredit_registry::KeyView;
 use citycredit_registry::authn::{authenticate, is_open_path};
 
 use crate::body::{CallBody, OnEnd, ReadTimeoutBody, Stall, code_in, stalled_status};
 use crate::config::GatewaySettings;
 use crate::internal_identity::EdgeSigner;
-use crate::limits::{CallKind, CallPermit, FAILURE_SUMMARY_EVERY, Limits, Refusal, ServePermit};
+use crate::limits::{
+    CallKind, CallPermit, FAILURE_SUMMARY_EVERY, HeldBytes, Limits, Refusal, ServePermit,
+};
 use crate::metrics::{Metrics, UNKNOWN_METHOD, code_name};
 use crate::rpc_table::{RpcInfo, RpcTable, format_grpc_timeout, parse_grpc_timeout};
 use crate::telemetry;
@@ -126,6 +133,8 @@ struct Call {
     principal: Option<Arc<str>>,
     permit: Option<CallPermit>,
     serve: Option<ServePermit>,
+    /// The request body's bytes in the byte budget (a request that is one message).
+    held: Option<HeldBytes>,
     /// When the call must end, and the duration it was given.
     deadline: Option<(tokio::time::Instant, Duration)>,
 }
@@ -165,6 +174,7 @@ impl Inner {
             principal,
             permit,
             serve,
+            held,
             deadline,
         } = call;
         // A unary call's answer is whole when its headers come (the service's handler is done):
@@ -176,6 +186,9 @@ impl Inner {
                 Some(Code::DeadlineExceeded | Code::Unavailable)
             ));
         }
+        // The service has the request (in process it decoded it; apart, it was sent before the
+        // answer came): its bytes are no longer the gateway's to hold.
+        drop(held);
         let on_end: OnEnd = Box::new(move |code: Code| {
             drop(permit);
             let elapsed = started.elapsed();
@@ -260,6 +273,35 @@ impl Inner {
     /// Refuses a call the limits did not admit.
     fn refused(&self, why: Refusal, principal: &str) -> http::Response<Body> {
         let (reason, message, wait) = match why {
+            Refusal::Bytes { scope, limit } => {
+                self.parts.metrics.shed("request_bytes");
+                let (message, setting) = match scope {
+                    crate::limits::ByteScope::Principal => (
+                        format!(
+                            "principal `{principal}` already holds {limit} bytes of request \
+                             bodies at the gateway; retry when its calls are answered"
+                        ),
+                        "max_buffered_request_bytes_per_principal",
+                    ),
+                    crate::limits::ByteScope::All => (
+                        format!("the gateway holds {limit} bytes of request bodies; retry shortly"),
+                        "max_buffered_request_bytes",
+                    ),
+                };
+                let limit = limit.to_string();
+                return retry_after_reason(
+                    Code::ResourceExhausted,
+                    Reason::RequestBytes,
+                    message,
+                    Duration::from_millis(100),
+                    &[
+                        ("scope", scope.as_str()),
+                        ("limit", &limit),
+                        ("setting", setting),
+                    ],
+                )
+                .into_http();
+            }
             Refusal::PrincipalBudget { kind, limit } => {
                 let what = match kind {
                     CallKind::Unary => "calls",
@@ -362,56 +404,67 @@ impl Inner {
 
         let read_timeout = Duration::from_millis(self.parts.settings.request_read_timeout_ms);
         let stall = Arc::new(Stall::default());
-        if kind == CallKind::Unary {
-            // The request whole before the call takes a place that the services' capacity
-            // bounds: a caller that sends headers and then nothing holds only its own budget.
-            let limit = self.parts.settings.max_message_bytes.saturating_add(5);
-            let body = std::mem::replace(req.body_mut(), Body::empty());
-            match tokio::time::timeout(read_timeout.min(given), read_whole(body, limit)).await {
-                Ok(Ok(bytes)) => *req.body_mut() = Body::new(http_body_util::Full::new(bytes)),
-                Ok(Err(ReadError::TooLarge)) => {
-                    return refuse(
-                        Code::OutOfRange,
-                        format!("the request is larger than {limit} bytes"),
-                    );
-                }
-                Ok(Err(ReadError::Broken(status))) => {
-                    return refuse(
-                        Code::Cancelled,
-                        format!("the request stream broke: {}", status.message()),
-                    );
-                }
-                Err(_) if read_timeout < given => {
-                    return stalled_status(read_timeout).into_http();
-                }
-                Err(_) => {
-                    return refuse(
-                        Code::DeadlineExceeded,
-                        format!("deadline of {} ms exceeded", given.as_millis()),
-                    );
-                }
-            }
-            match self.limits.serve(id) {
-                Ok(permit) => call.serve = Some(permit),
-                Err(why) => return self.refused(why, &principal.id),
-            }
-        } else if rpc.client_streaming {
+        let binding = if rpc.client_streaming {
             let body = std::mem::replace(req.body_mut(), Body::empty());
             *req.body_mut() =
                 Body::new(ReadTimeoutBody::new(body, read_timeout, Arc::clone(&stall)));
-        }
+            BodyBinding::Stream
+        } else {
+            // A request that is one message is read whole before the call takes a place that
+            // the services' capacity bounds (a caller that sends headers and then nothing holds
+            // only its own budget), within the byte budget, and hashed as it arrives for the
+            // signed identity: one buffer, one pass, then passed on as it is.
+            let limit = self.parts.settings.max_message_bytes.saturating_add(5);
+            let body = std::mem::replace(req.body_mut(), Body::empty());
+            let held = call.held.insert(self.limits.hold_bytes(id));
+            let whole =
+                match tokio::time::timeout(read_timeout.min(given), read_whole(body, limit, held))
+                    .await
+                {
+                    Ok(Ok(whole)) => whole,
+                    Ok(Err(ReadError::TooLarge)) => {
+                        return refuse(
+                            Code::OutOfRange,
+                            format!("the request is larger than {limit} bytes"),
+                        );
+                    }
+                    Ok(Err(ReadError::Budget(why))) => return self.refused(why, &principal.id),
+                    Ok(Err(ReadError::Broken(status))) => {
+                        return refuse(
+                            Code::Cancelled,
+                            format!("the request stream broke: {}", status.message()),
+                        );
+                    }
+                    Err(_) if read_timeout < given => {
+                        return stalled_status(read_timeout).into_http();
+                    }
+                    Err(_) => {
+                        return refuse(
+                            Code::DeadlineExceeded,
+                            format!("deadline of {} ms exceeded", given.as_millis()),
+                        );
+                    }
+                };
+            *req.body_mut() = Body::new(http_body_util::Full::new(whole.bytes));
+            if kind == CallKind::Unary {
+                match self.limits.serve(id) {
+                    Ok(permit) => call.serve = Some(permit),
+                    Err(why) => return self.refused(why, &principal.id),
+                }
+            }
+            BodyBinding::Digest(whole.digest)
+        };
 
         // The identity for the upstream's audience, bound to the request body.
         let now = citycredit::store::now_micros();
-        req = match self
+        if let Err(why) = self
             .parts
             .signer
-            .sign_request(principal, path, req, now)
-            .await
+            .sign(principal, path, binding, req.headers_mut(), now)
         {
-            Ok(signed) => signed,
-            Err(refusal) => return refusal,
-        };
+            tracing::error!(rpc = path, why, "cannot sign the caller's identity");
+            return refuse(Code::Internal, "internal error");
+        }
         telemetry::pass_on_trace(span, req.headers_mut());
         if path.starts_with("/citycredit.v1.MetricSubmissionService/Submit") {
             self.parts.metrics.push(id);
@@ -454,17 +507,55 @@ impl Inner {
     }
 }
 
-/// Why a unary request could not be read whole.
+/// Why a request that is one message could not be read whole.
 enum ReadError {
     TooLarge,
+    /// Its bytes would take the caller or the gateway past the byte budget.
+    Budget(Refusal),
     Broken(tonic::Status),
 }
 
-/// The whole body, at most `limit` bytes.
-async fn read_whole(mut body: Body, limit: usize) -> Result<bytes::Bytes, ReadError> {
+/// A request body read whole, and the SHA-256 of its bytes.
+struct WholeBody {
+    bytes: bytes::Bytes,
+    digest: [u8; 32],
+}
+
+/// The buffer of a body being read: nothing yet, its first frame as it came (a small request
+/// is one frame: no copy), or one buffer the frames are copied into.
+enum Buffer {
+    Empty,
+    One(bytes::Bytes),
+    Many(Vec<u8>),
+}
+
+/// The capacity to give a buffer that must hold `needed` bytes and holds `have` (its capacity
+/// now) of a body whose first bytes are `prefix`: half as much again as it holds (so a body
+/// of n bytes is copied about three times n in all), and no more than the gRPC message's
+/// declared length, so an honest body ends in a buffer of exactly its size and a body that
+/// announces a large message and sends it slowly holds at most half as much again as it sent.
+fn capacity_for(needed: usize, have: usize, prefix: &[u8], limit: usize) -> usize {
+    let grown = needed.max(have.saturating_add(have / 2));
+    let declared = match prefix.get(..5) {
+        Some(&[_, a, b, c, d]) => {
+            usize::try_from(u32::from_be_bytes([a, b, c, d])).map_or(limit, |n| n + 5)
+        }
+        _ => limit,
+    };
+    grown.min(declared.max(needed)).min(limit).max(needed)
+}
+
+/// The whole body, at most `limit` bytes, its bytes reserved in `held` as they arrive (for a
+/// buffer, its capacity: what the process really holds).
+async fn read_whole(
+    mut body: Body,
+    limit: usize,
+    held: &mut HeldBytes,
+) -> Result<WholeBody, ReadError> {
     use http_body_util::BodyExt;
-    let mut first: Option<bytes::Bytes> = None;
-    let mut more: Option<bytes::BytesMut> = None;
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut buffer = Buffer::Empty;
     let mut len = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(ReadError::Broken)?;
@@ -472,26 +563,46 @@ async fn read_whole(mut body: Body, limit: usize) -> Result<bytes::Bytes, ReadEr
             // Request trailers mean nothing to gRPC; they end the body.
             break;
         };
+        if data.is_empty() {
+            continue;
+        }
         len = len.saturating_add(data.len());
         if len > limit {
             return Err(ReadError::TooLarge);
         }
-        // One frame (the usual case) is kept as it came, without a copy.
-        match (&first, &mut more) {
-            (None, _) => first = Some(data),
-            (Some(f), None) => {
-                let mut b = bytes::BytesMut::with_capacity(len);
-                b.extend_from_slice(f);
-                b.extend_from_slice(&data);
-                more = Some(b);
+        hasher.update(&data);
+        buffer = match buffer {
+            Buffer::Empty => {
+                held.grow_to(len).map_err(ReadError::Budget)?;
+                Buffer::One(data)
             }
-            (Some(_), Some(b)) => b.extend_from_slice(&data),
-        }
+            Buffer::One(first) => {
+                let capacity = capacity_for(len, first.len(), &first, limit);
+                held.grow_to(capacity).map_err(ReadError::Budget)?;
+                let mut all = Vec::with_capacity(capacity);
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&data);
+                Buffer::Many(all)
+            }
+            Buffer::Many(mut all) => {
+                if len > all.capacity() {
+                    let capacity = capacity_for(len, all.capacity(), &all, limit);
+                    held.grow_to(capacity).map_err(ReadError::Budget)?;
+                    all.reserve_exact(capacity - all.len());
+                }
+                all.extend_from_slice(&data);
+                Buffer::Many(all)
+            }
+        };
     }
-    Ok(match (first, more) {
-        (_, Some(b)) => b.freeze(),
-        (Some(f), None) => f,
-        (None, None) => bytes::Bytes::new(),
+    let bytes = match buffer {
+        Buffer::Empty => bytes::Bytes::new(),
+        Buffer::One(first) => first,
+        Buffer::Many(all) => bytes::Bytes::from(all),
+    };
+    Ok(WholeBody {
+        bytes,
+        digest: hasher.finalize().into(),
     })
 }
 
@@ -512,5 +623,35 @@ where
         let inner = Arc::clone(&self.inner);
         let req = req.map(Body::new);
         Box::pin(async move { Ok(inner.handle(req).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_grows_by_half_and_never_past_the_declared_message() {
+        let header = |n: u32| {
+            let mut h = vec![0u8];
+            h.extend(n.to_be_bytes());
+            h
+        };
+        let limit = 8 * 1024 * 1024 + 5;
+        // A 1 MiB message arriving in 16 KiB frames: the buffer grows by half up to it, and
+        // ends exactly at its size.
+        let declared = header(1024 * 1024);
+        assert_eq!(capacity_for(32_768, 16_384, &declared, limit), 32_768);
+        assert_eq!(capacity_for(40_000, 32_768, &declared, limit), 49_152);
+        assert_eq!(
+            capacity_for(1_000_000, 900_000, &declared, limit),
+            1024 * 1024 + 5
+        );
+        // A body that announces 8 MiB and has sent 32 KiB holds 48 KiB at most.
+        let big = header(8 * 1024 * 1024);
+        assert_eq!(capacity_for(32_768, 32_000, &big, limit), 48_000);
+        // More bytes than declared (a broken or hostile frame): what is needed, within the limit.
+        assert_eq!(capacity_for(2_000, 1_000, &header(10), limit), 2_000);
+        assert_eq!(capacity_for(limit, limit - 1, &big, limit), limit);
     }
 }

@@ -1,11 +1,12 @@
 //! The gateway's side of the internal identity (see `citycredit::auth::identity`), and what the
 //! service front shares with it:
 //!
-//! - [`EdgeSigner`]: step 6 of the gateway. It buffers the request body of every RPC whose
-//!   request is one message (bounded by the largest message accepted and by the call's
-//!   deadline), signs the principal for the upstream's audience with the body's SHA-256, and
-//!   passes the same bytes on. Client streams (SubmitBatch) are signed as `stream`.
-//! - [`read_body`]: the bounded buffering both sides use.
+//! - [`EdgeSigner`]: step 6 of the gateway. It signs the principal for the upstream's audience
+//!   with the SHA-256 of the request body of every RPC whose request is one message; the edge
+//!   has read that body whole already (within the byte budget) and hashed it as it arrived, so
+//!   the body is buffered once and read once. Client streams (SubmitBatch) are signed as
+//!   `stream`.
+//! - [`read_body`]: the bounded buffering of the service front.
 //! - [`SharedNonces`]: the replay guard every replica of a service shares through the store. A
 //!   front claims the nonce of every call that changes state (`INSERT ... ON CONFLICT DO
 //!   NOTHING` on `identity_nonces`); a second claim, from any replica, is a replay. Reads are
@@ -26,7 +27,7 @@ use citycredit::auth::identity::{
 use citycredit::status::with_info;
 use citycredit::store::{Db, StoreError};
 
-use crate::rpc_table::{RpcTable, parse_grpc_timeout};
+use crate::rpc_table::parse_grpc_timeout;
 use crate::upstream::Body;
 
 /// How long a request body may take to arrive when the call carries no deadline.
@@ -102,8 +103,6 @@ pub fn body_wait(headers: &http::HeaderMap) -> Duration {
 /// Signs callers' identities for the upstreams (the gateway's private key).
 pub struct EdgeSigner {
     signer: IdentitySigner,
-    table: RpcTable,
-    max_message: usize,
 }
 
 impl std::fmt::Debug for EdgeSigner {
@@ -115,52 +114,36 @@ impl std::fmt::Debug for EdgeSigner {
 }
 
 impl EdgeSigner {
-    /// A signer with the gateway's key; bodies up to `max_message` bytes are bound.
-    pub fn new(signer: IdentitySigner, max_message: usize) -> EdgeSigner {
+    /// A signer with the gateway's key.
+    pub fn new(signer: IdentitySigner) -> EdgeSigner {
         debug_assert_eq!(signer.issuer(), Issuer::Gateway);
-        EdgeSigner {
-            signer,
-            table: RpcTable::citycredit(),
-            max_message,
-        }
+        EdgeSigner { signer }
     }
 
     pub fn public_key(&self) -> ed25519_dalek::VerifyingKey {
         self.signer.public_key()
     }
 
-    /// `req` with the signed identity of `principal` for `path`'s service, its body buffered
-    /// and bound when the RPC's request is one message; or the answer refusing the call.
-    pub async fn sign_request(
+    /// Adds the signed identity of `principal` for `path`'s service to `headers`, bound to the
+    /// request body by `body` (its digest, for an RPC whose request is one message; `Stream`
+    /// for a client stream); or why it cannot (a bug: the gateway answers INTERNAL).
+    pub fn sign(
         &self,
         principal: &Principal,
         path: &str,
-        req: http::Request<Body>,
+        body: BodyBinding,
+        headers: &mut http::HeaderMap,
         now_micros: i64,
-    ) -> Result<http::Request<Body>, http::Response<Body>> {
-        let refuse = |m: &str| with_info(Code::Internal, m, &[]).into_http();
-        let Some(audience) = Audience::of_path(path) else {
-            return Err(refuse("no service to pass the caller's identity to"));
-        };
-        let streamed = self.table.get(path).is_none_or(|r| r.client_streaming);
-        let (mut parts, body) = req.into_parts();
-        let (binding, body) = if streamed {
-            (BodyBinding::Stream, body)
-        } else {
-            let wait = body_wait(&parts.headers);
-            let bytes = read_body(body, self.max_message, wait).await?;
-            (
-                BodyBinding::of(&bytes),
-                Body::new(http_body_util::Full::new(bytes)),
-            )
-        };
+    ) -> Result<(), &'static str> {
+        let audience =
+            Audience::of_path(path).ok_or("no service to pass the caller's identity to")?;
         let header = self
             .signer
-            .sign(principal, audience, path, binding, now_micros)
+            .sign(principal, audience, path, body, now_micros)
             .and_then(|h| http::HeaderValue::from_str(&h).ok())
-            .ok_or_else(|| refuse("cannot pass the caller's identity on"))?;
-        parts.headers.insert(HEADER, header);
-        Ok(http::Request::from_parts(parts, body))
+            .ok_or("cannot pass the caller's identity on")?;
+        headers.insert(HEADER, header);
+        Ok(())
     }
 }
 
@@ -222,6 +205,7 @@ impl SharedNonces {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rpc_table::RpcTable;
 
     #[test]
     fn exactly_the_state_changing_rpcs_claim_their_nonce_in_the_store() {

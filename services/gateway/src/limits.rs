@@ -8,6 +8,10 @@
 //!   budget;
 //! - global caps on unary calls in flight and on streams open (each `max_concurrent_calls`), and
 //!   the adaptive limit on unary calls being served (`adaptive.rs`);
+//! - a budget of bytes held in request bodies the gateway reads whole (every RPC whose request
+//!   is one message), per principal and in all, reserved as the bytes arrive, so a large body
+//!   sent slowly holds only what it has sent, and many large bodies at once cannot hold more
+//!   than the budget whatever their count;
 //! - failed authentications per source address: beyond a rate they are refused without a key
 //!   look-up, and they are logged as one summary per source every 10 seconds instead of lines
 //!   per attempt.
@@ -69,9 +73,28 @@ impl Budgets {
     }
 }
 
+/// Whose budget of request-body bytes is used up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ByteScope {
+    Principal,
+    All,
+}
+
+impl ByteScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ByteScope::Principal => "principal",
+            ByteScope::All => "all",
+        }
+    }
+}
+
 /// Why a call was not admitted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
+    /// The request body's bytes would take the principal, or the gateway, past its budget of
+    /// bytes held in request bodies.
+    Bytes { scope: ByteScope, limit: usize },
     /// The principal's own budget of calls or streams is used up.
     PrincipalBudget { kind: CallKind, limit: usize },
     /// The principal already holds half of the adaptive limit.
@@ -123,6 +146,92 @@ impl Drop for ServePermit {
     }
 }
 
+/// Bytes held in request bodies, per principal and in all.
+#[derive(Debug)]
+struct ByteBudget {
+    per_principal: usize,
+    total: usize,
+    held: Mutex<HeldUse>,
+}
+
+/// An entry per principal holding bytes now: at most one per call in flight.
+#[derive(Debug, Default)]
+struct HeldUse {
+    total: usize,
+    by_principal: HashMap<Arc<str>, usize>,
+}
+
+impl ByteBudget {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HeldUse> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The bytes one request body holds in the byte budget; given back when dropped (the service
+/// answered, the call was refused, or the caller went away).
+#[derive(Debug)]
+pub struct HeldBytes {
+    budget: Arc<ByteBudget>,
+    principal: Arc<str>,
+    bytes: usize,
+}
+
+impl HeldBytes {
+    /// Bytes reserved for this body.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Reserves up to `bytes` for this body in all (call as bytes arrive); the refusal when the
+    /// principal's or the gateway's budget cannot take the difference, and then nothing more is
+    /// reserved.
+    pub fn grow_to(&mut self, bytes: usize) -> Result<(), Refusal> {
+        let Some(more) = bytes.checked_sub(self.bytes).filter(|m| *m > 0) else {
+            return Ok(());
+        };
+        let b = &self.budget;
+        let mut held = b.lock();
+        let mine = held.by_principal.get(&self.principal).copied().unwrap_or(0);
+        if mine.saturating_add(more) > b.per_principal {
+            return Err(Refusal::Bytes {
+                scope: ByteScope::Principal,
+                limit: b.per_principal,
+            });
+        }
+        if held.total.saturating_add(more) > b.total {
+            return Err(Refusal::Bytes {
+                scope: ByteScope::All,
+                limit: b.total,
+            });
+        }
+        held.total += more;
+        *held
+            .by_principal
+            .entry(Arc::clone(&self.principal))
+            .or_default() += more;
+        self.bytes = bytes;
+        Ok(())
+    }
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        if self.bytes == 0 {
+            return;
+        }
+        let mut held = self.budget.lock();
+        held.total = held.total.saturating_sub(self.bytes);
+        if let Some(mine) = held.by_principal.get_mut(&self.principal) {
+            *mine = mine.saturating_sub(self.bytes);
+            if *mine == 0 {
+                held.by_principal.remove(&self.principal);
+            }
+        }
+    }
+}
+
 /// The gateway's admission state.
 pub struct Limits {
     per_principal: DefaultKeyedRateLimiter<String>,
@@ -132,6 +241,7 @@ pub struct Limits {
     calls: Arc<Semaphore>,
     streams: Arc<Semaphore>,
     adaptive: Arc<AdaptiveLimit>,
+    bytes: Arc<ByteBudget>,
     failed_auth: DefaultKeyedRateLimiter<IpAddr>,
     failures: Mutex<FailureLog>,
     clock: DefaultClock,
@@ -162,6 +272,11 @@ impl Limits {
             calls: Arc::new(Semaphore::new(s.max_concurrent_calls)),
             streams: Arc::new(Semaphore::new(s.max_concurrent_calls)),
             adaptive: AdaptiveLimit::new(s.min_concurrent_calls, s.max_concurrent_calls),
+            bytes: Arc::new(ByteBudget {
+                per_principal: s.max_buffered_request_bytes_per_principal,
+                total: s.max_buffered_request_bytes,
+                held: Mutex::new(HeldUse::default()),
+            }),
             failed_auth: RateLimiter::keyed(Quota::per_second(auth_rate).allow_burst(auth_burst)),
             failures: Mutex::new(FailureLog::default()),
             clock: DefaultClock::default(),
@@ -238,6 +353,21 @@ impl Limits {
             // Dropping `permit` gives the share back.
             Err(retry_after) => Err(Refusal::Capacity { retry_after }),
         }
+    }
+
+    /// An empty reservation in the byte budget for one request body of `principal`, grown as
+    /// its bytes arrive ([`HeldBytes::grow_to`]).
+    pub fn hold_bytes(&self, principal: &Arc<str>) -> HeldBytes {
+        HeldBytes {
+            budget: Arc::clone(&self.bytes),
+            principal: Arc::clone(principal),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes held in request bodies now, in all (for the metrics and tests).
+    pub fn bytes_held(&self) -> usize {
+        self.bytes.lock().total
     }
 
     /// The adaptive limit now (for tests and logs).
@@ -449,6 +579,43 @@ mod tests {
         assert!(matches!(limits.serve(&c), Err(Refusal::Capacity { .. })));
         drop((held, others));
         assert!(limits.budgets.lock().is_empty());
+    }
+
+    #[test]
+    fn request_bytes_are_held_per_principal_and_in_all() {
+        let limits = Limits::new(&GatewaySettings {
+            max_buffered_request_bytes_per_principal: 100,
+            max_buffered_request_bytes: 150,
+            ..settings()
+        });
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let mut a1 = limits.hold_bytes(&a);
+        let mut a2 = limits.hold_bytes(&a);
+        assert_eq!(a1.grow_to(60), Ok(()));
+        assert_eq!(a2.grow_to(40), Ok(()), "exactly at the principal's budget");
+        assert_eq!(
+            a2.grow_to(41),
+            Err(Refusal::Bytes {
+                scope: ByteScope::Principal,
+                limit: 100
+            })
+        );
+        assert_eq!(a2.bytes(), 40, "a refusal reserves nothing more");
+        let mut b1 = limits.hold_bytes(&b);
+        assert_eq!(b1.grow_to(50), Ok(()), "exactly at the gateway's budget");
+        assert_eq!(
+            b1.grow_to(51),
+            Err(Refusal::Bytes {
+                scope: ByteScope::All,
+                limit: 150
+            })
+        );
+        assert_eq!(limits.bytes_held(), 150);
+        drop(a1);
+        assert_eq!(b1.grow_to(100), Ok(()), "bytes given back are free again");
+        drop((a2, b1));
+        assert_eq!(limits.bytes_held(), 0);
+        assert!(limits.bytes.lock().by_principal.is_empty());
     }
 
     #[test]

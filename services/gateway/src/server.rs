@@ -239,7 +239,7 @@ pub async fn serve(
                 CODE_AUDIT.into(),
                 upstream::local(ingestion.code_audit_service(), ingestion_front),
             );
-            let edge = edge_signer(signer.take(), max_message)?;
+            let edge = edge_signer(signer.take())?;
             gateway_routes(&config, routes, health_service, &registry, edge, &metrics)?
         }
         ServiceMode::Gateway => {
@@ -260,7 +260,7 @@ pub async fn serve(
                     routes.insert((*s).into(), upstream::remote(channel.clone()));
                 }
             }
-            let edge = edge_signer(signer.take(), max_message)?;
+            let edge = edge_signer(signer.take())?;
             gateway_routes(&config, routes, health_service, &registry, edge, &metrics)?
         }
         ServiceMode::Ingestion => {
@@ -496,12 +496,9 @@ impl IdentityKeys {
 }
 
 /// The gateway's signer over the key loaded for it.
-fn edge_signer(
-    signer: Option<IdentitySigner>,
-    max_message: usize,
-) -> Result<Arc<EdgeSigner>, StartError> {
+fn edge_signer(signer: Option<IdentitySigner>) -> Result<Arc<EdgeSigner>, StartError> {
     let signer = signer.ok_or_else(|| missing_key("identity.signing_key"))?;
-    Ok(Arc::new(EdgeSigner::new(signer, max_message)))
+    Ok(Arc::new(EdgeSigner::new(signer)))
 }
 
 /// `grpc.health.v1` alone, in plaintext, for probes that cannot present a client certificate:

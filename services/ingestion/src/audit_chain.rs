@@ -65,7 +65,7 @@ pub struct Verdict {
 }
 
 /// Verifies the store as of its chain head (read first, so commits made meanwhile are not
-/// mistaken for damage): the chain, then the value versions.
+/// mistaken for damage): the chain, then the value versions, then `retractions`.
 pub async fn verify(db: &Db) -> Result<Verdict, sqlx::Error> {
     let head = store::head(db).await?;
     let (checked, bad) = verify_chain(db, &head).await?;
@@ -82,7 +82,10 @@ pub async fn verify(db: &Db) -> Result<Verdict, sqlx::Error> {
         None => {
             let (versions, bad) = verify_versions(db, &head).await?;
             verdict.versions_checked = versions;
-            bad
+            match bad {
+                Some(bad) => Some(bad),
+                None => verify_retractions(db, &head).await?,
+            }
         }
     };
     if let Some((id, problem)) = bad {
@@ -149,6 +152,35 @@ async fn verify_chain(
     Ok((checked, bad))
 }
 
+/// `retractions` (what the writer reads to refuse a second retraction and to find the value a
+/// retraction brings back) against the chain: each row names a retraction that retracts its
+/// target, and the first one; each retraction in the chain has its target's row.
+async fn verify_retractions(
+    db: &Db,
+    head: &store::Head,
+) -> Result<Option<(i64, String)>, sqlx::Error> {
+    if let Some((target, by)) = store::retraction_not_in_chain(db).await? {
+        return Ok(Some((
+            by,
+            format!(
+                "retractions: submissions/{target} is recorded as retracted by submissions/{by}, \
+                 which is not its first retraction in the chain"
+            ),
+        )));
+    }
+    Ok(store::retraction_not_recorded(db, head.last_id)
+        .await?
+        .map(|(id, target)| {
+            (
+                id,
+                format!(
+                    "retractions: submissions/{id} retracts submissions/{target}, which is not \
+                     recorded as retracted"
+                ),
+            )
+        }))
+}
+
 /// One version as the chain gives it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Expected {
@@ -161,10 +193,12 @@ struct Expected {
 
 /// The versions of one value key, rebuilt from its submissions in id order with the writer's
 /// rules: a value closes the current version and opens its own; a retraction of the current
-/// value closes it and reopens the latest earlier value that is not retracted; a retraction of
-/// an older value changes nothing current; a version closed by the commit that opened it is
-/// not stored. Memory: this key's history only.
-fn rebuild(rows: &[StoredRow]) -> Vec<Expected> {
+/// value closes it and reopens the latest earlier value that is not retracted (for retractions
+/// from `undo_from` on; earlier ones, stored before migration 0210, only closed it); a
+/// retraction of an older value changes nothing current; a second retraction of one value
+/// changes nothing; a version closed by the commit that opened it is not stored. Memory: this
+/// key's history only.
+fn rebuild(rows: &[StoredRow], undo_from: i64) -> Vec<Expected> {
     let mut out: Vec<Expected> = Vec::new();
     // Values not retracted, in id order; the last one is the current value.
     let mut live: Vec<&StoredRow> = Vec::new();
@@ -195,8 +229,8 @@ fn rebuild(rows: &[StoredRow]) -> Vec<Expected> {
             open(&mut out, row, row.accept_micros);
         } else if row.kind == KIND_RETRACTION {
             let Some(target) = row.retracts else { continue };
-            // A second retraction of one value (possible before the unique index) changes
-            // nothing.
+            // A second retraction of one value (stored before migration 0210) changes nothing:
+            // the first is the one in `retractions`.
             let Some(at) = live.iter().position(|r| r.id == target) else {
                 continue;
             };
@@ -204,7 +238,9 @@ fn rebuild(rows: &[StoredRow]) -> Vec<Expected> {
             live.remove(at);
             if was_current {
                 close(&mut out, row.accept_micros);
-                if let Some(earlier) = live.last() {
+                if row.id >= undo_from
+                    && let Some(earlier) = live.last()
+                {
                     open(&mut out, earlier, row.accept_micros);
                 }
             }
@@ -222,6 +258,19 @@ async fn verify_versions(
     head: &store::Head,
 ) -> Result<(u64, Option<(i64, String)>), sqlx::Error> {
     let until = head.last_micros;
+    let Some(undo_from) = store::retraction_undo_from(db).await? else {
+        // Without it the versions cannot be rebuilt as they were made.
+        return Ok((
+            0,
+            Some((
+                1,
+                format!(
+                    "store_meta: `{}` is missing or not a number",
+                    store::RETRACTION_UNDO_FROM
+                ),
+            )),
+        ));
+    };
     let mut subs = Peekable::new(store::submissions_by_key(db, head.last_id));
     let mut vers = Peekable::new(store::versions_by_key(db, until));
     let mut checked = 0u64;
@@ -268,7 +317,7 @@ async fn verify_versions(
         }
         checked += u64::try_from(stored.len()).unwrap_or(u64::MAX);
         let vkey = rows[0].vkey();
-        let expected = rebuild(&rows);
+        let expected = rebuild(&rows, undo_from);
         for i in 0..expected.len().max(stored.len()) {
             match (expected.get(i), stored.get(i)) {
                 (Some(e), Some(s)) => {
@@ -422,7 +471,7 @@ mod tests {
             row(6, 60, KIND_RETRACTION, "", Some(1)),
         ];
         assert_eq!(
-            shape(&rebuild(&rows)),
+            shape(&rebuild(&rows, 1)),
             [
                 version(1, 10, Some(20), 10),
                 version(2, 20, Some(30), 20),
@@ -444,9 +493,36 @@ mod tests {
         ];
         // Retracting 2 finds 1 retracted already: nothing is current.
         assert_eq!(
-            shape(&rebuild(&rows)),
+            shape(&rebuild(&rows, 1)),
             [version(1, 10, Some(20), 10), version(2, 20, Some(50), 20)]
         );
+    }
+
+    #[test]
+    fn retractions_before_the_undo_rule_keep_their_meaning_and_a_second_one_is_a_no_op() {
+        // Stored before migration 0210 (undo from id 6 on): retracting the current value 2
+        // (twice, as the old race allowed) left no current value; retracting 5 after the
+        // migration reopens 1, the latest earlier value not retracted.
+        let rows = [
+            row(1, 10, KIND_VALUE, "1", None),
+            row(2, 20, KIND_VALUE, "2", None),
+            row(3, 30, KIND_RETRACTION, "", Some(2)),
+            row(4, 30, KIND_RETRACTION, "", Some(2)),
+            row(5, 40, KIND_VALUE, "5", None),
+            row(6, 50, KIND_RETRACTION, "", Some(5)),
+            row(7, 60, KIND_RETRACTION, "", Some(5)),
+        ];
+        assert_eq!(
+            shape(&rebuild(&rows, 6)),
+            [
+                version(1, 10, Some(20), 10),
+                version(2, 20, Some(30), 20),
+                version(5, 40, Some(50), 40),
+                version(1, 50, None, 10),
+            ]
+        );
+        // Under the new rule from the start, 1 would have come back at 30.
+        assert_eq!(shape(&rebuild(&rows, 1))[2], version(1, 30, Some(40), 10));
     }
 
     #[test]
@@ -459,7 +535,7 @@ mod tests {
             row(4, 20, KIND_RETRACTION, "", Some(3)),
         ];
         assert_eq!(
-            shape(&rebuild(&rows)),
+            shape(&rebuild(&rows, 1)),
             [version(1, 10, Some(20), 10), version(2, 20, None, 20)]
         );
     }

@@ -15,6 +15,10 @@ pub enum IngestError {
     /// Bad input: one violation per problem.
     #[error("invalid request ({} problems)", .0.len())]
     Invalid(Vec<Violation>),
+    /// Bad input with more problems than one status lists: the first ones, and how many in
+    /// all (a `validate_only` batch checks every message).
+    #[error("invalid request ({total} problems)")]
+    InvalidMany { first: Vec<Violation>, total: usize },
     /// The principal may not do this.
     #[error(transparent)]
     Denied(#[from] Denied),
@@ -90,6 +94,7 @@ impl From<IngestError> for Status {
     fn from(e: IngestError) -> Status {
         match e {
             IngestError::Invalid(v) => status::invalid_argument(&v),
+            IngestError::InvalidMany { first, total } => status::invalid_argument_of(&first, total),
             IngestError::Denied(d) => d.into(),
             IngestError::KeyConflict(key) => status::with_info(
                 Code::AlreadyExists,

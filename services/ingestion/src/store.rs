@@ -1,6 +1,8 @@
 //! The ingestion tables and their SQL (written once for sqlx `Any`: `$n` placeholders, only
 //! i64 and text columns). `submissions` is append-only; `value_versions` is derived from it in
-//! the same transaction; `idempotency` remembers keys; `chain_head` is the writer's one row.
+//! the same transaction; `retractions` (the retraction that counts for each retracted
+//! submission) is filled by a trigger in the statement that inserts the retraction row;
+//! `idempotency` remembers keys; `chain_head` is the writer's one row.
 
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -433,15 +435,60 @@ pub async fn range(db: &Db, first: i64, last: i64) -> Result<Vec<StoredRow>, sql
     rows.iter().map(StoredRow::from_row).collect()
 }
 
-/// The id of the submission that retracts `id`, if any.
+/// The id of the submission that retracts `id`, if any (the first one: a store written before
+/// migration 0210 may hold later ones too, which count for nothing).
 pub async fn retraction_of(db: &Db, id: i64) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM submissions WHERE retracts = $1 LIMIT 1")
+    sqlx::query_scalar("SELECT by_id FROM retractions WHERE target = $1")
         .bind(id)
         .fetch_optional(&db.pool)
         .await
 }
 
-/// (target, retracting submission) for each of `targets` that is retracted.
+/// A `retractions` row that the chain does not give: its retraction does not exist, retracts
+/// another submission, or is not the first retraction of its target. (target, by_id).
+pub async fn retraction_not_in_chain(db: &Db) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT r.target, r.by_id FROM retractions r \
+         LEFT JOIN submissions s ON s.id = r.by_id AND s.retracts = r.target \
+         WHERE s.id IS NULL \
+         OR EXISTS (SELECT 1 FROM submissions e WHERE e.retracts = r.target AND e.id < r.by_id) \
+         ORDER BY r.by_id LIMIT 1",
+    )
+    .fetch_optional(&db.pool)
+    .await
+}
+
+/// A retraction in the chain (up to `last_id`) whose target has no `retractions` row. (id,
+/// target).
+pub async fn retraction_not_recorded(
+    db: &Db,
+    last_id: i64,
+) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT s.id, s.retracts FROM submissions s WHERE s.retracts IS NOT NULL AND s.id <= $1 \
+         AND NOT EXISTS (SELECT 1 FROM retractions r WHERE r.target = s.retracts) \
+         ORDER BY s.id LIMIT 1",
+    )
+    .bind(last_id)
+    .fetch_optional(&db.pool)
+    .await
+}
+
+/// The first submission id whose retraction of a current value reopens the previous value (an
+/// undo); retractions stored before migration 0210 only closed it. Recorded by that migration;
+/// None when the row is missing or not a number (someone edited the store).
+pub async fn retraction_undo_from(db: &Db) -> Result<Option<i64>, sqlx::Error> {
+    let text: Option<String> = sqlx::query_scalar("SELECT value FROM store_meta WHERE key = $1")
+        .bind(RETRACTION_UNDO_FROM)
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(text.and_then(|t| t.parse::<i64>().ok()))
+}
+
+/// The `store_meta` key of [`retraction_undo_from`].
+pub const RETRACTION_UNDO_FROM: &str = "ingestion.retraction_undo_from_id";
+
+/// (target, the retraction that counts) for each of `targets` that is retracted.
 pub async fn retractions_of(
     conn: &mut AnyConnection,
     targets: &[i64],
@@ -451,7 +498,7 @@ pub async fn retractions_of(
     for chunk in targets.chunks(n) {
         // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
         let sql = format!(
-            "SELECT retracts, id FROM submissions WHERE retracts IN ({})",
+            "SELECT target, by_id FROM retractions WHERE target IN ({})",
             list(1, chunk.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -481,7 +528,7 @@ pub async fn previous_value(
             "SELECT {SUBMISSION_COLUMNS} FROM submissions s WHERE metric = $1 AND region = $2 \
              AND period = $3 AND department = $4 AND domain = $5 AND task_id = $6 \
              AND kind = $7 AND id < $8 \
-             AND NOT EXISTS (SELECT 1 FROM submissions r WHERE r.retracts = s.id) \
+             AND NOT EXISTS (SELECT 1 FROM retractions r WHERE r.target = s.id) \
              ORDER BY id DESC LIMIT {PAGE}"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))

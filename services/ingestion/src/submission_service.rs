@@ -84,13 +84,20 @@ impl SubmissionApi {
         use prost::Message;
         let limit = self.ing.options().max_batch_values;
         let max_bytes = self.ing.options().max_batch_bytes;
-        // Each message is validated and authorized as it arrives, and the first one with a
-        // problem ends the stream: a caller who may not submit, or whose values are wrong, is
-        // told at once instead of after streaming everything, and the server holds only the
-        // checked values (never more than `max_batch_bytes` of messages).
+        // Each message is validated and authorized as it arrives. A batch to be stored ends at
+        // its first message with a problem: a caller who may not submit, or whose values are
+        // wrong, is told at once instead of after streaming everything, and the server holds
+        // only checked values (never more than `max_batch_bytes` of messages). A batch that is
+        // only checked (`validate_only`, known from the first message) goes on to the end and
+        // answers with every problem, as its caller asked; it holds no values, only the first
+        // problems a status can list and their count. Either way a caller who may not submit a
+        // value it sent is refused at once.
         let mut values: Vec<NewValue> = Vec::new();
+        let mut seen = 0usize;
         let mut key: Option<String> = None;
         let mut validate_only: Option<bool> = None;
+        let mut problems: Vec<Violation> = Vec::new();
+        let mut problem_count = 0usize;
         let mut bytes = 0usize;
         let mut message = 0usize;
         loop {
@@ -132,45 +139,59 @@ impl SubmissionApi {
                     "must be set in the first message",
                 )),
             }
-            if values.len() + msg.values.len() > limit {
+            let dry_run = validate_only == Some(true);
+            if seen + msg.values.len() > limit {
                 return Err(IngestError::TooLarge {
                     what: "values in a batch",
                     limit,
                     reason: Reason::BatchTooLarge,
                 });
             }
-            let first = values.len();
+            let first = seen;
+            seen += msg.values.len();
             match self
                 .ing
                 .check_fresh_at(principal, &msg.values, Some(first))
                 .await
             {
-                Ok(checked) if violations.is_empty() => values.extend(checked),
-                Ok(_) => return Err(IngestError::Invalid(violations)),
-                Err(IngestError::Invalid(mut more)) => {
-                    violations.append(&mut more);
+                Ok(checked) if violations.is_empty() && !dry_run => values.extend(checked),
+                Ok(_) => {}
+                Err(IngestError::Invalid(mut more)) => violations.append(&mut more),
+                Err(e) if violations.is_empty() => return Err(e),
+                // A denial behind this message's own problems: the problems are the answer.
+                Err(_) => {}
+            }
+            if !violations.is_empty() {
+                if !dry_run {
                     return Err(IngestError::Invalid(violations));
                 }
-                Err(e) if violations.is_empty() => return Err(e),
-                Err(_) => return Err(IngestError::Invalid(violations)),
+                problem_count += violations.len();
+                let room = status::MAX_VIOLATIONS.saturating_sub(problems.len());
+                problems.extend(violations.into_iter().take(room));
             }
             message += 1;
         }
         crate::ensure_not_cancelled().await;
-        let key = key.unwrap_or_default();
-        if values.is_empty() {
-            return Err(IngestError::Invalid(vec![Violation::new(
-                "values",
-                "a batch needs at least one value",
-            )]));
+        if seen == 0 {
+            problem_count += 1;
+            if problems.len() < status::MAX_VIOLATIONS {
+                problems.push(Violation::new("values", "a batch needs at least one value"));
+            }
         }
-        let count = u32::try_from(values.len()).unwrap_or(u32::MAX);
+        if problem_count > 0 {
+            return Err(IngestError::InvalidMany {
+                first: problems,
+                total: problem_count,
+            });
+        }
+        let count = u32::try_from(seen).unwrap_or(u32::MAX);
         if validate_only == Some(true) {
             return Ok(pb::SubmitBatchResponse {
                 accepted_count: count,
                 ..Default::default()
             });
         }
+        let key = key.unwrap_or_default();
         let w = self
             .ing
             .write_values(principal, values, &key, "batch")
@@ -441,8 +462,8 @@ impl MetricSubmissionService for SubmissionApi {
             return Err(IngestError::NotRetractable(id).into());
         }
         // A fast answer for the common case; the writer checks again inside its transaction
-        // (and the unique index on `submissions(retracts)` behind it), so of concurrent
-        // retractions of one value exactly one is stored.
+        // (and the primary key of `retractions` behind it), so of concurrent retractions of
+        // one value exactly one is stored.
         let already = store::retraction_of(self.ing.db(), id)
             .await
             .map_err(|e| IngestError::storage("read retractions", &e))?;

@@ -21,7 +21,8 @@
 //! Inside the transaction, before anything is written, each job is checked against the stored
 //! state: its caller's API key must still stand (a key revoked while its batch streamed in
 //! commits nothing), its idempotency key replays or conflicts, and a retraction's target must
-//! not be retracted already (also guaranteed by the unique index on `submissions(retracts)`).
+//! not be retracted already (also guaranteed by the primary key of `retractions`, which a
+//! trigger fills in the statement that inserts the retraction row).
 //!
 //! Value versions: a value closes the key's current version and opens its own; a retraction of
 //! the current value closes it and reopens the latest earlier value of the key that is not
@@ -282,7 +283,8 @@ impl Failure {
     }
 }
 
-/// A unique violation of the one-retraction-per-submission index.
+/// A unique violation of `retractions`' primary key: the target is retracted already (the
+/// trigger that fills `retractions` refused the second retraction row).
 fn is_second_retraction(e: &sqlx::Error) -> bool {
     let sqlx::Error::Database(db) = e else {
         return false;
@@ -290,8 +292,8 @@ fn is_second_retraction(e: &sqlx::Error) -> bool {
     let code = db.code().unwrap_or_default();
     let unique = code == "23505" || code == "2067" || code == "1555";
     unique
-        && (db.constraint() == Some("submissions_retracted_once")
-            || db.message().contains("submissions.retracts"))
+        && (db.constraint() == Some("retractions_pkey")
+            || db.message().contains("retractions.target"))
 }
 
 /// The database refused a value in the statement: PostgreSQL data exceptions (class 22: NUL
