@@ -1,6 +1,10 @@
-//! Stores for tests: a fresh SQLite file, and (when `DATABASE_URL` names a PostgreSQL server) a
-//! fresh schema of its own on that server, so tests can run in parallel and side by side on
-//! both databases. Without `DATABASE_URL` the PostgreSQL half says it is skipped.
+//! Stores for tests: a fresh SQLite file, or a fresh schema of its own on the PostgreSQL server
+//! that `DATABASE_URL` names, so tests can run in parallel and side by side on both databases.
+//!
+//! Nothing here skips. Whether a PostgreSQL test runs is decided when it is built: the
+//! `citycredit-tests` crate declares such tests with `both_databases!` or `postgres_only!`,
+//! which libtest reports as ignored, with the reason, when `DATABASE_URL` was unset at build
+//! time. A test that asks for PostgreSQL here without a usable `DATABASE_URL` fails.
 
 use std::ops::Deref;
 use std::time::Duration;
@@ -86,16 +90,20 @@ pub async fn sqlite() -> TestDb {
     }
 }
 
-/// A migrated PostgreSQL store in a fresh schema, or None (with a note on stderr) when
-/// `DATABASE_URL` is unset. Panics when it is set but unusable: CI must not skip silently.
-pub async fn postgres() -> Option<TestDb> {
-    let url = match std::env::var("DATABASE_URL") {
+/// The PostgreSQL server of `DATABASE_URL`. Panics when it is unset or names another database:
+/// a test that was meant to run on PostgreSQL must fail, not pass on nothing.
+pub fn postgres_url() -> String {
+    match std::env::var("DATABASE_URL") {
         Ok(url) if url.starts_with("postgres") => url,
-        _ => {
-            eprintln!("note: DATABASE_URL is not a PostgreSQL URL; PostgreSQL part skipped");
-            return None;
-        }
-    };
+        Ok(_) => panic!("this test runs on PostgreSQL: DATABASE_URL must be a postgres:// URL"),
+        Err(_) => panic!("this test runs on PostgreSQL: set DATABASE_URL=postgres://..."),
+    }
+}
+
+/// A migrated PostgreSQL store in a fresh schema on [`postgres_url`]. Panics when PostgreSQL is
+/// not configured or unreachable: CI must not skip silently.
+pub async fn postgres() -> TestDb {
+    let url = postgres_url();
     let schema = format!("cc_test_{:016x}", rand::rng().random::<u64>());
     let admin = Db::connect(&url, 1, Duration::from_secs(10), None)
         .await
@@ -113,16 +121,17 @@ pub async fn postgres() -> Option<TestDb> {
         .await
         .unwrap_or_else(|e| panic!("postgres migrate: {e}"));
     debug_assert_eq!(db.backend, Backend::Postgres);
-    Some(TestDb {
+    TestDb {
         db,
         _dir: None,
         schema: Some((url, schema)),
-    })
+    }
 }
 
-/// SQLite always, and PostgreSQL when `DATABASE_URL` names one.
-pub async fn databases() -> Vec<TestDb> {
-    let mut out = vec![sqlite().await];
-    out.extend(postgres().await);
-    out
+/// A migrated store on `backend`: a temporary SQLite file, or a fresh PostgreSQL schema.
+pub async fn open(backend: Backend) -> TestDb {
+    match backend {
+        Backend::Sqlite => sqlite().await,
+        Backend::Postgres => postgres().await,
+    }
 }

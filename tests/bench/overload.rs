@@ -94,7 +94,11 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
     reason = "benchmark figures"
 )]
 pub async fn run(o: Overload) {
-    let Some(t) = Topology::start(TopologyOptions {
+    if !std::env::var("DATABASE_URL").is_ok_and(|u| u.starts_with("postgres")) {
+        eprintln!("overload needs DATABASE_URL=postgres://...");
+        std::process::exit(2);
+    }
+    let t = Topology::start(TopologyOptions {
         common: vec!["metrics_listen = \"127.0.0.1:0\"".into()],
         gateway: vec![
             format!("max_concurrent_calls = {}", o.max_concurrent_calls),
@@ -106,11 +110,7 @@ pub async fn run(o: Overload) {
         ],
         ..TopologyOptions::default()
     })
-    .await
-    else {
-        eprintln!("overload needs DATABASE_URL=postgres://...");
-        std::process::exit(2);
-    };
+    .await;
     let metrics = metrics_addr(&t);
     println!(
         "topology up: gateway {} (adaptive limit {}..{}, per_principal_rate {}/s), metrics {metrics:?}",

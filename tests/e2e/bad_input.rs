@@ -19,6 +19,7 @@ use citycredit::proto::v1::department_registry_service_client::DepartmentRegistr
 use citycredit::proto::v1::scoring_service_client::ScoringServiceClient;
 use citycredit::store::Db;
 use citycredit_tests::ingestion::*;
+use citycredit_tests::{Backend, both_databases};
 
 /// Who sends a row's request.
 #[derive(Clone, Copy)]
@@ -1475,121 +1476,121 @@ async fn run(s: &IngestionServer, raw_key: &str, r: &Row) -> Result<(), Status> 
     }
 }
 
-#[tokio::test]
-async fn bad_input_catalogue() {
+async fn bad_input_catalogue(backend: Backend) {
     let rows = rows();
     assert!(rows.len() >= 60, "{} rows", rows.len());
-    for s in IngestionServer::start_all().await {
-        let name = s.name();
-        // One stored value with a known idempotency key, for the replay rows.
-        s.client(Some(&platform()))
+    let s = IngestionServer::start(backend).await;
+    let name = s.name();
+    // One stored value with a known idempotency key, for the replay rows.
+    s.client(Some(&platform()))
+        .await
+        .submit_value(pb::SubmitValueRequest {
+            value: Some(count("1")),
+            idempotency_key: "replay-key".into(),
+            validate_only: false,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{name}: seed: {e}"));
+    let raw_key = s
+        .server
+        .create_principal("raw-caller", pb::Role::Platform, None)
+        .await;
+    let mut failures = Vec::new();
+    for r in &rows {
+        let before = store_state(&s.db).await;
+        let got = run(&s, &raw_key, r).await;
+        let after = store_state(&s.db).await;
+        let code = got.as_ref().err().map_or(Code::Ok, Status::code);
+        let fields = got.as_ref().err().map(violation_fields).unwrap_or_default();
+        let message = got
+            .as_ref()
+            .err()
+            .map(|e| e.message().chars().take(200).collect::<String>())
+            .unwrap_or_default();
+        if before != after {
+            let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+                "SELECT id, principal, idempotency_key, value FROM submissions \
+                 ORDER BY id DESC LIMIT 3",
+            )
+            .fetch_all(&s.db.pool)
             .await
-            .submit_value(pb::SubmitValueRequest {
-                value: Some(count("1")),
-                idempotency_key: "replay-key".into(),
-                validate_only: false,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{name}: seed: {e}"));
-        let raw_key = s
-            .server
-            .create_principal("raw-caller", pb::Role::Platform, None)
-            .await;
-        let mut failures = Vec::new();
-        for r in &rows {
-            let before = store_state(&s.db).await;
-            let got = run(&s, &raw_key, r).await;
-            let after = store_state(&s.db).await;
-            let code = got.as_ref().err().map_or(Code::Ok, Status::code);
-            let fields = got.as_ref().err().map(violation_fields).unwrap_or_default();
-            let message = got
-                .as_ref()
-                .err()
-                .map(|e| e.message().chars().take(200).collect::<String>())
-                .unwrap_or_default();
-            if before != after {
-                let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
-                    "SELECT id, principal, idempotency_key, value FROM submissions \
-                     ORDER BY id DESC LIMIT 3",
-                )
-                .fetch_all(&s.db.pool)
-                .await
-                .unwrap_or_default();
-                eprintln!("{name}: {}: {before:?} -> {after:?}: {rows:?}", r.name);
-            }
-            if code != r.code || fields != r.fields || before != after {
-                failures.push(format!(
-                    "{name}: {:?}: want {:?} {:?}, got {code:?} {fields:?} ({message}); store {}",
-                    r.name,
-                    r.code,
-                    r.fields,
-                    if before == after {
-                        "unchanged"
-                    } else {
-                        "CHANGED"
-                    }
-                ));
-            }
-            // Error messages stay small whatever the input was.
-            assert!(
-                message.len() < 4096,
-                "{name}: {}: message of {} bytes",
-                r.name,
-                message.len()
-            );
+            .unwrap_or_default();
+            eprintln!("{name}: {}: {before:?} -> {after:?}: {rows:?}", r.name);
         }
-        // The server is still healthy and serving after all of it.
-        s.client(Some(&platform()))
-            .await
-            .submit_value(pb::SubmitValueRequest {
-                value: Some(count("1")),
-                validate_only: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{name}: server unhealthy after the catalogue: {e}"));
+        if code != r.code || fields != r.fields || before != after {
+            failures.push(format!(
+                "{name}: {:?}: want {:?} {:?}, got {code:?} {fields:?} ({message}); store {}",
+                r.name,
+                r.code,
+                r.fields,
+                if before == after {
+                    "unchanged"
+                } else {
+                    "CHANGED"
+                }
+            ));
+        }
+        // Error messages stay small whatever the input was.
         assert!(
-            failures.is_empty(),
-            "{} rows failed:\n{}",
-            failures.len(),
-            failures.join("\n")
+            message.len() < 4096,
+            "{name}: {}: message of {} bytes",
+            r.name,
+            message.len()
         );
     }
+    // The server is still healthy and serving after all of it.
+    s.client(Some(&platform()))
+        .await
+        .submit_value(pb::SubmitValueRequest {
+            value: Some(count("1")),
+            validate_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{name}: server unhealthy after the catalogue: {e}"));
+    assert!(
+        failures.is_empty(),
+        "{} rows failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
+
+both_databases!(bad_input_catalogue);
 
 /// Raw HTTP/2: an `authorization` value with control bytes that no HTTP library would send.
 /// The HTTP/2 layer refuses the stream before any service sees it; the connection's other
 /// requests and the server are unaffected.
-#[tokio::test]
-async fn control_bytes_in_metadata_are_refused_by_the_http2_layer() {
-    for s in IngestionServer::start_all().await {
-        let name = s.name();
-        let before = store_state(&s.db).await;
-        for value in [
-            &b"Bearer \x01\x02\x7f"[..],
-            b"Bearer a\r\nx-injected: 1",
-            b"Bearer \0",
-        ] {
-            let outcome = raw_h2_submit(s.server.addr, value).await;
-            assert!(
-                outcome.starts_with("rst_stream")
-                    || outcome.starts_with("goaway")
-                    || outcome.contains("grpc-status"),
-                "{name}: {outcome}"
-            );
-        }
-        assert_eq!(store_state(&s.db).await, before, "{name}: store changed");
-        s.client(Some(&platform()))
-            .await
-            .submit_value(pb::SubmitValueRequest {
-                value: Some(count("1")),
-                validate_only: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{name}: server unhealthy: {e}"));
+async fn control_bytes_in_metadata_are_refused_by_the_http2_layer(backend: Backend) {
+    let s = IngestionServer::start(backend).await;
+    let name = s.name();
+    let before = store_state(&s.db).await;
+    for value in [
+        &b"Bearer \x01\x02\x7f"[..],
+        b"Bearer a\r\nx-injected: 1",
+        b"Bearer \0",
+    ] {
+        let outcome = raw_h2_submit(s.server.addr, value).await;
+        assert!(
+            outcome.starts_with("rst_stream")
+                || outcome.starts_with("goaway")
+                || outcome.contains("grpc-status"),
+            "{name}: {outcome}"
+        );
     }
+    assert_eq!(store_state(&s.db).await, before, "{name}: store changed");
+    s.client(Some(&platform()))
+        .await
+        .submit_value(pb::SubmitValueRequest {
+            value: Some(count("1")),
+            validate_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{name}: server unhealthy: {e}"));
 }
+
+both_databases!(control_bytes_in_metadata_are_refused_by_the_http2_layer);
 
 /// HPACK "literal header field without indexing, new name", no Huffman coding.
 fn hpack_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

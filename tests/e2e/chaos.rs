@@ -1,5 +1,6 @@
 //! Crash safety and database outages, against the platform run as four real processes
-//! (`citycredit_tests::topology`) on PostgreSQL (`DATABASE_URL`; skipped without it).
+//! (`citycredit_tests::topology`) on PostgreSQL (`DATABASE_URL`; without it libtest reports them
+//! as ignored).
 //!
 //! - `kill_9_ingestion_under_load`: clients push through the gateway (every push with an
 //!   idempotency key, retried with the same key after errors) while the ingestion process is
@@ -11,7 +12,7 @@
 //!   RetryInfo, or DEADLINE_EXCEEDED within the deadline), health follows the database, the
 //!   process stays up and its connections do not leak.
 //!
-//! CI runs a few cycles. The long runs (RELIABILITY.md):
+//! Each is named `<test>::postgres`. CI runs a few cycles. The long runs (RELIABILITY.md):
 //! `CHAOS_CYCLES=25 cargo test -p citycredit-tests --test chaos -- --nocapture --test-threads 1`.
 //! `CHAOS_SEED=<n>` replays the random moments of a run (the seed is printed).
 
@@ -25,9 +26,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;
 
 use citycredit::proto::v1 as pb;
-use citycredit_tests::AuthChannel;
 use citycredit_tests::ingestion::number_input;
 use citycredit_tests::topology::{Fault, Part, Topology, TopologyOptions};
+use citycredit_tests::{AuthChannel, postgres_only};
 
 type Client = pb::metric_submission_service_client::MetricSubmissionServiceClient<AuthChannel>;
 
@@ -413,12 +414,8 @@ fn summary(name: &str, cycles: usize, ledger: &Ledger, r: &Reconciled, extra: &s
 // ---------------------------------------------------------------------------------------------
 // The tests.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_ingestion_under_load() {
-    let Some(mut t) = Topology::start(TopologyOptions::default()).await else {
-        eprintln!("note: DATABASE_URL is not a PostgreSQL URL; chaos test skipped");
-        return;
-    };
+    let mut t = Topology::start(TopologyOptions::default()).await;
     let n = cycles(3);
     let mut rng = Rng::new("kill_9_ingestion_under_load");
     let load = Load::start(&t, 6);
@@ -457,17 +454,18 @@ async fn kill_9_ingestion_under_load() {
     assert_eq!(ledger.given_up, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+postgres_only!(
+    kill_9_ingestion_under_load,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
+
 async fn database_faults_under_load() {
-    let Some(mut t) = Topology::start(TopologyOptions {
+    let mut t = Topology::start(TopologyOptions {
         proxy_ingestion_db: true,
         ..TopologyOptions::default()
     })
-    .await
-    else {
-        eprintln!("note: DATABASE_URL is not a PostgreSQL URL; chaos test skipped");
-        return;
-    };
+    .await;
     let n = cycles(3);
     let mut rng = Rng::new("database_faults_under_load");
     let load = Load::start(&t, 6);
@@ -526,6 +524,12 @@ async fn database_faults_under_load() {
     );
     assert_eq!(ledger.given_up, 0);
 }
+
+postgres_only!(
+    database_faults_under_load,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
 
 /// One probe call during an outage.
 #[derive(Debug)]
@@ -590,17 +594,12 @@ async fn probe(t: &Topology, stop: Arc<AtomicBool>, round: u64) -> (Vec<Probe>, 
     (probes, pushes)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_fails_fast_and_recovers() {
-    let Some(t) = Topology::start(TopologyOptions {
+    let t = Topology::start(TopologyOptions {
         proxy_ingestion_db: true,
         ..TopologyOptions::default()
     })
-    .await
-    else {
-        eprintln!("note: DATABASE_URL is not a PostgreSQL URL; outage test skipped");
-        return;
-    };
+    .await;
     let t = Arc::new(t);
     // Warm up: the pool holds its connections.
     let load = Load::start(&t, 4);
@@ -779,6 +778,12 @@ async fn database_outage_fails_fast_and_recovers() {
     let r = reconcile_values_once(&t, &ledger).await;
     eprintln!("database outage: {r} rows after retrying every push, each value once");
 }
+
+postgres_only!(
+    database_outage_fails_fast_and_recovers,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
 
 /// Every value sent is stored exactly once (after every push was retried to success).
 async fn reconcile_values_once(t: &Topology, ledger: &Ledger) -> usize {

@@ -17,7 +17,7 @@ use citycredit::proto::v1::scoring_service_client::ScoringServiceClient as Scori
 use citycredit_gateway::Config;
 use citycredit_tests::h2raw::{self, grpc_frame, grpc_request};
 use citycredit_tests::ingestion::number_input;
-use citycredit_tests::{Backend, TestServer, backends, fresh_schema, use_backend};
+use citycredit_tests::{Backend, TestServer, both_databases, fresh_schema, use_backend};
 
 const CATALOG: &str = "/citycredit.v1.IndicatorService/GetCatalog";
 const SUBMIT_VALUE: &str = "/citycredit.v1.MetricSubmissionService/SubmitValue";
@@ -178,12 +178,11 @@ async fn idle_streams_use_up_only_their_own_budget(backend: Backend) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_streams_use_up_only_their_own_budget_on_every_backend() {
-    for b in backends() {
-        idle_streams_use_up_only_their_own_budget(b).await;
-    }
-}
+both_databases!(
+    idle_streams_use_up_only_their_own_budget,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
 
 async fn header_only_calls_end_at_the_read_timeout(backend: Backend) {
     let (server, _schema) = start(backend, |c| {
@@ -252,12 +251,11 @@ async fn header_only_calls_end_at_the_read_timeout(backend: Backend) {
         .unwrap_or_else(|e| panic!("the budget was not given back: {e:?}"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn header_only_calls_end_at_the_read_timeout_on_every_backend() {
-    for b in backends() {
-        header_only_calls_end_at_the_read_timeout(b).await;
-    }
-}
+both_databases!(
+    header_only_calls_end_at_the_read_timeout,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
 
 async fn a_stalled_batch_ends_and_stores_nothing(backend: Backend) {
     let (server, _schema) = start(backend, |c| {
@@ -313,12 +311,11 @@ async fn a_stalled_batch_ends_and_stores_nothing(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_batch_ends_and_stores_nothing_on_every_backend() {
-    for b in backends() {
-        a_stalled_batch_ends_and_stores_nothing(b).await;
-    }
-}
+both_databases!(
+    a_stalled_batch_ends_and_stores_nothing,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
 
 async fn client_deadlines_are_capped_per_kind(backend: Backend) {
     let (server, _schema) = start(backend, |c| {
@@ -377,12 +374,11 @@ async fn client_deadlines_are_capped_per_kind(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_deadlines_are_capped_per_kind_on_every_backend() {
-    for b in backends() {
-        client_deadlines_are_capped_per_kind(b).await;
-    }
-}
+both_databases!(
+    client_deadlines_are_capped_per_kind,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
 
 async fn a_response_never_read_holds_its_slot_until_the_connection_is_closed(backend: Backend) {
     let (server, _schema) = start(backend, |c| {
@@ -551,9 +547,8 @@ async fn batch_get_scorecards_answers_a_repeated_region_once(backend: Backend) {
     assert_eq!(err.map(|e| e.code()), Some(Code::InvalidArgument));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_get_scorecards_answers_a_repeated_region_once_on_every_backend() {
-    for b in backends() {
-        batch_get_scorecards_answers_a_repeated_region_once(b).await;
-    }
-}
+both_databases!(
+    batch_get_scorecards_answers_a_repeated_region_once,
+    flavor = "multi_thread",
+    worker_threads = 2
+);

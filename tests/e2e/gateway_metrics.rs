@@ -21,7 +21,7 @@ use citycredit::proto::v1::indicator_service_client::IndicatorServiceClient;
 use citycredit::proto::v1::metric_submission_service_client::MetricSubmissionServiceClient as Submissions;
 use citycredit_tests::h2raw::{self, grpc_request};
 use citycredit_tests::ingestion::{channel_with_key, number_input};
-use citycredit_tests::{ADMIN_KEY, Backend, backends, fresh_schema};
+use citycredit_tests::{ADMIN_KEY, Backend, both_databases, fresh_schema, postgres_url};
 
 fn binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current exe: {e}"));
@@ -64,11 +64,8 @@ impl Server {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         if backend == Backend::Postgres {
-            cmd.env(
-                "CITYCREDIT_DATABASE_URL",
-                std::env::var("DATABASE_URL").unwrap_or_default(),
-            )
-            .env("CITYCREDIT_DATABASE_SCHEMA", schema);
+            cmd.env("CITYCREDIT_DATABASE_URL", postgres_url())
+                .env("CITYCREDIT_DATABASE_SCHEMA", schema);
         }
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn: {e}"));
         let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
@@ -157,7 +154,7 @@ fn value(exposition: &str, series: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-async fn scenario(backend: Backend) {
+async fn metrics_and_access_log(backend: Backend) {
     let schema = fresh_schema();
     let server = Server::start(backend, &schema).await;
     let name = format!("{backend:?}");
@@ -389,8 +386,9 @@ async fn scenario(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_and_access_log_on_every_backend() {
-    // The backends run side by side: each waits up to 10 s for its failure summary.
-    futures::future::join_all(backends().into_iter().map(scenario)).await;
-}
+// Each waits up to 10 s for its failure summary: libtest runs the two databases side by side.
+both_databases!(
+    metrics_and_access_log,
+    flavor = "multi_thread",
+    worker_threads = 2
+);

@@ -15,7 +15,9 @@ use citycredit::auth::Role;
 use citycredit::proto::v1 as pb;
 use citycredit_ingestion::code_audit::complete;
 use citycredit_tests::ingestion::*;
-use citycredit_tests::{AuthChannel, Backend, TestServer, backends, fresh_schema, use_backend};
+use citycredit_tests::{
+    AuthChannel, Backend, TestServer, both_databases, fresh_schema, use_backend,
+};
 
 fn reason(status: &Status) -> String {
     status
@@ -55,7 +57,7 @@ fn four_mb_of_values() -> pb::SubmitBatchRequest {
     }
 }
 
-async fn batches_are_refused_at_the_first_bad_message(backend: Backend) {
+async fn a_batch_is_authorized_and_validated_as_it_arrives(backend: Backend) {
     let s = IngestionServer::start(backend).await;
     let name = s.name();
     // An operator may not submit: refused at its first (4 MB) message, the stream still open.
@@ -114,12 +116,7 @@ async fn batches_are_refused_at_the_first_bad_message(backend: Backend) {
     assert_eq!(stored, 0, "{name}");
 }
 
-#[tokio::test]
-async fn a_batch_is_authorized_and_validated_as_it_arrives() {
-    for backend in backends() {
-        batches_are_refused_at_the_first_bad_message(backend).await;
-    }
-}
+both_databases!(a_batch_is_authorized_and_validated_as_it_arrives);
 
 /// Starts an audit that stays open (one message sent) and returns its sender and call.
 fn open_audit(
@@ -186,7 +183,7 @@ async fn hold_and_probe(holder: &AuthChannel, probe: &AuthChannel) -> Option<(He
     None
 }
 
-async fn budgets_of_streams_and_audits(backend: Backend) {
+async fn streams_and_code_audits_stay_within_their_budgets(backend: Backend) {
     let schema = fresh_schema();
     let server = TestServer::start_with(|c| {
         use_backend(c, backend, &schema);
@@ -279,9 +276,4 @@ async fn budgets_of_streams_and_audits(backend: Backend) {
     drop(server);
 }
 
-#[tokio::test]
-async fn streams_and_code_audits_stay_within_their_budgets() {
-    for backend in backends() {
-        budgets_of_streams_and_audits(backend).await;
-    }
-}
+both_databases!(streams_and_code_audits_stay_within_their_budgets);

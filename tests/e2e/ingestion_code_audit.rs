@@ -5,6 +5,7 @@ use citycredit::auth::Role;
 use citycredit::proto::v1 as pb;
 use citycredit_ingestion::code_audit::{ALPHABET, complete};
 use citycredit_tests::ingestion::*;
+use citycredit_tests::{Backend, both_databases};
 
 /// `n` distinct valid codes of the real form: registration authority 9 (工商), type 1
 /// (企业), a Quzhou division code, an organisation code and both check characters.
@@ -37,119 +38,119 @@ fn other_char(code: &str, at: usize) -> u8 {
         .unwrap_or(b'0')
 }
 
-#[tokio::test]
-async fn exact_counts_on_real_form_codes() {
-    for s in IngestionServer::start_all().await {
-        let name = s.name();
-        let valid = valid_codes(5_000);
-        let mut codes = valid.clone();
-        // 4 malformed: short, long, a letter outside the alphabet, lowercase.
-        codes.push(valid[0][..17].to_owned());
-        codes.push(format!("{}0", valid[1]));
-        codes.push(replace_at(&valid[2], 3, b'I'));
-        codes.push(valid[3].to_lowercase().replace("91", "9a"));
-        // 3 wrong 18th characters.
-        for code in &valid[10..13] {
-            codes.push(replace_at(code, 17, other_char(code, 17)));
-        }
-        // 2 wrong organisation checks (17th), with the 18th recomputed so only GB 11714 fails.
-        for code in &valid[20..22] {
-            let body17 = replace_at(&code[..17], 16, other_char(code, 16));
-            let mut fixed = None;
-            for c in ALPHABET {
-                let candidate = format!("{body17}{}", char::from(*c));
-                if matches!(
-                    citycredit_ingestion::code_audit::check(&candidate),
-                    citycredit_ingestion::code_audit::Verdict::BadOrganisationCheck { .. }
-                ) {
-                    fixed = Some(candidate);
-                }
-            }
-            codes.push(fixed.unwrap_or_else(|| panic!("no candidate for {code}")));
-        }
-        // 6 duplicates of valid codes.
-        codes.extend(valid[100..106].iter().cloned());
-        let total = codes.len() as u64;
-
-        let mut c = s.audit_client(Some(&platform())).await;
-        let messages: Vec<_> = codes
-            .chunks(1000)
-            .enumerate()
-            .map(|(i, chunk)| pb::AuditCodesRequest {
-                codes: chunk.to_vec(),
-                record: (i == 0).then(|| pb::AuditRecording {
-                    region_code: "330800".into(),
-                    period: "2026".into(),
-                    idempotency_key: "audit-1".into(),
-                }),
-            })
-            .collect();
-        let r = c
-            .audit_codes(tokio_stream::iter(messages.clone()))
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
-            .into_inner();
-        assert_eq!(
-            (
-                r.total,
-                r.valid,
-                r.malformed,
-                r.bad_check_character,
-                r.bad_organisation_check,
-                r.duplicate
-            ),
-            (total, 5_000, 4, 3, 2, 6),
-            "{name}"
-        );
-        assert_eq!(r.samples.len(), 15);
-        assert_eq!(r.samples[0].index, 5_000);
-        let recorded: Vec<(String, String)> = r
-            .recorded
-            .iter()
-            .filter_map(|x| x.input.as_ref())
-            .map(|i| {
-                let v = match i.value.as_ref().and_then(|v| v.value.clone()) {
-                    Some(pb::metric_value::Value::Number(n)) => n,
-                    _ => String::new(),
-                };
-                (i.metric_key.clone(), v)
-            })
-            .collect();
-        assert_eq!(
-            recorded,
-            [
-                ("uscc.codes_total".to_owned(), total.to_string()),
-                (
-                    "uscc.codes_duplicate_or_invalid".to_owned(),
-                    "15".to_owned()
-                )
-            ]
-        );
-        // A retried audit records nothing new.
-        let again = c
-            .audit_codes(tokio_stream::iter(messages))
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
-            .into_inner();
-        assert_eq!(
-            again.recorded.iter().map(|x| x.id).collect::<Vec<_>>(),
-            r.recorded.iter().map(|x| x.id).collect::<Vec<_>>()
-        );
-        // Recording is authorized like any submission.
-        let err = s
-            .audit_client(Some(&principal("op", Role::Operator, None)))
-            .await
-            .audit_codes(tokio_stream::iter(vec![pb::AuditCodesRequest {
-                codes: valid[..3].to_vec(),
-                record: Some(pb::AuditRecording {
-                    region_code: "330800".into(),
-                    period: "2026".into(),
-                    idempotency_key: String::new(),
-                }),
-            }]))
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("{name}: operator recorded"));
-        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+async fn exact_counts_on_real_form_codes(backend: Backend) {
+    let s = IngestionServer::start(backend).await;
+    let name = s.name();
+    let valid = valid_codes(5_000);
+    let mut codes = valid.clone();
+    // 4 malformed: short, long, a letter outside the alphabet, lowercase.
+    codes.push(valid[0][..17].to_owned());
+    codes.push(format!("{}0", valid[1]));
+    codes.push(replace_at(&valid[2], 3, b'I'));
+    codes.push(valid[3].to_lowercase().replace("91", "9a"));
+    // 3 wrong 18th characters.
+    for code in &valid[10..13] {
+        codes.push(replace_at(code, 17, other_char(code, 17)));
     }
+    // 2 wrong organisation checks (17th), with the 18th recomputed so only GB 11714 fails.
+    for code in &valid[20..22] {
+        let body17 = replace_at(&code[..17], 16, other_char(code, 16));
+        let mut fixed = None;
+        for c in ALPHABET {
+            let candidate = format!("{body17}{}", char::from(*c));
+            if matches!(
+                citycredit_ingestion::code_audit::check(&candidate),
+                citycredit_ingestion::code_audit::Verdict::BadOrganisationCheck { .. }
+            ) {
+                fixed = Some(candidate);
+            }
+        }
+        codes.push(fixed.unwrap_or_else(|| panic!("no candidate for {code}")));
+    }
+    // 6 duplicates of valid codes.
+    codes.extend(valid[100..106].iter().cloned());
+    let total = codes.len() as u64;
+
+    let mut c = s.audit_client(Some(&platform())).await;
+    let messages: Vec<_> = codes
+        .chunks(1000)
+        .enumerate()
+        .map(|(i, chunk)| pb::AuditCodesRequest {
+            codes: chunk.to_vec(),
+            record: (i == 0).then(|| pb::AuditRecording {
+                region_code: "330800".into(),
+                period: "2026".into(),
+                idempotency_key: "audit-1".into(),
+            }),
+        })
+        .collect();
+    let r = c
+        .audit_codes(tokio_stream::iter(messages.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .into_inner();
+    assert_eq!(
+        (
+            r.total,
+            r.valid,
+            r.malformed,
+            r.bad_check_character,
+            r.bad_organisation_check,
+            r.duplicate
+        ),
+        (total, 5_000, 4, 3, 2, 6),
+        "{name}"
+    );
+    assert_eq!(r.samples.len(), 15);
+    assert_eq!(r.samples[0].index, 5_000);
+    let recorded: Vec<(String, String)> = r
+        .recorded
+        .iter()
+        .filter_map(|x| x.input.as_ref())
+        .map(|i| {
+            let v = match i.value.as_ref().and_then(|v| v.value.clone()) {
+                Some(pb::metric_value::Value::Number(n)) => n,
+                _ => String::new(),
+            };
+            (i.metric_key.clone(), v)
+        })
+        .collect();
+    assert_eq!(
+        recorded,
+        [
+            ("uscc.codes_total".to_owned(), total.to_string()),
+            (
+                "uscc.codes_duplicate_or_invalid".to_owned(),
+                "15".to_owned()
+            )
+        ]
+    );
+    // A retried audit records nothing new.
+    let again = c
+        .audit_codes(tokio_stream::iter(messages))
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .into_inner();
+    assert_eq!(
+        again.recorded.iter().map(|x| x.id).collect::<Vec<_>>(),
+        r.recorded.iter().map(|x| x.id).collect::<Vec<_>>()
+    );
+    // Recording is authorized like any submission.
+    let err = s
+        .audit_client(Some(&principal("op", Role::Operator, None)))
+        .await
+        .audit_codes(tokio_stream::iter(vec![pb::AuditCodesRequest {
+            codes: valid[..3].to_vec(),
+            record: Some(pb::AuditRecording {
+                region_code: "330800".into(),
+                period: "2026".into(),
+                idempotency_key: String::new(),
+            }),
+        }]))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{name}: operator recorded"));
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
 }
+
+both_databases!(exact_counts_on_real_form_codes);

@@ -13,7 +13,9 @@ use tokio::process::{Child, Command};
 
 use citycredit::proto::v1 as pb;
 use citycredit_tests::ingestion::{channel_with_key, number_input};
-use citycredit_tests::{ADMIN_KEY, AuthChannel, Backend, backends, fresh_schema};
+use citycredit_tests::{
+    ADMIN_KEY, AuthChannel, Backend, both_databases, fresh_schema, postgres_url,
+};
 
 type Client = pb::metric_submission_service_client::MetricSubmissionServiceClient<AuthChannel>;
 
@@ -47,11 +49,8 @@ async fn spawn(data_dir: &Path, backend: Backend, schema: &str) -> (Child, Socke
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     if backend == Backend::Postgres {
-        cmd.env(
-            "CITYCREDIT_DATABASE_URL",
-            std::env::var("DATABASE_URL").unwrap_or_default(),
-        )
-        .env("CITYCREDIT_DATABASE_SCHEMA", schema);
+        cmd.env("CITYCREDIT_DATABASE_URL", postgres_url())
+            .env("CITYCREDIT_DATABASE_SCHEMA", schema);
     }
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn: {e}"));
     let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
@@ -115,68 +114,67 @@ async fn stored(c: &mut Client) -> Vec<pb::Submission> {
     .submissions
 }
 
-#[tokio::test]
-async fn kill_9_mid_batch_stores_nothing_and_a_retry_completes_once() {
-    for backend in backends() {
-        let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let schema = fresh_schema();
-        let (mut child, addr) = spawn(data.path(), backend, &schema).await;
-        let mut c = client(addr);
-        // A first authenticated call: the server is up and seeded.
-        assert!(stored(&mut c).await.is_empty());
+async fn kill_9_mid_batch_stores_nothing_and_a_retry_completes_once(backend: Backend) {
+    let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let schema = fresh_schema();
+    let (mut child, addr) = spawn(data.path(), backend, &schema).await;
+    let mut c = client(addr);
+    // A first authenticated call: the server is up and seeded.
+    assert!(stored(&mut c).await.is_empty());
 
-        // Half the batch, then the server dies while the stream is still open.
-        let msgs = messages(&values());
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        for m in msgs.iter().take(5).cloned() {
-            tx.send(m).await.unwrap_or_else(|e| panic!("{e}"));
-        }
-        let mut streaming = c.clone();
-        let call = tokio::spawn(async move {
-            streaming
-                .submit_batch(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-        });
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        child
-            .start_kill()
-            .unwrap_or_else(|e| panic!("kill -9: {e}"));
-        let _ = child.wait().await;
-        let result = call.await.unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            result.is_err(),
-            "{backend:?}: the broken batch was acknowledged"
-        );
-        drop(tx);
-
-        // Restart on the same store: nothing of the batch is there.
-        let (_child, addr) = spawn(data.path(), backend, &schema).await;
-        let mut c = client(addr);
-        assert!(
-            stored(&mut c).await.is_empty(),
-            "{backend:?}: part of the batch survived"
-        );
-
-        // The retry completes it once; a second retry replays.
-        let first = c
-            .submit_batch(tokio_stream::iter(msgs.clone()))
-            .await
-            .unwrap_or_else(|e| panic!("{backend:?}: retry: {e}"))
-            .into_inner();
-        assert_eq!((first.accepted_count, first.replayed), (1_000, false));
-        let second = c
-            .submit_batch(tokio_stream::iter(msgs))
-            .await
-            .unwrap_or_else(|e| panic!("{backend:?}: second retry: {e}"))
-            .into_inner();
-        assert!(second.replayed);
-        assert_eq!(second.first_submission_id, first.first_submission_id);
-        assert_eq!(stored(&mut c).await.len(), 1_000, "{backend:?}");
-        let v = c
-            .verify_audit_chain(pb::VerifyAuditChainRequest {})
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .into_inner();
-        assert!(v.intact && v.rows_checked == 1_000, "{backend:?}: {v:?}");
+    // Half the batch, then the server dies while the stream is still open.
+    let msgs = messages(&values());
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    for m in msgs.iter().take(5).cloned() {
+        tx.send(m).await.unwrap_or_else(|e| panic!("{e}"));
     }
+    let mut streaming = c.clone();
+    let call = tokio::spawn(async move {
+        streaming
+            .submit_batch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    child
+        .start_kill()
+        .unwrap_or_else(|e| panic!("kill -9: {e}"));
+    let _ = child.wait().await;
+    let result = call.await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        result.is_err(),
+        "{backend:?}: the broken batch was acknowledged"
+    );
+    drop(tx);
+
+    // Restart on the same store: nothing of the batch is there.
+    let (_child, addr) = spawn(data.path(), backend, &schema).await;
+    let mut c = client(addr);
+    assert!(
+        stored(&mut c).await.is_empty(),
+        "{backend:?}: part of the batch survived"
+    );
+
+    // The retry completes it once; a second retry replays.
+    let first = c
+        .submit_batch(tokio_stream::iter(msgs.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("{backend:?}: retry: {e}"))
+        .into_inner();
+    assert_eq!((first.accepted_count, first.replayed), (1_000, false));
+    let second = c
+        .submit_batch(tokio_stream::iter(msgs))
+        .await
+        .unwrap_or_else(|e| panic!("{backend:?}: second retry: {e}"))
+        .into_inner();
+    assert!(second.replayed);
+    assert_eq!(second.first_submission_id, first.first_submission_id);
+    assert_eq!(stored(&mut c).await.len(), 1_000, "{backend:?}");
+    let v = c
+        .verify_audit_chain(pb::VerifyAuditChainRequest {})
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    assert!(v.intact && v.rows_checked == 1_000, "{backend:?}: {v:?}");
 }
+
+both_databases!(kill_9_mid_batch_stores_nothing_and_a_retry_completes_once);

@@ -10,7 +10,7 @@ use tonic_types::StatusExt;
 
 use citycredit::proto::v1 as pb;
 use citycredit_tests::ingestion::*;
-use citycredit_tests::{Backend, backends};
+use citycredit_tests::{Backend, both_databases};
 
 fn unary(input: pb::SubmissionInput) -> pb::SubmitValueRequest {
     pb::SubmitValueRequest {
@@ -53,7 +53,7 @@ fn reason(status: &Status) -> String {
         .unwrap_or_default()
 }
 
-async fn concurrent_retractions_store_one(backend: Backend) {
+async fn of_concurrent_retractions_exactly_one_is_stored(backend: Backend) {
     let s = IngestionServer::start(backend).await;
     let name = s.name();
     let mut c = s.client(Some(&platform())).await;
@@ -115,12 +115,7 @@ async fn concurrent_retractions_store_one(backend: Backend) {
     );
 }
 
-#[tokio::test]
-async fn of_concurrent_retractions_exactly_one_is_stored() {
-    for backend in backends() {
-        concurrent_retractions_store_one(backend).await;
-    }
-}
+both_databases!(of_concurrent_retractions_exactly_one_is_stored);
 
 async fn aggregate_of(
     s: &IngestionServer,
@@ -179,7 +174,7 @@ async fn scorecard_of(
         })
 }
 
-async fn retracting_corrections_undoes_them(backend: Backend) {
+async fn retracting_a_correction_brings_the_previous_value_back(backend: Backend) {
     let s = IngestionServer::start(backend).await;
     let name = s.name();
     let mut c = s.client(Some(&platform())).await;
@@ -274,12 +269,7 @@ async fn retracting_corrections_undoes_them(backend: Backend) {
     assert!(v.versions_checked >= 7, "{name}: {v:?}");
 }
 
-#[tokio::test]
-async fn retracting_a_correction_brings_the_previous_value_back() {
-    for backend in backends() {
-        retracting_corrections_undoes_them(backend).await;
-    }
-}
+both_databases!(retracting_a_correction_brings_the_previous_value_back);
 
 async fn verify(s: &IngestionServer) -> pb::VerifyAuditChainResponse {
     s.client(Some(&admin()))
@@ -297,7 +287,7 @@ async fn exec(s: &IngestionServer, sql: &'static str) {
         .unwrap_or_else(|e| panic!("{}: {sql}: {e}", s.name()));
 }
 
-async fn edits_of_value_versions_are_caught(backend: Backend) {
+async fn an_edit_of_the_values_scoring_reads_is_caught(backend: Backend) {
     // Each edit on a fresh store: what was changed, and the submission that must be named.
     let edits: [(&str, u64, &str); 5] = [
         // The current value, as scoring reads it.
@@ -374,12 +364,7 @@ async fn edits_of_value_versions_are_caught(backend: Backend) {
     }
 }
 
-#[tokio::test]
-async fn an_edit_of_the_values_scoring_reads_is_caught() {
-    for backend in backends() {
-        edits_of_value_versions_are_caught(backend).await;
-    }
-}
+both_databases!(an_edit_of_the_values_scoring_reads_is_caught);
 
 /// What a status costs in HTTP/2 trailers as grpcio counts them (name, value and 32 bytes per
 /// entry): its default limit is 8 KiB.
@@ -392,7 +377,7 @@ fn trailer_bytes(status: &Status) -> usize {
         .sum()
 }
 
-async fn ten_thousand_bad_values_get_a_small_answer(backend: Backend) {
+async fn a_batch_of_ten_thousand_bad_values_is_refused_in_under_8_kib(backend: Backend) {
     let s = IngestionServer::start(backend).await;
     let name = s.name();
     let mut c = s.client(Some(&platform())).await;
@@ -455,9 +440,4 @@ async fn ten_thousand_bad_values_get_a_small_answer(backend: Backend) {
         .unwrap_or_else(|_| panic!("{name}: stuck"));
 }
 
-#[tokio::test]
-async fn a_batch_of_ten_thousand_bad_values_is_refused_in_under_8_kib() {
-    for backend in backends() {
-        ten_thousand_bad_values_get_a_small_answer(backend).await;
-    }
-}
+both_databases!(a_batch_of_ten_thousand_bad_values_is_refused_in_under_8_kib);

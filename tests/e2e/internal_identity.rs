@@ -30,7 +30,7 @@ use citycredit::proto::v1::indicator_service_client::IndicatorServiceClient as I
 use citycredit::proto::v1::scoring_service_client::ScoringServiceClient as Scoring;
 use citycredit_gateway::rpc_table::RpcTable;
 use citycredit_tests::topology::{Part, Store, Topology, TopologyOptions};
-use citycredit_tests::{Backend, backends};
+use citycredit_tests::{Backend, both_databases};
 
 // ---------------------------------------------------------------------------------------------
 // Raw calls: any RPC, any bytes, any identity header.
@@ -143,16 +143,12 @@ fn sign<M: Message>(
         .unwrap_or_else(|| panic!("sign"))
 }
 
-async fn topology(backend: Backend, options: TopologyOptions) -> Option<Topology> {
-    let t = Topology::start(TopologyOptions {
+async fn topology(backend: Backend, options: TopologyOptions) -> Topology {
+    Topology::start(TopologyOptions {
         store: Store::from(backend),
         ..options
     })
-    .await;
-    if t.is_none() {
-        eprintln!("{backend:?}: skipped (needs DATABASE_URL)");
-    }
-    t
+    .await
 }
 
 fn assert_refused_at_front(r: Result<Vec<u8>, tonic::Status>, what: &str) {
@@ -165,17 +161,14 @@ fn assert_refused_at_front(r: Result<Vec<u8>, tonic::Status>, what: &str) {
 /// One call per RPC of the RPC table, without an identity, against each standalone service
 /// (over a valid mTLS connection: a certificate is no identity).
 async fn every_rpc_without_identity_is_refused_by_every_service(backend: Backend) {
-    let Some(t) = topology(
+    let t = topology(
         backend,
         TopologyOptions {
             mtls: true,
             ..TopologyOptions::default()
         },
     )
-    .await
-    else {
-        return;
-    };
+    .await;
     let table = RpcTable::citycredit();
     let mut swept = 0;
     for part in Part::SERVICES {
@@ -221,18 +214,15 @@ async fn every_rpc_without_identity_is_refused_by_every_service(backend: Backend
     eprintln!("{backend:?}: {swept} RPCs refused without an identity");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_rpc_without_identity_is_refused_by_every_service_on_each_database() {
-    for b in backends() {
-        every_rpc_without_identity_is_refused_by_every_service(b).await;
-    }
-}
+both_databases!(
+    every_rpc_without_identity_is_refused_by_every_service,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
 
 /// Scoring's own key: good for scoring's reads of ingestion, worthless anywhere else.
 async fn a_header_minted_with_scorings_key_is_refused(backend: Backend) {
-    let Some(t) = topology(backend, TopologyOptions::default()).await else {
-        return;
-    };
+    let t = topology(backend, TopologyOptions::default()).await;
     let scoring = IdentitySigner::from_text(Issuer::Scoring, &key(&t, "scoring/identity.key"))
         .unwrap_or_else(|e| panic!("{e}"));
     let registry = t.direct(t.addr(Part::Registry));
@@ -294,12 +284,11 @@ async fn a_header_minted_with_scorings_key_is_refused(backend: Backend) {
     assert!(answer.is_ok(), "scoring's own read: {answer:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_header_minted_with_scorings_key_is_refused_on_each_database() {
-    for b in backends() {
-        a_header_minted_with_scorings_key_is_refused(b).await;
-    }
-}
+both_databases!(
+    a_header_minted_with_scorings_key_is_refused,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
 
 fn value(idempotency: &str, number: &str) -> pb::SubmitValueRequest {
     pb::SubmitValueRequest {
@@ -319,9 +308,7 @@ fn value(idempotency: &str, number: &str) -> pb::SubmitValueRequest {
 
 /// A header taken off one call (as the gateway signed it) and presented again.
 async fn a_captured_header_works_once_for_its_body_and_audience(backend: Backend) {
-    let Some(mut t) = topology(backend, TopologyOptions::default()).await else {
-        return;
-    };
+    let mut t = topology(backend, TopologyOptions::default()).await;
     let second = t.start_replica(Part::Ingestion).await;
     let gateway = gateway_signer(&t);
     let one = t.direct(t.addr(Part::Ingestion));
@@ -375,18 +362,15 @@ async fn a_captured_header_works_once_for_its_body_and_audience(backend: Backend
     assert_eq!(rows, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_captured_header_works_once_for_its_body_and_audience_on_each_database() {
-    for b in backends() {
-        a_captured_header_works_once_for_its_body_and_audience(b).await;
-    }
-}
+both_databases!(
+    a_captured_header_works_once_for_its_body_and_audience,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
 
 /// A well-signed identity whose principal does not exist, or whose key was revoked.
 async fn identities_of_unknown_principals_and_revoked_keys_are_refused(backend: Backend) {
-    let Some(t) = topology(backend, TopologyOptions::default()).await else {
-        return;
-    };
+    let t = topology(backend, TopologyOptions::default()).await;
     let gateway = gateway_signer(&t);
     let scoring = t.direct(t.addr(Part::Scoring));
     let path = "/citycredit.v1.IndicatorService/GetCatalog";
@@ -478,12 +462,11 @@ async fn identities_of_unknown_principals_and_revoked_keys_are_refused(backend: 
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn identities_of_unknown_principals_and_revoked_keys_are_refused_on_each_database() {
-    for b in backends() {
-        identities_of_unknown_principals_and_revoked_keys_are_refused(b).await;
-    }
-}
+both_databases!(
+    identities_of_unknown_principals_and_revoked_keys_are_refused,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
 
 /// Another CA's keys, for the wrong-certificate connection.
 fn foreign_keys(dir: &Path) -> std::path::PathBuf {
@@ -514,17 +497,14 @@ fn foreign_channel(addr: SocketAddr, keys: &Path, ca: &Path) -> Channel {
 /// The shipped split configuration (`deploy/config/*.toml`, only paths and addresses
 /// rewritten): mTLS on every internal link by default.
 async fn the_shipped_split_configuration_runs_with_mtls(backend: Backend) {
-    let Some(t) = topology(
+    let t = topology(
         backend,
         TopologyOptions {
             shipped_configs: true,
             ..TopologyOptions::default()
         },
     )
-    .await
-    else {
-        return;
-    };
+    .await;
     // Through the gateway everything works: the registry, and scoring reading ingestion over
     // its own mTLS link with its own key.
     let mut reg = Registry::new(t.admin());
@@ -584,9 +564,8 @@ async fn the_shipped_split_configuration_runs_with_mtls(backend: Backend) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_shipped_split_configuration_runs_with_mtls_on_each_database() {
-    for b in backends() {
-        the_shipped_split_configuration_runs_with_mtls(b).await;
-    }
-}
+both_databases!(
+    the_shipped_split_configuration_runs_with_mtls,
+    flavor = "multi_thread",
+    worker_threads = 2
+);

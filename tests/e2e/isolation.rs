@@ -17,7 +17,7 @@ use citycredit::store::testing;
 use citycredit_ingestion::validation::NewValue;
 use citycredit_ingestion::{IngestError, Ingestion, IngestionOptions};
 use citycredit_tests::ingestion::*;
-use citycredit_tests::{Backend, backends};
+use citycredit_tests::{Backend, both_databases};
 
 const INNOCENT: usize = 200;
 
@@ -41,7 +41,9 @@ async fn stored_keys(db: &citycredit::store::Db) -> HashMap<String, i64> {
         .collect()
 }
 
-async fn innocents_and_poisoned_callers_through_the_server(backend: Backend) {
+async fn innocent_values_are_stored_once_and_poison_is_refused_through_the_server(
+    backend: Backend,
+) {
     let s = IngestionServer::start(backend).await;
     let name = s.name();
     let innocent = s.client(Some(&platform())).await;
@@ -148,12 +150,7 @@ async fn innocents_and_poisoned_callers_through_the_server(backend: Backend) {
     assert!(v.intact, "{name}: {v:?}");
 }
 
-#[tokio::test]
-async fn innocent_values_are_stored_once_and_poison_is_refused_through_the_server() {
-    for backend in backends() {
-        innocents_and_poisoned_callers_through_the_server(backend).await;
-    }
-}
+both_databases!(innocent_values_are_stored_once_and_poison_is_refused_through_the_server);
 
 fn test_principal(id: &str) -> Principal {
     Principal {
@@ -189,14 +186,8 @@ enum Expect {
 /// A job's key, what it should get, and what it got.
 type Answer = (String, Expect, Result<(), IngestError>);
 
-async fn the_writer_isolates_what_the_database_refuses(backend: Backend) {
-    let db = match backend {
-        Backend::Sqlite => testing::sqlite().await,
-        Backend::Postgres => match testing::postgres().await {
-            Some(db) => db,
-            None => return,
-        },
-    };
+async fn the_writer_commits_the_innocent_and_refuses_the_poisoned_alone(backend: Backend) {
+    let db = testing::open(backend).await;
     let name = db.name();
     let (catalog, org_now) = catalog_and_org();
     let ing = Ingestion::start(
@@ -309,9 +300,4 @@ async fn the_writer_isolates_what_the_database_refuses(backend: Backend) {
     assert!(verdict.intact, "{name}: {verdict:?}");
 }
 
-#[tokio::test]
-async fn the_writer_commits_the_innocent_and_refuses_the_poisoned_alone() {
-    for backend in backends() {
-        the_writer_isolates_what_the_database_refuses(backend).await;
-    }
-}
+both_databases!(the_writer_commits_the_innocent_and_refuses_the_poisoned_alone);

@@ -20,6 +20,7 @@ use citycredit::proto::v1 as pb;
 use citycredit_ingestion::code_audit::complete;
 use citycredit_tests::ingestion::number_input;
 use citycredit_tests::topology::{Part, Topology, TopologyOptions, rss_kib};
+use citycredit_tests::{Backend, both_databases, postgres_only};
 
 /// Samples the resident memory of `pids` every 10 ms until dropped; keeps each one's peak.
 struct Sampler {
@@ -56,14 +57,6 @@ impl Sampler {
     }
 }
 
-async fn topology() -> Option<Topology> {
-    let t = Topology::start(TopologyOptions::default()).await;
-    if t.is_none() {
-        eprintln!("note: DATABASE_URL is not a PostgreSQL URL; measurement skipped");
-    }
-    t
-}
-
 async fn key_for(t: &Topology, id: &str, role: pb::Role) -> String {
     let mut registry =
         pb::department_registry_service_client::DepartmentRegistryServiceClient::new(t.admin());
@@ -93,10 +86,8 @@ fn mib(kib: Option<u64>) -> u64 {
 }
 
 /// An operator (who may not submit) streams 25 messages of about 4 MB to SubmitBatch.
-#[tokio::test]
-#[ignore = "a measurement on real processes: needs the built binary and DATABASE_URL"]
 async fn an_operator_streaming_25_times_4_mb_holds_little_memory() {
-    let Some(t) = topology().await else { return };
+    let t = Topology::start(TopologyOptions::default()).await;
     let key = key_for(&t, "reader", pb::Role::Operator).await;
     let pids: Vec<u32> = [Part::Ingestion, Part::Gateway]
         .iter()
@@ -166,11 +157,14 @@ async fn an_operator_streaming_25_times_4_mb_holds_little_memory() {
     );
 }
 
+postgres_only!(
+    #[ignore = "a measurement on real processes: needs the built binary"]
+    an_operator_streaming_25_times_4_mb_holds_little_memory
+);
+
 /// A code audit of many distinct valid codes (`MEASURE_CODES`, default 10,000,000).
-#[tokio::test]
-#[ignore = "a measurement on real processes: needs the built binary and DATABASE_URL"]
 async fn a_code_audit_holds_bounded_memory() {
-    let Some(t) = topology().await else { return };
+    let t = Topology::start(TopologyOptions::default()).await;
     let total: usize = std::env::var("MEASURE_CODES")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -229,107 +223,108 @@ async fn a_code_audit_holds_bounded_memory() {
     );
 }
 
+postgres_only!(
+    #[ignore = "a measurement on real processes: needs the built binary"]
+    a_code_audit_holds_bounded_memory
+);
+
 /// VerifyAuditChain over 1,000,000 submissions (10,000 value keys of 100 versions each, and a
 /// retraction of the current value every 5,000): the value versions are compared key by key over two sorted streams, so
 /// memory stays flat however big the store. In process, on each database.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement: writes a million rows"]
-async fn verifying_a_million_rows_holds_bounded_memory() {
+async fn verifying_a_million_rows_holds_bounded_memory(backend: Backend) {
     use citycredit::auth::{Principal, Role};
     use citycredit::store::testing;
     use citycredit_ingestion::{Ingestion, IngestionOptions};
     use citycredit_tests::ingestion::catalog_and_org;
-    use citycredit_tests::{Backend, backends};
 
     let rows: usize = std::env::var("MEASURE_ROWS")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1_000_000);
-    for backend in backends() {
-        let db = match backend {
-            Backend::Sqlite => testing::sqlite().await,
-            Backend::Postgres => match testing::postgres().await {
-                Some(db) => db,
-                None => continue,
-            },
-        };
-        let (catalog, org_now) = catalog_and_org();
-        let departments: Vec<String> = org_now
-            .city
-            .departments
-            .iter()
-            .take(50)
-            .map(|d| d.code.clone())
+    let db = testing::open(backend).await;
+    let (catalog, org_now) = catalog_and_org();
+    let departments: Vec<String> = org_now
+        .city
+        .departments
+        .iter()
+        .take(50)
+        .map(|d| d.code.clone())
+        .collect();
+    let ing = Ingestion::start(
+        db.db().clone(),
+        catalog,
+        citycredit::org::fixed(org_now),
+        IngestionOptions::default(),
+    );
+    let p = Principal {
+        id: "loader".into(),
+        role: Role::Platform,
+        department: None,
+        credential: None,
+    };
+    let started = Instant::now();
+    let per_batch = 5_000;
+    let mut written = 0usize;
+    while written < rows {
+        let inputs: Vec<pb::SubmissionInput> = (written..(written + per_batch).min(rows))
+            .map(|i| {
+                // 10,000 keys: 50 departments x 5 regions x 40 periods.
+                let key = i % 10_000;
+                let dept = &departments[key % departments.len()];
+                let region = ["330802", "330803", "330822", "330824", "330825"][key / 50 % 5];
+                let period = format!("{}", 2000 + key / 250);
+                number_input("uscc.codes_total", region, &period, dept, &i.to_string())
+            })
             .collect();
-        let ing = Ingestion::start(
-            db.db().clone(),
-            catalog,
-            citycredit::org::fixed(org_now),
-            IngestionOptions::default(),
-        );
-        let p = Principal {
-            id: "loader".into(),
-            role: Role::Platform,
-            department: None,
-            credential: None,
-        };
-        let started = Instant::now();
-        let per_batch = 5_000;
-        let mut written = 0usize;
-        while written < rows {
-            let inputs: Vec<pb::SubmissionInput> = (written..(written + per_batch).min(rows))
-                .map(|i| {
-                    // 10,000 keys: 50 departments x 5 regions x 40 periods.
-                    let key = i % 10_000;
-                    let dept = &departments[key % departments.len()];
-                    let region = ["330802", "330803", "330822", "330824", "330825"][key / 50 % 5];
-                    let period = format!("{}", 2000 + key / 250);
-                    number_input("uscc.codes_total", region, &period, dept, &i.to_string())
-                })
-                .collect();
-            let values = ing
-                .check(&p, &inputs, false)
-                .unwrap_or_else(|e| panic!("check: {e}"));
-            let w = ing
-                .write_values(&p, values, "", "batch")
-                .await
-                .unwrap_or_else(|e| panic!("write: {e}"));
-            written += inputs.len();
-            // Retract a current value of every batch, a different key each time: the undo
-            // reopens its key's previous version.
-            let pick = i64::try_from((written / per_batch) * 7_919 % per_batch).unwrap_or(0);
-            let target = ing
-                .get(w.first_id + pick)
-                .await
-                .unwrap_or_else(|e| panic!("get: {e}"));
-            ing.write_retraction(&p, target, "measurement".into(), "")
-                .await
-                .unwrap_or_else(|e| panic!("retract: {e}"));
-        }
-        let load = started.elapsed();
-        let pid = std::process::id();
-        let before = mib(rss_kib(pid));
-        let sampler = Sampler::start(&[pid]);
-        let started = Instant::now();
-        let verdict = citycredit_ingestion::audit_chain::verify(db.db())
+        let values = ing
+            .check(&p, &inputs, false)
+            .unwrap_or_else(|e| panic!("check: {e}"));
+        let w = ing
+            .write_values(&p, values, "", "batch")
             .await
-            .unwrap_or_else(|e| panic!("verify: {e}"));
-        let took = started.elapsed();
-        let peak = sampler.peaks_mib().await[0];
-        println!(
-            "{}: {} rows loaded in {load:.1?}; verified in {took:.1?} ({} versions, intact {}); \
-             test process RSS {before} -> peak {peak} MiB (+{})",
-            db.name(),
-            verdict.rows_checked,
-            verdict.versions_checked,
-            verdict.intact,
-            peak.saturating_sub(before)
-        );
-        assert!(verdict.intact, "{verdict:?}");
-        assert!(
-            peak.saturating_sub(before) < 64,
-            "verification grew memory by {} MiB",
-            peak.saturating_sub(before)
-        );
+            .unwrap_or_else(|e| panic!("write: {e}"));
+        written += inputs.len();
+        // Retract a current value of every batch, a different key each time: the undo
+        // reopens its key's previous version.
+        let pick = i64::try_from((written / per_batch) * 7_919 % per_batch).unwrap_or(0);
+        let target = ing
+            .get(w.first_id + pick)
+            .await
+            .unwrap_or_else(|e| panic!("get: {e}"));
+        ing.write_retraction(&p, target, "measurement".into(), "")
+            .await
+            .unwrap_or_else(|e| panic!("retract: {e}"));
     }
+    let load = started.elapsed();
+    let pid = std::process::id();
+    let before = mib(rss_kib(pid));
+    let sampler = Sampler::start(&[pid]);
+    let started = Instant::now();
+    let verdict = citycredit_ingestion::audit_chain::verify(db.db())
+        .await
+        .unwrap_or_else(|e| panic!("verify: {e}"));
+    let took = started.elapsed();
+    let peak = sampler.peaks_mib().await[0];
+    println!(
+        "{}: {} rows loaded in {load:.1?}; verified in {took:.1?} ({} versions, intact {}); \
+         test process RSS {before} -> peak {peak} MiB (+{})",
+        db.name(),
+        verdict.rows_checked,
+        verdict.versions_checked,
+        verdict.intact,
+        peak.saturating_sub(before)
+    );
+    assert!(verdict.intact, "{verdict:?}");
+    assert!(
+        peak.saturating_sub(before) < 64,
+        "verification grew memory by {} MiB",
+        peak.saturating_sub(before)
+    );
 }
+
+both_databases!(
+    #[ignore = "a measurement: writes a million rows"]
+    verifying_a_million_rows_holds_bounded_memory,
+    flavor = "multi_thread",
+    worker_threads = 2
+);

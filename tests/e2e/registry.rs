@@ -1,12 +1,14 @@
 //! DepartmentRegistryService and API-key authentication through a real server, on SQLite and
-//! (when DATABASE_URL names one) PostgreSQL.
+//! (when `DATABASE_URL` names one) PostgreSQL.
 
 use std::time::Duration;
 
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_client::DepartmentRegistryServiceClient as Registry;
 use citycredit::proto::v1::indicator_service_client::IndicatorServiceClient;
-use citycredit_tests::{Backend, TestServer, backends, fresh_schema, use_backend};
+use citycredit_tests::{
+    Backend, TestServer, both_databases, fresh_schema, postgres_only, use_backend,
+};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -19,129 +21,128 @@ fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
     r.unwrap_or_else(|e| panic!("{e:?}")).into_inner()
 }
 
-#[tokio::test]
-async fn seeding_is_idempotent_and_changes_survive_restarts() {
-    for backend in backends() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let schema = fresh_schema();
-        let server = start(backend, &schema, dir.path()).await;
-        let mut reg = server.registry();
-        let depts = ok(reg
-            .list_departments(pb::ListDepartmentsRequest {
-                page_size: 1000,
-                ..Default::default()
-            })
-            .await);
-        assert_eq!(depts.departments.len(), 50, "{backend:?}");
-        let samr = depts
-            .departments
-            .iter()
-            .find(|d| d.code == "samr")
-            .unwrap_or_else(|| panic!("samr"));
-        assert_eq!(samr.display_name, "市市场监管局");
-        let court = depts
-            .departments
-            .iter()
-            .find(|d| d.code == "court")
-            .unwrap_or_else(|| panic!("court"));
-        assert_eq!(court.aliases, ["市法院", "市中院"]);
-        let groups = ok(reg.list_groups(pb::ListGroupsRequest {}).await).groups;
-        assert_eq!(groups.len(), 4);
-        let regions = ok(reg.list_regions(pb::ListRegionsRequest::default()).await).regions;
-        assert_eq!(regions.len(), 7);
-        assert_eq!(
-            regions.iter().find(|r| r.code == "330881").map(|r| (
-                r.display_name.as_str(),
-                r.parent.as_str(),
-                r.level
-            )),
-            Some(("江山市", "regions/330800", 1))
-        );
+async fn seeding_is_idempotent_and_changes_survive_restarts(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let schema = fresh_schema();
+    let server = start(backend, &schema, dir.path()).await;
+    let mut reg = server.registry();
+    let depts = ok(reg
+        .list_departments(pb::ListDepartmentsRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await);
+    assert_eq!(depts.departments.len(), 50, "{backend:?}");
+    let samr = depts
+        .departments
+        .iter()
+        .find(|d| d.code == "samr")
+        .unwrap_or_else(|| panic!("samr"));
+    assert_eq!(samr.display_name, "市市场监管局");
+    let court = depts
+        .departments
+        .iter()
+        .find(|d| d.code == "court")
+        .unwrap_or_else(|| panic!("court"));
+    assert_eq!(court.aliases, ["市法院", "市中院"]);
+    let groups = ok(reg.list_groups(pb::ListGroupsRequest {}).await).groups;
+    assert_eq!(groups.len(), 4);
+    let regions = ok(reg.list_regions(pb::ListRegionsRequest::default()).await).regions;
+    assert_eq!(regions.len(), 7);
+    assert_eq!(
+        regions.iter().find(|r| r.code == "330881").map(|r| (
+            r.display_name.as_str(),
+            r.parent.as_str(),
+            r.level
+        )),
+        Some(("江山市", "regions/330800", 1))
+    );
 
-        // Changes through the API.
-        ok(reg
-            .create_department(pb::CreateDepartmentRequest {
-                department: Some(pb::Department {
-                    code: "stats".into(),
-                    display_name: "市统计局".into(),
-                    ..Default::default()
-                }),
-            })
-            .await);
-        ok(reg
-            .create_region(pb::CreateRegionRequest {
-                region: Some(pb::Region {
-                    code: "330802001".into(),
-                    display_name: "信安街道".into(),
-                    parent: "regions/330802".into(),
-                    ..Default::default()
-                }),
-            })
-            .await);
-        ok(reg
-            .update_department(pb::UpdateDepartmentRequest {
-                name: "departments/big-data".into(),
-                display_name: "市数据局".into(),
-            })
-            .await);
-        server.stop().await.unwrap_or_else(|e| panic!("{e}"));
-
-        // Restart on the same store: nothing duplicated, the changes are there.
-        let server = start(backend, &schema, dir.path()).await;
-        let mut reg = server.registry();
-        let depts = ok(reg
-            .list_departments(pb::ListDepartmentsRequest {
-                page_size: 1000,
+    // Changes through the API.
+    ok(reg
+        .create_department(pb::CreateDepartmentRequest {
+            department: Some(pb::Department {
+                code: "stats".into(),
+                display_name: "市统计局".into(),
                 ..Default::default()
-            })
-            .await)
-        .departments;
-        assert_eq!(depts.len(), 51, "{backend:?}");
-        assert_eq!(
-            depts
-                .iter()
-                .find(|d| d.code == "big-data")
-                .map(|d| d.display_name.as_str()),
-            Some("市数据局")
-        );
-        let township = ok(reg
-            .get_region(pb::GetRegionRequest {
-                name: "regions/330802001".into(),
-            })
-            .await)
-        .region
-        .unwrap_or_default();
-        assert_eq!(
-            (township.level, township.parent.as_str()),
-            (2, "regions/330802")
-        );
-        assert_eq!(
-            ok(reg.list_groups(pb::ListGroupsRequest {}).await)
-                .groups
-                .len(),
-            4
-        );
-        let changes = ok(reg
-            .list_registry_changes(pb::ListRegistryChangesRequest::default())
-            .await)
-        .changes;
-        let actions: Vec<(&str, &str)> = changes
+            }),
+        })
+        .await);
+    ok(reg
+        .create_region(pb::CreateRegionRequest {
+            region: Some(pb::Region {
+                code: "330802001".into(),
+                display_name: "信安街道".into(),
+                parent: "regions/330802".into(),
+                ..Default::default()
+            }),
+        })
+        .await);
+    ok(reg
+        .update_department(pb::UpdateDepartmentRequest {
+            name: "departments/big-data".into(),
+            display_name: "市数据局".into(),
+        })
+        .await);
+    server.stop().await.unwrap_or_else(|e| panic!("{e}"));
+
+    // Restart on the same store: nothing duplicated, the changes are there.
+    let server = start(backend, &schema, dir.path()).await;
+    let mut reg = server.registry();
+    let depts = ok(reg
+        .list_departments(pb::ListDepartmentsRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await)
+    .departments;
+    assert_eq!(depts.len(), 51, "{backend:?}");
+    assert_eq!(
+        depts
             .iter()
-            .map(|c| (c.action.as_str(), c.principal.as_str()))
-            .take(3)
-            .collect();
-        assert_eq!(
-            actions,
-            [
-                ("UpdateDepartment", "principals/admin"),
-                ("CreateRegion", "principals/admin"),
-                ("CreateDepartment", "principals/admin")
-            ]
-        );
-        assert!(changes[0].change_time.is_some());
-        server.stop().await.unwrap_or_else(|e| panic!("{e}"));
-    }
+            .find(|d| d.code == "big-data")
+            .map(|d| d.display_name.as_str()),
+        Some("市数据局")
+    );
+    let township = ok(reg
+        .get_region(pb::GetRegionRequest {
+            name: "regions/330802001".into(),
+        })
+        .await)
+    .region
+    .unwrap_or_default();
+    assert_eq!(
+        (township.level, township.parent.as_str()),
+        (2, "regions/330802")
+    );
+    assert_eq!(
+        ok(reg.list_groups(pb::ListGroupsRequest {}).await)
+            .groups
+            .len(),
+        4
+    );
+    let changes = ok(reg
+        .list_registry_changes(pb::ListRegistryChangesRequest::default())
+        .await)
+    .changes;
+    let actions: Vec<(&str, &str)> = changes
+        .iter()
+        .map(|c| (c.action.as_str(), c.principal.as_str()))
+        .take(3)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("UpdateDepartment", "principals/admin"),
+            ("CreateRegion", "principals/admin"),
+            ("CreateDepartment", "principals/admin")
+        ]
+    );
+    assert!(changes[0].change_time.is_some());
+    server.stop().await.unwrap_or_else(|e| panic!("{e}"));
 }
+
+both_databases!(seeding_is_idempotent_and_changes_survive_restarts);
 
 #[tokio::test]
 async fn responsibility_views_expand_groups_lead_first() {
@@ -318,119 +319,115 @@ async fn domains_register_only_in_open_sets() {
     assert_eq!(xinyi.len(), 8);
 }
 
-#[tokio::test]
-async fn credentials_are_required_checked_and_revocable() {
-    for backend in backends() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let schema = fresh_schema();
-        let server = start(backend, &schema, dir.path()).await;
+async fn credentials_are_required_checked_and_revocable(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let schema = fresh_schema();
+    let server = start(backend, &schema, dir.path()).await;
 
-        // No credential, a malformed one, an unknown one.
-        let mut anon = Registry::new(server.channel());
-        let err = anon
-            .list_departments(pb::ListDepartmentsRequest::default())
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("anonymous"));
-        assert_eq!(err.code(), Code::Unauthenticated, "{backend:?}");
-        assert_eq!(
-            err.get_error_details()
-                .error_info()
-                .map(|i| i.domain.clone()),
-            Some("citycredit".into())
-        );
-        let mut stranger = Registry::new(server.with_key(
+    // No credential, a malformed one, an unknown one.
+    let mut anon = Registry::new(server.channel());
+    let err = anon
+        .list_departments(pb::ListDepartmentsRequest::default())
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("anonymous"));
+    assert_eq!(err.code(), Code::Unauthenticated, "{backend:?}");
+    assert_eq!(
+        err.get_error_details()
+            .error_info()
+            .map(|i| i.domain.clone()),
+        Some("citycredit".into())
+    );
+    let mut stranger =
+        Registry::new(server.with_key(
             "cc_00000000_0000000000000000000000000000000000000000000000000000000000000000",
         ));
-        assert_eq!(
-            stranger
-                .list_departments(pb::ListDepartmentsRequest::default())
-                .await
-                .err()
-                .map(|e| e.code()),
-            Some(Code::Unauthenticated)
-        );
-
-        // A key works until it is revoked, and is refused right after.
-        let key = server
-            .create_principal("ops-1", pb::Role::Operator, None)
-            .await;
-        let mut ops = Registry::new(server.with_key(&key));
-        ok(ops
-            .list_departments(pb::ListDepartmentsRequest::default())
-            .await);
-        let mut admin = server.registry();
-        let keys = ok(admin
-            .list_api_keys(pb::ListApiKeysRequest {
-                principal: "principals/ops-1".into(),
-            })
-            .await)
-        .api_keys;
-        assert_eq!(keys.len(), 1);
-        assert!(
-            key.starts_with(&keys[0].prefix),
-            "the visible prefix names the key"
-        );
-        let revoked = ok(admin
-            .revoke_api_key(pb::RevokeApiKeyRequest {
-                name: keys[0].name.clone(),
-            })
-            .await)
-        .api_key
-        .unwrap_or_default();
-        assert!(revoked.revoke_time.is_some());
-        let err = ops
+    assert_eq!(
+        stranger
             .list_departments(pb::ListDepartmentsRequest::default())
             .await
             .err()
-            .unwrap_or_else(|| panic!("revoked key accepted"));
-        assert_eq!(err.code(), Code::Unauthenticated, "{backend:?}");
+            .map(|e| e.code()),
+        Some(Code::Unauthenticated)
+    );
 
-        // An expired key is refused.
-        ok(admin
-            .create_principal(pb::CreatePrincipalRequest {
-                principal: Some(pb::Principal {
-                    id: "short".into(),
-                    role: pb::Role::Operator as i32,
-                    ..Default::default()
-                }),
-            })
-            .await);
-        let soon = std::time::SystemTime::now() + Duration::from_millis(300);
-        let soon = soon
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let secret = ok(admin
-            .create_api_key(pb::CreateApiKeyRequest {
-                principal: "principals/short".into(),
-                expire_time: Some(prost_types::Timestamp {
-                    seconds: i64::try_from(soon.as_secs()).unwrap_or(0),
-                    nanos: i32::try_from(soon.subsec_nanos()).unwrap_or(0),
-                }),
-            })
-            .await)
-        .secret;
-        let mut short = Registry::new(server.with_key(&secret));
-        ok(short.list_groups(pb::ListGroupsRequest {}).await);
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(
-            short
-                .list_groups(pb::ListGroupsRequest {})
-                .await
-                .err()
-                .map(|e| e.code()),
-            Some(Code::Unauthenticated)
-        );
-        server.stop().await.unwrap_or_else(|e| panic!("{e}"));
-    }
+    // A key works until it is revoked, and is refused right after.
+    let key = server
+        .create_principal("ops-1", pb::Role::Operator, None)
+        .await;
+    let mut ops = Registry::new(server.with_key(&key));
+    ok(ops
+        .list_departments(pb::ListDepartmentsRequest::default())
+        .await);
+    let mut admin = server.registry();
+    let keys = ok(admin
+        .list_api_keys(pb::ListApiKeysRequest {
+            principal: "principals/ops-1".into(),
+        })
+        .await)
+    .api_keys;
+    assert_eq!(keys.len(), 1);
+    assert!(
+        key.starts_with(&keys[0].prefix),
+        "the visible prefix names the key"
+    );
+    let revoked = ok(admin
+        .revoke_api_key(pb::RevokeApiKeyRequest {
+            name: keys[0].name.clone(),
+        })
+        .await)
+    .api_key
+    .unwrap_or_default();
+    assert!(revoked.revoke_time.is_some());
+    let err = ops
+        .list_departments(pb::ListDepartmentsRequest::default())
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("revoked key accepted"));
+    assert_eq!(err.code(), Code::Unauthenticated, "{backend:?}");
+
+    // An expired key is refused.
+    ok(admin
+        .create_principal(pb::CreatePrincipalRequest {
+            principal: Some(pb::Principal {
+                id: "short".into(),
+                role: pb::Role::Operator as i32,
+                ..Default::default()
+            }),
+        })
+        .await);
+    let soon = std::time::SystemTime::now() + Duration::from_millis(300);
+    let soon = soon
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secret = ok(admin
+        .create_api_key(pb::CreateApiKeyRequest {
+            principal: "principals/short".into(),
+            expire_time: Some(prost_types::Timestamp {
+                seconds: i64::try_from(soon.as_secs()).unwrap_or(0),
+                nanos: i32::try_from(soon.subsec_nanos()).unwrap_or(0),
+            }),
+        })
+        .await)
+    .secret;
+    let mut short = Registry::new(server.with_key(&secret));
+    ok(short.list_groups(pb::ListGroupsRequest {}).await);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        short
+            .list_groups(pb::ListGroupsRequest {})
+            .await
+            .err()
+            .map(|e| e.code()),
+        Some(Code::Unauthenticated)
+    );
+    server.stop().await.unwrap_or_else(|e| panic!("{e}"));
 }
 
-#[tokio::test]
+both_databases!(credentials_are_required_checked_and_revocable);
+
+/// Two servers on one PostgreSQL schema stand for two processes (or replicas).
 async fn revocation_reaches_another_process_within_seconds() {
-    // Two servers on one PostgreSQL schema stand for two processes (or replicas).
-    let Some(Backend::Postgres) = backends().into_iter().find(|b| *b == Backend::Postgres) else {
-        return;
-    };
     let schema = fresh_schema();
     let (d1, d2) = (
         tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
@@ -466,6 +463,8 @@ async fn revocation_reaches_another_process_within_seconds() {
         }
     }
 }
+
+postgres_only!(revocation_reaches_another_process_within_seconds);
 
 #[tokio::test]
 async fn only_administrators_write_and_every_role_reads() {

@@ -4,7 +4,7 @@
 
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_client::DepartmentRegistryServiceClient as Registry;
-use citycredit_tests::{Backend, TestServer, backends, fresh_schema, use_backend};
+use citycredit_tests::{Backend, TestServer, both_databases, fresh_schema, use_backend};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -72,12 +72,11 @@ async fn bearer_has_one_canonical_form(backend: Backend) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bearer_has_one_canonical_form_on_each_database() {
-    for b in backends() {
-        bearer_has_one_canonical_form(b).await;
-    }
-}
+both_databases!(
+    bearer_has_one_canonical_form,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
 
 async fn a_key_is_revoked_only_under_its_own_principal(backend: Backend) {
     let (server, _schema) = server(backend).await;
@@ -162,12 +161,11 @@ async fn a_key_is_revoked_only_under_its_own_principal(backend: Backend) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_is_revoked_only_under_its_own_principal_on_each_database() {
-    for b in backends() {
-        a_key_is_revoked_only_under_its_own_principal(b).await;
-    }
-}
+both_databases!(
+    a_key_is_revoked_only_under_its_own_principal,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
 
 async fn non_administrators_see_only_themselves(backend: Backend) {
     let (server, _schema) = server(backend).await;
@@ -245,9 +243,8 @@ async fn non_administrators_see_only_themselves(backend: Backend) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn non_administrators_see_only_themselves_on_each_database() {
-    for b in backends() {
-        non_administrators_see_only_themselves(b).await;
-    }
-}
+both_databases!(
+    non_administrators_see_only_themselves,
+    flavor = "multi_thread",
+    worker_threads = 2
+);

@@ -17,7 +17,7 @@ use citycredit::store::{Db, now_micros, sqlite_url};
 use citycredit_ingestion::audit_chain::{GENESIS, row_hash};
 use citycredit_ingestion::store::{self as istore, KIND_RETRACTION, KIND_VALUE, StoredRow};
 use citycredit_tests::ingestion::{SubmissionClient, number_input};
-use citycredit_tests::{Backend, TestServer, backends, fresh_schema, use_backend};
+use citycredit_tests::{Backend, TestServer, both_databases, fresh_schema, use_backend};
 
 const METRIC: &str = "uscc.codes_total";
 const PERIOD: &str = "2026";
@@ -204,7 +204,7 @@ async fn retract(c: &mut SubmissionClient, target: &str) -> Result<pb::Submissio
     .map(|r| r.into_inner().retraction.unwrap_or_default())
 }
 
-async fn a_store_with_duplicate_retractions_migrates_and_keeps_its_meaning(backend: Backend) {
+async fn a_store_with_duplicate_retractions_migrates(backend: Backend) {
     let schema = fresh_schema();
     let data = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let name = match backend {
@@ -217,7 +217,7 @@ async fn a_store_with_duplicate_retractions_migrates_and_keeps_its_meaning(backe
             Db::connect(&url, 2, Duration::from_secs(10), None).await
         }
         Backend::Postgres => {
-            let url = std::env::var("DATABASE_URL").unwrap_or_default();
+            let url = citycredit_tests::postgres_url();
             let admin = Db::connect(&url, 1, Duration::from_secs(10), None)
                 .await
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -390,9 +390,4 @@ async fn a_store_with_duplicate_retractions_migrates_and_keeps_its_meaning(backe
         .unwrap_or_else(|e| panic!("{name}: stop: {e}"));
 }
 
-#[tokio::test]
-async fn a_store_with_duplicate_retractions_migrates() {
-    for backend in backends() {
-        a_store_with_duplicate_retractions_migrates_and_keeps_its_meaning(backend).await;
-    }
-}
+both_databases!(a_store_with_duplicate_retractions_migrates);

@@ -23,7 +23,7 @@ use citycredit::proto::v1 as pb;
 use citycredit::store::testing::{self, TestDb};
 use citycredit_ingestion::{Ingestion, IngestionOptions};
 use citycredit_tests::ingestion::*;
-use citycredit_tests::{Backend, backends};
+use citycredit_tests::{Backend, both_databases};
 
 const PREFIX: &str = "cc_revoked";
 
@@ -45,13 +45,6 @@ fn keyed_principal() -> Principal {
         role: Role::Platform,
         department: None,
         credential: Some(PREFIX.into()),
-    }
-}
-
-async fn store(backend: Backend) -> Option<TestDb> {
-    match backend {
-        Backend::Sqlite => Some(testing::sqlite().await),
-        Backend::Postgres => testing::postgres().await,
     }
 }
 
@@ -120,10 +113,8 @@ async fn stored(db: &TestDb) -> i64 {
         .unwrap_or_else(|e| panic!("count: {e}"))
 }
 
-async fn a_revoked_key_stops_its_open_calls(backend: Backend) {
-    let Some(db) = store(backend).await else {
-        return;
-    };
+async fn a_revoked_key_commits_nothing_more_and_its_watch_ends(backend: Backend) {
+    let db = testing::open(backend).await;
     let name = db.name();
     let switch = Arc::new(Switch::default());
     let (ing, addr) = serve(&db, Arc::clone(&switch), keyed_principal()).await;
@@ -223,14 +214,9 @@ async fn a_revoked_key_stops_its_open_calls(backend: Backend) {
     assert_eq!(stored(&db).await, 20, "{name}");
 }
 
-#[tokio::test]
-async fn a_revoked_key_commits_nothing_more_and_its_watch_ends() {
-    for backend in backends() {
-        a_revoked_key_stops_its_open_calls(backend).await;
-    }
-}
+both_databases!(a_revoked_key_commits_nothing_more_and_its_watch_ends);
 
-async fn through_the_server(backend: Backend) {
+async fn a_key_revoked_through_the_registry_stops_its_open_calls(backend: Backend) {
     let s = IngestionServer::start(backend).await;
     let name = s.name();
     let mut registry = s.server.registry();
@@ -324,9 +310,4 @@ async fn through_the_server(backend: Backend) {
     }
 }
 
-#[tokio::test]
-async fn a_key_revoked_through_the_registry_stops_its_open_calls() {
-    for backend in backends() {
-        through_the_server(backend).await;
-    }
-}
+both_databases!(a_key_revoked_through_the_registry_stops_its_open_calls);

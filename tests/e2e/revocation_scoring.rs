@@ -20,7 +20,7 @@ use citycredit::store::testing;
 use citycredit_ingestion::{Ingestion, IngestionOptions};
 use citycredit_scoring::ScoringApi;
 use citycredit_tests::ingestion::*;
-use citycredit_tests::{Backend, backends};
+use citycredit_tests::{Backend, both_databases};
 
 #[derive(Debug, Default)]
 struct Switch {
@@ -33,14 +33,8 @@ impl CredentialCheck for Switch {
     }
 }
 
-async fn a_revoked_key_ends_its_scorecard_watch(backend: Backend) {
-    let db = match backend {
-        Backend::Sqlite => testing::sqlite().await,
-        Backend::Postgres => match testing::postgres().await {
-            Some(db) => db,
-            None => return,
-        },
-    };
+async fn a_revoked_key_ends_its_scorecard_watch_soon(backend: Backend) {
+    let db = testing::open(backend).await;
     let name = db.name();
     let switch = Arc::new(Switch::default());
     let (catalog, org_now) = catalog_and_org();
@@ -124,9 +118,4 @@ async fn a_revoked_key_ends_its_scorecard_watch(backend: Backend) {
     eprintln!("{name}: scorecard watch ended {took:?} after the revocation");
 }
 
-#[tokio::test]
-async fn a_revoked_key_ends_its_scorecard_watch_soon() {
-    for backend in backends() {
-        a_revoked_key_ends_its_scorecard_watch(backend).await;
-    }
-}
+both_databases!(a_revoked_key_ends_its_scorecard_watch_soon);

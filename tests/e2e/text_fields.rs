@@ -8,7 +8,7 @@ use tonic::{Code, Status};
 
 use citycredit::proto::v1 as pb;
 use citycredit_tests::ingestion::*;
-use citycredit_tests::{Backend, backends};
+use citycredit_tests::{Backend, both_databases};
 
 /// The four characters the issue names.
 const HOSTILE: [char; 4] = ['\u{0}', '\u{1b}', '\u{202e}', '\u{200b}'];
@@ -536,7 +536,7 @@ async fn submissions(s: &IngestionServer) -> i64 {
         .unwrap_or_else(|e| panic!("count: {e}"))
 }
 
-async fn hostile_characters_are_refused_in_every_field(backend: Backend) {
+async fn nul_esc_bidi_and_zero_width_are_refused_in_every_text_field(backend: Backend) {
     let s = IngestionServer::start(backend).await;
     let name = s.name();
     // submissions/1, for the retraction rows.
@@ -585,14 +585,9 @@ async fn hostile_characters_are_refused_in_every_field(backend: Backend) {
     assert_eq!(hostile, 0, "{name}");
 }
 
-#[tokio::test]
-async fn nul_esc_bidi_and_zero_width_are_refused_in_every_text_field() {
-    for backend in backends() {
-        hostile_characters_are_refused_in_every_field(backend).await;
-    }
-}
+both_databases!(nul_esc_bidi_and_zero_width_are_refused_in_every_text_field);
 
-async fn notes_and_reasons_take_line_feeds_and_tabs(backend: Backend) {
+async fn free_text_keeps_line_feeds_and_tabs(backend: Backend) {
     let s = IngestionServer::start(backend).await;
     let name = s.name();
     let mut c = s.client(Some(&platform())).await;
@@ -643,9 +638,4 @@ async fn notes_and_reasons_take_line_feeds_and_tabs(backend: Backend) {
     assert!(err.message().contains("U+000D"), "{}", err.message());
 }
 
-#[tokio::test]
-async fn free_text_keeps_line_feeds_and_tabs() {
-    for backend in backends() {
-        notes_and_reasons_take_line_feeds_and_tabs(backend).await;
-    }
-}
+both_databases!(free_text_keeps_line_feeds_and_tabs);

@@ -7,7 +7,7 @@ use tonic::{Code, Status};
 
 use citycredit::proto::v1 as pb;
 use citycredit_tests::ingestion::*;
-use citycredit_tests::{Backend, backends};
+use citycredit_tests::{Backend, both_databases};
 
 fn ts(seconds: i64, nanos: i32) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds, nanos }
@@ -16,7 +16,7 @@ fn ts(seconds: i64, nanos: i32) -> prost_types::Timestamp {
 /// 10000-01-01T00:00:00Z.
 const YEAR_10000: i64 = 253_402_300_800;
 
-async fn timestamps_out_of_range_are_refused(backend: Backend) {
+async fn timestamps_beyond_year_9999_are_refused_not_echoed(backend: Backend) {
     let s = IngestionServer::start(backend).await;
     let name = s.name();
     let ch = s.channel(Some(&admin())).await;
@@ -131,14 +131,9 @@ async fn timestamps_out_of_range_are_refused(backend: Backend) {
     }
 }
 
-#[tokio::test]
-async fn timestamps_beyond_year_9999_are_refused_not_echoed() {
-    for backend in backends() {
-        timestamps_out_of_range_are_refused(backend).await;
-    }
-}
+both_databases!(timestamps_beyond_year_9999_are_refused_not_echoed);
 
-async fn evidence_uris_are_normalised_or_refused(backend: Backend) {
+async fn evidence_uris_are_stored_normalised_and_hostile_ones_refused(backend: Backend) {
     let s = IngestionServer::start(backend).await;
     let name = s.name();
     let mut c = s.client(Some(&platform())).await;
@@ -200,9 +195,4 @@ async fn evidence_uris_are_normalised_or_refused(backend: Backend) {
     }
 }
 
-#[tokio::test]
-async fn evidence_uris_are_stored_normalised_and_hostile_ones_refused() {
-    for backend in backends() {
-        evidence_uris_are_normalised_or_refused(backend).await;
-    }
-}
+both_databases!(evidence_uris_are_stored_normalised_and_hostile_ones_refused);

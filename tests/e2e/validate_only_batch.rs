@@ -22,7 +22,7 @@ use tonic_types::StatusExt;
 use citycredit::auth::Role;
 use citycredit::proto::v1 as pb;
 use citycredit_tests::ingestion::*;
-use citycredit_tests::{Backend, TestServer, backends, fresh_schema, use_backend};
+use citycredit_tests::{Backend, TestServer, both_databases, fresh_schema, use_backend};
 
 const METRIC: &str = "uscc.codes_total";
 
@@ -120,7 +120,7 @@ fn three_messages(validate_only: bool) -> Vec<pb::SubmitBatchRequest> {
         .collect()
 }
 
-async fn every_message_of_a_validate_only_batch_is_checked(backend: Backend) {
+async fn a_validate_only_batch_reports_the_problems_of_every_message(backend: Backend) {
     let s = IngestionServer::start(backend).await;
     let name = s.name();
     let c = s.client(Some(&platform())).await;
@@ -189,14 +189,9 @@ async fn every_message_of_a_validate_only_batch_is_checked(backend: Backend) {
     );
 }
 
-#[tokio::test]
-async fn a_validate_only_batch_reports_the_problems_of_every_message() {
-    for backend in backends() {
-        every_message_of_a_validate_only_batch_is_checked(backend).await;
-    }
-}
+both_databases!(a_validate_only_batch_reports_the_problems_of_every_message);
 
-async fn many_problems_are_listed_within_the_status_budget(backend: Backend) {
+async fn a_validate_only_batch_lists_the_first_100_problems_and_counts_all(backend: Backend) {
     let s = IngestionServer::start(backend).await;
     let name = s.name();
     let c = s.client(Some(&platform())).await;
@@ -233,14 +228,11 @@ async fn many_problems_are_listed_within_the_status_budget(backend: Backend) {
     );
 }
 
-#[tokio::test]
-async fn a_validate_only_batch_lists_the_first_100_problems_and_counts_all() {
-    for backend in backends() {
-        many_problems_are_listed_within_the_status_budget(backend).await;
-    }
-}
+both_databases!(a_validate_only_batch_lists_the_first_100_problems_and_counts_all);
 
-async fn a_caller_who_may_not_submit_is_refused_at_once(backend: Backend) {
+async fn a_validate_only_batch_is_still_refused_at_once_for_a_value_the_caller_may_not_submit(
+    backend: Backend,
+) {
     let s = IngestionServer::start(backend).await;
     let name = s.name();
     let operator = s
@@ -267,14 +259,11 @@ async fn a_caller_who_may_not_submit_is_refused_at_once(backend: Backend) {
     assert_eq!(e.code(), Code::PermissionDenied, "{name}: {e:?}");
 }
 
-#[tokio::test]
-async fn a_validate_only_batch_is_still_refused_at_once_for_a_value_the_caller_may_not_submit() {
-    for backend in backends() {
-        a_caller_who_may_not_submit_is_refused_at_once(backend).await;
-    }
-}
+both_databases!(
+    a_validate_only_batch_is_still_refused_at_once_for_a_value_the_caller_may_not_submit
+);
 
-async fn the_byte_cap_holds_for_validate_only(backend: Backend) {
+async fn the_byte_cap_of_a_stream_holds_for_validate_only_batches(backend: Backend) {
     let schema = fresh_schema();
     let cap = 64 * 1024;
     let server = TestServer::start_with(|c| {
@@ -324,9 +313,4 @@ async fn the_byte_cap_holds_for_validate_only(backend: Backend) {
     assert_eq!(info(&e, "limit"), Some(cap.to_string()), "{name}");
 }
 
-#[tokio::test]
-async fn the_byte_cap_of_a_stream_holds_for_validate_only_batches() {
-    for backend in backends() {
-        the_byte_cap_holds_for_validate_only(backend).await;
-    }
-}
+both_databases!(the_byte_cap_of_a_stream_holds_for_validate_only_batches);

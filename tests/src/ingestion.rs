@@ -1,5 +1,6 @@
 //! Harness for the ingestion tests: a real citycredit server (the gateway, with the API-key
-//! layer) on each backend (SQLite always, PostgreSQL with `DATABASE_URL`, in a fresh schema),
+//! layer) on one backend (SQLite, or PostgreSQL from `DATABASE_URL` in a fresh schema; tests
+//! run on each with `both_databases!`),
 //! clients authenticated as principals created through the registry API, a direct connection
 //! to the same store for tamper tests, and an in-process `Ingestion` handle over that store
 //! (a "second process" for the change-feed and aggregate-source tests).
@@ -21,7 +22,7 @@ use citycredit::store::{Db, sqlite_url};
 use citycredit_ingestion::{Ingestion, IngestionOptions};
 
 use crate::{
-    AuthChannel, Backend, Bearer, TestSchema, TestServer, backends, fresh_schema, use_backend,
+    AuthChannel, Backend, Bearer, TestSchema, TestServer, fresh_schema, postgres_url, use_backend,
 };
 
 pub type SubmissionClient =
@@ -77,15 +78,6 @@ pub struct IngestionServer {
 }
 
 impl IngestionServer {
-    /// One server per backend.
-    pub async fn start_all() -> Vec<IngestionServer> {
-        let mut out = Vec::new();
-        for backend in backends() {
-            out.push(IngestionServer::start(backend).await);
-        }
-        out
-    }
-
     pub async fn start(backend: Backend) -> IngestionServer {
         let schema = fresh_schema();
         let server = TestServer::start_with(|c| {
@@ -119,8 +111,13 @@ impl IngestionServer {
                 .await
             }
             Backend::Postgres => {
-                let url = std::env::var("DATABASE_URL").unwrap_or_default();
-                Db::connect(&url, 4, Duration::from_secs(10), Some(schema.to_string())).await
+                Db::connect(
+                    &postgres_url(),
+                    4,
+                    Duration::from_secs(10),
+                    Some(schema.to_string()),
+                )
+                .await
             }
         }
         .unwrap_or_else(|e| panic!("connect to the test store: {e}"));
@@ -141,14 +138,11 @@ impl IngestionServer {
         }
     }
 
-    /// An authenticated channel for `p` (created through the registry on first use); None: no
-    /// credential.
-    pub async fn channel(&self, p: Option<&Principal>) -> AuthChannel {
-        let Some(p) = p else {
-            return InterceptedService::new(self.server.channel(), Bearer(None));
-        };
+    /// The API key of `p` (the principal and its key are created through the registry on
+    /// first use).
+    pub async fn key(&self, p: &Principal) -> String {
         let mut keys = self.keys.lock().await;
-        let key = match keys.get(&p.id) {
+        match keys.get(&p.id) {
             Some(k) => k.clone(),
             None => {
                 let k = self
@@ -158,8 +152,16 @@ impl IngestionServer {
                 keys.insert(p.id.clone(), k.clone());
                 k
             }
-        };
-        self.server.with_key(&key)
+        }
+    }
+
+    /// An authenticated channel for `p` (created through the registry on first use); None: no
+    /// credential.
+    pub async fn channel(&self, p: Option<&Principal>) -> AuthChannel {
+        match p {
+            Some(p) => self.server.with_key(&self.key(p).await),
+            None => InterceptedService::new(self.server.channel(), Bearer(None)),
+        }
     }
 
     /// A submission client acting as `p`.
@@ -180,7 +182,7 @@ impl IngestionServer {
         let (catalog, org) = catalog_and_org();
         let mut options = IngestionOptions::default();
         if let Some(schema) = &self.schema {
-            options.listen_url = std::env::var("DATABASE_URL").ok();
+            options.listen_url = Some(postgres_url());
             options.notify_channel = format!("citycredit_changes_{schema}");
         }
         Ingestion::start(self.db.clone(), catalog, org::fixed(org), options)

@@ -202,22 +202,79 @@ impl Drop for TestServer {
 }
 
 /// Where a test server keeps its data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
+pub use citycredit::store::Backend;
+pub use citycredit::store::testing::postgres_url;
+
+/// Declares a test per database for `async fn <scenario>(backend: Backend)`:
+/// `<scenario>::sqlite` and `<scenario>::postgres`. The PostgreSQL one is reported by libtest as
+/// ignored, with the reason, when the tests were built without a PostgreSQL `DATABASE_URL`
+/// (`tests/build.rs` sets `cfg(citycredit_pg)`); with one, it runs and fails if PostgreSQL
+/// cannot be reached. Arguments after the name go to `#[tokio::test(...)]`:
+///
+/// ```ignore
+/// async fn keys_survive_a_restart(backend: Backend) { /* ... */ }
+/// both_databases!(keys_survive_a_restart, flavor = "multi_thread", worker_threads = 2);
+/// ```
+///
+/// A leading `#[ignore = "why"]` ignores both (a measurement run by hand with `--ignored`).
+#[macro_export]
+macro_rules! both_databases {
+    (#[ignore = $why:literal] $scenario:ident $(, $($arg:tt)*)?) => {
+        mod $scenario {
+            #[::tokio::test$(($($arg)*))?]
+            #[ignore = $why]
+            async fn sqlite() {
+                super::$scenario($crate::Backend::Sqlite).await
+            }
+
+            #[::tokio::test$(($($arg)*))?]
+            #[ignore = $why]
+            async fn postgres() {
+                super::$scenario($crate::Backend::Postgres).await
+            }
+        }
+    };
+    ($scenario:ident $(, $($arg:tt)*)?) => {
+        mod $scenario {
+            #[::tokio::test$(($($arg)*))?]
+            async fn sqlite() {
+                super::$scenario($crate::Backend::Sqlite).await
+            }
+
+            #[::tokio::test$(($($arg)*))?]
+            #[cfg_attr(not(citycredit_pg), ignore = "PostgreSQL: set DATABASE_URL to run")]
+            async fn postgres() {
+                super::$scenario($crate::Backend::Postgres).await
+            }
+        }
+    };
 }
 
-/// The backends to run end-to-end tests on: SQLite always, PostgreSQL when `DATABASE_URL`
-/// names one (otherwise the PostgreSQL half says it is skipped).
-pub fn backends() -> Vec<Backend> {
-    match std::env::var("DATABASE_URL") {
-        Ok(url) if url.starts_with("postgres") => vec![Backend::Sqlite, Backend::Postgres],
-        _ => {
-            eprintln!("note: DATABASE_URL is not a PostgreSQL URL; PostgreSQL part skipped");
-            vec![Backend::Sqlite]
+/// Declares `<scenario>::postgres` for `async fn <scenario>()`, a test that needs PostgreSQL
+/// (the multi-process topology, a second server on the same store): ignored, with the same
+/// reason as in [`both_databases!`], when the tests were built without `DATABASE_URL`.
+/// Arguments after the name go to `#[tokio::test(...)]`; a leading `#[ignore = "why"]` ignores
+/// it in any case (a measurement run by hand).
+#[macro_export]
+macro_rules! postgres_only {
+    (#[ignore = $why:literal] $scenario:ident $(, $($arg:tt)*)?) => {
+        mod $scenario {
+            #[::tokio::test$(($($arg)*))?]
+            #[ignore = $why]
+            async fn postgres() {
+                super::$scenario().await
+            }
         }
-    }
+    };
+    ($scenario:ident $(, $($arg:tt)*)?) => {
+        mod $scenario {
+            #[::tokio::test$(($($arg)*))?]
+            #[cfg_attr(not(citycredit_pg), ignore = "PostgreSQL: set DATABASE_URL to run")]
+            async fn postgres() {
+                super::$scenario().await
+            }
+        }
+    };
 }
 
 /// A fresh PostgreSQL schema name for one test; the schema (if one was created) is dropped
@@ -278,7 +335,7 @@ pub fn use_backend(config: &mut Config, backend: Backend, schema: &str) {
     match backend {
         Backend::Sqlite => config.database_url = None,
         Backend::Postgres => {
-            config.database_url = std::env::var("DATABASE_URL").ok();
+            config.database_url = Some(postgres_url());
             config.database_schema = Some(schema.to_owned());
         }
     }

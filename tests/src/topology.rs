@@ -297,8 +297,7 @@ impl From<crate::Backend> for Store {
 /// How to run the topology.
 #[derive(Clone, Debug)]
 pub struct TopologyOptions {
-    /// PostgreSQL (the default; the topology is then skipped without `DATABASE_URL`) or one
-    /// SQLite file.
+    /// PostgreSQL (the default; `DATABASE_URL` must name it) or one SQLite file.
     pub store: Store,
     /// mTLS between the gateway and the services and between scoring and ingestion, with the
     /// certificates `citycredit keys generate` makes. (The gateway's own listener stays
@@ -359,13 +358,6 @@ pub struct Topology {
     pub proxy: Option<Proxy>,
     /// The four parts (by `Part::index`), then extra replicas.
     procs: Vec<Proc>,
-}
-
-/// The PostgreSQL URL of `DATABASE_URL`, or None (the topology needs PostgreSQL).
-pub fn database_url() -> Option<String> {
-    std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|u| u.starts_with("postgres"))
 }
 
 /// `host:port` of a PostgreSQL URL.
@@ -466,11 +458,12 @@ pub fn identity_env(part: &str, keys: &Path) -> Vec<(String, String)> {
 
 impl Topology {
     /// Starts registry, ingestion, scoring and gateway, in that order, each once serving.
-    /// None when the store is PostgreSQL and `DATABASE_URL` is not a PostgreSQL URL.
-    pub async fn start(options: TopologyOptions) -> Option<Topology> {
+    /// Panics when the store is PostgreSQL and `DATABASE_URL` does not name one (declare such
+    /// tests with `postgres_only!` or `both_databases!`, which report them as ignored then).
+    pub async fn start(options: TopologyOptions) -> Topology {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let url = match options.store {
-            Store::Postgres => database_url()?,
+            Store::Postgres => crate::postgres_url(),
             Store::Sqlite => format!("sqlite://{}", dir.path().join("citycredit.db").display()),
         };
         assert!(
@@ -504,7 +497,7 @@ impl Topology {
             });
             t.start_index(part.index()).await;
         }
-        Some(t)
+        t
     }
 
     pub fn schema(&self) -> &str {

@@ -237,49 +237,4 @@ mod tests {
             "a new RPC: decide whether it only reads (READ_ONLY_PREFIXES)"
         );
     }
-
-    #[tokio::test]
-    async fn a_nonce_is_claimed_once_per_store_and_pruned_after_its_window() {
-        for db in citycredit::store::testing::databases().await {
-            let nonces = SharedNonces::new(db.db().clone());
-            let t = 1_000_000_000_000;
-            assert!(
-                nonces.claim("00ff", t).await.unwrap_or(false),
-                "{}",
-                db.name()
-            );
-            assert!(
-                !nonces.claim("00ff", t).await.unwrap_or(true),
-                "{}",
-                db.name()
-            );
-            // A second replica is another pool on the same store.
-            let other = SharedNonces::new(db.db().clone());
-            assert!(
-                !other.claim("00ff", t).await.unwrap_or(true),
-                "{}",
-                db.name()
-            );
-            assert_eq!(nonces.prune(t + WINDOW_MICROS).await.ok(), Some(0));
-            assert_eq!(nonces.prune(t + 2 * WINDOW_MICROS + 1).await.ok(), Some(1));
-            assert!(
-                nonces.claim("00ff", t).await.unwrap_or(false),
-                "{}",
-                db.name()
-            );
-
-            // The cost of a claim: one INSERT per call that changes state.
-            let n: u32 = 300;
-            let started = std::time::Instant::now();
-            for i in 0..n {
-                let claimed = nonces.claim(&format!("{i:032x}"), t).await;
-                assert_eq!(claimed.ok(), Some(true));
-            }
-            eprintln!(
-                "identity nonce claim on {}: {} µs/call ({n} sequential claims)",
-                db.name(),
-                (started.elapsed() / n).as_micros()
-            );
-        }
-    }
 }

@@ -1,0 +1,17 @@
+//! Sets `cfg(citycredit_pg)` when `DATABASE_URL` names a PostgreSQL server. Tests declared with
+//! `both_databases!` or `postgres_only!` (src/lib.rs) are then run on PostgreSQL; without it
+//! libtest reports their PostgreSQL half as ignored, with the reason, instead of passing a test
+//! that never ran.
+//!
+//! Only this crate reads `DATABASE_URL` at build time: a changed value rebuilds this crate's
+//! tests, not the workspace. That is why tests that need PostgreSQL live here and not beside
+//! the code as unit tests.
+
+fn main() {
+    println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-env-changed=DATABASE_URL");
+    println!("cargo::rustc-check-cfg=cfg(citycredit_pg)");
+    if std::env::var("DATABASE_URL").is_ok_and(|url| url.starts_with("postgres")) {
+        println!("cargo::rustc-cfg=citycredit_pg");
+    }
+}
