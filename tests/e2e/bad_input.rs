@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Code, Request, Status};
@@ -18,6 +19,7 @@ use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_client::DepartmentRegistryServiceClient;
 use citycredit::proto::v1::scoring_service_client::ScoringServiceClient;
 use citycredit::store::Db;
+use citycredit_tests::h2raw::{self, StreamAnswer};
 use citycredit_tests::ingestion::*;
 use citycredit_tests::{Backend, both_databases};
 
@@ -65,10 +67,9 @@ impl Who {
 enum Call {
     Submit(pb::SubmitValueRequest),
     Batch(Vec<pb::SubmitBatchRequest>),
-    /// Over raw HTTP/2: sends this message (valid values, with a valid key), then, without
-    /// ending the stream, resets it (RST_STREAM CANCEL, `true`) or drops the connection in the
-    /// middle of the next gRPC frame (`false`).
-    BatchAbandoned(pb::SubmitBatchRequest, bool),
+    /// Over raw HTTP/2, with the key of the row's principal: sends this message without ending
+    /// the stream, reads what the server answers for [`PATIENCE`], then gives up.
+    BatchAbandoned(pb::SubmitBatchRequest, GiveUp),
     Get(pb::GetSubmissionRequest),
     List(pb::ListSubmissionsRequest),
     Retract(pb::RetractSubmissionRequest),
@@ -85,7 +86,7 @@ impl Call {
         match self {
             Call::Submit(_) => "SubmitValue",
             Call::Batch(_) => "SubmitBatch",
-            Call::BatchAbandoned(..) => "SubmitBatch (raw HTTP/2, abandoned)",
+            Call::BatchAbandoned(..) => "SubmitBatch (raw HTTP/2, left open)",
             Call::Get(_) => "GetSubmission",
             Call::List(_) => "ListSubmissions",
             Call::Retract(_) => "RetractSubmission",
@@ -99,11 +100,96 @@ impl Call {
     }
 }
 
+/// How the client of an abandoned batch gives up.
+#[derive(Clone, Copy)]
+enum GiveUp {
+    /// RST_STREAM CANCEL: the connection stays.
+    Reset,
+    /// Half of a second gRPC frame (a length prefix promising more than follows), then the TCP
+    /// connection is dropped.
+    CutMidFrame,
+}
+
+/// How long the client of an abandoned batch keeps the stream open, reading, before it gives
+/// up. Well below the gateway's request read timeout (10 s), so a server that answers in this
+/// time answered the batch itself, not its silence.
+const PATIENCE: Duration = Duration::from_millis(500);
+
+/// What a row must get from the server.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Expect {
+    /// A gRPC status with this code (and the row's field paths, for INVALID_ARGUMENT).
+    Code(Code),
+    /// Nothing on the stream while the client keeps it open: the server waits for the rest of
+    /// the batch, and the client gives up first.
+    Nothing,
+}
+
+impl From<Code> for Expect {
+    fn from(c: Code) -> Expect {
+        Expect::Code(c)
+    }
+}
+
+impl std::fmt::Display for Expect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expect::Code(c) => write!(f, "{c:?}"),
+            Expect::Nothing => f.write_str("nothing before the client gives up"),
+        }
+    }
+}
+
+/// What the server answered a row.
+enum Answer {
+    /// A gRPC status (OK included), through tonic or read off a raw stream.
+    Status(Status),
+    /// Nothing on the raw stream before the client gave up.
+    Nothing,
+    /// Anything else on a raw stream: a reset, a broken connection, a response without a gRPC
+    /// status.
+    Raw(StreamAnswer),
+}
+
+impl Answer {
+    fn status(&self) -> Option<&Status> {
+        match self {
+            Answer::Status(s) => Some(s),
+            Answer::Nothing | Answer::Raw(_) => None,
+        }
+    }
+
+    fn fields(&self) -> Vec<String> {
+        self.status().map(violation_fields).unwrap_or_default()
+    }
+
+    fn matches(&self, expect: Expect, fields: &[&str]) -> bool {
+        match (self, expect) {
+            (Answer::Status(s), Expect::Code(c)) => s.code() == c && self.fields() == fields,
+            (Answer::Nothing, Expect::Nothing) => true,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Status(s) => {
+                let message: String = s.message().chars().take(200).collect();
+                write!(f, "{:?} {:?} ({message})", s.code(), self.fields())
+            }
+            Answer::Nothing => f.write_str("nothing before the client gave up"),
+            Answer::Raw(a) => write!(f, "{a}"),
+        }
+    }
+}
+
 struct Row {
     name: &'static str,
     who: Who,
     call: Call,
-    code: Code,
+    expect: Expect,
     fields: &'static [&'static str],
 }
 
@@ -111,14 +197,14 @@ fn row(
     name: &'static str,
     who: Who,
     call: Call,
-    code: Code,
+    expect: impl Into<Expect>,
     fields: &'static [&'static str],
 ) -> Row {
     Row {
         name,
         who,
         call,
-        code,
+        expect: expect.into(),
         fields,
     }
 }
@@ -985,16 +1071,39 @@ fn rows() -> Vec<Row> {
             Platform,
             Call::BatchAbandoned(
                 batch_msg("abandoned", false, vec![count("1"), count("2")]),
-                true,
+                GiveUp::Reset,
             ),
-            Cancelled,
+            Expect::Nothing,
             &[],
         ),
         row(
             "batch cut mid-frame (connection dropped)",
             Platform,
-            Call::BatchAbandoned(batch_msg("cut", false, vec![count("1"), count("2")]), false),
-            Cancelled,
+            Call::BatchAbandoned(
+                batch_msg("cut", false, vec![count("1"), count("2")]),
+                GiveUp::CutMidFrame,
+            ),
+            Expect::Nothing,
+            &[],
+        ),
+        row(
+            "batch left open after a bad first message",
+            Platform,
+            Call::BatchAbandoned(
+                batch_msg("open-bad", false, vec![count("1"), count("-2")]),
+                GiveUp::Reset,
+            ),
+            InvalidArgument,
+            &["values[1].value"],
+        ),
+        row(
+            "batch left open by a principal who may not submit",
+            Operator,
+            Call::BatchAbandoned(
+                batch_msg("open-denied", false, vec![count("1")]),
+                GiveUp::CutMidFrame,
+            ),
+            PermissionDenied,
             &[],
         ),
         row(
@@ -1415,7 +1524,22 @@ fn request<T>(who: Who, raw_key: &str, msg: T) -> Request<T> {
     r
 }
 
-async fn run(s: &IngestionServer, raw_key: &str, r: &Row) -> Result<(), Status> {
+async fn run(s: &IngestionServer, raw_key: &str, r: &Row) -> Answer {
+    if let Call::BatchAbandoned(msg, give_up) = &r.call {
+        let principal = r
+            .who
+            .principal()
+            .unwrap_or_else(|| panic!("{}: an abandoned batch needs a principal", r.name));
+        return abandon_batch(s.server.addr, &s.key(&principal).await, msg, *give_up).await;
+    }
+    match call(s, raw_key, r).await {
+        Ok(()) => Answer::Status(Status::ok("")),
+        Err(status) => Answer::Status(status),
+    }
+}
+
+/// A row's call through tonic.
+async fn call(s: &IngestionServer, raw_key: &str, r: &Row) -> Result<(), Status> {
     let who = r.who;
     let channel = s.channel(who.principal().as_ref()).await;
     let mut sub =
@@ -1430,12 +1554,7 @@ async fn run(s: &IngestionServer, raw_key: &str, r: &Row) -> Result<(), Status> 
             .submit_batch(request(who, raw_key, tokio_stream::iter(msgs.clone())))
             .await
             .map(drop),
-        Call::BatchAbandoned(msg, reset) => {
-            raw_h2_abandon(s.server.addr, &bearer(raw_key), msg, *reset).await;
-            // Give the server time to notice and (wrongly) commit, if it were to.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            Err(Status::cancelled("abandoned by the client"))
-        }
+        Call::BatchAbandoned(..) => unreachable!("sent over raw HTTP/2 by `run`"),
         Call::Get(m) => sub
             .get_submission(request(who, raw_key, m.clone()))
             .await
@@ -1500,13 +1619,6 @@ async fn bad_input_catalogue(backend: Backend) {
         let before = store_state(&s.db).await;
         let got = run(&s, &raw_key, r).await;
         let after = store_state(&s.db).await;
-        let code = got.as_ref().err().map_or(Code::Ok, Status::code);
-        let fields = got.as_ref().err().map(violation_fields).unwrap_or_default();
-        let message = got
-            .as_ref()
-            .err()
-            .map(|e| e.message().chars().take(200).collect::<String>())
-            .unwrap_or_default();
         if before != after {
             let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
                 "SELECT id, principal, idempotency_key, value FROM submissions \
@@ -1517,11 +1629,11 @@ async fn bad_input_catalogue(backend: Backend) {
             .unwrap_or_default();
             eprintln!("{name}: {}: {before:?} -> {after:?}: {rows:?}", r.name);
         }
-        if code != r.code || fields != r.fields || before != after {
+        if !got.matches(r.expect, r.fields) || before != after {
             failures.push(format!(
-                "{name}: {:?}: want {:?} {:?}, got {code:?} {fields:?} ({message}); store {}",
+                "{name}: {:?}: want {} {:?}, got {got}; store {}",
                 r.name,
-                r.code,
+                r.expect,
                 r.fields,
                 if before == after {
                     "unchanged"
@@ -1531,11 +1643,11 @@ async fn bad_input_catalogue(backend: Backend) {
             ));
         }
         // Error messages stay small whatever the input was.
+        let message = got.status().map_or(0, |st| st.message().len());
         assert!(
-            message.len() < 4096,
-            "{name}: {}: message of {} bytes",
-            r.name,
-            message.len()
+            message < 4096,
+            "{name}: {}: message of {message} bytes",
+            r.name
         );
     }
     // The server is still healthy and serving after all of it.
@@ -1642,37 +1754,46 @@ fn h2_open(path: &[u8], authorization: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Starts a SubmitBatch with `msg` and then abandons it without ending the stream.
-async fn raw_h2_abandon(
+/// Starts a SubmitBatch with `msg` over raw HTTP/2 and does not end the stream: reads the
+/// server's answer for [`PATIENCE`], then gives up as `give_up` says, and returns what the
+/// server answered before that.
+async fn abandon_batch(
     addr: std::net::SocketAddr,
-    authorization: &[u8],
+    key: &str,
     msg: &pb::SubmitBatchRequest,
-    reset: bool,
-) {
-    use prost::Message;
-    let mut tcp = tokio::net::TcpStream::connect(addr)
+    give_up: GiveUp,
+) -> Answer {
+    let mut conn = h2raw::connect(addr, 65_535)
         .await
         .unwrap_or_else(|e| panic!("connect: {e}"));
-    let body = msg.encode_to_vec();
-    let mut grpc = vec![0];
-    grpc.extend(u32::try_from(body.len()).unwrap_or(0).to_be_bytes());
-    grpc.extend(&body);
-    let mut out = h2_open(
-        b"/citycredit.v1.MetricSubmissionService/SubmitBatch",
-        authorization,
+    let request = h2raw::grpc_request(
+        "/citycredit.v1.MetricSubmissionService/SubmitBatch",
+        Some(key),
     );
-    out.extend(frame(0, 0, 1, &grpc));
-    if reset {
-        out.extend(frame(3, 0, 1, &8u32.to_be_bytes()));
-    } else {
-        // Half of a second gRPC frame: a length prefix promising more than follows.
-        out.extend(frame(0, 0, 1, &[0, 0, 0, 1, 0, 10, 3]));
-    }
-    tcp.write_all(&out)
+    let (response, mut stream) = conn
+        .start(request, None)
         .await
-        .unwrap_or_else(|e| panic!("write: {e}"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    drop(tcp);
+        .unwrap_or_else(|e| panic!("start the batch: {e}"));
+    stream
+        .send_data(h2raw::grpc_frame(msg), false)
+        .unwrap_or_else(|e| panic!("send the first message: {e}"));
+    if let GiveUp::CutMidFrame = give_up {
+        stream
+            .send_data(Bytes::from_static(&[0, 0, 0, 1, 0, 10, 3]), false)
+            .unwrap_or_else(|e| panic!("send half a frame: {e}"));
+    }
+    let got = match tokio::time::timeout(PATIENCE, h2raw::answer(response)).await {
+        Err(_) => Answer::Nothing,
+        Ok(StreamAnswer::Status(status)) => Answer::Status(status),
+        Ok(other) => Answer::Raw(other),
+    };
+    match give_up {
+        GiveUp::Reset => stream.send_reset(h2::Reason::CANCEL),
+        GiveUp::CutMidFrame => conn.cut(),
+    }
+    // Give the server time to notice and (wrongly) commit, if it were to.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    got
 }
 
 /// Sends one SubmitValue with `authorization: <value>` over a hand-made HTTP/2 connection and
@@ -1724,16 +1845,16 @@ async fn raw_h2_submit(addr: std::net::SocketAddr, value: &[u8]) -> String {
 /// Prints the catalogue as a Markdown table (for RELIABILITY.md).
 #[test]
 fn print_table() {
-    println!("| # | name | rpc | principal | expected code | field violations |");
+    println!("| # | name | rpc | principal | expected answer | field violations |");
     println!("|---|---|---|---|---|---|");
     for (i, r) in rows().iter().enumerate() {
         println!(
-            "| {} | {} | {} | {} | {:?} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             i + 1,
             r.name.replace('|', "\\|"),
             r.call.rpc(),
             r.who.label(),
-            r.code,
+            r.expect,
             r.fields.join(", ")
         );
     }

@@ -15,6 +15,8 @@ pub struct RawConn {
     pub send: SendRequest<Bytes>,
     /// Fires when the connection ends (with the reason, if it failed).
     pub closed: oneshot::Receiver<Option<String>>,
+    /// The task that drives the connection: aborting it closes the socket at once.
+    driver: tokio::task::AbortHandle,
 }
 
 /// Connects with `window` as every stream's initial receive window (0: the server may send
@@ -31,11 +33,16 @@ pub async fn connect(addr: SocketAddr, window: u32) -> Result<RawConn, String> {
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     let (tx, closed) = oneshot::channel();
-    tokio::spawn(async move {
+    let driver = tokio::spawn(async move {
         let outcome = conn.await.err().map(|e| e.to_string());
         let _ = tx.send(outcome);
-    });
-    Ok(RawConn { send, closed })
+    })
+    .abort_handle();
+    Ok(RawConn {
+        send,
+        closed,
+        driver,
+    })
 }
 
 /// The headers of a gRPC call to `path`, with `authorization: Bearer <key>` when given.
@@ -62,6 +69,12 @@ pub fn grpc_frame(message: &impl prost::Message) -> Bytes {
 }
 
 impl RawConn {
+    /// Drops the TCP connection without a word (no GOAWAY, no RST_STREAM): what a client that
+    /// crashes or loses its network does. Whatever was queued and not yet written is lost.
+    pub fn cut(self) {
+        self.driver.abort();
+    }
+
     /// Starts a call: its headers, then `body` (and the end of the request) when given; with
     /// `None` the request stays open with nothing sent. The stream handle is returned so that
     /// the caller decides how long the request stays open.
@@ -113,4 +126,62 @@ fn code_in(headers: &http::HeaderMap) -> Option<i32> {
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
+}
+
+/// How the server answered one stream, as seen on the wire.
+#[derive(Debug)]
+pub enum StreamAnswer {
+    /// A gRPC status (OK included): from the response headers (a trailers-only answer), else
+    /// from the trailers after the body.
+    Status(tonic::Status),
+    /// The server reset the stream (RST_STREAM) with this reason.
+    Reset(h2::Reason),
+    /// An HTTP response without `grpc-status`.
+    NotGrpc(http::StatusCode),
+    /// The connection ended (GOAWAY or I/O) before an answer.
+    Broken(String),
+}
+
+impl std::fmt::Display for StreamAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamAnswer::Status(s) => write!(f, "grpc-status {:?} ({})", s.code(), s.message()),
+            StreamAnswer::Reset(r) => write!(f, "RST_STREAM {r:?}"),
+            StreamAnswer::NotGrpc(c) => write!(f, "HTTP {c} without grpc-status"),
+            StreamAnswer::Broken(e) => write!(f, "connection ended: {e}"),
+        }
+    }
+}
+
+/// Waits for the server's whole answer to one stream (the body is read and released, so any
+/// window larger than zero will do).
+pub async fn answer(response: ResponseFuture) -> StreamAnswer {
+    let failed = |e: h2::Error| match e.reason() {
+        Some(reason) if e.is_reset() && !e.is_go_away() => StreamAnswer::Reset(reason),
+        _ => StreamAnswer::Broken(e.to_string()),
+    };
+    let resp = match response.await {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    if let Some(status) = tonic::Status::from_header_map(resp.headers()) {
+        return StreamAnswer::Status(status);
+    }
+    let http_status = resp.status();
+    let mut body = resp.into_body();
+    while let Some(chunk) = body.data().await {
+        match chunk {
+            Ok(chunk) => {
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            Err(e) => return failed(e),
+        }
+    }
+    match body.trailers().await {
+        Ok(trailers) => trailers
+            .as_ref()
+            .and_then(tonic::Status::from_header_map)
+            .map_or(StreamAnswer::NotGrpc(http_status), StreamAnswer::Status),
+        Err(e) => failed(e),
+    }
 }
