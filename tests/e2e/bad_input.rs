@@ -4,8 +4,9 @@
 //! INVALID_ARGUMENT, the exact BadRequest field paths. After every row the store must be
 //! unchanged: same number of submissions, same last hash, same idempotency records.
 //!
-//! RELIABILITY.md's bad-input table is printed from these rows by
-//! `cargo test -p citycredit-tests --test bad_input -- --nocapture print_table`.
+//! RELIABILITY.md's bad-input table is generated from these rows, and checked against them by
+//! `reliability_md_shows_the_catalogue`; after changing a row, rewrite it with
+//! `UPDATE_RELIABILITY=1 cargo test -p citycredit-tests --test bad_input reliability_md`.
 
 use std::time::Duration;
 
@@ -1842,20 +1843,139 @@ async fn raw_h2_submit(addr: std::net::SocketAddr, value: &[u8]) -> String {
         .unwrap_or_else(|_| "timeout".to_owned())
 }
 
-/// Prints the catalogue as a Markdown table (for RELIABILITY.md).
-#[test]
-fn print_table() {
-    println!("| # | name | rpc | principal | expected answer | field violations |");
-    println!("|---|---|---|---|---|---|");
+// ---------------------------------------------------------------------------------------------
+// RELIABILITY.md shows the catalogue: generated text, checked (STYLE habit 14).
+
+const RELIABILITY_MD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../RELIABILITY.md");
+const README_MD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+/// The table sits between these lines of RELIABILITY.md.
+const TABLE_BEGIN: &str = "<!-- bad-input table: generated from tests/e2e/bad_input.rs -->";
+const TABLE_END: &str = "<!-- end of the bad-input table -->";
+/// The documents give the number of rows as "<n> malformed or hostile requests".
+const COUNTED: &str = " malformed or hostile requests";
+const REGENERATE: &str =
+    "UPDATE_RELIABILITY=1 cargo test -p citycredit-tests --test bad_input reliability_md";
+
+/// The catalogue as the Markdown table of RELIABILITY.md.
+fn table() -> String {
+    let mut out = String::from(
+        "| # | name | rpc | principal | expected answer | field violations |\n\
+         |---|---|---|---|---|---|\n",
+    );
     for (i, r) in rows().iter().enumerate() {
-        println!(
-            "| {} | {} | {} | {} | {} | {} |",
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
             i + 1,
             r.name.replace('|', "\\|"),
             r.call.rpc(),
             r.who.label(),
             r.expect,
             r.fields.join(", ")
-        );
+        ));
     }
+    out
+}
+
+/// The byte ranges of the numbers in "<n> malformed or hostile requests".
+fn row_counts(text: &str) -> Vec<std::ops::Range<usize>> {
+    text.match_indices(COUNTED)
+        .map(|(at, _)| {
+            let digits = text[..at]
+                .bytes()
+                .rev()
+                .take_while(u8::is_ascii_digit)
+                .count();
+            at - digits..at
+        })
+        .collect()
+}
+
+/// `text` with its table (between the markers) and its row counts made current.
+fn regenerated(name: &str, text: &str, table: Option<&str>, rows: usize) -> String {
+    let mut out = text.to_owned();
+    for range in row_counts(text).into_iter().rev() {
+        out.replace_range(range, &rows.to_string());
+    }
+    if let Some(table) = table {
+        let begin = out
+            .find(TABLE_BEGIN)
+            .unwrap_or_else(|| panic!("{name}: no line {TABLE_BEGIN:?}"))
+            + TABLE_BEGIN.len();
+        let end = out[begin..]
+            .find(TABLE_END)
+            .unwrap_or_else(|| panic!("{name}: no line {TABLE_END:?} after the table"))
+            + begin;
+        out.replace_range(begin..end, &format!("\n{table}"));
+    }
+    out
+}
+
+/// A line diff of `old` (the document) and `new` (what it should say), by longest common
+/// subsequence: `-` lines only in the document (with their line number), `+` lines only in the
+/// catalogue.
+fn line_diff(old: &str, new: &str) -> String {
+    let a: Vec<&str> = old.lines().collect();
+    let b: Vec<&str> = new.lines().collect();
+    let mut common = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            common[i][j] = if a[i] == b[j] {
+                common[i + 1][j + 1] + 1
+            } else {
+                common[i + 1][j].max(common[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, String::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            i += 1;
+            j += 1;
+        } else if i < a.len() && (j == b.len() || common[i + 1][j] >= common[i][j + 1]) {
+            out.push_str(&format!("{:>5} - {}\n", i + 1, a[i]));
+            i += 1;
+        } else {
+            out.push_str(&format!("{:>5} + {}\n", "", b[j]));
+            j += 1;
+        }
+    }
+    out
+}
+
+/// RELIABILITY.md's bad-input table is the catalogue, and RELIABILITY.md and README.md give
+/// its number of rows. On a difference this fails with a diff and the command that rewrites
+/// them (`UPDATE_RELIABILITY=1`).
+#[test]
+fn reliability_md_shows_the_catalogue() {
+    let rows = rows().len();
+    let table = table();
+    let update = std::env::var_os("UPDATE_RELIABILITY").is_some_and(|v| v == "1");
+    let mut problems = Vec::new();
+    for (path, table) in [(RELIABILITY_MD, Some(table.as_str())), (README_MD, None)] {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(
+            !row_counts(&text).is_empty(),
+            "{name} no longer gives the number of rows as \"<n>{COUNTED}\""
+        );
+        let want = regenerated(name, &text, table, rows);
+        if want == text {
+            continue;
+        }
+        if update {
+            std::fs::write(path, &want).unwrap_or_else(|e| panic!("{path}: {e}"));
+            eprintln!("{name}: rewritten from the catalogue ({rows} rows)");
+        } else {
+            problems.push(format!(
+                "{name} (line, - document, + catalogue):\n{}",
+                line_diff(&text, &want)
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "the documents differ from the catalogue in tests/e2e/bad_input.rs:\n\n{}\n\
+         If the catalogue is right, rewrite them with:\n    {REGENERATE}",
+        problems.join("\n")
+    );
 }
