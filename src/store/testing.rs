@@ -90,14 +90,50 @@ pub async fn sqlite() -> TestDb {
     }
 }
 
-/// The PostgreSQL server of `DATABASE_URL`. Panics when it is unset or names another database:
-/// a test that was meant to run on PostgreSQL must fail, not pass on nothing.
+/// The PostgreSQL server of `DATABASE_URL`. Panics when it is unset, names another database,
+/// or does not accept connections: a test that was meant to run on PostgreSQL must fail, not
+/// pass on nothing, and fail at once with the reason rather than after its own timeouts.
 pub fn postgres_url() -> String {
-    match std::env::var("DATABASE_URL") {
+    let url = match std::env::var("DATABASE_URL") {
         Ok(url) if url.starts_with("postgres") => url,
         Ok(_) => panic!("this test runs on PostgreSQL: DATABASE_URL must be a postgres:// URL"),
         Err(_) => panic!("this test runs on PostgreSQL: set DATABASE_URL=postgres://..."),
+    };
+    // Once per test process: every PostgreSQL test asks.
+    static REACHABLE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    if let Err(why) = REACHABLE.get_or_init(|| reachable(&url)) {
+        panic!(
+            "DATABASE_URL is set but PostgreSQL is unreachable ({why}): start it, or unset \
+             DATABASE_URL to run only the SQLite tests (the PostgreSQL ones are then reported \
+             as ignored)"
+        );
     }
+    url
+}
+
+/// Whether the server of a PostgreSQL URL accepts TCP connections (a Unix socket is left to
+/// the driver).
+fn reachable(url: &str) -> Result<(), String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::str::FromStr;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)
+        .map_err(|e| format!("DATABASE_URL: {e}"))?;
+    if options.get_socket().is_some() || options.get_host().starts_with('/') {
+        return Ok(());
+    }
+    let target = format!("{}:{}", options.get_host(), options.get_port());
+    let addrs: Vec<_> = target
+        .to_socket_addrs()
+        .map_err(|e| format!("{target}: {e}"))?
+        .collect();
+    let mut last = format!("{target}: no address");
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = format!("{target}: {e}"),
+        }
+    }
+    Err(last)
 }
 
 /// A migrated PostgreSQL store in a fresh schema on [`postgres_url`]. Panics when PostgreSQL is

@@ -211,7 +211,7 @@ pub use citycredit::store::testing::postgres_url;
 /// (`tests/build.rs` sets `cfg(citycredit_pg)`); with one, it runs and fails if PostgreSQL
 /// cannot be reached. Arguments after the name go to `#[tokio::test(...)]`:
 ///
-/// ```ignore
+/// ```text
 /// async fn keys_survive_a_restart(backend: Backend) { /* ... */ }
 /// both_databases!(keys_survive_a_restart, flavor = "multi_thread", worker_threads = 2);
 /// ```
