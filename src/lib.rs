@@ -3,6 +3,7 @@
 
 pub mod aggregates;
 pub mod auth;
+pub mod authorize;
 pub mod catalog;
 pub mod city;
 pub mod counters;

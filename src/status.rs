@@ -1,31 +1,48 @@
 //! How citycredit errors reach callers: gRPC status codes with `google.rpc` details. Every status
-//! carries `ErrorInfo` (domain `citycredit`, a stable reason); bad input carries one `BadRequest`
-//! field violation per problem; retryable failures carry `RetryInfo`. Services build statuses
-//! only through these functions so that the table below stays the one place to read.
+//! carries `ErrorInfo` (domain `citycredit`, a stable [`Reason`]); bad input carries one
+//! `BadRequest` field violation per problem; retryable failures carry `RetryInfo`.
 //!
-//! | reason               | code                | when |
-//! |----------------------|---------------------|------|
-//! | `INVALID_ARGUMENT`   | INVALID_ARGUMENT    | a request field is wrong (violations name each) |
-//! | `NOT_FOUND`          | NOT_FOUND           | an unknown resource |
-//! | `ALREADY_EXISTS`     | ALREADY_EXISTS      | a resource or idempotency key already used differently |
-//! | `FAILED_PRECONDITION`| FAILED_PRECONDITION | the request is valid but the state forbids it |
-//! | `UNAUTHENTICATED`    | UNAUTHENTICATED     | no or unknown credential |
-//! | `PERMISSION_DENIED`  | PERMISSION_DENIED   | the principal may not do this |
-//! | `RESOURCE_EXHAUSTED` | RESOURCE_EXHAUSTED  | too big or too many; RetryInfo when waiting helps |
-//! | `UNAVAILABLE`        | UNAVAILABLE         | storage or an upstream is down; RetryInfo |
-//! | `INTERNAL`           | INTERNAL            | a bug or unexpected storage error; logged, never detailed |
+//! One vocabulary: each service's error enum implements [`ServiceError`] (a code and a specific
+//! reason per case, its metadata, violations and retry delay), and [`to_status`] is the one
+//! conversion to `tonic::Status`. The gateway's own refusals name a code only, and get that code's
+//! general reason ([`Reason::of_code`]); no reason stands for a code other than its own.
 //!
-//! Where a client must tell one case of a code from another, the reason is specific ([`Reason`]):
+//! Every reason, its code and when it is sent (this table is checked against [`Reason::ALL`] by
+//! a test; clients may match on the reasons):
 //!
-//! | reason                  | code                | when |
-//! |-------------------------|---------------------|------|
-//! | `ALREADY_RETRACTED`     | FAILED_PRECONDITION | the submission was retracted already (metadata `retracted_by` when known) |
-//! | `NOT_RETRACTABLE`       | FAILED_PRECONDITION | the submission is itself a retraction |
-//! | `BATCH_TOO_LARGE`       | RESOURCE_EXHAUSTED  | a SubmitBatch stream carries more values or bytes than allowed (metadata `limit`, `what`) |
-//! | `AUDIT_TOO_LARGE`       | RESOURCE_EXHAUSTED  | a code audit holds more distinct codes than allowed (metadata `limit`) |
-//! | `AUDIT_CAPACITY`        | RESOURCE_EXHAUSTED  | too many code audits run at once, in all or for the caller; RetryInfo |
-//! | `CREDENTIAL_REVOKED`    | UNAUTHENTICATED     | the API key a long call began with was revoked or expired meanwhile |
-//! | `REQUEST_BYTES`         | RESOURCE_EXHAUSTED  | the request bodies the gateway holds would exceed the caller's budget or the gateway's (metadata `scope`: `principal` or `all`, `limit`); RetryInfo |
+// reason-table-start
+//! | reason                   | code                | when |
+//! |--------------------------|---------------------|------|
+//! | `INVALID_FIELDS`         | INVALID_ARGUMENT    | request fields are wrong: `BadRequest` names each (metadata `violations`, `violations_listed`) |
+//! | `TOO_MANY_REGIONS`       | INVALID_ARGUMENT    | a BatchGetScorecards asks for more regions than one call scores (metadata `limit`) |
+//! | `NOT_FOUND`              | NOT_FOUND           | an unknown resource (metadata `resource`) |
+//! | `RESOURCE_EXISTS`        | ALREADY_EXISTS      | the resource to create exists already (metadata `resource` when known) |
+//! | `IDEMPOTENCY_KEY_REUSED` | ALREADY_EXISTS      | an idempotency key already used with a different request (metadata `idempotency_key`) |
+//! | `ALREADY_RETRACTED`      | FAILED_PRECONDITION | the submission was retracted already (metadata `resource`, `retracted_by` when known) |
+//! | `NOT_RETRACTABLE`        | FAILED_PRECONDITION | the submission is itself a retraction (metadata `resource`) |
+//! | `DOMAIN_SET_CLOSED`      | FAILED_PRECONDITION | RegisterDomain in a domain set whose domains the catalog fixes (metadata `domain_set`) |
+//! | `STATE_CONFLICT`         | FAILED_PRECONDITION | the general reason of the code: the request is valid but the stored state forbids it (not sent today) |
+//! | `CREDENTIAL_REFUSED`     | UNAUTHENTICATED     | no credential, or one that is malformed, unknown, expired or not for this service |
+//! | `CREDENTIAL_REVOKED`     | UNAUTHENTICATED     | the API key a long call began with was revoked or expired meanwhile |
+//! | `ACTION_NOT_ALLOWED`     | PERMISSION_DENIED   | the principal may not do this (metadata `principal`, `action`, `metric`, `region`) |
+//! | `BATCH_TOO_LARGE`        | RESOURCE_EXHAUSTED  | a SubmitBatch stream carries more values or bytes than allowed (metadata `limit`, `what`) |
+//! | `AUDIT_TOO_LARGE`        | RESOURCE_EXHAUSTED  | a code audit holds more distinct codes than allowed (metadata `limit`, `what`) |
+//! | `AUDIT_CAPACITY`         | RESOURCE_EXHAUSTED  | too many code audits run at once, in all or for the caller; RetryInfo |
+//! | `REQUEST_BYTES`          | RESOURCE_EXHAUSTED  | the request bodies the gateway holds would exceed the caller's budget or the gateway's (metadata `scope`: `principal` or `all`, `limit`); RetryInfo |
+//! | `WATCH_LAGGED`           | RESOURCE_EXHAUSTED  | a WatchChanges watcher fell behind the change feed: re-read, then watch again; RetryInfo |
+//! | `OVERLOADED`             | RESOURCE_EXHAUSTED  | a rate or capacity limit refused the call (failed authentications, the caller's rate or share, the platform's capacity); RetryInfo |
+//! | `MESSAGE_TOO_LARGE`      | OUT_OF_RANGE        | a request message larger than the gateway takes |
+//! | `REQUEST_STREAM_BROKEN`  | CANCELLED           | the caller's request stream broke off before its end; nothing was stored |
+//! | `TIMED_OUT`              | DEADLINE_EXCEEDED   | the call's deadline passed, or its request stream sent nothing for too long |
+//! | `CONCURRENT_CHANGE`      | ABORTED             | the general reason of the code: a concurrent change won, retry the whole operation (not sent today) |
+//! | `UNKNOWN_METHOD`         | UNIMPLEMENTED       | a method the gateway does not know or does not serve |
+//! | `SERVICE_UNAVAILABLE`    | UNAVAILABLE         | a service, or the store the gateway asks, is unreachable; RetryInfo |
+//! | `STORAGE_UNAVAILABLE`    | UNAVAILABLE         | a service's database is unreachable or busy; RetryInfo |
+//! | `WRITER_STOPPED`         | UNAVAILABLE         | the submission writer is not running (the service is stopping); RetryInfo |
+//! | `INTERNAL_FAULT`         | INTERNAL            | a bug or an unexpected storage error; logged once, never detailed |
+//! | `UNKNOWN_FAILURE`        | UNKNOWN             | the general reason of the code: a failure of unknown kind (not sent today) |
+//! | `DATA_CORRUPTED`         | DATA_LOSS           | the general reason of the code: stored data is lost or corrupt (not sent today) |
+// reason-table-end
 //!
 //! A status travels in HTTP/2 trailers, and common clients refuse trailers above 8 KiB
 //! (grpcio's default metadata limit; beyond it a call fails with "Stream removed"). So a message
@@ -40,48 +57,382 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
+use crate::auth::Denied;
+
 /// The `ErrorInfo` domain of every citycredit error.
 pub const DOMAIN: &str = "citycredit";
 
-fn reason(code: Code) -> &'static str {
-    match code {
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        _ => "INTERNAL",
-    }
-}
-
-/// A specific, stable `ErrorInfo` reason (see the table above). Clients may match on these.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A specific, stable `ErrorInfo` reason (see the table above). Each belongs to one code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
+    InvalidFields,
+    TooManyRegions,
+    NotFound,
+    ResourceExists,
+    IdempotencyKeyReused,
     AlreadyRetracted,
     NotRetractable,
+    DomainSetClosed,
+    StateConflict,
+    CredentialRefused,
+    CredentialRevoked,
+    ActionNotAllowed,
     BatchTooLarge,
     AuditTooLarge,
     AuditCapacity,
-    CredentialRevoked,
     RequestBytes,
+    WatchLagged,
+    Overloaded,
+    MessageTooLarge,
+    RequestStreamBroken,
+    TimedOut,
+    ConcurrentChange,
+    UnknownMethod,
+    ServiceUnavailable,
+    StorageUnavailable,
+    WriterStopped,
+    InternalFault,
+    UnknownFailure,
+    DataCorrupted,
 }
 
 impl Reason {
+    /// Every reason, in the order of the table above.
+    pub const ALL: [Reason; 29] = [
+        Reason::InvalidFields,
+        Reason::TooManyRegions,
+        Reason::NotFound,
+        Reason::ResourceExists,
+        Reason::IdempotencyKeyReused,
+        Reason::AlreadyRetracted,
+        Reason::NotRetractable,
+        Reason::DomainSetClosed,
+        Reason::StateConflict,
+        Reason::CredentialRefused,
+        Reason::CredentialRevoked,
+        Reason::ActionNotAllowed,
+        Reason::BatchTooLarge,
+        Reason::AuditTooLarge,
+        Reason::AuditCapacity,
+        Reason::RequestBytes,
+        Reason::WatchLagged,
+        Reason::Overloaded,
+        Reason::MessageTooLarge,
+        Reason::RequestStreamBroken,
+        Reason::TimedOut,
+        Reason::ConcurrentChange,
+        Reason::UnknownMethod,
+        Reason::ServiceUnavailable,
+        Reason::StorageUnavailable,
+        Reason::WriterStopped,
+        Reason::InternalFault,
+        Reason::UnknownFailure,
+        Reason::DataCorrupted,
+    ];
+
+    /// The reason as sent in `ErrorInfo.reason`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Reason::InvalidFields => "INVALID_FIELDS",
+            Reason::TooManyRegions => "TOO_MANY_REGIONS",
+            // Kept as it was first published: clients and tests match on it.
+            Reason::NotFound => "NOT_FOUND",
+            Reason::ResourceExists => "RESOURCE_EXISTS",
+            Reason::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Reason::AlreadyRetracted => "ALREADY_RETRACTED",
             Reason::NotRetractable => "NOT_RETRACTABLE",
+            Reason::DomainSetClosed => "DOMAIN_SET_CLOSED",
+            Reason::StateConflict => "STATE_CONFLICT",
+            Reason::CredentialRefused => "CREDENTIAL_REFUSED",
+            Reason::CredentialRevoked => "CREDENTIAL_REVOKED",
+            Reason::ActionNotAllowed => "ACTION_NOT_ALLOWED",
             Reason::BatchTooLarge => "BATCH_TOO_LARGE",
             Reason::AuditTooLarge => "AUDIT_TOO_LARGE",
             Reason::AuditCapacity => "AUDIT_CAPACITY",
-            Reason::CredentialRevoked => "CREDENTIAL_REVOKED",
             Reason::RequestBytes => "REQUEST_BYTES",
+            Reason::WatchLagged => "WATCH_LAGGED",
+            Reason::Overloaded => "OVERLOADED",
+            Reason::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            Reason::RequestStreamBroken => "REQUEST_STREAM_BROKEN",
+            Reason::TimedOut => "TIMED_OUT",
+            Reason::ConcurrentChange => "CONCURRENT_CHANGE",
+            Reason::UnknownMethod => "UNKNOWN_METHOD",
+            Reason::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            Reason::StorageUnavailable => "STORAGE_UNAVAILABLE",
+            Reason::WriterStopped => "WRITER_STOPPED",
+            Reason::InternalFault => "INTERNAL_FAULT",
+            Reason::UnknownFailure => "UNKNOWN_FAILURE",
+            Reason::DataCorrupted => "DATA_CORRUPTED",
         }
+    }
+
+    /// The one gRPC code a status with this reason carries.
+    pub fn code(self) -> Code {
+        match self {
+            Reason::InvalidFields | Reason::TooManyRegions => Code::InvalidArgument,
+            Reason::NotFound => Code::NotFound,
+            Reason::ResourceExists | Reason::IdempotencyKeyReused => Code::AlreadyExists,
+            Reason::AlreadyRetracted
+            | Reason::NotRetractable
+            | Reason::DomainSetClosed
+            | Reason::StateConflict => Code::FailedPrecondition,
+            Reason::CredentialRefused | Reason::CredentialRevoked => Code::Unauthenticated,
+            Reason::ActionNotAllowed => Code::PermissionDenied,
+            Reason::BatchTooLarge
+            | Reason::AuditTooLarge
+            | Reason::AuditCapacity
+            | Reason::RequestBytes
+            | Reason::WatchLagged
+            | Reason::Overloaded => Code::ResourceExhausted,
+            Reason::MessageTooLarge => Code::OutOfRange,
+            Reason::RequestStreamBroken => Code::Cancelled,
+            Reason::TimedOut => Code::DeadlineExceeded,
+            Reason::ConcurrentChange => Code::Aborted,
+            Reason::UnknownMethod => Code::Unimplemented,
+            Reason::ServiceUnavailable | Reason::StorageUnavailable | Reason::WriterStopped => {
+                Code::Unavailable
+            }
+            Reason::InternalFault => Code::Internal,
+            Reason::UnknownFailure => Code::Unknown,
+            Reason::DataCorrupted => Code::DataLoss,
+        }
+    }
+
+    /// When a status carries this reason: the "when" column of the table above.
+    pub fn when(self) -> &'static str {
+        match self {
+            Reason::InvalidFields => {
+                "request fields are wrong: `BadRequest` names each (metadata `violations`, `violations_listed`)"
+            }
+            Reason::TooManyRegions => {
+                "a BatchGetScorecards asks for more regions than one call scores (metadata `limit`)"
+            }
+            Reason::NotFound => "an unknown resource (metadata `resource`)",
+            Reason::ResourceExists => {
+                "the resource to create exists already (metadata `resource` when known)"
+            }
+            Reason::IdempotencyKeyReused => {
+                "an idempotency key already used with a different request (metadata `idempotency_key`)"
+            }
+            Reason::AlreadyRetracted => {
+                "the submission was retracted already (metadata `resource`, `retracted_by` when known)"
+            }
+            Reason::NotRetractable => "the submission is itself a retraction (metadata `resource`)",
+            Reason::DomainSetClosed => {
+                "RegisterDomain in a domain set whose domains the catalog fixes (metadata `domain_set`)"
+            }
+            Reason::StateConflict => {
+                "the general reason of the code: the request is valid but the stored state forbids it (not sent today)"
+            }
+            Reason::CredentialRefused => {
+                "no credential, or one that is malformed, unknown, expired or not for this service"
+            }
+            Reason::CredentialRevoked => {
+                "the API key a long call began with was revoked or expired meanwhile"
+            }
+            Reason::ActionNotAllowed => {
+                "the principal may not do this (metadata `principal`, `action`, `metric`, `region`)"
+            }
+            Reason::BatchTooLarge => {
+                "a SubmitBatch stream carries more values or bytes than allowed (metadata `limit`, `what`)"
+            }
+            Reason::AuditTooLarge => {
+                "a code audit holds more distinct codes than allowed (metadata `limit`, `what`)"
+            }
+            Reason::AuditCapacity => {
+                "too many code audits run at once, in all or for the caller; RetryInfo"
+            }
+            Reason::RequestBytes => {
+                "the request bodies the gateway holds would exceed the caller's budget or the gateway's (metadata `scope`: `principal` or `all`, `limit`); RetryInfo"
+            }
+            Reason::WatchLagged => {
+                "a WatchChanges watcher fell behind the change feed: re-read, then watch again; RetryInfo"
+            }
+            Reason::Overloaded => {
+                "a rate or capacity limit refused the call (failed authentications, the caller's rate or share, the platform's capacity); RetryInfo"
+            }
+            Reason::MessageTooLarge => "a request message larger than the gateway takes",
+            Reason::RequestStreamBroken => {
+                "the caller's request stream broke off before its end; nothing was stored"
+            }
+            Reason::TimedOut => {
+                "the call's deadline passed, or its request stream sent nothing for too long"
+            }
+            Reason::ConcurrentChange => {
+                "the general reason of the code: a concurrent change won, retry the whole operation (not sent today)"
+            }
+            Reason::UnknownMethod => "a method the gateway does not know or does not serve",
+            Reason::ServiceUnavailable => {
+                "a service, or the store the gateway asks, is unreachable; RetryInfo"
+            }
+            Reason::StorageUnavailable => "a service's database is unreachable or busy; RetryInfo",
+            Reason::WriterStopped => {
+                "the submission writer is not running (the service is stopping); RetryInfo"
+            }
+            Reason::InternalFault => {
+                "a bug or an unexpected storage error; logged once, never detailed"
+            }
+            Reason::UnknownFailure => {
+                "the general reason of the code: a failure of unknown kind (not sent today)"
+            }
+            Reason::DataCorrupted => {
+                "the general reason of the code: stored data is lost or corrupt (not sent today)"
+            }
+        }
+    }
+
+    /// The table above, as the module documentation shows it.
+    pub fn table() -> String {
+        let width = Reason::ALL
+            .iter()
+            .map(|r| r.as_str().len() + 2)
+            .max()
+            .unwrap_or(0);
+        let code_width = "FAILED_PRECONDITION".len();
+        let mut out = format!(
+            "//! | {:<width$} | {:<code_width$} | when |\n//! |{}|{}|------|\n",
+            "reason",
+            "code",
+            "-".repeat(width + 2),
+            "-".repeat(code_width + 2),
+        );
+        for r in Reason::ALL {
+            out.push_str(&format!(
+                "//! | {:<width$} | {:<code_width$} | {} |\n",
+                format!("`{}`", r.as_str()),
+                code_name(r.code()),
+                r.when(),
+            ));
+        }
+        out
+    }
+
+    /// The general reason of `code`, for a refusal that names only its code (the gateway's own):
+    /// always a reason of that code, never another's. None for OK, which is no error.
+    pub fn of_code(code: Code) -> Option<Reason> {
+        Some(match code {
+            Code::Ok => return None,
+            Code::Cancelled => Reason::RequestStreamBroken,
+            Code::Unknown => Reason::UnknownFailure,
+            Code::InvalidArgument => Reason::InvalidFields,
+            Code::DeadlineExceeded => Reason::TimedOut,
+            Code::NotFound => Reason::NotFound,
+            Code::AlreadyExists => Reason::ResourceExists,
+            Code::PermissionDenied => Reason::ActionNotAllowed,
+            Code::ResourceExhausted => Reason::Overloaded,
+            Code::FailedPrecondition => Reason::StateConflict,
+            Code::Aborted => Reason::ConcurrentChange,
+            Code::OutOfRange => Reason::MessageTooLarge,
+            Code::Unimplemented => Reason::UnknownMethod,
+            Code::Internal => Reason::InternalFault,
+            Code::Unavailable => Reason::ServiceUnavailable,
+            Code::DataLoss => Reason::DataCorrupted,
+            Code::Unauthenticated => Reason::CredentialRefused,
+        })
+    }
+}
+
+/// A code's name as gRPC spells it (`FAILED_PRECONDITION`).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// One error of a citycredit service, as quickwit's `ServiceError`: which specific reason (and
+/// so which code), what `ErrorInfo` metadata, which field violations and when to retry. Each
+/// service's error enum implements it; [`to_status`] turns any of them into a `Status`.
+pub trait ServiceError: std::fmt::Display {
+    /// The specific reason of this error.
+    fn reason(&self) -> Reason;
+
+    /// The gRPC code: the reason's, always.
+    fn code(&self) -> Code {
+        self.reason().code()
+    }
+
+    /// What the caller is told (the `Display` text unless overridden). Never used for
+    /// INTERNAL, whose detail is logged and replaced by "internal error".
+    fn message(&self) -> String {
+        self.to_string()
+    }
+
+    /// `ErrorInfo` metadata.
+    fn metadata(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
+    /// The field violations of an INVALID_FIELDS error: the first ones and how many in all.
+    fn violations(&self) -> Option<(&[Violation], usize)> {
+        None
+    }
+
+    /// When waiting helps: the delay sent as `RetryInfo`.
+    fn retry_delay(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// The one conversion of a service error to a `Status`. An INTERNAL error is logged here, once,
+/// and reaches the caller as "internal error".
+pub fn to_status(error: &dyn ServiceError) -> Status {
+    if let Some((violations, total)) = error.violations() {
+        return invalid_argument_of(violations, total);
+    }
+    let reason = error.reason();
+    let message = if reason.code() == Code::Internal {
+        tracing::error!(%error, "internal error");
+        "internal error".to_owned()
+    } else {
+        error.message()
+    };
+    let metadata = error.metadata();
+    let metadata: Vec<(&str, &str)> = metadata.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    build(
+        error.code(),
+        Some(reason),
+        &message,
+        &metadata,
+        error.retry_delay(),
+    )
+}
+
+/// A refused action is PERMISSION_DENIED `ACTION_NOT_ALLOWED`, naming who, what, which metric
+/// and which region.
+impl ServiceError for Denied {
+    fn reason(&self) -> Reason {
+        Reason::ActionNotAllowed
+    }
+
+    fn metadata(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("principal", self.principal.clone()),
+            ("action", self.action.to_owned()),
+            ("metric", self.metric.clone()),
+            ("region", self.region.clone()),
+        ]
+    }
+}
+
+impl From<Denied> for Status {
+    fn from(d: Denied) -> Status {
+        to_status(&d)
     }
 }
 
@@ -152,23 +503,43 @@ fn metadata_map(metadata: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
-/// A status with `ErrorInfo` and the given metadata.
-pub fn with_info(code: Code, message: impl Into<String>, metadata: &[(&str, &str)]) -> Status {
+/// The one place a status is put together: `ErrorInfo` with `reason` (none for OK) and the
+/// metadata, `RetryInfo` when a delay is given, the message clipped.
+fn build(
+    code: Code,
+    reason: Option<Reason>,
+    message: &str,
+    metadata: &[(&str, &str)],
+    retry: Option<Duration>,
+) -> Status {
+    debug_assert!(
+        reason.is_none_or(|r| r.code() == code),
+        "{reason:?} is not a reason of {code:?}"
+    );
     let mut details = ErrorDetails::new();
-    details.set_error_info(reason(code), DOMAIN, metadata_map(metadata));
-    Status::with_error_details(code, clip_message(&message.into()), details)
+    if let Some(reason) = reason {
+        details.set_error_info(reason.as_str(), DOMAIN, metadata_map(metadata));
+    }
+    if let Some(delay) = retry {
+        details.set_retry_info(Some(delay));
+    }
+    Status::with_error_details(code, clip_message(message), details)
 }
 
-/// A status with a specific `ErrorInfo` reason and the given metadata.
+/// A refusal that names only its code (the gateway's own): `ErrorInfo` with the code's general
+/// reason ([`Reason::of_code`]) and the given metadata.
+pub fn with_info(code: Code, message: impl Into<String>, metadata: &[(&str, &str)]) -> Status {
+    build(code, Reason::of_code(code), &message.into(), metadata, None)
+}
+
+/// A status with a specific `ErrorInfo` reason (of `code`) and the given metadata.
 pub fn with_reason(
     code: Code,
     reason: Reason,
     message: impl Into<String>,
     metadata: &[(&str, &str)],
 ) -> Status {
-    let mut details = ErrorDetails::new();
-    details.set_error_info(reason.as_str(), DOMAIN, metadata_map(metadata));
-    Status::with_error_details(code, clip_message(&message.into()), details)
+    build(code, Some(reason), &message.into(), metadata, None)
 }
 
 /// A retryable status (UNAVAILABLE or RESOURCE_EXHAUSTED) with a specific reason, telling the
@@ -180,10 +551,7 @@ pub fn retry_after_reason(
     delay: Duration,
     metadata: &[(&str, &str)],
 ) -> Status {
-    let mut details = ErrorDetails::new();
-    details.set_error_info(reason.as_str(), DOMAIN, metadata_map(metadata));
-    details.set_retry_info(Some(delay));
-    Status::with_error_details(code, clip_message(&message.into()), details)
+    build(code, Some(reason), &message.into(), metadata, Some(delay))
 }
 
 /// One problem with one field of a request.
@@ -253,7 +621,7 @@ pub fn invalid_argument_of(violations: &[Violation], total: usize) -> Status {
     let shown = listed.len().to_string();
     let mut details = ErrorDetails::with_bad_request(listed);
     details.set_error_info(
-        reason(Code::InvalidArgument),
+        Reason::InvalidFields.as_str(),
         DOMAIN,
         HashMap::from([
             ("violations".to_owned(), total),
@@ -270,25 +638,30 @@ pub fn invalid_field(field: impl Into<String>, description: impl Into<String>) -
 
 /// NOT_FOUND naming the resource (`indicators/B99`).
 pub fn not_found(resource: &str) -> Status {
-    with_info(
+    with_reason(
         Code::NotFound,
+        Reason::NotFound,
         format!("{resource} not found"),
         &[("resource", resource)],
     )
 }
 
-/// A retryable status (UNAVAILABLE or RESOURCE_EXHAUSTED) telling the caller when to retry.
+/// A retryable status (UNAVAILABLE or RESOURCE_EXHAUSTED) with the code's general reason,
+/// telling the caller when to retry.
 pub fn retry_after(code: Code, message: impl Into<String>, delay: Duration) -> Status {
-    let mut details = ErrorDetails::new();
-    details.set_error_info(reason(code), DOMAIN, HashMap::new());
-    details.set_retry_info(Some(delay));
-    Status::with_error_details(code, clip_message(&message.into()), details)
+    build(
+        code,
+        Reason::of_code(code),
+        &message.into(),
+        &[],
+        Some(delay),
+    )
 }
 
 /// INTERNAL: the detail is logged here once and never sent to the caller.
 pub fn internal(context: &str, error: &dyn std::fmt::Display) -> Status {
     tracing::error!(%error, context, "internal error");
-    with_info(Code::Internal, "internal error", &[])
+    with_reason(Code::Internal, Reason::InternalFault, "internal error", &[])
 }
 
 /// Parses AIP page parameters: `page_size` (0 means `default`, capped at `max`) and an opaque
@@ -462,5 +835,135 @@ mod tests {
         assert!(page(10, "garbage", 100, 1000).is_err());
         assert_eq!(next_page_token(0, 10, 20), "o10");
         assert_eq!(next_page_token(10, 10, 20), "");
+    }
+
+    #[test]
+    fn the_reason_table_is_the_enum() {
+        // Generated text is checked: the table in this module's documentation is
+        // `Reason::table()`, so a reason cannot be added, renamed or moved without it.
+        let source = include_str!("status.rs");
+        let table: String = source
+            .lines()
+            .skip_while(|l| *l != "// reason-table-start")
+            .skip(1)
+            .take_while(|l| *l != "// reason-table-end")
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let expected = Reason::table();
+        assert!(
+            table == expected,
+            "the reason table of src/status.rs drifted from `Reason`; it should read:\n{expected}"
+        );
+        let mut seen = std::collections::HashSet::new();
+        for r in Reason::ALL {
+            assert!(seen.insert(r.as_str()), "{r:?} twice");
+        }
+    }
+
+    #[test]
+    fn every_code_has_a_reason_of_its_own() {
+        for code in (0..=16).map(Code::from_i32) {
+            match Reason::of_code(code) {
+                None => assert_eq!(code, Code::Ok),
+                Some(r) => {
+                    assert_eq!(r.code(), code, "{r:?}");
+                    assert!(Reason::ALL.contains(&r));
+                }
+            }
+            if code == Code::Ok {
+                continue;
+            }
+            let status = with_info(code, "m", &[]);
+            let info = status.get_error_details().error_info().cloned();
+            let reason = info.map(|i| i.reason).unwrap_or_default();
+            let owner = Reason::ALL.iter().find(|r| r.as_str() == reason);
+            assert_eq!(owner.map(|r| r.code()), Some(code), "{code:?}: {reason}");
+        }
+    }
+
+    #[test]
+    fn documents_name_only_reasons_that_exist() {
+        let is_reason = |name: &str| Reason::ALL.iter().any(|r| r.as_str() == name);
+        let is_code = |name: &str| (0..=16).any(|c| code_name(Code::from_i32(c)) == name);
+        let upper = |w: &str| {
+            w.len() > 1
+                && w.starts_with(|c: char| c.is_ascii_uppercase())
+                && w.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        };
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        };
+        // README, RELIABILITY, SECURITY and ARCHITECTURE quote reasons in backticks; each
+        // quoted upper-case name there is a reason, a code, or one of the other names they use.
+        let others = [
+            "CC_API_KEY",
+            "CITYCREDIT_BIN",
+            "DATABASE_URL",
+            "INTERNAL_ERROR", // an HTTP/2 error code
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "PASS",
+            "SCORED",
+            "ROLE_ADMIN",
+            "ROLE_ASSESSOR",
+            "ROLE_DEPARTMENT",
+            "ROLE_OPERATOR",
+            "ROLE_PLATFORM",
+            "SETTINGS_MAX_CONCURRENT_STREAMS",
+            "TCP_NODELAY",
+            "UNLOGGED",
+            "YYYY",
+        ];
+        for doc in [
+            "README.md",
+            "RELIABILITY.md",
+            "SECURITY.md",
+            "ARCHITECTURE.md",
+        ] {
+            let text = read(&root.join(doc));
+            let mut fenced = false;
+            let prose = text.lines().filter(|l| {
+                if l.trim_start().starts_with("```") {
+                    fenced = !fenced;
+                    return false;
+                }
+                !fenced
+            });
+            for quoted in prose.flat_map(|l| l.split('`').skip(1).step_by(2)) {
+                if upper(quoted) && !others.contains(&quoted) {
+                    assert!(
+                        is_reason(quoted) || is_code(quoted),
+                        "{doc} quotes `{quoted}`, which is no reason or code"
+                    );
+                }
+            }
+        }
+        // The contracts' comments and the example configuration write "reason NAME".
+        let mut files = vec![root.join("deploy/config/citycredit.example.toml")];
+        let protos = root.join("proto/citycredit/v1");
+        for entry in std::fs::read_dir(&protos).unwrap_or_else(|e| panic!("{e}")) {
+            files.push(entry.unwrap_or_else(|e| panic!("{e}")).path());
+        }
+        let mut named = 0;
+        for file in files {
+            let text = read(&file);
+            let words: Vec<&str> = text
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| !w.is_empty())
+                .collect();
+            for pair in words.windows(2) {
+                if pair[0] == "reason" && upper(pair[1]) {
+                    named += 1;
+                    assert!(
+                        is_reason(pair[1]),
+                        "{} names reason {}, which is no reason",
+                        file.display(),
+                        pair[1]
+                    );
+                }
+            }
+        }
+        assert!(named >= 5, "only {named} reasons named in the contracts");
     }
 }

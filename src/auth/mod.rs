@@ -9,11 +9,8 @@ pub mod secrets;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use tonic::{Code, Status};
-
 use crate::catalog::{Catalog, MetricKind};
 use crate::city::City;
-use crate::status::with_info;
 
 /// A principal's role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -293,32 +290,6 @@ pub struct Denied {
     pub metric: String,
     pub region: String,
     pub reason: String,
-}
-
-impl From<Denied> for Status {
-    fn from(d: Denied) -> Status {
-        with_info(
-            Code::PermissionDenied,
-            d.to_string(),
-            &[
-                ("principal", &d.principal),
-                ("action", d.action),
-                ("metric", &d.metric),
-                ("region", &d.region),
-            ],
-        )
-    }
-}
-
-/// The authenticated principal of a request, or UNAUTHENTICATED.
-pub fn principal<T>(request: &tonic::Request<T>) -> Result<&Principal, Status> {
-    request.extensions().get::<Principal>().ok_or_else(|| {
-        with_info(
-            Code::Unauthenticated,
-            "no credential: send `authorization: Bearer <api key>`",
-            &[],
-        )
-    })
 }
 
 #[cfg(test)]

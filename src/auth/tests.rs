@@ -1,3 +1,5 @@
+use tonic::{Code, Status};
+
 use super::*;
 
 fn access() -> Access {

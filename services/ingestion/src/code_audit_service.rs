@@ -4,7 +4,8 @@
 
 use tonic::{Request, Response, Status, Streaming};
 
-use citycredit::auth::{self, Principal};
+use citycredit::auth::Principal;
+use citycredit::authorize::caller;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::code_audit_service_server::CodeAuditService;
 use citycredit::status::Violation;
@@ -159,7 +160,7 @@ impl CodeAuditService for CodeAuditApi {
         &self,
         request: Request<Streaming<pb::AuditCodesRequest>>,
     ) -> Result<Response<pb::AuditCodesResponse>, Status> {
-        let principal = auth::principal(&request)?.clone();
+        let principal = caller(&request)?.clone();
         let out = self.audit(&principal, request.into_inner()).await?;
         Ok(Response::new(out))
     }

@@ -1,12 +1,13 @@
-//! The ingestion service's one error type and its one conversion to `tonic::Status` (through
-//! `citycredit::status`, so every error carries `ErrorInfo`).
+//! The ingestion service's one error type: each case names its code and specific reason
+//! (`citycredit::status::ServiceError`), and `citycredit::status::to_status` turns it into a
+//! `tonic::Status` with `ErrorInfo`.
 
 use std::time::Duration;
 
-use tonic::{Code, Status};
+use tonic::Status;
 
 use citycredit::auth::Denied;
-use citycredit::status::{self, Reason, Violation};
+use citycredit::status::{self, Reason, ServiceError, Violation};
 
 /// Everything that can go wrong in ingestion. Clone, because one failed group commit answers
 /// every caller in the group with the same error.
@@ -28,9 +29,6 @@ pub enum IngestError {
     /// An unknown resource ("submissions/42").
     #[error("{0} not found")]
     NotFound(String),
-    /// Valid, but the stored state forbids it.
-    #[error("{0}")]
-    FailedPrecondition(String),
     /// The submission is retracted already (by `by`, when known).
     #[error("submissions/{id} is already retracted")]
     AlreadyRetracted { id: i64, by: Option<i64> },
@@ -51,6 +49,10 @@ pub enum IngestError {
         limit: usize,
         retry: Duration,
     },
+    /// A WatchChanges watcher fell this many changes behind the feed: it re-reads and watches
+    /// again.
+    #[error("the watcher fell {0} changes behind: re-read and watch again")]
+    Lagged(u64),
     /// The API key the call began with was revoked or expired meanwhile.
     #[error("the API key of this call was revoked or has expired")]
     Revoked,
@@ -90,88 +92,79 @@ impl IngestError {
     }
 }
 
+impl ServiceError for IngestError {
+    fn reason(&self) -> Reason {
+        match self {
+            IngestError::Invalid(_) | IngestError::InvalidMany { .. } => Reason::InvalidFields,
+            IngestError::Denied(d) => d.reason(),
+            IngestError::KeyConflict(_) => Reason::IdempotencyKeyReused,
+            IngestError::NotFound(_) => Reason::NotFound,
+            IngestError::AlreadyRetracted { .. } => Reason::AlreadyRetracted,
+            IngestError::NotRetractable(_) => Reason::NotRetractable,
+            IngestError::TooLarge { reason, .. } => *reason,
+            IngestError::Busy { .. } => Reason::AuditCapacity,
+            IngestError::Lagged(_) => Reason::WatchLagged,
+            IngestError::Revoked => Reason::CredentialRevoked,
+            IngestError::ClientStream(_) => Reason::RequestStreamBroken,
+            IngestError::Unavailable(_) => Reason::StorageUnavailable,
+            IngestError::WriterGone => Reason::WriterStopped,
+            IngestError::Internal { .. } => Reason::InternalFault,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            IngestError::AlreadyRetracted { id, by: Some(by) } => {
+                format!("submissions/{id} is already retracted by submissions/{by}")
+            }
+            IngestError::Unavailable(context) => format!("storage unavailable ({context}); retry"),
+            IngestError::WriterGone => "the submission writer is not running; retry".to_owned(),
+            e => e.to_string(),
+        }
+    }
+
+    fn metadata(&self) -> Vec<(&'static str, String)> {
+        match self {
+            IngestError::Denied(d) => d.metadata(),
+            IngestError::KeyConflict(key) => vec![("idempotency_key", key.clone())],
+            IngestError::NotFound(resource) => vec![("resource", resource.clone())],
+            IngestError::AlreadyRetracted { id, by } => {
+                let mut m = vec![("resource", format!("submissions/{id}"))];
+                if let Some(by) = by {
+                    m.push(("retracted_by", format!("submissions/{by}")));
+                }
+                m
+            }
+            IngestError::NotRetractable(id) => vec![("resource", format!("submissions/{id}"))],
+            IngestError::TooLarge { what, limit, .. } | IngestError::Busy { what, limit, .. } => {
+                vec![("what", (*what).to_owned()), ("limit", limit.to_string())]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn violations(&self) -> Option<(&[Violation], usize)> {
+        match self {
+            IngestError::Invalid(v) => Some((v, v.len())),
+            IngestError::InvalidMany { first, total } => Some((first, *total)),
+            _ => None,
+        }
+    }
+
+    fn retry_delay(&self) -> Option<Duration> {
+        match self {
+            IngestError::Busy { retry, .. } => Some(*retry),
+            IngestError::Lagged(_) => Some(Duration::from_millis(100)),
+            IngestError::Unavailable(_) => Some(Duration::from_millis(500)),
+            IngestError::WriterGone => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+}
+
 impl From<IngestError> for Status {
     fn from(e: IngestError) -> Status {
-        match e {
-            IngestError::Invalid(v) => status::invalid_argument(&v),
-            IngestError::InvalidMany { first, total } => status::invalid_argument_of(&first, total),
-            IngestError::Denied(d) => d.into(),
-            IngestError::KeyConflict(key) => status::with_info(
-                Code::AlreadyExists,
-                format!("idempotency key `{key}` was already used with a different request"),
-                &[("idempotency_key", &key)],
-            ),
-            IngestError::NotFound(resource) => status::not_found(&resource),
-            IngestError::FailedPrecondition(m) => {
-                status::with_info(Code::FailedPrecondition, m, &[])
-            }
-            IngestError::AlreadyRetracted { id, by } => {
-                let resource = format!("submissions/{id}");
-                match by {
-                    Some(by) => {
-                        let by = format!("submissions/{by}");
-                        status::with_reason(
-                            Code::FailedPrecondition,
-                            Reason::AlreadyRetracted,
-                            format!("{resource} is already retracted by {by}"),
-                            &[("resource", &resource), ("retracted_by", &by)],
-                        )
-                    }
-                    None => status::with_reason(
-                        Code::FailedPrecondition,
-                        Reason::AlreadyRetracted,
-                        format!("{resource} is already retracted"),
-                        &[("resource", &resource)],
-                    ),
-                }
-            }
-            IngestError::NotRetractable(id) => {
-                let resource = format!("submissions/{id}");
-                status::with_reason(
-                    Code::FailedPrecondition,
-                    Reason::NotRetractable,
-                    format!("{resource} is a retraction and cannot be retracted"),
-                    &[("resource", &resource)],
-                )
-            }
-            IngestError::TooLarge {
-                what,
-                limit,
-                reason,
-            } => status::with_reason(
-                Code::ResourceExhausted,
-                reason,
-                format!("{what}: at most {limit} per call"),
-                &[("what", what), ("limit", &limit.to_string())],
-            ),
-            IngestError::Busy { what, limit, retry } => status::retry_after_reason(
-                Code::ResourceExhausted,
-                Reason::AuditCapacity,
-                format!("{what}: at most {limit} at once; retry later"),
-                retry,
-                &[("what", what), ("limit", &limit.to_string())],
-            ),
-            IngestError::Revoked => status::with_reason(
-                Code::Unauthenticated,
-                Reason::CredentialRevoked,
-                "the API key of this call was revoked or has expired",
-                &[],
-            ),
-            e @ IngestError::ClientStream(_) => {
-                status::with_info(Code::Cancelled, e.to_string(), &[])
-            }
-            IngestError::Unavailable(context) => status::retry_after(
-                Code::Unavailable,
-                format!("storage unavailable ({context}); retry"),
-                Duration::from_millis(500),
-            ),
-            IngestError::WriterGone => status::retry_after(
-                Code::Unavailable,
-                "the submission writer is not running; retry",
-                Duration::from_secs(1),
-            ),
-            IngestError::Internal { context, detail } => status::internal(context, &detail),
-        }
+        status::to_status(&e)
     }
 }
 

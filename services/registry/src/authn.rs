@@ -12,7 +12,7 @@ use tonic::Code;
 use tower::{Layer, Service};
 
 use citycredit::auth::Principal;
-use citycredit::status::with_info;
+use citycredit::status::{Reason, with_reason};
 
 use crate::keys::{KeyRefusal, KeyView, prefix_of};
 
@@ -58,9 +58,15 @@ pub struct ApiKeyService<S> {
 pub struct Refusal(pub &'static str);
 
 impl Refusal {
-    /// The gRPC answer: UNAUTHENTICATED with ErrorInfo.
+    /// The gRPC answer: UNAUTHENTICATED `CREDENTIAL_REFUSED`.
     pub fn into_response(self) -> http::Response<tonic::body::Body> {
-        with_info(Code::Unauthenticated, self.0, &[]).into_http()
+        with_reason(
+            Code::Unauthenticated,
+            Reason::CredentialRefused,
+            self.0,
+            &[],
+        )
+        .into_http()
     }
 }
 

@@ -1,9 +1,13 @@
-//! The registry's errors and their one conversion to gRPC status.
+//! The registry's errors: each case names its code and specific reason
+//! (`citycredit::status::ServiceError`), and `citycredit::status::to_status` turns it into a
+//! `tonic::Status`.
 
-use tonic::{Code, Status};
+use std::time::Duration;
+
+use tonic::Status;
 
 use citycredit::auth::Denied;
-use citycredit::status::{self, Violation};
+use citycredit::status::{self, Reason, ServiceError, Violation};
 use citycredit::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -14,8 +18,9 @@ pub enum RegistryError {
     NotFound(String),
     #[error("{0} already exists")]
     AlreadyExists(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
+    /// RegisterDomain in a domain set whose domains the catalog fixes.
+    #[error("domain set `{0}` is closed: its domains are fixed by the catalog")]
+    DomainSetClosed(String),
     #[error(transparent)]
     Denied(#[from] Denied),
     #[error(transparent)]
@@ -39,29 +44,62 @@ fn is_unique_violation(e: &StoreError) -> bool {
     }
 }
 
+impl ServiceError for RegistryError {
+    fn reason(&self) -> Reason {
+        match self {
+            RegistryError::Invalid(_) => Reason::InvalidFields,
+            RegistryError::NotFound(_) => Reason::NotFound,
+            RegistryError::AlreadyExists(_) => Reason::ResourceExists,
+            RegistryError::DomainSetClosed(_) => Reason::DomainSetClosed,
+            RegistryError::Denied(d) => d.reason(),
+            RegistryError::Store(e) if is_unique_violation(e) => Reason::ResourceExists,
+            RegistryError::Store(e) if e.is_transient() => Reason::StorageUnavailable,
+            RegistryError::Store(_) => Reason::InternalFault,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            RegistryError::Store(e) if is_unique_violation(e) => {
+                "the resource already exists".to_owned()
+            }
+            RegistryError::Store(e) if e.is_transient() => {
+                "the registry's database is unavailable; retry shortly".to_owned()
+            }
+            e => e.to_string(),
+        }
+    }
+
+    fn metadata(&self) -> Vec<(&'static str, String)> {
+        match self {
+            RegistryError::NotFound(resource) | RegistryError::AlreadyExists(resource) => {
+                vec![("resource", resource.clone())]
+            }
+            RegistryError::DomainSetClosed(set) => vec![("domain_set", set.clone())],
+            RegistryError::Denied(d) => d.metadata(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn violations(&self) -> Option<(&[Violation], usize)> {
+        match self {
+            RegistryError::Invalid(v) => Some((v, v.len())),
+            _ => None,
+        }
+    }
+
+    fn retry_delay(&self) -> Option<Duration> {
+        match self {
+            RegistryError::Store(e) if !is_unique_violation(e) && e.is_transient() => {
+                Some(Duration::from_secs(1))
+            }
+            _ => None,
+        }
+    }
+}
+
 impl From<RegistryError> for Status {
     fn from(e: RegistryError) -> Status {
-        match e {
-            RegistryError::Invalid(v) => status::invalid_argument(&v),
-            RegistryError::NotFound(resource) => status::not_found(&resource),
-            RegistryError::AlreadyExists(resource) => status::with_info(
-                Code::AlreadyExists,
-                format!("{resource} already exists"),
-                &[("resource", &resource)],
-            ),
-            RegistryError::FailedPrecondition(why) => {
-                status::with_info(Code::FailedPrecondition, why, &[])
-            }
-            RegistryError::Denied(d) => d.into(),
-            RegistryError::Store(e) if is_unique_violation(&e) => {
-                status::with_info(Code::AlreadyExists, "the resource already exists", &[])
-            }
-            RegistryError::Store(e) if e.is_transient() => status::retry_after(
-                Code::Unavailable,
-                "the registry's database is unavailable; retry shortly",
-                std::time::Duration::from_secs(1),
-            ),
-            RegistryError::Store(e) => status::internal("registry store", &e),
-        }
+        status::to_status(&e)
     }
 }

@@ -1,18 +1,21 @@
 //! `citycredit.v1.IndicatorService`: the loaded catalog and the city's responsibility table,
-//! read-only.
+//! read-only. Every RPC here is a read, authorized like every other (`citycredit::authorize`).
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use citycredit::auth::{self, Action};
+use citycredit::auth::Action;
+use citycredit::authorize::authorize;
 use citycredit::catalog::{self, Catalog, IndicatorKind, MetricKind};
 use citycredit::city::City;
 use citycredit::org::OrgView;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::indicator_service_server::IndicatorService;
-use citycredit::status::{next_page_token, not_found, page};
+use citycredit::status::{next_page_token, page};
 use citycredit::wire::bare as strip;
+
+use crate::error::ScoringError;
 
 /// Serves the catalog. The organisation (for responsible parties) is a snapshot that the
 /// registry replaces when an administrator changes it.
@@ -25,14 +28,6 @@ pub struct IndicatorApi {
 impl IndicatorApi {
     pub fn new(catalog: Arc<Catalog>, org: OrgView) -> Self {
         IndicatorApi { catalog, org }
-    }
-
-    /// Every RPC here is a read: the caller must be an authenticated principal allowed to read
-    /// (today every role is), decided by the one authorization function like everywhere else.
-    fn allow<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let p = auth::principal(request)?;
-        self.org.borrow().access.decide(p, Action::Read)?;
-        Ok(())
     }
 
     fn indicator(&self, ind: &catalog::Indicator, city: &City) -> pb::Indicator {
@@ -178,7 +173,7 @@ impl IndicatorService for IndicatorApi {
         &self,
         request: Request<pb::GetCatalogRequest>,
     ) -> Result<Response<pb::GetCatalogResponse>, Status> {
-        self.allow(&request)?;
+        authorize(&request, &self.org.borrow().access, Action::Read)?;
         let org = self.org.borrow().clone();
         let city = &org.city;
         let c = &self.catalog;
@@ -200,7 +195,7 @@ impl IndicatorService for IndicatorApi {
         &self,
         request: Request<pb::ListIndicatorsRequest>,
     ) -> Result<Response<pb::ListIndicatorsResponse>, Status> {
-        self.allow(&request)?;
+        authorize(&request, &self.org.borrow().access, Action::Read)?;
         let req = request.into_inner();
         let (offset, limit) = page(req.page_size, &req.page_token, usize::MAX, usize::MAX)?;
         let want = pb::IndicatorKind::try_from(req.kind).unwrap_or(pb::IndicatorKind::Unspecified);
@@ -228,13 +223,13 @@ impl IndicatorService for IndicatorApi {
         &self,
         request: Request<pb::GetIndicatorRequest>,
     ) -> Result<Response<pb::GetIndicatorResponse>, Status> {
-        self.allow(&request)?;
+        authorize(&request, &self.org.borrow().access, Action::Read)?;
         let name = request.into_inner().name;
         let code = strip(&name, "indicators/");
         let ind = self
             .catalog
             .indicator(code)
-            .ok_or_else(|| not_found(&format!("indicators/{code}")))?;
+            .ok_or_else(|| Status::from(ScoringError::NotFound(format!("indicators/{code}"))))?;
         let org = self.org.borrow().clone();
         let city = &org.city;
         Ok(Response::new(pb::GetIndicatorResponse {
@@ -246,7 +241,7 @@ impl IndicatorService for IndicatorApi {
         &self,
         request: Request<pb::ListMetricsRequest>,
     ) -> Result<Response<pb::ListMetricsResponse>, Status> {
-        self.allow(&request)?;
+        authorize(&request, &self.org.borrow().access, Action::Read)?;
         let req = request.into_inner();
         let (offset, limit) = page(req.page_size, &req.page_token, usize::MAX, usize::MAX)?;
         let all = &self.catalog.metrics;
@@ -260,13 +255,13 @@ impl IndicatorService for IndicatorApi {
         &self,
         request: Request<pb::GetMetricRequest>,
     ) -> Result<Response<pb::GetMetricResponse>, Status> {
-        self.allow(&request)?;
+        authorize(&request, &self.org.borrow().access, Action::Read)?;
         let name = request.into_inner().name;
         let key = strip(&name, "metrics/");
         let m = self
             .catalog
             .metric(key)
-            .ok_or_else(|| not_found(&format!("metrics/{key}")))?;
+            .ok_or_else(|| Status::from(ScoringError::NotFound(format!("metrics/{key}"))))?;
         Ok(Response::new(pb::GetMetricResponse {
             metric: Some(metric(m)),
         }))
@@ -276,7 +271,7 @@ impl IndicatorService for IndicatorApi {
         &self,
         request: Request<pb::ListDomainSetsRequest>,
     ) -> Result<Response<pb::ListDomainSetsResponse>, Status> {
-        self.allow(&request)?;
+        authorize(&request, &self.org.borrow().access, Action::Read)?;
         let domain_sets = self
             .catalog
             .domain_sets
@@ -302,7 +297,7 @@ impl IndicatorService for IndicatorApi {
         &self,
         request: Request<pb::ListEvaluationItemsRequest>,
     ) -> Result<Response<pb::ListEvaluationItemsResponse>, Status> {
-        self.allow(&request)?;
+        authorize(&request, &self.org.borrow().access, Action::Read)?;
         let org = self.org.borrow().clone();
         let city = &org.city;
         Ok(Response::new(pb::ListEvaluationItemsResponse {
@@ -314,13 +309,13 @@ impl IndicatorService for IndicatorApi {
         &self,
         request: Request<pb::GetEvaluationItemRequest>,
     ) -> Result<Response<pb::GetEvaluationItemResponse>, Status> {
-        self.allow(&request)?;
+        authorize(&request, &self.org.borrow().access, Action::Read)?;
         let name = request.into_inner().name;
         let code = strip(&name, "items/");
         let it = self
             .catalog
             .item(code)
-            .ok_or_else(|| not_found(&format!("items/{code}")))?;
+            .ok_or_else(|| Status::from(ScoringError::NotFound(format!("items/{code}"))))?;
         let org = self.org.borrow().clone();
         let city = &org.city;
         Ok(Response::new(pb::GetEvaluationItemResponse {

@@ -2,10 +2,12 @@
 //! the rule engine from ingestion's aggregates (`ScoringService`).
 
 pub mod convert;
+pub mod error;
 pub mod indicator_service;
 pub mod remote_source;
 pub mod scoring_service;
 
+pub use error::ScoringError;
 pub use indicator_service::IndicatorApi;
 pub use remote_source::RemoteAggregates;
 pub use scoring_service::ScoringApi;

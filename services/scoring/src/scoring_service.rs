@@ -11,10 +11,11 @@ use std::time::Duration;
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use citycredit::aggregates::{AggregateSource, Aggregates, Change};
-use citycredit::auth::{self, Action, CredentialCheck, Principal};
+use citycredit::auth::{Action, CredentialCheck, Principal};
+use citycredit::authorize::authorize;
 use citycredit::catalog::{Catalog, IndicatorKind, MetricKind};
 use citycredit::numbers::Num;
 use citycredit::org::{Org, OrgView};
@@ -22,10 +23,11 @@ use citycredit::period::Period;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::scoring_service_server::ScoringService;
 use citycredit::rules::{self, Figure, Scorecard};
-use citycredit::status::{Reason, Violation, invalid_argument, not_found, with_info, with_reason};
+use citycredit::status::Violation;
 use citycredit::text::{self, TextKind};
 
 use crate::convert;
+use crate::error::ScoringError;
 use crate::indicator_service::responsible_parties;
 
 /// A computed scorecard with the figures it came from.
@@ -178,7 +180,7 @@ impl ScoringApi {
         if v.is_empty() {
             Ok(())
         } else {
-            Err(invalid_argument(&v))
+            Err(ScoringError::Invalid(v).into())
         }
     }
 
@@ -278,7 +280,7 @@ impl ScoringApi {
         if v.is_empty() {
             Ok(values)
         } else {
-            Err(invalid_argument(&v))
+            Err(ScoringError::Invalid(v).into())
         }
     }
 }
@@ -312,7 +314,7 @@ fn figure(metric: &citycredit::catalog::Metric, o: &pb::ValueOverride) -> Result
 fn as_of(ts: Option<&prost_types::Timestamp>) -> Result<Option<i64>, Status> {
     ts.map(citycredit::wire::checked_micros)
         .transpose()
-        .map_err(|why| invalid_argument(&[Violation::new("as_of", why)]))
+        .map_err(|why| ScoringError::invalid("as_of", why).into())
 }
 
 /// Checks an identifier field against the text rules (`citycredit::text`); pushes a violation
@@ -333,7 +335,7 @@ fn check_identifier(field: &str, value: &str) -> Result<(), Status> {
     if identifier(field, value, &mut v) {
         Ok(())
     } else {
-        Err(invalid_argument(&v))
+        Err(ScoringError::Invalid(v).into())
     }
 }
 
@@ -363,8 +365,7 @@ impl ScoringService for ScoringApi {
         &self,
         request: Request<pb::GetScorecardRequest>,
     ) -> Result<Response<pb::GetScorecardResponse>, Status> {
-        let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read)?;
+        authorize(&request, &self.org().access, Action::Read)?;
         let req = request.into_inner();
         let at = as_of(req.as_of.as_ref())?;
         self.check_region_period(&req.region_code, &req.period)?;
@@ -378,15 +379,10 @@ impl ScoringService for ScoringApi {
         &self,
         request: Request<pb::BatchGetScorecardsRequest>,
     ) -> Result<Response<pb::BatchGetScorecardsResponse>, Status> {
-        let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read)?;
+        authorize(&request, &self.org().access, Action::Read)?;
         let req = request.into_inner();
         if req.region_codes.len() > MAX_BATCH_REGIONS {
-            return Err(with_info(
-                Code::InvalidArgument,
-                format!("at most {MAX_BATCH_REGIONS} regions per call"),
-                &[],
-            ));
+            return Err(ScoringError::TooManyRegions(MAX_BATCH_REGIONS).into());
         }
         let regions = if req.region_codes.is_empty() {
             self.city_and_counties()
@@ -402,11 +398,7 @@ impl ScoringService for ScoringApi {
         };
         // A city with more counties than the cap is refused the same way.
         if regions.len() > MAX_BATCH_REGIONS {
-            return Err(with_info(
-                Code::InvalidArgument,
-                format!("at most {MAX_BATCH_REGIONS} regions per call"),
-                &[],
-            ));
+            return Err(ScoringError::TooManyRegions(MAX_BATCH_REGIONS).into());
         }
         let at = as_of(req.as_of.as_ref())?;
         for (i, r) in regions.iter().enumerate() {
@@ -429,8 +421,7 @@ impl ScoringService for ScoringApi {
         &self,
         request: Request<pb::ExplainIndicatorRequest>,
     ) -> Result<Response<pb::ExplainIndicatorResponse>, Status> {
-        let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read)?;
+        authorize(&request, &self.org().access, Action::Read)?;
         let req = request.into_inner();
         let at = as_of(req.as_of.as_ref())?;
         self.check_region_period(&req.region_code, &req.period)?;
@@ -443,12 +434,12 @@ impl ScoringService for ScoringApi {
         let ind = self
             .catalog
             .indicator(&code)
-            .ok_or_else(|| not_found(&format!("indicators/{code}")))?;
+            .ok_or_else(|| Status::from(ScoringError::NotFound(format!("indicators/{code}"))))?;
         let s = self.scored(&req.region_code, &req.period, at).await?;
         let result = s
             .card
             .indicator(&code)
-            .ok_or_else(|| not_found(&format!("indicators/{code}")))?;
+            .ok_or_else(|| Status::from(ScoringError::NotFound(format!("indicators/{code}"))))?;
         let org = self.org();
         Ok(Response::new(pb::ExplainIndicatorResponse {
             rule_summary: ind.rule_summary(),
@@ -462,8 +453,7 @@ impl ScoringService for ScoringApi {
         &self,
         request: Request<pb::WhatIfRequest>,
     ) -> Result<Response<pb::WhatIfResponse>, Status> {
-        let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read)?;
+        authorize(&request, &self.org().access, Action::Read)?;
         let req = request.into_inner();
         self.check_region_period(&req.region_code, &req.period)?;
         let base = self.scored(&req.region_code, &req.period, None).await?;
@@ -507,8 +497,7 @@ impl ScoringService for ScoringApi {
         &self,
         request: Request<pb::WatchScorecardRequest>,
     ) -> Result<Response<Self::WatchScorecardStream>, Status> {
-        let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read)?;
+        let p = authorize(&request, &self.org().access, Action::Read)?.clone();
         let req = request.into_inner();
         self.check_region_period(&req.region_code, &req.period)?;
         // Subscribe before the first read so no change between the two is missed.
@@ -516,14 +505,7 @@ impl ScoringService for ScoringApi {
         let first = self.scored(&req.region_code, &req.period, None).await?;
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
-        let revoked = || {
-            with_reason(
-                Code::Unauthenticated,
-                Reason::CredentialRevoked,
-                "the API key of this call was revoked or has expired",
-                &[],
-            )
-        };
+        let revoked = || Status::from(ScoringError::Revoked);
         tokio::spawn(async move {
             let send = |s: &Scored| pb::WatchScorecardResponse {
                 scorecard: Some(s.wire()),
@@ -569,8 +551,7 @@ impl ScoringService for ScoringApi {
         &self,
         request: Request<pb::CompareCountiesRequest>,
     ) -> Result<Response<pb::CompareCountiesResponse>, Status> {
-        let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read)?;
+        authorize(&request, &self.org().access, Action::Read)?;
         let period = request.into_inner().period;
         let org = self.org();
         let counties: Vec<String> = self.city_and_counties().into_iter().skip(1).collect();
@@ -625,8 +606,7 @@ impl ScoringService for ScoringApi {
         &self,
         request: Request<pb::GetDepartmentWorklistRequest>,
     ) -> Result<Response<pb::GetDepartmentWorklistResponse>, Status> {
-        let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read)?;
+        authorize(&request, &self.org().access, Action::Read)?;
         let req = request.into_inner();
         check_identifier("department", &req.department)?;
         let org = self.org();
@@ -636,7 +616,9 @@ impl ScoringService for ScoringApi {
             .unwrap_or(&req.department)
             .to_owned();
         if org.city.department(&dept).is_none() {
-            return Err(not_found(&format!("departments/{dept}")));
+            return Err(Status::from(ScoringError::NotFound(format!(
+                "departments/{dept}"
+            ))));
         }
         let region = if req.region_code.is_empty() {
             org.city.code.clone()
@@ -713,8 +695,7 @@ impl ScoringService for ScoringApi {
         &self,
         request: Request<pb::GetCompletenessReportRequest>,
     ) -> Result<Response<pb::GetCompletenessReportResponse>, Status> {
-        let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read)?;
+        authorize(&request, &self.org().access, Action::Read)?;
         let req = request.into_inner();
         let org = self.org();
         let region = if req.region_code.is_empty() {

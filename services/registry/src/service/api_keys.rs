@@ -3,6 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use citycredit::auth::Action;
+use citycredit::authorize::authorize;
 use citycredit::proto::v1 as pb;
 use citycredit::store::now_micros;
 use citycredit::wire::{bare as strip, checked_micros};
@@ -16,7 +17,7 @@ pub(super) async fn create_api_key(
     api: &RegistryApi,
     request: Request<pb::CreateApiKeyRequest>,
 ) -> std::result::Result<Response<pb::CreateApiKeyResponse>, Status> {
-    let who = api.allow(&request, Action::Administer)?;
+    let who = authorize(&request, &api.org().access, Action::Administer)?.clone();
     let req = request.into_inner();
     check_ids(&[("principal", &req.principal)])?;
     let id = strip(&req.principal, "principals/").to_owned();
@@ -78,7 +79,7 @@ pub(super) async fn list_api_keys(
     api: &RegistryApi,
     request: Request<pb::ListApiKeysRequest>,
 ) -> std::result::Result<Response<pb::ListApiKeysResponse>, Status> {
-    api.allow(&request, Action::Administer)?;
+    authorize(&request, &api.org().access, Action::Administer)?;
     check_ids(&[("principal", &request.get_ref().principal)])?;
     let principal = strip(&request.get_ref().principal, "principals/").to_owned();
     let rows = api
@@ -96,7 +97,7 @@ pub(super) async fn revoke_api_key(
     api: &RegistryApi,
     request: Request<pb::RevokeApiKeyRequest>,
 ) -> std::result::Result<Response<pb::RevokeApiKeyResponse>, Status> {
-    let who = api.allow(&request, Action::Administer)?;
+    let who = authorize(&request, &api.org().access, Action::Administer)?.clone();
     let name = request.into_inner().name;
     check_ids(&[("name", &name)])?;
     let (owner, prefix) = key_name(&name)?;

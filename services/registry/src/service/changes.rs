@@ -3,6 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use citycredit::auth::Action;
+use citycredit::authorize::authorize;
 use citycredit::proto::v1 as pb;
 use citycredit::status::{next_page_token, page};
 
@@ -13,7 +14,7 @@ pub(super) async fn list_registry_changes(
     api: &RegistryApi,
     request: Request<pb::ListRegistryChangesRequest>,
 ) -> std::result::Result<Response<pb::ListRegistryChangesResponse>, Status> {
-    let who = api.allow(&request, Action::Read)?;
+    let who = authorize(&request, &api.org().access, Action::Read)?.clone();
     let req = request.into_inner();
     check_ids(&[("page_token", &req.page_token)])?;
     let (offset, limit) = page(req.page_size, &req.page_token, 100, 1000)?;

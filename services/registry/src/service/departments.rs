@@ -3,6 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use citycredit::auth::Action;
+use citycredit::authorize::authorize;
 use citycredit::city::Department;
 use citycredit::proto::v1 as pb;
 use citycredit::status::{Violation, next_page_token, page};
@@ -16,7 +17,7 @@ pub(super) async fn list_departments(
     api: &RegistryApi,
     request: Request<pb::ListDepartmentsRequest>,
 ) -> std::result::Result<Response<pb::ListDepartmentsResponse>, Status> {
-    api.allow(&request, Action::Read)?;
+    authorize(&request, &api.org().access, Action::Read)?;
     let req = request.into_inner();
     check_ids(&[("page_token", &req.page_token)])?;
     let (offset, limit) = page(req.page_size, &req.page_token, 100, 1000)?;
@@ -37,7 +38,7 @@ pub(super) async fn get_department(
     api: &RegistryApi,
     request: Request<pb::GetDepartmentRequest>,
 ) -> std::result::Result<Response<pb::GetDepartmentResponse>, Status> {
-    api.allow(&request, Action::Read)?;
+    authorize(&request, &api.org().access, Action::Read)?;
     check_ids(&[("name", &request.get_ref().name)])?;
     let code = strip(&request.get_ref().name, "departments/").to_owned();
     let org = api.org();
@@ -54,7 +55,7 @@ pub(super) async fn create_department(
     api: &RegistryApi,
     request: Request<pb::CreateDepartmentRequest>,
 ) -> std::result::Result<Response<pb::CreateDepartmentResponse>, Status> {
-    let who = api.allow(&request, Action::Administer)?;
+    let who = authorize(&request, &api.org().access, Action::Administer)?.clone();
     let d = request.into_inner().department.unwrap_or_default();
     check_ids(&[("department.governs_region", &d.governs_region)])?;
     let governs = strip(&d.governs_region, "regions/").to_owned();
@@ -105,7 +106,7 @@ pub(super) async fn update_department(
     api: &RegistryApi,
     request: Request<pb::UpdateDepartmentRequest>,
 ) -> std::result::Result<Response<pb::UpdateDepartmentResponse>, Status> {
-    let who = api.allow(&request, Action::Administer)?;
+    let who = authorize(&request, &api.org().access, Action::Administer)?.clone();
     let req = request.into_inner();
     check_ids(&[("name", &req.name)])?;
     let code = strip(&req.name, "departments/").to_owned();

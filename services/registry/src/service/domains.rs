@@ -3,6 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use citycredit::auth::Action;
+use citycredit::authorize::authorize;
 use citycredit::proto::v1 as pb;
 
 use super::{RegistryApi, check_code, check_ids, check_name, invalid_if_any};
@@ -13,7 +14,7 @@ pub(super) async fn list_domains(
     api: &RegistryApi,
     request: Request<pb::ListDomainsRequest>,
 ) -> std::result::Result<Response<pb::ListDomainsResponse>, Status> {
-    api.allow(&request, Action::Read)?;
+    authorize(&request, &api.org().access, Action::Read)?;
     let set_code = request.into_inner().domain_set;
     check_ids(&[("domain_set", &set_code)])?;
     let set = api
@@ -52,7 +53,7 @@ pub(super) async fn register_domain(
     api: &RegistryApi,
     request: Request<pb::RegisterDomainRequest>,
 ) -> std::result::Result<Response<pb::RegisterDomainResponse>, Status> {
-    let who = api.allow(&request, Action::Administer)?;
+    let who = authorize(&request, &api.org().access, Action::Administer)?.clone();
     let d = request.into_inner().domain.unwrap_or_default();
     check_ids(&[("domain.domain_set", &d.domain_set)])?;
     let mut v = Vec::new();
@@ -65,11 +66,7 @@ pub(super) async fn register_domain(
         .domain_set(&d.domain_set)
         .ok_or_else(|| RegistryError::NotFound(format!("domainSets/{}", d.domain_set)))?;
     if !set.open {
-        return Err(RegistryError::FailedPrecondition(format!(
-            "domain set `{}` is closed: its domains are fixed by the catalog",
-            set.code
-        ))
-        .into());
+        return Err(RegistryError::DomainSetClosed(set.code.clone()).into());
     }
     let known = set.domains.iter().any(|x| x.code == d.code)
         || api

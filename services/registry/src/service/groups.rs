@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use tonic::{Request, Response, Status};
 
 use citycredit::auth::Action;
+use citycredit::authorize::authorize;
 use citycredit::proto::v1 as pb;
 use citycredit::status::Violation;
 use citycredit::wire::bare as strip;
@@ -17,7 +18,7 @@ pub(super) async fn list_groups(
     api: &RegistryApi,
     request: Request<pb::ListGroupsRequest>,
 ) -> std::result::Result<Response<pb::ListGroupsResponse>, Status> {
-    api.allow(&request, Action::Read)?;
+    authorize(&request, &api.org().access, Action::Read)?;
     Ok(Response::new(pb::ListGroupsResponse {
         groups: api.org().city.groups.iter().map(group_pb).collect(),
     }))
@@ -27,7 +28,7 @@ pub(super) async fn update_group_members(
     api: &RegistryApi,
     request: Request<pb::UpdateGroupMembersRequest>,
 ) -> std::result::Result<Response<pb::UpdateGroupMembersResponse>, Status> {
-    let who = api.allow(&request, Action::Administer)?;
+    let who = authorize(&request, &api.org().access, Action::Administer)?.clone();
     let req = request.into_inner();
     let mut ids = vec![("name".to_owned(), req.name.clone())];
     ids.extend(

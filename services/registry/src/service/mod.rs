@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use citycredit::auth::{self, Action, Principal, Role};
+use citycredit::auth::{Action, Principal, Role};
 use citycredit::city::{self, Department, Region};
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryService;
@@ -42,16 +42,6 @@ impl RegistryApi {
 
     fn org(&self) -> Arc<citycredit::org::Org> {
         self.registry.org().borrow().clone()
-    }
-
-    fn allow<T>(
-        &self,
-        req: &Request<T>,
-        action: Action<'_>,
-    ) -> std::result::Result<Principal, Status> {
-        let p = auth::principal(req)?.clone();
-        self.org().access.decide(&p, action)?;
-        Ok(p)
     }
 
     /// True when `who` may administer: the one decision, asked rather than re-derived.

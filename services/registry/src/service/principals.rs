@@ -3,6 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use citycredit::auth::{Action, Role};
+use citycredit::authorize::authorize;
 use citycredit::proto::v1 as pb;
 use citycredit::status::{Violation, next_page_token, page};
 use citycredit::store::now_micros;
@@ -18,7 +19,7 @@ pub(super) async fn create_principal(
     api: &RegistryApi,
     request: Request<pb::CreatePrincipalRequest>,
 ) -> std::result::Result<Response<pb::CreatePrincipalResponse>, Status> {
-    let who = api.allow(&request, Action::Administer)?;
+    let who = authorize(&request, &api.org().access, Action::Administer)?.clone();
     let p = request.into_inner().principal.unwrap_or_default();
     check_ids(&[("principal.department_code", &p.department_code)])?;
     let mut v = Vec::new();
@@ -95,7 +96,7 @@ pub(super) async fn list_principals(
     api: &RegistryApi,
     request: Request<pb::ListPrincipalsRequest>,
 ) -> std::result::Result<Response<pb::ListPrincipalsResponse>, Status> {
-    let who = api.allow(&request, Action::Read)?;
+    let who = authorize(&request, &api.org().access, Action::Read)?.clone();
     let req = request.into_inner();
     check_ids(&[("page_token", &req.page_token)])?;
     let (offset, limit) = page(req.page_size, &req.page_token, 100, 1000)?;

@@ -3,6 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use citycredit::auth::Action;
+use citycredit::authorize::authorize;
 use citycredit::city::Region;
 use citycredit::proto::v1 as pb;
 use citycredit::status::{Violation, next_page_token, page};
@@ -16,7 +17,7 @@ pub(super) async fn list_regions(
     api: &RegistryApi,
     request: Request<pb::ListRegionsRequest>,
 ) -> std::result::Result<Response<pb::ListRegionsResponse>, Status> {
-    api.allow(&request, Action::Read)?;
+    authorize(&request, &api.org().access, Action::Read)?;
     let req = request.into_inner();
     check_ids(&[("parent", &req.parent), ("page_token", &req.page_token)])?;
     let (offset, limit) = page(req.page_size, &req.page_token, 100, 1000)?;
@@ -43,7 +44,7 @@ pub(super) async fn get_region(
     api: &RegistryApi,
     request: Request<pb::GetRegionRequest>,
 ) -> std::result::Result<Response<pb::GetRegionResponse>, Status> {
-    api.allow(&request, Action::Read)?;
+    authorize(&request, &api.org().access, Action::Read)?;
     check_ids(&[("name", &request.get_ref().name)])?;
     let code = strip(&request.get_ref().name, "regions/").to_owned();
     let org = api.org();
@@ -60,7 +61,7 @@ pub(super) async fn create_region(
     api: &RegistryApi,
     request: Request<pb::CreateRegionRequest>,
 ) -> std::result::Result<Response<pb::CreateRegionResponse>, Status> {
-    let who = api.allow(&request, Action::Administer)?;
+    let who = authorize(&request, &api.org().access, Action::Administer)?.clone();
     let r = request.into_inner().region.unwrap_or_default();
     check_ids(&[("region.code", &r.code), ("region.parent", &r.parent)])?;
     let parent = strip(&r.parent, "regions/").to_owned();
@@ -122,7 +123,7 @@ pub(super) async fn update_region(
     api: &RegistryApi,
     request: Request<pb::UpdateRegionRequest>,
 ) -> std::result::Result<Response<pb::UpdateRegionResponse>, Status> {
-    let who = api.allow(&request, Action::Administer)?;
+    let who = authorize(&request, &api.org().access, Action::Administer)?.clone();
     let req = request.into_inner();
     check_ids(&[("name", &req.name)])?;
     let code = strip(&req.name, "regions/").to_owned();

@@ -3,6 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use citycredit::auth::Action;
+use citycredit::authorize::authorize;
 use citycredit::proto::v1 as pb;
 use citycredit::status::Violation;
 use citycredit::wire::bare as strip;
@@ -17,7 +18,7 @@ pub(super) async fn list_responsibilities(
     api: &RegistryApi,
     request: Request<pb::ListResponsibilitiesRequest>,
 ) -> std::result::Result<Response<pb::ListResponsibilitiesResponse>, Status> {
-    api.allow(&request, Action::Read)?;
+    authorize(&request, &api.org().access, Action::Read)?;
     let req = request.into_inner();
     check_ids(&[("subject", &req.subject), ("party", &req.party)])?;
     let org = api.org();
@@ -51,7 +52,7 @@ pub(super) async fn set_responsibilities(
     api: &RegistryApi,
     request: Request<pb::SetResponsibilitiesRequest>,
 ) -> std::result::Result<Response<pb::SetResponsibilitiesResponse>, Status> {
-    let who = api.allow(&request, Action::Administer)?;
+    let who = authorize(&request, &api.org().access, Action::Administer)?.clone();
     let req = request.into_inner();
     let mut ids = vec![("subject".to_owned(), req.subject.clone())];
     ids.extend(
@@ -128,7 +129,7 @@ pub(super) async fn get_department_duties(
     api: &RegistryApi,
     request: Request<pb::GetDepartmentDutiesRequest>,
 ) -> std::result::Result<Response<pb::GetDepartmentDutiesResponse>, Status> {
-    api.allow(&request, Action::Read)?;
+    authorize(&request, &api.org().access, Action::Read)?;
     check_ids(&[("department", &request.get_ref().department)])?;
     let code = strip(&request.get_ref().department, "departments/").to_owned();
     let org = api.org();
@@ -172,7 +173,7 @@ pub(super) async fn list_responsible_departments(
     api: &RegistryApi,
     request: Request<pb::ListResponsibleDepartmentsRequest>,
 ) -> std::result::Result<Response<pb::ListResponsibleDepartmentsResponse>, Status> {
-    api.allow(&request, Action::Read)?;
+    authorize(&request, &api.org().access, Action::Read)?;
     check_ids(&[("subject", &request.get_ref().subject)])?;
     let code = subject_code(&api.registry, &request.get_ref().subject)?;
     let org = api.org();

@@ -5,6 +5,7 @@ use citycredit::aggregates::{BoxFuture, SourceRef};
 use citycredit::auth::{Principal, Role};
 use citycredit::city::City;
 use tokio_stream::StreamExt;
+use tonic::Code;
 
 use super::*;
 
