@@ -21,6 +21,7 @@ use citycredit::numbers::Num;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::metric_submission_service_client::MetricSubmissionServiceClient;
 use citycredit::rules::{Figure, TaskStatus, Values};
+use citycredit::status;
 
 use crate::convert;
 
@@ -88,11 +89,13 @@ impl RemoteAggregates {
                 BodyBinding::of_message(&msg),
                 citycredit::store::now_micros(),
             )
-            .ok_or_else(|| Status::internal("cannot sign the internal identity"))?;
+            .ok_or_else(|| {
+                status::internal("remote aggregates", &"cannot sign the internal identity")
+            })?;
         let mut req = tonic::Request::new(msg);
         let value = header
             .parse()
-            .map_err(|_| Status::internal("identity header"))?;
+            .map_err(|e| status::internal("remote aggregates: identity header", &e))?;
         req.metadata_mut().insert(HEADER, value);
         Ok(req)
     }
