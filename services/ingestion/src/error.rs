@@ -170,3 +170,95 @@ impl From<IngestError> for Status {
 
 /// Result alias for ingestion code.
 pub type Result<T, E = IngestError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    /// Every case: its code, its reason and its message, as callers see them.
+    #[test]
+    fn every_error_names_its_code_and_a_specific_reason() {
+        let cases = [
+            (
+                IngestError::Invalid(vec![Violation::new("value", "required")]),
+                Code::InvalidArgument,
+                "INVALID_FIELDS",
+                "invalid request: value: required",
+            ),
+            (
+                IngestError::KeyConflict("k1".into()),
+                Code::AlreadyExists,
+                "IDEMPOTENCY_KEY_REUSED",
+                "idempotency key `k1` was already used with a different request",
+            ),
+            (
+                IngestError::NotFound("submissions/9".into()),
+                Code::NotFound,
+                "NOT_FOUND",
+                "submissions/9 not found",
+            ),
+            (
+                IngestError::AlreadyRetracted { id: 2, by: Some(5) },
+                Code::FailedPrecondition,
+                "ALREADY_RETRACTED",
+                "submissions/2 is already retracted by submissions/5",
+            ),
+            (
+                IngestError::NotRetractable(5),
+                Code::FailedPrecondition,
+                "NOT_RETRACTABLE",
+                "submissions/5 is a retraction and cannot be retracted",
+            ),
+            (
+                IngestError::Lagged(7),
+                Code::ResourceExhausted,
+                "WATCH_LAGGED",
+                "the watcher fell 7 changes behind: re-read and watch again",
+            ),
+            (
+                IngestError::Revoked,
+                Code::Unauthenticated,
+                "CREDENTIAL_REVOKED",
+                "the API key of this call was revoked or has expired",
+            ),
+            (
+                IngestError::ClientStream("reset".into()),
+                Code::Cancelled,
+                "REQUEST_STREAM_BROKEN",
+                "the request stream ended abnormally: reset",
+            ),
+            (
+                IngestError::Unavailable("read submission".into()),
+                Code::Unavailable,
+                "STORAGE_UNAVAILABLE",
+                "storage unavailable (read submission); retry",
+            ),
+            (
+                IngestError::WriterGone,
+                Code::Unavailable,
+                "WRITER_STOPPED",
+                "the submission writer is not running; retry",
+            ),
+            (
+                IngestError::internal("group commit", "disk I/O error"),
+                Code::Internal,
+                "INTERNAL_FAULT",
+                "internal error",
+            ),
+        ];
+        for (error, code, reason, message) in cases {
+            let name = format!("{error:?}");
+            let retry = matches!(
+                error,
+                IngestError::Lagged(_) | IngestError::Unavailable(_) | IngestError::WriterGone
+            );
+            assert_eq!(error.reason().as_str(), reason, "{name}");
+            assert_eq!(error.retry_delay().is_some(), retry, "{name}");
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{name}");
+            assert_eq!(status.message(), message, "{name}");
+        }
+    }
+}

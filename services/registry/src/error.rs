@@ -103,3 +103,53 @@ impl From<RegistryError> for Status {
         status::to_status(&e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn every_error_names_its_code_and_a_specific_reason() {
+        let cases = [
+            (
+                RegistryError::invalid("name", "required"),
+                Code::InvalidArgument,
+                "INVALID_FIELDS",
+                "invalid request: name: required",
+            ),
+            (
+                RegistryError::NotFound("regions/1".into()),
+                Code::NotFound,
+                "NOT_FOUND",
+                "regions/1 not found",
+            ),
+            (
+                RegistryError::AlreadyExists("departments/samr".into()),
+                Code::AlreadyExists,
+                "RESOURCE_EXISTS",
+                "departments/samr already exists",
+            ),
+            (
+                RegistryError::DomainSetClosed("industry".into()),
+                Code::FailedPrecondition,
+                "DOMAIN_SET_CLOSED",
+                "domain set `industry` is closed: its domains are fixed by the catalog",
+            ),
+            (
+                RegistryError::Store(StoreError::NotSeeded),
+                Code::Internal,
+                "INTERNAL_FAULT",
+                "internal error",
+            ),
+        ];
+        for (error, code, reason, message) in cases {
+            let name = format!("{error:?}");
+            assert_eq!(error.reason().as_str(), reason, "{name}");
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{name}");
+            assert_eq!(status.message(), message, "{name}");
+        }
+    }
+}
