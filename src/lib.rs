@@ -12,6 +12,5 @@ pub mod period;
 pub mod proto;
 pub mod rules;
 pub mod status;
-pub mod store;
 pub mod text;
 pub mod wire;

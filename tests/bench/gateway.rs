@@ -221,7 +221,7 @@ pub async fn run(bin: String, calls: usize, values: usize) {
                         Audience::Scoring,
                         CATALOG_PATH,
                         BodyBinding::of_message(&msg),
-                        citycredit::store::now_micros(),
+                        citycredit_store::now_micros(),
                     )
                     .unwrap_or_default();
                 let mut req = tonic::Request::new(msg);

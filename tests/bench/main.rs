@@ -20,7 +20,7 @@ use citycredit::catalog::Catalog;
 use citycredit::city::City;
 use citycredit::org::{self, Org};
 use citycredit::proto::v1 as pb;
-use citycredit::store::testing::{self, TestDb};
+use citycredit_store::testing::{self, TestDb};
 use citycredit_ingestion::code_audit::{MAX_DISTINCT, complete};
 use citycredit_ingestion::{Ingestion, IngestionOptions};
 
@@ -427,7 +427,7 @@ async fn aggregate(db: Db, submissions: usize, queries: usize) {
     );
     scorecards(&ing, &catalog).await;
     // As of an instant before the last load: the as-of path.
-    let as_of = citycredit::store::now_micros() - 1;
+    let as_of = citycredit_store::now_micros() - 1;
     let t = Instant::now();
     for _ in 0..100 {
         ing.aggregates_of("330800", "2026", Some(as_of))

@@ -19,7 +19,7 @@ use citycredit::auth::Role;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_client::DepartmentRegistryServiceClient;
 use citycredit::proto::v1::scoring_service_client::ScoringServiceClient;
-use citycredit::store::Db;
+use citycredit_store::Db;
 use citycredit_tests::h2raw::{self, StreamAnswer};
 use citycredit_tests::ingestion::*;
 use citycredit_tests::{Backend, both_databases};

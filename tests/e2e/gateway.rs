@@ -42,7 +42,7 @@ async fn a_forged_identity_header_is_ignored() {
             Audience::Registry,
             path,
             BodyBinding::Stream,
-            citycredit::store::now_micros(),
+            citycredit_store::now_micros(),
         )
         .unwrap_or_default();
 

@@ -55,7 +55,7 @@ fn push(i: u64) -> pb::SubmitValueRequest {
             "samr",
             &i.to_string(),
         )),
-        idempotency_key: format!("budget-{i}-{}", citycredit::store::now_micros()),
+        idempotency_key: format!("budget-{i}-{}", citycredit_store::now_micros()),
         validate_only: false,
     }
 }

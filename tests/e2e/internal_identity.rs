@@ -138,7 +138,7 @@ fn sign<M: Message>(
             audience,
             path,
             BodyBinding::of_message(msg),
-            citycredit::store::now_micros(),
+            citycredit_store::now_micros(),
         )
         .unwrap_or_else(|| panic!("sign"))
 }

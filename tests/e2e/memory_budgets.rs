@@ -233,7 +233,7 @@ postgres_only!(
 /// memory stays flat however big the store. In process, on each database.
 async fn verifying_a_million_rows_holds_bounded_memory(backend: Backend) {
     use citycredit::auth::{Principal, Role};
-    use citycredit::store::testing;
+    use citycredit_store::testing;
     use citycredit_ingestion::{Ingestion, IngestionOptions};
     use citycredit_tests::ingestion::catalog_and_org;
 

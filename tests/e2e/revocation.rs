@@ -20,7 +20,7 @@ use tonic_types::StatusExt;
 use citycredit::auth::{CredentialCheck, Principal, Role};
 use citycredit::org;
 use citycredit::proto::v1 as pb;
-use citycredit::store::testing::{self, TestDb};
+use citycredit_store::testing::{self, TestDb};
 use citycredit_ingestion::{Ingestion, IngestionOptions};
 use citycredit_tests::ingestion::*;
 use citycredit_tests::{Backend, both_databases};

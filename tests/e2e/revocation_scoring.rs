@@ -16,7 +16,7 @@ use tonic_types::StatusExt;
 use citycredit::auth::{CredentialCheck, Principal, Role};
 use citycredit::org;
 use citycredit::proto::v1 as pb;
-use citycredit::store::testing;
+use citycredit_store::testing;
 use citycredit_ingestion::{Ingestion, IngestionOptions};
 use citycredit_scoring::ScoringApi;
 use citycredit_tests::ingestion::*;

@@ -4,7 +4,7 @@
 //! rebuilds the tests and not the whole workspace.
 
 use citycredit::auth::identity::WINDOW_MICROS;
-use citycredit::store::testing;
+use citycredit_store::testing;
 use citycredit_gateway::internal_identity::SharedNonces;
 use citycredit_tests::{Backend, both_databases};
 

@@ -18,7 +18,7 @@ use citycredit::catalog::Catalog;
 use citycredit::city::City;
 use citycredit::org::{self, Org};
 use citycredit::proto::v1 as pb;
-use citycredit::store::{Db, sqlite_url};
+use citycredit_store::{Db, sqlite_url};
 use citycredit_ingestion::{Ingestion, IngestionOptions};
 
 use crate::{

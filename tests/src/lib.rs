@@ -202,8 +202,8 @@ impl Drop for TestServer {
 }
 
 /// Where a test server keeps its data.
-pub use citycredit::store::Backend;
-pub use citycredit::store::testing::postgres_url;
+pub use citycredit_store::Backend;
+pub use citycredit_store::testing::postgres_url;
 
 /// Declares a test per database for `async fn <scenario>(backend: Backend)`:
 /// `<scenario>::sqlite` and `<scenario>::postgres`. The PostgreSQL one is reported by libtest as
@@ -307,7 +307,7 @@ impl Drop for TestSchema {
             };
             rt.block_on(async {
                 let opts = std::time::Duration::from_secs(5);
-                if let Ok(db) = citycredit::store::Db::connect(&url, 1, opts, None).await {
+                if let Ok(db) = citycredit_store::Db::connect(&url, 1, opts, None).await {
                     // SQL-safe: a schema name `fresh_schema` generated ([a-z0-9_]).
                     let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
                     let _ = sqlx::query(sqlx::AssertSqlSafe(sql))

@@ -402,7 +402,7 @@ impl Config {
             });
         }
         if let Some(schema) = &self.database_schema
-            && !citycredit::store::valid_schema_name(schema)
+            && !citycredit_store::valid_schema_name(schema)
         {
             return Err(ConfigError::Invalid {
                 field: "database_schema",
@@ -617,8 +617,8 @@ impl Config {
     }
 
     /// Where and how to open the store.
-    pub fn store_options(&self) -> citycredit::store::StoreOptions {
-        citycredit::store::StoreOptions {
+    pub fn store_options(&self) -> citycredit_store::StoreOptions {
+        citycredit_store::StoreOptions {
             url: self.database_url.clone(),
             data_dir: self.data_dir.clone(),
             max_connections: self.db_max_connections,

@@ -456,7 +456,7 @@ impl Inner {
         };
 
         // The identity for the upstream's audience, bound to the request body.
-        let now = citycredit::store::now_micros();
+        let now = citycredit_store::now_micros();
         if let Err(why) = self
             .parts
             .signer

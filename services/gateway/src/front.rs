@@ -95,7 +95,7 @@ impl FrontParts {
                 "no internal identity: services answer only calls that come through the gateway",
             ));
         };
-        let now = citycredit::store::now_micros();
+        let now = citycredit_store::now_micros();
         let verified = header
             .to_str()
             .map_err(|_| "internal identity is not text".to_owned())
@@ -209,7 +209,7 @@ struct RefusalLog {
 impl RefusalLog {
     fn note(&self, path: &str, why: &str) {
         let count = self.since.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = citycredit::store::now_micros();
+        let now = citycredit_store::now_micros();
         let last = self.last_micros.load(Ordering::Relaxed);
         if now - last >= 1_000_000
             && self

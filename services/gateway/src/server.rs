@@ -30,7 +30,7 @@ use citycredit::city::City;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryServiceServer;
 use citycredit::proto::v1::indicator_service_server::IndicatorServiceServer;
 use citycredit::proto::v1::scoring_service_server::ScoringServiceServer;
-use citycredit::store::{Db, StoreError};
+use citycredit_store::{Db, StoreError};
 use citycredit_ingestion::{Ingestion, IngestionOptions, WriterConfig};
 use citycredit_registry::{Registry, RegistryApi};
 use citycredit_scoring::{IndicatorApi, RemoteAggregates, ScoringApi};
@@ -143,7 +143,7 @@ pub async fn serve(
     let db = open_store(&opts).await?;
     tracing::info!(
         backend = db.backend.as_str(),
-        url = %opts.url.as_deref().map(citycredit::store::redact).unwrap_or_else(|| opts.data_dir.join("citycredit.db").display().to_string()),
+        url = %opts.url.as_deref().map(citycredit_store::redact).unwrap_or_else(|| opts.data_dir.join("citycredit.db").display().to_string()),
         "store open"
     );
     let registry = match mode {
@@ -375,7 +375,7 @@ const STORE_START_WAIT: Duration = Duration::from_secs(60);
 
 /// Opens the store, waiting (with a log line every few seconds) while the database is
 /// unreachable, so a process started before its database comes up does not exit.
-async fn open_store(opts: &citycredit::store::StoreOptions) -> Result<Db, StartError> {
+async fn open_store(opts: &citycredit_store::StoreOptions) -> Result<Db, StartError> {
     let started = std::time::Instant::now();
     let mut attempt = 0u32;
     loop {

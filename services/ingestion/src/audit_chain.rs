@@ -9,7 +9,7 @@ use futures::TryStreamExt;
 use futures::stream::BoxStream;
 use sha2::{Digest, Sha256};
 
-use citycredit::store::Db;
+use citycredit_store::Db;
 
 use crate::store::{self, KIND_RETRACTION, KIND_VALUE, StoredRow};
 

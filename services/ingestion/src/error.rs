@@ -81,7 +81,7 @@ impl IngestError {
 
     /// A storage error: transient ones become UNAVAILABLE (retry), others INTERNAL.
     pub fn storage(context: &'static str, e: &sqlx::Error) -> Self {
-        if citycredit::store::is_transient(e) {
+        if citycredit_store::is_transient(e) {
             tracing::warn!(error = %e, context, "transient storage error");
             IngestError::Unavailable(context.to_owned())
         } else {

@@ -34,7 +34,7 @@ use citycredit::catalog::Catalog;
 use citycredit::org::OrgView;
 use citycredit::proto::v1 as pb;
 use citycredit::status::Violation;
-use citycredit::store::{Backend, Db, now_micros};
+use citycredit_store::{Backend, Db, now_micros};
 use citycredit::text::TextKind;
 
 pub use code_audit_service::CodeAuditApi;

@@ -42,7 +42,7 @@ use tokio::time::Instant;
 
 use citycredit::auth::{CredentialCheck, Principal};
 use citycredit::status::Violation;
-use citycredit::store::{Backend, Db, now_micros};
+use citycredit_store::{Backend, Db, now_micros};
 use citycredit::text::TextKind;
 
 use crate::audit_chain::row_hash;
@@ -256,7 +256,7 @@ impl Failure {
     /// Trouble reaching the database, or a COMMIT whose outcome is unknown: every job of the
     /// attempt shares it and retrying (with its idempotency key) is the cure.
     fn is_shared(&self) -> bool {
-        self.stage == "commit" || citycredit::store::is_transient(&self.error)
+        self.stage == "commit" || citycredit_store::is_transient(&self.error)
     }
 
     fn shared_error(&self) -> IngestError {

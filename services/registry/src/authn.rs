@@ -98,7 +98,7 @@ pub fn authenticate<B>(keys: &KeyView, req: &http::Request<B>) -> Result<Princip
             }
         },
     };
-    let now = citycredit::store::now_micros();
+    let now = citycredit_store::now_micros();
     match keys.borrow().authenticate(key, now) {
         Ok(p) => Ok(p.clone()),
         Err(why) => {

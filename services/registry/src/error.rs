@@ -4,7 +4,7 @@ use tonic::{Code, Status};
 
 use citycredit::auth::Denied;
 use citycredit::status::{self, Violation};
-use citycredit::store::StoreError;
+use citycredit_store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {

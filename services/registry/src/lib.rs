@@ -23,7 +23,7 @@ use citycredit::auth::Role;
 use citycredit::catalog::Catalog;
 use citycredit::city::City;
 use citycredit::org::{Org, OrgView};
-use citycredit::store::{Db, StoreError, now_micros};
+use citycredit_store::{Db, StoreError, now_micros};
 
 pub use authn::ApiKeyLayer;
 pub use error::RegistryError;

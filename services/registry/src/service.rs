@@ -12,7 +12,7 @@ use citycredit::city::{self, Department, Region};
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryService;
 use citycredit::status::{Violation, next_page_token, page};
-use citycredit::store::now_micros;
+use citycredit_store::now_micros;
 use citycredit::text::{self, TextKind};
 use citycredit::wire::{bare as strip, checked_micros, timestamp};
 

@@ -8,7 +8,7 @@ use sqlx::{Any, Row, Transaction};
 
 use citycredit::auth::{Principal, Role};
 use citycredit::city::{City, Department, Group, Region, Responsibility};
-use citycredit::store::{Db, StoreError, now_micros};
+use citycredit_store::{Db, StoreError, now_micros};
 
 use crate::keys::{CachedKey, KeyMap};
 

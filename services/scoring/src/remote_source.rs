@@ -86,7 +86,7 @@ impl RemoteAggregates {
                 Audience::Ingestion,
                 path,
                 BodyBinding::of_message(&msg),
-                citycredit::store::now_micros(),
+                citycredit_store::now_micros(),
             )
             .ok_or_else(|| Status::internal("cannot sign the internal identity"))?;
         let mut req = tonic::Request::new(msg);

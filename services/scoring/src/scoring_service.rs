@@ -142,7 +142,7 @@ impl ScoringApi {
     fn credential_stands(&self, p: &Principal) -> bool {
         self.credentials
             .as_ref()
-            .is_none_or(|c| c.still_valid(p, citycredit::store::now_micros()))
+            .is_none_or(|c| c.still_valid(p, citycredit_store::now_micros()))
     }
 
     fn org(&self) -> Arc<Org> {

@@ -6,9 +6,11 @@
 //! booleans are i64 0/1 (an SQLite `bool` comes back as BIGINT through `Any`), times are i64
 //! microseconds since the Unix epoch. Schemas differ where the databases
 //! do (auto-increment, types), so each database has its own migrations folder with the same
-//! versions. Each service owns its tables and queries; this module owns connecting, migrating
-//! and the helpers tests use to run against both databases.
+//! versions. Each service owns its tables and queries; this crate owns connecting, migrating
+//! and, behind the `testing` feature (tests only, never the production binary), the helpers
+//! tests use to run against both databases.
 
+#[cfg(feature = "testing")]
 pub mod testing;
 
 use std::path::Path;
@@ -19,8 +21,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("src/store/migrations/sqlite");
-static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("src/store/migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// Which database a store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
