@@ -18,7 +18,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 use citycredit::auth::identity::{Audience, BodyBinding, HEADER, IdentitySigner, Issuer};
-use citycredit::auth::{Principal, Role};
+use citycredit_core::auth::{Principal, Role};
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::indicator_service_client::IndicatorServiceClient;
 use citycredit::proto::v1::metric_submission_service_client::MetricSubmissionServiceClient;
@@ -300,9 +300,9 @@ pub async fn run(bin: String, calls: usize, values: usize) {
     let platform: MetadataValue<_> = format!("Bearer {key}")
         .parse()
         .unwrap_or_else(|_| panic!("header"));
-    let catalog = citycredit::catalog::Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
+    let catalog = citycredit_core::catalog::Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
     let departments: Arc<Vec<String>> = Arc::new(
-        citycredit::city::City::builtin(&catalog)
+        citycredit_core::city::City::builtin(&catalog)
             .unwrap_or_else(|e| panic!("{e}"))
             .departments
             .iter()

@@ -15,10 +15,11 @@ mod gateway;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use citycredit::auth::{Principal, Role};
-use citycredit::catalog::Catalog;
-use citycredit::city::City;
-use citycredit::org::{self, Org};
+use citycredit_core::auth::{Principal, Role};
+use citycredit_core::catalog::Catalog;
+use citycredit_core::city::City;
+use citycredit::org;
+use citycredit_core::org::Org;
 use citycredit::proto::v1 as pb;
 use citycredit_store::testing::{self, TestDb};
 use citycredit_ingestion::code_audit::{MAX_DISTINCT, complete};
@@ -181,7 +182,7 @@ fn value(catalog: &Catalog, i: usize) -> pb::SubmissionInput {
     let counts: Vec<&str> = catalog
         .metrics
         .iter()
-        .filter(|m| m.kind == citycredit::catalog::MetricKind::Count)
+        .filter(|m| m.kind == citycredit_core::catalog::MetricKind::Count)
         .map(|m| m.key.as_str())
         .collect();
     pb::SubmissionInput {
@@ -549,7 +550,7 @@ async fn scorecards(ing: &Ingestion, catalog: &Arc<Catalog>) {
             .aggregates_of("330800", "2026", None)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let card = citycredit::rules::score(catalog, &agg.values);
+        let card = citycredit_core::rules::score(catalog, &agg.values);
         let wire = citycredit_scoring::convert::scorecard(&card, &agg);
         cold.push(t.elapsed());
         std::hint::black_box(wire);

@@ -29,9 +29,9 @@ async fn a_forged_identity_header_is_ignored() {
     // A header claiming to be the administrator, signed with a key the platform does not have.
     use citycredit::auth::identity::{Audience, BodyBinding, IdentitySigner, Issuer};
     let signer = IdentitySigner::generate(Issuer::Gateway);
-    let admin = citycredit::auth::Principal {
+    let admin = citycredit_core::auth::Principal {
         id: "admin".into(),
-        role: citycredit::auth::Role::Admin,
+        role: citycredit_core::auth::Role::Admin,
         department: None,
         credential: None,
     };

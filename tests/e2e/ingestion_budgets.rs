@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use citycredit::auth::Role;
+use citycredit_core::auth::Role;
 use citycredit::proto::v1 as pb;
 use citycredit_ingestion::code_audit::complete;
 use citycredit_tests::ingestion::*;

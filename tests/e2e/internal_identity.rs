@@ -23,7 +23,7 @@ use tonic::transport::Channel;
 use citycredit::auth::identity::{
     Audience, BodyBinding, HEADER, IdentitySigner, Issuer, SCORING_PRINCIPAL,
 };
-use citycredit::auth::{Principal, Role};
+use citycredit_core::auth::{Principal, Role};
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_client::DepartmentRegistryServiceClient as Registry;
 use citycredit::proto::v1::indicator_service_client::IndicatorServiceClient as Indicators;

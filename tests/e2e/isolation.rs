@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tonic::Code;
 
-use citycredit::auth::{Principal, Role};
+use citycredit_core::auth::{Principal, Role};
 use citycredit::org;
 use citycredit::proto::v1 as pb;
 use citycredit_store::testing;

@@ -232,7 +232,7 @@ postgres_only!(
 /// retraction of the current value every 5,000): the value versions are compared key by key over two sorted streams, so
 /// memory stays flat however big the store. In process, on each database.
 async fn verifying_a_million_rows_holds_bounded_memory(backend: Backend) {
-    use citycredit::auth::{Principal, Role};
+    use citycredit_core::auth::{Principal, Role};
     use citycredit_store::testing;
     use citycredit_ingestion::{Ingestion, IngestionOptions};
     use citycredit_tests::ingestion::catalog_and_org;

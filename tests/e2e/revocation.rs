@@ -17,7 +17,7 @@ use tonic::Code;
 use tonic::transport::{Endpoint, Server};
 use tonic_types::StatusExt;
 
-use citycredit::auth::{CredentialCheck, Principal, Role};
+use citycredit_core::auth::{CredentialCheck, Principal, Role};
 use citycredit::org;
 use citycredit::proto::v1 as pb;
 use citycredit_store::testing::{self, TestDb};

@@ -13,10 +13,11 @@ use tokio::sync::Mutex;
 use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
 
-use citycredit::auth::{Principal, Role};
-use citycredit::catalog::Catalog;
-use citycredit::city::City;
-use citycredit::org::{self, Org};
+use citycredit_core::auth::{Principal, Role};
+use citycredit_core::catalog::Catalog;
+use citycredit_core::city::City;
+use citycredit::org;
+use citycredit_core::org::Org;
 use citycredit::proto::v1 as pb;
 use citycredit_store::{Db, sqlite_url};
 use citycredit_ingestion::{Ingestion, IngestionOptions};

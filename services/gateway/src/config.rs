@@ -416,11 +416,11 @@ impl Config {
             });
         }
         if let Some(key) = &self.bootstrap_admin_key
-            && let Some(problem) = citycredit::auth::secrets::secret_problem(key)
+            && let Some(problem) = citycredit_core::auth::secrets::secret_problem(key)
         {
             return Err(ConfigError::Invalid {
                 field: "bootstrap_admin_key",
-                problem: format!("{problem}; {}", citycredit::auth::secrets::HOW_TO_MAKE_ONE),
+                problem: format!("{problem}; {}", citycredit_core::auth::secrets::HOW_TO_MAKE_ONE),
             });
         }
         if !(100..=60_000).contains(&self.registry_refresh_ms) {

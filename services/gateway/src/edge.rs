@@ -35,7 +35,7 @@ use tonic::Code;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
-use citycredit::auth::Principal;
+use citycredit_core::auth::Principal;
 use citycredit::auth::identity::{BodyBinding, HEADER as IDENTITY_HEADER};
 use citycredit::status::{Reason, clip, retry_after, retry_after_reason, with_info};
 use citycredit_registry::KeyView;

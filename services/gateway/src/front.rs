@@ -30,7 +30,7 @@ use tower::Service;
 use tracing::Instrument;
 
 use citycredit::auth::identity::{BodyBinding, HEADER, IdentityVerifier, Issuer, Verified};
-use citycredit::auth::{CredentialCheck, Principal};
+use citycredit_core::auth::{CredentialCheck, Principal};
 use citycredit::status::{retry_after, with_info};
 use citycredit_registry::Registry;
 use citycredit_registry::authn::is_open_path;

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use tonic::Code;
 
-use citycredit::auth::Principal;
+use citycredit_core::auth::Principal;
 use citycredit::auth::identity::{
     Audience, BodyBinding, HEADER, IdentitySigner, Issuer, WINDOW_MICROS,
 };

@@ -25,8 +25,8 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use citycredit::auth::identity::{
     Audience, IdentitySigner, IdentityVerifier, Issuer, KeyError, parse_public_key,
 };
-use citycredit::catalog::{Catalog, LoadError};
-use citycredit::city::City;
+use citycredit_core::catalog::{Catalog, LoadError};
+use citycredit_core::city::City;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryServiceServer;
 use citycredit::proto::v1::indicator_service_server::IndicatorServiceServer;
 use citycredit::proto::v1::scoring_service_server::ScoringServiceServer;
@@ -202,7 +202,7 @@ pub async fn serve(
                 org.clone(),
                 Arc::new(ingestion.clone()),
             )
-            .with_credentials(Arc::clone(&registry) as Arc<dyn citycredit::auth::CredentialCheck>);
+            .with_credentials(Arc::clone(&registry) as Arc<dyn citycredit_core::auth::CredentialCheck>);
             let mut routes: HashMap<String, Upstream> = HashMap::new();
             routes.insert(
                 INDICATOR.into(),
@@ -283,7 +283,7 @@ pub async fn serve(
             let source = RemoteAggregates::start(channel, Arc::new(own), Arc::clone(&catalog));
             let scoring = ScoringApi::new(Arc::clone(&catalog), org.clone(), source)
                 .with_credentials(
-                    Arc::clone(&registry) as Arc<dyn citycredit::auth::CredentialCheck>
+                    Arc::clone(&registry) as Arc<dyn citycredit_core::auth::CredentialCheck>
                 );
             let routes = open_routes(health_service)?
                 .add_service(
@@ -623,8 +623,8 @@ fn start_ingestion(
             Some(schema) => format!("citycredit_changes_{schema}"),
             None => "citycredit_changes".to_owned(),
         },
-        org_refresh: Some(Arc::clone(registry) as Arc<dyn citycredit::org::OrgRefresh>),
-        credentials: Some(Arc::clone(registry) as Arc<dyn citycredit::auth::CredentialCheck>),
+        org_refresh: Some(Arc::clone(registry) as Arc<dyn citycredit_core::org::OrgRefresh>),
+        credentials: Some(Arc::clone(registry) as Arc<dyn citycredit_core::auth::CredentialCheck>),
     };
     Ingestion::start(db, catalog, org, options)
 }

@@ -4,7 +4,8 @@
 
 use tonic::{Request, Response, Status, Streaming};
 
-use citycredit::auth::{self, Principal};
+use citycredit::auth;
+use citycredit_core::auth::Principal;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::code_audit_service_server::CodeAuditService;
 use citycredit::status::Violation;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tonic::{Code, Status};
 
-use citycredit::auth::Denied;
+use citycredit_core::auth::Denied;
 use citycredit::status::{self, Reason, Violation};
 
 /// Everything that can go wrong in ingestion. Clone, because one failed group commit answers
@@ -95,7 +95,7 @@ impl From<IngestError> for Status {
         match e {
             IngestError::Invalid(v) => status::invalid_argument(&v),
             IngestError::InvalidMany { first, total } => status::invalid_argument_of(&first, total),
-            IngestError::Denied(d) => d.into(),
+            IngestError::Denied(d) => citycredit::auth::denied(d),
             IngestError::KeyConflict(key) => status::with_info(
                 Code::AlreadyExists,
                 format!("idempotency key `{key}` was already used with a different request"),

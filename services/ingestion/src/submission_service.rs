@@ -3,13 +3,14 @@
 use std::pin::Pin;
 
 use citycredit::status::Reason;
-use citycredit::text::TextKind;
+use citycredit_core::text::TextKind;
 pub use citycredit::wire::{micros, timestamp};
 use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use citycredit::auth::{self, Action, Principal};
+use citycredit::auth;
+use citycredit_core::auth::{Action, Principal};
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::metric_submission_service_server::MetricSubmissionService;
 use citycredit::status::{self, Violation};
@@ -508,7 +509,7 @@ impl MetricSubmissionService for SubmissionApi {
             let Some(figure) = agg.values.get(&m.key) else {
                 continue;
             };
-            use citycredit::rules::Figure;
+            use citycredit_core::rules::Figure;
             let mut out = pb::AggregatedMetric {
                 metric_key: m.key.clone(),
                 ..Default::default()
@@ -530,13 +531,13 @@ impl MetricSubmissionService for SubmissionApi {
                         .iter()
                         .map(|(id, s)| {
                             let s = match s {
-                                citycredit::rules::TaskStatus::NotStarted => {
+                                citycredit_core::rules::TaskStatus::NotStarted => {
                                     pb::TaskStatus::NotStarted
                                 }
-                                citycredit::rules::TaskStatus::InProgress => {
+                                citycredit_core::rules::TaskStatus::InProgress => {
                                     pb::TaskStatus::InProgress
                                 }
-                                citycredit::rules::TaskStatus::Done => pb::TaskStatus::Done,
+                                citycredit_core::rules::TaskStatus::Done => pb::TaskStatus::Done,
                             };
                             (id.clone(), s as i32)
                         })

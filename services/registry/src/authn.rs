@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use tonic::Code;
 use tower::{Layer, Service};
 
-use citycredit::auth::Principal;
+use citycredit_core::auth::Principal;
 use citycredit::status::with_info;
 
 use crate::keys::{KeyRefusal, KeyView, prefix_of};

@@ -2,7 +2,7 @@
 
 use tonic::{Code, Status};
 
-use citycredit::auth::Denied;
+use citycredit_core::auth::Denied;
 use citycredit::status::{self, Violation};
 use citycredit_store::StoreError;
 
@@ -52,7 +52,7 @@ impl From<RegistryError> for Status {
             RegistryError::FailedPrecondition(why) => {
                 status::with_info(Code::FailedPrecondition, why, &[])
             }
-            RegistryError::Denied(d) => d.into(),
+            RegistryError::Denied(d) => citycredit::auth::denied(d),
             RegistryError::Store(e) if is_unique_violation(&e) => {
                 status::with_info(Code::AlreadyExists, "the resource already exists", &[])
             }

@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use citycredit::auth::{self, Action, Principal, Role};
-use citycredit::city::{self, Department, Region};
+use citycredit::auth;
+use citycredit_core::auth::{Action, Principal, Role};
+use citycredit_core::city::{self, Department, Region};
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryService;
 use citycredit::status::{Violation, next_page_token, page};
 use citycredit_store::now_micros;
-use citycredit::text::{self, TextKind};
+use citycredit_core::text::{self, TextKind};
 use citycredit::wire::{bare as strip, checked_micros, timestamp};
 
 use crate::Registry;
@@ -34,7 +35,7 @@ impl RegistryApi {
         RegistryApi { registry }
     }
 
-    fn org(&self) -> Arc<citycredit::org::Org> {
+    fn org(&self) -> Arc<citycredit_core::org::Org> {
         self.registry.org().borrow().clone()
     }
 
@@ -44,7 +45,7 @@ impl RegistryApi {
         action: Action<'_>,
     ) -> std::result::Result<Principal, Status> {
         let p = auth::principal(req)?.clone();
-        self.org().access.decide(&p, action)?;
+        self.org().access.decide(&p, action).map_err(auth::denied)?;
         Ok(p)
     }
 
@@ -62,7 +63,7 @@ impl RegistryApi {
 // ----- validation -----
 
 /// Identifier fields (codes, resource names, filters) follow the text rules of
-/// `citycredit::text`: a NUL here reached the database and came back as INTERNAL.
+/// `citycredit_core::text`: a NUL here reached the database and came back as INTERNAL.
 fn check_ids(fields: &[(&str, &str)]) -> Result<()> {
     let mut v = Vec::new();
     for (field, value) in fields {

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use citycredit::auth::{self, Action};
-use citycredit::catalog::{self, Catalog, IndicatorKind, MetricKind};
-use citycredit::city::City;
+use citycredit::auth;
+use citycredit_core::auth::Action;
+use citycredit_core::catalog::{self, Catalog, IndicatorKind, MetricKind};
+use citycredit_core::city::City;
 use citycredit::org::OrgView;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::indicator_service_server::IndicatorService;
@@ -31,7 +32,7 @@ impl IndicatorApi {
     /// (today every role is), decided by the one authorization function like everywhere else.
     fn allow<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let p = auth::principal(request)?;
-        self.org.borrow().access.decide(p, Action::Read)?;
+        self.org.borrow().access.decide(p, Action::Read).map_err(auth::denied)?;
         Ok(())
     }
 

@@ -14,16 +14,18 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use citycredit::aggregates::{AggregateSource, Aggregates, Change};
-use citycredit::auth::{self, Action, CredentialCheck, Principal};
-use citycredit::catalog::{Catalog, IndicatorKind, MetricKind};
-use citycredit::numbers::Num;
-use citycredit::org::{Org, OrgView};
-use citycredit::period::Period;
+use citycredit::auth;
+use citycredit_core::auth::{Action, CredentialCheck, Principal};
+use citycredit_core::catalog::{Catalog, IndicatorKind, MetricKind};
+use citycredit_core::numbers::Num;
+use citycredit::org::OrgView;
+use citycredit_core::org::Org;
+use citycredit_core::period::Period;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::scoring_service_server::ScoringService;
-use citycredit::rules::{self, Figure, Scorecard};
+use citycredit_core::rules::{self, Figure, Scorecard};
 use citycredit::status::{Reason, Violation, invalid_argument, not_found, with_info, with_reason};
-use citycredit::text::{self, TextKind};
+use citycredit_core::text::{self, TextKind};
 
 use crate::convert;
 use crate::indicator_service::responsible_parties;
@@ -142,7 +144,7 @@ impl ScoringApi {
     fn credential_stands(&self, p: &Principal) -> bool {
         self.credentials
             .as_ref()
-            .is_none_or(|c| c.still_valid(p, citycredit_store::now_micros()))
+            .is_none_or(|c| c.still_valid(p, citycredit_core::clock::now_micros()))
     }
 
     fn org(&self) -> Arc<Org> {
@@ -200,7 +202,11 @@ impl ScoringApi {
             }
         }
         let generation = self.generation(&key);
-        let aggregates = self.source.aggregates(region, period, as_of).await?;
+        let aggregates = self
+            .source
+            .aggregates(region, period, as_of)
+            .await
+            .map_err(convert::source_error)?;
         let card = rules::score(&self.catalog, &aggregates.values);
         let scored = Arc::new(Scored::new(card, aggregates));
         if as_of.is_none() {
@@ -285,7 +291,7 @@ impl ScoringApi {
 
 /// An override's value as an aggregated figure of the metric's kind (numbers checked by the same
 /// rules as submissions).
-fn figure(metric: &citycredit::catalog::Metric, o: &pb::ValueOverride) -> Result<Figure, String> {
+fn figure(metric: &citycredit_core::catalog::Metric, o: &pb::ValueOverride) -> Result<Figure, String> {
     use pb::metric_value::Value;
     match (metric.kind, o.value.as_ref().and_then(|v| v.value.as_ref())) {
         (MetricKind::DomainFlag, _) => Ok(Figure::Domains(o.domains.iter().cloned().collect())),
@@ -315,7 +321,7 @@ fn as_of(ts: Option<&prost_types::Timestamp>) -> Result<Option<i64>, Status> {
         .map_err(|why| invalid_argument(&[Violation::new("as_of", why)]))
 }
 
-/// Checks an identifier field against the text rules (`citycredit::text`); pushes a violation
+/// Checks an identifier field against the text rules (`citycredit_core::text`); pushes a violation
 /// naming the code point and returns false when it breaks them.
 fn identifier(field: &str, value: &str, out: &mut Vec<Violation>) -> bool {
     match text::check(value, TextKind::Identifier) {
@@ -364,7 +370,7 @@ impl ScoringService for ScoringApi {
         request: Request<pb::GetScorecardRequest>,
     ) -> Result<Response<pb::GetScorecardResponse>, Status> {
         let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read)?;
+        self.org().access.decide(&p, Action::Read).map_err(auth::denied)?;
         let req = request.into_inner();
         let at = as_of(req.as_of.as_ref())?;
         self.check_region_period(&req.region_code, &req.period)?;
@@ -379,7 +385,7 @@ impl ScoringService for ScoringApi {
         request: Request<pb::BatchGetScorecardsRequest>,
     ) -> Result<Response<pb::BatchGetScorecardsResponse>, Status> {
         let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read)?;
+        self.org().access.decide(&p, Action::Read).map_err(auth::denied)?;
         let req = request.into_inner();
         if req.region_codes.len() > MAX_BATCH_REGIONS {
             return Err(with_info(
@@ -430,7 +436,7 @@ impl ScoringService for ScoringApi {
         request: Request<pb::ExplainIndicatorRequest>,
     ) -> Result<Response<pb::ExplainIndicatorResponse>, Status> {
         let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read)?;
+        self.org().access.decide(&p, Action::Read).map_err(auth::denied)?;
         let req = request.into_inner();
         let at = as_of(req.as_of.as_ref())?;
         self.check_region_period(&req.region_code, &req.period)?;
@@ -463,7 +469,7 @@ impl ScoringService for ScoringApi {
         request: Request<pb::WhatIfRequest>,
     ) -> Result<Response<pb::WhatIfResponse>, Status> {
         let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read)?;
+        self.org().access.decide(&p, Action::Read).map_err(auth::denied)?;
         let req = request.into_inner();
         self.check_region_period(&req.region_code, &req.period)?;
         let base = self.scored(&req.region_code, &req.period, None).await?;
@@ -508,7 +514,7 @@ impl ScoringService for ScoringApi {
         request: Request<pb::WatchScorecardRequest>,
     ) -> Result<Response<Self::WatchScorecardStream>, Status> {
         let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read)?;
+        self.org().access.decide(&p, Action::Read).map_err(auth::denied)?;
         let req = request.into_inner();
         self.check_region_period(&req.region_code, &req.period)?;
         // Subscribe before the first read so no change between the two is missed.
@@ -570,7 +576,7 @@ impl ScoringService for ScoringApi {
         request: Request<pb::CompareCountiesRequest>,
     ) -> Result<Response<pb::CompareCountiesResponse>, Status> {
         let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read)?;
+        self.org().access.decide(&p, Action::Read).map_err(auth::denied)?;
         let period = request.into_inner().period;
         let org = self.org();
         let counties: Vec<String> = self.city_and_counties().into_iter().skip(1).collect();
@@ -626,7 +632,7 @@ impl ScoringService for ScoringApi {
         request: Request<pb::GetDepartmentWorklistRequest>,
     ) -> Result<Response<pb::GetDepartmentWorklistResponse>, Status> {
         let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read)?;
+        self.org().access.decide(&p, Action::Read).map_err(auth::denied)?;
         let req = request.into_inner();
         check_identifier("department", &req.department)?;
         let org = self.org();
@@ -686,8 +692,8 @@ impl ScoringService for ScoringApi {
                 pb::WorklistEntry {
                     code: duty.subject.clone(),
                     role: match duty.role {
-                        citycredit::city::Role::Lead => pb::ResponsibilityRole::Lead,
-                        citycredit::city::Role::Co => pb::ResponsibilityRole::Co,
+                        citycredit_core::city::Role::Lead => pb::ResponsibilityRole::Lead,
+                        citycredit_core::city::Role::Co => pb::ResponsibilityRole::Co,
                     } as i32,
                     via_group: duty
                         .via_group
@@ -714,7 +720,7 @@ impl ScoringService for ScoringApi {
         request: Request<pb::GetCompletenessReportRequest>,
     ) -> Result<Response<pb::GetCompletenessReportResponse>, Status> {
         let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read)?;
+        self.org().access.decide(&p, Action::Read).map_err(auth::denied)?;
         let req = request.into_inner();
         let org = self.org();
         let region = if req.region_code.is_empty() {

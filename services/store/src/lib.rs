@@ -15,7 +15,7 @@ pub mod testing;
 
 use std::path::Path;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
@@ -301,12 +301,8 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Microseconds since the Unix epoch: how the store keeps instants.
-pub fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
+/// Microseconds since the Unix epoch: how the store keeps instants (the core's clock).
+pub use citycredit_core::clock::now_micros;
 
 #[cfg(test)]
 mod tests {
