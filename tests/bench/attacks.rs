@@ -71,7 +71,7 @@ pub async fn start_platform(bin: &str) -> Platform {
         .env("CITYCREDIT_BOOTSTRAP_ADMIN_KEY", ADMIN)
         .env(
             "CITYCREDIT_LOG_FILTER",
-            "warn,citycredit_gateway::server=info",
+            "warn,citycredit_app::server=info",
         )
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())

@@ -54,7 +54,7 @@ fn start(bin: &str, service: &str, dir: &std::path::Path, env: &[(&str, String)]
     .env("CITYCREDIT_BOOTSTRAP_ADMIN_KEY", ADMIN)
     .env(
         "CITYCREDIT_LOG_FILTER",
-        "warn,citycredit_gateway::server=info",
+        "warn,citycredit_app::server=info",
     )
     .env("CITYCREDIT_GATEWAY__PER_PRINCIPAL_RATE", "1000000")
     .env("CITYCREDIT_GATEWAY__PER_PRINCIPAL_BURST", "1000000")

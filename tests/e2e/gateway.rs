@@ -8,7 +8,7 @@ use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_client::DepartmentRegistryServiceClient as Registry;
 use citycredit::proto::v1::metric_submission_service_client::MetricSubmissionServiceClient as Submissions;
 use citycredit::proto::v1::scoring_service_client::ScoringServiceClient as Scoring;
-use citycredit_gateway::config::ServiceMode;
+use citycredit_app::config::ServiceMode;
 use citycredit_tests::{ADMIN_KEY, TestServer};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -210,8 +210,8 @@ struct Split {
 
 async fn split() -> Split {
     if std::env::var("SPLIT_DEBUG").is_ok() {
-        citycredit_gateway::telemetry::install(
-            citycredit_gateway::config::LogFormat::Text,
+        citycredit_app::telemetry::install(
+            citycredit_app::config::LogFormat::Text,
             "info",
             None,
         );

@@ -1,6 +1,6 @@
 //! Issue 10, point 3, measured on real processes (the four-process topology on PostgreSQL):
 //! the memory one principal can make the ingestion process hold. Ignored by default: they need
-//! the built binary (`cargo build -p citycredit-gateway --bin citycredit`, or `CITYCREDIT_BIN`
+//! the built binary (`cargo build -p citycredit-app --bin citycredit`, or `CITYCREDIT_BIN`
 //! for another one, such as a build of an older commit) and `DATABASE_URL`, and stream hundreds
 //! of megabytes. Each prints its figures and fails when the budget is exceeded.
 //!

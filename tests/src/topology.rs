@@ -402,7 +402,7 @@ pub fn binary() -> PathBuf {
     let bin = dir.join("citycredit");
     assert!(
         bin.exists(),
-        "{} is missing: run `cargo build -p citycredit-gateway` first (or set CITYCREDIT_BIN)",
+        "{} is missing: run `cargo build -p citycredit-app` first (or set CITYCREDIT_BIN)",
         bin.display()
     );
     bin

@@ -37,7 +37,7 @@ use citycredit_registry::authn::is_open_path;
 
 use crate::internal_identity::{SharedNonces, body_wait, is_read_only, read_body};
 use crate::rpc_table::RpcTable;
-use crate::telemetry;
+use crate::trace_context;
 use crate::upstream::Body;
 
 /// What a front checks identities with.
@@ -266,7 +266,7 @@ where
         let mut req = req.map(Body::new);
         let path = req.uri().path().to_owned();
         let span = tracing::info_span!("service", rpc = %path, principal = tracing::field::Empty);
-        telemetry::continue_trace(&span, req.headers());
+        trace_context::continue_trace(&span, req.headers());
 
         req.extensions_mut().remove::<Principal>();
         let header = req.headers_mut().remove(HEADER);

@@ -14,7 +14,7 @@ use tower::util::BoxCloneSyncService;
 
 use citycredit::status::retry_after;
 
-use crate::config::UpstreamTlsSettings;
+use crate::settings::UpstreamTlsSettings;
 use crate::front::{FrontParts, ServiceFront};
 
 /// The body of every request and response the gateway handles.

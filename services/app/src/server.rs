@@ -36,14 +36,14 @@ use citycredit_registry::{Registry, RegistryApi};
 use citycredit_scoring::{IndicatorApi, RemoteAggregates, ScoringApi};
 
 use crate::config::{Config, ServiceMode};
-use crate::edge::{Gateway, GatewayParts};
-use crate::front::{FrontParts, ServiceFront};
+use citycredit_gateway::edge::{Gateway, GatewayParts};
+use citycredit_gateway::front::{FrontParts, ServiceFront};
 use crate::health::{self, Check};
-use crate::internal_identity::{EdgeSigner, SharedNonces};
-use crate::metrics::{self, Metrics};
-use crate::rpc_table::RpcTable;
-use crate::transport::{self, TransportLimits};
-use crate::upstream::{self, Upstream, UpstreamError};
+use citycredit_gateway::internal_identity::{EdgeSigner, SharedNonces};
+use citycredit_gateway::metrics::{self, Metrics};
+use citycredit_gateway::rpc_table::RpcTable;
+use citycredit_gateway::transport::{self, TransportLimits};
+use citycredit_gateway::upstream::{self, Upstream, UpstreamError};
 
 /// Why the platform could not start.
 #[derive(Debug, thiserror::Error)]
