@@ -18,10 +18,10 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 use citycredit::auth::identity::{Audience, BodyBinding, HEADER, IdentitySigner, Issuer};
-use citycredit_core::auth::{Principal, Role};
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::indicator_service_client::IndicatorServiceClient;
 use citycredit::proto::v1::metric_submission_service_client::MetricSubmissionServiceClient;
+use citycredit_core::auth::{Principal, Role};
 
 const ADMIN: &str = "bench-bootstrap-admin-key-0123456789abcdef";
 const CATALOG_PATH: &str = "/citycredit.v1.IndicatorService/GetCatalog";
@@ -52,10 +52,7 @@ fn start(bin: &str, service: &str, dir: &std::path::Path, env: &[(&str, String)]
     ])
     .arg(dir)
     .env("CITYCREDIT_BOOTSTRAP_ADMIN_KEY", ADMIN)
-    .env(
-        "CITYCREDIT_LOG_FILTER",
-        "warn,citycredit_app::server=info",
-    )
+    .env("CITYCREDIT_LOG_FILTER", "warn,citycredit_app::server=info")
     .env("CITYCREDIT_GATEWAY__PER_PRINCIPAL_RATE", "1000000")
     .env("CITYCREDIT_GATEWAY__PER_PRINCIPAL_BURST", "1000000")
     .env("CITYCREDIT_GATEWAY__MAX_CONCURRENT_CALLS", "4096")

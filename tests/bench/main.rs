@@ -15,15 +15,15 @@ mod gateway;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use citycredit::org;
+use citycredit::proto::v1 as pb;
 use citycredit_core::auth::{Principal, Role};
 use citycredit_core::catalog::Catalog;
 use citycredit_core::city::City;
-use citycredit::org;
 use citycredit_core::org::Org;
-use citycredit::proto::v1 as pb;
-use citycredit_store::testing::{self, TestDb};
 use citycredit_ingestion::code_audit::{MAX_DISTINCT, complete};
 use citycredit_ingestion::{Ingestion, IngestionOptions};
+use citycredit_store::testing::{self, TestDb};
 
 #[derive(Parser)]
 #[command(name = "citycredit-bench", about = "Ingestion benchmarks")]

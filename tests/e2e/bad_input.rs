@@ -15,10 +15,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Code, Request, Status};
 
-use citycredit_core::auth::Role;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_client::DepartmentRegistryServiceClient;
 use citycredit::proto::v1::scoring_service_client::ScoringServiceClient;
+use citycredit_core::auth::Role;
 use citycredit_store::Db;
 use citycredit_tests::h2raw::{self, StreamAnswer};
 use citycredit_tests::ingestion::*;

@@ -210,11 +210,7 @@ struct Split {
 
 async fn split() -> Split {
     if std::env::var("SPLIT_DEBUG").is_ok() {
-        citycredit_app::telemetry::install(
-            citycredit_app::config::LogFormat::Text,
-            "info",
-            None,
-        );
+        citycredit_app::telemetry::install(citycredit_app::config::LogFormat::Text, "info", None);
     }
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let keys = citycredit_tests::make_keys(dir.path());

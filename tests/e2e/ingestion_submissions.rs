@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tonic::Code;
 
-use citycredit_core::auth::Role;
 use citycredit::proto::v1 as pb;
+use citycredit_core::auth::Role;
 use citycredit_tests::ingestion::*;
 use citycredit_tests::{Backend, both_databases};
 

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use tonic::Code;
 
-use citycredit_core::auth::{Principal, Role};
 use citycredit::org;
 use citycredit::proto::v1 as pb;
-use citycredit_store::testing;
+use citycredit_core::auth::{Principal, Role};
 use citycredit_ingestion::validation::NewValue;
 use citycredit_ingestion::{IngestError, Ingestion, IngestionOptions};
+use citycredit_store::testing;
 use citycredit_tests::ingestion::*;
 use citycredit_tests::{Backend, both_databases};
 

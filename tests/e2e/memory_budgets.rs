@@ -233,8 +233,8 @@ postgres_only!(
 /// memory stays flat however big the store. In process, on each database.
 async fn verifying_a_million_rows_holds_bounded_memory(backend: Backend) {
     use citycredit_core::auth::{Principal, Role};
-    use citycredit_store::testing;
     use citycredit_ingestion::{Ingestion, IngestionOptions};
+    use citycredit_store::testing;
     use citycredit_tests::ingestion::catalog_and_org;
 
     let rows: usize = std::env::var("MEASURE_ROWS")

@@ -13,9 +13,9 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use citycredit::proto::v1 as pb;
-use citycredit_store::{Db, now_micros, sqlite_url};
 use citycredit_ingestion::audit_chain::{GENESIS, row_hash};
 use citycredit_ingestion::store::{self as istore, KIND_RETRACTION, KIND_VALUE, StoredRow};
+use citycredit_store::{Db, now_micros, sqlite_url};
 use citycredit_tests::ingestion::{SubmissionClient, number_input};
 use citycredit_tests::{Backend, TestServer, both_databases, fresh_schema, use_backend};
 

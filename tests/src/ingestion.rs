@@ -13,14 +13,14 @@ use tokio::sync::Mutex;
 use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
 
+use citycredit::org;
+use citycredit::proto::v1 as pb;
 use citycredit_core::auth::{Principal, Role};
 use citycredit_core::catalog::Catalog;
 use citycredit_core::city::City;
-use citycredit::org;
 use citycredit_core::org::Org;
-use citycredit::proto::v1 as pb;
-use citycredit_store::{Db, sqlite_url};
 use citycredit_ingestion::{Ingestion, IngestionOptions};
+use citycredit_store::{Db, sqlite_url};
 
 use crate::{
     AuthChannel, Backend, Bearer, TestSchema, TestServer, fresh_schema, postgres_url, use_backend,

@@ -321,7 +321,10 @@ impl Config {
         {
             return Err(ConfigError::Invalid {
                 field: "bootstrap_admin_key",
-                problem: format!("{problem}; {}", citycredit_core::auth::secrets::HOW_TO_MAKE_ONE),
+                problem: format!(
+                    "{problem}; {}",
+                    citycredit_core::auth::secrets::HOW_TO_MAKE_ONE
+                ),
             });
         }
         if !(100..=60_000).contains(&self.registry_refresh_ms) {

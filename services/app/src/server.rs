@@ -25,20 +25,20 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use citycredit::auth::identity::{
     Audience, IdentitySigner, IdentityVerifier, Issuer, KeyError, parse_public_key,
 };
-use citycredit_core::catalog::{Catalog, LoadError};
-use citycredit_core::city::City;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryServiceServer;
 use citycredit::proto::v1::indicator_service_server::IndicatorServiceServer;
 use citycredit::proto::v1::scoring_service_server::ScoringServiceServer;
-use citycredit_store::{Db, StoreError};
+use citycredit_core::catalog::{Catalog, LoadError};
+use citycredit_core::city::City;
 use citycredit_ingestion::{Ingestion, IngestionOptions, WriterConfig};
 use citycredit_registry::{Registry, RegistryApi};
 use citycredit_scoring::{IndicatorApi, RemoteAggregates, ScoringApi};
+use citycredit_store::{Db, StoreError};
 
 use crate::config::{Config, ServiceMode};
+use crate::health::{self, Check};
 use citycredit_gateway::edge::{Gateway, GatewayParts};
 use citycredit_gateway::front::{FrontParts, ServiceFront};
-use crate::health::{self, Check};
 use citycredit_gateway::internal_identity::{EdgeSigner, SharedNonces};
 use citycredit_gateway::metrics::{self, Metrics};
 use citycredit_gateway::rpc_table::RpcTable;
@@ -202,7 +202,9 @@ pub async fn serve(
                 org.clone(),
                 Arc::new(ingestion.clone()),
             )
-            .with_credentials(Arc::clone(&registry) as Arc<dyn citycredit_core::auth::CredentialCheck>);
+            .with_credentials(
+                Arc::clone(&registry) as Arc<dyn citycredit_core::auth::CredentialCheck>
+            );
             let mut routes: HashMap<String, Upstream> = HashMap::new();
             routes.insert(
                 INDICATOR.into(),

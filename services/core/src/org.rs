@@ -3,11 +3,11 @@
 //! index derived from them. The registry publishes a new snapshot on every change; readers take
 //! the current one without locking or I/O (through `citycredit::org::OrgView`, a watch channel).
 
-use std::collections::{BTreeMap, BTreeSet};
 use crate::BoxFuture;
 use crate::auth::Access;
 use crate::catalog::Catalog;
 use crate::city::City;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One consistent view of the organisation.
 #[derive(Clone, Debug)]

@@ -35,20 +35,20 @@ use tonic::Code;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
-use citycredit_core::auth::Principal;
 use citycredit::auth::identity::{BodyBinding, HEADER as IDENTITY_HEADER};
 use citycredit::status::{Reason, clip, retry_after, retry_after_reason, with_info};
+use citycredit_core::auth::Principal;
 use citycredit_registry::KeyView;
 use citycredit_registry::authn::{authenticate, is_open_path};
 
 use crate::body::{CallBody, OnEnd, ReadTimeoutBody, Stall, code_in, stalled_status};
-use crate::settings::GatewaySettings;
 use crate::internal_identity::EdgeSigner;
 use crate::limits::{
     CallKind, CallPermit, FAILURE_SUMMARY_EVERY, HeldBytes, Limits, Refusal, ServePermit,
 };
 use crate::metrics::{Metrics, UNKNOWN_METHOD, code_name};
 use crate::rpc_table::{RpcInfo, RpcTable, format_grpc_timeout, parse_grpc_timeout};
+use crate::settings::GatewaySettings;
 use crate::trace_context;
 use crate::transport::ConnInfo;
 use crate::upstream::{Body, Upstream};

@@ -30,8 +30,8 @@ use tower::Service;
 use tracing::Instrument;
 
 use citycredit::auth::identity::{BodyBinding, HEADER, IdentityVerifier, Issuer, Verified};
-use citycredit_core::auth::{CredentialCheck, Principal};
 use citycredit::status::{retry_after, with_info};
+use citycredit_core::auth::{CredentialCheck, Principal};
 use citycredit_registry::Registry;
 use citycredit_registry::authn::is_open_path;
 

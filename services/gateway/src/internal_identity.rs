@@ -20,11 +20,11 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use tonic::Code;
 
-use citycredit_core::auth::Principal;
 use citycredit::auth::identity::{
     Audience, BodyBinding, HEADER, IdentitySigner, Issuer, WINDOW_MICROS,
 };
 use citycredit::status::with_info;
+use citycredit_core::auth::Principal;
 use citycredit_store::{Db, StoreError};
 
 use crate::rpc_table::parse_grpc_timeout;

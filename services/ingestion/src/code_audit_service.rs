@@ -5,10 +5,10 @@
 use tonic::{Request, Response, Status, Streaming};
 
 use citycredit::auth;
-use citycredit_core::auth::Principal;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::code_audit_service_server::CodeAuditService;
 use citycredit::status::Violation;
+use citycredit_core::auth::Principal;
 
 use crate::Ingestion;
 use citycredit::status::Reason;

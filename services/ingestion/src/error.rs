@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use tonic::{Code, Status};
 
-use citycredit_core::auth::Denied;
 use citycredit::status::{self, Reason, Violation};
+use citycredit_core::auth::Denied;
 
 /// Everything that can go wrong in ingestion. Clone, because one failed group commit answers
 /// every caller in the group with the same error.

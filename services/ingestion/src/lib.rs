@@ -28,15 +28,15 @@ use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
 use citycredit::aggregates::{AggregateSource, Aggregates, Change};
-use citycredit_core::BoxFuture;
-use citycredit_core::source::{Problem, SourceError};
-use citycredit_core::auth::Principal;
-use citycredit_core::catalog::Catalog;
 use citycredit::org::OrgView;
 use citycredit::proto::v1 as pb;
 use citycredit::status::Violation;
-use citycredit_store::{Backend, Db, now_micros};
+use citycredit_core::BoxFuture;
+use citycredit_core::auth::Principal;
+use citycredit_core::catalog::Catalog;
+use citycredit_core::source::{Problem, SourceError};
 use citycredit_core::text::TextKind;
+use citycredit_store::{Backend, Db, now_micros};
 
 pub use code_audit_service::CodeAuditApi;
 pub use error::IngestError;

@@ -3,17 +3,17 @@
 use std::pin::Pin;
 
 use citycredit::status::Reason;
-use citycredit_core::text::TextKind;
 pub use citycredit::wire::{micros, timestamp};
+use citycredit_core::text::TextKind;
 use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use citycredit::auth;
-use citycredit_core::auth::{Action, Principal};
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::metric_submission_service_server::MetricSubmissionService;
 use citycredit::status::{self, Violation};
+use citycredit_core::auth::{Action, Principal};
 
 use crate::error::IngestError;
 use crate::store::{self, KIND_RETRACTION, ListFilter, StoredRow};

@@ -3,12 +3,12 @@
 //! that passes comes out normalised as a `NewValue` (canonical number text, the department
 //! resolved), which is what is stored and fingerprinted.
 
+use citycredit::proto::v1 as pb;
+use citycredit::status::Violation;
 use citycredit_core::auth::{Action, Denied, Principal, Role};
 use citycredit_core::catalog::{Catalog, Metric, MetricKind};
 use citycredit_core::org::Org;
 use citycredit_core::period::Period;
-use citycredit::proto::v1 as pb;
-use citycredit::status::Violation;
 use citycredit_core::text::{self, TextKind};
 
 /// Longest metric key, region, department, domain, task id or period accepted.

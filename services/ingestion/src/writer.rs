@@ -40,10 +40,10 @@ use sqlx::Connection;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use citycredit_core::auth::{CredentialCheck, Principal};
 use citycredit::status::Violation;
-use citycredit_store::{Backend, Db, now_micros};
+use citycredit_core::auth::{CredentialCheck, Principal};
 use citycredit_core::text::TextKind;
+use citycredit_store::{Backend, Db, now_micros};
 
 use crate::audit_chain::row_hash;
 use crate::change_feed::{self, BaseChanges, ChangeFeed};

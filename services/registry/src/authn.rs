@@ -11,8 +11,8 @@ use std::task::{Context, Poll};
 use tonic::Code;
 use tower::{Layer, Service};
 
-use citycredit_core::auth::Principal;
 use citycredit::status::with_info;
+use citycredit_core::auth::Principal;
 
 use crate::keys::{KeyRefusal, KeyView, prefix_of};
 

@@ -2,8 +2,8 @@
 
 use tonic::{Code, Status};
 
-use citycredit_core::auth::Denied;
 use citycredit::status::{self, Violation};
+use citycredit_core::auth::Denied;
 use citycredit_store::StoreError;
 
 #[derive(Debug, thiserror::Error)]

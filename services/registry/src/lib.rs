@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, watch};
 
+use citycredit::org::OrgView;
 use citycredit_core::auth::Role;
 use citycredit_core::catalog::Catalog;
 use citycredit_core::city::City;
-use citycredit::org::OrgView;
 use citycredit_core::org::Org;
 use citycredit_store::{Db, StoreError, now_micros};
 

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use citycredit::auth;
-use citycredit_core::auth::{Action, Principal, Role};
-use citycredit_core::city::{self, Department, Region};
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryService;
 use citycredit::status::{Violation, next_page_token, page};
-use citycredit_store::now_micros;
-use citycredit_core::text::{self, TextKind};
 use citycredit::wire::{bare as strip, checked_micros, timestamp};
+use citycredit_core::auth::{Action, Principal, Role};
+use citycredit_core::city::{self, Department, Region};
+use citycredit_core::text::{self, TextKind};
+use citycredit_store::now_micros;
 
 use crate::Registry;
 use crate::error::RegistryError;

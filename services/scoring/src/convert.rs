@@ -6,13 +6,13 @@ use std::time::Duration;
 use tonic::Code;
 
 use citycredit::aggregates::{Aggregates, SourceRef};
+use citycredit::proto::v1 as pb;
 use citycredit::status::{self as wire_status, Violation};
-use citycredit_core::source::SourceError;
+pub use citycredit::wire::{micros, timestamp};
 use citycredit_core::catalog::IndicatorKind;
 use citycredit_core::numbers::Num;
-use citycredit::proto::v1 as pb;
 use citycredit_core::rules::{self, Outcome, Status, TaskStatus, TermOutcome};
-pub use citycredit::wire::{micros, timestamp};
+use citycredit_core::source::SourceError;
 
 use crate::indicator_service::indicator_kind;
 

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use citycredit::auth;
-use citycredit_core::auth::Action;
-use citycredit_core::catalog::{self, Catalog, IndicatorKind, MetricKind};
-use citycredit_core::city::City;
 use citycredit::org::OrgView;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::indicator_service_server::IndicatorService;
 use citycredit::status::{next_page_token, not_found, page};
 use citycredit::wire::bare as strip;
+use citycredit_core::auth::Action;
+use citycredit_core::catalog::{self, Catalog, IndicatorKind, MetricKind};
+use citycredit_core::city::City;
 
 /// Serves the catalog. The organisation (for responsible parties) is a snapshot that the
 /// registry replaces when an administrator changes it.
@@ -32,7 +32,11 @@ impl IndicatorApi {
     /// (today every role is), decided by the one authorization function like everywhere else.
     fn allow<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let p = auth::principal(request)?;
-        self.org.borrow().access.decide(p, Action::Read).map_err(auth::denied)?;
+        self.org
+            .borrow()
+            .access
+            .decide(p, Action::Read)
+            .map_err(auth::denied)?;
         Ok(())
     }
 

@@ -12,17 +12,17 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use citycredit::aggregates::{AggregateSource, Aggregates, Change, SourceRef};
-use citycredit_core::BoxFuture;
-use citycredit_core::source::SourceError;
 use citycredit::auth::identity::{
     Audience, BodyBinding, HEADER, IdentitySigner, SCORING_PRINCIPAL,
 };
+use citycredit::proto::v1 as pb;
+use citycredit::proto::v1::metric_submission_service_client::MetricSubmissionServiceClient;
+use citycredit_core::BoxFuture;
 use citycredit_core::auth::{Principal, Role};
 use citycredit_core::catalog::{Catalog, MetricKind};
 use citycredit_core::numbers::Num;
-use citycredit::proto::v1 as pb;
-use citycredit::proto::v1::metric_submission_service_client::MetricSubmissionServiceClient;
 use citycredit_core::rules::{Figure, TaskStatus, Values};
+use citycredit_core::source::SourceError;
 
 use crate::convert;
 

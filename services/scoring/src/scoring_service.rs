@@ -15,16 +15,16 @@ use tonic::{Code, Request, Response, Status};
 
 use citycredit::aggregates::{AggregateSource, Aggregates, Change};
 use citycredit::auth;
+use citycredit::org::OrgView;
+use citycredit::proto::v1 as pb;
+use citycredit::proto::v1::scoring_service_server::ScoringService;
+use citycredit::status::{Reason, Violation, invalid_argument, not_found, with_info, with_reason};
 use citycredit_core::auth::{Action, CredentialCheck, Principal};
 use citycredit_core::catalog::{Catalog, IndicatorKind, MetricKind};
 use citycredit_core::numbers::Num;
-use citycredit::org::OrgView;
 use citycredit_core::org::Org;
 use citycredit_core::period::Period;
-use citycredit::proto::v1 as pb;
-use citycredit::proto::v1::scoring_service_server::ScoringService;
 use citycredit_core::rules::{self, Figure, Scorecard};
-use citycredit::status::{Reason, Violation, invalid_argument, not_found, with_info, with_reason};
 use citycredit_core::text::{self, TextKind};
 
 use crate::convert;
@@ -291,7 +291,10 @@ impl ScoringApi {
 
 /// An override's value as an aggregated figure of the metric's kind (numbers checked by the same
 /// rules as submissions).
-fn figure(metric: &citycredit_core::catalog::Metric, o: &pb::ValueOverride) -> Result<Figure, String> {
+fn figure(
+    metric: &citycredit_core::catalog::Metric,
+    o: &pb::ValueOverride,
+) -> Result<Figure, String> {
     use pb::metric_value::Value;
     match (metric.kind, o.value.as_ref().and_then(|v| v.value.as_ref())) {
         (MetricKind::DomainFlag, _) => Ok(Figure::Domains(o.domains.iter().cloned().collect())),
@@ -370,7 +373,10 @@ impl ScoringService for ScoringApi {
         request: Request<pb::GetScorecardRequest>,
     ) -> Result<Response<pb::GetScorecardResponse>, Status> {
         let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read).map_err(auth::denied)?;
+        self.org()
+            .access
+            .decide(&p, Action::Read)
+            .map_err(auth::denied)?;
         let req = request.into_inner();
         let at = as_of(req.as_of.as_ref())?;
         self.check_region_period(&req.region_code, &req.period)?;
@@ -385,7 +391,10 @@ impl ScoringService for ScoringApi {
         request: Request<pb::BatchGetScorecardsRequest>,
     ) -> Result<Response<pb::BatchGetScorecardsResponse>, Status> {
         let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read).map_err(auth::denied)?;
+        self.org()
+            .access
+            .decide(&p, Action::Read)
+            .map_err(auth::denied)?;
         let req = request.into_inner();
         if req.region_codes.len() > MAX_BATCH_REGIONS {
             return Err(with_info(
@@ -436,7 +445,10 @@ impl ScoringService for ScoringApi {
         request: Request<pb::ExplainIndicatorRequest>,
     ) -> Result<Response<pb::ExplainIndicatorResponse>, Status> {
         let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read).map_err(auth::denied)?;
+        self.org()
+            .access
+            .decide(&p, Action::Read)
+            .map_err(auth::denied)?;
         let req = request.into_inner();
         let at = as_of(req.as_of.as_ref())?;
         self.check_region_period(&req.region_code, &req.period)?;
@@ -469,7 +481,10 @@ impl ScoringService for ScoringApi {
         request: Request<pb::WhatIfRequest>,
     ) -> Result<Response<pb::WhatIfResponse>, Status> {
         let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read).map_err(auth::denied)?;
+        self.org()
+            .access
+            .decide(&p, Action::Read)
+            .map_err(auth::denied)?;
         let req = request.into_inner();
         self.check_region_period(&req.region_code, &req.period)?;
         let base = self.scored(&req.region_code, &req.period, None).await?;
@@ -514,7 +529,10 @@ impl ScoringService for ScoringApi {
         request: Request<pb::WatchScorecardRequest>,
     ) -> Result<Response<Self::WatchScorecardStream>, Status> {
         let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read).map_err(auth::denied)?;
+        self.org()
+            .access
+            .decide(&p, Action::Read)
+            .map_err(auth::denied)?;
         let req = request.into_inner();
         self.check_region_period(&req.region_code, &req.period)?;
         // Subscribe before the first read so no change between the two is missed.
@@ -576,7 +594,10 @@ impl ScoringService for ScoringApi {
         request: Request<pb::CompareCountiesRequest>,
     ) -> Result<Response<pb::CompareCountiesResponse>, Status> {
         let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read).map_err(auth::denied)?;
+        self.org()
+            .access
+            .decide(&p, Action::Read)
+            .map_err(auth::denied)?;
         let period = request.into_inner().period;
         let org = self.org();
         let counties: Vec<String> = self.city_and_counties().into_iter().skip(1).collect();
@@ -632,7 +653,10 @@ impl ScoringService for ScoringApi {
         request: Request<pb::GetDepartmentWorklistRequest>,
     ) -> Result<Response<pb::GetDepartmentWorklistResponse>, Status> {
         let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read).map_err(auth::denied)?;
+        self.org()
+            .access
+            .decide(&p, Action::Read)
+            .map_err(auth::denied)?;
         let req = request.into_inner();
         check_identifier("department", &req.department)?;
         let org = self.org();
@@ -720,7 +744,10 @@ impl ScoringService for ScoringApi {
         request: Request<pb::GetCompletenessReportRequest>,
     ) -> Result<Response<pb::GetCompletenessReportResponse>, Status> {
         let p = auth::principal(&request)?.clone();
-        self.org().access.decide(&p, Action::Read).map_err(auth::denied)?;
+        self.org()
+            .access
+            .decide(&p, Action::Read)
+            .map_err(auth::denied)?;
         let req = request.into_inner();
         let org = self.org();
         let region = if req.region_code.is_empty() {

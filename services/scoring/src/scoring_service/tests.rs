@@ -3,9 +3,9 @@ use std::sync::Mutex as StdMutex;
 
 use citycredit::aggregates::SourceRef;
 use citycredit_core::BoxFuture;
-use citycredit_core::source::SourceError;
 use citycredit_core::auth::{Principal, Role};
 use citycredit_core::city::City;
+use citycredit_core::source::SourceError;
 use tokio_stream::StreamExt;
 
 use super::*;
