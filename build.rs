@@ -15,8 +15,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/citycredit/v1/department_registry_service.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
-    // `sqlx::migrate!` embeds the migrations: a new file must rebuild the crate.
-    println!("cargo:rerun-if-changed=src/store/migrations");
 
     let fds = protox::compile(files, ["proto"])?;
 

@@ -2,16 +2,21 @@
 //! with the submissions behind each, and the feed of "values changed" events. Ingestion
 //! implements `AggregateSource` over its current-values table (in process, or over gRPC when
 //! the services run apart); scoring reads through it and never scans history.
+//!
+//! It lives with the contracts, not in the core: the figures carry the wire's `MetricValue`, the
+//! feed is a tokio broadcast channel, and the same contract is served over gRPC
+//! (`QueryAggregates`, `WatchChanges`). Its errors are the domain's
+//! ([`citycredit_core::source::SourceError`]); the service that asked converts them.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 
 use tokio::sync::broadcast;
-use tonic::Status;
+
+use citycredit_core::BoxFuture;
+use citycredit_core::rules::Values;
+use citycredit_core::source::SourceError;
 
 use crate::proto::v1 as pb;
-use crate::rules::Values;
 
 /// One current submission behind a figure.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,9 +78,6 @@ impl Change {
     }
 }
 
-/// A boxed future, so `AggregateSource` can be used as a trait object.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
 /// Where scoring gets its figures.
 pub trait AggregateSource: Send + Sync + 'static {
     /// The figures for `region` (including every region below it) and `period`, as they stood
@@ -85,7 +87,7 @@ pub trait AggregateSource: Send + Sync + 'static {
         region: &'a str,
         period: &'a str,
         as_of_micros: Option<i64>,
-    ) -> BoxFuture<'a, Result<Aggregates, Status>>;
+    ) -> BoxFuture<'a, Result<Aggregates, SourceError>>;
 
     /// A new subscription to the change feed.
     fn changes(&self) -> broadcast::Receiver<Change>;

@@ -1,18 +1,12 @@
-//! citycredit's shared core: the gRPC contracts, the domain types, the indicator catalog, the
-//! city's organisation, and the exact rule engine. Every service crate builds on this one.
+//! citycredit's contracts: the gRPC code generated from `proto/`, the conversions between the
+//! wire and the domain (`status`, `wire`), and what else is bound to the transport or the async
+//! runtime: how a principal is found in a request and travels between processes (`auth`), the
+//! contract between ingestion and scoring (`aggregates`), and the shared organisation snapshot
+//! (`org`). The domain itself is `citycredit-core`, which knows none of this.
 
 pub mod aggregates;
 pub mod auth;
-pub mod authorize;
-pub mod catalog;
-pub mod city;
-pub mod counters;
-pub mod numbers;
 pub mod org;
-pub mod period;
 pub mod proto;
-pub mod rules;
 pub mod status;
-pub mod store;
-pub mod text;
 pub mod wire;

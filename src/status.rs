@@ -57,7 +57,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::auth::Denied;
+use citycredit_core::auth::Denied;
 
 /// The `ErrorInfo` domain of every citycredit error.
 pub const DOMAIN: &str = "citycredit";
@@ -427,12 +427,6 @@ impl ServiceError for Denied {
             ("metric", self.metric.clone()),
             ("region", self.region.clone()),
         ]
-    }
-}
-
-impl From<Denied> for Status {
-    fn from(d: Denied) -> Status {
-        to_status(&d)
     }
 }
 

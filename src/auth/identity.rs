@@ -32,7 +32,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::auth::{Principal, Role};
+use citycredit_core::auth::{Principal, Role};
 
 /// The header carrying the signed identity.
 pub const HEADER: &str = "x-citycredit-identity";
@@ -239,7 +239,7 @@ fn key_bytes(text: &str, what: &'static str) -> Result<[u8; 32], KeyError> {
     let (Some(line), None) = (lines.next(), lines.next()) else {
         return Err(KeyError::Malformed { what });
     };
-    if crate::auth::secrets::is_placeholder(line) {
+    if citycredit_core::auth::secrets::is_placeholder(line) {
         return Err(KeyError::Weak { what });
     }
     let mut out = [0u8; 32];

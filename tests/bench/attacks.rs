@@ -69,10 +69,7 @@ pub async fn start_platform(bin: &str) -> Platform {
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .env("CITYCREDIT_BOOTSTRAP_ADMIN_KEY", ADMIN)
-        .env(
-            "CITYCREDIT_LOG_FILTER",
-            "warn,citycredit_gateway::server=info",
-        )
+        .env("CITYCREDIT_LOG_FILTER", "warn,citycredit_app::server=info")
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -18,10 +18,10 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 use citycredit::auth::identity::{Audience, BodyBinding, HEADER, IdentitySigner, Issuer};
-use citycredit::auth::{Principal, Role};
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::indicator_service_client::IndicatorServiceClient;
 use citycredit::proto::v1::metric_submission_service_client::MetricSubmissionServiceClient;
+use citycredit_core::auth::{Principal, Role};
 
 const ADMIN: &str = "bench-bootstrap-admin-key-0123456789abcdef";
 const CATALOG_PATH: &str = "/citycredit.v1.IndicatorService/GetCatalog";
@@ -52,10 +52,7 @@ fn start(bin: &str, service: &str, dir: &std::path::Path, env: &[(&str, String)]
     ])
     .arg(dir)
     .env("CITYCREDIT_BOOTSTRAP_ADMIN_KEY", ADMIN)
-    .env(
-        "CITYCREDIT_LOG_FILTER",
-        "warn,citycredit_gateway::server=info",
-    )
+    .env("CITYCREDIT_LOG_FILTER", "warn,citycredit_app::server=info")
     .env("CITYCREDIT_GATEWAY__PER_PRINCIPAL_RATE", "1000000")
     .env("CITYCREDIT_GATEWAY__PER_PRINCIPAL_BURST", "1000000")
     .env("CITYCREDIT_GATEWAY__MAX_CONCURRENT_CALLS", "4096")
@@ -221,7 +218,7 @@ pub async fn run(bin: String, calls: usize, values: usize) {
                         Audience::Scoring,
                         CATALOG_PATH,
                         BodyBinding::of_message(&msg),
-                        citycredit::store::now_micros(),
+                        citycredit_store::now_micros(),
                     )
                     .unwrap_or_default();
                 let mut req = tonic::Request::new(msg);
@@ -300,9 +297,9 @@ pub async fn run(bin: String, calls: usize, values: usize) {
     let platform: MetadataValue<_> = format!("Bearer {key}")
         .parse()
         .unwrap_or_else(|_| panic!("header"));
-    let catalog = citycredit::catalog::Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
+    let catalog = citycredit_core::catalog::Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
     let departments: Arc<Vec<String>> = Arc::new(
-        citycredit::city::City::builtin(&catalog)
+        citycredit_core::city::City::builtin(&catalog)
             .unwrap_or_else(|e| panic!("{e}"))
             .departments
             .iter()

@@ -15,14 +15,15 @@ mod gateway;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use citycredit::auth::{Principal, Role};
-use citycredit::catalog::Catalog;
-use citycredit::city::City;
-use citycredit::org::{self, Org};
+use citycredit::org;
 use citycredit::proto::v1 as pb;
-use citycredit::store::testing::{self, TestDb};
+use citycredit_core::auth::{Principal, Role};
+use citycredit_core::catalog::Catalog;
+use citycredit_core::city::City;
+use citycredit_core::org::Org;
 use citycredit_ingestion::code_audit::{MAX_DISTINCT, complete};
 use citycredit_ingestion::{Ingestion, IngestionOptions};
+use citycredit_store::testing::{self, TestDb};
 
 #[derive(Parser)]
 #[command(name = "citycredit-bench", about = "Ingestion benchmarks")]
@@ -181,7 +182,7 @@ fn value(catalog: &Catalog, i: usize) -> pb::SubmissionInput {
     let counts: Vec<&str> = catalog
         .metrics
         .iter()
-        .filter(|m| m.kind == citycredit::catalog::MetricKind::Count)
+        .filter(|m| m.kind == citycredit_core::catalog::MetricKind::Count)
         .map(|m| m.key.as_str())
         .collect();
     pb::SubmissionInput {
@@ -427,7 +428,7 @@ async fn aggregate(db: Db, submissions: usize, queries: usize) {
     );
     scorecards(&ing, &catalog).await;
     // As of an instant before the last load: the as-of path.
-    let as_of = citycredit::store::now_micros() - 1;
+    let as_of = citycredit_store::now_micros() - 1;
     let t = Instant::now();
     for _ in 0..100 {
         ing.aggregates_of("330800", "2026", Some(as_of))
@@ -549,7 +550,7 @@ async fn scorecards(ing: &Ingestion, catalog: &Arc<Catalog>) {
             .aggregates_of("330800", "2026", None)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let card = citycredit::rules::score(catalog, &agg.values);
+        let card = citycredit_core::rules::score(catalog, &agg.values);
         let wire = citycredit_scoring::convert::scorecard(&card, &agg);
         cold.push(t.elapsed());
         std::hint::black_box(wire);

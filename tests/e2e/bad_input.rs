@@ -15,11 +15,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Code, Request, Status};
 
-use citycredit::auth::Role;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_client::DepartmentRegistryServiceClient;
 use citycredit::proto::v1::scoring_service_client::ScoringServiceClient;
-use citycredit::store::Db;
+use citycredit_core::auth::Role;
+use citycredit_store::Db;
 use citycredit_tests::h2raw::{self, StreamAnswer};
 use citycredit_tests::ingestion::*;
 use citycredit_tests::{Backend, both_databases};
@@ -52,7 +52,7 @@ impl Who {
         }
     }
 
-    fn principal(&self) -> Option<citycredit::auth::Principal> {
+    fn principal(&self) -> Option<citycredit_core::auth::Principal> {
         match self {
             Who::Platform => Some(platform()),
             Who::Admin => Some(admin()),

@@ -48,7 +48,7 @@ impl Rng {
         let seed = std::env::var("CHAOS_SEED")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| citycredit::store::now_micros().unsigned_abs());
+            .unwrap_or_else(|| citycredit_store::now_micros().unsigned_abs());
         eprintln!("{test}: CHAOS_SEED={seed}");
         Rng(seed.max(1))
     }

@@ -8,7 +8,7 @@ use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_client::DepartmentRegistryServiceClient as Registry;
 use citycredit::proto::v1::metric_submission_service_client::MetricSubmissionServiceClient as Submissions;
 use citycredit::proto::v1::scoring_service_client::ScoringServiceClient as Scoring;
-use citycredit_gateway::config::ServiceMode;
+use citycredit_app::config::ServiceMode;
 use citycredit_tests::{ADMIN_KEY, TestServer};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -29,9 +29,9 @@ async fn a_forged_identity_header_is_ignored() {
     // A header claiming to be the administrator, signed with a key the platform does not have.
     use citycredit::auth::identity::{Audience, BodyBinding, IdentitySigner, Issuer};
     let signer = IdentitySigner::generate(Issuer::Gateway);
-    let admin = citycredit::auth::Principal {
+    let admin = citycredit_core::auth::Principal {
         id: "admin".into(),
-        role: citycredit::auth::Role::Admin,
+        role: citycredit_core::auth::Role::Admin,
         department: None,
         credential: None,
     };
@@ -42,7 +42,7 @@ async fn a_forged_identity_header_is_ignored() {
             Audience::Registry,
             path,
             BodyBinding::Stream,
-            citycredit::store::now_micros(),
+            citycredit_store::now_micros(),
         )
         .unwrap_or_default();
 
@@ -210,11 +210,7 @@ struct Split {
 
 async fn split() -> Split {
     if std::env::var("SPLIT_DEBUG").is_ok() {
-        citycredit_gateway::telemetry::install(
-            citycredit_gateway::config::LogFormat::Text,
-            "info",
-            None,
-        );
+        citycredit_app::telemetry::install(citycredit_app::config::LogFormat::Text, "info", None);
     }
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let keys = citycredit_tests::make_keys(dir.path());

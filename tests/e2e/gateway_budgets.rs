@@ -14,7 +14,7 @@ use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::indicator_service_client::IndicatorServiceClient;
 use citycredit::proto::v1::metric_submission_service_client::MetricSubmissionServiceClient as Submissions;
 use citycredit::proto::v1::scoring_service_client::ScoringServiceClient as Scoring;
-use citycredit_gateway::Config;
+use citycredit_app::Config;
 use citycredit_tests::h2raw::{self, grpc_frame, grpc_request};
 use citycredit_tests::ingestion::number_input;
 use citycredit_tests::{Backend, TestServer, both_databases, fresh_schema, use_backend};
@@ -55,7 +55,7 @@ fn push(i: u64) -> pb::SubmitValueRequest {
             "samr",
             &i.to_string(),
         )),
-        idempotency_key: format!("budget-{i}-{}", citycredit::store::now_micros()),
+        idempotency_key: format!("budget-{i}-{}", citycredit_store::now_micros()),
         validate_only: false,
     }
 }

@@ -1,5 +1,5 @@
 //! `/metrics` and the access log end to end (issue 10 point 4): the real `citycredit` binary
-//! (build it first: `cargo build -p citycredit-gateway`), a real HTTP scrape, its log captured
+//! (build it first: `cargo build -p citycredit-app`), a real HTTP scrape, its log captured
 //! from standard error as JSON. On SQLite and (with `DATABASE_URL`) PostgreSQL.
 //!
 //! - a flood of calls to random 4 KB paths (no key) is one `unknown` label, not one per path;
@@ -32,7 +32,7 @@ fn binary() -> PathBuf {
         .unwrap_or_default();
     assert!(
         bin.exists(),
-        "{} is missing: run `cargo build -p citycredit-gateway` first",
+        "{} is missing: run `cargo build -p citycredit-app` first",
         bin.display()
     );
     bin

@@ -254,7 +254,7 @@ async fn request_bodies_held_at_the_gateway_are_bounded_per_principal_and_in_all
 /// its 256 MiB and 32 MiB of slack.
 ///
 /// ```text
-/// cargo build -p citycredit-gateway --bin citycredit
+/// cargo build -p citycredit-app --bin citycredit
 /// DATABASE_URL=postgres://postgres@127.0.0.1:5432/test \
 ///   cargo test -p citycredit-tests --test gateway_request_bytes -- --ignored --nocapture
 /// ```

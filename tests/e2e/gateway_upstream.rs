@@ -22,7 +22,7 @@ use tonic_types::StatusExt;
 
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::metric_submission_service_client::MetricSubmissionServiceClient as Submissions;
-use citycredit_gateway::config::ServiceMode;
+use citycredit_app::config::ServiceMode;
 use citycredit_tests::TestServer;
 use citycredit_tests::ingestion::number_input;
 
@@ -136,7 +136,7 @@ impl Fake {
 /// A registry and a gateway whose ingestion and scoring upstream is `fake`.
 async fn gateway_before(
     fake: &Fake,
-    adjust: impl FnOnce(&mut citycredit_gateway::Config) + Send + 'static,
+    adjust: impl FnOnce(&mut citycredit_app::Config) + Send + 'static,
 ) -> (tempfile::TempDir, TestServer, TestServer) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let keys = citycredit_tests::make_keys(dir.path());

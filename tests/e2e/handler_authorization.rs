@@ -1,5 +1,5 @@
 //! Issue 11, point 4: every handler of every service goes through the one authorization path
-//! (`citycredit::authorize`). The five services are served in process with no authentication
+//! (`citycredit::auth`). The five services are served in process with no authentication
 //! layer at all, and every RPC of the RPC table is called once without a principal: each must
 //! answer UNAUTHENTICATED `CREDENTIAL_REFUSED` from the handler itself. A handler that skipped
 //! the path would answer something else (data, or a validation error), and an RPC added to the
@@ -18,11 +18,11 @@ use tonic_types::StatusExt;
 
 use citycredit::org;
 use citycredit::proto::v1 as pb;
-use citycredit::store::testing;
 use citycredit_gateway::rpc_table::RpcTable;
 use citycredit_ingestion::{Ingestion, IngestionOptions};
 use citycredit_registry::{Registry, RegistryApi};
 use citycredit_scoring::{IndicatorApi, ScoringApi};
+use citycredit_store::testing;
 use citycredit_tests::ingestion::catalog_and_org;
 
 /// Passes message bytes through untouched.

@@ -305,7 +305,7 @@ async fn health_and_both_reflection_versions_are_served() {
 async fn a_broken_catalog_file_stops_the_start_with_a_precise_message() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let path = dir.path().join("catalog.toml");
-    let text = citycredit::catalog::BUILTIN_CATALOG_TOML.replacen(
+    let text = citycredit_core::catalog::BUILTIN_CATALOG_TOML.replacen(
         "denominator = \"service_halls.total\"",
         "denominator = \"service_halls.totl\"",
         1,

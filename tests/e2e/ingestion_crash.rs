@@ -1,7 +1,7 @@
 //! A kill -9 of the real `citycredit` binary in the middle of a batch stream: after a restart
 //! the batch is wholly absent, and a retry with the same key completes it exactly once. Runs on
 //! SQLite and (with `DATABASE_URL`) PostgreSQL. Needs the binary: `cargo build -p
-//! citycredit-gateway` first (the test says so when it is missing).
+//! citycredit-app` first (the test says so when it is missing).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ fn binary() -> PathBuf {
         .unwrap_or_default();
     assert!(
         bin.exists(),
-        "{} is missing: run `cargo build -p citycredit-gateway` first",
+        "{} is missing: run `cargo build -p citycredit-app` first",
         bin.display()
     );
     bin

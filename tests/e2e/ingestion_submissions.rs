@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tonic::Code;
 
-use citycredit::auth::Role;
 use citycredit::proto::v1 as pb;
+use citycredit_core::auth::Role;
 use citycredit_tests::ingestion::*;
 use citycredit_tests::{Backend, both_databases};
 
@@ -623,11 +623,11 @@ async fn roll_up_department_sums_and_domain_union(backend: Backend) {
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     assert_eq!(
         agg.values.number("uscc.codes_total"),
-        Some(&citycredit::numbers::Num::from_int(122))
+        Some(&citycredit_core::numbers::Num::from_int(122))
     );
     assert_eq!(
         agg.values.task_status("task.status", "E01.1"),
-        citycredit::rules::TaskStatus::Done
+        citycredit_core::rules::TaskStatus::Done
     );
 }
 

@@ -23,11 +23,11 @@ use tonic::transport::Channel;
 use citycredit::auth::identity::{
     Audience, BodyBinding, HEADER, IdentitySigner, Issuer, SCORING_PRINCIPAL,
 };
-use citycredit::auth::{Principal, Role};
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_client::DepartmentRegistryServiceClient as Registry;
 use citycredit::proto::v1::indicator_service_client::IndicatorServiceClient as Indicators;
 use citycredit::proto::v1::scoring_service_client::ScoringServiceClient as Scoring;
+use citycredit_core::auth::{Principal, Role};
 use citycredit_gateway::rpc_table::RpcTable;
 use citycredit_tests::topology::{Part, Store, Topology, TopologyOptions};
 use citycredit_tests::{Backend, both_databases};
@@ -138,7 +138,7 @@ fn sign<M: Message>(
             audience,
             path,
             BodyBinding::of_message(msg),
-            citycredit::store::now_micros(),
+            citycredit_store::now_micros(),
         )
         .unwrap_or_else(|| panic!("sign"))
 }

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use tonic::Code;
 
-use citycredit::auth::{Principal, Role};
 use citycredit::org;
 use citycredit::proto::v1 as pb;
-use citycredit::store::testing;
+use citycredit_core::auth::{Principal, Role};
 use citycredit_ingestion::validation::NewValue;
 use citycredit_ingestion::{IngestError, Ingestion, IngestionOptions};
+use citycredit_store::testing;
 use citycredit_tests::ingestion::*;
 use citycredit_tests::{Backend, both_databases};
 
@@ -30,7 +30,7 @@ fn unary(input: pb::SubmissionInput, key: &str) -> pb::SubmitValueRequest {
 }
 
 /// Stored (idempotency key -> rows) for every key.
-async fn stored_keys(db: &citycredit::store::Db) -> HashMap<String, i64> {
+async fn stored_keys(db: &citycredit_store::Db) -> HashMap<String, i64> {
     use sqlx::Row;
     sqlx::query("SELECT idempotency_key, COUNT(*) FROM submissions GROUP BY idempotency_key")
         .fetch_all(&db.pool)

@@ -1,6 +1,6 @@
 //! Issue 10, point 3, measured on real processes (the four-process topology on PostgreSQL):
 //! the memory one principal can make the ingestion process hold. Ignored by default: they need
-//! the built binary (`cargo build -p citycredit-gateway --bin citycredit`, or `CITYCREDIT_BIN`
+//! the built binary (`cargo build -p citycredit-app --bin citycredit`, or `CITYCREDIT_BIN`
 //! for another one, such as a build of an older commit) and `DATABASE_URL`, and stream hundreds
 //! of megabytes. Each prints its figures and fails when the budget is exceeded.
 //!
@@ -232,9 +232,9 @@ postgres_only!(
 /// retraction of the current value every 5,000): the value versions are compared key by key over two sorted streams, so
 /// memory stays flat however big the store. In process, on each database.
 async fn verifying_a_million_rows_holds_bounded_memory(backend: Backend) {
-    use citycredit::auth::{Principal, Role};
-    use citycredit::store::testing;
+    use citycredit_core::auth::{Principal, Role};
     use citycredit_ingestion::{Ingestion, IngestionOptions};
+    use citycredit_store::testing;
     use citycredit_tests::ingestion::catalog_and_org;
 
     let rows: usize = std::env::var("MEASURE_ROWS")

@@ -13,9 +13,9 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use citycredit::proto::v1 as pb;
-use citycredit::store::{Db, now_micros, sqlite_url};
 use citycredit_ingestion::audit_chain::{GENESIS, row_hash};
 use citycredit_ingestion::store::{self as istore, KIND_RETRACTION, KIND_VALUE, StoredRow};
+use citycredit_store::{Db, now_micros, sqlite_url};
 use citycredit_tests::ingestion::{SubmissionClient, number_input};
 use citycredit_tests::{Backend, TestServer, both_databases, fresh_schema, use_backend};
 
@@ -25,11 +25,11 @@ const PERIOD: &str = "2026";
 /// The store's migrations up to (not including) 0210, as a store of the last release has them.
 async fn migrate_before_0210(db: &Db) {
     let folder = match db.backend {
-        citycredit::store::Backend::Sqlite => "sqlite",
-        citycredit::store::Backend::Postgres => "postgres",
+        citycredit_store::Backend::Sqlite => "sqlite",
+        citycredit_store::Backend::Postgres => "postgres",
     };
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../src/store/migrations")
+        .join("../services/store/migrations")
         .join(folder);
     let mut migrator = sqlx::migrate::Migrator::new(dir)
         .await

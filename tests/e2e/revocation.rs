@@ -17,11 +17,11 @@ use tonic::Code;
 use tonic::transport::{Endpoint, Server};
 use tonic_types::StatusExt;
 
-use citycredit::auth::{CredentialCheck, Principal, Role};
 use citycredit::org;
 use citycredit::proto::v1 as pb;
-use citycredit::store::testing::{self, TestDb};
+use citycredit_core::auth::{CredentialCheck, Principal, Role};
 use citycredit_ingestion::{Ingestion, IngestionOptions};
+use citycredit_store::testing::{self, TestDb};
 use citycredit_tests::ingestion::*;
 use citycredit_tests::{Backend, both_databases};
 

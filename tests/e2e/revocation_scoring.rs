@@ -13,12 +13,12 @@ use tonic::Code;
 use tonic::transport::{Endpoint, Server};
 use tonic_types::StatusExt;
 
-use citycredit::auth::{CredentialCheck, Principal, Role};
 use citycredit::org;
 use citycredit::proto::v1 as pb;
-use citycredit::store::testing;
+use citycredit_core::auth::{CredentialCheck, Principal, Role};
 use citycredit_ingestion::{Ingestion, IngestionOptions};
 use citycredit_scoring::ScoringApi;
+use citycredit_store::testing;
 use citycredit_tests::ingestion::*;
 use citycredit_tests::{Backend, both_databases};
 

@@ -4,9 +4,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use citycredit::auth::Role;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::scoring_service_client::ScoringServiceClient;
+use citycredit_core::auth::Role;
 use citycredit_tests::ingestion::{IngestionServer, flag_input, number_input, platform, principal};
 use citycredit_tests::{Backend, both_databases};
 use serde_json::Value as Json;
@@ -20,7 +20,7 @@ fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
 
 async fn submit_batch(
     s: &IngestionServer,
-    who: &citycredit::auth::Principal,
+    who: &citycredit_core::auth::Principal,
     values: Vec<pb::SubmissionInput>,
 ) {
     if values.is_empty() {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use citycredit_gateway::Config;
+use citycredit_app::Config;
 use citycredit_tests::topology::{binary, make_keys, shipped_config_dir};
 
 fn deploy_dir() -> PathBuf {

@@ -4,8 +4,8 @@
 //! rebuilds the tests and not the whole workspace.
 
 use citycredit::auth::identity::WINDOW_MICROS;
-use citycredit::store::testing;
 use citycredit_gateway::internal_identity::SharedNonces;
+use citycredit_store::testing;
 use citycredit_tests::{Backend, both_databases};
 
 async fn meta_round_trips(backend: Backend) {

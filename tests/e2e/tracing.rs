@@ -3,7 +3,7 @@
 
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::scoring_service_client::ScoringServiceClient;
-use citycredit_gateway::config::LogFormat;
+use citycredit_app::config::LogFormat;
 use citycredit_tests::TestServer;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 
@@ -13,7 +13,7 @@ async fn a_trace_id_sent_in_traceparent_appears_in_the_services_spans() {
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
-    citycredit_gateway::telemetry::install(LogFormat::Text, "info", Some(&provider));
+    citycredit_app::telemetry::install(LogFormat::Text, "info", Some(&provider));
 
     let server = TestServer::start().await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";

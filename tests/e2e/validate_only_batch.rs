@@ -19,8 +19,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use citycredit::auth::Role;
 use citycredit::proto::v1 as pb;
+use citycredit_core::auth::Role;
 use citycredit_tests::ingestion::*;
 use citycredit_tests::{Backend, TestServer, both_databases, fresh_schema, use_backend};
 

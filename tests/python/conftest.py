@@ -66,7 +66,7 @@ def _start_server(tmp: Path) -> tuple[subprocess.Popen, Server]:
         binary = ROOT / binary
     if not os.access(binary, os.X_OK):
         raise RuntimeError(f"server binary {binary} is missing: build it with "
-                           "`cargo build -p citycredit-gateway --bin citycredit`")
+                           "`cargo build -p citycredit-app --bin citycredit`")
     admin_key = "cc_pytest_" + secrets.token_hex(24)
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env.update(CITYCREDIT_BOOTSTRAP_ADMIN_KEY=admin_key, RUST_LOG="info", NO_COLOR="1")

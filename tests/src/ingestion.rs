@@ -13,13 +13,14 @@ use tokio::sync::Mutex;
 use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
 
-use citycredit::auth::{Principal, Role};
-use citycredit::catalog::Catalog;
-use citycredit::city::City;
-use citycredit::org::{self, Org};
+use citycredit::org;
 use citycredit::proto::v1 as pb;
-use citycredit::store::{Db, sqlite_url};
+use citycredit_core::auth::{Principal, Role};
+use citycredit_core::catalog::Catalog;
+use citycredit_core::city::City;
+use citycredit_core::org::Org;
 use citycredit_ingestion::{Ingestion, IngestionOptions};
+use citycredit_store::{Db, sqlite_url};
 
 use crate::{
     AuthChannel, Backend, Bearer, TestSchema, TestServer, fresh_schema, postgres_url, use_backend,

@@ -21,8 +21,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_client::DepartmentRegistryServiceClient;
-use citycredit_gateway::Config;
-use citycredit_gateway::server::{self, StartError};
+use citycredit_app::Config;
+use citycredit_app::server::{self, StartError};
 
 /// The bootstrap administrator key every test server starts with.
 pub const ADMIN_KEY: &str = "test-bootstrap-admin-key-0123456789abcdef";
@@ -202,8 +202,8 @@ impl Drop for TestServer {
 }
 
 /// Where a test server keeps its data.
-pub use citycredit::store::Backend;
-pub use citycredit::store::testing::postgres_url;
+pub use citycredit_store::Backend;
+pub use citycredit_store::testing::postgres_url;
 
 /// Declares a test per database for `async fn <scenario>(backend: Backend)`:
 /// `<scenario>::sqlite` and `<scenario>::postgres`. The PostgreSQL one is reported by libtest as
@@ -307,7 +307,7 @@ impl Drop for TestSchema {
             };
             rt.block_on(async {
                 let opts = std::time::Duration::from_secs(5);
-                if let Ok(db) = citycredit::store::Db::connect(&url, 1, opts, None).await {
+                if let Ok(db) = citycredit_store::Db::connect(&url, 1, opts, None).await {
                     // SQL-safe: a schema name `fresh_schema` generated ([a-z0-9_]).
                     let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
                     let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -344,9 +344,9 @@ pub fn use_backend(config: &mut Config, backend: Backend, schema: &str) {
 /// A configuration for `mode` running apart, with its part's identity keys from `keys` (made
 /// by [`make_keys`]).
 pub fn apart(
-    mode: citycredit_gateway::config::ServiceMode,
+    mode: citycredit_app::config::ServiceMode,
     keys: &std::path::Path,
-) -> impl FnOnce(&mut citycredit_gateway::Config) {
+) -> impl FnOnce(&mut citycredit_app::Config) {
     let dir = keys.join(mode.as_str());
     move |c| {
         c.service = mode;
@@ -354,30 +354,30 @@ pub fn apart(
         let id = &mut c.identity;
         if matches!(
             mode,
-            citycredit_gateway::config::ServiceMode::Gateway
-                | citycredit_gateway::config::ServiceMode::Scoring
+            citycredit_app::config::ServiceMode::Gateway
+                | citycredit_app::config::ServiceMode::Scoring
         ) {
             id.signing_key = Some(dir.join("identity.key"));
         }
         if matches!(
             mode,
-            citycredit_gateway::config::ServiceMode::Registry
-                | citycredit_gateway::config::ServiceMode::Ingestion
-                | citycredit_gateway::config::ServiceMode::Scoring
+            citycredit_app::config::ServiceMode::Registry
+                | citycredit_app::config::ServiceMode::Ingestion
+                | citycredit_app::config::ServiceMode::Scoring
         ) {
             id.gateway_public_key = Some(dir.join("gateway-identity.pub"));
         }
-        if mode == citycredit_gateway::config::ServiceMode::Ingestion {
+        if mode == citycredit_app::config::ServiceMode::Ingestion {
             id.scoring_public_key = Some(dir.join("scoring-identity.pub"));
         }
     }
 }
 
-/// Every key and certificate of the split topology (`citycredit_gateway::keys::generate`),
+/// Every key and certificate of the split topology (`citycredit_app::keys::generate`),
 /// names valid for 127.0.0.1, under `dir/keys` (one subdirectory per part).
 pub fn make_keys(dir: &std::path::Path) -> std::path::PathBuf {
     let out = dir.join("keys");
-    citycredit_gateway::keys::generate(&citycredit_gateway::keys::KeyOptions {
+    citycredit_app::keys::generate(&citycredit_app::keys::KeyOptions {
         out: out.clone(),
         extra_names: vec!["127.0.0.1".into()],
         namespace: None,

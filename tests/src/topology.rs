@@ -402,7 +402,7 @@ pub fn binary() -> PathBuf {
     let bin = dir.join("citycredit");
     assert!(
         bin.exists(),
-        "{} is missing: run `cargo build -p citycredit-gateway` first (or set CITYCREDIT_BIN)",
+        "{} is missing: run `cargo build -p citycredit-app` first (or set CITYCREDIT_BIN)",
         bin.display()
     );
     bin
@@ -878,9 +878,9 @@ impl Topology {
     }
 
     /// A direct connection to the topology's store (for reconciliation), not through the proxy.
-    pub async fn store(&self) -> citycredit::store::Db {
+    pub async fn store(&self) -> citycredit_store::Db {
         let schema = (self.options.store == Store::Postgres).then(|| self.schema.to_string());
-        citycredit::store::Db::connect(&self.url, 2, Duration::from_secs(10), schema)
+        citycredit_store::Db::connect(&self.url, 2, Duration::from_secs(10), schema)
             .await
             .unwrap_or_else(|e| panic!("connect to the topology's store: {e}"))
     }

@@ -35,21 +35,21 @@ use tonic::Code;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
-use citycredit::auth::Principal;
 use citycredit::auth::identity::{BodyBinding, HEADER as IDENTITY_HEADER};
 use citycredit::status::{Reason, clip, retry_after, retry_after_reason, with_info};
+use citycredit_core::auth::Principal;
 use citycredit_registry::KeyView;
 use citycredit_registry::authn::{authenticate, is_open_path};
 
 use crate::body::{CallBody, OnEnd, ReadTimeoutBody, Stall, code_in, stalled_status};
-use crate::config::GatewaySettings;
 use crate::internal_identity::EdgeSigner;
 use crate::limits::{
     CallKind, CallPermit, FAILURE_SUMMARY_EVERY, HeldBytes, Limits, Refusal, ServePermit,
 };
 use crate::metrics::{Metrics, UNKNOWN_METHOD, code_name};
 use crate::rpc_table::{RpcInfo, RpcTable, format_grpc_timeout, parse_grpc_timeout};
-use crate::telemetry;
+use crate::settings::GatewaySettings;
+use crate::trace_context;
 use crate::transport::ConnInfo;
 use crate::upstream::{Body, Upstream};
 
@@ -155,7 +155,7 @@ impl Inner {
             None => Arc::from(clip(path, LOGGED_PATH_CHARS)),
         };
         let span = tracing::info_span!("gateway", rpc = %logged, principal = tracing::field::Empty);
-        telemetry::continue_trace(&span, req.headers());
+        trace_context::continue_trace(&span, req.headers());
         let conn = req.extensions().get::<ConnInfo>().cloned();
         let mut call = Call::default();
         let response = self
@@ -456,7 +456,7 @@ impl Inner {
         };
 
         // The identity for the upstream's audience, bound to the request body.
-        let now = citycredit::store::now_micros();
+        let now = citycredit_store::now_micros();
         if let Err(why) = self
             .parts
             .signer
@@ -465,7 +465,7 @@ impl Inner {
             tracing::error!(rpc = path, why, "cannot sign the caller's identity");
             return refuse(Code::Internal, "internal error");
         }
-        telemetry::pass_on_trace(span, req.headers_mut());
+        trace_context::pass_on_trace(span, req.headers_mut());
         if path.starts_with("/citycredit.v1.MetricSubmissionService/Submit") {
             self.parts.metrics.push(id);
         }

@@ -30,14 +30,14 @@ use tower::Service;
 use tracing::Instrument;
 
 use citycredit::auth::identity::{BodyBinding, HEADER, IdentityVerifier, Issuer, Verified};
-use citycredit::auth::{CredentialCheck, Principal};
 use citycredit::status::{retry_after, with_info};
+use citycredit_core::auth::{CredentialCheck, Principal};
 use citycredit_registry::Registry;
 use citycredit_registry::authn::is_open_path;
 
 use crate::internal_identity::{SharedNonces, body_wait, is_read_only, read_body};
 use crate::rpc_table::RpcTable;
-use crate::telemetry;
+use crate::trace_context;
 use crate::upstream::Body;
 
 /// What a front checks identities with.
@@ -95,7 +95,7 @@ impl FrontParts {
                 "no internal identity: services answer only calls that come through the gateway",
             ));
         };
-        let now = citycredit::store::now_micros();
+        let now = citycredit_store::now_micros();
         let verified = header
             .to_str()
             .map_err(|_| "internal identity is not text".to_owned())
@@ -209,7 +209,7 @@ struct RefusalLog {
 impl RefusalLog {
     fn note(&self, path: &str, why: &str) {
         let count = self.since.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = citycredit::store::now_micros();
+        let now = citycredit_store::now_micros();
         let last = self.last_micros.load(Ordering::Relaxed);
         if now - last >= 1_000_000
             && self
@@ -266,7 +266,7 @@ where
         let mut req = req.map(Body::new);
         let path = req.uri().path().to_owned();
         let span = tracing::info_span!("service", rpc = %path, principal = tracing::field::Empty);
-        telemetry::continue_trace(&span, req.headers());
+        trace_context::continue_trace(&span, req.headers());
 
         req.extensions_mut().remove::<Principal>();
         let header = req.headers_mut().remove(HEADER);

@@ -20,12 +20,12 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use tonic::Code;
 
-use citycredit::auth::Principal;
 use citycredit::auth::identity::{
     Audience, BodyBinding, HEADER, IdentitySigner, Issuer, WINDOW_MICROS,
 };
 use citycredit::status::with_info;
-use citycredit::store::{Db, StoreError};
+use citycredit_core::auth::Principal;
+use citycredit_store::{Db, StoreError};
 
 use crate::rpc_table::parse_grpc_timeout;
 use crate::upstream::Body;
@@ -194,7 +194,7 @@ impl SharedNonces {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(e) = me.prune(citycredit::store::now_micros()).await {
+                if let Err(e) = me.prune(citycredit_store::now_micros()).await {
                     tracing::warn!(error = %e, "pruning identity nonces failed");
                 }
             }

@@ -27,7 +27,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::adaptive::{AdaptiveLimit, Slot};
-use crate::config::GatewaySettings;
+use crate::settings::GatewaySettings;
 
 /// What kind of call a budget counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

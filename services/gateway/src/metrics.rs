@@ -77,7 +77,7 @@ struct IngestedRows;
 
 impl Collector for IngestedRows {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counter = ConstCounter::new(citycredit::counters::ingested_rows());
+        let counter = ConstCounter::new(citycredit_core::counters::ingested_rows());
         let metric = encoder.encode_descriptor(
             "ingested_rows",
             "Submissions committed by this process",
@@ -260,8 +260,8 @@ mod tests {
     fn concurrent_scrapes_never_count_a_row_twice() {
         let metrics = Metrics::new();
         for round in 0..2000u64 {
-            citycredit::counters::add_ingested_rows(round + 1);
-            let total = citycredit::counters::ingested_rows();
+            citycredit_core::counters::add_ingested_rows(round + 1);
+            let total = citycredit_core::counters::ingested_rows();
             let barrier = Arc::new(std::sync::Barrier::new(8));
             let seen: Vec<Option<u64>> = std::thread::scope(|s| {
                 let handles: Vec<_> = (0..8)

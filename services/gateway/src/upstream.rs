@@ -14,8 +14,8 @@ use tower::util::BoxCloneSyncService;
 
 use citycredit::status::retry_after;
 
-use crate::config::UpstreamTlsSettings;
 use crate::front::{FrontParts, ServiceFront};
+use crate::settings::UpstreamTlsSettings;
 
 /// The body of every request and response the gateway handles.
 pub type Body = tonic::body::Body;

@@ -8,9 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use citycredit::aggregates::{Aggregates, SourceRef};
-use citycredit::catalog::{Catalog, MetricKind};
-use citycredit::numbers::Num;
-use citycredit::rules::{TaskStatus, Values};
+use citycredit_core::catalog::{Catalog, MetricKind};
+use citycredit_core::numbers::Num;
+use citycredit_core::rules::{TaskStatus, Values};
 
 use crate::store::VersionRow;
 use crate::validation::wire_value;

@@ -9,7 +9,7 @@ use futures::TryStreamExt;
 use futures::stream::BoxStream;
 use sha2::{Digest, Sha256};
 
-use citycredit::store::Db;
+use citycredit_store::Db;
 
 use crate::store::{self, KIND_RETRACTION, KIND_VALUE, StoredRow};
 
@@ -389,8 +389,8 @@ async fn verify_versions(
 fn status_safe(text: &str) -> String {
     text.chars()
         .take(64)
-        .map(|c| match citycredit::text::classify(c) {
-            Some(_) => citycredit::text::code_point(c),
+        .map(|c| match citycredit_core::text::classify(c) {
+            Some(_) => citycredit_core::text::code_point(c),
             None => c.to_string(),
         })
         .collect()

@@ -4,11 +4,11 @@
 
 use tonic::{Request, Response, Status, Streaming};
 
-use citycredit::auth::Principal;
-use citycredit::authorize::caller;
+use citycredit::auth::caller;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::code_audit_service_server::CodeAuditService;
 use citycredit::status::Violation;
+use citycredit_core::auth::Principal;
 
 use crate::Ingestion;
 use citycredit::status::Reason;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tonic::Status;
 
-use citycredit::auth::Denied;
 use citycredit::status::{self, Reason, ServiceError, Violation};
+use citycredit_core::auth::Denied;
 
 /// Everything that can go wrong in ingestion. Clone, because one failed group commit answers
 /// every caller in the group with the same error.
@@ -83,7 +83,7 @@ impl IngestError {
 
     /// A storage error: transient ones become UNAVAILABLE (retry), others INTERNAL.
     pub fn storage(context: &'static str, e: &sqlx::Error) -> Self {
-        if citycredit::store::is_transient(e) {
+        if citycredit_store::is_transient(e) {
             tracing::warn!(error = %e, context, "transient storage error");
             IngestError::Unavailable(context.to_owned())
         } else {

@@ -26,16 +26,17 @@ use tracing::Instrument;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
-use tonic::Status;
 
-use citycredit::aggregates::{AggregateSource, Aggregates, BoxFuture, Change};
-use citycredit::auth::Principal;
-use citycredit::catalog::Catalog;
+use citycredit::aggregates::{AggregateSource, Aggregates, Change};
 use citycredit::org::OrgView;
 use citycredit::proto::v1 as pb;
 use citycredit::status::Violation;
-use citycredit::store::{Backend, Db, now_micros};
-use citycredit::text::TextKind;
+use citycredit_core::BoxFuture;
+use citycredit_core::auth::Principal;
+use citycredit_core::catalog::Catalog;
+use citycredit_core::source::{Problem, SourceError};
+use citycredit_core::text::TextKind;
+use citycredit_store::{Backend, Db, now_micros};
 
 pub use code_audit_service::CodeAuditApi;
 pub use error::IngestError;
@@ -87,10 +88,10 @@ pub struct IngestionOptions {
     pub notify_channel: String,
     /// Brings the organisation snapshot up to date when a submission names something it lacks
     /// (a domain, region or responsibility added a moment ago in another process).
-    pub org_refresh: Option<Arc<dyn citycredit::org::OrgRefresh>>,
+    pub org_refresh: Option<Arc<dyn citycredit_core::org::OrgRefresh>>,
     /// Tells whether a caller's API key still stands (None: every credential stands), so a
     /// key revoked while its batch stream or watch is open stops it.
-    pub credentials: Option<Arc<dyn citycredit::auth::CredentialCheck>>,
+    pub credentials: Option<Arc<dyn citycredit_core::auth::CredentialCheck>>,
 }
 
 impl Default for IngestionOptions {
@@ -510,7 +511,7 @@ impl Ingestion {
                 ),
             ));
         }
-        let period = match period.parse::<citycredit::period::Period>() {
+        let period = match period.parse::<citycredit_core::period::Period>() {
             Ok(p) => p.to_string(),
             Err(e) => {
                 if period_clean {
@@ -573,14 +574,42 @@ impl AggregateSource for Ingestion {
         region: &'a str,
         period: &'a str,
         as_of_micros: Option<i64>,
-    ) -> BoxFuture<'a, Result<Aggregates, Status>> {
+    ) -> BoxFuture<'a, Result<Aggregates, SourceError>> {
         Box::pin(async move {
-            let period = self.check_region_period(region, period)?;
-            Ok(self.aggregates_of(region, &period, as_of_micros).await?)
+            let period = self
+                .check_region_period(region, period)
+                .map_err(source_error)?;
+            self.aggregates_of(region, &period, as_of_micros)
+                .await
+                .map_err(source_error)
         })
     }
 
     fn changes(&self) -> broadcast::Receiver<Change> {
         self.subscribe()
+    }
+}
+
+/// An ingestion error as the domain's answer of a figures source: validation and storage
+/// errors, the only ones a read of figures meets.
+fn source_error(e: IngestError) -> SourceError {
+    match e {
+        IngestError::Invalid(v) => SourceError::Invalid(
+            v.into_iter()
+                .map(|v| Problem {
+                    field: v.field,
+                    description: v.description,
+                })
+                .collect(),
+        ),
+        IngestError::Unavailable(context) => SourceError::Unavailable { context },
+        IngestError::Internal { context, detail } => SourceError::Internal {
+            context: context.to_owned(),
+            detail,
+        },
+        other => SourceError::Internal {
+            context: "read aggregates".to_owned(),
+            detail: other.to_string(),
+        },
     }
 }

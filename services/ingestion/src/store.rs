@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use citycredit::store::{Backend, Db};
+use citycredit_store::{Backend, Db};
 
 /// Kinds of submission rows.
 pub const KIND_VALUE: &str = "value";

@@ -3,17 +3,17 @@
 use std::pin::Pin;
 
 use citycredit::status::Reason;
-use citycredit::text::TextKind;
 pub use citycredit::wire::{micros, timestamp};
+use citycredit_core::text::TextKind;
 use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status, Streaming};
 
-use citycredit::auth::{Action, Principal};
-use citycredit::authorize::{authorize, caller};
+use citycredit::auth::{authorize, caller};
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::metric_submission_service_server::MetricSubmissionService;
 use citycredit::status::{self, Violation};
+use citycredit_core::auth::{Action, Principal};
 
 use crate::error::IngestError;
 use crate::store::{self, KIND_RETRACTION, ListFilter, StoredRow};
@@ -446,7 +446,7 @@ impl MetricSubmissionService for SubmissionApi {
         }
         let target = self.ing.get(id).await?;
         // The retraction's action names its stored target: decided per value (see
-        // `citycredit::authorize`).
+        // `citycredit::auth`).
         self.ing
             .org()
             .borrow()
@@ -509,7 +509,7 @@ impl MetricSubmissionService for SubmissionApi {
             let Some(figure) = agg.values.get(&m.key) else {
                 continue;
             };
-            use citycredit::rules::Figure;
+            use citycredit_core::rules::Figure;
             let mut out = pb::AggregatedMetric {
                 metric_key: m.key.clone(),
                 ..Default::default()
@@ -531,13 +531,13 @@ impl MetricSubmissionService for SubmissionApi {
                         .iter()
                         .map(|(id, s)| {
                             let s = match s {
-                                citycredit::rules::TaskStatus::NotStarted => {
+                                citycredit_core::rules::TaskStatus::NotStarted => {
                                     pb::TaskStatus::NotStarted
                                 }
-                                citycredit::rules::TaskStatus::InProgress => {
+                                citycredit_core::rules::TaskStatus::InProgress => {
                                     pb::TaskStatus::InProgress
                                 }
-                                citycredit::rules::TaskStatus::Done => pb::TaskStatus::Done,
+                                citycredit_core::rules::TaskStatus::Done => pb::TaskStatus::Done,
                             };
                             (id.clone(), s as i32)
                         })

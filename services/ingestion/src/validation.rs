@@ -3,13 +3,13 @@
 //! that passes comes out normalised as a `NewValue` (canonical number text, the department
 //! resolved), which is what is stored and fingerprinted.
 
-use citycredit::auth::{Action, Denied, Principal, Role};
-use citycredit::catalog::{Catalog, Metric, MetricKind};
-use citycredit::org::Org;
-use citycredit::period::Period;
 use citycredit::proto::v1 as pb;
 use citycredit::status::Violation;
-use citycredit::text::{self, TextKind};
+use citycredit_core::auth::{Action, Denied, Principal, Role};
+use citycredit_core::catalog::{Catalog, Metric, MetricKind};
+use citycredit_core::org::Org;
+use citycredit_core::period::Period;
+use citycredit_core::text::{self, TextKind};
 
 /// Longest metric key, region, department, domain, task id or period accepted.
 pub const MAX_CODE_CHARS: usize = 128;
@@ -20,7 +20,7 @@ pub const MAX_NOTE_CHARS: usize = 2_000;
 /// Longest evidence URI.
 pub const MAX_URI_CHARS: usize = 2_048;
 /// Most fraction digits a SCORE may carry (kept exact in the canonical text).
-pub use citycredit::catalog::MAX_SCORE_FRACTION_DIGITS;
+pub use citycredit_core::catalog::MAX_SCORE_FRACTION_DIGITS;
 
 /// A validated value, as it is stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -240,7 +240,7 @@ pub fn check_input(
     })
 }
 
-/// Checks `value` against the text rules of `kind` (`citycredit::text`); pushes a violation
+/// Checks `value` against the text rules of `kind` (`citycredit_core::text`); pushes a violation
 /// naming the code point and returns false when it breaks them.
 pub fn check_text(path: &str, value: &str, kind: TextKind, out: &mut Vec<Violation>) -> bool {
     match text::check(value, kind) {
@@ -436,7 +436,7 @@ pub fn authorize(org: &Org, principal: &Principal, value: &NewValue) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use citycredit::city::City;
+    use citycredit_core::city::City;
 
     fn setup() -> (Catalog, Org) {
         let catalog = Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));

@@ -40,10 +40,10 @@ use sqlx::Connection;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use citycredit::auth::{CredentialCheck, Principal};
 use citycredit::status::Violation;
-use citycredit::store::{Backend, Db, now_micros};
-use citycredit::text::TextKind;
+use citycredit_core::auth::{CredentialCheck, Principal};
+use citycredit_core::text::TextKind;
+use citycredit_store::{Backend, Db, now_micros};
 
 use crate::audit_chain::row_hash;
 use crate::change_feed::{self, BaseChanges, ChangeFeed};
@@ -256,7 +256,7 @@ impl Failure {
     /// Trouble reaching the database, or a COMMIT whose outcome is unknown: every job of the
     /// attempt shares it and retrying (with its idempotency key) is the cure.
     fn is_shared(&self) -> bool {
-        self.stage == "commit" || citycredit::store::is_transient(&self.error)
+        self.stage == "commit" || citycredit_store::is_transient(&self.error)
     }
 
     fn shared_error(&self) -> IngestError {
@@ -515,7 +515,7 @@ impl WriterTask {
             }
         };
         tx.commit().await.map_err(db_err("commit"))?;
-        citycredit::counters::add_ingested_rows(u64::try_from(rows).unwrap_or(0));
+        citycredit_core::counters::add_ingested_rows(u64::try_from(rows).unwrap_or(0));
         if !base.is_empty() {
             self.feed.publish(&base, now);
         }

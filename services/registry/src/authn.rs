@@ -11,8 +11,8 @@ use std::task::{Context, Poll};
 use tonic::Code;
 use tower::{Layer, Service};
 
-use citycredit::auth::Principal;
 use citycredit::status::{Reason, with_reason};
+use citycredit_core::auth::Principal;
 
 use crate::keys::{KeyRefusal, KeyView, prefix_of};
 
@@ -104,7 +104,7 @@ pub fn authenticate<B>(keys: &KeyView, req: &http::Request<B>) -> Result<Princip
             }
         },
     };
-    let now = citycredit::store::now_micros();
+    let now = citycredit_store::now_micros();
     match keys.borrow().authenticate(key, now) {
         Ok(p) => Ok(p.clone()),
         Err(why) => {

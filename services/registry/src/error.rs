@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use tonic::Status;
 
-use citycredit::auth::Denied;
 use citycredit::status::{self, Reason, ServiceError, Violation};
-use citycredit::store::StoreError;
+use citycredit_core::auth::Denied;
+use citycredit_store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {

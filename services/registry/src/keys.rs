@@ -14,7 +14,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use citycredit::auth::Principal;
+use citycredit_core::auth::Principal;
 
 /// The prefix of every generated key.
 pub const KEY_SCHEME: &str = "cc_";
@@ -98,7 +98,7 @@ pub type KeyView = tokio::sync::watch::Receiver<Arc<KeyMap>>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use citycredit::auth::Role;
+    use citycredit_core::auth::Role;
 
     #[test]
     fn generated_keys_have_a_visible_prefix_and_verify() {

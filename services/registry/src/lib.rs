@@ -19,11 +19,12 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, watch};
 
-use citycredit::auth::Role;
-use citycredit::catalog::Catalog;
-use citycredit::city::City;
-use citycredit::org::{Org, OrgView};
-use citycredit::store::{Db, StoreError, now_micros};
+use citycredit::org::OrgView;
+use citycredit_core::auth::Role;
+use citycredit_core::catalog::Catalog;
+use citycredit_core::city::City;
+use citycredit_core::org::Org;
+use citycredit_store::{Db, StoreError, now_micros};
 
 pub use authn::ApiKeyLayer;
 pub use error::RegistryError;
@@ -221,8 +222,8 @@ async fn bootstrap_admin(store: &RegistryStore, given: Option<&str>) -> Result<(
     Ok(())
 }
 
-impl citycredit::org::OrgRefresh for Registry {
-    fn refresh(&self) -> citycredit::aggregates::BoxFuture<'_, bool> {
+impl citycredit_core::org::OrgRefresh for Registry {
+    fn refresh(&self) -> citycredit_core::BoxFuture<'_, bool> {
         Box::pin(async move {
             match self.refresh_if_changed().await {
                 Ok(changed) => changed,
@@ -235,8 +236,8 @@ impl citycredit::org::OrgRefresh for Registry {
     }
 }
 
-impl citycredit::auth::CredentialCheck for Registry {
-    fn still_valid(&self, principal: &citycredit::auth::Principal, now_micros: i64) -> bool {
+impl citycredit_core::auth::CredentialCheck for Registry {
+    fn still_valid(&self, principal: &citycredit_core::auth::Principal, now_micros: i64) -> bool {
         let Some(prefix) = &principal.credential else {
             return true;
         };

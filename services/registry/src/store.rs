@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::{Any, Row, Transaction};
 
-use citycredit::auth::{Principal, Role};
-use citycredit::city::{City, Department, Group, Region, Responsibility};
-use citycredit::store::{Db, StoreError, now_micros};
+use citycredit_core::auth::{Principal, Role};
+use citycredit_core::city::{City, Department, Group, Region, Responsibility};
+use citycredit_store::{Db, StoreError, now_micros};
 
 use crate::keys::{CachedKey, KeyMap};
 

@@ -1,12 +1,18 @@
 //! Engine results to their wire form: exact numbers rounded here and only here (scores half-up
 //! to 2 fraction digits, ratios to 6), with the submissions behind every input.
 
+use std::time::Duration;
+
+use tonic::Code;
+
 use citycredit::aggregates::{Aggregates, SourceRef};
-use citycredit::catalog::IndicatorKind;
-use citycredit::numbers::Num;
 use citycredit::proto::v1 as pb;
-use citycredit::rules::{self, Outcome, Status, TaskStatus, TermOutcome};
+use citycredit::status::{self as wire_status, Reason, Violation};
 pub use citycredit::wire::{micros, timestamp};
+use citycredit_core::catalog::IndicatorKind;
+use citycredit_core::numbers::Num;
+use citycredit_core::rules::{self, Outcome, Status, TaskStatus, TermOutcome};
+use citycredit_core::source::SourceError;
 
 use crate::indicator_service::indicator_kind;
 
@@ -213,5 +219,31 @@ pub fn signed_score(n: &Num) -> String {
         text
     } else {
         format!("+{text}")
+    }
+}
+
+/// A figures source's error as the caller's answer: what ingestion itself answers for the same
+/// problem (in process), or ingestion's own status as it came (over gRPC).
+pub fn source_error(e: SourceError) -> tonic::Status {
+    match e {
+        SourceError::Invalid(problems) => wire_status::invalid_argument(
+            &problems
+                .into_iter()
+                .map(|p| Violation::new(p.field, p.description))
+                .collect::<Vec<_>>(),
+        ),
+        // As `IngestError::Unavailable` answers it in process: the same reason, text and delay.
+        SourceError::Unavailable { context } => wire_status::retry_after_reason(
+            Code::Unavailable,
+            Reason::StorageUnavailable,
+            format!("storage unavailable ({context}); retry"),
+            Duration::from_millis(500),
+            &[],
+        ),
+        SourceError::Internal { context, detail } => wire_status::internal(&context, &detail),
+        SourceError::Remote(e) => match e.downcast::<tonic::Status>() {
+            Ok(status) => *status,
+            Err(e) => wire_status::internal("remote aggregates", &e),
+        },
     }
 }

@@ -5,8 +5,8 @@
 
 use tonic::Status;
 
-use citycredit::auth::Denied;
 use citycredit::status::{self, Reason, ServiceError, Violation};
+use citycredit_core::auth::Denied;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScoringError {

@@ -1,19 +1,19 @@
 //! `citycredit.v1.IndicatorService`: the loaded catalog and the city's responsibility table,
-//! read-only. Every RPC here is a read, authorized like every other (`citycredit::authorize`).
+//! read-only. Every RPC here is a read, authorized like every other (`citycredit::auth`).
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use citycredit::auth::Action;
-use citycredit::authorize::authorize;
-use citycredit::catalog::{self, Catalog, IndicatorKind, MetricKind};
-use citycredit::city::City;
+use citycredit::auth::authorize;
 use citycredit::org::OrgView;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::indicator_service_server::IndicatorService;
 use citycredit::status::{next_page_token, page};
 use citycredit::wire::bare as strip;
+use citycredit_core::auth::Action;
+use citycredit_core::catalog::{self, Catalog, IndicatorKind, MetricKind};
+use citycredit_core::city::City;
 
 use crate::error::ScoringError;
 

@@ -11,17 +11,19 @@ use tokio::sync::broadcast;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use citycredit::aggregates::{AggregateSource, Aggregates, BoxFuture, Change, SourceRef};
+use citycredit::aggregates::{AggregateSource, Aggregates, Change, SourceRef};
 use citycredit::auth::identity::{
     Audience, BodyBinding, HEADER, IdentitySigner, SCORING_PRINCIPAL,
 };
-use citycredit::auth::{Principal, Role};
-use citycredit::catalog::{Catalog, MetricKind};
-use citycredit::numbers::Num;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::metric_submission_service_client::MetricSubmissionServiceClient;
-use citycredit::rules::{Figure, TaskStatus, Values};
 use citycredit::status;
+use citycredit_core::BoxFuture;
+use citycredit_core::auth::{Principal, Role};
+use citycredit_core::catalog::{Catalog, MetricKind};
+use citycredit_core::numbers::Num;
+use citycredit_core::rules::{Figure, TaskStatus, Values};
+use citycredit_core::source::SourceError;
 
 use crate::convert;
 
@@ -87,7 +89,7 @@ impl RemoteAggregates {
                 Audience::Ingestion,
                 path,
                 BodyBinding::of_message(&msg),
-                citycredit::store::now_micros(),
+                citycredit_core::clock::now_micros(),
             )
             .ok_or_else(|| {
                 status::internal("remote aggregates", &"cannot sign the internal identity")
@@ -184,18 +186,22 @@ impl AggregateSource for RemoteAggregates {
         region: &'a str,
         period: &'a str,
         as_of_micros: Option<i64>,
-    ) -> BoxFuture<'a, Result<Aggregates, Status>> {
+    ) -> BoxFuture<'a, Result<Aggregates, SourceError>> {
         Box::pin(async move {
-            let mut client = MetricSubmissionServiceClient::new(self.channel.clone());
-            let req = self.signed(
-                pb::QueryAggregatesRequest {
-                    region_code: region.to_owned(),
-                    period: period.to_owned(),
-                    as_of: as_of_micros.map(convert::timestamp),
-                },
-                "/citycredit.v1.MetricSubmissionService/QueryAggregates",
-            )?;
-            let resp = client.query_aggregates(req).await?.into_inner();
+            let read = async {
+                let mut client = MetricSubmissionServiceClient::new(self.channel.clone());
+                let req = self.signed(
+                    pb::QueryAggregatesRequest {
+                        region_code: region.to_owned(),
+                        period: period.to_owned(),
+                        as_of: as_of_micros.map(convert::timestamp),
+                    },
+                    "/citycredit.v1.MetricSubmissionService/QueryAggregates",
+                )?;
+                Ok::<_, Status>(client.query_aggregates(req).await?.into_inner())
+            };
+            // Ingestion's answer goes to the caller as it came (see `convert::source_error`).
+            let resp = read.await.map_err(|s| SourceError::Remote(Box::new(s)))?;
             Ok(self.decode(resp))
         })
     }

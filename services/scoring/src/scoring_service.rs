@@ -14,17 +14,18 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use citycredit::aggregates::{AggregateSource, Aggregates, Change};
-use citycredit::auth::{Action, CredentialCheck, Principal};
-use citycredit::authorize::authorize;
-use citycredit::catalog::{Catalog, IndicatorKind, MetricKind};
-use citycredit::numbers::Num;
-use citycredit::org::{Org, OrgView};
-use citycredit::period::Period;
+use citycredit::auth::authorize;
+use citycredit::org::OrgView;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::scoring_service_server::ScoringService;
-use citycredit::rules::{self, Figure, Scorecard};
 use citycredit::status::Violation;
-use citycredit::text::{self, TextKind};
+use citycredit_core::auth::{Action, CredentialCheck, Principal};
+use citycredit_core::catalog::{Catalog, IndicatorKind, MetricKind};
+use citycredit_core::numbers::Num;
+use citycredit_core::org::Org;
+use citycredit_core::period::Period;
+use citycredit_core::rules::{self, Figure, Scorecard};
+use citycredit_core::text::{self, TextKind};
 
 use crate::convert;
 use crate::error::ScoringError;
@@ -144,7 +145,7 @@ impl ScoringApi {
     fn credential_stands(&self, p: &Principal) -> bool {
         self.credentials
             .as_ref()
-            .is_none_or(|c| c.still_valid(p, citycredit::store::now_micros()))
+            .is_none_or(|c| c.still_valid(p, citycredit_core::clock::now_micros()))
     }
 
     fn org(&self) -> Arc<Org> {
@@ -202,7 +203,11 @@ impl ScoringApi {
             }
         }
         let generation = self.generation(&key);
-        let aggregates = self.source.aggregates(region, period, as_of).await?;
+        let aggregates = self
+            .source
+            .aggregates(region, period, as_of)
+            .await
+            .map_err(convert::source_error)?;
         let card = rules::score(&self.catalog, &aggregates.values);
         let scored = Arc::new(Scored::new(card, aggregates));
         if as_of.is_none() {
@@ -287,7 +292,10 @@ impl ScoringApi {
 
 /// An override's value as an aggregated figure of the metric's kind (numbers checked by the same
 /// rules as submissions).
-fn figure(metric: &citycredit::catalog::Metric, o: &pb::ValueOverride) -> Result<Figure, String> {
+fn figure(
+    metric: &citycredit_core::catalog::Metric,
+    o: &pb::ValueOverride,
+) -> Result<Figure, String> {
     use pb::metric_value::Value;
     match (metric.kind, o.value.as_ref().and_then(|v| v.value.as_ref())) {
         (MetricKind::DomainFlag, _) => Ok(Figure::Domains(o.domains.iter().cloned().collect())),
@@ -317,7 +325,7 @@ fn as_of(ts: Option<&prost_types::Timestamp>) -> Result<Option<i64>, Status> {
         .map_err(|why| ScoringError::invalid("as_of", why).into())
 }
 
-/// Checks an identifier field against the text rules (`citycredit::text`); pushes a violation
+/// Checks an identifier field against the text rules (`citycredit_core::text`); pushes a violation
 /// naming the code point and returns false when it breaks them.
 fn identifier(field: &str, value: &str, out: &mut Vec<Violation>) -> bool {
     match text::check(value, TextKind::Identifier) {
@@ -668,8 +676,8 @@ impl ScoringService for ScoringApi {
                 pb::WorklistEntry {
                     code: duty.subject.clone(),
                     role: match duty.role {
-                        citycredit::city::Role::Lead => pb::ResponsibilityRole::Lead,
-                        citycredit::city::Role::Co => pb::ResponsibilityRole::Co,
+                        citycredit_core::city::Role::Lead => pb::ResponsibilityRole::Lead,
+                        citycredit_core::city::Role::Co => pb::ResponsibilityRole::Co,
                     } as i32,
                     via_group: duty
                         .via_group

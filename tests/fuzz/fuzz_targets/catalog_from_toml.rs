@@ -2,7 +2,7 @@
 //! that each name a line inside the file; never a panic.
 #![no_main]
 
-use citycredit::catalog::Catalog;
+use citycredit_core::catalog::Catalog;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use citycredit::catalog::{BUILTIN_CATALOG_TOML, Catalog};
+use citycredit_core::catalog::{BUILTIN_CATALOG_TOML, Catalog};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

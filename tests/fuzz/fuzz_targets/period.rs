@@ -2,8 +2,8 @@
 //! round-trips; errors stay short whatever the input.
 #![no_main]
 
-use citycredit::numbers::{Num, NumError};
-use citycredit::period::Period;
+use citycredit_core::numbers::{Num, NumError};
+use citycredit_core::period::Period;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -7,12 +7,12 @@
 use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
-use citycredit::auth::{Principal, Role};
-use citycredit::catalog::Catalog;
-use citycredit::city::City;
-use citycredit::numbers::Num;
-use citycredit::org::Org;
-use citycredit::period::Period;
+use citycredit_core::auth::{Principal, Role};
+use citycredit_core::catalog::Catalog;
+use citycredit_core::city::City;
+use citycredit_core::numbers::Num;
+use citycredit_core::org::Org;
+use citycredit_core::period::Period;
 use citycredit::proto::v1 as pb;
 use citycredit_ingestion::validation::check_input;
 use libfuzzer_sys::fuzz_target;
@@ -191,7 +191,7 @@ fuzz_target!(|f: FuzzInput| {
         assert!(w.org.city.region(&v.region).is_some());
         let p: Period = v.period.parse().expect("a canonical period");
         assert_eq!(p.to_string(), v.period);
-        use citycredit::catalog::MetricKind as K;
+        use citycredit_core::catalog::MetricKind as K;
         match metric.kind {
             K::Count | K::Amount | K::Rank | K::Score => {
                 let n = Num::parse_decimal(&v.value).expect("canonical number");

@@ -2,11 +2,11 @@
 
 use tonic::{Request, Response, Status};
 
-use citycredit::auth::Action;
-use citycredit::authorize::authorize;
+use citycredit::auth::authorize;
 use citycredit::proto::v1 as pb;
-use citycredit::store::now_micros;
 use citycredit::wire::{bare as strip, checked_micros};
+use citycredit_core::auth::Action;
+use citycredit_store::now_micros;
 
 use super::{RegistryApi, check_ids, key_name, key_pb};
 use crate::error::RegistryError;

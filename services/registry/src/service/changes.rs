@@ -2,10 +2,10 @@
 
 use tonic::{Request, Response, Status};
 
-use citycredit::auth::Action;
-use citycredit::authorize::authorize;
+use citycredit::auth::authorize;
 use citycredit::proto::v1 as pb;
 use citycredit::status::{next_page_token, page};
+use citycredit_core::auth::Action;
 
 use super::{RegistryApi, change_pb, check_ids};
 use crate::error::RegistryError;

@@ -2,9 +2,9 @@
 
 use tonic::{Request, Response, Status};
 
-use citycredit::auth::Action;
-use citycredit::authorize::authorize;
+use citycredit::auth::authorize;
 use citycredit::proto::v1 as pb;
+use citycredit_core::auth::Action;
 
 use super::{RegistryApi, check_code, check_ids, check_name, invalid_if_any};
 use crate::error::RegistryError;

@@ -4,11 +4,11 @@ use std::collections::BTreeSet;
 
 use tonic::{Request, Response, Status};
 
-use citycredit::auth::Action;
-use citycredit::authorize::authorize;
+use citycredit::auth::authorize;
 use citycredit::proto::v1 as pb;
 use citycredit::status::Violation;
 use citycredit::wire::bare as strip;
+use citycredit_core::auth::Action;
 
 use super::{RegistryApi, check_ids, group_pb, invalid_if_any};
 use crate::error::RegistryError;

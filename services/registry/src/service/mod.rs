@@ -15,13 +15,13 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use citycredit::auth::{Action, Principal, Role};
-use citycredit::city::{self, Department, Region};
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryService;
 use citycredit::status::Violation;
-use citycredit::text::{self, TextKind};
 use citycredit::wire::{bare as strip, timestamp};
+use citycredit_core::auth::{Action, Principal, Role};
+use citycredit_core::city::{self, Department, Region};
+use citycredit_core::text::{self, TextKind};
 
 use crate::Registry;
 use crate::error::RegistryError;
@@ -40,7 +40,7 @@ impl RegistryApi {
         RegistryApi { registry }
     }
 
-    fn org(&self) -> Arc<citycredit::org::Org> {
+    fn org(&self) -> Arc<citycredit_core::org::Org> {
         self.registry.org().borrow().clone()
     }
 
@@ -58,7 +58,7 @@ impl RegistryApi {
 // ----- validation -----
 
 /// Identifier fields (codes, resource names, filters) follow the text rules of
-/// `citycredit::text`: a NUL here reached the database and came back as INTERNAL.
+/// `citycredit_core::text`: a NUL here reached the database and came back as INTERNAL.
 fn check_ids(fields: &[(&str, &str)]) -> Result<()> {
     let mut v = Vec::new();
     for (field, value) in fields {

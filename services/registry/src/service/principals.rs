@@ -2,12 +2,12 @@
 
 use tonic::{Request, Response, Status};
 
-use citycredit::auth::{Action, Role};
-use citycredit::authorize::authorize;
+use citycredit::auth::authorize;
 use citycredit::proto::v1 as pb;
 use citycredit::status::{Violation, next_page_token, page};
-use citycredit::store::now_micros;
 use citycredit::wire::bare as strip;
+use citycredit_core::auth::{Action, Role};
+use citycredit_store::now_micros;
 
 use super::{
     RegistryApi, check_code, check_ids, check_name, invalid_if_any, principal_pb, role_from_pb,

@@ -2,12 +2,12 @@
 
 use tonic::{Request, Response, Status};
 
-use citycredit::auth::Action;
-use citycredit::authorize::authorize;
-use citycredit::city::Region;
+use citycredit::auth::authorize;
 use citycredit::proto::v1 as pb;
 use citycredit::status::{Violation, next_page_token, page};
 use citycredit::wire::bare as strip;
+use citycredit_core::auth::Action;
+use citycredit_core::city::Region;
 
 use super::{RegistryApi, check_ids, check_name, invalid_if_any, region_pb};
 use crate::error::RegistryError;

@@ -2,11 +2,11 @@
 
 use tonic::{Request, Response, Status};
 
-use citycredit::auth::Action;
-use citycredit::authorize::authorize;
+use citycredit::auth::authorize;
 use citycredit::proto::v1 as pb;
 use citycredit::status::Violation;
 use citycredit::wire::bare as strip;
+use citycredit_core::auth::Action;
 
 use super::{
     RegistryApi, check_ids, invalid_if_any, party_pb, role_of, subject_code, subject_name,

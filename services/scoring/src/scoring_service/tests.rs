@@ -1,9 +1,11 @@
 use std::collections::HashMap;
 use std::sync::Mutex as StdMutex;
 
-use citycredit::aggregates::{BoxFuture, SourceRef};
-use citycredit::auth::{Principal, Role};
-use citycredit::city::City;
+use citycredit::aggregates::SourceRef;
+use citycredit_core::BoxFuture;
+use citycredit_core::auth::{Principal, Role};
+use citycredit_core::city::City;
+use citycredit_core::source::SourceError;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -61,7 +63,7 @@ impl AggregateSource for FakeSource {
         region: &'a str,
         period: &'a str,
         _as_of: Option<i64>,
-    ) -> BoxFuture<'a, Result<Aggregates, Status>> {
+    ) -> BoxFuture<'a, Result<Aggregates, SourceError>> {
         self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let found = self
             .figures

@@ -7,7 +7,7 @@ use crate::catalog::Catalog;
 use crate::numbers::Num;
 use crate::rules::{Values, score};
 
-pub(crate) const GOLDEN: &str = include_str!("../../tests/fixtures/golden/public-cases.json");
+pub(crate) const GOLDEN: &str = include_str!("../../../../tests/fixtures/golden/public-cases.json");
 
 /// The values of one golden case as engine input.
 pub(crate) fn case_values(case: &Json) -> Values {

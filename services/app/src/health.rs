@@ -11,7 +11,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::server::HealthReporter;
 
-use citycredit::store::Db;
+use citycredit_store::Db;
 
 /// One dependency.
 #[derive(Clone, Debug)]

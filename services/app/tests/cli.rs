@@ -34,7 +34,7 @@ fn check_summarises_the_builtin_data() {
 fn check_refuses_a_broken_city_file_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let path = dir.path().join("city.toml");
-    let text = citycredit::city::BUILTIN_CITY_TOML.replacen(
+    let text = citycredit_core::city::BUILTIN_CITY_TOML.replacen(
         "G14 = [\"business-env\"]",
         "G14 = [\"business-environment\"]",
         1,

@@ -1,9 +1,10 @@
 //! Who may do what: principals, roles and the one authorization decision every service makes
 //! (rulebook section 8). The decision reads a snapshot (`Access`) derived from the catalog and
 //! the city's responsibility table, so it needs no I/O on the hot path; the registry replaces
-//! the snapshot when the organisation changes.
+//! the snapshot when the organisation changes. How a decision reaches a caller (a gRPC status)
+//! and how a principal travels between processes (the signed identity header) are the
+//! contracts' business: `citycredit::auth`.
 
-pub mod identity;
 pub mod secrets;
 
 use std::collections::{HashMap, HashSet};

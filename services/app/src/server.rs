@@ -25,25 +25,25 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use citycredit::auth::identity::{
     Audience, IdentitySigner, IdentityVerifier, Issuer, KeyError, parse_public_key,
 };
-use citycredit::catalog::{Catalog, LoadError};
-use citycredit::city::City;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryServiceServer;
 use citycredit::proto::v1::indicator_service_server::IndicatorServiceServer;
 use citycredit::proto::v1::scoring_service_server::ScoringServiceServer;
-use citycredit::store::{Db, StoreError};
+use citycredit_core::catalog::{Catalog, LoadError};
+use citycredit_core::city::City;
 use citycredit_ingestion::{Ingestion, IngestionOptions, WriterConfig};
 use citycredit_registry::{Registry, RegistryApi};
 use citycredit_scoring::{IndicatorApi, RemoteAggregates, ScoringApi};
+use citycredit_store::{Db, StoreError};
 
 use crate::config::{Config, ServiceMode};
-use crate::edge::{Gateway, GatewayParts};
-use crate::front::{FrontParts, ServiceFront};
 use crate::health::{self, Check};
-use crate::internal_identity::{EdgeSigner, SharedNonces};
-use crate::metrics::{self, Metrics};
-use crate::rpc_table::RpcTable;
-use crate::transport::{self, TransportLimits};
-use crate::upstream::{self, Upstream, UpstreamError};
+use citycredit_gateway::edge::{Gateway, GatewayParts};
+use citycredit_gateway::front::{FrontParts, ServiceFront};
+use citycredit_gateway::internal_identity::{EdgeSigner, SharedNonces};
+use citycredit_gateway::metrics::{self, Metrics};
+use citycredit_gateway::rpc_table::RpcTable;
+use citycredit_gateway::transport::{self, TransportLimits};
+use citycredit_gateway::upstream::{self, Upstream, UpstreamError};
 
 /// Why the platform could not start.
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +143,7 @@ pub async fn serve(
     let db = open_store(&opts).await?;
     tracing::info!(
         backend = db.backend.as_str(),
-        url = %opts.url.as_deref().map(citycredit::store::redact).unwrap_or_else(|| opts.data_dir.join("citycredit.db").display().to_string()),
+        url = %opts.url.as_deref().map(citycredit_store::redact).unwrap_or_else(|| opts.data_dir.join("citycredit.db").display().to_string()),
         "store open"
     );
     let registry = match mode {
@@ -202,7 +202,9 @@ pub async fn serve(
                 org.clone(),
                 Arc::new(ingestion.clone()),
             )
-            .with_credentials(Arc::clone(&registry) as Arc<dyn citycredit::auth::CredentialCheck>);
+            .with_credentials(
+                Arc::clone(&registry) as Arc<dyn citycredit_core::auth::CredentialCheck>
+            );
             let mut routes: HashMap<String, Upstream> = HashMap::new();
             routes.insert(
                 INDICATOR.into(),
@@ -283,7 +285,7 @@ pub async fn serve(
             let source = RemoteAggregates::start(channel, Arc::new(own), Arc::clone(&catalog));
             let scoring = ScoringApi::new(Arc::clone(&catalog), org.clone(), source)
                 .with_credentials(
-                    Arc::clone(&registry) as Arc<dyn citycredit::auth::CredentialCheck>
+                    Arc::clone(&registry) as Arc<dyn citycredit_core::auth::CredentialCheck>
                 );
             let routes = open_routes(health_service)?
                 .add_service(
@@ -375,7 +377,7 @@ const STORE_START_WAIT: Duration = Duration::from_secs(60);
 
 /// Opens the store, waiting (with a log line every few seconds) while the database is
 /// unreachable, so a process started before its database comes up does not exit.
-async fn open_store(opts: &citycredit::store::StoreOptions) -> Result<Db, StartError> {
+async fn open_store(opts: &citycredit_store::StoreOptions) -> Result<Db, StartError> {
     let started = std::time::Instant::now();
     let mut attempt = 0u32;
     loop {
@@ -623,8 +625,8 @@ fn start_ingestion(
             Some(schema) => format!("citycredit_changes_{schema}"),
             None => "citycredit_changes".to_owned(),
         },
-        org_refresh: Some(Arc::clone(registry) as Arc<dyn citycredit::org::OrgRefresh>),
-        credentials: Some(Arc::clone(registry) as Arc<dyn citycredit::auth::CredentialCheck>),
+        org_refresh: Some(Arc::clone(registry) as Arc<dyn citycredit_core::org::OrgRefresh>),
+        credentials: Some(Arc::clone(registry) as Arc<dyn citycredit_core::auth::CredentialCheck>),
     };
     Ingestion::start(db, catalog, org, options)
 }

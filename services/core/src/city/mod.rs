@@ -13,7 +13,7 @@ use crate::catalog::{Catalog, Diagnostics, LoadError, Problem};
 /// The city file compiled into the binary.
 pub const BUILTIN_CITY_NAME: &str = "builtin:deploy/cities/quzhou.toml";
 /// Text of the compiled-in city file.
-pub const BUILTIN_CITY_TOML: &str = include_str!("../../deploy/cities/quzhou.toml");
+pub const BUILTIN_CITY_TOML: &str = include_str!("../../../../deploy/cities/quzhou.toml");
 
 /// An administrative division.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

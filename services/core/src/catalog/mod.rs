@@ -22,7 +22,8 @@ pub const TASK_STATUS_METRIC: &str = "task.status";
 /// The catalog compiled into the binary.
 pub const BUILTIN_CATALOG_NAME: &str = "builtin:deploy/catalog/national-2019.toml";
 /// Text of the compiled-in catalog.
-pub const BUILTIN_CATALOG_TOML: &str = include_str!("../../deploy/catalog/national-2019.toml");
+pub const BUILTIN_CATALOG_TOML: &str =
+    include_str!("../../../../deploy/catalog/national-2019.toml");
 
 /// A validated catalog with indexes for lookups.
 #[derive(Debug, Clone)]

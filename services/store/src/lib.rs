@@ -6,21 +6,23 @@
 //! booleans are i64 0/1 (an SQLite `bool` comes back as BIGINT through `Any`), times are i64
 //! microseconds since the Unix epoch. Schemas differ where the databases
 //! do (auto-increment, types), so each database has its own migrations folder with the same
-//! versions. Each service owns its tables and queries; this module owns connecting, migrating
-//! and the helpers tests use to run against both databases.
+//! versions. Each service owns its tables and queries; this crate owns connecting, migrating
+//! and, behind the `testing` feature (tests only, never the production binary), the helpers
+//! tests use to run against both databases.
 
+#[cfg(feature = "testing")]
 pub mod testing;
 
 use std::path::Path;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("src/store/migrations/sqlite");
-static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("src/store/migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// Which database a store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -299,12 +301,8 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Microseconds since the Unix epoch: how the store keeps instants.
-pub fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
+/// Microseconds since the Unix epoch: how the store keeps instants (the core's clock).
+pub use citycredit_core::clock::now_micros;
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,6 @@
-//! `citycredit`: runs the platform (`serve`), checks data files (`check`), or makes the keys
-//! and certificates of a split deployment (`keys generate`).
+//! The `citycredit` command line: runs the platform (`serve`), checks data files (`check`), or
+//! makes the keys and certificates of a split deployment (`keys generate`). `src/main.rs`
+//! parses it and calls [`run`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use clap::{Parser, Subcommand};
 use figment::Figment;
 use figment::providers::Serialized;
 
-use citycredit_gateway::{Config, server, telemetry};
+use crate::{Config, server, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -16,7 +17,7 @@ use citycredit_gateway::{Config, server, telemetry};
     version,
     about = "Social credit demonstration-city indicator platform"
 )]
-struct Cli {
+pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -48,7 +49,7 @@ enum Command {
         data_dir: Option<PathBuf>,
         /// Run one part of the platform alone (default: everything in one process).
         #[arg(long, value_enum)]
-        service: Option<citycredit_gateway::config::ServiceMode>,
+        service: Option<crate::config::ServiceMode>,
     },
     /// Load and validate the catalog and city files, print a summary, and exit.
     Check {
@@ -88,7 +89,7 @@ fn overrides(
     common: &Common,
     listen: Option<&String>,
     data_dir: Option<&PathBuf>,
-    service: Option<citycredit_gateway::config::ServiceMode>,
+    service: Option<crate::config::ServiceMode>,
 ) -> Figment {
     let mut fig = Figment::new();
     if let Some(v) = &common.catalog {
@@ -116,13 +117,13 @@ fn keys(command: KeysCommand) -> ExitCode {
         namespace,
         days,
     } = command;
-    let opts = citycredit_gateway::keys::KeyOptions {
+    let opts = crate::keys::KeyOptions {
         out,
         extra_names,
         namespace,
         days,
     };
-    match citycredit_gateway::keys::generate(&opts) {
+    match crate::keys::generate(&opts) {
         Ok(written) => {
             for path in written {
                 println!("{}", path.display());
@@ -136,8 +137,9 @@ fn keys(command: KeysCommand) -> ExitCode {
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// Does what the command line asks: loads the configuration, starts telemetry, then serves
+/// until SIGTERM or Ctrl-C (draining calls in flight), checks the data files, or makes keys.
+pub fn run(cli: Cli) -> ExitCode {
     let (common, flags) = match &cli.command {
         Command::Serve {
             common,
