@@ -1,15 +1,10 @@
-//! The API-key authentication layer: every citycredit RPC must carry
-//! `authorization: Bearer <api key>`; the layer looks the key up in the in-memory key cache and
-//! attaches the `Principal` to the request for the services' authorization decision. Health and
-//! reflection stay open. A missing or unknown key is `UNAUTHENTICATED`; the key itself is never
-//! logged, only its visible prefix.
-
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+//! API-key authentication: every citycredit RPC must carry `authorization: Bearer <api key>`;
+//! [`authenticate`] looks the key up in the in-memory key cache and gives the `Principal` the
+//! gateway's edge attaches to the request for the services' authorization decision. Health and
+//! reflection stay open ([`is_open_path`]). A missing or unknown key is `UNAUTHENTICATED`; the key
+//! itself is never logged, only its visible prefix.
 
 use tonic::Code;
-use tower::{Layer, Service};
 
 use citycredit::status::{Reason, with_reason};
 use citycredit_core::auth::Principal;
@@ -21,36 +16,6 @@ pub fn is_open_path(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/")
         || path.starts_with("/grpc.reflection.v1.ServerReflection/")
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
-}
-
-/// Adds API-key authentication in front of a gRPC service.
-#[derive(Clone)]
-pub struct ApiKeyLayer {
-    keys: KeyView,
-}
-
-impl ApiKeyLayer {
-    pub fn new(keys: KeyView) -> Self {
-        ApiKeyLayer { keys }
-    }
-}
-
-impl<S> Layer<S> for ApiKeyLayer {
-    type Service = ApiKeyService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        ApiKeyService {
-            inner,
-            keys: self.keys.clone(),
-        }
-    }
-}
-
-/// See [`ApiKeyLayer`].
-#[derive(Clone)]
-pub struct ApiKeyService<S> {
-    inner: S,
-    keys: KeyView,
 }
 
 /// Why a request was not authenticated: what the caller is told (the detail goes to the log).
@@ -123,44 +88,6 @@ pub fn authenticate<B>(keys: &KeyView, req: &http::Request<B>) -> Result<Princip
             );
             Err(Refusal("the api key is unknown, revoked or expired"))
         }
-    }
-}
-
-impl<S, B> Service<http::Request<B>> for ApiKeyService<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        // Take the service that was made ready, leave a fresh clone in its place.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        // Whatever identity arrived with the request is not trusted.
-        req.extensions_mut().remove::<Principal>();
-        if !is_open_path(req.uri().path()) {
-            match authenticate(&self.keys, &req) {
-                Ok(principal) => {
-                    req.extensions_mut().insert(principal);
-                }
-                Err(refusal) => {
-                    let response = refusal.into_response();
-                    return Box::pin(async move { Ok(response) });
-                }
-            }
-        }
-        Box::pin(inner.call(req))
     }
 }
 

@@ -1,6 +1,6 @@
 //! The department registry: the city's organisation (regions, departments, groups,
-//! responsibilities, open-set domains), principals and API keys, and the authentication layer
-//! that turns an API key into a principal.
+//! responsibilities, open-set domains), principals and API keys, and the API-key authentication
+//! (`authn::authenticate`) with which the gateway's edge turns an API key into a principal.
 //!
 //! The registry is the only writer of its tables. It publishes two snapshots that the other
 //! services read without I/O: the organisation (`OrgView`: city, domains, access index) and the
@@ -26,7 +26,6 @@ use citycredit_core::city::City;
 use citycredit_core::org::Org;
 use citycredit_store::{Db, StoreError, now_micros};
 
-pub use authn::ApiKeyLayer;
 pub use error::RegistryError;
 pub use keys::{KeyMap, KeyView};
 pub use service::RegistryApi;
