@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use citycredit_core::numbers::Precision;
 use clap::{Parser, Subcommand};
 use figment::Figment;
 use figment::providers::Serialized;
@@ -184,7 +185,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     catalog.metrics.len(),
                     catalog.indicators.len(),
                     catalog.items.len(),
-                    catalog.guiding_max_total().to_fixed(2)
+                    catalog.guiding_max_total().rounded(Precision::Score)
                 );
                 println!(
                     "city {} {} ({}): {} regions, {} departments, {} groups, {} responsibilities",

@@ -1,5 +1,8 @@
 //! Exact numbers: every value and score is a big rational; decimals are parsed exactly and
-//! rounded (half-up) only when written out.
+//! rounded (half-up) only when written out. Where: [`Num::rounded`] with one of the platform's
+//! [`Precision`]s is the one rounding of scores, ratios and rates, wherever they are written
+//! (the wire, gap texts, the command line); [`Num::to_plain`] writes inputs and thresholds
+//! exactly, rounding only a value with more than 12 fraction digits.
 
 use std::fmt;
 use std::str::FromStr;
@@ -39,6 +42,29 @@ fn quoted(s: &str) -> String {
 /// Longest accepted decimal string; far beyond any real figure, small enough to keep hostile
 /// input from costing big-integer time.
 const MAX_DIGITS: usize = 40;
+
+/// How many fraction digits a computed number is written out with, by what it is. The one
+/// place these precisions are decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// Scores, point totals and score differences: 2 digits ("43.50").
+    Score,
+    /// Rates of a population (reporting rates): 4 digits ("0.6667").
+    Rate,
+    /// Ratios an indicator compares with its threshold: 6 digits ("0.000123").
+    Ratio,
+}
+
+impl Precision {
+    /// The number of fraction digits.
+    pub const fn digits(self) -> u32 {
+        match self {
+            Precision::Score => 2,
+            Precision::Rate => 4,
+            Precision::Ratio => 6,
+        }
+    }
+}
 
 impl Num {
     pub fn zero() -> Self {
@@ -139,8 +165,16 @@ impl Num {
         Num((&self.0 * &scale).floor() / scale)
     }
 
+    /// The value rounded half away from zero (half-up for the non-negative scores) to the
+    /// digits of `precision`, written with exactly that many digits: the platform's one
+    /// rounding of computed numbers.
+    pub fn rounded(&self, precision: Precision) -> String {
+        self.to_fixed(precision.digits())
+    }
+
     /// The value rounded half away from zero ("half-up" for the non-negative scores) to
-    /// `digits` fraction digits, written with exactly that many digits.
+    /// `digits` fraction digits, written with exactly that many digits. Computed numbers are
+    /// written with [`Num::rounded`]; this is its arithmetic.
     pub fn to_fixed(&self, digits: u32) -> String {
         let scale = BigInt::from(10u32).pow(digits);
         let scaled = &self.0 * BigRational::from_integer(scale.clone());

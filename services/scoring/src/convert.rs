@@ -1,5 +1,6 @@
-//! Engine results to their wire form: exact numbers rounded here and only here (scores half-up
-//! to 2 fraction digits, ratios to 6), with the submissions behind every input.
+//! Engine results to their wire form, with the submissions behind every input. Computed numbers
+//! are written with `Num::rounded` (scores to 2 fraction digits, ratios to 6: `Precision`),
+//! inputs and thresholds exactly (`Num::to_plain`).
 
 use std::time::Duration;
 
@@ -10,15 +11,13 @@ use citycredit::proto::v1 as pb;
 use citycredit::status::{self as wire_status, Reason, Violation};
 pub use citycredit::wire::{micros, timestamp};
 use citycredit_core::catalog::IndicatorKind;
-use citycredit_core::numbers::Num;
+use citycredit_core::numbers::{Num, Precision};
 use citycredit_core::rules::{self, Outcome, Status, TaskStatus, TermOutcome};
 use citycredit_core::source::SourceError;
 
 use crate::indicator_service::indicator_kind;
 
 /// Ratios (and other computed quantities) are written with 6 fraction digits, scores with 2.
-const RATIO_DIGITS: u32 = 6;
-const SCORE_DIGITS: u32 = 2;
 
 pub fn outcome(o: Outcome) -> pb::Outcome {
     match o {
@@ -60,13 +59,13 @@ pub fn task_status(s: TaskStatus) -> pb::TaskStatus {
 
 fn score(n: &Option<Num>) -> String {
     n.as_ref()
-        .map(|v| v.to_fixed(SCORE_DIGITS))
+        .map(|v| v.rounded(Precision::Score))
         .unwrap_or_default()
 }
 
 fn ratio(n: &Option<Num>) -> String {
     n.as_ref()
-        .map(|v| v.to_fixed(RATIO_DIGITS))
+        .map(|v| v.rounded(Precision::Ratio))
         .unwrap_or_default()
 }
 
@@ -83,7 +82,7 @@ pub fn gap(g: &rules::Gap) -> pb::Gap {
 
 fn step(s: &Option<rules::Step>) -> Option<pb::ScoreStep> {
     s.as_ref().map(|s| pb::ScoreStep {
-        score: s.score.to_fixed(SCORE_DIGITS),
+        score: s.score.rounded(Precision::Score),
         changes: s.changes.iter().map(gap).collect(),
         description: s.description.clone(),
     })
@@ -154,8 +153,8 @@ pub fn scorecard(card: &rules::Scorecard, aggregates: &Aggregates) -> pb::Scorec
         outcome: outcome(card.outcome) as i32,
         failing_basic: card.failing_basic.clone(),
         incomplete_basic: card.incomplete_basic.clone(),
-        guiding_total: card.guiding_total.to_fixed(SCORE_DIGITS),
-        guiding_max: card.guiding_max.to_fixed(SCORE_DIGITS),
+        guiding_total: card.guiding_total.rounded(Precision::Score),
+        guiding_max: card.guiding_max.rounded(Precision::Score),
         indicators: card
             .indicators
             .iter()
@@ -214,8 +213,8 @@ pub fn scorecard(card: &rules::Scorecard, aggregates: &Aggregates) -> pb::Scorec
 
 /// A signed, 2-digit difference: "+1.50", "-0.25", "0.00".
 pub fn signed_score(n: &Num) -> String {
-    let text = n.to_fixed(SCORE_DIGITS);
-    if n.is_negative() || n.to_fixed(SCORE_DIGITS) == "0.00" {
+    let text = n.rounded(Precision::Score);
+    if n.is_negative() || n.rounded(Precision::Score) == "0.00" {
         text
     } else {
         format!("+{text}")

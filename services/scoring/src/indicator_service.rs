@@ -14,6 +14,7 @@ use citycredit::wire::bare as strip;
 use citycredit_core::auth::Action;
 use citycredit_core::catalog::{self, Catalog, IndicatorKind, MetricKind};
 use citycredit_core::city::City;
+use citycredit_core::numbers::Precision;
 
 use crate::error::ScoringError;
 
@@ -54,7 +55,7 @@ impl IndicatorApi {
                     label: p.label.clone(),
                     summary: p.formula.summary(),
                     metric_keys: p.formula.metrics().into_iter().map(str::to_owned).collect(),
-                    max_score: self.catalog.part_max(&p.formula).to_fixed(2),
+                    max_score: self.catalog.part_max(&p.formula).rounded(Precision::Score),
                 })
                 .collect(),
         };
@@ -67,7 +68,7 @@ impl IndicatorApi {
             max_score: ind
                 .max_score
                 .as_ref()
-                .map(|m| m.to_fixed(2))
+                .map(|m| m.rounded(Precision::Score))
                 .unwrap_or_default(),
             rule_summary: ind.rule_summary(),
             terms,
@@ -187,7 +188,7 @@ impl IndicatorService for IndicatorApi {
             metric_count: count(c.metrics.len()),
             indicator_count: count(c.indicators.len()),
             evaluation_item_count: count(c.items.len()),
-            guiding_max_total: c.guiding_max_total().to_fixed(2),
+            guiding_max_total: c.guiding_max_total().rounded(Precision::Score),
         }))
     }
 

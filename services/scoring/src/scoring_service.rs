@@ -21,7 +21,7 @@ use citycredit::proto::v1::scoring_service_server::ScoringService;
 use citycredit::status::Violation;
 use citycredit_core::auth::{Action, CredentialCheck, Principal};
 use citycredit_core::catalog::{Catalog, IndicatorKind, MetricKind};
-use citycredit_core::numbers::Num;
+use citycredit_core::numbers::{Num, Precision};
 use citycredit_core::org::Org;
 use citycredit_core::period::Period;
 use citycredit_core::rules::{self, Figure, Scorecard};
@@ -481,12 +481,12 @@ impl ScoringService for ScoringApi {
                 before_score: before
                     .score
                     .as_ref()
-                    .map(|s| s.to_fixed(2))
+                    .map(|s| s.rounded(Precision::Score))
                     .unwrap_or_default(),
                 after_score: after
                     .score
                     .as_ref()
-                    .map(|s| s.to_fixed(2))
+                    .map(|s| s.rounded(Precision::Score))
                     .unwrap_or_default(),
             })
             .collect();
@@ -586,7 +586,7 @@ impl ScoringService for ScoringApi {
                             .map(|r| r.name.clone())
                             .unwrap_or_default(),
                         outcome: convert::outcome(s.card.outcome) as i32,
-                        guiding_total: s.card.guiding_total.to_fixed(2),
+                        guiding_total: s.card.guiding_total.rounded(Precision::Score),
                         failing_basic: s.card.failing_basic.clone(),
                     },
                     s.card.guiding_total.clone(),
@@ -733,7 +733,7 @@ impl ScoringService for ScoringApi {
                     department_code: d.code.clone(),
                     reported: reported.into_iter().map(str::to_owned).collect(),
                     missing: missing.into_iter().map(str::to_owned).collect(),
-                    reporting_rate: rate.to_fixed(4),
+                    reporting_rate: rate.rounded(Precision::Rate),
                 })
             })
             .collect();

@@ -8,7 +8,7 @@ use crate::catalog::{
     Catalog, Formula, Indicator, IndicatorKind, ItemCheck, MetricKind, Predicate,
     TASK_STATUS_METRIC,
 };
-use crate::numbers::Num;
+use crate::numbers::{Num, Precision};
 use crate::rules::scorecard::*;
 use crate::rules::{TaskStatus, Values};
 
@@ -777,7 +777,7 @@ fn next_step(
         Some((total, gap)) => Some(Step {
             description: format!(
                 "{code} rises to {} with: {}",
-                total.to_fixed(2),
+                total.rounded(Precision::Score),
                 gap.description
             ),
             score: total,
