@@ -17,6 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::Routes;
@@ -370,27 +371,32 @@ pub async fn serve(
     Ok(())
 }
 
-/// How long start-up waits for an unreachable database before giving up.
+/// How long start-up waits, in all, for an unreachable database before giving up.
 const STORE_START_WAIT: Duration = Duration::from_secs(60);
 
-/// Opens the store, waiting (with a log line every few seconds) while the database is
-/// unreachable, so a process started before its database comes up does not exit.
+/// Opens the store, waiting while the database is unreachable (exponential backoff with
+/// jitter: 200 ms doubling to 5 s between attempts, plus up to as much jitter, a minute of
+/// waiting in all, each retry logged), so a process started before its database comes up does
+/// not exit.
 async fn open_store(opts: &citycredit::store::StoreOptions) -> Result<Db, StartError> {
-    let started = std::time::Instant::now();
-    let mut attempt = 0u32;
-    loop {
-        match Db::open(opts).await {
-            Ok(db) => return Ok(db),
-            Err(e) if e.is_transient() && started.elapsed() < STORE_START_WAIT => {
-                if attempt.is_multiple_of(5) {
-                    tracing::warn!(error = %e, "database unreachable at start; waiting for it");
-                }
-                attempt += 1;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let backoff = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .with_total_delay(Some(STORE_START_WAIT))
+        .without_max_times();
+    let db = (|| Db::open(opts))
+        .retry(backoff)
+        .when(StoreError::is_transient)
+        .notify(|e, wait| {
+            tracing::warn!(
+                error = %e,
+                retry_in_ms = wait.as_millis(),
+                "database unreachable at start; waiting for it"
+            );
+        })
+        .await?;
+    Ok(db)
 }
 
 /// The identity keys this process holds (see [`crate::config::IdentitySettings`]).
