@@ -28,6 +28,7 @@ use citycredit::auth::identity::{
 };
 use citycredit::catalog::{Catalog, LoadError};
 use citycredit::city::City;
+use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryServiceServer;
 use citycredit::proto::v1::indicator_service_server::IndicatorServiceServer;
 use citycredit::proto::v1::scoring_service_server::ScoringServiceServer;
@@ -92,11 +93,11 @@ pub fn load_data(config: &Config) -> Result<(Catalog, City), LoadError> {
     Ok((catalog, city))
 }
 
-const INDICATOR: &str = "citycredit.v1.IndicatorService";
-const SCORING: &str = "citycredit.v1.ScoringService";
-const SUBMISSION: &str = "citycredit.v1.MetricSubmissionService";
-const CODE_AUDIT: &str = "citycredit.v1.CodeAuditService";
-const REGISTRY: &str = "citycredit.v1.DepartmentRegistryService";
+const INDICATOR: &str = pb::indicator_service_server::SERVICE_NAME;
+const SCORING: &str = pb::scoring_service_server::SERVICE_NAME;
+const SUBMISSION: &str = pb::metric_submission_service_server::SERVICE_NAME;
+const CODE_AUDIT: &str = pb::code_audit_service_server::SERVICE_NAME;
+const REGISTRY: &str = pb::department_registry_service_server::SERVICE_NAME;
 
 /// gRPC services each mode serves (health reports each).
 pub fn served(mode: ServiceMode) -> &'static [&'static str] {
