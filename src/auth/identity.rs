@@ -111,13 +111,16 @@ impl Audience {
 
     /// The audience that serves a gRPC path (`/citycredit.v1.X/Method`).
     pub fn of_path(path: &str) -> Option<Audience> {
+        use crate::proto::v1::{
+            code_audit_service_server, department_registry_service_server,
+            indicator_service_server, metric_submission_service_server, scoring_service_server,
+        };
         let service = path.strip_prefix('/')?.split('/').next()?;
         match service {
-            "citycredit.v1.DepartmentRegistryService" => Some(Audience::Registry),
-            "citycredit.v1.MetricSubmissionService" | "citycredit.v1.CodeAuditService" => {
-                Some(Audience::Ingestion)
-            }
-            "citycredit.v1.ScoringService" | "citycredit.v1.IndicatorService" => {
+            department_registry_service_server::SERVICE_NAME => Some(Audience::Registry),
+            metric_submission_service_server::SERVICE_NAME
+            | code_audit_service_server::SERVICE_NAME => Some(Audience::Ingestion),
+            scoring_service_server::SERVICE_NAME | indicator_service_server::SERVICE_NAME => {
                 Some(Audience::Scoring)
             }
             _ => None,

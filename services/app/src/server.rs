@@ -17,6 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::Routes;
@@ -25,6 +26,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use citycredit::auth::identity::{
     Audience, IdentitySigner, IdentityVerifier, Issuer, KeyError, parse_public_key,
 };
+use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryServiceServer;
 use citycredit::proto::v1::indicator_service_server::IndicatorServiceServer;
 use citycredit::proto::v1::scoring_service_server::ScoringServiceServer;
@@ -91,11 +93,11 @@ pub fn load_data(config: &Config) -> Result<(Catalog, City), LoadError> {
     Ok((catalog, city))
 }
 
-const INDICATOR: &str = "citycredit.v1.IndicatorService";
-const SCORING: &str = "citycredit.v1.ScoringService";
-const SUBMISSION: &str = "citycredit.v1.MetricSubmissionService";
-const CODE_AUDIT: &str = "citycredit.v1.CodeAuditService";
-const REGISTRY: &str = "citycredit.v1.DepartmentRegistryService";
+const INDICATOR: &str = pb::indicator_service_server::SERVICE_NAME;
+const SCORING: &str = pb::scoring_service_server::SERVICE_NAME;
+const SUBMISSION: &str = pb::metric_submission_service_server::SERVICE_NAME;
+const CODE_AUDIT: &str = pb::code_audit_service_server::SERVICE_NAME;
+const REGISTRY: &str = pb::department_registry_service_server::SERVICE_NAME;
 
 /// gRPC services each mode serves (health reports each).
 pub fn served(mode: ServiceMode) -> &'static [&'static str] {
@@ -372,27 +374,32 @@ pub async fn serve(
     Ok(())
 }
 
-/// How long start-up waits for an unreachable database before giving up.
+/// How long start-up waits, in all, for an unreachable database before giving up.
 const STORE_START_WAIT: Duration = Duration::from_secs(60);
 
-/// Opens the store, waiting (with a log line every few seconds) while the database is
-/// unreachable, so a process started before its database comes up does not exit.
+/// Opens the store, waiting while the database is unreachable (exponential backoff with
+/// jitter: 200 ms doubling to 5 s between attempts, plus up to as much jitter, a minute of
+/// waiting in all, each retry logged), so a process started before its database comes up does
+/// not exit.
 async fn open_store(opts: &citycredit_store::StoreOptions) -> Result<Db, StartError> {
-    let started = std::time::Instant::now();
-    let mut attempt = 0u32;
-    loop {
-        match Db::open(opts).await {
-            Ok(db) => return Ok(db),
-            Err(e) if e.is_transient() && started.elapsed() < STORE_START_WAIT => {
-                if attempt.is_multiple_of(5) {
-                    tracing::warn!(error = %e, "database unreachable at start; waiting for it");
-                }
-                attempt += 1;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let backoff = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .with_total_delay(Some(STORE_START_WAIT))
+        .without_max_times();
+    let db = (|| Db::open(opts))
+        .retry(backoff)
+        .when(StoreError::is_transient)
+        .notify(|e, wait| {
+            tracing::warn!(
+                error = %e,
+                retry_in_ms = wait.as_millis(),
+                "database unreachable at start; waiting for it"
+            );
+        })
+        .await?;
+    Ok(db)
 }
 
 /// The identity keys this process holds (see [`crate::config::IdentitySettings`]).

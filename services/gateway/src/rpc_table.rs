@@ -147,6 +147,23 @@ mod tests {
     }
 
     #[test]
+    fn the_descriptor_holds_exactly_the_generated_services() {
+        use citycredit::proto::v1::{
+            code_audit_service_server, department_registry_service_server,
+            indicator_service_server, metric_submission_service_server, scoring_service_server,
+        };
+        let mut generated = vec![
+            code_audit_service_server::SERVICE_NAME,
+            department_registry_service_server::SERVICE_NAME,
+            indicator_service_server::SERVICE_NAME,
+            metric_submission_service_server::SERVICE_NAME,
+            scoring_service_server::SERVICE_NAME,
+        ];
+        generated.sort_unstable();
+        assert_eq!(RpcTable::citycredit().services(), generated);
+    }
+
+    #[test]
     fn grpc_timeouts_round_trip() {
         assert_eq!(parse_grpc_timeout("50m"), Some(Duration::from_millis(50)));
         assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));

@@ -5,8 +5,9 @@
 //! with this process's origin, are skipped: they were published locally).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::broadcast;
 
 use citycredit::aggregates::Change;
@@ -100,6 +101,20 @@ pub fn parse_payload(p: &str) -> Option<(String, i64, BaseChanges)> {
     Some((origin, micros, base))
 }
 
+/// The longest backoff step before the listener reconnects; jitter adds up to as much again,
+/// so a wait never exceeds 1 s.
+const LISTEN_RECONNECT_MAX: Duration = Duration::from_millis(500);
+/// Reconnecting the listener: exponential backoff with jitter between attempts, 50 ms doubling
+/// to [`LISTEN_RECONNECT_MAX`], and never giving up (without it, other processes' commits would
+/// go unannounced here).
+const LISTEN_RECONNECT: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(50))
+    .with_max_delay(LISTEN_RECONNECT_MAX)
+    .with_jitter()
+    .without_max_times();
+/// A connection that stayed up this long was healthy: the next loss starts the backoff over.
+const LISTEN_SETTLED: Duration = Duration::from_secs(10);
+
 /// Forwards other processes' notifications on `channel` into `feed`, reconnecting on errors.
 pub fn spawn_listener(
     url: String,
@@ -107,12 +122,22 @@ pub fn spawn_listener(
     feed: ChangeFeed,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut backoff = LISTEN_RECONNECT.build();
         loop {
+            let started = Instant::now();
             match listen(&url, &channel, &feed).await {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, "change feed listener lost its connection; reconnecting");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if started.elapsed() >= LISTEN_SETTLED {
+                        backoff = LISTEN_RECONNECT.build();
+                    }
+                    let wait = backoff.next().unwrap_or(LISTEN_RECONNECT_MAX);
+                    tracing::warn!(
+                        error = %e,
+                        retry_in_ms = wait.as_millis(),
+                        "change feed listener lost its connection; reconnecting"
+                    );
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
@@ -135,6 +160,15 @@ async fn listen(url: &str, channel: &str, feed: &ChangeFeed) -> Result<(), sqlx:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_listener_reconnects_within_a_second_and_never_gives_up() {
+        let waits: Vec<Duration> = LISTEN_RECONNECT.build().take(1000).collect();
+        assert_eq!(waits.len(), 1000);
+        assert!(waits[0] >= Duration::from_millis(50) && waits[0] < Duration::from_millis(100));
+        assert!(waits.iter().all(|w| *w < Duration::from_secs(1)));
+        assert!(waits[10..].iter().all(|w| *w >= LISTEN_RECONNECT_MAX));
+    }
 
     #[test]
     fn payloads_round_trip_and_split() {

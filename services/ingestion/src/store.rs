@@ -1,22 +1,23 @@
 //! The ingestion tables and their SQL (written once for sqlx `Any`: `$n` placeholders, only
-//! i64 and text columns). `submissions` is append-only; `value_versions` is derived from it in
+//! i64 and text columns; statements of run-time shape, such as a bulk insert or an `IN` list,
+//! are built with sqlx's `QueryBuilder` and numbered by [`citycredit_store::numbered`]; rows
+//! are read by column name with `FromRow`). `submissions` is append-only; `value_versions` is derived from it in
 //! the same transaction; `retractions` (the retraction that counts for each retracted
 //! submission) is filled by a trigger in the statement that inserts the retraction row;
 //! `idempotency` remembers keys; `chain_head` is the writer's one row.
 
+use futures::TryStreamExt;
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::{Any, AnyConnection, QueryBuilder};
 
-use citycredit_store::{Backend, Db};
+use citycredit_store::{Backend, Db, numbered, numbered_as};
 
 /// Kinds of submission rows.
 pub const KIND_VALUE: &str = "value";
 pub const KIND_RETRACTION: &str = "retraction";
 
 /// One stored submission row, every column.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct StoredRow {
     pub id: i64,
     pub principal: String,
@@ -38,35 +39,17 @@ pub struct StoredRow {
     pub hash: String,
 }
 
-pub const SUBMISSION_COLUMNS: &str = "id, principal, department, region, period, metric, domain, \
-    task_id, value, evidence_uri, note, idempotency_key, accept_micros, kind, retracts, reason, \
-    prev_hash, hash";
+/// Every column of `submissions`, as a literal for `concat!` (so queries stay `&'static str`).
+macro_rules! submission_columns {
+    () => {
+        "id, principal, department, region, period, metric, domain, task_id, value, \
+         evidence_uri, note, idempotency_key, accept_micros, kind, retracts, reason, prev_hash, \
+         hash"
+    };
+}
 const SUBMISSION_ARITY: usize = 18;
 
 impl StoredRow {
-    pub fn from_row(r: &AnyRow) -> Result<StoredRow, sqlx::Error> {
-        Ok(StoredRow {
-            id: r.try_get(0)?,
-            principal: r.try_get(1)?,
-            department: r.try_get(2)?,
-            region: r.try_get(3)?,
-            period: r.try_get(4)?,
-            metric: r.try_get(5)?,
-            domain: r.try_get(6)?,
-            task_id: r.try_get(7)?,
-            value: r.try_get(8)?,
-            evidence_uri: r.try_get(9)?,
-            note: r.try_get(10)?,
-            idempotency_key: r.try_get(11)?,
-            accept_micros: r.try_get(12)?,
-            kind: r.try_get(13)?,
-            retracts: r.try_get(14)?,
-            reason: r.try_get(15)?,
-            prev_hash: r.try_get(16)?,
-            hash: r.try_get(17)?,
-        })
-    }
-
     /// The key a value supersedes within: (metric, region, period, department, domain, task).
     pub fn vkey(&self) -> String {
         vkey(
@@ -98,36 +81,6 @@ pub fn vkey(
     out
 }
 
-/// `($1, $2, ...), (...)` for `rows` rows of `arity` columns.
-pub fn placeholders(rows: usize, arity: usize) -> String {
-    let mut s = String::with_capacity(rows * arity * 5);
-    let mut n = 1;
-    for r in 0..rows {
-        if r > 0 {
-            s.push_str(", ");
-        }
-        s.push('(');
-        for c in 0..arity {
-            if c > 0 {
-                s.push(',');
-            }
-            s.push('$');
-            s.push_str(&n.to_string());
-            n += 1;
-        }
-        s.push(')');
-    }
-    s
-}
-
-/// `$k, $k+1, ...` (n of them).
-pub fn list(start: usize, n: usize) -> String {
-    (start..start + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Parameters per statement. SQLite looks a parameter up by walking its list
 /// (`sqlite3_bind_parameter_name`), so binding costs O(n^2) in the parameters of one
 /// statement: keep SQLite statements small. PostgreSQL allows 65,535.
@@ -150,40 +103,38 @@ pub async fn insert_submissions(
 ) -> Result<(), sqlx::Error> {
     let n = rows_per_statement(conn, SUBMISSION_ARITY);
     for chunk in rows.chunks(n) {
-        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
-        let sql = format!(
-            "INSERT INTO submissions ({SUBMISSION_COLUMNS}) VALUES {}",
-            placeholders(chunk.len(), SUBMISSION_ARITY)
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for r in chunk {
-            q = q
-                .bind(r.id)
-                .bind(r.principal.as_str())
-                .bind(r.department.as_str())
-                .bind(r.region.as_str())
-                .bind(r.period.as_str())
-                .bind(r.metric.as_str())
-                .bind(r.domain.as_str())
-                .bind(r.task_id.as_str())
-                .bind(r.value.as_str())
-                .bind(r.evidence_uri.as_str())
-                .bind(r.note.as_str())
-                .bind(r.idempotency_key.as_str())
-                .bind(r.accept_micros)
-                .bind(r.kind.as_str())
-                .bind(r.retracts)
-                .bind(r.reason.as_str())
-                .bind(r.prev_hash.as_str())
-                .bind(r.hash.as_str());
-        }
-        q.execute(&mut *conn).await?;
+        let mut qb = QueryBuilder::<Any>::new(concat!(
+            "INSERT INTO submissions (",
+            submission_columns!(),
+            ") "
+        ));
+        qb.push_values(chunk, |mut b, r| {
+            b.push_bind(r.id)
+                .push_bind(r.principal.as_str())
+                .push_bind(r.department.as_str())
+                .push_bind(r.region.as_str())
+                .push_bind(r.period.as_str())
+                .push_bind(r.metric.as_str())
+                .push_bind(r.domain.as_str())
+                .push_bind(r.task_id.as_str())
+                .push_bind(r.value.as_str())
+                .push_bind(r.evidence_uri.as_str())
+                .push_bind(r.note.as_str())
+                .push_bind(r.idempotency_key.as_str())
+                .push_bind(r.accept_micros)
+                .push_bind(r.kind.as_str())
+                .push_bind(r.retracts)
+                .push_bind(r.reason.as_str())
+                .push_bind(r.prev_hash.as_str())
+                .push_bind(r.hash.as_str());
+        });
+        numbered(&mut qb)?.execute(&mut *conn).await?;
     }
     Ok(())
 }
 
 /// One version of a value key.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct Version {
     pub submission_id: i64,
     pub vkey: String,
@@ -201,6 +152,13 @@ pub struct Version {
     pub accepted_micros: i64,
 }
 
+/// Every column of `value_versions`, as a literal for `concat!`.
+macro_rules! version_columns {
+    () => {
+        "submission_id, vkey, metric, region, period, department, domain, task_id, value, \
+         valid_from, valid_to, accepted_micros"
+    };
+}
 const VERSION_ARITY: usize = 12;
 
 pub async fn insert_versions(
@@ -209,29 +167,26 @@ pub async fn insert_versions(
 ) -> Result<(), sqlx::Error> {
     let n = rows_per_statement(conn, VERSION_ARITY);
     for chunk in versions.chunks(n) {
-        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
-        let sql = format!(
-            "INSERT INTO value_versions (submission_id, vkey, metric, region, period, department, \
-             domain, task_id, value, valid_from, valid_to, accepted_micros) VALUES {}",
-            placeholders(chunk.len(), VERSION_ARITY)
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for v in chunk {
-            q = q
-                .bind(v.submission_id)
-                .bind(v.vkey.as_str())
-                .bind(v.metric.as_str())
-                .bind(v.region.as_str())
-                .bind(v.period.as_str())
-                .bind(v.department.as_str())
-                .bind(v.domain.as_str())
-                .bind(v.task_id.as_str())
-                .bind(v.value.as_str())
-                .bind(v.valid_from)
-                .bind(v.valid_to)
-                .bind(v.accepted_micros);
-        }
-        q.execute(&mut *conn).await?;
+        let mut qb = QueryBuilder::<Any>::new(concat!(
+            "INSERT INTO value_versions (",
+            version_columns!(),
+            ") "
+        ));
+        qb.push_values(chunk, |mut b, v| {
+            b.push_bind(v.submission_id)
+                .push_bind(v.vkey.as_str())
+                .push_bind(v.metric.as_str())
+                .push_bind(v.region.as_str())
+                .push_bind(v.period.as_str())
+                .push_bind(v.department.as_str())
+                .push_bind(v.domain.as_str())
+                .push_bind(v.task_id.as_str())
+                .push_bind(v.value.as_str())
+                .push_bind(v.valid_from)
+                .push_bind(v.valid_to)
+                .push_bind(v.accepted_micros);
+        });
+        numbered(&mut qb)?.execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -244,16 +199,15 @@ pub async fn close_versions(
 ) -> Result<(), sqlx::Error> {
     let n = rows_per_statement(conn, 1);
     for chunk in submission_ids.chunks(n) {
-        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
-        let sql = format!(
-            "UPDATE value_versions SET valid_to = $1 WHERE valid_to IS NULL AND submission_id IN ({})",
-            list(2, chunk.len())
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(at);
+        let mut qb = QueryBuilder::<Any>::new("UPDATE value_versions SET valid_to = ");
+        qb.push_bind(at)
+            .push(" WHERE valid_to IS NULL AND submission_id IN (");
+        let mut ids = qb.separated(", ");
         for id in chunk {
-            q = q.bind(*id);
+            ids.push_bind(*id);
         }
-        q.execute(&mut *conn).await?;
+        ids.push_unseparated(")");
+        numbered(&mut qb)?.execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -266,24 +220,25 @@ pub async fn current_of_keys(
     let mut out = Vec::new();
     let n = rows_per_statement(conn, 1);
     for chunk in keys.chunks(n) {
-        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
-        let sql = format!(
-            "SELECT vkey, submission_id FROM value_versions WHERE valid_to IS NULL AND vkey IN ({})",
-            list(1, chunk.len())
+        let mut qb = QueryBuilder::<Any>::new(
+            "SELECT vkey, submission_id FROM value_versions WHERE valid_to IS NULL AND vkey IN (",
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut list = qb.separated(", ");
         for k in chunk {
-            q = q.bind(k.as_str());
+            list.push_bind(k.as_str());
         }
-        for r in q.fetch_all(&mut *conn).await? {
-            out.push((r.try_get(0)?, r.try_get(1)?));
-        }
+        list.push_unseparated(")");
+        out.extend(
+            numbered_as::<(String, i64)>(&mut qb)?
+                .fetch_all(&mut *conn)
+                .await?,
+        );
     }
     Ok(out)
 }
 
 /// A remembered idempotency key.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct IdempotencyRecord {
     pub scoped_key: String,
     pub fingerprint: String,
@@ -292,17 +247,13 @@ pub struct IdempotencyRecord {
     pub accept_micros: i64,
 }
 
-impl IdempotencyRecord {
-    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
-        Ok(IdempotencyRecord {
-            scoped_key: r.try_get(0)?,
-            fingerprint: r.try_get(1)?,
-            first_id: r.try_get(2)?,
-            last_id: r.try_get(3)?,
-            accept_micros: r.try_get(4)?,
-        })
-    }
+/// Every column of `idempotency`, as a literal for `concat!`.
+macro_rules! idempotency_columns {
+    () => {
+        "scoped_key, fingerprint, first_id, last_id, accept_micros"
+    };
 }
+const IDEMPOTENCY_ARITY: usize = 5;
 
 /// Idempotency keys are scoped per principal: (principal, key) as one unambiguous text.
 pub fn scoped_key(principal: &str, key: &str) -> String {
@@ -316,19 +267,21 @@ pub async fn idempotency_records(
     let mut out = Vec::new();
     let n = rows_per_statement(conn, 1);
     for chunk in scoped_keys.chunks(n) {
-        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
-        let sql = format!(
-            "SELECT scoped_key, fingerprint, first_id, last_id, accept_micros FROM idempotency \
-             WHERE scoped_key IN ({})",
-            list(1, chunk.len())
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut qb = QueryBuilder::<Any>::new(concat!(
+            "SELECT ",
+            idempotency_columns!(),
+            " FROM idempotency WHERE scoped_key IN ("
+        ));
+        let mut list = qb.separated(", ");
         for k in chunk {
-            q = q.bind(k.as_str());
+            list.push_bind(k.as_str());
         }
-        for r in q.fetch_all(&mut *conn).await? {
-            out.push(IdempotencyRecord::from_row(&r)?);
-        }
+        list.push_unseparated(")");
+        out.extend(
+            numbered_as::<IdempotencyRecord>(&mut qb)?
+                .fetch_all(&mut *conn)
+                .await?,
+        );
     }
     Ok(out)
 }
@@ -337,44 +290,41 @@ pub async fn idempotency_record(
     db: &Db,
     scoped_key: &str,
 ) -> Result<Option<IdempotencyRecord>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT scoped_key, fingerprint, first_id, last_id, accept_micros FROM idempotency \
-         WHERE scoped_key = $1",
-    )
+    sqlx::query_as(concat!(
+        "SELECT ",
+        idempotency_columns!(),
+        " FROM idempotency WHERE scoped_key = $1"
+    ))
     .bind(scoped_key)
     .fetch_optional(&db.pool)
-    .await?;
-    row.map(|r| IdempotencyRecord::from_row(&r)).transpose()
+    .await
 }
 
 pub async fn insert_idempotency(
     conn: &mut AnyConnection,
     records: &[IdempotencyRecord],
 ) -> Result<(), sqlx::Error> {
-    let n = rows_per_statement(conn, 5);
+    let n = rows_per_statement(conn, IDEMPOTENCY_ARITY);
     for chunk in records.chunks(n) {
-        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
-        let sql = format!(
-            "INSERT INTO idempotency (scoped_key, fingerprint, first_id, last_id, accept_micros) \
-             VALUES {}",
-            placeholders(chunk.len(), 5)
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for r in chunk {
-            q = q
-                .bind(r.scoped_key.as_str())
-                .bind(r.fingerprint.as_str())
-                .bind(r.first_id)
-                .bind(r.last_id)
-                .bind(r.accept_micros);
-        }
-        q.execute(&mut *conn).await?;
+        let mut qb = QueryBuilder::<Any>::new(concat!(
+            "INSERT INTO idempotency (",
+            idempotency_columns!(),
+            ") "
+        ));
+        qb.push_values(chunk, |mut b, r| {
+            b.push_bind(r.scoped_key.as_str())
+                .push_bind(r.fingerprint.as_str())
+                .push_bind(r.first_id)
+                .push_bind(r.last_id)
+                .push_bind(r.accept_micros);
+        });
+        numbered(&mut qb)?.execute(&mut *conn).await?;
     }
     Ok(())
 }
 
 /// The chain head: last id, last hash, last accept time.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct Head {
     pub last_id: i64,
     pub last_hash: String,
@@ -387,12 +337,7 @@ pub async fn lock_head(conn: &mut AnyConnection, for_update: bool) -> Result<Hea
     } else {
         "SELECT last_id, last_hash, last_micros FROM chain_head WHERE id = 1"
     };
-    let r = sqlx::query(sql).fetch_one(&mut *conn).await?;
-    Ok(Head {
-        last_id: r.try_get(0)?,
-        last_hash: r.try_get(1)?,
-        last_micros: r.try_get(2)?,
-    })
+    sqlx::query_as(sql).fetch_one(&mut *conn).await
 }
 
 pub async fn head(db: &Db) -> Result<Head, sqlx::Error> {
@@ -413,26 +358,26 @@ pub async fn set_head(conn: &mut AnyConnection, head: &Head) -> Result<(), sqlx:
 }
 
 pub async fn get(db: &Db, id: i64) -> Result<Option<StoredRow>, sqlx::Error> {
-    // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
-    let sql = format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = $1");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .fetch_optional(&db.pool)
-        .await?;
-    row.map(|r| StoredRow::from_row(&r)).transpose()
+    sqlx::query_as(concat!(
+        "SELECT ",
+        submission_columns!(),
+        " FROM submissions WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&db.pool)
+    .await
 }
 
 pub async fn range(db: &Db, first: i64, last: i64) -> Result<Vec<StoredRow>, sqlx::Error> {
-    // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
-    let sql = format!(
-        "SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id >= $1 AND id <= $2 ORDER BY id"
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(first)
-        .bind(last)
-        .fetch_all(&db.pool)
-        .await?;
-    rows.iter().map(StoredRow::from_row).collect()
+    sqlx::query_as(concat!(
+        "SELECT ",
+        submission_columns!(),
+        " FROM submissions WHERE id >= $1 AND id <= $2 ORDER BY id"
+    ))
+    .bind(first)
+    .bind(last)
+    .fetch_all(&db.pool)
+    .await
 }
 
 /// The id of the submission that retracts `id`, if any (the first one: a store written before
@@ -496,18 +441,18 @@ pub async fn retractions_of(
     let mut out = Vec::new();
     let n = rows_per_statement(conn, 1);
     for chunk in targets.chunks(n) {
-        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
-        let sql = format!(
-            "SELECT target, by_id FROM retractions WHERE target IN ({})",
-            list(1, chunk.len())
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut qb =
+            QueryBuilder::<Any>::new("SELECT target, by_id FROM retractions WHERE target IN (");
+        let mut list = qb.separated(", ");
         for t in chunk {
-            q = q.bind(*t);
+            list.push_bind(*t);
         }
-        for r in q.fetch_all(&mut *conn).await? {
-            out.push((r.try_get(0)?, r.try_get(1)?));
-        }
+        list.push_unseparated(")");
+        out.extend(
+            numbered_as::<(i64, i64)>(&mut qb)?
+                .fetch_all(&mut *conn)
+                .await?,
+        );
     }
     Ok(out)
 }
@@ -520,31 +465,36 @@ pub async fn previous_value(
     retracted: &std::collections::HashSet<i64>,
 ) -> Result<Option<StoredRow>, sqlx::Error> {
     // A few at a time: rows retracted by this very transaction are skipped here.
-    const PAGE: i64 = 16;
+    macro_rules! page {
+        () => {
+            16
+        };
+    }
+    const PAGE: i64 = page!();
     let mut before = of.id;
     loop {
-        // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
-        let sql = format!(
-            "SELECT {SUBMISSION_COLUMNS} FROM submissions s WHERE metric = $1 AND region = $2 \
+        let rows: Vec<StoredRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            submission_columns!(),
+            " FROM submissions s WHERE metric = $1 AND region = $2 \
              AND period = $3 AND department = $4 AND domain = $5 AND task_id = $6 \
              AND kind = $7 AND id < $8 \
              AND NOT EXISTS (SELECT 1 FROM retractions r WHERE r.target = s.id) \
-             ORDER BY id DESC LIMIT {PAGE}"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(of.metric.as_str())
-            .bind(of.region.as_str())
-            .bind(of.period.as_str())
-            .bind(of.department.as_str())
-            .bind(of.domain.as_str())
-            .bind(of.task_id.as_str())
-            .bind(KIND_VALUE)
-            .bind(before)
-            .fetch_all(&mut *conn)
-            .await?;
+             ORDER BY id DESC LIMIT ",
+            page!()
+        ))
+        .bind(of.metric.as_str())
+        .bind(of.region.as_str())
+        .bind(of.period.as_str())
+        .bind(of.department.as_str())
+        .bind(of.domain.as_str())
+        .bind(of.task_id.as_str())
+        .bind(KIND_VALUE)
+        .bind(before)
+        .fetch_all(&mut *conn)
+        .await?;
         let page = i64::try_from(rows.len()).unwrap_or(PAGE);
-        for r in &rows {
-            let row = StoredRow::from_row(r)?;
+        for row in rows {
             if !retracted.contains(&row.id) {
                 return Ok(Some(row));
             }
@@ -575,53 +525,43 @@ pub async fn list_submissions(
     f: &ListFilter,
     limit: usize,
 ) -> Result<Vec<StoredRow>, sqlx::Error> {
-    let mut clauses: Vec<String> = Vec::new();
-    let mut texts: Vec<&str> = Vec::new();
-    let mut n = 0;
-    for (col, v) in [
-        ("region", &f.region),
-        ("period", &f.period),
-        ("metric", &f.metric),
-        ("department", &f.department),
-        ("principal", &f.principal),
-    ] {
-        if !v.is_empty() {
-            n += 1;
-            clauses.push(format!("{col} = ${n}"));
-            texts.push(v);
-        }
+    let texts: Vec<(&str, &str)> = [
+        ("region = ", &f.region),
+        ("period = ", &f.period),
+        ("metric = ", &f.metric),
+        ("department = ", &f.department),
+        ("principal = ", &f.principal),
+    ]
+    .into_iter()
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(cond, v)| (cond, v.as_str()))
+    .collect();
+    let ints: Vec<(&str, i64)> = [
+        ("accept_micros >= ", f.start_micros),
+        ("accept_micros < ", f.end_micros),
+        ("id < ", f.before_id),
+    ]
+    .into_iter()
+    .filter_map(|(cond, v)| Some((cond, v?)))
+    .collect();
+    let mut qb = QueryBuilder::<Any>::new(concat!(
+        "SELECT ",
+        submission_columns!(),
+        " FROM submissions"
+    ));
+    if !texts.is_empty() || !ints.is_empty() {
+        qb.push(" WHERE ");
     }
-    let mut ints: Vec<i64> = Vec::new();
-    for (cond, v) in [
-        ("accept_micros >=", f.start_micros),
-        ("accept_micros <", f.end_micros),
-        ("id <", f.before_id),
-    ] {
-        if let Some(v) = v {
-            n += 1;
-            clauses.push(format!("{cond} ${n}"));
-            ints.push(v);
-        }
+    let mut conditions = qb.separated(" AND ");
+    for (cond, v) in texts {
+        conditions.push(cond).push_bind_unseparated(v);
     }
-    let filter = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", clauses.join(" AND "))
-    };
-    // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
-    let sql = format!(
-        "SELECT {SUBMISSION_COLUMNS} FROM submissions {filter} ORDER BY id DESC LIMIT {}",
-        limit
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for t in texts {
-        q = q.bind(t);
+    for (cond, v) in ints {
+        conditions.push(cond).push_bind_unseparated(v);
     }
-    for i in ints {
-        q = q.bind(i);
-    }
-    let rows = q.fetch_all(&db.pool).await?;
-    rows.iter().map(StoredRow::from_row).collect()
+    // A number, not text: nothing from the caller reaches the SQL.
+    qb.push(" ORDER BY id DESC LIMIT ").push(limit);
+    numbered_as(&mut qb)?.fetch_all(&db.pool).await
 }
 
 /// Every submission up to `last_id` in id order, streamed to `visit` (stops early when it
@@ -631,13 +571,15 @@ pub async fn walk_submissions(
     last_id: i64,
     mut visit: impl FnMut(StoredRow) -> bool,
 ) -> Result<(), sqlx::Error> {
-    // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
-    let sql = format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id <= $1 ORDER BY id");
-    let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(last_id)
-        .fetch(&db.pool);
-    while let Some(r) = rows.try_next().await? {
-        if !visit(StoredRow::from_row(&r)?) {
+    let mut rows = sqlx::query_as(concat!(
+        "SELECT ",
+        submission_columns!(),
+        " FROM submissions WHERE id <= $1 ORDER BY id"
+    ))
+    .bind(last_id)
+    .fetch(&db.pool);
+    while let Some(row) = rows.try_next().await? {
+        if !visit(row) {
             break;
         }
     }
@@ -645,7 +587,7 @@ pub async fn walk_submissions(
 }
 
 /// A current (or as-of) version for aggregation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct VersionRow {
     pub submission_id: i64,
     pub metric: String,
@@ -665,60 +607,45 @@ pub async fn versions(
     period: &str,
     as_of: Option<i64>,
 ) -> Result<Vec<VersionRow>, sqlx::Error> {
-    let cols = "submission_id, metric, region, department, domain, task_id, value, accepted_micros";
-    let sql = match as_of {
-        None => format!(
-            "SELECT {cols} FROM value_versions WHERE period = $1 AND region IN ({}) \
-             AND valid_to IS NULL",
-            list(2, regions.len())
-        ),
-        Some(_) => format!(
-            "SELECT {cols} FROM value_versions WHERE period = $1 AND region IN ({}) \
-             AND valid_from <= ${} AND (valid_to IS NULL OR valid_to > ${})",
-            list(2, regions.len()),
-            regions.len() + 2,
-            regions.len() + 3
-        ),
-    };
-    // SQL-safe: only column names, `$n` placeholders and a numeric LIMIT are spliced in.
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(period);
+    let mut qb = QueryBuilder::<Any>::new(
+        "SELECT submission_id, metric, region, department, domain, task_id, value, \
+         accepted_micros FROM value_versions WHERE period = ",
+    );
+    qb.push_bind(period).push(" AND region IN (");
+    let mut list = qb.separated(", ");
     for r in regions {
-        q = q.bind(r.as_str());
+        list.push_bind(r.as_str());
     }
-    if let Some(t) = as_of {
-        q = q.bind(t).bind(t);
+    list.push_unseparated(")");
+    match as_of {
+        None => {
+            qb.push(" AND valid_to IS NULL");
+        }
+        Some(t) => {
+            qb.push(" AND valid_from <= ")
+                .push_bind(t)
+                .push(" AND (valid_to IS NULL OR valid_to > ")
+                .push_bind(t)
+                .push(")");
+        }
     }
-    let rows = q.fetch_all(&db.pool).await?;
-    rows.iter()
-        .map(|r| {
-            Ok(VersionRow {
-                submission_id: r.try_get(0)?,
-                metric: r.try_get(1)?,
-                region: r.try_get(2)?,
-                department: r.try_get(3)?,
-                domain: r.try_get(4)?,
-                task_id: r.try_get(5)?,
-                value: r.try_get(6)?,
-                accepted_micros: r.try_get(7)?,
-            })
-        })
-        .collect()
+    numbered_as(&mut qb)?.fetch_all(&db.pool).await
 }
 
 /// The value key's columns in the order both verification streams sort by, compared byte by
 /// byte as Rust compares strings (SQLite's default BINARY collation; `C` on PostgreSQL), so the
-/// two streams can be merged in Rust.
-fn key_order(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Sqlite => "metric, region, period, department, domain, task_id",
-        Backend::Postgres => {
-            "metric COLLATE \"C\", region COLLATE \"C\", period COLLATE \"C\", \
-             department COLLATE \"C\", domain COLLATE \"C\", task_id COLLATE \"C\""
-        }
-    }
+/// two streams can be merged in Rust. A literal for `concat!`, per database.
+macro_rules! key_order {
+    (sqlite) => {
+        "metric, region, period, department, domain, task_id"
+    };
+    (postgres) => {
+        "metric COLLATE \"C\", region COLLATE \"C\", period COLLATE \"C\", \
+         department COLLATE \"C\", domain COLLATE \"C\", task_id COLLATE \"C\""
+    };
 }
 
-/// A value key as a tuple that sorts like [`key_order`].
+/// A value key as a tuple that sorts like `key_order!`.
 pub type KeyTuple = (String, String, String, String, String, String);
 
 impl StoredRow {
@@ -736,51 +663,44 @@ impl StoredRow {
 
 /// Submissions up to `last_id`, by value key then id.
 pub fn submissions_by_key(db: &Db, last_id: i64) -> BoxStream<'_, Result<StoredRow, sqlx::Error>> {
-    // SQL-safe: only column names, `$n` placeholders and constant collations are spliced in.
-    let sql = format!(
-        "SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id <= $1 ORDER BY {}, id",
-        key_order(db.backend)
-    );
-    Box::pin(
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(last_id)
-            .fetch(&db.pool)
-            .map(|r| r.and_then(|row| StoredRow::from_row(&row))),
-    )
+    let sql = match db.backend {
+        Backend::Sqlite => concat!(
+            "SELECT ",
+            submission_columns!(),
+            " FROM submissions WHERE id <= $1 ORDER BY ",
+            key_order!(sqlite),
+            ", id"
+        ),
+        Backend::Postgres => concat!(
+            "SELECT ",
+            submission_columns!(),
+            " FROM submissions WHERE id <= $1 ORDER BY ",
+            key_order!(postgres),
+            ", id"
+        ),
+    };
+    sqlx::query_as(sql).bind(last_id).fetch(&db.pool)
 }
 
 /// Every stored version that had begun by `until`, by value key, then start, then submission.
 pub fn versions_by_key(db: &Db, until: i64) -> BoxStream<'_, Result<Version, sqlx::Error>> {
-    // SQL-safe: only column names, `$n` placeholders and constant collations are spliced in.
-    let sql = format!(
-        "SELECT submission_id, vkey, metric, region, period, department, domain, task_id, value, \
-         valid_from, valid_to, accepted_micros FROM value_versions WHERE valid_from <= $1 \
-         ORDER BY {}, valid_from, submission_id",
-        key_order(db.backend)
-    );
-    Box::pin(
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(until)
-            .fetch(&db.pool)
-            .map(|r| {
-                r.and_then(|row| {
-                    Ok(Version {
-                        submission_id: row.try_get(0)?,
-                        vkey: row.try_get(1)?,
-                        metric: row.try_get(2)?,
-                        region: row.try_get(3)?,
-                        period: row.try_get(4)?,
-                        department: row.try_get(5)?,
-                        domain: row.try_get(6)?,
-                        task_id: row.try_get(7)?,
-                        value: row.try_get(8)?,
-                        valid_from: row.try_get(9)?,
-                        valid_to: row.try_get(10)?,
-                        accepted_micros: row.try_get(11)?,
-                    })
-                })
-            }),
-    )
+    let sql = match db.backend {
+        Backend::Sqlite => concat!(
+            "SELECT ",
+            version_columns!(),
+            " FROM value_versions WHERE valid_from <= $1 ORDER BY ",
+            key_order!(sqlite),
+            ", valid_from, submission_id"
+        ),
+        Backend::Postgres => concat!(
+            "SELECT ",
+            version_columns!(),
+            " FROM value_versions WHERE valid_from <= $1 ORDER BY ",
+            key_order!(postgres),
+            ", valid_from, submission_id"
+        ),
+    };
+    sqlx::query_as(sql).bind(until).fetch(&db.pool)
 }
 
 impl Version {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use tokio::sync::{Mutex, watch};
 
 use citycredit::org::OrgView;
@@ -76,19 +77,36 @@ impl Registry {
 
     /// Joins a store another process seeds (services running apart from the registry): waits
     /// until it is seeded, then loads the snapshots. Never seeds, never creates principals.
+    /// Looks again with exponential backoff and jitter (50 ms doubling to 500 ms, plus up to
+    /// as much jitter), waiting `wait` in all.
     pub async fn attach(
         db: Db,
         catalog: Arc<Catalog>,
         wait: Duration,
     ) -> Result<Arc<Registry>, StoreError> {
         let store = RegistryStore::new(db);
-        let started = std::time::Instant::now();
-        while !store.is_seeded().await? {
-            if started.elapsed() > wait {
-                return Err(StoreError::NotSeeded);
+        let backoff = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_millis(500))
+            .with_jitter()
+            .with_total_delay(Some(wait))
+            .without_max_times();
+        let seeded = &store;
+        (move || async move {
+            match seeded.is_seeded().await? {
+                true => Ok(()),
+                false => Err(StoreError::NotSeeded),
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .retry(backoff)
+        .when(|e| matches!(e, StoreError::NotSeeded))
+        .notify(|_, next| {
+            tracing::debug!(
+                retry_in_ms = next.as_millis(),
+                "store not seeded yet; waiting for the registry"
+            );
+        })
+        .await?;
         Registry::load(store, catalog).await
     }
 

@@ -1,10 +1,11 @@
 //! The registry's SQL: seeding from the city file, loading the organisation and the keys, and
-//! every write, each in one transaction together with its entry in the change log and a bump of
-//! the registry revision (which other processes poll to reload).
+//! every write, each through [`RegistryStore::write`]: one transaction together with its entry
+//! in the change log and a bump of the registry revision (which other processes poll to
+//! reload). Rows are read by column name (`FromRow`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sqlx::{Any, Row, Transaction};
+use sqlx::AnyConnection;
 
 use citycredit_core::auth::{Principal, Role};
 use citycredit_core::city::{City, Department, Group, Region, Responsibility};
@@ -27,8 +28,30 @@ pub struct PrincipalRow {
     pub create_micros: i64,
 }
 
+/// A `principals` row as stored (the role as text).
+#[derive(sqlx::FromRow)]
+struct PrincipalRecord {
+    id: String,
+    display_name: String,
+    role: String,
+    department: Option<String>,
+    create_micros: i64,
+}
+
+impl From<PrincipalRecord> for PrincipalRow {
+    fn from(r: PrincipalRecord) -> Self {
+        PrincipalRow {
+            id: r.id,
+            display_name: r.display_name,
+            role: Role::parse(&r.role).unwrap_or(Role::Operator),
+            department: r.department,
+            create_micros: r.create_micros,
+        }
+    }
+}
+
 /// A stored API key's public record.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct KeyRow {
     pub prefix: String,
     pub principal: String,
@@ -38,7 +61,7 @@ pub struct KeyRow {
 }
 
 /// One logged registry write.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct ChangeRow {
     pub id: i64,
     pub principal: String,
@@ -59,6 +82,32 @@ pub struct Audit<'a> {
 #[derive(Clone, Debug)]
 pub struct RegistryStore {
     pub db: Db,
+}
+
+#[derive(sqlx::FromRow)]
+struct RegionRecord {
+    code: String,
+    name: String,
+    parent: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct DepartmentRecord {
+    code: String,
+    name: String,
+    aliases: String,
+    governs: Option<String>,
+}
+
+/// An unrevoked key joined with its principal.
+#[derive(sqlx::FromRow)]
+struct ActiveKeyRecord {
+    prefix: String,
+    key_hash: Vec<u8>,
+    expire_micros: Option<i64>,
+    id: String,
+    role: String,
+    department: Option<String>,
 }
 
 fn join_aliases(aliases: &[String]) -> String {
@@ -105,27 +154,10 @@ impl RegistryStore {
             depth
         });
         for r in regions {
-            sqlx::query(
-                "INSERT INTO regions (code, name, parent, create_micros) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(&r.code)
-            .bind(&r.name)
-            .bind(r.parent.as_deref())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            insert_region(&mut tx, r, now).await?;
         }
         for d in &city.departments {
-            sqlx::query(
-                "INSERT INTO departments (code, name, aliases, governs, create_micros) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&d.code)
-            .bind(&d.name)
-            .bind(join_aliases(&d.aliases))
-            .bind(d.governs.as_deref())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            insert_department(&mut tx, d, now).await?;
         }
         for g in &city.groups {
             sqlx::query("INSERT INTO dept_groups (code, name) VALUES ($1, $2)")
@@ -161,67 +193,61 @@ impl RegistryStore {
         let code = self.db.meta(CITY_CODE).await?.unwrap_or_default();
         let name = self.db.meta(CITY_NAME).await?.unwrap_or_default();
         let source = self.db.meta(SEEDED).await?.unwrap_or_default();
-        let regions = sqlx::query("SELECT code, name, parent FROM regions ORDER BY code")
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .map(|r| {
-                Ok(Region {
-                    code: r.try_get(0)?,
-                    name: r.try_get(1)?,
-                    parent: r.try_get(2)?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let departments = sqlx::query(
+        let regions = sqlx::query_as::<_, RegionRecord>(
+            "SELECT code, name, parent FROM regions ORDER BY code",
+        )
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| Region {
+            code: r.code,
+            name: r.name,
+            parent: r.parent,
+        })
+        .collect();
+        let departments = sqlx::query_as::<_, DepartmentRecord>(
             "SELECT code, name, aliases, governs FROM departments ORDER BY create_micros, code",
         )
         .fetch_all(pool)
         .await?
         .into_iter()
-        .map(|r| {
-            Ok(Department {
-                code: r.try_get(0)?,
-                name: r.try_get(1)?,
-                aliases: split_aliases(&r.try_get::<String, _>(2)?),
-                governs: r.try_get(3)?,
-            })
+        .map(|d| Department {
+            aliases: split_aliases(&d.aliases),
+            code: d.code,
+            name: d.name,
+            governs: d.governs,
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let mut groups: Vec<Group> =
-            sqlx::query("SELECT code, name FROM dept_groups ORDER BY code")
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(|r| {
-                    Ok(Group {
-                        code: r.try_get(0)?,
-                        name: r.try_get(1)?,
-                        members: Vec::new(),
-                    })
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        for row in sqlx::query(
+        .collect();
+        let mut groups: Vec<Group> = sqlx::query_as::<_, (String, String)>(
+            "SELECT code, name FROM dept_groups ORDER BY code",
+        )
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|(code, name)| Group {
+            code,
+            name,
+            members: Vec::new(),
+        })
+        .collect();
+        for (group_code, department) in sqlx::query_as::<_, (String, String)>(
             "SELECT group_code, department FROM group_members ORDER BY group_code, position",
         )
         .fetch_all(pool)
         .await?
         {
-            let g: String = row.try_get(0)?;
-            if let Some(group) = groups.iter_mut().find(|x| x.code == g) {
-                group.members.push(row.try_get(1)?);
+            if let Some(group) = groups.iter_mut().find(|g| g.code == group_code) {
+                group.members.push(department);
             }
         }
         let mut by_subject: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for row in
-            sqlx::query("SELECT subject, party FROM responsibilities ORDER BY subject, position")
-                .fetch_all(pool)
-                .await?
+        for (subject, party) in sqlx::query_as::<_, (String, String)>(
+            "SELECT subject, party FROM responsibilities ORDER BY subject, position",
+        )
+        .fetch_all(pool)
+        .await?
         {
-            by_subject
-                .entry(row.try_get(0)?)
-                .or_default()
-                .push(row.try_get(1)?);
+            by_subject.entry(subject).or_default().push(party);
         }
         let responsibilities = by_subject
             .into_iter()
@@ -241,32 +267,30 @@ impl RegistryStore {
     /// Registered domains by set.
     pub async fn load_domains(&self) -> Result<BTreeMap<String, BTreeSet<String>>, StoreError> {
         let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for row in sqlx::query("SELECT domain_set, code FROM registered_domains")
-            .fetch_all(&self.db.pool)
-            .await?
+        for (set, code) in
+            sqlx::query_as::<_, (String, String)>("SELECT domain_set, code FROM registered_domains")
+                .fetch_all(&self.db.pool)
+                .await?
         {
-            out.entry(row.try_get(0)?)
-                .or_default()
-                .insert(row.try_get(1)?);
+            out.entry(set).or_default().insert(code);
         }
         Ok(out)
     }
 
     /// Registered domains of one set with names, in registration order.
     pub async fn domains_of(&self, set: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT code, name FROM registered_domains WHERE domain_set = $1 ORDER BY create_micros, code")
-            .bind(set)
-            .fetch_all(&self.db.pool)
-            .await?;
-        rows.into_iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        Ok(sqlx::query_as(
+            "SELECT code, name FROM registered_domains WHERE domain_set = $1 \
+             ORDER BY create_micros, code",
+        )
+        .bind(set)
+        .fetch_all(&self.db.pool)
+        .await?)
     }
 
     /// Every unrevoked key with its principal.
     pub async fn load_keys(&self) -> Result<KeyMap, StoreError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, ActiveKeyRecord>(
             "SELECT k.prefix, k.key_hash, k.expire_micros, p.id, p.role, p.department \
              FROM api_keys k JOIN principals p ON p.id = k.principal WHERE k.revoke_micros IS NULL",
         )
@@ -274,25 +298,23 @@ impl RegistryStore {
         .await?;
         let mut map = KeyMap::default();
         for r in rows {
-            let role: String = r.try_get(4)?;
-            let Some(role) = Role::parse(&role) else {
+            let Some(role) = Role::parse(&r.role) else {
                 tracing::error!(
-                    role,
+                    role = r.role,
                     "stored principal has an unknown role; its keys are ignored"
                 );
                 continue;
             };
-            let prefix: String = r.try_get(0)?;
             map.keys.insert(
-                prefix.clone(),
+                r.prefix.clone(),
                 CachedKey {
-                    hash: r.try_get(1)?,
-                    expire_micros: r.try_get(2)?,
+                    hash: r.key_hash,
+                    expire_micros: r.expire_micros,
                     principal: Principal {
-                        id: r.try_get(3)?,
+                        id: r.id,
                         role,
-                        department: r.try_get(5)?,
-                        credential: Some(prefix),
+                        department: r.department,
+                        credential: Some(r.prefix),
                     },
                 },
             );
@@ -324,47 +346,45 @@ impl RegistryStore {
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM principals")
             .fetch_one(&self.db.pool)
             .await?;
-        let rows = sqlx::query(
-            "SELECT id, display_name, role, department, create_micros FROM principals ORDER BY id LIMIT $1 OFFSET $2",
+        let rows = sqlx::query_as::<_, PrincipalRecord>(
+            "SELECT id, display_name, role, department, create_micros FROM principals \
+             ORDER BY id LIMIT $1 OFFSET $2",
         )
         .bind(limit)
         .bind(offset)
         .fetch_all(&self.db.pool)
         .await?;
-        let out = rows
-            .into_iter()
-            .map(|r| principal_row(&r))
-            .collect::<Result<_, _>>()?;
-        Ok((out, total))
+        Ok((rows.into_iter().map(PrincipalRow::from).collect(), total))
     }
 
     pub async fn principal(&self, id: &str) -> Result<Option<PrincipalRow>, StoreError> {
-        let row = sqlx::query("SELECT id, display_name, role, department, create_micros FROM principals WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.db.pool)
-            .await?;
-        row.map(|r| principal_row(&r)).transpose()
+        let row = sqlx::query_as::<_, PrincipalRecord>(
+            "SELECT id, display_name, role, department, create_micros FROM principals WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(row.map(PrincipalRow::from))
     }
 
     pub async fn keys(&self, principal: Option<&str>) -> Result<Vec<KeyRow>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT prefix, principal, create_micros, expire_micros, revoke_micros FROM api_keys \
              WHERE ($1 = '' OR principal = $1) ORDER BY create_micros, prefix",
         )
         .bind(principal.unwrap_or(""))
         .fetch_all(&self.db.pool)
-        .await?;
-        rows.into_iter().map(|r| key_row(&r)).collect()
+        .await?)
     }
 
     pub async fn key(&self, prefix: &str) -> Result<Option<KeyRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT prefix, principal, create_micros, expire_micros, revoke_micros FROM api_keys WHERE prefix = $1",
+        Ok(sqlx::query_as(
+            "SELECT prefix, principal, create_micros, expire_micros, revoke_micros FROM api_keys \
+             WHERE prefix = $1",
         )
         .bind(prefix)
         .fetch_optional(&self.db.pool)
-        .await?;
-        row.map(|r| key_row(&r)).transpose()
+        .await?)
     }
 
     /// The change log, newest first; with `about`, only the changes to that resource and the
@@ -393,7 +413,7 @@ impl RegistryStore {
         .bind(&below)
         .fetch_one(&self.db.pool)
         .await?;
-        let rows = sqlx::query(
+        let rows = sqlx::query_as(
             "SELECT id, principal, action, resource, detail, change_micros FROM registry_changes \
              WHERE ($1 = '' OR resource = $1 OR substr(resource, 1, CAST($2 AS INTEGER)) = $3) \
              ORDER BY id DESC LIMIT $4 OFFSET $5",
@@ -405,36 +425,48 @@ impl RegistryStore {
         .bind(offset)
         .fetch_all(&self.db.pool)
         .await?;
-        let out = rows
-            .into_iter()
-            .map(|r| {
-                Ok(ChangeRow {
-                    id: r.try_get(0)?,
-                    principal: r.try_get(1)?,
-                    action: r.try_get(2)?,
-                    resource: r.try_get(3)?,
-                    detail: r.try_get(4)?,
-                    change_micros: r.try_get(5)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
-        Ok((out, total))
+        Ok((rows, total))
     }
 
     // ----- writes: each one transaction with its change-log entry and a revision bump -----
 
-    pub async fn create_region(&self, r: &Region, audit: Audit<'_>) -> Result<(), StoreError> {
+    /// Runs one registry write: `statements` in a transaction, then the change-log entry that
+    /// says who made the write and what it was, and a bump of the registry revision, then the
+    /// commit. Every write goes through here, so none can skip its log entry or the bump.
+    async fn write(
+        &self,
+        audit: Audit<'_>,
+        statements: impl AsyncFnOnce(&mut AnyConnection) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.db.pool.begin().await?;
+        statements(&mut *tx).await?;
         sqlx::query(
-            "INSERT INTO regions (code, name, parent, create_micros) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO registry_changes (principal, action, resource, detail, change_micros) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
-        .bind(&r.code)
-        .bind(&r.name)
-        .bind(r.parent.as_deref())
+        .bind(audit.principal)
+        .bind(audit.action)
+        .bind(audit.resource)
+        .bind(&audit.detail)
         .bind(now_micros())
         .execute(&mut *tx)
         .await?;
-        finish(tx, audit).await
+        sqlx::query(
+            "INSERT INTO store_meta (key, value) VALUES ($1, '1') ON CONFLICT (key) DO UPDATE \
+             SET value = CAST(CAST(store_meta.value AS BIGINT) + 1 AS TEXT)",
+        )
+        .bind(REVISION)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn create_region(&self, r: &Region, audit: Audit<'_>) -> Result<(), StoreError> {
+        self.write(audit, async |conn| {
+            insert_region(conn, r, now_micros()).await
+        })
+        .await
     }
 
     pub async fn rename_region(
@@ -443,13 +475,15 @@ impl RegistryStore {
         name: &str,
         audit: Audit<'_>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.pool.begin().await?;
-        sqlx::query("UPDATE regions SET name = $1 WHERE code = $2")
-            .bind(name)
-            .bind(code)
-            .execute(&mut *tx)
-            .await?;
-        finish(tx, audit).await
+        self.write(audit, async |conn| {
+            sqlx::query("UPDATE regions SET name = $1 WHERE code = $2")
+                .bind(name)
+                .bind(code)
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn create_department(
@@ -457,16 +491,10 @@ impl RegistryStore {
         d: &Department,
         audit: Audit<'_>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.pool.begin().await?;
-        sqlx::query("INSERT INTO departments (code, name, aliases, governs, create_micros) VALUES ($1, $2, $3, $4, $5)")
-            .bind(&d.code)
-            .bind(&d.name)
-            .bind(join_aliases(&d.aliases))
-            .bind(d.governs.as_deref())
-            .bind(now_micros())
-            .execute(&mut *tx)
-            .await?;
-        finish(tx, audit).await
+        self.write(audit, async |conn| {
+            insert_department(conn, d, now_micros()).await
+        })
+        .await
     }
 
     pub async fn rename_department(
@@ -475,13 +503,15 @@ impl RegistryStore {
         name: &str,
         audit: Audit<'_>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.pool.begin().await?;
-        sqlx::query("UPDATE departments SET name = $1 WHERE code = $2")
-            .bind(name)
-            .bind(code)
-            .execute(&mut *tx)
-            .await?;
-        finish(tx, audit).await
+        self.write(audit, async |conn| {
+            sqlx::query("UPDATE departments SET name = $1 WHERE code = $2")
+                .bind(name)
+                .bind(code)
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn set_group_members(
@@ -490,13 +520,14 @@ impl RegistryStore {
         members: &[String],
         audit: Audit<'_>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.pool.begin().await?;
-        sqlx::query("DELETE FROM group_members WHERE group_code = $1")
-            .bind(group)
-            .execute(&mut *tx)
-            .await?;
-        insert_members(&mut tx, group, members).await?;
-        finish(tx, audit).await
+        self.write(audit, async |conn| {
+            sqlx::query("DELETE FROM group_members WHERE group_code = $1")
+                .bind(group)
+                .execute(&mut *conn)
+                .await?;
+            insert_members(conn, group, members).await
+        })
+        .await
     }
 
     pub async fn set_responsibilities(
@@ -505,13 +536,14 @@ impl RegistryStore {
         parties: &[String],
         audit: Audit<'_>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.pool.begin().await?;
-        sqlx::query("DELETE FROM responsibilities WHERE subject = $1")
-            .bind(subject)
-            .execute(&mut *tx)
-            .await?;
-        insert_parties(&mut tx, subject, parties).await?;
-        finish(tx, audit).await
+        self.write(audit, async |conn| {
+            sqlx::query("DELETE FROM responsibilities WHERE subject = $1")
+                .bind(subject)
+                .execute(&mut *conn)
+                .await?;
+            insert_parties(conn, subject, parties).await
+        })
+        .await
     }
 
     pub async fn register_domain(
@@ -521,15 +553,20 @@ impl RegistryStore {
         name: &str,
         audit: Audit<'_>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.pool.begin().await?;
-        sqlx::query("INSERT INTO registered_domains (domain_set, code, name, create_micros) VALUES ($1, $2, $3, $4)")
+        self.write(audit, async |conn| {
+            sqlx::query(
+                "INSERT INTO registered_domains (domain_set, code, name, create_micros) \
+                 VALUES ($1, $2, $3, $4)",
+            )
             .bind(set)
             .bind(code)
             .bind(name)
             .bind(now_micros())
-            .execute(&mut *tx)
+            .execute(conn)
             .await?;
-        finish(tx, audit).await
+            Ok(())
+        })
+        .await
     }
 
     pub async fn create_principal(
@@ -537,16 +574,21 @@ impl RegistryStore {
         p: &PrincipalRow,
         audit: Audit<'_>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.pool.begin().await?;
-        sqlx::query("INSERT INTO principals (id, display_name, role, department, create_micros) VALUES ($1, $2, $3, $4, $5)")
+        self.write(audit, async |conn| {
+            sqlx::query(
+                "INSERT INTO principals (id, display_name, role, department, create_micros) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
             .bind(&p.id)
             .bind(&p.display_name)
             .bind(p.role.as_str())
             .bind(p.department.as_deref())
             .bind(p.create_micros)
-            .execute(&mut *tx)
+            .execute(conn)
             .await?;
-        finish(tx, audit).await
+            Ok(())
+        })
+        .await
     }
 
     pub async fn create_key(
@@ -555,18 +597,21 @@ impl RegistryStore {
         hash: &[u8],
         audit: Audit<'_>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO api_keys (prefix, principal, key_hash, create_micros, expire_micros) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&k.prefix)
-        .bind(&k.principal)
-        .bind(hash.to_vec())
-        .bind(k.create_micros)
-        .bind(k.expire_micros)
-        .execute(&mut *tx)
-        .await?;
-        finish(tx, audit).await
+        self.write(audit, async |conn| {
+            sqlx::query(
+                "INSERT INTO api_keys (prefix, principal, key_hash, create_micros, expire_micros) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&k.prefix)
+            .bind(&k.principal)
+            .bind(hash.to_vec())
+            .bind(k.create_micros)
+            .bind(k.expire_micros)
+            .execute(conn)
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn revoke_key(
@@ -575,41 +620,56 @@ impl RegistryStore {
         at: i64,
         audit: Audit<'_>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.pool.begin().await?;
-        sqlx::query(
-            "UPDATE api_keys SET revoke_micros = $1 WHERE prefix = $2 AND revoke_micros IS NULL",
-        )
-        .bind(at)
-        .bind(prefix)
-        .execute(&mut *tx)
-        .await?;
-        finish(tx, audit).await
+        self.write(audit, async |conn| {
+            sqlx::query(
+                "UPDATE api_keys SET revoke_micros = $1 WHERE prefix = $2 AND revoke_micros IS NULL",
+            )
+            .bind(at)
+            .bind(prefix)
+            .execute(conn)
+            .await?;
+            Ok(())
+        })
+        .await
     }
 }
 
-fn principal_row(r: &sqlx::any::AnyRow) -> Result<PrincipalRow, StoreError> {
-    let role: String = r.try_get(2)?;
-    Ok(PrincipalRow {
-        id: r.try_get(0)?,
-        display_name: r.try_get(1)?,
-        role: Role::parse(&role).unwrap_or(Role::Operator),
-        department: r.try_get(3)?,
-        create_micros: r.try_get(4)?,
-    })
+async fn insert_region(
+    conn: &mut AnyConnection,
+    r: &Region,
+    create_micros: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO regions (code, name, parent, create_micros) VALUES ($1, $2, $3, $4)")
+        .bind(&r.code)
+        .bind(&r.name)
+        .bind(r.parent.as_deref())
+        .bind(create_micros)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
-fn key_row(r: &sqlx::any::AnyRow) -> Result<KeyRow, StoreError> {
-    Ok(KeyRow {
-        prefix: r.try_get(0)?,
-        principal: r.try_get(1)?,
-        create_micros: r.try_get(2)?,
-        expire_micros: r.try_get(3)?,
-        revoke_micros: r.try_get(4)?,
-    })
+async fn insert_department(
+    conn: &mut AnyConnection,
+    d: &Department,
+    create_micros: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO departments (code, name, aliases, governs, create_micros) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&d.code)
+    .bind(&d.name)
+    .bind(join_aliases(&d.aliases))
+    .bind(d.governs.as_deref())
+    .bind(create_micros)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 async fn insert_members(
-    tx: &mut Transaction<'_, Any>,
+    conn: &mut AnyConnection,
     group: &str,
     members: &[String],
 ) -> Result<(), StoreError> {
@@ -620,14 +680,14 @@ async fn insert_members(
         .bind(group)
         .bind(m)
         .bind(i64::try_from(i).unwrap_or(i64::MAX))
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
     }
     Ok(())
 }
 
 async fn insert_parties(
-    tx: &mut Transaction<'_, Any>,
+    conn: &mut AnyConnection,
     subject: &str,
     parties: &[String],
 ) -> Result<(), StoreError> {
@@ -636,40 +696,20 @@ async fn insert_parties(
             .bind(subject)
             .bind(p)
             .bind(i64::try_from(i).unwrap_or(i64::MAX))
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await?;
     }
     Ok(())
 }
 
-async fn set_meta(tx: &mut Transaction<'_, Any>, key: &str, value: &str) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO store_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-        .bind(key)
-        .bind(value)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// Logs the write, bumps the revision and commits.
-async fn finish(mut tx: Transaction<'_, Any>, audit: Audit<'_>) -> Result<(), StoreError> {
+async fn set_meta(conn: &mut AnyConnection, key: &str, value: &str) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO registry_changes (principal, action, resource, detail, change_micros) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO store_meta (key, value) VALUES ($1, $2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
     )
-    .bind(audit.principal)
-    .bind(audit.action)
-    .bind(audit.resource)
-    .bind(&audit.detail)
-    .bind(now_micros())
-    .execute(&mut *tx)
+    .bind(key)
+    .bind(value)
+    .execute(conn)
     .await?;
-    sqlx::query(
-        "INSERT INTO store_meta (key, value) VALUES ($1, '1') ON CONFLICT (key) DO UPDATE \
-         SET value = CAST(CAST(store_meta.value AS BIGINT) + 1 AS TEXT)",
-    )
-    .bind(REVISION)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
     Ok(())
 }

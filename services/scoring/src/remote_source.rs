@@ -5,8 +5,9 @@
 //! accepts that key for these two reads only, so this process can act as nobody else.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::broadcast;
 use tonic::Status;
 use tonic::transport::Channel;
@@ -36,6 +37,20 @@ pub fn service_principal() -> Principal {
         credential: None,
     }
 }
+
+/// The longest backoff step before reconnecting to ingestion's change feed; jitter adds up to
+/// as much again, so a wait never exceeds 1 s.
+const FEED_RECONNECT_MAX: Duration = Duration::from_millis(500);
+/// Reconnecting to ingestion's change feed: exponential backoff with jitter between attempts,
+/// 50 ms doubling to [`FEED_RECONNECT_MAX`], and never giving up (a scoring process without the
+/// feed could not tell when its cached scorecards went stale).
+const FEED_RECONNECT: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(50))
+    .with_max_delay(FEED_RECONNECT_MAX)
+    .with_jitter()
+    .without_max_times();
+/// A feed that stayed up this long was healthy: the next loss starts the backoff over.
+const FEED_SETTLED: Duration = Duration::from_secs(10);
 
 /// See the module documentation.
 pub struct RemoteAggregates {
@@ -67,15 +82,30 @@ impl RemoteAggregates {
         });
         let weak = Arc::downgrade(&me);
         tokio::spawn(async move {
+            let mut backoff = FEED_RECONNECT.build();
             loop {
                 let Some(me) = weak.upgrade() else { break };
-                if let Err(e) = me.follow().await {
-                    tracing::warn!(error = %e.message(), "ingestion change feed lost; reconnecting");
-                }
+                let started = Instant::now();
+                let lost = me.follow().await;
                 // Whatever happened while disconnected is unknown: invalidate everything.
                 let _ = me.changes.send(Change::everything());
                 drop(me);
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                if started.elapsed() >= FEED_SETTLED {
+                    backoff = FEED_RECONNECT.build();
+                }
+                let wait = backoff.next().unwrap_or(FEED_RECONNECT_MAX);
+                match lost {
+                    Err(e) => tracing::warn!(
+                        error = %e.message(),
+                        retry_in_ms = wait.as_millis(),
+                        "ingestion change feed lost; reconnecting"
+                    ),
+                    Ok(()) => tracing::info!(
+                        retry_in_ms = wait.as_millis(),
+                        "ingestion change feed ended; reconnecting"
+                    ),
+                }
+                tokio::time::sleep(wait).await;
             }
         });
         me
@@ -208,5 +238,19 @@ impl AggregateSource for RemoteAggregates {
 
     fn changes(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_feed_reconnects_within_a_second_and_never_gives_up() {
+        let waits: Vec<Duration> = FEED_RECONNECT.build().take(1000).collect();
+        assert_eq!(waits.len(), 1000);
+        assert!(waits[0] >= Duration::from_millis(50) && waits[0] < Duration::from_millis(100));
+        assert!(waits.iter().all(|w| *w < Duration::from_secs(1)));
+        assert!(waits[10..].iter().all(|w| *w >= FEED_RECONNECT_MAX));
     }
 }

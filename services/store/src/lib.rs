@@ -2,7 +2,9 @@
 //! (WAL, `synchronous=FULL`) or PostgreSQL when a URL names one.
 //!
 //! Queries are written once against sqlx's `Any` driver with `$n` placeholders, which both
-//! databases accept; types are restricted to what `Any` carries on both (i64, text, bytes):
+//! databases accept; statements built at run time use sqlx's `QueryBuilder` and [`numbered`],
+//! which gives them the same placeholders. Types are restricted to what `Any` carries on both
+//! (i64, text, bytes):
 //! booleans are i64 0/1 (an SQLite `bool` comes back as BIGINT through `Any`), times are i64
 //! microseconds since the Unix epoch. Schemas differ where the databases
 //! do (auto-increment, types), so each database has its own migrations folder with the same
@@ -17,9 +19,10 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::any::{AnyArguments, AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, Executor};
+use sqlx::query::{Query, QueryAs};
+use sqlx::{Any, AnyPool, Execute, Executor, FromRow, QueryBuilder};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -275,6 +278,68 @@ impl Db {
     }
 }
 
+/// A statement built with sqlx's `QueryBuilder`, ready to run on either database.
+///
+/// Under the `Any` driver, `QueryBuilder::push_bind` writes every placeholder as `?`: the
+/// driver learns which database it talks to only when the query runs (launchbadge/sqlx#3000).
+/// SQLite accepts `?`, PostgreSQL does not. This numbers them `$1, $2, ...`, which both accept
+/// and which the static queries use. The SQL fragments pushed into a builder never contain `?`
+/// themselves; should one ever do, the count no longer matches the bound values and this
+/// returns an error instead of a statement with shifted parameters.
+pub fn numbered(
+    qb: &mut QueryBuilder<Any>,
+) -> Result<Query<'static, Any, AnyArguments>, sqlx::Error> {
+    let (sql, arguments) = numbered_parts(qb)?;
+    Ok(sqlx::query_with(sql, arguments))
+}
+
+/// [`numbered`], for rows read into `T` by column name.
+pub fn numbered_as<T>(
+    qb: &mut QueryBuilder<Any>,
+) -> Result<QueryAs<'static, Any, T, AnyArguments>, sqlx::Error>
+where
+    T: for<'r> FromRow<'r, AnyRow>,
+{
+    let (sql, arguments) = numbered_parts(qb)?;
+    Ok(sqlx::query_as_with(sql, arguments))
+}
+
+fn numbered_parts(
+    qb: &mut QueryBuilder<Any>,
+) -> Result<(sqlx::AssertSqlSafe<String>, AnyArguments), sqlx::Error> {
+    let mut query = qb.build();
+    let arguments = query
+        .take_arguments()
+        .map_err(sqlx::Error::Encode)?
+        .unwrap_or_default();
+    let (sql, placeholders) = number_placeholders(query.sql().as_str());
+    if placeholders != sqlx::Arguments::len(&arguments) {
+        return Err(sqlx::Error::InvalidArgument(format!(
+            "statement has {placeholders} placeholders for {} bound values",
+            sqlx::Arguments::len(&arguments)
+        )));
+    }
+    // SQL-safe: the text of a `QueryBuilder`, whose values are all bound; only its `?`
+    // placeholders are rewritten, as `$n`.
+    Ok((sqlx::AssertSqlSafe(sql), arguments))
+}
+
+/// `sql` with each `?` replaced by `$1`, `$2`, ... in order, and how many there were.
+fn number_placeholders(sql: &str) -> (String, usize) {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(sql.len() + sql.len() / 4);
+    let mut n = 0usize;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            let _ = write!(out, "${n}");
+        } else {
+            out.push(c);
+        }
+    }
+    (out, n)
+}
+
 /// Schema names are put into SQL text, so only plain identifiers are accepted.
 pub fn valid_schema_name(s: &str) -> bool {
     !s.is_empty()
@@ -307,6 +372,28 @@ pub use citycredit_core::clock::now_micros;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_builder_placeholders_are_numbered_for_both_databases() {
+        let mut qb = QueryBuilder::<Any>::new("SELECT a FROM t WHERE b IN (");
+        let mut list = qb.separated(", ");
+        for v in ["x", "y", "z"] {
+            list.push_bind(v);
+        }
+        list.push_unseparated(") AND c = ");
+        qb.push_bind(7i64);
+        let (sql, arguments) = numbered_parts(&mut qb).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sql.0, "SELECT a FROM t WHERE b IN ($1, $2, $3) AND c = $4");
+        assert_eq!(sqlx::Arguments::len(&arguments), 4);
+
+        // A `?` of its own in the SQL text would shift every parameter: refused.
+        let mut qb = QueryBuilder::<Any>::new("SELECT '?' FROM t WHERE b = ");
+        qb.push_bind("x");
+        assert!(matches!(
+            numbered_parts(&mut qb),
+            Err(sqlx::Error::InvalidArgument(_))
+        ));
+    }
 
     #[test]
     fn passwords_never_reach_logs() {
