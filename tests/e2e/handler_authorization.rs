@@ -8,11 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Code;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic_types::StatusExt;
 
@@ -24,41 +22,7 @@ use citycredit_registry::{Registry, RegistryApi};
 use citycredit_scoring::{IndicatorApi, ScoringApi};
 use citycredit_store::testing;
 use citycredit_tests::ingestion::catalog_and_org;
-
-/// Passes message bytes through untouched.
-#[derive(Clone, Copy, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let n = src.remaining();
-        Ok(Some(src.copy_to_bytes(n).to_vec()))
-    }
-}
+use citycredit_tests::raw_codec::Raw;
 
 /// Calls `path` with one empty message and no credential; Ok with the first response message
 /// (empty for a stream that sends none within a second), or the status.

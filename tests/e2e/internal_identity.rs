@@ -14,10 +14,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut};
 use prost::Message;
 use tonic::Code;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 
 use citycredit::auth::identity::{
@@ -29,46 +27,12 @@ use citycredit::proto::v1::indicator_service_client::IndicatorServiceClient as I
 use citycredit::proto::v1::scoring_service_client::ScoringServiceClient as Scoring;
 use citycredit_core::auth::{Principal, Role};
 use citycredit_gateway::rpc_table::RpcTable;
+use citycredit_tests::raw_codec::Raw;
 use citycredit_tests::topology::{Part, Store, Topology, TopologyOptions};
 use citycredit_tests::{Backend, both_databases};
 
 // ---------------------------------------------------------------------------------------------
 // Raw calls: any RPC, any bytes, any identity header.
-
-/// Passes message bytes through untouched.
-#[derive(Clone, Copy, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let n = src.remaining();
-        Ok(Some(src.copy_to_bytes(n).to_vec()))
-    }
-}
 
 /// Calls `path` with one message of `body` bytes and `identity` (if any); Ok with the first
 /// response message (empty for a stream that sends none within a second), or the status.

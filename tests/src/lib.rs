@@ -6,6 +6,7 @@
 
 pub mod h2raw;
 pub mod ingestion;
+pub mod raw_codec;
 pub mod topology;
 
 use std::net::SocketAddr;
