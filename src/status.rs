@@ -4,8 +4,9 @@
 //!
 //! One vocabulary: each service's error enum implements [`ServiceError`] (a code and a specific
 //! reason per case, its metadata, violations and retry delay), and [`to_status`] is the one
-//! conversion to `tonic::Status`. The gateway's own refusals name a code only, and get that code's
-//! general reason ([`Reason::of_code`]); no reason stands for a code other than its own.
+//! conversion to `tonic::Status`. The gateway's own refusals name their specific reason too
+//! ([`with_reason`], [`retry_after_reason`]); [`Reason::of_code`] gives each code a general
+//! reason for the rest; no reason stands for a code other than its own.
 //!
 //! Every reason, its code and when it is sent (this table is checked against [`Reason::ALL`] by
 //! a test; clients may match on the reasons):
@@ -30,10 +31,15 @@
 //! | `AUDIT_CAPACITY`         | RESOURCE_EXHAUSTED  | too many code audits run at once, in all or for the caller; RetryInfo |
 //! | `REQUEST_BYTES`          | RESOURCE_EXHAUSTED  | the request bodies the gateway holds would exceed the caller's budget or the gateway's (metadata `scope`: `principal` or `all`, `limit`); RetryInfo |
 //! | `WATCH_LAGGED`           | RESOURCE_EXHAUSTED  | a WatchChanges watcher fell behind the change feed: re-read, then watch again; RetryInfo |
-//! | `OVERLOADED`             | RESOURCE_EXHAUSTED  | a rate or capacity limit refused the call (failed authentications, the caller's rate or share, the platform's capacity); RetryInfo |
+//! | `OVERLOADED`             | RESOURCE_EXHAUSTED  | the platform is at capacity (the gateway's adaptive limit), for every caller; RetryInfo |
+//! | `RATE_LIMITED`           | RESOURCE_EXHAUSTED  | the caller's rate limit (calls per second) refused the call; RetryInfo |
+//! | `AUTH_FAILURES_LIMITED`  | RESOURCE_EXHAUSTED  | too many failed authentications from the caller's address: refused without a key look-up; RetryInfo |
+//! | `PRINCIPAL_BUDGET`       | RESOURCE_EXHAUSTED  | the caller already has as many calls or streams open as it may (metadata `what`, `limit`); RetryInfo |
+//! | `PRINCIPAL_SHARE`        | RESOURCE_EXHAUSTED  | the caller already has half of what the platform serves at once (metadata `limit`); RetryInfo |
 //! | `MESSAGE_TOO_LARGE`      | OUT_OF_RANGE        | a request message larger than the gateway takes |
 //! | `REQUEST_STREAM_BROKEN`  | CANCELLED           | the caller's request stream broke off before its end; nothing was stored |
-//! | `TIMED_OUT`              | DEADLINE_EXCEEDED   | the call's deadline passed, or its request stream sent nothing for too long |
+//! | `TIMED_OUT`              | DEADLINE_EXCEEDED   | the call's deadline passed (the caller's, capped per kind of call) |
+//! | `REQUEST_READ_TIMEOUT`   | DEADLINE_EXCEEDED   | the caller sent nothing of its request for too long (`request_read_timeout_ms`), or not all of it within its deadline |
 //! | `CONCURRENT_CHANGE`      | ABORTED             | the general reason of the code: a concurrent change won, retry the whole operation (not sent today) |
 //! | `UNKNOWN_METHOD`         | UNIMPLEMENTED       | a method the gateway does not know or does not serve |
 //! | `SERVICE_UNAVAILABLE`    | UNAVAILABLE         | a service, or the store the gateway asks, is unreachable; RetryInfo |
@@ -83,9 +89,14 @@ pub enum Reason {
     RequestBytes,
     WatchLagged,
     Overloaded,
+    RateLimited,
+    AuthFailuresLimited,
+    PrincipalBudget,
+    PrincipalShare,
     MessageTooLarge,
     RequestStreamBroken,
     TimedOut,
+    RequestReadTimeout,
     ConcurrentChange,
     UnknownMethod,
     ServiceUnavailable,
@@ -98,7 +109,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order of the table above.
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 34] = [
         Reason::InvalidFields,
         Reason::TooManyRegions,
         Reason::NotFound,
@@ -117,9 +128,14 @@ impl Reason {
         Reason::RequestBytes,
         Reason::WatchLagged,
         Reason::Overloaded,
+        Reason::RateLimited,
+        Reason::AuthFailuresLimited,
+        Reason::PrincipalBudget,
+        Reason::PrincipalShare,
         Reason::MessageTooLarge,
         Reason::RequestStreamBroken,
         Reason::TimedOut,
+        Reason::RequestReadTimeout,
         Reason::ConcurrentChange,
         Reason::UnknownMethod,
         Reason::ServiceUnavailable,
@@ -152,9 +168,14 @@ impl Reason {
             Reason::RequestBytes => "REQUEST_BYTES",
             Reason::WatchLagged => "WATCH_LAGGED",
             Reason::Overloaded => "OVERLOADED",
+            Reason::RateLimited => "RATE_LIMITED",
+            Reason::AuthFailuresLimited => "AUTH_FAILURES_LIMITED",
+            Reason::PrincipalBudget => "PRINCIPAL_BUDGET",
+            Reason::PrincipalShare => "PRINCIPAL_SHARE",
             Reason::MessageTooLarge => "MESSAGE_TOO_LARGE",
             Reason::RequestStreamBroken => "REQUEST_STREAM_BROKEN",
             Reason::TimedOut => "TIMED_OUT",
+            Reason::RequestReadTimeout => "REQUEST_READ_TIMEOUT",
             Reason::ConcurrentChange => "CONCURRENT_CHANGE",
             Reason::UnknownMethod => "UNKNOWN_METHOD",
             Reason::ServiceUnavailable => "SERVICE_UNAVAILABLE",
@@ -183,10 +204,14 @@ impl Reason {
             | Reason::AuditCapacity
             | Reason::RequestBytes
             | Reason::WatchLagged
-            | Reason::Overloaded => Code::ResourceExhausted,
+            | Reason::Overloaded
+            | Reason::RateLimited
+            | Reason::AuthFailuresLimited
+            | Reason::PrincipalBudget
+            | Reason::PrincipalShare => Code::ResourceExhausted,
             Reason::MessageTooLarge => Code::OutOfRange,
             Reason::RequestStreamBroken => Code::Cancelled,
-            Reason::TimedOut => Code::DeadlineExceeded,
+            Reason::TimedOut | Reason::RequestReadTimeout => Code::DeadlineExceeded,
             Reason::ConcurrentChange => Code::Aborted,
             Reason::UnknownMethod => Code::Unimplemented,
             Reason::ServiceUnavailable | Reason::StorageUnavailable | Reason::WriterStopped => {
@@ -249,14 +274,29 @@ impl Reason {
                 "a WatchChanges watcher fell behind the change feed: re-read, then watch again; RetryInfo"
             }
             Reason::Overloaded => {
-                "a rate or capacity limit refused the call (failed authentications, the caller's rate or share, the platform's capacity); RetryInfo"
+                "the platform is at capacity (the gateway's adaptive limit), for every caller; RetryInfo"
+            }
+            Reason::RateLimited => {
+                "the caller's rate limit (calls per second) refused the call; RetryInfo"
+            }
+            Reason::AuthFailuresLimited => {
+                "too many failed authentications from the caller's address: refused without a key look-up; RetryInfo"
+            }
+            Reason::PrincipalBudget => {
+                "the caller already has as many calls or streams open as it may (metadata `what`, `limit`); RetryInfo"
+            }
+            Reason::PrincipalShare => {
+                "the caller already has half of what the platform serves at once (metadata `limit`); RetryInfo"
             }
             Reason::MessageTooLarge => "a request message larger than the gateway takes",
             Reason::RequestStreamBroken => {
                 "the caller's request stream broke off before its end; nothing was stored"
             }
             Reason::TimedOut => {
-                "the call's deadline passed, or its request stream sent nothing for too long"
+                "the call's deadline passed (the caller's, capped per kind of call)"
+            }
+            Reason::RequestReadTimeout => {
+                "the caller sent nothing of its request for too long (`request_read_timeout_ms`), or not all of it within its deadline"
             }
             Reason::ConcurrentChange => {
                 "the general reason of the code: a concurrent change won, retry the whole operation (not sent today)"

@@ -60,6 +60,16 @@ fn push(i: u64) -> pb::SubmitValueRequest {
     }
 }
 
+/// The specific `ErrorInfo` reason of a refusal, and one metadata entry.
+fn reason_of(status: &tonic::Status, key: &str) -> (Option<String>, Option<String>) {
+    let details = status.get_error_details();
+    let info = details.error_info();
+    (
+        info.map(|i| i.reason.clone()),
+        info.and_then(|i| i.metadata.get(key).cloned()),
+    )
+}
+
 fn retry_delay(status: &tonic::Status) -> Option<Duration> {
     status
         .get_error_details()
@@ -147,6 +157,11 @@ async fn idle_streams_use_up_only_their_own_budget(backend: Backend) {
             && refused.message().contains("4 streams"),
         "{}",
         refused.message()
+    );
+    assert_eq!(
+        reason_of(&refused, "what"),
+        (Some("PRINCIPAL_BUDGET".into()), Some("streams".into())),
+        "{refused:?}"
     );
     assert!(retry_delay(&refused).is_some(), "no RetryInfo: {refused:?}");
 
@@ -293,6 +308,11 @@ async fn a_stalled_batch_ends_and_stores_nothing(backend: Backend) {
         "{}",
         err.message()
     );
+    assert_eq!(
+        reason_of(&err, "").0.as_deref(),
+        Some("REQUEST_READ_TIMEOUT"),
+        "{err:?}"
+    );
     assert!(took < Duration::from_secs(5), "answered after {took:?}");
     drop(tx);
     let mut admin = Submissions::new(server.admin());
@@ -417,6 +437,11 @@ async fn a_response_never_read_holds_its_slot_until_the_connection_is_closed(bac
         .unwrap_or_else(|| panic!("a second call got the slot of an unsent response"));
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("1 calls open"), "{}", err.message());
+    assert_eq!(
+        reason_of(&err, "limit"),
+        (Some("PRINCIPAL_BUDGET".into()), Some("1".into())),
+        "{err:?}"
+    );
 
     // The peer does not read for the write timeout: the server closes the connection, which
     // frees the slot.

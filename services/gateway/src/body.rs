@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 use tonic::{Code, Status};
 
-use citycredit::status::{retry_after, with_info};
+use citycredit::status::{Reason, retry_after_reason, with_reason};
 
 use crate::transport::Owed;
 use crate::upstream::Body;
@@ -141,8 +141,9 @@ impl http_body::Body for ReadTimeoutBody {
 
 /// What a caller whose request stream stalled is told.
 pub fn stalled_status(timeout: Duration) -> Status {
-    with_info(
+    with_reason(
         Code::DeadlineExceeded,
+        Reason::RequestReadTimeout,
         format!(
             "the request stream sent nothing for {} ms (request_read_timeout_ms)",
             timeout.as_millis()
@@ -233,10 +234,12 @@ impl http_body::Body for CallBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 tracing::warn!(error = %e, "the service's answer broke off; the caller is told UNAVAILABLE");
-                me.end_with(&retry_after(
+                me.end_with(&retry_after_reason(
                     Code::Unavailable,
+                    Reason::ServiceUnavailable,
                     "the service's answer was cut off; retry shortly",
                     Duration::from_millis(500),
+                    &[],
                 ))
             }
             Poll::Ready(None) => {
@@ -254,8 +257,9 @@ impl http_body::Body for CallBody {
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                me.end_with(&with_info(
+                me.end_with(&with_reason(
                     Code::DeadlineExceeded,
+                    Reason::TimedOut,
                     format!("deadline of {} ms exceeded", given.as_millis()),
                     &[],
                 ))

@@ -36,7 +36,7 @@ use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
 use citycredit::auth::identity::{BodyBinding, HEADER as IDENTITY_HEADER};
-use citycredit::status::{Reason, clip, retry_after, retry_after_reason, with_info};
+use citycredit::status::{Reason, clip, retry_after_reason, with_reason};
 use citycredit_core::auth::Principal;
 use citycredit_registry::KeyView;
 use citycredit_registry::authn::{authenticate, is_open_path};
@@ -123,8 +123,9 @@ impl Gateway {
     }
 }
 
-fn refuse(code: Code, message: impl Into<String>) -> http::Response<Body> {
-    with_info(code, message, &[]).into_http()
+/// A refusal of the gateway's own, with its specific reason (and through it, its code).
+fn refuse(reason: Reason, message: impl Into<String>) -> http::Response<Body> {
+    with_reason(reason.code(), reason, message, &[]).into_http()
 }
 
 /// What the gateway holds for a call until its response ends.
@@ -218,7 +219,7 @@ impl Inner {
     ) -> http::Response<Body> {
         let Some(rpc) = rpc else {
             return refuse(
-                Code::Unimplemented,
+                Reason::UnknownMethod,
                 format!(
                     "unknown method {}",
                     clip(req.uri().path(), LOGGED_PATH_CHARS)
@@ -227,7 +228,7 @@ impl Inner {
         };
         let Some(upstream) = self.parts.routes.get(&rpc.service) else {
             return refuse(
-                Code::Unimplemented,
+                Reason::UnknownMethod,
                 format!("{} is not served here", rpc.service),
             );
         };
@@ -248,10 +249,12 @@ impl Inner {
                     .map(|k| citycredit_registry::keys::prefix_of(k.trim()));
                 if let Err(wait) = self.limits.failed_auth(source, prefix) {
                     self.parts.metrics.shed("failed_auth");
-                    return retry_after(
+                    return retry_after_reason(
                         Code::ResourceExhausted,
+                        Reason::AuthFailuresLimited,
                         "too many failed authentications from this address; retry later",
                         wait,
+                        &[],
                     )
                     .into_http();
                 }
@@ -272,7 +275,7 @@ impl Inner {
 
     /// Refuses a call the limits did not admit.
     fn refused(&self, why: Refusal, principal: &str) -> http::Response<Body> {
-        let (reason, message, wait) = match why {
+        let (label, reason, message, wait, metadata) = match why {
             Refusal::Bytes { scope, limit } => {
                 self.parts.metrics.shed("request_bytes");
                 let (message, setting) = match scope {
@@ -309,29 +312,36 @@ impl Inner {
                 };
                 (
                     "principal_budget",
+                    Reason::PrincipalBudget,
                     format!(
                         "principal `{principal}` already has {limit} {what} open \
                          (max_{what}_per_principal); wait for one to finish"
                     ),
                     Duration::from_millis(100),
+                    vec![("what", what.to_owned()), ("limit", limit.to_string())],
                 )
             }
             Refusal::PrincipalShare { limit } => (
                 "principal_share",
+                Reason::PrincipalShare,
                 format!(
                     "principal `{principal}` already has {limit} calls being served, half of \
                      what the platform takes at once now; retry shortly"
                 ),
                 Duration::from_millis(50),
+                vec![("limit", limit.to_string())],
             ),
             Refusal::Capacity { retry_after } => (
                 "capacity",
+                Reason::Overloaded,
                 "the platform is at capacity; retry shortly".to_owned(),
                 retry_after,
+                Vec::new(),
             ),
         };
-        self.parts.metrics.shed(reason);
-        retry_after(Code::ResourceExhausted, message, wait).into_http()
+        self.parts.metrics.shed(label);
+        let metadata: Vec<(&str, &str)> = metadata.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        retry_after_reason(Code::ResourceExhausted, reason, message, wait, &metadata).into_http()
     }
 
     /// The deadline a call gets: the caller's (a little shorter, so that the caller hears
@@ -373,10 +383,12 @@ impl Inner {
         req.extensions_mut().insert(principal.clone());
         if let Err(wait) = self.limits.check_rate(&principal.id) {
             self.parts.metrics.shed("rate");
-            return retry_after(
+            return retry_after_reason(
                 Code::ResourceExhausted,
+                Reason::RateLimited,
                 format!("rate limit for principal `{}` exceeded", principal.id),
                 wait.max(Duration::from_millis(1)),
+                &[],
             )
             .into_http();
         }
@@ -424,14 +436,14 @@ impl Inner {
                     Ok(Ok(whole)) => whole,
                     Ok(Err(ReadError::TooLarge)) => {
                         return refuse(
-                            Code::OutOfRange,
+                            Reason::MessageTooLarge,
                             format!("the request is larger than {limit} bytes"),
                         );
                     }
                     Ok(Err(ReadError::Budget(why))) => return self.refused(why, &principal.id),
                     Ok(Err(ReadError::Broken(status))) => {
                         return refuse(
-                            Code::Cancelled,
+                            Reason::RequestStreamBroken,
                             format!("the request stream broke: {}", status.message()),
                         );
                     }
@@ -440,7 +452,7 @@ impl Inner {
                     }
                     Err(_) => {
                         return refuse(
-                            Code::DeadlineExceeded,
+                            Reason::TimedOut,
                             format!("deadline of {} ms exceeded", given.as_millis()),
                         );
                     }
@@ -463,7 +475,7 @@ impl Inner {
             .sign(principal, path, binding, req.headers_mut(), now)
         {
             tracing::error!(rpc = path, why, "cannot sign the caller's identity");
-            return refuse(Code::Internal, "internal error");
+            return refuse(Reason::InternalFault, "internal error");
         }
         trace_context::pass_on_trace(span, req.headers_mut());
         if path.starts_with("/citycredit.v1.MetricSubmissionService/Submit") {
@@ -481,7 +493,7 @@ impl Inner {
                 r
             },
             () = tokio::time::sleep_until(deadline) => refuse(
-                Code::DeadlineExceeded,
+                Reason::TimedOut,
                 format!("deadline of {} ms exceeded", given.as_millis()),
             ),
         }

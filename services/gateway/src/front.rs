@@ -30,7 +30,7 @@ use tower::Service;
 use tracing::Instrument;
 
 use citycredit::auth::identity::{BodyBinding, HEADER, IdentityVerifier, Issuer, Verified};
-use citycredit::status::{retry_after, with_info};
+use citycredit::status::{Reason, retry_after_reason, with_reason};
 use citycredit_core::auth::{CredentialCheck, Principal};
 use citycredit_registry::Registry;
 use citycredit_registry::authn::is_open_path;
@@ -88,7 +88,9 @@ impl FrontParts {
         path: &str,
         header: Option<http::HeaderValue>,
     ) -> Result<(http::Request<Body>, Principal), http::Response<Body>> {
-        let unauthenticated = |m: &str| with_info(Code::Unauthenticated, m, &[]).into_http();
+        let unauthenticated = |m: &str| {
+            with_reason(Code::Unauthenticated, Reason::CredentialRefused, m, &[]).into_http()
+        };
         let Some(header) = header else {
             self.refusals.note(path, "no internal identity");
             return Err(unauthenticated(
@@ -165,10 +167,12 @@ impl FrontParts {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, rpc = %path, "identity nonce check failed");
-                    return Err(retry_after(
+                    return Err(retry_after_reason(
                         Code::Unavailable,
+                        Reason::StorageUnavailable,
                         "the store is unavailable; retry shortly",
                         Duration::from_millis(500),
+                        &[],
                     )
                     .into_http());
                 }

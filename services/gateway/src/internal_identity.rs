@@ -23,7 +23,7 @@ use tonic::Code;
 use citycredit::auth::identity::{
     Audience, BodyBinding, HEADER, IdentitySigner, Issuer, WINDOW_MICROS,
 };
-use citycredit::status::with_info;
+use citycredit::status::{Reason, with_reason};
 use citycredit_core::auth::Principal;
 use citycredit_store::{Db, StoreError};
 
@@ -67,20 +67,23 @@ pub async fn read_body(
     let limited = http_body_util::Limited::new(body, limit);
     match tokio::time::timeout(wait, limited.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(with_info(
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(with_reason(
             Code::OutOfRange,
+            Reason::MessageTooLarge,
             format!("the request message is larger than {max_message} bytes"),
             &[],
         )
         .into_http()),
-        Ok(Err(_)) => Err(with_info(
+        Ok(Err(_)) => Err(with_reason(
             Code::Cancelled,
+            Reason::RequestStreamBroken,
             "the request body ended before it was complete",
             &[],
         )
         .into_http()),
-        Err(_) => Err(with_info(
+        Err(_) => Err(with_reason(
             Code::DeadlineExceeded,
+            Reason::RequestReadTimeout,
             format!(
                 "the request body did not arrive within {} ms",
                 wait.as_millis()

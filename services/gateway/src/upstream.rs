@@ -12,7 +12,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tower::Service;
 use tower::util::BoxCloneSyncService;
 
-use citycredit::status::retry_after;
+use citycredit::status::{Reason, retry_after_reason};
 
 use crate::front::{FrontParts, ServiceFront};
 use crate::settings::UpstreamTlsSettings;
@@ -121,10 +121,12 @@ impl Service<http::Request<Body>> for Remote {
             };
             Ok(result.unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "upstream unreachable");
-                retry_after(
+                retry_after_reason(
                     Code::Unavailable,
+                    Reason::ServiceUnavailable,
                     "the service is unavailable; retry shortly",
                     Duration::from_millis(500),
+                    &[],
                 )
                 .into_http()
             }))
