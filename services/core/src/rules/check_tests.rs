@@ -197,6 +197,24 @@ fn a_guiding_indicator_scored_above_zero_passes_fails_and_is_missing() {
         Some(crate::rules::Status::Partial)
     );
     assert_eq!(outcomes(&v, "E09.2"), [TermOutcome::Met]);
+
+    // G11 counts unreported domain flags as 0 domains; its check is missing data, not failed,
+    // until someone reports flags.
+    let mut v = Values::new();
+    let card = score(catalog(), &v);
+    assert_eq!(
+        card.indicator("G11").map(|r| r.status),
+        Some(crate::rules::Status::Scored)
+    );
+    assert_eq!(outcomes(&v, "E10.3"), [TermOutcome::Missing]);
+    assert_eq!(
+        checks(&card, "E10.3")[0].missing_metrics,
+        ["joint_rp.domain_implemented"]
+    );
+    v.set_domains("joint_rp.domain_implemented", Vec::<String>::new());
+    assert_eq!(outcomes(&v, "E10.3"), [TermOutcome::Unmet]);
+    v.set_domains("joint_rp.domain_implemented", ["jrp-00"]);
+    assert_eq!(outcomes(&v, "E10.3"), [TermOutcome::Met]);
 }
 
 #[test]

@@ -745,16 +745,26 @@ impl Ctx<'_> {
                 };
                 result.indicator = Some((indicator.clone(), r.status));
                 let above_zero = r.score.as_ref().is_some_and(|s| s > &Num::zero());
+                // Every metric the indicator reads that nobody reported, domain flags included
+                // (the indicator counts those as 0 domains; the check is missing data).
+                let unreported: Vec<String> = self
+                    .catalog
+                    .indicator(indicator)
+                    .map(|ind| self.missing_of(&ind.metrics()))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect();
                 // A score above 0 is measured even when some parts lack data; a score of 0 is
-                // a failure only when every part was computed.
+                // a failure only when every metric was reported.
                 result.outcome = match r.status {
                     Status::InvalidData => TermOutcome::Invalid,
                     _ if above_zero => TermOutcome::Met,
-                    Status::Scored => TermOutcome::Unmet,
+                    Status::Scored if unreported.is_empty() => TermOutcome::Unmet,
                     _ => TermOutcome::Missing,
                 };
                 if !above_zero {
-                    result.missing_metrics = missing_in(r.terms.iter());
+                    result.missing_metrics = unreported;
                 }
                 result.computed.clone_from(&r.score);
             }
