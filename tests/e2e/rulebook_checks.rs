@@ -180,7 +180,13 @@ async fn task_checks_pass_fail_or_are_missing(backend: Backend) {
     submit(
         &s,
         &finance,
-        vec![number_input("finance.credit_budget", city, p, "", "2000000.00")],
+        vec![number_input(
+            "finance.credit_budget",
+            city,
+            p,
+            "",
+            "2000000.00",
+        )],
     )
     .await;
     let card = scorecard(&s, city, p).await;
@@ -274,7 +280,11 @@ async fn the_five_new_metrics_are_accepted_and_their_cross_check_reported(backen
         "sharing.red_black_list_embedded",
         "finance.credit_budget",
     ] {
-        assert!(keys.contains(&key), "{}: {key} not stored: {keys:?}", s.name());
+        assert!(
+            keys.contains(&key),
+            "{}: {key} not stored: {keys:?}",
+            s.name()
+        );
     }
 
     // Correcting the figure clears the violation; E08.1's third check then fails (119 of 120).
@@ -427,9 +437,7 @@ async fn the_catalog_shows_its_rulebook_version_descriptions_and_checks(backend:
     assert!(description("E07.8").contains("4）发生金融风险未能有效处置"));
 
     let e03 = ok(catalog
-        .get_evaluation_item(pb::GetEvaluationItemRequest {
-            name: "E03".into(),
-        })
+        .get_evaluation_item(pb::GetEvaluationItemRequest { name: "E03".into() })
         .await)
     .item
     .unwrap_or_default();
@@ -440,7 +448,11 @@ async fn the_catalog_shows_its_rulebook_version_descriptions_and_checks(backend:
             e03_3.indicator_code.as_str(),
             e03_3.condition_labels.clone()
         ),
-        ("indicator_passes", "B10", vec!["1".to_owned(), "2".to_owned()])
+        (
+            "indicator_passes",
+            "B10",
+            vec!["1".to_owned(), "2".to_owned()]
+        )
     );
     assert_eq!(
         e03_3.metric_keys,
@@ -451,9 +463,7 @@ async fn the_catalog_shows_its_rulebook_version_descriptions_and_checks(backend:
         ]
     );
     let e08 = ok(catalog
-        .get_evaluation_item(pb::GetEvaluationItemRequest {
-            name: "E08".into(),
-        })
+        .get_evaluation_item(pb::GetEvaluationItemRequest { name: "E08".into() })
         .await)
     .item
     .unwrap_or_default();

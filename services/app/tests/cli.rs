@@ -61,7 +61,11 @@ fn check_refuses_a_catalog_whose_task_checks_name_unknown_indicators_or_conditio
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let path = dir.path().join("catalog.toml");
     let text = citycredit_core::catalog::BUILTIN_CATALOG_TOML
-        .replacen(r#"conditions = ["1", "2"]"#, r#"conditions = ["1", "9"]"#, 1)
+        .replacen(
+            r#"conditions = ["1", "2"]"#,
+            r#"conditions = ["1", "9"]"#,
+            1,
+        )
         .replacen(
             r#"{ type = "indicator_passes", indicator = "B04" }"#,
             r#"{ type = "indicator_passes", indicator = "B40" }"#,

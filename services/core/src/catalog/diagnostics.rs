@@ -78,10 +78,7 @@ impl<'a> Diagnostics<'a> {
         self.text
             .get(start..)
             .and_then(|t| t.find(needle))
-            .map_or_else(
-                || from.clone(),
-                |at| start + at..start + at + needle.len(),
-            )
+            .map_or_else(|| from.clone(), |at| start + at..start + at + needle.len())
     }
 
     pub fn at(&mut self, span: &Range<usize>, key: impl Into<String>, message: impl Into<String>) {

@@ -274,7 +274,11 @@ fn task_checks_naming_unknown_indicators_or_conditions_are_refused_at_the_tasks_
         r#"{ type = "indicator_passes", indicator = "B03" }"#,
         r#"{ type = "indicator_passes", indicator = "B33" }"#,
     );
-    assert_problem(&e, "item E03, task E03.2, check 1", "unknown indicator `B33`");
+    assert_problem(
+        &e,
+        "item E03, task E03.2, check 1",
+        "unknown indicator `B33`",
+    );
     let task_line = line_of(r#"id = "E03.2""#);
     assert!(
         e.problems.iter().any(|p| p.line == Some(task_line)),
@@ -327,11 +331,13 @@ fn unknown_check_types_and_misspelt_check_fields_are_refused() {
         .err()
         .unwrap_or_else(|| panic!("must fail"));
     assert!(
-        e.to_string().contains("unknown check type `indicator_pass`"),
+        e.to_string()
+            .contains("unknown check type `indicator_pass`"),
         "{e}"
     );
     assert!(e.problems[0].line.is_some(), "{e}");
-    let text = BUILTIN_CATALOG_TOML.replacen(r#"conditions = ["1", "2"]"#, r#"condition = ["1", "2"]"#, 1);
+    let text =
+        BUILTIN_CATALOG_TOML.replacen(r#"conditions = ["1", "2"]"#, r#"condition = ["1", "2"]"#, 1);
     let e = Catalog::from_toml(&text, "broken.toml")
         .err()
         .unwrap_or_else(|| panic!("must fail"));

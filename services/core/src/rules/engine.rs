@@ -774,9 +774,8 @@ impl Ctx<'_> {
             } => {
                 // A check whose metrics nobody reported is missing, not failed (rulebook
                 // section 5); a reported metric counts the domains flagged.
-                let unreported: Vec<&str> = self.missing_of(
-                    &metrics.iter().map(String::as_str).collect::<Vec<_>>(),
-                );
+                let unreported: Vec<&str> =
+                    self.missing_of(&metrics.iter().map(String::as_str).collect::<Vec<_>>());
                 if !unreported.is_empty() {
                     result.missing_metrics = unreported.into_iter().map(str::to_owned).collect();
                     return result;
