@@ -161,6 +161,13 @@ fn named_conditions_of_a_basic_indicator_pass_without_the_others() {
     // A cross-metric violation on a metric the named conditions read is invalid.
     v.set_number("monitoring.counties_covered", n("7"));
     assert_eq!(outcomes(&v, "E03.3"), [TermOutcome::Invalid]);
+    let card = score(catalog(), &v);
+    let violation = card
+        .violations
+        .iter()
+        .find(|x| x.numerator == "monitoring.counties_covered")
+        .unwrap_or_else(|| panic!("no violation"));
+    assert_eq!(violation.affects, ["B10", "E03"]);
 }
 
 #[test]

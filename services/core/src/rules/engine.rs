@@ -105,11 +105,16 @@ fn find_violations(catalog: &Catalog, values: &Values) -> Vec<Violation> {
                     .iter()
                     .filter(|i| i.metrics().contains(&check.numerator.as_str()))
                     .map(|i| i.code.clone())
+                    // Items whose checks read the numerator, through an indicator too.
                     .chain(
                         catalog
                             .items
                             .iter()
-                            .filter(|i| i.metrics().contains(&check.numerator.as_str()))
+                            .filter(|i| {
+                                catalog
+                                    .subject_metrics(&i.code)
+                                    .contains(&check.numerator.as_str())
+                            })
                             .map(|i| i.code.clone()),
                     )
                     .collect();
