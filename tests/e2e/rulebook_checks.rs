@@ -227,6 +227,21 @@ async fn the_five_new_metrics_are_accepted_and_their_cross_check_reported(backen
     )
     .await;
 
+    // Only departments responsible for an item whose checks read the metric may report it:
+    // 市中院 answers for none of E11's tasks.
+    let court = principal("court-sys", Role::Department, Some("court"));
+    let mut client = s.client(Some(&court)).await;
+    let denied = client
+        .submit_value(pb::SubmitValueRequest {
+            value: Some(number_input("finance.credit_budget", city, p, "", "1")),
+            idempotency_key: String::new(),
+            validate_only: false,
+        })
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{}: court may not report the credit budget", s.name()));
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+
     let card = scorecard(&s, city, p).await;
     let violation = card
         .violations
