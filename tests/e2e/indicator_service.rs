@@ -116,7 +116,7 @@ async fn lists_every_metric_with_kind_and_aggregation() {
         .unwrap_or_else(|e| panic!("{e}"))
         .into_inner()
         .metrics;
-    assert_eq!(metrics.len(), 63);
+    assert_eq!(metrics.len(), 68);
     let find = |k: &str| {
         metrics
             .iter()

@@ -179,9 +179,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check { .. } => match server::load_data(&config) {
             Ok((catalog, city)) => {
                 println!(
-                    "catalog {} (version {}): {} metrics, {} indicators, {} evaluation items, guiding max {}",
+                    "catalog {} (version {}, rulebook {}): {} metrics, {} indicators, {} evaluation items, guiding max {}",
                     catalog.source,
                     catalog.version,
+                    catalog.rulebook_version,
                     catalog.metrics.len(),
                     catalog.indicators.len(),
                     catalog.items.len(),

@@ -20,7 +20,9 @@ fn check_summarises_the_builtin_data() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("63 metrics, 20 indicators, 12 evaluation items, guiding max 54.00"),
+        text.contains(
+            "(version 2019.2, rulebook 2): 68 metrics, 20 indicators, 12 evaluation items, guiding max 54.00"
+        ),
         "{text}"
     );
     assert!(text.contains("city 330800 衢州市"), "{text}");
@@ -52,6 +54,48 @@ fn check_refuses_a_broken_city_file_naming_the_problem() {
         err.contains("responsibilities.G14: unknown department or group `business-environment`"),
         "{err}"
     );
+}
+
+#[test]
+fn check_refuses_a_catalog_whose_task_checks_name_unknown_indicators_or_conditions() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("catalog.toml");
+    let text = citycredit_core::catalog::BUILTIN_CATALOG_TOML
+        .replacen(
+            r#"conditions = ["1", "2"]"#,
+            r#"conditions = ["1", "9"]"#,
+            1,
+        )
+        .replacen(
+            r#"{ type = "indicator_passes", indicator = "B04" }"#,
+            r#"{ type = "indicator_passes", indicator = "B40" }"#,
+            1,
+        );
+    std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(BIN)
+        .args(["check", "--catalog"])
+        .arg(&path)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // file:line: key: message, the line being the task's.
+    let line_of = |needle: &str| {
+        text.lines()
+            .position(|l| l.contains(needle))
+            .map_or(0, |i| i + 1)
+    };
+    let e03_3 = format!(
+        "catalog.toml:{}: item E03, task E03.3, check 1, conditions: indicator `B10` has no condition `9`",
+        line_of(r#"id = "E03.3""#)
+    );
+    assert!(err.contains(&e03_3), "{err}");
+    let e08_2 = format!(
+        "catalog.toml:{}: item E08, task E08.2, check 3: unknown indicator `B40`",
+        line_of(r#"id = "E08.2""#)
+    );
+    assert!(err.contains(&e08_2), "{err}");
 }
 
 #[test]

@@ -3,12 +3,14 @@
 //! value is; RANK and SCORE take the latest value at the region itself; DOMAIN_FLAG is the set
 //! of domains flagged true anywhere below (each (department, region, domain) key counts with its
 //! own current value, so a false flag removes nothing another key flagged true); TASK_STATUS
-//! takes the latest value per task at the region itself.
+//! takes the latest value per task at the region itself. A metric whose scope is the region
+//! itself (`scope = "region"` in the catalog: G13's units) takes only the values reported at
+//! the region, not those of the regions below it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use citycredit::aggregates::{Aggregates, SourceRef};
-use citycredit_core::catalog::{Catalog, MetricKind};
+use citycredit_core::catalog::{AggregationScope, Catalog, MetricKind};
 use citycredit_core::numbers::Num;
 use citycredit_core::rules::{TaskStatus, Values};
 
@@ -33,6 +35,9 @@ pub fn aggregate(
         let Some(m) = catalog.metric(&metric) else {
             continue; // a metric the current catalog no longer has
         };
+        if m.scope() == AggregationScope::Region {
+            rows.retain(|r| r.region == region);
+        }
         // Latest first: accept time, then id.
         rows.sort_by_key(|r| std::cmp::Reverse((r.accepted_micros, r.submission_id)));
         let used: Vec<&VersionRow> = match m.kind {

@@ -47,6 +47,16 @@ fn term_outcome(o: TermOutcome) -> pb::TermOutcome {
     }
 }
 
+/// A task check's result: met (or vacuous) passes, unmet fails, missing data is MISSING.
+pub fn check_status(o: TermOutcome) -> pb::CheckStatus {
+    match o {
+        TermOutcome::Met | TermOutcome::Vacuous | TermOutcome::Scored => pb::CheckStatus::Pass,
+        TermOutcome::Unmet => pb::CheckStatus::Fail,
+        TermOutcome::Missing => pb::CheckStatus::Missing,
+        TermOutcome::Invalid => pb::CheckStatus::InvalidData,
+    }
+}
+
 pub fn task_status(s: TaskStatus) -> pb::TaskStatus {
     match s {
         TaskStatus::NotStarted => pb::TaskStatus::NotStarted,
@@ -187,6 +197,9 @@ pub fn scorecard(card: &rules::Scorecard, aggregates: &Aggregates) -> pb::Scorec
                                     .map_or(pb::IndicatorStatus::Unspecified, |(_, s)| status(*s))
                                     as i32,
                                 computed: ratio(&c.computed),
+                                status: check_status(c.outcome) as i32,
+                                missing_metrics: c.missing_metrics.clone(),
+                                check_type: c.check_type.to_owned(),
                             })
                             .collect(),
                     })

@@ -142,6 +142,10 @@ fn metric(m: &catalog::Metric) -> pb::Metric {
         key: m.key.clone(),
         kind: metric_kind(m.kind) as i32,
         aggregation: aggregation(m.kind.aggregation()) as i32,
+        scope: match m.scope() {
+            catalog::AggregationScope::Subtree => pb::AggregationScope::Subtree,
+            catalog::AggregationScope::Region => pb::AggregationScope::Region,
+        } as i32,
         title: m.title.clone(),
         domain_set: m.domain_set.clone().unwrap_or_default(),
         max_value: m.max.as_ref().map(|v| v.to_plain()).unwrap_or_default(),
@@ -149,7 +153,24 @@ fn metric(m: &catalog::Metric) -> pb::Metric {
     }
 }
 
-fn item(it: &catalog::Item, city: &City) -> pb::EvaluationItem {
+fn task_check(c: &Catalog, check: &catalog::ItemCheck) -> pb::TaskCheck {
+    pb::TaskCheck {
+        summary: check.summary(),
+        check_type: check.type_name().to_owned(),
+        indicator_code: check.indicator().unwrap_or_default().to_owned(),
+        condition_labels: match check {
+            catalog::ItemCheck::IndicatorPasses { conditions, .. } => conditions.clone(),
+            _ => Vec::new(),
+        },
+        metric_keys: c
+            .check_metrics(check)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+    }
+}
+
+fn item(c: &Catalog, it: &catalog::Item, city: &City) -> pb::EvaluationItem {
     pb::EvaluationItem {
         name: format!("items/{}", it.code),
         code: it.code.clone(),
@@ -162,6 +183,8 @@ fn item(it: &catalog::Item, city: &City) -> pb::EvaluationItem {
                 title: t.title.clone(),
                 section: t.section.clone().unwrap_or_default(),
                 checks: t.checks.iter().map(catalog::ItemCheck::summary).collect(),
+                description: t.description.clone().unwrap_or_default(),
+                check_details: t.checks.iter().map(|k| task_check(c, k)).collect(),
             })
             .collect(),
         responsible: responsible_parties(city, &it.code),
@@ -189,6 +212,7 @@ impl IndicatorService for IndicatorApi {
             indicator_count: count(c.indicators.len()),
             evaluation_item_count: count(c.items.len()),
             guiding_max_total: c.guiding_max_total().rounded(Precision::Score),
+            rulebook_version: c.rulebook_version,
         }))
     }
 
@@ -302,7 +326,12 @@ impl IndicatorService for IndicatorApi {
         let org = self.org.borrow().clone();
         let city = &org.city;
         Ok(Response::new(pb::ListEvaluationItemsResponse {
-            items: self.catalog.items.iter().map(|i| item(i, city)).collect(),
+            items: self
+                .catalog
+                .items
+                .iter()
+                .map(|i| item(&self.catalog, i, city))
+                .collect(),
         }))
     }
 
@@ -320,7 +349,7 @@ impl IndicatorService for IndicatorApi {
         let org = self.org.borrow().clone();
         let city = &org.city;
         Ok(Response::new(pb::GetEvaluationItemResponse {
-            item: Some(item(it, city)),
+            item: Some(item(&self.catalog, it, city)),
         }))
     }
 }

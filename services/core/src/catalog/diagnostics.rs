@@ -69,6 +69,18 @@ impl<'a> Diagnostics<'a> {
             + 1
     }
 
+    /// The span of the first occurrence of `needle` at or after the start of `from` (a table's
+    /// span), so that a problem in a nested entry (a task of an item, whose `[[item.task]]`
+    /// tables lie outside the item's own span) names that entry's line; `from` itself when the
+    /// text is not there.
+    pub fn span_of_text(&self, from: &Range<usize>, needle: &str) -> Range<usize> {
+        let start = from.start.min(self.text.len());
+        self.text
+            .get(start..)
+            .and_then(|t| t.find(needle))
+            .map_or_else(|| from.clone(), |at| start + at..start + at + needle.len())
+    }
+
     pub fn at(&mut self, span: &Range<usize>, key: impl Into<String>, message: impl Into<String>) {
         let line = Some(self.line_of(span));
         self.problems.push(Problem {

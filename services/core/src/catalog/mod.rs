@@ -16,6 +16,11 @@ pub use model::*;
 
 use crate::numbers::Num;
 
+/// The version of the indicator rulebook (shared/spec/INDICATORS.md) whose rules this platform
+/// implements; a catalog file says which version it renders (`rulebook_version`) and loading
+/// refuses any other.
+pub const RULEBOOK_VERSION: u32 = 2;
+
 /// The metric that carries evaluation task statuses.
 pub const TASK_STATUS_METRIC: &str = "task.status";
 
@@ -28,6 +33,8 @@ pub const BUILTIN_CATALOG_TOML: &str =
 /// A validated catalog with indexes for lookups.
 #[derive(Debug, Clone)]
 pub struct Catalog {
+    /// The rulebook version the file renders (`RULEBOOK_VERSION`).
+    pub rulebook_version: u32,
     pub version: String,
     pub title: String,
     /// Where it was loaded from (a path or `builtin:...`).
@@ -46,6 +53,7 @@ pub struct Catalog {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Header {
+    rulebook_version: Option<u32>,
     version: String,
     title: String,
 }
@@ -156,8 +164,9 @@ impl Catalog {
             .sum()
     }
 
-    /// Metrics read by an indicator or item (by code), including, for an item, the metrics of
-    /// the indicators its checks read.
+    /// Metrics read by an indicator or item (by code), including, for an item, the metrics its
+    /// checks read through indicators (only the named conditions' metrics where a check names
+    /// conditions: E03.3 does not read B10's rank).
     pub fn subject_metrics(&self, code: &str) -> Vec<&str> {
         if let Some(ind) = self.indicator(code) {
             return ind.metrics();
@@ -166,15 +175,45 @@ impl Catalog {
             return Vec::new();
         };
         let mut out = item.metrics();
-        for ind in item
-            .indicators()
-            .into_iter()
-            .filter_map(|c| self.indicator(c))
+        for m in item
+            .tasks
+            .iter()
+            .flat_map(|t| t.checks.iter())
+            .flat_map(|c| self.check_metrics(c))
         {
-            for m in ind.metrics() {
-                if !out.contains(&m) {
-                    out.push(m);
-                }
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    /// Every metric a task check reads, through its indicator's conditions or parts too.
+    pub fn check_metrics<'a>(&'a self, check: &'a ItemCheck) -> Vec<&'a str> {
+        let mut out: Vec<&str> = Vec::new();
+        let all: Vec<&str> = match check {
+            ItemCheck::IndicatorPasses {
+                indicator,
+                conditions,
+            } => self
+                .indicator(indicator)
+                .map(|ind| {
+                    ind.conditions
+                        .iter()
+                        .filter(|c| conditions.is_empty() || conditions.contains(&c.label))
+                        .flat_map(|c| c.predicate.metrics())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            ItemCheck::IndicatorScores { indicator } => self
+                .indicator(indicator)
+                .map(Indicator::metrics)
+                .unwrap_or_default(),
+            other => other.metrics(),
+        };
+        for m in all {
+            if !out.contains(&m) {
+                out.push(m);
             }
         }
         out
@@ -192,6 +231,21 @@ impl Catalog {
 fn validate(file: CatalogFile, source: &str, d: &mut Diagnostics<'_>) -> Catalog {
     if file.catalog.version.trim().is_empty() {
         d.nowhere("catalog.version", "must not be empty");
+    }
+    match file.catalog.rulebook_version {
+        Some(RULEBOOK_VERSION) => {}
+        Some(v) => d.nowhere(
+            "catalog.rulebook_version",
+            format!(
+                "the catalog renders rulebook version {v}; this platform implements version {RULEBOOK_VERSION}"
+            ),
+        ),
+        None => d.nowhere(
+            "catalog.rulebook_version",
+            format!(
+                "is required: the version of the rulebook the catalog renders ({RULEBOOK_VERSION})"
+            ),
+        ),
     }
 
     // Domain sets first: metrics refer to them.
@@ -243,6 +297,16 @@ fn validate(file: CatalogFile, source: &str, d: &mut Diagnostics<'_>) -> Catalog
             (MetricKind::DomainFlag, Some(_)) => {}
             (_, Some(_)) => d.at(&span, &key, "only DOMAIN_FLAG metrics take domain_set"),
             (_, None) => {}
+        }
+        if m.kind.is_at_region() && m.declared_scope == Some(AggregationScope::Subtree) {
+            d.at(
+                &span,
+                &key,
+                format!(
+                    "a {} metric always takes the value at the region itself",
+                    m.kind.as_str()
+                ),
+            );
         }
         match (m.kind, &m.max) {
             (MetricKind::Score, None) => d.at(&span, &key, "a SCORE metric needs max"),
@@ -348,6 +412,16 @@ fn validate(file: CatalogFile, source: &str, d: &mut Diagnostics<'_>) -> Catalog
         }
     }
 
+    // Indicator code -> (kind, condition labels), for the checks of tasks.
+    let indicator_shapes: HashMap<&str, (IndicatorKind, Vec<&str>)> = file
+        .indicators
+        .iter()
+        .map(Spanned::get_ref)
+        .map(|i| {
+            let labels = i.conditions.iter().map(|c| c.label.as_str()).collect();
+            (i.code.as_str(), (i.kind, labels))
+        })
+        .collect();
     let mut item_codes = BTreeSet::new();
     let mut task_ids = BTreeSet::new();
     for item in &file.items {
@@ -375,25 +449,76 @@ fn validate(file: CatalogFile, source: &str, d: &mut Diagnostics<'_>) -> Catalog
             if !task_ids.insert(task.id.clone()) {
                 d.at(&span, &key, format!("duplicate task id `{}`", task.id));
             }
-            for check in &task.checks {
-                let ckey = format!("{key}, task {}", task.id);
+            // Problems in a task's checks point at the task's own line.
+            let task_span = d.span_of_text(&span, &format!("id = \"{}\"", task.id));
+            for (n, check) in task.checks.iter().enumerate() {
+                let ckey = format!("{key}, task {}, check {}", task.id, n + 1);
+                let span = &task_span;
                 match check {
-                    ItemCheck::Indicator { indicator } => {
-                        if !indicator_codes.contains(indicator) {
-                            d.at(&span, &ckey, format!("unknown indicator `{indicator}`"));
+                    ItemCheck::IndicatorPasses {
+                        indicator,
+                        conditions,
+                    } => match indicator_shapes.get(indicator.as_str()) {
+                        None => d.at(span, &ckey, format!("unknown indicator `{indicator}`")),
+                        Some((IndicatorKind::Guiding, _)) => d.at(
+                            span,
+                            &ckey,
+                            format!(
+                                "`{indicator}` is a guiding indicator: it scores, it does not pass (use indicator_scores)"
+                            ),
+                        ),
+                        Some((IndicatorKind::Basic, labels)) => {
+                            let mut seen = BTreeSet::new();
+                            for c in conditions {
+                                if !labels.contains(&c.as_str()) {
+                                    d.at(
+                                        span,
+                                        format!("{ckey}, conditions"),
+                                        format!(
+                                            "indicator `{indicator}` has no condition `{c}` (it has {})",
+                                            labels.join(", ")
+                                        ),
+                                    );
+                                }
+                                if !seen.insert(c) {
+                                    d.at(
+                                        span,
+                                        format!("{ckey}, conditions"),
+                                        format!("condition `{c}` is named twice"),
+                                    );
+                                }
+                            }
+                        }
+                    },
+                    ItemCheck::IndicatorScores { indicator } => {
+                        match indicator_shapes.get(indicator.as_str()) {
+                            None => {
+                                d.at(span, &ckey, format!("unknown indicator `{indicator}`"));
+                            }
+                            Some((IndicatorKind::Basic, _)) => d.at(
+                                span,
+                                &ckey,
+                                format!(
+                                    "`{indicator}` is a basic indicator: it passes, it does not score (use indicator_passes)"
+                                ),
+                            ),
+                            Some((IndicatorKind::Guiding, _)) => {}
                         }
                     }
-                    ItemCheck::Predicate(p) => checker.predicate(d, &span, &ckey, p),
+                    ItemCheck::Predicate(p) => checker.predicate(d, span, &ckey, p),
                     ItemCheck::AllDomainsFlagged {
-                        all_domains_flagged,
+                        metrics,
                         domain_group,
                     } => {
-                        for m in all_domains_flagged {
+                        if metrics.is_empty() {
+                            d.at(span, &ckey, "all_domains_flagged needs metrics");
+                        }
+                        for m in metrics {
                             checker.expect(
                                 d,
-                                &span,
+                                span,
                                 &ckey,
-                                "all_domains_flagged",
+                                "metrics",
                                 m,
                                 Want::Kind(MetricKind::DomainFlag),
                             );
@@ -416,7 +541,7 @@ fn validate(file: CatalogFile, source: &str, d: &mut Diagnostics<'_>) -> Catalog
                                     .any(|x| x.group.as_ref() == Some(domain_group))
                             {
                                 d.at(
-                                    &span,
+                                    span,
                                     &ckey,
                                     format!(
                                         "domain set `{}` has no domain in group `{domain_group}`",
@@ -485,6 +610,7 @@ fn validate(file: CatalogFile, source: &str, d: &mut Diagnostics<'_>) -> Catalog
         })
         .collect();
     Catalog {
+        rulebook_version: file.catalog.rulebook_version.unwrap_or_default(),
         version: file.catalog.version,
         title: file.catalog.title,
         source: source.to_owned(),
@@ -604,7 +730,9 @@ impl KindChecker<'_> {
                     d.at(span, key, "threshold must not be negative");
                 }
             }
-            Predicate::AtLeast { metric, .. } | Predicate::AtMost { metric, .. } => {
+            Predicate::AtLeast { metric, .. }
+            | Predicate::Above { metric, .. }
+            | Predicate::AtMost { metric, .. } => {
                 self.expect(d, span, key, "metric", metric, Want::Numeric);
             }
             Predicate::IsTrue { metric } => {

@@ -18,6 +18,28 @@ pub enum MetricKind {
     TaskStatus,
 }
 
+/// Which regions' values a metric's figure for a region takes (rulebook section 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggregationScope {
+    /// The region itself and every region below it (the default for COUNT, AMOUNT, BOOL and
+    /// DOMAIN_FLAG).
+    #[default]
+    Subtree,
+    /// The region itself only: G13's units (policy, rulebook section 2) and, always, RANK, SCORE
+    /// and TASK_STATUS.
+    Region,
+}
+
+impl AggregationScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AggregationScope::Subtree => "subtree",
+            AggregationScope::Region => "region",
+        }
+    }
+}
+
 /// How the current values of a metric combine for a region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Aggregation {
@@ -38,6 +60,14 @@ impl MetricKind {
             MetricKind::Score | MetricKind::TaskStatus => Aggregation::LatestAtRegion,
             MetricKind::DomainFlag => Aggregation::DomainUnion,
         }
+    }
+
+    /// Kinds whose figure is always the value at the region itself.
+    pub fn is_at_region(self) -> bool {
+        matches!(
+            self,
+            MetricKind::Rank | MetricKind::Score | MetricKind::TaskStatus
+        )
     }
 
     /// Kinds whose values are numbers that can be divided (ratio numerators and denominators).
@@ -84,6 +114,10 @@ pub struct Metric {
     /// SCORE: the highest valid value.
     #[serde(default)]
     pub max: Option<Num>,
+    /// `scope = "region"`: the figure for a region takes the values reported at the region
+    /// itself, not at the regions below it. Unset means the kind's default (see `scope()`).
+    #[serde(default, rename = "scope")]
+    pub declared_scope: Option<AggregationScope>,
     /// Indicators and items whose rules read the metric (filled in by the loader).
     #[serde(skip)]
     pub used_by: Vec<String>,
@@ -93,6 +127,15 @@ pub struct Metric {
 pub const MAX_SCORE_FRACTION_DIGITS: usize = 12;
 
 impl Metric {
+    /// Which regions' values the metric's figure for a region takes.
+    pub fn scope(&self) -> AggregationScope {
+        if self.kind.is_at_region() {
+            AggregationScope::Region
+        } else {
+            self.declared_scope.unwrap_or_default()
+        }
+    }
+
     /// A number written for this metric, checked against its kind (rulebook section 2): the
     /// exact value, or every problem with it. Used for submissions and for what-if overrides.
     pub fn parse_number(&self, text: &str) -> Result<Num, Vec<String>> {
@@ -204,6 +247,8 @@ pub enum Predicate {
     },
     /// metric >= threshold.
     AtLeast { metric: String, threshold: Num },
+    /// metric > threshold (strict): "a metric above 0".
+    Above { metric: String, threshold: Num },
     /// metric <= threshold (ranks: 1 is best).
     AtMost { metric: String, threshold: Num },
     /// metric is true.
@@ -303,19 +348,109 @@ pub struct Indicator {
     pub parts: Vec<Part>,
 }
 
-/// A check measuring an evaluation task.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(untagged)]
+/// A check measuring an evaluation task (rulebook section 5). In the catalog file every check
+/// names its `type`: `indicator_passes`, `indicator_scores`, `all_domains_flagged`, or one of
+/// the condition types of basic indicators (`ratio_at_least`, `above`, `is_true`, ...).
+#[derive(Clone, Debug, PartialEq)]
 pub enum ItemCheck {
-    /// The indicator passes (basic) or is fully scored above zero (guiding).
-    Indicator { indicator: String },
+    /// A basic indicator passes; with `conditions`, only those of its conditions must hold
+    /// (E03.3 reads B10's conditions 1 and 2, not the rank).
+    IndicatorPasses {
+        indicator: String,
+        /// Condition labels; empty means every condition.
+        conditions: Vec<String>,
+    },
+    /// A guiding indicator scores above 0.
+    IndicatorScores { indicator: String },
     /// Every domain of a group of the set is flagged in every one of the metrics.
     AllDomainsFlagged {
-        all_domains_flagged: Vec<String>,
+        metrics: Vec<String>,
         domain_group: String,
     },
-    /// A predicate over metric values.
+    /// A condition over metric values.
     Predicate(Predicate),
+}
+
+/// The check types of the catalog file, in the order the loader lists them.
+pub const CHECK_TYPES: &[&str] = &[
+    "indicator_passes",
+    "indicator_scores",
+    "all_domains_flagged",
+    "ratio_at_least",
+    "ratio_below",
+    "at_least",
+    "above",
+    "at_most",
+    "is_true",
+    "decreased",
+];
+
+/// The check types that are not predicates, as the file spells them.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum IndicatorOrDomainCheck {
+    IndicatorPasses {
+        indicator: String,
+        #[serde(default)]
+        conditions: Vec<String>,
+    },
+    IndicatorScores {
+        indicator: String,
+    },
+    AllDomainsFlagged {
+        metrics: Vec<String>,
+        domain_group: String,
+    },
+}
+
+// By hand rather than `untagged`: an untagged enum answers every mistake with "did not match
+// any variant"; this names the unknown type or the misspelt field.
+impl<'de> Deserialize<'de> for ItemCheck {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = toml::Value::deserialize(deserializer)?;
+        let Some(kind) = value.get("type").and_then(toml::Value::as_str) else {
+            return Err(D::Error::custom(format!(
+                "a check needs `type`, one of: {}",
+                CHECK_TYPES.join(", ")
+            )));
+        };
+        if !CHECK_TYPES.contains(&kind) {
+            return Err(D::Error::custom(format!(
+                "unknown check type `{kind}`, expected one of: {}",
+                CHECK_TYPES.join(", ")
+            )));
+        }
+        if matches!(
+            kind,
+            "indicator_passes" | "indicator_scores" | "all_domains_flagged"
+        ) {
+            let check = IndicatorOrDomainCheck::deserialize(value).map_err(D::Error::custom)?;
+            Ok(match check {
+                IndicatorOrDomainCheck::IndicatorPasses {
+                    indicator,
+                    conditions,
+                } => ItemCheck::IndicatorPasses {
+                    indicator,
+                    conditions,
+                },
+                IndicatorOrDomainCheck::IndicatorScores { indicator } => {
+                    ItemCheck::IndicatorScores { indicator }
+                }
+                IndicatorOrDomainCheck::AllDomainsFlagged {
+                    metrics,
+                    domain_group,
+                } => ItemCheck::AllDomainsFlagged {
+                    metrics,
+                    domain_group,
+                },
+            })
+        } else {
+            Predicate::deserialize(value)
+                .map(ItemCheck::Predicate)
+                .map_err(D::Error::custom)
+        }
+    }
 }
 
 /// One work task of an evaluation item.
@@ -326,6 +461,10 @@ pub struct Task {
     pub title: String,
     #[serde(default)]
     pub section: Option<String>,
+    /// What the source enumerates under the task (sub-criteria, examples) and how the rulebook
+    /// reads words that cannot be met literally, for whoever reports the task's status.
+    #[serde(default)]
+    pub description: Option<String>,
     #[serde(default)]
     pub checks: Vec<ItemCheck>,
 }
@@ -355,6 +494,7 @@ impl Predicate {
                 ..
             } => vec![numerator, denominator],
             Predicate::AtLeast { metric, .. }
+            | Predicate::Above { metric, .. }
             | Predicate::AtMost { metric, .. }
             | Predicate::IsTrue { metric } => vec![metric],
             Predicate::Decreased { metric, baseline } => vec![metric, baseline],
@@ -375,6 +515,7 @@ impl Predicate {
                 threshold,
             } => format!("ratio({numerator}, {denominator}) < {threshold}"),
             Predicate::AtLeast { metric, threshold } => format!("{metric} >= {threshold}"),
+            Predicate::Above { metric, threshold } => format!("{metric} > {threshold}"),
             Predicate::AtMost { metric, threshold } => format!("{metric} <= {threshold}"),
             Predicate::IsTrue { metric } => format!("{metric} is true"),
             Predicate::Decreased { metric, baseline } => {
@@ -453,30 +594,77 @@ impl Formula {
 }
 
 impl ItemCheck {
+    /// The check's type as the catalog file names it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ItemCheck::IndicatorPasses { .. } => "indicator_passes",
+            ItemCheck::IndicatorScores { .. } => "indicator_scores",
+            ItemCheck::AllDomainsFlagged { .. } => "all_domains_flagged",
+            ItemCheck::Predicate(p) => p.type_name(),
+        }
+    }
+
     /// The check in words.
     pub fn summary(&self) -> String {
         match self {
-            ItemCheck::Indicator { indicator } => format!("indicator {indicator} passes"),
+            ItemCheck::IndicatorPasses {
+                indicator,
+                conditions,
+            } if conditions.is_empty() => format!("indicator {indicator} passes"),
+            ItemCheck::IndicatorPasses {
+                indicator,
+                conditions,
+            } => format!(
+                "indicator {indicator} conditions ({}) hold",
+                conditions.join(", ")
+            ),
+            ItemCheck::IndicatorScores { indicator } => {
+                format!("indicator {indicator} scores above 0")
+            }
             ItemCheck::AllDomainsFlagged {
-                all_domains_flagged,
+                metrics,
                 domain_group,
             } => format!(
                 "every {domain_group} domain flagged in {}",
-                all_domains_flagged.join(", ")
+                metrics.join(", ")
             ),
             ItemCheck::Predicate(p) => p.summary(),
         }
     }
 
-    /// Metrics the check reads directly (an indicator check reads through the indicator).
+    /// The indicator the check reads, if any.
+    pub fn indicator(&self) -> Option<&str> {
+        match self {
+            ItemCheck::IndicatorPasses { indicator, .. }
+            | ItemCheck::IndicatorScores { indicator } => Some(indicator),
+            _ => None,
+        }
+    }
+
+    /// Metrics the check reads directly (an indicator check reads through the indicator:
+    /// `Catalog::check_metrics` resolves those).
     pub fn metrics(&self) -> Vec<&str> {
         match self {
-            ItemCheck::Indicator { .. } => Vec::new(),
-            ItemCheck::AllDomainsFlagged {
-                all_domains_flagged,
-                ..
-            } => all_domains_flagged.iter().map(String::as_str).collect(),
+            ItemCheck::IndicatorPasses { .. } | ItemCheck::IndicatorScores { .. } => Vec::new(),
+            ItemCheck::AllDomainsFlagged { metrics, .. } => {
+                metrics.iter().map(String::as_str).collect()
+            }
             ItemCheck::Predicate(p) => p.metrics(),
+        }
+    }
+}
+
+impl Predicate {
+    /// The predicate's type as the catalog file names it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Predicate::RatioAtLeast { .. } => "ratio_at_least",
+            Predicate::RatioBelow { .. } => "ratio_below",
+            Predicate::AtLeast { .. } => "at_least",
+            Predicate::Above { .. } => "above",
+            Predicate::AtMost { .. } => "at_most",
+            Predicate::IsTrue { .. } => "is_true",
+            Predicate::Decreased { .. } => "decreased",
         }
     }
 }
@@ -547,10 +735,7 @@ impl Item {
         self.tasks
             .iter()
             .flat_map(|t| t.checks.iter())
-            .filter_map(|c| match c {
-                ItemCheck::Indicator { indicator } => Some(indicator.as_str()),
-                _ => None,
-            })
+            .filter_map(ItemCheck::indicator)
             .collect()
     }
 }

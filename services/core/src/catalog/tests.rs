@@ -64,6 +64,11 @@ const RULEBOOK_METRICS: &[(&str, &str)] = &[
     ("finance.amount_realized", "AMOUNT"),
     ("finance.illegal_fundraising_cases", "COUNT"),
     ("finance.illegal_fundraising_cases_prev", "COUNT"),
+    ("uscc.individual_business_total", "COUNT"),
+    ("uscc.individual_business_mapped", "COUNT"),
+    ("sharing.national_jrp_docked", "BOOL"),
+    ("sharing.red_black_list_embedded", "BOOL"),
+    ("finance.credit_budget", "AMOUNT"),
     ("task.status", "TASK_STATUS"),
 ];
 
@@ -94,7 +99,7 @@ fn builtin_catalog_has_the_criteria() {
     assert_eq!(c.guiding_max_total(), Num::from_int(54));
     let tasks: Vec<usize> = c.items.iter().map(|i| i.tasks.len()).collect();
     assert_eq!(tasks, [3, 2, 3, 1, 1, 3, 8, 4, 2, 8, 5, 1]);
-    assert_eq!(c.checks.len(), 20);
+    assert_eq!(c.checks.len(), 21);
     assert_eq!(
         c.domain_set("integrity_domains").map(|s| s.domains.len()),
         Some(20)
@@ -234,4 +239,155 @@ fn misspelled_rule_fields_are_refused() {
         .err()
         .unwrap_or_else(|| panic!("must fail"));
     assert!(e.to_string().contains("treshold"), "{e}");
+}
+
+#[test]
+fn the_catalog_says_which_rulebook_it_renders() {
+    assert_eq!(builtin().rulebook_version, RULEBOOK_VERSION);
+    let e = broken("rulebook_version = 2\n", "");
+    assert!(
+        e.problems
+            .iter()
+            .any(|p| p.key == "catalog.rulebook_version" && p.message.contains("is required")),
+        "{e}"
+    );
+    let e = broken("rulebook_version = 2\n", "rulebook_version = 1\n");
+    assert!(
+        e.to_string()
+            .contains("renders rulebook version 1; this platform implements version 2"),
+        "{e}"
+    );
+}
+
+/// The line of `needle` in the builtin text (1-based).
+fn line_of(needle: &str) -> usize {
+    BUILTIN_CATALOG_TOML
+        .lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("`{needle}` not in the catalog"))
+        + 1
+}
+
+#[test]
+fn task_checks_naming_unknown_indicators_or_conditions_are_refused_at_the_tasks_line() {
+    let e = broken(
+        r#"{ type = "indicator_passes", indicator = "B03" }"#,
+        r#"{ type = "indicator_passes", indicator = "B33" }"#,
+    );
+    assert_problem(
+        &e,
+        "item E03, task E03.2, check 1",
+        "unknown indicator `B33`",
+    );
+    let task_line = line_of(r#"id = "E03.2""#);
+    assert!(
+        e.problems.iter().any(|p| p.line == Some(task_line)),
+        "the problem should name E03.2's line {task_line}: {e}"
+    );
+    assert!(
+        e.to_string()
+            .contains(&format!("broken.toml:{task_line}: item E03, task E03.2")),
+        "{e}"
+    );
+
+    let e = broken(r#"conditions = ["1", "2"]"#, r#"conditions = ["1", "4"]"#);
+    assert_problem(
+        &e,
+        "item E03, task E03.3, check 1, conditions",
+        "indicator `B10` has no condition `4` (it has 1, 2, 3)",
+    );
+    let e = broken(r#"conditions = ["1", "2"]"#, r#"conditions = ["1", "1"]"#);
+    assert_problem(&e, "task E03.3", "condition `1` is named twice");
+
+    let e = broken(
+        r#"{ type = "indicator_scores", indicator = "G17" }"#,
+        r#"{ type = "indicator_scores", indicator = "B06" }"#,
+    );
+    assert_problem(&e, "task E09.1", "`B06` is a basic indicator");
+    let e = broken(
+        r#"{ type = "indicator_passes", indicator = "B09" }"#,
+        r#"{ type = "indicator_passes", indicator = "G19" }"#,
+    );
+    assert_problem(&e, "task E10.1", "`G19` is a guiding indicator");
+    let e = broken(
+        r#"metric = "finance.credit_budget", threshold = "0""#,
+        r#"metric = "finance.credit_budgets", threshold = "0""#,
+    );
+    assert_problem(
+        &e,
+        "item E11, task E11.2, check 1, metric",
+        "unknown metric `finance.credit_budgets`",
+    );
+}
+
+#[test]
+fn unknown_check_types_and_misspelt_check_fields_are_refused() {
+    let text = BUILTIN_CATALOG_TOML.replacen(
+        r#"{ type = "indicator_passes", indicator = "B03" }"#,
+        r#"{ type = "indicator_pass", indicator = "B03" }"#,
+        1,
+    );
+    let e = Catalog::from_toml(&text, "broken.toml")
+        .err()
+        .unwrap_or_else(|| panic!("must fail"));
+    assert!(
+        e.to_string()
+            .contains("unknown check type `indicator_pass`"),
+        "{e}"
+    );
+    assert!(e.problems[0].line.is_some(), "{e}");
+    let text =
+        BUILTIN_CATALOG_TOML.replacen(r#"conditions = ["1", "2"]"#, r#"condition = ["1", "2"]"#, 1);
+    let e = Catalog::from_toml(&text, "broken.toml")
+        .err()
+        .unwrap_or_else(|| panic!("must fail"));
+    assert!(e.to_string().contains("condition"), "{e}");
+}
+
+#[test]
+fn g13s_units_aggregate_at_the_region_itself() {
+    let c = builtin();
+    for key in ["sharing.units_required", "sharing.units_connected"] {
+        assert_eq!(
+            c.metric(key).map(Metric::scope),
+            Some(AggregationScope::Region)
+        );
+    }
+    assert_eq!(
+        c.metric("service_halls.total").map(Metric::scope),
+        Some(AggregationScope::Subtree)
+    );
+    assert_eq!(
+        c.metric("monitoring.city_rank").map(Metric::scope),
+        Some(AggregationScope::Region)
+    );
+    let e = broken(
+        "kind = \"RANK\"\n",
+        "kind = \"RANK\"\nscope = \"subtree\"\n",
+    );
+    assert_problem(
+        &e,
+        "metric monitoring.city_rank",
+        "a RANK metric always takes the value at the region itself",
+    );
+}
+
+#[test]
+fn an_item_reads_only_the_named_conditions_metrics() {
+    let c = builtin();
+    let e03 = c.subject_metrics("E03");
+    assert!(e03.contains(&"monitoring.township_extension_plan"));
+    assert!(e03.contains(&"integrity.civil_servant_files"));
+    assert!(!e03.contains(&"monitoring.city_rank"), "{e03:?}");
+    let e08 = c.subject_metrics("E08");
+    for m in [
+        "uscc.individual_business_mapped",
+        "sharing.national_jrp_docked",
+        "sharing.red_black_list_embedded",
+        "service_halls.connected",
+        "sharing.units_connected",
+    ] {
+        assert!(e08.contains(&m), "{m}: {e08:?}");
+    }
+    assert!(c.subject_metrics("E11").contains(&"finance.credit_budget"));
 }

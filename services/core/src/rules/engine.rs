@@ -105,11 +105,16 @@ fn find_violations(catalog: &Catalog, values: &Values) -> Vec<Violation> {
                     .iter()
                     .filter(|i| i.metrics().contains(&check.numerator.as_str()))
                     .map(|i| i.code.clone())
+                    // Items whose checks read the numerator, through an indicator too.
                     .chain(
                         catalog
                             .items
                             .iter()
-                            .filter(|i| i.metrics().contains(&check.numerator.as_str()))
+                            .filter(|i| {
+                                catalog
+                                    .subject_metrics(&i.code)
+                                    .contains(&check.numerator.as_str())
+                            })
                             .map(|i| i.code.clone()),
                     )
                     .collect();
@@ -425,6 +430,16 @@ impl Ctx<'_> {
                     change_gap(label, metric, &v, required),
                 )
             }
+            Predicate::Above { metric, threshold } => {
+                let v = num(metric);
+                let required = smallest_above(self.kind(metric), threshold);
+                (
+                    v > *threshold,
+                    Some(v.clone()),
+                    Some(threshold.clone()),
+                    change_gap(label, metric, &v, required),
+                )
+            }
             Predicate::AtMost { metric, threshold } => {
                 let v = num(metric);
                 let required = largest_at_most(self.kind(metric), threshold);
@@ -685,42 +700,94 @@ impl Ctx<'_> {
     }
 
     fn item_check(&self, check: &ItemCheck, indicators: &[IndicatorResult]) -> CheckResult {
+        let mut result = CheckResult {
+            summary: check.summary(),
+            check_type: check.type_name(),
+            outcome: TermOutcome::Missing,
+            indicator: None,
+            computed: None,
+            missing_metrics: Vec::new(),
+        };
         match check {
-            ItemCheck::Indicator { indicator } => {
-                let result = indicators.iter().find(|r| &r.code == indicator);
-                let (status, outcome) = match result {
-                    None => (Status::MissingData, TermOutcome::Missing),
-                    Some(r) => {
-                        let outcome = match r.status {
-                            Status::Pass => TermOutcome::Met,
-                            Status::Fail => TermOutcome::Unmet,
-                            Status::MissingData | Status::Partial => TermOutcome::Missing,
-                            Status::InvalidData => TermOutcome::Invalid,
-                            Status::Scored => {
-                                if r.score.as_ref().is_some_and(|s| !s.is_zero()) {
-                                    TermOutcome::Met
-                                } else {
-                                    TermOutcome::Unmet
-                                }
-                            }
-                        };
-                        (r.status, outcome)
-                    }
+            ItemCheck::IndicatorPasses {
+                indicator,
+                conditions,
+            } => {
+                let Some(r) = indicators.iter().find(|r| &r.code == indicator) else {
+                    return result;
                 };
-                CheckResult {
-                    summary: check.summary(),
-                    outcome,
-                    indicator: Some((indicator.clone(), status)),
-                    computed: result.and_then(|r| r.score.clone()),
+                result.indicator = Some((indicator.clone(), r.status));
+                // The named conditions (every one when none is named), combined as a basic
+                // indicator's status is: invalid, then unmet, then missing, then met.
+                let terms: Vec<&TermResult> = r
+                    .terms
+                    .iter()
+                    .filter(|t| conditions.is_empty() || conditions.contains(&t.label))
+                    .collect();
+                let any = |o: TermOutcome| terms.iter().any(|t| t.outcome == o);
+                let invalid = if conditions.is_empty() {
+                    r.status == Status::InvalidData
+                } else {
+                    any(TermOutcome::Invalid)
+                };
+                result.outcome = if invalid {
+                    TermOutcome::Invalid
+                } else if any(TermOutcome::Unmet) {
+                    TermOutcome::Unmet
+                } else if any(TermOutcome::Missing) {
+                    TermOutcome::Missing
+                } else {
+                    TermOutcome::Met
+                };
+                result.missing_metrics = missing_in(terms.iter().copied());
+                if let [only] = terms.as_slice() {
+                    result.computed.clone_from(&only.computed);
                 }
             }
+            ItemCheck::IndicatorScores { indicator } => {
+                let Some(r) = indicators.iter().find(|r| &r.code == indicator) else {
+                    return result;
+                };
+                result.indicator = Some((indicator.clone(), r.status));
+                let above_zero = r.score.as_ref().is_some_and(|s| s > &Num::zero());
+                // Every metric the indicator reads that nobody reported, domain flags included
+                // (the indicator counts those as 0 domains; the check is missing data).
+                let unreported: Vec<String> = self
+                    .catalog
+                    .indicator(indicator)
+                    .map(|ind| self.missing_of(&ind.metrics()))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect();
+                // A score above 0 is measured even when some parts lack data; a score of 0 is
+                // a failure only when every metric was reported.
+                result.outcome = match r.status {
+                    Status::InvalidData => TermOutcome::Invalid,
+                    _ if above_zero => TermOutcome::Met,
+                    Status::Scored if unreported.is_empty() => TermOutcome::Unmet,
+                    _ => TermOutcome::Missing,
+                };
+                if !above_zero {
+                    result.missing_metrics = unreported;
+                }
+                result.computed.clone_from(&r.score);
+            }
             ItemCheck::AllDomainsFlagged {
-                all_domains_flagged,
+                metrics,
                 domain_group,
             } => {
+                // A check whose metrics nobody reported is missing, not failed (rulebook
+                // section 5); a reported metric counts the domains flagged.
+                let unreported: Vec<&str> =
+                    self.missing_of(&metrics.iter().map(String::as_str).collect::<Vec<_>>());
+                if !unreported.is_empty() {
+                    result.missing_metrics = unreported.into_iter().map(str::to_owned).collect();
+                    return result;
+                }
                 let mut flagged = 0usize;
                 let mut total = 0usize;
-                for m in all_domains_flagged {
+                for m in metrics {
                     let have = self.values.domains(m);
                     for d in self
                         .catalog
@@ -733,28 +800,33 @@ impl Ctx<'_> {
                         flagged += usize::from(have.contains(&d.code));
                     }
                 }
-                CheckResult {
-                    summary: check.summary(),
-                    outcome: if flagged == total {
-                        TermOutcome::Met
-                    } else {
-                        TermOutcome::Unmet
-                    },
-                    indicator: None,
-                    computed: Some(count(flagged)),
-                }
+                result.outcome = if flagged == total {
+                    TermOutcome::Met
+                } else {
+                    TermOutcome::Unmet
+                };
+                result.computed = Some(count(flagged));
             }
             ItemCheck::Predicate(p) => {
                 let out = self.predicate("", p);
-                CheckResult {
-                    summary: check.summary(),
-                    outcome: out.outcome,
-                    indicator: None,
-                    computed: out.computed,
-                }
+                result.outcome = out.outcome;
+                result.computed = out.computed;
+                result.missing_metrics = out.missing;
             }
         }
+        result
     }
+}
+
+/// The metrics the terms lack, without repeats, in order.
+fn missing_in<'t>(terms: impl Iterator<Item = &'t TermResult>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for m in terms.flat_map(|t| t.missing_metrics.iter()) {
+        if !out.contains(m) {
+            out.push(m.clone());
+        }
+    }
+    out
 }
 
 /// The indicator's nearest next score step among its parts' next steps.

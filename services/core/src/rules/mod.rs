@@ -13,6 +13,8 @@ pub use scorecard::*;
 pub use values::{Figure, TaskStatus, Values};
 
 #[cfg(test)]
+mod check_tests;
+#[cfg(test)]
 mod golden_tests;
 #[cfg(test)]
 mod property_tests;

@@ -134,13 +134,20 @@ pub struct IndicatorResult {
     pub flags: Vec<&'static str>,
 }
 
-/// One check of an evaluation task.
+/// One check of an evaluation task. Its outcome is met (or vacuous), unmet, missing (a metric
+/// it needs was not reported: not failed) or invalid (a cross-metric check on a metric it
+/// reads is violated).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckResult {
     pub summary: String,
+    /// The check's type as the catalog file names it ("indicator_passes", "above", ...).
+    pub check_type: &'static str,
     pub outcome: TermOutcome,
     pub indicator: Option<(String, Status)>,
+    /// The ratio, quantity or score compared, if one was computed.
     pub computed: Option<Num>,
+    /// Metrics the check needs that were not reported (through its indicator too).
+    pub missing_metrics: Vec<String>,
 }
 
 /// One task of an evaluation item.

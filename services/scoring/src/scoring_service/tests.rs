@@ -350,7 +350,15 @@ async fn samr_worklist_with_nothing_reported() {
         by_code["G20"].awaiting_assessment,
         ["campaign.integrity_tour", "campaign.special_governance"]
     );
-    assert_eq!(by_code["E02"].awaiting_assessment, ["task.status"]);
+    // Rulebook v2: E02's tasks check the two assessed campaign scores.
+    assert_eq!(
+        by_code["E02"].awaiting_assessment,
+        [
+            "task.status",
+            "campaign.integrity_tour",
+            "campaign.special_governance"
+        ]
+    );
     assert!(by_code["B01"].gaps.iter().any(|g| g.change == "report"));
 }
 
