@@ -150,6 +150,12 @@ fn metric(m: &catalog::Metric) -> pb::Metric {
 }
 
 fn item(it: &catalog::Item, city: &City) -> pb::EvaluationItem {
+    // A task answers to its section's list, or to the item's when the item has no sections.
+    let subject = |t: &catalog::Task| match &t.section {
+        Some(s) => catalog::section_subject(&it.code, &s.code),
+        None => it.code.clone(),
+    };
+    let section_name = |code: &str| format!("items/{}/sections/{code}", it.code);
     pb::EvaluationItem {
         name: format!("items/{}", it.code),
         code: it.code.clone(),
@@ -160,11 +166,39 @@ fn item(it: &catalog::Item, city: &City) -> pb::EvaluationItem {
             .map(|t| pb::EvaluationTask {
                 id: t.id.clone(),
                 title: t.title.clone(),
-                section: t.section.clone().unwrap_or_default(),
+                section: t
+                    .section
+                    .as_ref()
+                    .map(|s| s.title.clone())
+                    .unwrap_or_default(),
                 checks: t.checks.iter().map(catalog::ItemCheck::summary).collect(),
+                section_name: t
+                    .section
+                    .as_ref()
+                    .map(|s| section_name(&s.code))
+                    .unwrap_or_default(),
+                responsible: responsible_parties(city, &subject(t)),
             })
             .collect(),
         responsible: responsible_parties(city, &it.code),
+        sections: it
+            .sections()
+            .into_iter()
+            .map(|s| pb::EvaluationSection {
+                name: section_name(&s.code),
+                code: s.code.clone(),
+                title: s.title.clone(),
+                responsible: responsible_parties(
+                    city,
+                    &catalog::section_subject(&it.code, &s.code),
+                ),
+                task_ids: it
+                    .tasks_in(Some(&s.code))
+                    .into_iter()
+                    .map(|t| t.id.clone())
+                    .collect(),
+            })
+            .collect(),
     }
 }
 
