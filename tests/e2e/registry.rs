@@ -977,3 +977,77 @@ async fn expected_reporters_come_from_named_departments_and_reporting_duties(bac
 }
 
 both_databases!(expected_reporters_come_from_named_departments_and_reporting_duties);
+
+async fn a_store_seeded_by_item_is_upgraded_to_sections(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let schema = fresh_schema();
+    let server = start(backend, &schema, dir.path()).await;
+    server.stop().await.unwrap_or_else(|e| panic!("{e}"));
+    // Make it a store seeded before sections (rulebook v1): E07 with one list of its own.
+    let db = match backend {
+        Backend::Sqlite => {
+            citycredit_store::Db::connect(
+                &citycredit_store::sqlite_url(&dir.path().join("citycredit.db")),
+                1,
+                Duration::from_secs(10),
+                None,
+            )
+            .await
+        }
+        Backend::Postgres => {
+            citycredit_store::Db::connect(
+                &citycredit_tests::postgres_url(),
+                1,
+                Duration::from_secs(10),
+                Some(schema.to_string()),
+            )
+            .await
+        }
+    }
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut conn = db.pool.acquire().await.unwrap_or_else(|e| panic!("{e}"));
+    sqlx::query("DELETE FROM responsibilities WHERE subject LIKE 'E07/%'")
+        .execute(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for (i, p) in ["finance-office", "pboc", "cbirc", "court"]
+        .iter()
+        .enumerate()
+    {
+        sqlx::query(
+            "INSERT INTO responsibilities (subject, party, position) VALUES ('E07', $1, $2)",
+        )
+        .bind(*p)
+        .bind(i64::try_from(i).unwrap_or(0))
+        .execute(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    drop(conn);
+    db.pool.close().await;
+
+    let server = start(backend, &schema, dir.path()).await;
+    let mut reg = server.registry();
+    let listed = ok(reg
+        .list_responsibilities(pb::ListResponsibilitiesRequest {
+            subject: "items/E07".into(),
+            party: "departments/court".into(),
+        })
+        .await)
+    .responsibilities;
+    let subjects: Vec<&str> = listed.iter().map(|r| r.subject.as_str()).collect();
+    assert_eq!(subjects, ["items/E07/sections/rule-of-law"], "{backend:?}");
+    let changes = ok(reg
+        .list_registry_changes(pb::ListRegistryChangesRequest::default())
+        .await)
+    .changes;
+    assert!(
+        changes.iter().any(|c| c.action == "UpgradeToSections"
+            && c.resource == "items/E07"
+            && c.principal == "principals/system"),
+        "{changes:?}"
+    );
+    server.stop().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+both_databases!(a_store_seeded_by_item_is_upgraded_to_sections);

@@ -224,6 +224,8 @@ mod tests {
                 "CreateDepartment",
                 "CreatePrincipal",
                 "CreateRegion",
+                "CreateReportingDuty",
+                "DeleteReportingDuty",
                 "RegisterDomain",
                 "RetractSubmission",
                 "RevokeApiKey",
