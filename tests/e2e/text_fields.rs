@@ -469,17 +469,21 @@ fn rows() -> Vec<Row> {
         row("name", "cc_12345678", |v| {
             Req::RevokeKey(pb::RevokeApiKeyRequest { name: v })
         }),
-        row("reporting_duty.metric_keys[0]", "gov.dishonesty_events_total", |v| {
-            Req::CreateDuty(pb::CreateReportingDutyRequest {
-                reporting_duty: Some(pb::ReportingDuty {
-                    id: "housing-events".into(),
-                    party: "departments/housing".into(),
-                    metric_keys: vec![v],
-                    regions: vec!["330800".into()],
-                    ..Default::default()
-                }),
-            })
-        }),
+        row(
+            "reporting_duty.metric_keys[0]",
+            "gov.dishonesty_events_total",
+            |v| {
+                Req::CreateDuty(pb::CreateReportingDutyRequest {
+                    reporting_duty: Some(pb::ReportingDuty {
+                        id: "housing-events".into(),
+                        party: "departments/housing".into(),
+                        metric_keys: vec![v],
+                        regions: vec!["330800".into()],
+                        ..Default::default()
+                    }),
+                })
+            },
+        ),
         row("name", "reportingDuties/housing-events", |v| {
             Req::DeleteDuty(pb::DeleteReportingDutyRequest { name: v })
         }),
