@@ -887,7 +887,7 @@ async fn expected_reporters_come_from_named_departments_and_reporting_duties(bac
     let listed = ok(reg
         .list_reporting_duties(pb::ListReportingDutiesRequest {})
         .await);
-    assert_eq!(listed.reporting_duties, [created.clone()]);
+    assert_eq!(listed.reporting_duties, std::slice::from_ref(&created));
     let row = housing_row(&mut scoring).await;
     assert!(row.missing.contains(&METRIC.to_owned()), "{row:?}");
     assert_eq!(b03_missing(&mut scoring).await, [METRIC]);

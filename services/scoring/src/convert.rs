@@ -17,7 +17,7 @@ use citycredit_core::source::SourceError;
 
 use crate::indicator_service::indicator_kind;
 
-/// Ratios (and other computed quantities) are written with 6 fraction digits, scores with 2.
+// Ratios (and other computed quantities) are written with 6 fraction digits, scores with 2.
 
 pub fn outcome(o: Outcome) -> pb::Outcome {
     match o {
