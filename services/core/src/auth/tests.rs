@@ -276,6 +276,20 @@ fn expected_reporters_are_named_departments_not_groups() {
             .contains(&"service_halls.total")
     );
     assert!(a.expected_within("business-env", "330802").is_empty());
+    // The more specific list wins: E06 (court, procuratorate, justice) reads the judicial flags
+    // directly, so G19's departments (cpc-org, business-env) are not expected for them.
+    assert!(
+        a.expected_metrics("court")
+            .contains(&"judicial.info_disclosure")
+    );
+    assert!(
+        !a.expected_metrics("cpc-org")
+            .contains(&"judicial.info_disclosure")
+    );
+    assert!(
+        a.department_metrics("cpc-org")
+            .contains(&"judicial.info_disclosure")
+    );
     // Assessed metrics are expected from the assessor role, from no department.
     assert!(
         !a.expected_metrics("cpc-publicity")
