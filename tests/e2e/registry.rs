@@ -173,7 +173,7 @@ async fn responsibility_views_expand_groups_lead_first() {
             "items/E02",
             "items/E04",
             "items/E05",
-            "items/E08",
+            "items/E08/sections/uscc",
             "items/E09",
             "items/E10",
             "items/E12",
@@ -583,3 +583,471 @@ async fn bad_registry_input_names_each_field() {
         .unwrap_or_else(|| panic!("ghost"));
     assert_eq!(err.code(), Code::NotFound);
 }
+
+// ----- rulebook v2: item sections and expected reporters -----
+
+/// A value through SubmitValue as `who`: Ok, or the refusal.
+async fn submit_as(
+    s: &citycredit_tests::ingestion::IngestionServer,
+    who: &citycredit_core::auth::Principal,
+    metric: &str,
+    value: &str,
+) -> Result<(), tonic::Status> {
+    let mut c = s.client(Some(who)).await;
+    c.submit_value(pb::SubmitValueRequest {
+        value: Some(citycredit_tests::ingestion::number_input(
+            metric, "330800", "2026", "", value,
+        )),
+        idempotency_key: String::new(),
+        validate_only: false,
+    })
+    .await
+    .map(drop)
+}
+
+fn parties(r: &[pb::ResponsibleParty]) -> Vec<&str> {
+    r.iter().map(|p| p.party.as_str()).collect()
+}
+
+async fn sections_carry_their_own_responsible_departments(backend: Backend) {
+    use citycredit_core::auth::Role;
+    use citycredit_tests::ingestion::{IngestionServer, principal};
+    let s = IngestionServer::start(backend).await;
+    let mut catalog = IndicatorServiceClient::new(s.server.admin());
+    let e07 = ok(catalog
+        .get_evaluation_item(pb::GetEvaluationItemRequest { name: "E07".into() })
+        .await)
+    .item
+    .unwrap_or_default();
+    let sections: Vec<(&str, &str, &str)> = e07
+        .sections
+        .iter()
+        .map(|x| (x.name.as_str(), x.code.as_str(), x.title.as_str()))
+        .collect();
+    assert_eq!(
+        sections,
+        [
+            (
+                "items/E07/sections/credit-environment",
+                "credit-environment",
+                "信用环境"
+            ),
+            ("items/E07/sections/rule-of-law", "rule-of-law", "法治环境"),
+            (
+                "items/E07/sections/policy-environment",
+                "policy-environment",
+                "政策环境"
+            ),
+        ]
+    );
+    // 市中院 only under 法治环境.
+    for x in &e07.sections {
+        let court = parties(&x.responsible).contains(&"departments/court");
+        assert_eq!(court, x.code == "rule-of-law", "{}", x.code);
+    }
+    assert_eq!(e07.sections[1].task_ids, ["E07.3", "E07.4", "E07.5"]);
+    let task = |id: &str| {
+        e07.tasks
+            .iter()
+            .find(|t| t.id == id)
+            .unwrap_or_else(|| panic!("{id}"))
+    };
+    assert_eq!(
+        parties(&task("E07.1").responsible),
+        [
+            "departments/finance-office",
+            "departments/pboc",
+            "departments/cbirc"
+        ]
+    );
+    assert_eq!(
+        parties(&task("E07.3").responsible),
+        ["departments/finance-office", "departments/court"]
+    );
+    assert_eq!(
+        (
+            task("E07.3").section.as_str(),
+            task("E07.3").section_name.as_str()
+        ),
+        ("法治环境", "items/E07/sections/rule-of-law")
+    );
+    // The item's list is the union of its sections' lists, in source order.
+    assert_eq!(
+        parties(&e07.responsible),
+        [
+            "departments/finance-office",
+            "departments/pboc",
+            "departments/cbirc",
+            "departments/court"
+        ]
+    );
+    // E08's tasks 2-4 are led by 市营商办 (its information-sharing section), not 市市场监管局.
+    let e08 = ok(catalog
+        .get_evaluation_item(pb::GetEvaluationItemRequest {
+            name: "items/E08".into(),
+        })
+        .await)
+    .item
+    .unwrap_or_default();
+    assert_eq!(e08.tasks[0].responsible[0].party, "departments/samr");
+    for t in &e08.tasks[1..] {
+        assert_eq!(
+            t.responsible[0].party, "departments/business-env",
+            "{}",
+            t.id
+        );
+    }
+
+    // Duties follow the sections.
+    let mut reg = Registry::new(s.server.admin());
+    let duties = |department: &str| pb::GetDepartmentDutiesRequest {
+        department: department.into(),
+    };
+    let court = ok(reg.get_department_duties(duties("court")).await);
+    for list in [&court.expected_metrics, &court.permitted_metrics] {
+        assert!(
+            !list.contains(&"finance.npl_balance".to_owned()),
+            "{list:?}"
+        );
+        assert!(list.contains(&"finance.cases_total".to_owned()), "{list:?}");
+    }
+    assert!(
+        court
+            .duties
+            .iter()
+            .any(|d| d.subject == "items/E07/sections/rule-of-law")
+    );
+    let gas = ok(reg.get_department_duties(duties("utility-gas")).await);
+    assert!(
+        !gas.permitted_metrics
+            .iter()
+            .chain(&gas.expected_metrics)
+            .any(|m| m.starts_with("uscc.")),
+        "{gas:?}"
+    );
+    // The utilities may report G13's figures but are expected only through a reporting duty.
+    assert!(
+        gas.permitted_metrics
+            .contains(&"sharing.units_connected".to_owned())
+    );
+    assert!(
+        gas.expected_metrics.is_empty(),
+        "{:?}",
+        gas.expected_metrics
+    );
+
+    // A per-section change moves a permission.
+    let court_sys = principal("court-sys", Role::Department, Some("court"));
+    submit_as(&s, &court_sys, "finance.cases_total", "10")
+        .await
+        .unwrap_or_else(|e| panic!("court reports its case figures: {e:?}"));
+    let refused = submit_as(&s, &court_sys, "finance.npl_balance", "1")
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("court must not report the NPL balance"));
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    ok(reg
+        .set_responsibilities(pb::SetResponsibilitiesRequest {
+            subject: "items/E07/sections/credit-environment".into(),
+            parties: vec![
+                "departments/finance-office".into(),
+                "departments/pboc".into(),
+                "departments/cbirc".into(),
+                "departments/court".into(),
+            ],
+        })
+        .await);
+    ok(reg
+        .set_responsibilities(pb::SetResponsibilitiesRequest {
+            subject: "items/E07/sections/rule-of-law".into(),
+            parties: vec!["departments/finance-office".into()],
+        })
+        .await);
+    submit_as(&s, &court_sys, "finance.npl_balance", "1")
+        .await
+        .unwrap_or_else(|e| panic!("court now answers for 信用环境: {e:?}"));
+    let refused = submit_as(&s, &court_sys, "finance.cases_total", "11")
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("court no longer answers for 法治环境"));
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    // The item itself takes its sections' lists: it cannot be set as a whole.
+    let err = reg
+        .set_responsibilities(pb::SetResponsibilitiesRequest {
+            subject: "items/E07".into(),
+            parties: vec!["departments/court".into()],
+        })
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a sectioned item set as a whole"));
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("items/E07/sections/rule-of-law"),
+        "{}",
+        err.message()
+    );
+    let listed = ok(reg
+        .list_responsibilities(pb::ListResponsibilitiesRequest {
+            subject: "items/E07".into(),
+            party: String::new(),
+        })
+        .await);
+    assert!(
+        listed
+            .responsibilities
+            .iter()
+            .all(|r| r.subject.starts_with("items/E07/sections/"))
+            && listed.responsibilities.len() == 8,
+        "{listed:?}"
+    );
+}
+
+both_databases!(sections_carry_their_own_responsible_departments);
+
+async fn expected_reporters_come_from_named_departments_and_reporting_duties(backend: Backend) {
+    use citycredit::proto::v1::scoring_service_client::ScoringServiceClient;
+    use citycredit_tests::ingestion::{IngestionServer, platform, principal};
+    let s = IngestionServer::start(backend).await;
+    let mut reg = Registry::new(s.server.admin());
+    let mut scoring = ScoringServiceClient::new(s.channel(Some(&platform())).await);
+    const METRIC: &str = "gov.dishonesty_events_total";
+    let housing_row = async |scoring: &mut ScoringServiceClient<_>| {
+        ok(scoring
+            .get_completeness_report(pb::GetCompletenessReportRequest {
+                period: "2026".into(),
+                region_code: String::new(),
+            })
+            .await)
+        .departments
+        .into_iter()
+        .find(|d| d.department_code == "housing")
+        .unwrap_or_else(|| panic!("市住建局 is expected for E04's integrity records"))
+    };
+    let b03_missing = async |scoring: &mut ScoringServiceClient<_>| {
+        ok(scoring
+            .get_department_worklist(pb::GetDepartmentWorklistRequest {
+                department: "housing".into(),
+                period: "2026".into(),
+                region_code: String::new(),
+            })
+            .await)
+        .entries
+        .into_iter()
+        .find(|e| e.code == "B03")
+        .map(|e| e.missing_metrics)
+        .unwrap_or_else(|| panic!("housing answers for B03 through city-departments"))
+    };
+
+    // 市住建局 may report B03's government dishonesty events (through city-departments) but is
+    // not expected to: completeness and its worklist do not chase it.
+    let duties = ok(reg
+        .get_department_duties(pb::GetDepartmentDutiesRequest {
+            department: "housing".into(),
+        })
+        .await);
+    assert!(duties.permitted_metrics.contains(&METRIC.to_owned()));
+    assert!(!duties.expected_metrics.contains(&METRIC.to_owned()));
+    assert!(
+        duties
+            .expected_metrics
+            .contains(&"integrity.credit_records".to_owned())
+    );
+    let row = housing_row(&mut scoring).await;
+    assert!(!row.missing.contains(&METRIC.to_owned()), "{row:?}");
+    assert!(b03_missing(&mut scoring).await.is_empty());
+    // By default the county governments are expected for their own county.
+    let kecheng = ok(reg
+        .get_department_duties(pb::GetDepartmentDutiesRequest {
+            department: "gov-330802".into(),
+        })
+        .await);
+    let report = kecheng
+        .expected_reports
+        .iter()
+        .find(|r| r.metric_key == METRIC)
+        .unwrap_or_else(|| panic!("{kecheng:?}"));
+    assert_eq!(report.regions, ["regions/330802"]);
+
+    // An administrator adds a reporting duty: "housing reports the events for the city".
+    let created = ok(reg
+        .create_reporting_duty(pb::CreateReportingDutyRequest {
+            reporting_duty: Some(pb::ReportingDuty {
+                id: "housing-dishonesty-events".into(),
+                party: "departments/housing".into(),
+                metric_keys: vec![METRIC.into()],
+                regions: vec!["330800".into()],
+                ..Default::default()
+            }),
+        })
+        .await)
+    .reporting_duty
+    .unwrap_or_default();
+    assert_eq!(created.name, "reportingDuties/housing-dishonesty-events");
+    assert_eq!(created.regions, ["regions/330800"]);
+    let listed = ok(reg
+        .list_reporting_duties(pb::ListReportingDutiesRequest {})
+        .await);
+    assert_eq!(listed.reporting_duties, std::slice::from_ref(&created));
+    let row = housing_row(&mut scoring).await;
+    assert!(row.missing.contains(&METRIC.to_owned()), "{row:?}");
+    assert_eq!(b03_missing(&mut scoring).await, [METRIC]);
+    // The duty replaces the defaults for the metric: the counties are no longer expected.
+    let kecheng = ok(reg
+        .get_department_duties(pb::GetDepartmentDutiesRequest {
+            department: "gov-330802".into(),
+        })
+        .await);
+    assert!(!kecheng.expected_metrics.contains(&METRIC.to_owned()));
+    // Once reported it counts as reported.
+    let housing = principal(
+        "housing-sys",
+        citycredit_core::auth::Role::Department,
+        Some("housing"),
+    );
+    submit_as(&s, &housing, METRIC, "3")
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let row = housing_row(&mut scoring).await;
+    assert!(row.reported.contains(&METRIC.to_owned()), "{row:?}");
+
+    // The write is audited like every registry write; refusals are specific.
+    let changes = ok(reg
+        .list_registry_changes(pb::ListRegistryChangesRequest::default())
+        .await)
+    .changes;
+    assert!(
+        changes.iter().any(|c| c.action == "CreateReportingDuty"
+            && c.resource == "reportingDuties/housing-dishonesty-events"
+            && c.principal == "principals/admin"),
+        "{changes:?}"
+    );
+    let again = reg
+        .create_reporting_duty(pb::CreateReportingDutyRequest {
+            reporting_duty: Some(created.clone()),
+        })
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a duplicate id"));
+    assert_eq!(again.code(), Code::AlreadyExists);
+    let bad = reg
+        .create_reporting_duty(pb::CreateReportingDutyRequest {
+            reporting_duty: Some(pb::ReportingDuty {
+                id: "assessed".into(),
+                party: "groups/utilities".into(),
+                metric_keys: vec!["campaign.integrity_tour".into()],
+                regions: vec!["330800".into()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a duty for an assessed metric"));
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("assessors") || format!("{bad:?}").contains("assessors"));
+    let mut samr = Registry::new(
+        s.channel(Some(&principal(
+            "samr-sys",
+            citycredit_core::auth::Role::Department,
+            Some("samr"),
+        )))
+        .await,
+    );
+    let denied = samr
+        .delete_reporting_duty(pb::DeleteReportingDutyRequest {
+            name: created.name.clone(),
+        })
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a department deleted a duty"));
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    // Deleting it restores the defaults.
+    ok(reg
+        .delete_reporting_duty(pb::DeleteReportingDutyRequest {
+            name: created.name.clone(),
+        })
+        .await);
+    assert!(b03_missing(&mut scoring).await.is_empty());
+    let gone = reg
+        .delete_reporting_duty(pb::DeleteReportingDutyRequest { name: created.name })
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("deleted twice"));
+    assert_eq!(gone.code(), Code::NotFound);
+}
+
+both_databases!(expected_reporters_come_from_named_departments_and_reporting_duties);
+
+async fn a_store_seeded_by_item_is_upgraded_to_sections(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let schema = fresh_schema();
+    let server = start(backend, &schema, dir.path()).await;
+    server.stop().await.unwrap_or_else(|e| panic!("{e}"));
+    // Make it a store seeded before sections (rulebook v1): E07 with one list of its own.
+    let db = match backend {
+        Backend::Sqlite => {
+            citycredit_store::Db::connect(
+                &citycredit_store::sqlite_url(&dir.path().join("citycredit.db")),
+                1,
+                Duration::from_secs(10),
+                None,
+            )
+            .await
+        }
+        Backend::Postgres => {
+            citycredit_store::Db::connect(
+                &citycredit_tests::postgres_url(),
+                1,
+                Duration::from_secs(10),
+                Some(schema.to_string()),
+            )
+            .await
+        }
+    }
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut conn = db.pool.acquire().await.unwrap_or_else(|e| panic!("{e}"));
+    sqlx::query("DELETE FROM responsibilities WHERE subject LIKE 'E07/%'")
+        .execute(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for (i, p) in ["finance-office", "pboc", "cbirc", "court"]
+        .iter()
+        .enumerate()
+    {
+        sqlx::query(
+            "INSERT INTO responsibilities (subject, party, position) VALUES ('E07', $1, $2)",
+        )
+        .bind(*p)
+        .bind(i64::try_from(i).unwrap_or(0))
+        .execute(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    drop(conn);
+    db.pool.close().await;
+
+    let server = start(backend, &schema, dir.path()).await;
+    let mut reg = server.registry();
+    let listed = ok(reg
+        .list_responsibilities(pb::ListResponsibilitiesRequest {
+            subject: "items/E07".into(),
+            party: "departments/court".into(),
+        })
+        .await)
+    .responsibilities;
+    let subjects: Vec<&str> = listed.iter().map(|r| r.subject.as_str()).collect();
+    assert_eq!(subjects, ["items/E07/sections/rule-of-law"], "{backend:?}");
+    let changes = ok(reg
+        .list_registry_changes(pb::ListRegistryChangesRequest::default())
+        .await)
+    .changes;
+    assert!(
+        changes.iter().any(|c| c.action == "UpgradeToSections"
+            && c.resource == "items/E07"
+            && c.principal == "principals/system"),
+        "{changes:?}"
+    );
+    server.stop().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+both_databases!(a_store_seeded_by_item_is_upgraded_to_sections);

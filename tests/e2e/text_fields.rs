@@ -47,6 +47,8 @@ enum Req {
     CreateKey(pb::CreateApiKeyRequest),
     ListKeys(pb::ListApiKeysRequest),
     RevokeKey(pb::RevokeApiKeyRequest),
+    CreateDuty(pb::CreateReportingDutyRequest),
+    DeleteDuty(pb::DeleteReportingDutyRequest),
 }
 
 struct Row {
@@ -467,6 +469,24 @@ fn rows() -> Vec<Row> {
         row("name", "cc_12345678", |v| {
             Req::RevokeKey(pb::RevokeApiKeyRequest { name: v })
         }),
+        row(
+            "reporting_duty.metric_keys[0]",
+            "gov.dishonesty_events_total",
+            |v| {
+                Req::CreateDuty(pb::CreateReportingDutyRequest {
+                    reporting_duty: Some(pb::ReportingDuty {
+                        id: "housing-events".into(),
+                        party: "departments/housing".into(),
+                        metric_keys: vec![v],
+                        regions: vec!["330800".into()],
+                        ..Default::default()
+                    }),
+                })
+            },
+        ),
+        row("name", "reportingDuties/housing-events", |v| {
+            Req::DeleteDuty(pb::DeleteReportingDutyRequest { name: v })
+        }),
     ]
 }
 
@@ -526,6 +546,8 @@ async fn send(s: &IngestionServer, req: Req) -> Result<(), Status> {
         Req::CreateKey(r) => reg.create_api_key(r).await.map(drop),
         Req::ListKeys(r) => reg.list_api_keys(r).await.map(drop),
         Req::RevokeKey(r) => reg.revoke_api_key(r).await.map(drop),
+        Req::CreateDuty(r) => reg.create_reporting_duty(r).await.map(drop),
+        Req::DeleteDuty(r) => reg.delete_reporting_duty(r).await.map(drop),
     }
 }
 

@@ -27,7 +27,7 @@ fn check_summarises_the_builtin_data() {
     );
     assert!(text.contains("city 330800 衢州市"), "{text}");
     assert!(
-        text.contains("7 regions, 50 departments, 4 groups, 32 responsibilities"),
+        text.contains("7 regions, 50 departments, 4 groups, 36 responsibilities"),
         "{text}"
     );
 }

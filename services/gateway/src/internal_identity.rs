@@ -227,6 +227,8 @@ mod tests {
                 "CreateDepartment",
                 "CreatePrincipal",
                 "CreateRegion",
+                "CreateReportingDuty",
+                "DeleteReportingDuty",
                 "RegisterDomain",
                 "RetractSubmission",
                 "RevokeApiKey",

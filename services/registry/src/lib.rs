@@ -69,6 +69,10 @@ impl Registry {
         if store.seed(seed).await? {
             tracing::info!(city = %seed.name, source = %seed.source, "registry seeded from the city file");
         }
+        let upgraded = store.upgrade_to_sections(&catalog, seed).await?;
+        if !upgraded.is_empty() {
+            tracing::info!(items = ?upgraded, "responsibilities upgraded to item sections from the city file");
+        }
         if store.principal_count().await? == 0 {
             bootstrap_admin(&store, bootstrap_key).await?;
         }

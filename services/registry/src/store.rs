@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use sqlx::AnyConnection;
 
 use citycredit_core::auth::{Principal, Role};
-use citycredit_core::city::{City, Department, Group, Region, Responsibility};
+use citycredit_core::catalog::Catalog;
+use citycredit_core::city::{City, Department, Group, Region, ReportingDuty, Responsibility};
 use citycredit_store::{Db, StoreError, now_micros};
 
 use crate::keys::{CachedKey, KeyMap};
@@ -110,6 +111,25 @@ struct ActiveKeyRecord {
     department: Option<String>,
 }
 
+#[derive(sqlx::FromRow)]
+struct ReportingDutyRecord {
+    id: String,
+    party: String,
+    metrics: String,
+    regions: String,
+}
+
+impl From<ReportingDutyRecord> for ReportingDuty {
+    fn from(r: ReportingDutyRecord) -> Self {
+        ReportingDuty {
+            id: r.id,
+            party: r.party,
+            metrics: split_aliases(&r.metrics),
+            regions: split_aliases(&r.regions),
+        }
+    }
+}
+
 fn join_aliases(aliases: &[String]) -> String {
     aliases.join("\n")
 }
@@ -169,6 +189,9 @@ impl RegistryStore {
         }
         for r in &city.responsibilities {
             insert_parties(&mut tx, &r.subject, &r.parties).await?;
+        }
+        for duty in &city.reporting_duties {
+            insert_reporting_duty(&mut tx, duty, now).await?;
         }
         for (key, value) in [
             (SEEDED, city.source.as_str()),
@@ -253,6 +276,7 @@ impl RegistryStore {
             .into_iter()
             .map(|(subject, parties)| Responsibility { subject, parties })
             .collect();
+        let reporting_duties = self.reporting_duties().await?;
         Ok(City {
             code,
             name,
@@ -261,7 +285,78 @@ impl RegistryStore {
             departments,
             groups,
             responsibilities,
+            reporting_duties,
         })
+    }
+
+    /// The reporting duties in id order.
+    pub async fn reporting_duties(&self) -> Result<Vec<ReportingDuty>, StoreError> {
+        Ok(sqlx::query_as::<_, ReportingDutyRecord>(
+            "SELECT id, party, metrics, regions FROM reporting_duties ORDER BY id",
+        )
+        .fetch_all(&self.db.pool)
+        .await?
+        .into_iter()
+        .map(ReportingDuty::from)
+        .collect())
+    }
+
+    /// Brings a store seeded before items had sections (rulebook v1) to sections: an item that
+    /// has sections in `catalog` but a list of its own in the store gets the city file's section
+    /// lists instead, logged as a change by `system`. Returns the items upgraded; a store already
+    /// by section is left alone (so administrators' changes survive).
+    pub async fn upgrade_to_sections(
+        &self,
+        catalog: &Catalog,
+        seed: &City,
+    ) -> Result<Vec<String>, StoreError> {
+        let stored: BTreeSet<String> =
+            sqlx::query_scalar("SELECT DISTINCT subject FROM responsibilities")
+                .fetch_all(&self.db.pool)
+                .await?
+                .into_iter()
+                .collect();
+        let mut upgraded = Vec::new();
+        for item in &catalog.items {
+            let sections = item.subjects();
+            if item.sections().is_empty()
+                || !stored.contains(&item.code)
+                || sections.iter().any(|s| stored.contains(s))
+            {
+                continue;
+            }
+            let lists: Vec<(String, Vec<String>)> = sections
+                .iter()
+                .map(|s| (s.clone(), seed.parties(s)))
+                .collect();
+            let detail = lists
+                .iter()
+                .map(|(s, p)| format!("{s}: {}", p.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let resource = format!("items/{}", item.code);
+            self.write(
+                Audit {
+                    principal: "system",
+                    action: "UpgradeToSections",
+                    resource: &resource,
+                    detail,
+                },
+                async |conn| {
+                    sqlx::query("DELETE FROM responsibilities WHERE subject = $1")
+                        .bind(&item.code)
+                        .execute(&mut *conn)
+                        .await?;
+                    for (subject, parties) in &lists {
+                        insert_parties(conn, subject, parties).await?;
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+            upgraded.push(item.code.clone());
+        }
+        Ok(upgraded)
     }
 
     /// Registered domains by set.
@@ -546,6 +641,32 @@ impl RegistryStore {
         .await
     }
 
+    pub async fn create_reporting_duty(
+        &self,
+        duty: &ReportingDuty,
+        audit: Audit<'_>,
+    ) -> Result<(), StoreError> {
+        self.write(audit, async |conn| {
+            insert_reporting_duty(conn, duty, now_micros()).await
+        })
+        .await
+    }
+
+    pub async fn delete_reporting_duty(
+        &self,
+        id: &str,
+        audit: Audit<'_>,
+    ) -> Result<(), StoreError> {
+        self.write(audit, async |conn| {
+            sqlx::query("DELETE FROM reporting_duties WHERE id = $1")
+                .bind(id)
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn register_domain(
         &self,
         set: &str,
@@ -699,6 +820,25 @@ async fn insert_parties(
             .execute(&mut *conn)
             .await?;
     }
+    Ok(())
+}
+
+async fn insert_reporting_duty(
+    conn: &mut AnyConnection,
+    duty: &ReportingDuty,
+    create_micros: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO reporting_duties (id, party, metrics, regions, create_micros) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&duty.id)
+    .bind(&duty.party)
+    .bind(join_aliases(&duty.metrics))
+    .bind(join_aliases(&duty.regions))
+    .bind(create_micros)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

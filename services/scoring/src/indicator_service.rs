@@ -171,6 +171,12 @@ fn task_check(c: &Catalog, check: &catalog::ItemCheck) -> pb::TaskCheck {
 }
 
 fn item(c: &Catalog, it: &catalog::Item, city: &City) -> pb::EvaluationItem {
+    // A task answers to its section's list, or to the item's when the item has no sections.
+    let subject = |t: &catalog::Task| match &t.section {
+        Some(s) => catalog::section_subject(&it.code, &s.code),
+        None => it.code.clone(),
+    };
+    let section_name = |code: &str| format!("items/{}/sections/{code}", it.code);
     pb::EvaluationItem {
         name: format!("items/{}", it.code),
         code: it.code.clone(),
@@ -181,13 +187,41 @@ fn item(c: &Catalog, it: &catalog::Item, city: &City) -> pb::EvaluationItem {
             .map(|t| pb::EvaluationTask {
                 id: t.id.clone(),
                 title: t.title.clone(),
-                section: t.section.clone().unwrap_or_default(),
+                section: t
+                    .section
+                    .as_ref()
+                    .map(|s| s.title.clone())
+                    .unwrap_or_default(),
                 checks: t.checks.iter().map(catalog::ItemCheck::summary).collect(),
                 description: t.description.clone().unwrap_or_default(),
                 check_details: t.checks.iter().map(|k| task_check(c, k)).collect(),
+                section_name: t
+                    .section
+                    .as_ref()
+                    .map(|s| section_name(&s.code))
+                    .unwrap_or_default(),
+                responsible: responsible_parties(city, &subject(t)),
             })
             .collect(),
         responsible: responsible_parties(city, &it.code),
+        sections: it
+            .sections()
+            .into_iter()
+            .map(|s| pb::EvaluationSection {
+                name: section_name(&s.code),
+                code: s.code.clone(),
+                title: s.title.clone(),
+                responsible: responsible_parties(
+                    city,
+                    &catalog::section_subject(&it.code, &s.code),
+                ),
+                task_ids: it
+                    .tasks_in(Some(&s.code))
+                    .into_iter()
+                    .map(|t| t.id.clone())
+                    .collect(),
+            })
+            .collect(),
     }
 }
 

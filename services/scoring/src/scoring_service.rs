@@ -636,7 +636,13 @@ impl ScoringService for ScoringApi {
         self.check_region_period(&region, &req.period)?;
         let s = self.scored(&region, &req.period, None).await?;
         let mine = reported_by(&s.aggregates, &dept);
-        let may_report: BTreeSet<&str> = org.access.department_metrics(&dept).into_iter().collect();
+        // Only what the department is expected to report (rulebook section 9) for this region or
+        // one below it is chased; what it merely may report is not.
+        let expected: BTreeSet<&str> = org
+            .access
+            .expected_within(&dept, &region)
+            .into_iter()
+            .collect();
         let entries = org
             .city
             .duties_of_department(&dept)
@@ -651,7 +657,7 @@ impl ScoringService for ScoringApi {
                 // Its own metrics it has not reported yet.
                 let missing_metrics = metrics
                     .iter()
-                    .filter(|m| may_report.contains(**m) && !mine.contains(**m))
+                    .filter(|m| expected.contains(**m) && !mine.contains(**m))
                     .map(|m| (*m).to_owned())
                     .collect();
                 // Assessed values nobody has reported yet: the department must get them assessed.
@@ -686,7 +692,10 @@ impl ScoringService for ScoringApi {
                     status: indicator.map_or(pb::IndicatorStatus::Unspecified, |r| {
                         convert::status(r.status)
                     }) as i32,
-                    item_done: s.card.item(&duty.subject).is_some_and(|i| i.done),
+                    item_done: s
+                        .card
+                        .item(Catalog::split_subject(&duty.subject).0)
+                        .is_some_and(|i| i.done),
                     missing_metrics,
                     gaps,
                     awaiting_assessment,
@@ -718,7 +727,8 @@ impl ScoringService for ScoringApi {
             .departments
             .iter()
             .filter_map(|d| {
-                let expected = org.access.department_metrics(&d.code);
+                // Expected reporters only (rulebook section 9), for this region or below it.
+                let expected = org.access.expected_within(&d.code, &region);
                 if expected.is_empty() {
                     return None;
                 }

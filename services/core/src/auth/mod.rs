@@ -1,13 +1,14 @@
 //! Who may do what: principals, roles and the one authorization decision every service makes
-//! (rulebook section 8). The decision reads a snapshot (`Access`) derived from the catalog and
-//! the city's responsibility table, so it needs no I/O on the hot path; the registry replaces
-//! the snapshot when the organisation changes. How a decision reaches a caller (a gRPC status)
+//! (rulebook section 8), and who is expected to report what (section 9). The decision reads a
+//! snapshot (`Access`) derived from the catalog and the city's responsibility table and
+//! reporting duties, so it needs no I/O on the hot path; the registry replaces the snapshot
+//! when the organisation changes. How a decision reaches a caller (a gRPC status)
 //! and how a principal travels between processes (the signed identity header) are the
 //! contracts' business: `citycredit::auth`.
 
 pub mod secrets;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use crate::catalog::{Catalog, MetricKind};
@@ -117,8 +118,13 @@ impl Action<'_> {
 pub struct Access {
     /// Metric key -> kind.
     kinds: HashMap<String, MetricKind>,
-    /// Department -> the metrics of every subject it is responsible for (groups expanded).
+    /// Department -> the metrics it may report: those of every subject (indicator, item
+    /// without sections, item section) it is responsible for, groups expanded, and those of
+    /// its explicit reporting duties.
     department_metrics: HashMap<String, HashSet<String>>,
+    /// Department -> metric -> the regions it is expected to report the metric for
+    /// (rulebook section 9).
+    expected: HashMap<String, BTreeMap<String, BTreeSet<String>>>,
     /// County government -> the region it governs.
     governs: HashMap<String, String>,
     /// Region -> parent.
@@ -137,7 +143,18 @@ impl Access {
                     .extend(metrics.iter().map(|m| (*m).to_owned()));
             }
         }
+        let expected = expected_reporters(catalog, city);
+        // An explicit reporting duty also permits what it expects.
+        for duty in &city.reporting_duties {
+            for member in city.members_of(&duty.party) {
+                department_metrics
+                    .entry(member.to_owned())
+                    .or_default()
+                    .extend(duty.metrics.iter().cloned());
+            }
+        }
         Access {
+            expected,
             kinds: catalog
                 .metrics
                 .iter()
@@ -182,6 +199,38 @@ impl Access {
             .collect();
         out.sort_unstable();
         out
+    }
+
+    /// Metrics a department is expected to report (rulebook section 9), for any region.
+    pub fn expected_metrics(&self, department: &str) -> Vec<&str> {
+        self.expected
+            .get(department)
+            .into_iter()
+            .flat_map(BTreeMap::keys)
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// The metrics a department is expected to report, each with the regions it reports it
+    /// for, in metric order.
+    pub fn expected_reports(&self, department: &str) -> Vec<(&str, Vec<&str>)> {
+        self.expected
+            .get(department)
+            .into_iter()
+            .flatten()
+            .map(|(m, regions)| (m.as_str(), regions.iter().map(String::as_str).collect()))
+            .collect()
+    }
+
+    /// Metrics a department is expected to report for some region at or below `region`.
+    pub fn expected_within(&self, department: &str, region: &str) -> Vec<&str> {
+        self.expected
+            .get(department)
+            .into_iter()
+            .flatten()
+            .filter(|(_, regions)| regions.iter().any(|r| self.region_within(r, region)))
+            .map(|(m, _)| m.as_str())
+            .collect()
     }
 
     fn is_assessed(&self, metric: &str) -> bool {
@@ -278,6 +327,99 @@ impl Access {
             }
         }
     }
+}
+
+/// Who is expected to report which metric for which region (rulebook section 9).
+///
+/// For a metric with explicit reporting duties: the duties' departments (a group's members)
+/// for the duties' regions, a county government only within its own county. Otherwise the
+/// defaults: the departments named individually in the responsibility list of each item
+/// section (or item without sections) whose task checks read the metric directly, or, when no
+/// section's checks read it, of each indicator that reads it; a department expected this way
+/// reports for the city, a county government for its own county, and a county government
+/// reached through a group (各县（市、区）政府) for its own county too. Other groups' members
+/// (city-departments, leading-group-members, utilities) are expected only through duties.
+/// SCORE and TASK_STATUS metrics are expected from the assessor role, from no department.
+fn expected_reporters(
+    catalog: &Catalog,
+    city: &City,
+) -> HashMap<String, BTreeMap<String, BTreeSet<String>>> {
+    let mut out: HashMap<String, BTreeMap<String, BTreeSet<String>>> = HashMap::new();
+    let governs = |d: &str| city.department(d).and_then(|x| x.governs.as_deref());
+    let within = |region: &str, ancestor: &str| {
+        let mut at = Some(region);
+        for _ in 0..=city.regions.len() {
+            match at {
+                Some(r) if r == ancestor => return true,
+                Some(r) => at = city.region(r).and_then(|x| x.parent.as_deref()),
+                None => return false,
+            }
+        }
+        false
+    };
+    let mut add = |dept: &str, metric: &str, region: &str| {
+        out.entry(dept.to_owned())
+            .or_default()
+            .entry(metric.to_owned())
+            .or_default()
+            .insert(region.to_owned());
+    };
+    let with_duties: BTreeSet<&str> = city
+        .reporting_duties
+        .iter()
+        .flat_map(|d| d.metrics.iter().map(String::as_str))
+        .collect();
+    for duty in &city.reporting_duties {
+        for member in city.members_of(&duty.party) {
+            for metric in &duty.metrics {
+                for region in &duty.regions {
+                    if governs(member).is_none_or(|own| within(region, own)) {
+                        add(member, metric, region);
+                    }
+                }
+            }
+        }
+    }
+    let item_subjects: Vec<String> = catalog
+        .items
+        .iter()
+        .flat_map(crate::catalog::Item::subjects)
+        .collect();
+    for metric in &catalog.metrics {
+        let key = metric.key.as_str();
+        if matches!(metric.kind, MetricKind::Score | MetricKind::TaskStatus)
+            || with_duties.contains(key)
+        {
+            continue;
+        }
+        let mut subjects: Vec<&str> = item_subjects
+            .iter()
+            .map(String::as_str)
+            .filter(|s| catalog.subject_direct_metrics(s).contains(&key))
+            .collect();
+        if subjects.is_empty() {
+            subjects = catalog
+                .indicators
+                .iter()
+                .filter(|i| i.metrics().contains(&key))
+                .map(|i| i.code.as_str())
+                .collect();
+        }
+        for subject in subjects {
+            for party in city.parties(subject) {
+                if city.group(&party).is_some() {
+                    for member in city.members_of(&party) {
+                        if let Some(own) = governs(member) {
+                            add(member, key, own);
+                        }
+                    }
+                } else {
+                    add(&party, key, governs(&party).unwrap_or(&city.code));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A refused action, naming who, what, which metric and which region.

@@ -30,7 +30,9 @@ fn every_role_against_every_kind_of_action() {
         metric: "task.status",
         region: "330800",
     };
-    // B04 (business-env; county-governments) and, through E08's checks, samr.
+    // B04 (business-env; county-governments) and, through the checks of E08's
+    // 信息归集共享和公开 section, its parties; no longer samr (v2: samr answers for E08's
+    // 统一社会信用代码 section only).
     let county = Action::Submit {
         metric: "service_halls.connected",
         region: "330802",
@@ -56,7 +58,7 @@ fn every_role_against_every_kind_of_action() {
         (
             Role::Department,
             Some("samr"),
-            [true, false, true, false, false, true],
+            [true, false, true, false, false, false],
         ),
         (
             Role::Department,
@@ -186,9 +188,17 @@ fn department_metrics_follow_responsibilities_through_groups() {
     let a = access();
     let utility = a.department_metrics("utility-gas");
     assert!(utility.contains(&"sharing.units_connected"), "{utility:?}");
-    // Utilities co-lead E08, whose tasks are measured by B01, B02, B04, B05 and G13.
-    assert!(utility.contains(&"uscc.codes_total"));
+    // Utilities co-lead E08's 信息归集共享和公开 section (B04, G13, B05), not its 统一社会信用代码
+    // section (B01, B02): no USCC figures (rulebook v2).
+    assert!(
+        !utility.iter().any(|m| m.starts_with("uscc.")),
+        "{utility:?}"
+    );
     assert!(!utility.contains(&"finance.npl_balance"));
+    // 市中院 answers for 法治环境's case figures, not for 信用环境's NPL ratio.
+    let court = a.department_metrics("court");
+    assert!(court.contains(&"finance.cases_concluded"), "{court:?}");
+    assert!(!court.contains(&"finance.npl_balance"), "{court:?}");
     let cbirc = a.department_metrics("cbirc");
     assert!(
         cbirc.contains(&"finance.npl_balance") && !cbirc.contains(&"uscc.codes_total"),
@@ -224,5 +234,105 @@ fn departments_retract_only_their_own_values() {
     assert!(
         a.decide(&who(Role::Operator, None), retract("samr"))
             .is_err()
+    );
+}
+
+#[test]
+fn expected_reporters_are_named_departments_not_groups() {
+    let a = access();
+    // Named individually in E07's 法治环境 section, whose checks read the case figures.
+    assert!(a.expected_metrics("court").contains(&"finance.cases_total"));
+    assert!(!a.expected_metrics("court").contains(&"finance.npl_balance"));
+    // The section list wins over the indicator list: cpc-org answers for civil-servant files
+    // (E03.1) but not for G19's judicial flags (E06 names court, procuratorate, justice).
+    // samr is named for B01 in E08's 统一社会信用代码 section; city-departments members only
+    // through a group are not expected.
+    let samr = a.expected_metrics("samr");
+    assert!(samr.contains(&"uscc.stock_codes_total"), "{samr:?}");
+    // 市住建局 is named in E04 (integrity records) but reaches B03 only through
+    // city-departments: permitted, not expected.
+    assert!(
+        a.expected_metrics("housing")
+            .contains(&"integrity.credit_records")
+    );
+    assert!(
+        a.department_metrics("housing")
+            .contains(&"gov.dishonesty_events_total")
+    );
+    assert!(
+        !a.expected_metrics("housing")
+            .contains(&"gov.dishonesty_events_total")
+    );
+    // County governments for their own county, through the county-governments group (B04).
+    assert_eq!(
+        a.expected_reports("gov-330802")
+            .into_iter()
+            .find(|(m, _)| *m == "service_halls.total")
+            .map(|(_, r)| r),
+        Some(vec!["330802"])
+    );
+    assert!(
+        a.expected_within("gov-330802", "330800")
+            .contains(&"service_halls.total")
+    );
+    assert!(a.expected_within("business-env", "330802").is_empty());
+    // The more specific list wins: E06 (court, procuratorate, justice) reads the judicial flags
+    // directly, so G19's departments (cpc-org, business-env) are not expected for them.
+    assert!(
+        a.expected_metrics("court")
+            .contains(&"judicial.info_disclosure")
+    );
+    assert!(
+        !a.expected_metrics("cpc-org")
+            .contains(&"judicial.info_disclosure")
+    );
+    assert!(
+        a.department_metrics("cpc-org")
+            .contains(&"judicial.info_disclosure")
+    );
+    // Assessed metrics are expected from the assessor role, from no department.
+    assert!(
+        !a.expected_metrics("cpc-publicity")
+            .contains(&"campaign.integrity_tour")
+    );
+}
+
+#[test]
+fn a_reporting_duty_replaces_the_defaults_and_permits() {
+    let catalog = Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
+    let mut city = City::builtin(&catalog).unwrap_or_else(|e| panic!("{e}"));
+    let before = Access::new(&catalog, &city);
+    assert!(
+        before
+            .expected_metrics("samr")
+            .contains(&"uscc.stock_codes_total")
+    );
+    city.reporting_duties.push(crate::city::ReportingDuty {
+        id: "utilities-codes".into(),
+        party: "utilities".into(),
+        metrics: vec!["uscc.stock_codes_total".into()],
+        regions: vec!["330800".into()],
+    });
+    let after = Access::new(&catalog, &city);
+    assert!(
+        !after
+            .expected_metrics("samr")
+            .contains(&"uscc.stock_codes_total")
+    );
+    assert!(
+        after
+            .expected_metrics("utility-gas")
+            .contains(&"uscc.stock_codes_total")
+    );
+    assert!(
+        after
+            .decide(
+                &who(Role::Department, Some("utility-gas")),
+                Action::Submit {
+                    metric: "uscc.stock_codes_total",
+                    region: "330800"
+                }
+            )
+            .is_ok()
     );
 }

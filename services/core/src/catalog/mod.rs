@@ -164,20 +164,76 @@ impl Catalog {
             .sum()
     }
 
-    /// Metrics read by an indicator or item (by code), including, for an item, the metrics its
-    /// checks read through indicators (only the named conditions' metrics where a check names
-    /// conditions: E03.3 does not read B10's rank).
+    /// Splits a responsibility subject: an indicator or item code ("B01", "E01") or an item
+    /// section (`E07/rule-of-law`) into the item and the section.
+    pub fn split_subject(subject: &str) -> (&str, Option<&str>) {
+        match subject.split_once('/') {
+            Some((item, section)) => (item, Some(section)),
+            None => (subject, None),
+        }
+    }
+
+    /// An item section by subject (`E07/rule-of-law`).
+    pub fn section(&self, subject: &str) -> Option<&Section> {
+        let (item, Some(code)) = Catalog::split_subject(subject) else {
+            return None;
+        };
+        self.item(item)?
+            .sections()
+            .into_iter()
+            .find(|s| s.code == code)
+    }
+
+    /// True for the subjects responsibilities are given for: indicators, items without
+    /// sections and item sections (an item with sections takes its sections' lists).
+    pub fn is_responsibility_subject(&self, subject: &str) -> bool {
+        match Catalog::split_subject(subject) {
+            (code, None) => {
+                self.indicator(code).is_some()
+                    || self.item(code).is_some_and(|i| i.sections().is_empty())
+            }
+            _ => self.section(subject).is_some(),
+        }
+    }
+
+    /// Every responsibility subject in catalog order: B01..G20, then each item or its sections
+    /// in source order.
+    pub fn responsibility_subjects(&self) -> Vec<String> {
+        self.indicators
+            .iter()
+            .map(|i| i.code.clone())
+            .chain(self.items.iter().flat_map(Item::subjects))
+            .collect()
+    }
+
+    /// Metrics an indicator, item or item section (`E07/rule-of-law`) reads directly: an
+    /// indicator's rules, or task.status and the metrics the item's (section's) task checks
+    /// name, not those of indicators the checks refer to.
+    pub fn subject_direct_metrics(&self, code: &str) -> Vec<&str> {
+        if let Some(ind) = self.indicator(code) {
+            return ind.metrics();
+        }
+        let (item, section) = Catalog::split_subject(code);
+        self.item(item)
+            .map(|i| i.section_metrics(section))
+            .unwrap_or_default()
+    }
+
+    /// Metrics read by an indicator, item or item section (`E07/rule-of-law`), including, for
+    /// an item or section, the metrics its checks read through indicators (only the named
+    /// conditions' metrics where a check names conditions: E03.3 does not read B10's rank).
     pub fn subject_metrics(&self, code: &str) -> Vec<&str> {
         if let Some(ind) = self.indicator(code) {
             return ind.metrics();
         }
-        let Some(item) = self.item(code) else {
+        let (item_code, section) = Catalog::split_subject(code);
+        let Some(item) = self.item(item_code) else {
             return Vec::new();
         };
-        let mut out = item.metrics();
+        let mut out = item.section_metrics(section);
         for m in item
-            .tasks
-            .iter()
+            .tasks_in(section)
+            .into_iter()
             .flat_map(|t| t.checks.iter())
             .flat_map(|c| self.check_metrics(c))
         {
@@ -433,6 +489,61 @@ fn validate(file: CatalogFile, source: &str, d: &mut Diagnostics<'_>) -> Catalog
         }
         if item.tasks.is_empty() {
             d.at(&span, &key, "an item needs tasks");
+        }
+        // Sections (v2): every task of a sectioned item names one; a code is a slug and keeps
+        // one title.
+        let sections = item.sections();
+        if !sections.is_empty() && item.tasks.iter().any(|t| t.section.is_none()) {
+            d.at(
+                &span,
+                &key,
+                "when some tasks name a section, every task of the item must",
+            );
+        }
+        for t in &item.tasks {
+            let Some(sec) = &t.section else { continue };
+            let slug = !sec.code.is_empty()
+                && sec
+                    .code
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_lowercase())
+                && sec
+                    .code
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !slug {
+                d.at(
+                    &span,
+                    &key,
+                    format!(
+                        "task {}: section code `{}` is not a slug (lowercase letters, digits, '-')",
+                        t.id, sec.code
+                    ),
+                );
+            }
+            if let Some(first) = sections.iter().find(|s| s.code == sec.code)
+                && first.title != sec.title
+            {
+                d.at(
+                    &span,
+                    &key,
+                    format!(
+                        "task {}: section `{}` is titled `{}` elsewhere, not `{}`",
+                        t.id, sec.code, first.title, sec.title
+                    ),
+                );
+            }
+            if sections
+                .iter()
+                .any(|s| s.title == sec.title && s.code != sec.code)
+            {
+                d.at(
+                    &span,
+                    &key,
+                    format!("task {}: section title `{}` has two codes", t.id, sec.title),
+                );
+            }
         }
         for (n, task) in item.tasks.iter().enumerate() {
             let want = format!("{}.{}", item.code, n + 1);

@@ -459,14 +459,32 @@ impl<'de> Deserialize<'de> for ItemCheck {
 pub struct Task {
     pub id: String,
     pub title: String,
+    /// The item section (开展内容) the task belongs to, in items that have sections: it gives
+    /// the task its responsible departments (rulebook section 5, v2).
     #[serde(default)]
-    pub section: Option<String>,
+    pub section: Option<Section>,
     /// What the source enumerates under the task (sub-criteria, examples) and how the rulebook
     /// reads words that cannot be met literally, for whoever reports the task's status.
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
     pub checks: Vec<ItemCheck>,
+}
+
+/// A section of an evaluation item (E07 信用环境 / 法治环境 / 政策环境, ...): a group of its
+/// tasks with their own responsible departments.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Section {
+    /// A stable short English slug, unique within the item ("rule-of-law").
+    pub code: String,
+    /// The source's heading ("法治环境").
+    pub title: String,
+}
+
+/// The subject code of an item section in responsibilities: `{item}/{section}` ("E07/rule-of-law").
+pub fn section_subject(item: &str, section: &str) -> String {
+    format!("{item}/{section}")
 }
 
 /// One evaluation item (Annex 2).
@@ -714,12 +732,49 @@ impl Indicator {
 }
 
 impl Item {
-    /// Every metric the item reads directly (task.status plus its checks' metrics).
-    pub fn metrics(&self) -> Vec<&str> {
+    /// The item's sections in source order (each once); empty when the item has none.
+    pub fn sections(&self) -> Vec<&Section> {
+        let mut out: Vec<&Section> = Vec::new();
+        for s in self.tasks.iter().filter_map(|t| t.section.as_ref()) {
+            if !out.iter().any(|o| o.code == s.code) {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// The responsibility subjects of the item: its sections (`E07/rule-of-law`) when it has
+    /// them, else the item itself.
+    pub fn subjects(&self) -> Vec<String> {
+        let sections = self.sections();
+        if sections.is_empty() {
+            vec![self.code.clone()]
+        } else {
+            sections
+                .iter()
+                .map(|s| section_subject(&self.code, &s.code))
+                .collect()
+        }
+    }
+
+    /// The tasks of one section (all tasks when `section` is None).
+    pub fn tasks_in(&self, section: Option<&str>) -> Vec<&Task> {
+        self.tasks
+            .iter()
+            .filter(|t| match section {
+                None => true,
+                Some(code) => t.section.as_ref().is_some_and(|s| s.code == code),
+            })
+            .collect()
+    }
+
+    /// Every metric the tasks of one section (all tasks when None) read directly: task.status
+    /// plus their checks' metrics.
+    pub fn section_metrics(&self, section: Option<&str>) -> Vec<&str> {
         let mut out: Vec<&str> = vec![crate::catalog::TASK_STATUS_METRIC];
         for m in self
-            .tasks
-            .iter()
+            .tasks_in(section)
+            .into_iter()
             .flat_map(|t| t.checks.iter())
             .flat_map(ItemCheck::metrics)
         {
@@ -730,12 +785,22 @@ impl Item {
         out
     }
 
-    /// Indicators the item's checks read.
-    pub fn indicators(&self) -> Vec<&str> {
-        self.tasks
-            .iter()
+    /// Indicators the checks of one section's tasks (all tasks when None) read.
+    pub fn section_indicators(&self, section: Option<&str>) -> Vec<&str> {
+        self.tasks_in(section)
+            .into_iter()
             .flat_map(|t| t.checks.iter())
             .filter_map(ItemCheck::indicator)
             .collect()
+    }
+
+    /// Every metric the item reads directly (task.status plus its checks' metrics).
+    pub fn metrics(&self) -> Vec<&str> {
+        self.section_metrics(None)
+    }
+
+    /// Indicators the item's checks read.
+    pub fn indicators(&self) -> Vec<&str> {
+        self.section_indicators(None)
     }
 }

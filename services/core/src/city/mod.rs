@@ -1,6 +1,8 @@
-//! The city's organisation: regions, departments, groups and who is responsible for which
-//! indicator and evaluation item. Loaded from a city file (Quzhou compiled in) and validated
-//! against the catalog. The registry seeds its store from it on first start.
+//! The city's organisation: regions, departments, groups, who is responsible for which
+//! indicator, evaluation item or item section, and the explicit reporting duties (who is
+//! expected to report which metrics for which regions, rulebook section 9). Loaded from a city
+//! file (Quzhou compiled in) and validated against the catalog. The registry seeds its store
+//! from it on first start.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -8,7 +10,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::catalog::{Catalog, Diagnostics, LoadError, Problem};
+use crate::catalog::{Catalog, Diagnostics, LoadError, MetricKind, Problem};
 
 /// The city file compiled into the binary.
 pub const BUILTIN_CITY_NAME: &str = "builtin:deploy/cities/quzhou.toml";
@@ -54,13 +56,32 @@ pub enum Role {
     Co,
 }
 
-/// Who is responsible for one indicator or item: the parties in source order, the first leads.
+/// Who is responsible for one indicator, item or item section: the parties in source order,
+/// the first leads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Responsibility {
-    /// An indicator or item code ("B01", "E07").
+    /// An indicator code ("B01"), the code of an item without sections ("E01") or an item
+    /// section (`E07/rule-of-law`). An item with sections takes the union of its sections'
+    /// lists.
     pub subject: String,
     /// Department or group codes.
     pub parties: Vec<String>,
+}
+
+/// An explicit reporting duty (rulebook section 9): a department or group is expected to
+/// report `metrics` for `regions`. Where duties exist for a metric they replace the default
+/// expected reporters of that metric.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportingDuty {
+    /// A stable id ("housing-credit-records").
+    pub id: String,
+    /// A department or group code.
+    pub party: String,
+    /// Metric keys.
+    pub metrics: Vec<String>,
+    /// Region codes it reports for (each region itself).
+    pub regions: Vec<String>,
 }
 
 /// A department's responsibility for one subject, groups expanded.
@@ -83,6 +104,8 @@ pub struct City {
     pub departments: Vec<Department>,
     pub groups: Vec<Group>,
     pub responsibilities: Vec<Responsibility>,
+    /// Explicit reporting duties (the Quzhou seed gives none).
+    pub reporting_duties: Vec<ReportingDuty>,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +126,8 @@ struct CityFile {
     #[serde(rename = "group", default)]
     groups: Vec<Spanned<Group>>,
     responsibilities: BTreeMap<Spanned<String>, Spanned<Vec<String>>>,
+    #[serde(rename = "reporting_duty", default)]
+    reporting_duties: Vec<Spanned<ReportingDuty>>,
 }
 
 impl City {
@@ -148,40 +173,51 @@ impl City {
     }
 
     /// Orders responsibilities as the catalog orders subjects: indicators B01..G20, then items
-    /// E01..E12.
+    /// E01..E12, an item's sections in source order.
     pub fn sort_by_catalog(&mut self, catalog: &Catalog) {
-        let order = |s: &str| {
-            catalog
-                .indicators
-                .iter()
-                .position(|i| i.code == s)
-                .or_else(|| {
-                    catalog
-                        .items
-                        .iter()
-                        .position(|i| i.code == s)
-                        .map(|p| p + catalog.indicators.len())
-                })
-                .unwrap_or(usize::MAX)
-        };
+        let subjects = catalog.responsibility_subjects();
+        let order = |s: &str| subjects.iter().position(|x| x == s).unwrap_or(usize::MAX);
         self.responsibilities.sort_by_key(|r| order(&r.subject));
     }
 
-    /// The parties responsible for a subject, lead first.
-    pub fn parties(&self, subject: &str) -> &[String] {
-        self.responsibilities
+    /// The parties responsible for a subject, lead first. An item with sections answers with
+    /// the union of its sections' lists in source order (its lead is its first section's lead).
+    pub fn parties(&self, subject: &str) -> Vec<String> {
+        if let Some(r) = self.responsibilities.iter().find(|r| r.subject == subject) {
+            return r.parties.clone();
+        }
+        let prefix = format!("{subject}/");
+        let mut out: Vec<String> = Vec::new();
+        for r in self
+            .responsibilities
             .iter()
-            .find(|r| r.subject == subject)
-            .map_or(&[], |r| r.parties.as_slice())
+            .filter(|r| r.subject.starts_with(&prefix))
+        {
+            for p in &r.parties {
+                if !out.contains(p) {
+                    out.push(p.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// The departments a party stands for: a group's members, or the department itself.
+    pub fn members_of<'a>(&'a self, party: &'a str) -> Vec<&'a str> {
+        match self.group(party) {
+            Some(g) => g.members.iter().map(String::as_str).collect(),
+            None => vec![party],
+        }
     }
 
     /// Every responsible department of a subject, groups expanded, lead first; a department
     /// named more than once keeps its first (strongest) place.
     pub fn duties_for_subject(&self, subject: &str) -> Vec<Duty> {
-        expand(subject, self.parties(subject), &self.groups)
+        expand(subject, &self.parties(subject), &self.groups)
     }
 
-    /// Every subject a department is responsible for (directly or through a group).
+    /// Every subject a department is responsible for (directly or through a group): indicators,
+    /// items without sections and item sections.
     pub fn duties_of_department(&self, department: &str) -> Vec<Duty> {
         self.responsibilities
             .iter()
@@ -211,6 +247,66 @@ pub fn expand(subject: &str, parties: &[String], groups: &[Group]) -> Vec<Duty> 
                     via_group: via.cloned(),
                 });
             }
+        }
+    }
+    out
+}
+
+/// Every problem with a reporting duty: an id that is not a code, an unknown party, no metrics,
+/// an unknown metric or one reported by assessors (SCORE, TASK_STATUS), no regions, an unknown
+/// region. Used for the city file and for the registry's CreateReportingDuty.
+pub fn check_reporting_duty(
+    duty: &ReportingDuty,
+    catalog: &Catalog,
+    party_known: &dyn Fn(&str) -> bool,
+    region_known: &dyn Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let id_ok = !duty.id.is_empty()
+        && duty.id.len() <= 64
+        && duty
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && duty
+            .id
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
+    if !id_ok {
+        out.push(format!(
+            "id `{}` is not a code (1-64 lowercase letters, digits and '-')",
+            duty.id
+        ));
+    }
+    if !party_known(&duty.party) {
+        out.push(format!("unknown department or group `{}`", duty.party));
+    }
+    if duty.metrics.is_empty() {
+        out.push("needs at least one metric".to_owned());
+    }
+    let mut seen = BTreeSet::new();
+    for m in &duty.metrics {
+        match catalog.metric(m) {
+            None => out.push(format!("unknown metric `{m}`")),
+            Some(x) if matches!(x.kind, MetricKind::Score | MetricKind::TaskStatus) => {
+                out.push(format!(
+                    "`{m}` is a {} metric, reported by assessors, not departments",
+                    x.kind.as_str()
+                ));
+            }
+            Some(_) => {}
+        }
+        if !seen.insert(m) {
+            out.push(format!("metric `{m}` is named twice"));
+        }
+    }
+    if duty.regions.is_empty() {
+        out.push("needs at least one region".to_owned());
+    }
+    for r in &duty.regions {
+        if !region_known(r) {
+            out.push(format!("unknown region `{r}`"));
         }
     }
     out
@@ -302,10 +398,16 @@ fn validate(file: CityFile, source: &str, catalog: &Catalog, d: &mut Diagnostics
     for (subject, parties) in &file.responsibilities {
         let span = subject.span();
         let key = format!("responsibilities.{}", subject.get_ref());
-        if catalog.indicator(subject.get_ref()).is_none()
-            && catalog.item(subject.get_ref()).is_none()
-        {
-            d.at(&span, &key, "no indicator or evaluation item has this code");
+        if !catalog.is_responsibility_subject(subject.get_ref()) {
+            let message = match catalog.item(subject.get_ref()) {
+                Some(item) => format!(
+                    "item {} has sections: give each section its list ({})",
+                    item.code,
+                    item.subjects().join(", ")
+                ),
+                None => "no indicator, evaluation item or item section (`E07/rule-of-law`) has this code".to_owned(),
+            };
+            d.at(&span, &key, message);
         }
         if parties.get_ref().is_empty() {
             d.at(&span, &key, "needs at least one responsible party");
@@ -329,17 +431,31 @@ fn validate(file: CityFile, source: &str, catalog: &Catalog, d: &mut Diagnostics
         .keys()
         .map(|k| k.get_ref().as_str())
         .collect();
-    for code in catalog
-        .indicators
-        .iter()
-        .map(|i| &i.code)
-        .chain(catalog.items.iter().map(|i| &i.code))
-    {
+    for code in catalog.responsibility_subjects() {
         if !named.contains(code.as_str()) {
             d.nowhere(
                 format!("responsibilities.{code}"),
-                "missing: every indicator and item needs responsible parties",
+                "missing: every indicator, item and item section needs responsible parties",
             );
+        }
+    }
+
+    let mut duty_ids = BTreeSet::new();
+    for duty in &file.reporting_duties {
+        let span = duty.span();
+        let duty = duty.get_ref();
+        let key = format!("reporting_duty {}", duty.id);
+        if !duty_ids.insert(duty.id.as_str()) {
+            d.at(&span, &key, "duplicate reporting duty id");
+        }
+        let known = |r: &str| parents.contains_key(r);
+        for problem in check_reporting_duty(
+            duty,
+            catalog,
+            &|p| dept_codes.contains(p) || group_codes.contains(p),
+            &known,
+        ) {
+            d.at(&span, &key, problem);
         }
     }
 
@@ -363,6 +479,11 @@ fn validate(file: CityFile, source: &str, catalog: &Catalog, d: &mut Diagnostics
             .collect(),
         groups: file.groups.into_iter().map(Spanned::into_inner).collect(),
         responsibilities,
+        reporting_duties: file
+            .reporting_duties
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
     };
     city.sort_by_catalog(catalog);
     city

@@ -25,7 +25,9 @@ fn quzhou_has_the_rulebooks_organisation() {
         city.group("city-departments").map(|g| g.members.len()),
         Some(37)
     );
-    assert_eq!(city.responsibilities.len(), 32);
+    // 20 indicators, 9 items without sections and E07 (3), E08 (2), E11 (2) by section.
+    assert_eq!(city.responsibilities.len(), 36);
+    assert!(city.reporting_duties.is_empty());
 }
 
 #[test]
@@ -55,13 +57,13 @@ fn samr_duties_match_the_rulebook() {
         .filter(|(_, r, g)| *r == Role::Lead && !g)
         .map(|(s, _, _)| s.as_str())
         .collect();
-    assert_eq!(direct_lead, ["B01", "B02", "B06", "B07", "E08", "E10"]);
+    assert_eq!(direct_lead, ["B01", "B02", "B06", "B07", "E08/uscc", "E10"]);
     let all: Vec<&str> = subjects.iter().map(|(s, _, _)| s.as_str()).collect();
     assert_eq!(
         all,
         [
             "B01", "B02", "B03", "B06", "B07", "B08", "B09", "G11", "G12", "G15", "G18", "G19",
-            "G20", "E02", "E04", "E05", "E08", "E09", "E10", "E12"
+            "G20", "E02", "E04", "E05", "E08/uscc", "E09", "E10", "E12"
         ]
     );
 }
@@ -113,11 +115,75 @@ fn duplicate_departments_and_unknown_subjects_are_refused() {
     let e = broken("B10 = ", "B11 = ");
     assert!(
         e.to_string()
-            .contains("responsibilities.B11: no indicator or evaluation item has this code"),
+            .contains("responsibilities.B11: no indicator, evaluation item or item section"),
         "{e}"
     );
     assert!(
         e.to_string().contains("responsibilities.B10: missing"),
         "{e}"
     );
+}
+
+#[test]
+fn sections_have_their_own_lists_and_the_item_takes_the_union() {
+    let (_, city) = load();
+    assert_eq!(city.parties("E07/rule-of-law"), ["finance-office", "court"]);
+    assert_eq!(
+        city.parties("E07"),
+        ["finance-office", "pboc", "cbirc", "court"]
+    );
+    // E08's lead is its first section's lead.
+    assert_eq!(
+        city.parties("E08").first().map(String::as_str),
+        Some("samr")
+    );
+    let court: Vec<String> = city
+        .duties_of_department("court")
+        .into_iter()
+        .map(|d| d.subject)
+        .filter(|s| s.starts_with("E07"))
+        .collect();
+    assert_eq!(court, ["E07/rule-of-law"]);
+}
+
+#[test]
+fn an_item_with_sections_takes_lists_per_section() {
+    let e = broken(
+        r#""E07/rule-of-law" = ["finance-office", "court"]"#,
+        r#"E07 = ["finance-office", "court"]"#,
+    );
+    let text = e.to_string();
+    assert!(text.contains("item E07 has sections"), "{text}");
+    assert!(
+        text.contains("responsibilities.E07/rule-of-law: missing"),
+        "{text}"
+    );
+}
+
+#[test]
+fn reporting_duties_are_read_and_checked() {
+    let (catalog, _) = load();
+    let duty = "\n[[reporting_duty]]\nid = \"housing-credit-records\"\nparty = \"housing\"\nmetrics = [\"integrity.credit_records\"]\nregions = [\"330800\"]\n";
+    let text = format!("{BUILTIN_CITY_TOML}{duty}");
+    let city = City::from_toml(&text, "city.toml", &catalog).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        city.reporting_duties,
+        [ReportingDuty {
+            id: "housing-credit-records".into(),
+            party: "housing".into(),
+            metrics: vec!["integrity.credit_records".into()],
+            regions: vec!["330800".into()],
+        }]
+    );
+    let bad = format!(
+        "{BUILTIN_CITY_TOML}{}",
+        duty.replace("integrity.credit_records", "campaign.integrity_tour")
+            .replace("330800", "330899")
+    );
+    let e = City::from_toml(&bad, "city.toml", &catalog)
+        .err()
+        .unwrap_or_else(|| panic!("a duty for an assessed metric must be refused"));
+    let text = e.to_string();
+    assert!(text.contains("reported by assessors"), "{text}");
+    assert!(text.contains("unknown region `330899`"), "{text}");
 }

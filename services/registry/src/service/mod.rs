@@ -9,6 +9,7 @@ mod domains;
 mod groups;
 mod principals;
 mod regions;
+mod reporting_duties;
 mod responsibilities;
 
 use std::sync::Arc;
@@ -267,26 +268,38 @@ fn party_pb(city: &city::City, code: &str, position: usize) -> pb::ResponsiblePa
     }
 }
 
-/// "indicators/B01" / "items/E07" / bare codes -> the code, if the catalog knows it.
+/// "indicators/B01" / "items/E07" / "items/E07/sections/rule-of-law" / bare codes ("B01",
+/// "E07", "E07/rule-of-law") -> the subject code ("E07/rule-of-law" for a section), if the
+/// catalog knows it.
 fn subject_code(registry: &Registry, subject: &str) -> Result<String> {
     let code = strip(strip(subject, "indicators/"), "items/");
-    if registry.catalog.indicator(code).is_some() || registry.catalog.item(code).is_some() {
-        Ok(code.to_owned())
+    let code = match code.split_once("/sections/") {
+        Some((item, section)) => citycredit_core::catalog::section_subject(item, section),
+        None => code.to_owned(),
+    };
+    let c = &registry.catalog;
+    if c.indicator(&code).is_some() || c.item(&code).is_some() || c.section(&code).is_some() {
+        Ok(code)
     } else if subject.is_empty() {
         Err(RegistryError::invalid(
             "subject",
-            "required: indicators/{code} or items/{code}",
+            "required: indicators/{code}, items/{code} or items/{item}/sections/{section}",
         ))
     } else {
         Err(RegistryError::NotFound(subject.to_owned()))
     }
 }
 
+/// A subject code's resource name: "indicators/B01", "items/E01",
+/// "items/E07/sections/rule-of-law".
 fn subject_name(registry: &Registry, code: &str) -> String {
     if registry.catalog.indicator(code).is_some() {
         format!("indicators/{code}")
     } else {
-        format!("items/{code}")
+        match code.split_once('/') {
+            Some((item, section)) => format!("items/{item}/sections/{section}"),
+            None => format!("items/{code}"),
+        }
     }
 }
 
@@ -388,6 +401,27 @@ impl DepartmentRegistryService for RegistryApi {
         request: Request<pb::ListResponsibleDepartmentsRequest>,
     ) -> std::result::Result<Response<pb::ListResponsibleDepartmentsResponse>, Status> {
         responsibilities::list_responsible_departments(self, request).await
+    }
+
+    async fn create_reporting_duty(
+        &self,
+        request: Request<pb::CreateReportingDutyRequest>,
+    ) -> std::result::Result<Response<pb::CreateReportingDutyResponse>, Status> {
+        reporting_duties::create_reporting_duty(self, request).await
+    }
+
+    async fn delete_reporting_duty(
+        &self,
+        request: Request<pb::DeleteReportingDutyRequest>,
+    ) -> std::result::Result<Response<pb::DeleteReportingDutyResponse>, Status> {
+        reporting_duties::delete_reporting_duty(self, request).await
+    }
+
+    async fn list_reporting_duties(
+        &self,
+        request: Request<pb::ListReportingDutiesRequest>,
+    ) -> std::result::Result<Response<pb::ListReportingDutiesResponse>, Status> {
+        reporting_duties::list_reporting_duties(self, request).await
     }
 
     async fn list_domains(

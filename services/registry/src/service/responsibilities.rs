@@ -1,4 +1,5 @@
-//! Responsibilities: who answers for which indicator or item, and the duties that follow.
+//! Responsibilities: who answers for which indicator, item or item section, and the duties that
+//! follow: what a department must report (rulebook section 9) and what it may (section 8).
 
 use tonic::{Request, Response, Status};
 
@@ -30,7 +31,11 @@ pub(super) async fn list_responsibilities(
     let party = strip(strip(&req.party, "departments/"), "groups/");
     let mut out = Vec::new();
     for r in &org.city.responsibilities {
-        if subject.as_ref().is_some_and(|s| s != &r.subject) {
+        // An item with sections lists its sections' responsibilities.
+        if subject
+            .as_ref()
+            .is_some_and(|s| s != &r.subject && !r.subject.starts_with(&format!("{s}/")))
+        {
             continue;
         }
         for (i, p) in r.parties.iter().enumerate() {
@@ -67,6 +72,25 @@ pub(super) async fn set_responsibilities(
             .collect::<Vec<_>>(),
     )?;
     let code = subject_code(&api.registry, &req.subject)?;
+    if !api.registry.catalog.is_responsibility_subject(&code) {
+        let sections = api
+            .registry
+            .catalog
+            .item(&code)
+            .map(|i| {
+                i.subjects()
+                    .iter()
+                    .map(|s| subject_name(&api.registry, s))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        return Err(RegistryError::invalid(
+            "subject",
+            format!("items/{code} has sections, each with its own list: set one of {sections}"),
+        )
+        .into());
+    }
     let org = api.org();
     let mut v = Vec::new();
     let mut parties = Vec::new();
@@ -158,14 +182,31 @@ pub(super) async fn get_department_duties(
         .collect();
     let expected_metrics = org
         .access
+        .expected_metrics(&code)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let permitted_metrics = org
+        .access
         .department_metrics(&code)
         .into_iter()
         .map(str::to_owned)
+        .collect();
+    let expected_reports = org
+        .access
+        .expected_reports(&code)
+        .into_iter()
+        .map(|(m, regions)| pb::ExpectedReport {
+            metric_key: m.to_owned(),
+            regions: regions.iter().map(|r| format!("regions/{r}")).collect(),
+        })
         .collect();
     Ok(Response::new(pb::GetDepartmentDutiesResponse {
         department_code: code,
         duties,
         expected_metrics,
+        permitted_metrics,
+        expected_reports,
     }))
 }
 
