@@ -49,6 +49,11 @@ struct Server {
 
 impl Server {
     async fn start(backend: Backend, schema: &str) -> Server {
+        Server::start_with(backend, schema, &[]).await
+    }
+
+    /// Starts the binary with extra environment (configuration) variables.
+    async fn start_with(backend: Backend, schema: &str, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let mut cmd = Command::new(binary());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -63,6 +68,7 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        cmd.envs(env.iter().copied());
         if backend == Backend::Postgres {
             cmd.env("CITYCREDIT_DATABASE_URL", postgres_url())
                 .env("CITYCREDIT_DATABASE_SCHEMA", schema);
@@ -392,3 +398,62 @@ both_databases!(
     flavor = "multi_thread",
     worker_threads = 2
 );
+
+/// `access_log_successes` makes the access log's cost a choice: with 3, one in three successful
+/// calls is written and every failed one; with 0, failed calls only. Metrics count every call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_samples_successes_and_keeps_every_failure() {
+    for (every, expected_ok) in [("3", 3usize), ("0", 0)] {
+        let server = Server::start_with(
+            Backend::Sqlite,
+            &fresh_schema(),
+            &[("CITYCREDIT_GATEWAY__ACCESS_LOG_SUCCESSES", every)],
+        )
+        .await;
+        let mut indicators = IndicatorServiceClient::new(channel_with_key(server.grpc, ADMIN_KEY));
+        for _ in 0..9 {
+            indicators
+                .get_catalog(pb::GetCatalogRequest {})
+                .await
+                .unwrap_or_else(|e| panic!("every {every}: {e}"));
+        }
+        for _ in 0..4 {
+            let code = indicators
+                .get_indicator(pb::GetIndicatorRequest {
+                    name: "indicators/B99".into(),
+                })
+                .await
+                .err()
+                .map(|e| e.code());
+            assert_eq!(code, Some(tonic::Code::NotFound), "every {every}");
+        }
+        // The line is written when the response ends; give the last one a moment.
+        let waited = Instant::now();
+        let (ok, failed) = loop {
+            let lines = server.lines();
+            let access: Vec<&serde_json::Value> = lines
+                .iter()
+                .filter(|l| l["target"] == "citycredit::access")
+                .collect();
+            let ok = access
+                .iter()
+                .filter(|l| l["rpc"] == "/citycredit.v1.IndicatorService/GetCatalog")
+                .count();
+            let failed = access.iter().filter(|l| l["code"] == "NOT_FOUND").count();
+            if failed == 4 || waited.elapsed() > Duration::from_secs(5) {
+                break (ok, failed);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!((ok, failed), (expected_ok, 4), "every {every}");
+        let text = server.scrape().await;
+        assert_eq!(
+            value(
+                &text,
+                "citycredit_rpc_requests_total{method=\"/citycredit.v1.IndicatorService/GetCatalog\",code=\"OK\"}"
+            ),
+            Some(9),
+            "every {every}: the metrics count every call\n{text}"
+        );
+    }
+}

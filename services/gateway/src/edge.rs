@@ -81,6 +81,29 @@ struct Inner {
     /// One registry look-up at a time for unknown keys (they cost a query each).
     key_lookup: tokio::sync::Mutex<()>,
     unknown: Arc<str>,
+    access_log: Arc<AccessLog>,
+}
+
+/// Which ended calls get an access-log line: every call that did not end OK, and one in
+/// `successes` of those that did (`access_log_successes`; 0: none of them).
+struct AccessLog {
+    successes: u64,
+    ok_calls: std::sync::atomic::AtomicU64,
+}
+
+impl AccessLog {
+    fn logs(&self, code: Code) -> bool {
+        if code != Code::Ok {
+            return true;
+        }
+        if self.successes <= 1 {
+            return self.successes == 1;
+        }
+        let n = self
+            .ok_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        n.is_multiple_of(self.successes)
+    }
 }
 
 /// Longest part of an unknown path that the access log, the span and the answer show.
@@ -89,9 +112,14 @@ const LOGGED_PATH_CHARS: usize = 128;
 impl Gateway {
     pub fn new(parts: GatewayParts) -> Gateway {
         let limits = Limits::new(&parts.settings);
+        let access_log = Arc::new(AccessLog {
+            successes: u64::from(parts.settings.access_log_successes),
+            ok_calls: std::sync::atomic::AtomicU64::new(0),
+        });
         let inner = Arc::new(Inner {
             parts,
             limits,
+            access_log,
             key_lookup: tokio::sync::Mutex::new(()),
             unknown: Arc::from(UNKNOWN_METHOD),
         });
@@ -171,6 +199,7 @@ impl Inner {
             _ => None,
         };
         let metrics = Arc::clone(&self.parts.metrics);
+        let access_log = Arc::clone(&self.access_log);
         let Call {
             principal,
             permit,
@@ -194,6 +223,9 @@ impl Inner {
             drop(permit);
             let elapsed = started.elapsed();
             metrics.observe(&method, code, elapsed);
+            if !access_log.logs(code) {
+                return;
+            }
             tracing::info!(
                 target: "citycredit::access",
                 parent: &span,

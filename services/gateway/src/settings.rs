@@ -51,6 +51,11 @@ pub struct GatewaySettings {
     pub failed_auth_per_source_rate: u32,
     /// Failed authentications one source address may make in a burst.
     pub failed_auth_per_source_burst: u32,
+    /// The access log (target `citycredit::access`, INFO, one line of about 240 bytes per call)
+    /// writes every call that does not end OK, and one in this many that do: 1 logs every call,
+    /// 0 no successful one. Its level is the log filter's (`citycredit::access=warn` turns it
+    /// off); the metrics count every call either way.
+    pub access_log_successes: u32,
     /// Largest message accepted or sent, in bytes.
     pub max_message_bytes: usize,
     /// Bytes one principal's request bodies may hold at the gateway at once. The gateway reads
@@ -88,6 +93,7 @@ impl Default for GatewaySettings {
             http2_max_concurrent_streams: 128,
             failed_auth_per_source_rate: 5,
             failed_auth_per_source_burst: 50,
+            access_log_successes: 1,
             max_message_bytes: 8 * 1024 * 1024,
             max_buffered_request_bytes_per_principal: 64 * 1024 * 1024,
             max_buffered_request_bytes: 256 * 1024 * 1024,
