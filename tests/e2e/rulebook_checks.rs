@@ -402,6 +402,15 @@ async fn g13_counts_the_regions_own_units_not_its_counties(backend: Backend) {
     .metric
     .unwrap_or_default();
     assert_eq!(metric.scope(), pb::AggregationScope::Region);
+    assert_eq!(metric.time_class(), pb::TimeClass::Level);
+    let loans = ok(catalog
+        .get_metric(pb::GetMetricRequest {
+            name: "metrics/xinyidai.loan_amount".into(),
+        })
+        .await)
+    .metric
+    .unwrap_or_default();
+    assert_eq!(loans.time_class(), pb::TimeClass::Flow);
 }
 
 both_databases!(g13_counts_the_regions_own_units_not_its_counties);

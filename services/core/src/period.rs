@@ -24,6 +24,55 @@ impl Period {
             Period::Year(y) | Period::Quarter(y, _) | Period::Month(y, _) => y,
         }
     }
+
+    /// The first month of the period, counted in months since year 0 (January 2026 = 2026 * 12).
+    pub fn start_month_index(&self) -> u32 {
+        let y = u32::from(self.year()) * 12;
+        match *self {
+            Period::Year(_) => y,
+            Period::Quarter(_, q) => y + (u32::from(q) - 1) * 3,
+            Period::Month(_, m) => y + u32::from(m) - 1,
+        }
+    }
+
+    /// The last month of the period, counted like `start_month_index`.
+    pub fn end_month_index(&self) -> u32 {
+        let y = u32::from(self.year()) * 12;
+        match *self {
+            Period::Year(_) => y + 11,
+            Period::Quarter(_, q) => y + u32::from(q) * 3 - 1,
+            Period::Month(_, m) => y + u32::from(m) - 1,
+        }
+    }
+
+    /// Whether every month of `self` lies inside `outer` (a period is inside itself).
+    pub fn is_inside(&self, outer: &Period) -> bool {
+        outer.start_month_index() <= self.start_month_index()
+            && self.end_month_index() <= outer.end_month_index()
+    }
+
+    /// The months of the period, in order.
+    pub fn months(&self) -> Vec<Period> {
+        (self.start_month_index()..=self.end_month_index())
+            .map(|i| Period::Month((i / 12) as u16, (i % 12) as u8 + 1))
+            .collect()
+    }
+
+    /// The quarters inside the period, in order (none for a month).
+    pub fn quarters(&self) -> Vec<Period> {
+        match *self {
+            Period::Year(y) => (1..=4).map(|q| Period::Quarter(y, q)).collect(),
+            Period::Quarter(..) => vec![*self],
+            Period::Month(..) => Vec::new(),
+        }
+    }
+
+    /// Whether a value for `self` may carry forward to `target` (rulebook v2, LEVEL): `self`
+    /// ends no later than `target` ends and at most `months` months before it.
+    pub fn ends_within(&self, target: &Period, months: u32) -> bool {
+        let (end, target_end) = (self.end_month_index(), target.end_month_index());
+        end <= target_end && target_end - end <= months
+    }
 }
 
 impl FromStr for Period {
@@ -81,6 +130,51 @@ mod tests {
         for ok in ["2026", "2026-Q1", "2026-Q4", "2026-01", "2026-12"] {
             assert_eq!(ok.parse::<Period>().unwrap().to_string(), ok);
         }
+    }
+
+    fn p(s: &str) -> Period {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn sub_periods_ends_and_inside() {
+        assert_eq!(p("2026").months().len(), 12);
+        assert_eq!(
+            p("2026-Q3").months(),
+            [p("2026-07"), p("2026-08"), p("2026-09")]
+        );
+        assert_eq!(p("2026-05").months(), [p("2026-05")]);
+        assert_eq!(
+            p("2026").quarters(),
+            [p("2026-Q1"), p("2026-Q2"), p("2026-Q3"), p("2026-Q4")]
+        );
+        assert!(p("2026-05").quarters().is_empty());
+        assert!(p("2026-07").is_inside(&p("2026-Q3")));
+        assert!(p("2026-Q3").is_inside(&p("2026")));
+        assert!(p("2026").is_inside(&p("2026")));
+        assert!(!p("2026-10").is_inside(&p("2026-Q3")));
+        assert!(!p("2026").is_inside(&p("2026-Q3")));
+        assert!(!p("2025-12").is_inside(&p("2026")));
+        // A Q2 value and a June value end on the same month.
+        assert_eq!(
+            p("2026-Q2").end_month_index(),
+            p("2026-06").end_month_index()
+        );
+        assert_eq!(
+            p("2025").end_month_index() + 1,
+            p("2026-01").start_month_index()
+        );
+    }
+
+    #[test]
+    fn carry_forward_window_is_twelve_months_up_to_the_targets_end() {
+        assert!(p("2025").ends_within(&p("2026-05"), 12));
+        assert!(p("2026-Q2").ends_within(&p("2026-06"), 12));
+        assert!(p("2025-12").ends_within(&p("2026-12"), 12));
+        assert!(!p("2025-11").ends_within(&p("2026-12"), 12));
+        // A value for a period ending after the target never reaches it.
+        assert!(!p("2026-Q2").ends_within(&p("2026-05"), 12));
+        assert!(!p("2026").ends_within(&p("2026-Q3"), 12));
     }
 
     #[test]

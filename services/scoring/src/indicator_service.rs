@@ -146,6 +146,10 @@ fn metric(m: &catalog::Metric) -> pb::Metric {
             catalog::AggregationScope::Subtree => pb::AggregationScope::Subtree,
             catalog::AggregationScope::Region => pb::AggregationScope::Region,
         } as i32,
+        time_class: match m.time {
+            catalog::TimeClass::Flow => pb::TimeClass::Flow,
+            catalog::TimeClass::Level => pb::TimeClass::Level,
+        } as i32,
         title: m.title.clone(),
         domain_set: m.domain_set.clone().unwrap_or_default(),
         max_value: m.max.as_ref().map(|v| v.to_plain()).unwrap_or_default(),

@@ -40,6 +40,28 @@ impl AggregationScope {
     }
 }
 
+/// How a metric's values reach a period (rulebook v2, INDICATORS.md section 2 "Time").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeClass {
+    /// A state at a point in time: a period without its own value takes the latest value of a
+    /// period ending no later than its end and at most 12 months before it (the default).
+    #[default]
+    Level,
+    /// An amount over a span of time: a period without its own value takes the sum over the
+    /// finest granularity reported inside it.
+    Flow,
+}
+
+impl TimeClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeClass::Level => "level",
+            TimeClass::Flow => "flow",
+        }
+    }
+}
+
 /// How the current values of a metric combine for a region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Aggregation {
@@ -118,6 +140,9 @@ pub struct Metric {
     /// itself, not at the regions below it. Unset means the kind's default (see `scope()`).
     #[serde(default, rename = "scope")]
     pub declared_scope: Option<AggregationScope>,
+    /// `time = "flow"`: how values reach a period; unset means LEVEL.
+    #[serde(default, rename = "time")]
+    pub time: TimeClass,
     /// Indicators and items whose rules read the metric (filled in by the loader).
     #[serde(skip)]
     pub used_by: Vec<String>,

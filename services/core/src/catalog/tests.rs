@@ -345,6 +345,38 @@ fn unknown_check_types_and_misspelt_check_fields_are_refused() {
 }
 
 #[test]
+fn the_seven_flow_metrics_are_flow_and_every_other_is_a_level() {
+    let c = builtin();
+    let flow: Vec<&str> = c
+        .metrics
+        .iter()
+        .filter(|m| m.time == TimeClass::Flow)
+        .map(|m| m.key.as_str())
+        .collect();
+    assert_eq!(
+        flow,
+        [
+            "double_publicity.licenses_total",
+            "double_publicity.licenses_reported",
+            "double_publicity.penalties_total",
+            "double_publicity.penalties_reported",
+            "xinyidai.loan_amount",
+            "finance.illegal_fundraising_cases",
+            "finance.illegal_fundraising_cases_prev",
+        ]
+    );
+    assert_eq!(
+        c.metric("monitoring.city_rank").map(|m| m.time),
+        Some(TimeClass::Level)
+    );
+    let e = broken(
+        "key = \"xinyidai.loan_amount\"\nkind = \"AMOUNT\"\ntime = \"flow\"\n",
+        "key = \"xinyidai.loan_amount\"\nkind = \"AMOUNT\"\ntime = \"stock\"\n",
+    );
+    assert!(e.to_string().contains("stock"), "{e}");
+}
+
+#[test]
 fn g13s_units_aggregate_at_the_region_itself() {
     let c = builtin();
     for key in ["sharing.units_required", "sharing.units_connected"] {
