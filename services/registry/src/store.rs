@@ -72,6 +72,13 @@ pub struct ChangeRow {
     pub change_micros: i64,
 }
 
+/// What a rename changes: the display name of a region or of a department.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Renamed {
+    Region,
+    Department,
+}
+
 /// Who made a write and what it was, for the change log.
 pub struct Audit<'a> {
     pub principal: &'a str,
@@ -564,23 +571,6 @@ impl RegistryStore {
         .await
     }
 
-    pub async fn rename_region(
-        &self,
-        code: &str,
-        name: &str,
-        audit: Audit<'_>,
-    ) -> Result<(), StoreError> {
-        self.write(audit, async |conn| {
-            sqlx::query("UPDATE regions SET name = $1 WHERE code = $2")
-                .bind(name)
-                .bind(code)
-                .execute(conn)
-                .await?;
-            Ok(())
-        })
-        .await
-    }
-
     pub async fn create_department(
         &self,
         d: &Department,
@@ -592,18 +582,20 @@ impl RegistryStore {
         .await
     }
 
-    pub async fn rename_department(
+    /// Renames a region or a department (the display name only; codes never change).
+    pub async fn rename(
         &self,
+        kind: Renamed,
         code: &str,
         name: &str,
         audit: Audit<'_>,
     ) -> Result<(), StoreError> {
+        let sql = match kind {
+            Renamed::Region => "UPDATE regions SET name = $1 WHERE code = $2",
+            Renamed::Department => "UPDATE departments SET name = $1 WHERE code = $2",
+        };
         self.write(audit, async |conn| {
-            sqlx::query("UPDATE departments SET name = $1 WHERE code = $2")
-                .bind(name)
-                .bind(code)
-                .execute(conn)
-                .await?;
+            sqlx::query(sql).bind(name).bind(code).execute(conn).await?;
             Ok(())
         })
         .await

@@ -9,9 +9,11 @@ use citycredit::wire::bare as strip;
 use citycredit_core::auth::Action;
 use citycredit_core::city::Department;
 
-use super::{RegistryApi, check_code, check_ids, check_name, department_pb, invalid_if_any};
+use super::{
+    RegistryApi, check_code, check_ids, check_name, department_pb, invalid_if_any, rename,
+};
 use crate::error::RegistryError;
-use crate::store::Audit;
+use crate::store::{Audit, Renamed};
 
 pub(super) async fn list_departments(
     api: &RegistryApi,
@@ -108,38 +110,12 @@ pub(super) async fn update_department(
 ) -> std::result::Result<Response<pb::UpdateDepartmentResponse>, Status> {
     let who = authorize(&request, &api.org().access, Action::Administer)?.clone();
     let req = request.into_inner();
-    check_ids(&[("name", &req.name)])?;
-    let code = strip(&req.name, "departments/").to_owned();
-    let mut v = Vec::new();
-    check_name("display_name", &req.display_name, &mut v);
-    invalid_if_any(v)?;
-    let resource = format!("departments/{code}");
-    let old = api
-        .org()
-        .city
-        .department(&code)
-        .map(|d| d.name.clone())
-        .ok_or_else(|| RegistryError::NotFound(resource.clone()))?;
-    api.registry
-        .store
-        .rename_department(
-            &code,
-            &req.display_name,
-            Audit {
-                principal: &who.id,
-                action: "UpdateDepartment",
-                resource: &resource,
-                detail: format!("renamed {old} -> {}", req.display_name),
-            },
-        )
-        .await
-        .map_err(RegistryError::from)?;
-    api.republish().await?;
+    let code = rename(api, &who, Renamed::Department, &req.name, &req.display_name).await?;
     let org = api.org();
     let d = org
         .city
         .department(&code)
-        .ok_or_else(|| RegistryError::NotFound(resource))?;
+        .ok_or_else(|| RegistryError::NotFound(format!("departments/{code}")))?;
     Ok(Response::new(pb::UpdateDepartmentResponse {
         department: Some(department_pb(d)),
     }))

@@ -26,9 +26,55 @@ use citycredit_core::text::{self, TextKind};
 
 use crate::Registry;
 use crate::error::RegistryError;
-use crate::store::{ChangeRow, KeyRow, PrincipalRow};
+use crate::store::{Audit, ChangeRow, KeyRow, PrincipalRow, Renamed};
 
 type Result<T> = std::result::Result<T, RegistryError>;
+
+/// UpdateRegion and UpdateDepartment: checks the resource name and the new display name,
+/// renames, logs "renamed OLD -> NEW", republishes the snapshots; the code renamed.
+async fn rename(
+    api: &RegistryApi,
+    who: &Principal,
+    kind: Renamed,
+    name: &str,
+    display_name: &str,
+) -> std::result::Result<String, Status> {
+    let (collection, action) = match kind {
+        Renamed::Region => ("regions/", "UpdateRegion"),
+        Renamed::Department => ("departments/", "UpdateDepartment"),
+    };
+    check_ids(&[("name", name)])?;
+    let code = strip(name, collection).to_owned();
+    let mut v = Vec::new();
+    check_name("display_name", display_name, &mut v);
+    invalid_if_any(v)?;
+    let resource = format!("{collection}{code}");
+    let old = {
+        let org = api.org();
+        match kind {
+            Renamed::Region => org.city.region(&code).map(|r| r.name.clone()),
+            Renamed::Department => org.city.department(&code).map(|d| d.name.clone()),
+        }
+    }
+    .ok_or_else(|| RegistryError::NotFound(resource.clone()))?;
+    api.registry
+        .store
+        .rename(
+            kind,
+            &code,
+            display_name,
+            Audit {
+                principal: &who.id,
+                action,
+                resource: &resource,
+                detail: format!("renamed {old} -> {display_name}"),
+            },
+        )
+        .await
+        .map_err(RegistryError::from)?;
+    api.republish().await?;
+    Ok(code)
+}
 
 /// Serves the registry.
 #[derive(Clone, Debug)]

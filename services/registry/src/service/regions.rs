@@ -9,9 +9,9 @@ use citycredit::wire::bare as strip;
 use citycredit_core::auth::Action;
 use citycredit_core::city::Region;
 
-use super::{RegistryApi, check_ids, check_name, invalid_if_any, region_pb};
+use super::{RegistryApi, check_ids, check_name, invalid_if_any, region_pb, rename};
 use crate::error::RegistryError;
-use crate::store::Audit;
+use crate::store::{Audit, Renamed};
 
 pub(super) async fn list_regions(
     api: &RegistryApi,
@@ -125,38 +125,12 @@ pub(super) async fn update_region(
 ) -> std::result::Result<Response<pb::UpdateRegionResponse>, Status> {
     let who = authorize(&request, &api.org().access, Action::Administer)?.clone();
     let req = request.into_inner();
-    check_ids(&[("name", &req.name)])?;
-    let code = strip(&req.name, "regions/").to_owned();
-    let mut v = Vec::new();
-    check_name("display_name", &req.display_name, &mut v);
-    invalid_if_any(v)?;
-    let resource = format!("regions/{code}");
-    let old = api
-        .org()
-        .city
-        .region(&code)
-        .map(|r| r.name.clone())
-        .ok_or_else(|| RegistryError::NotFound(resource.clone()))?;
-    api.registry
-        .store
-        .rename_region(
-            &code,
-            &req.display_name,
-            Audit {
-                principal: &who.id,
-                action: "UpdateRegion",
-                resource: &resource,
-                detail: format!("renamed {old} -> {}", req.display_name),
-            },
-        )
-        .await
-        .map_err(RegistryError::from)?;
-    api.republish().await?;
+    let code = rename(api, &who, Renamed::Region, &req.name, &req.display_name).await?;
     let org = api.org();
     let r = org
         .city
         .region(&code)
-        .ok_or_else(|| RegistryError::NotFound(resource))?;
+        .ok_or_else(|| RegistryError::NotFound(format!("regions/{code}")))?;
     Ok(Response::new(pb::UpdateRegionResponse {
         region: Some(region_pb(r, &org.city)),
     }))
