@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use tokio::sync::broadcast;
 
 use citycredit_core::BoxFuture;
+use citycredit_core::period::Period;
 use citycredit_core::rules::Values;
 use citycredit_core::source::SourceError;
 
@@ -29,9 +30,91 @@ pub struct SourceRef {
     pub domain: String,
     /// TASK_STATUS: the task id.
     pub task_id: String,
+    /// The period the value was reported for (the period asked for, one of its sub-periods, or
+    /// an earlier period carried forward).
+    pub period: String,
     pub value: pb::MetricValue,
     /// When the submission was accepted, microseconds since the Unix epoch.
     pub accept_micros: i64,
+}
+
+impl SourceRef {
+    /// As the contracts show it (QueryAggregates, scorecard inputs).
+    pub fn wire(&self) -> pb::SubmissionRef {
+        pb::SubmissionRef {
+            submission: format!("submissions/{}", self.submission_id),
+            department_code: self.department.clone(),
+            region_code: self.region.clone(),
+            domain: self.domain.clone(),
+            value: Some(self.value.clone()),
+            accept_time: Some(crate::wire::timestamp(self.accept_micros)),
+            period: self.period.clone(),
+        }
+    }
+}
+
+/// How values of one key reached the period asked for, when not as its own value in full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MarkerKind {
+    /// A FLOW sum whose sub-periods do not cover the period; names the missing ones.
+    PartialPeriod,
+    /// A LEVEL value from a period not inside the one asked for; names that period.
+    CarriedForward,
+}
+
+impl MarkerKind {
+    /// The name on the wire (`PeriodMarker.marker`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MarkerKind::PartialPeriod => "PARTIAL_PERIOD",
+            MarkerKind::CarriedForward => "CARRIED_FORWARD",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MarkerKind> {
+        match s {
+            "PARTIAL_PERIOD" => Some(MarkerKind::PartialPeriod),
+            "CARRIED_FORWARD" => Some(MarkerKind::CarriedForward),
+            _ => None,
+        }
+    }
+}
+
+/// A marker on one value key (department, region, domain, task) of a figure.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PeriodMarker {
+    pub kind: MarkerKind,
+    pub department: String,
+    pub region: String,
+    pub domain: String,
+    pub task_id: String,
+    /// PARTIAL_PERIOD: the missing sub-periods; CARRIED_FORWARD: the source period.
+    pub periods: Vec<String>,
+}
+
+impl PeriodMarker {
+    pub fn wire(&self) -> pb::PeriodMarker {
+        pb::PeriodMarker {
+            marker: self.kind.as_str().to_owned(),
+            department_code: self.department.clone(),
+            region_code: self.region.clone(),
+            domain: self.domain.clone(),
+            task_id: self.task_id.clone(),
+            periods: self.periods.clone(),
+        }
+    }
+
+    /// From the wire; None for a marker this build does not know.
+    pub fn from_wire(m: pb::PeriodMarker) -> Option<PeriodMarker> {
+        Some(PeriodMarker {
+            kind: MarkerKind::parse(&m.marker)?,
+            department: m.department_code,
+            region: m.region_code,
+            domain: m.domain,
+            task_id: m.task_id,
+            periods: m.periods,
+        })
+    }
 }
 
 /// The figures for one region and period, as of one instant.
@@ -45,6 +128,8 @@ pub struct Aggregates {
     pub values: Values,
     /// Metric key -> the current submissions behind its figure.
     pub sources: BTreeMap<String, Vec<SourceRef>>,
+    /// Metric key -> how values behind its figure reached the period (only metrics with some).
+    pub markers: BTreeMap<String, Vec<PeriodMarker>>,
 }
 
 /// "Values changed for (region, period)". Ingestion sends one per affected region: the region
@@ -75,6 +160,19 @@ impl Change {
 
     pub fn is_everything(&self) -> bool {
         self.region == Change::EVERYTHING
+    }
+
+    /// Whether this change can change the figures of `period` at the change's region: values
+    /// for a month count for its quarter and year, and LEVEL values carry forward up to 12
+    /// months (rulebook section 2, "Time"). Unparsable periods compare as text.
+    pub fn reaches(&self, period: &str) -> bool {
+        if self.is_everything() {
+            return true;
+        }
+        match (self.period.parse::<Period>(), period.parse::<Period>()) {
+            (Ok(changed), Ok(asked)) => changed.reaches(&asked),
+            _ => self.period == period,
+        }
     }
 }
 

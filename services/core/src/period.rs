@@ -3,7 +3,12 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// What a value is reported for. Scorecards use values reported for exactly one period.
+/// How many months a LEVEL value carries forward (rulebook section 2, *Time*).
+pub const CARRY_FORWARD_MONTHS: u32 = 12;
+
+/// What a value is reported for. A value for one period can count for another: a month's value
+/// for its quarter and year, a yearly LEVEL value for the months of the next year (see
+/// `crate::rollup`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Period {
     Year(u16),
@@ -72,6 +77,37 @@ impl Period {
     pub fn ends_within(&self, target: &Period, months: u32) -> bool {
         let (end, target_end) = (self.end_month_index(), target.end_month_index());
         end <= target_end && target_end - end <= months
+    }
+
+    /// Whether a value reported for `self` can count for `target` at all: it is `target`, lies
+    /// inside it (FLOW and LEVEL roll-ups), or carries forward to it (LEVEL). A change to a value
+    /// for `self` can change the figures of exactly these targets.
+    pub fn reaches(&self, target: &Period) -> bool {
+        self.ends_within(target, CARRY_FORWARD_MONTHS)
+    }
+
+    /// Every period whose values can count for `self` (those that `reaches` it): the months,
+    /// quarters and years that end no later than `self` ends and at most
+    /// `CARRY_FORWARD_MONTHS` months before. At most 13 months, 5 quarters and 2 years.
+    pub fn reached_by(&self) -> Vec<Period> {
+        let end = self.end_month_index();
+        let first = end.saturating_sub(CARRY_FORWARD_MONTHS);
+        let month = |i: u32| ((i / 12) as u16, (i % 12) as u8 + 1);
+        let mut out = Vec::new();
+        for i in first..=end {
+            let (y, m) = month(i);
+            if !(1949..=2999).contains(&y) {
+                continue;
+            }
+            out.push(Period::Month(y, m));
+            if m % 3 == 0 {
+                out.push(Period::Quarter(y, m / 3));
+            }
+            if m == 12 {
+                out.push(Period::Year(y));
+            }
+        }
+        out
     }
 }
 
@@ -175,6 +211,30 @@ mod tests {
         // A value for a period ending after the target never reaches it.
         assert!(!p("2026-Q2").ends_within(&p("2026-05"), 12));
         assert!(!p("2026").ends_within(&p("2026-Q3"), 12));
+    }
+
+    #[test]
+    fn reached_by_lists_exactly_the_periods_that_reach() {
+        for target in ["2026", "2026-Q2", "2026-05", "2026-12", "1949-01", "2999"] {
+            let target = p(target);
+            let listed = target.reached_by();
+            // Every period of the years around the target, checked one by one.
+            let y = target.year();
+            let mut all = Vec::new();
+            for year in y.saturating_sub(2).max(1949)..=(y + 1).min(2999) {
+                all.push(Period::Year(year));
+                all.extend(Period::Year(year).quarters());
+                all.extend(Period::Year(year).months());
+            }
+            for q in all {
+                assert_eq!(listed.contains(&q), q.reaches(&target), "{q} -> {target}");
+            }
+            assert!(listed.len() <= 20, "{target}: {}", listed.len());
+        }
+        assert!(p("2025").reaches(&p("2026-05")));
+        assert!(p("2026-03").reaches(&p("2026")));
+        assert!(!p("2026-06").reaches(&p("2026-05")));
+        assert_eq!(p("2026").reached_by().len(), 13 + 5 + 2);
     }
 
     #[test]

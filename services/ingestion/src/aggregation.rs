@@ -6,22 +6,109 @@
 //! takes the latest value per task at the region itself. A metric whose scope is the region
 //! itself (`scope = "region"` in the catalog: G13's units) takes only the values reported at
 //! the region, not those of the regions below it.
+//!
+//! Before that, each value key (metric, region, department, domain, task) gets its value for the
+//! period asked for from the values reported for it and for the periods that reach it
+//! (`citycredit_core::rollup`: its own value, else a FLOW sum of sub-periods, else a LEVEL value
+//! carried forward), and keys whose value came by a partial sum or from an earlier period are
+//! marked on the figure they feed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use citycredit::aggregates::{Aggregates, SourceRef};
-use citycredit_core::catalog::{AggregationScope, Catalog, MetricKind};
+use citycredit::aggregates::{Aggregates, MarkerKind, PeriodMarker, SourceRef};
+use citycredit_core::catalog::{AggregationScope, Catalog, MetricKind, TimeClass};
 use citycredit_core::numbers::Num;
+use citycredit_core::period::Period;
+use citycredit_core::rollup::{self, Candidate, Reach};
 use citycredit_core::rules::{TaskStatus, Values};
 
 use crate::store::VersionRow;
 use crate::validation::wire_value;
 
-/// Aggregates `rows` (versions at `region` and below, for one period and instant).
+/// A value key without its period.
+type Key = (String, String, String, String);
+
+fn key_of(r: &VersionRow) -> Key {
+    (
+        r.region.clone(),
+        r.department.clone(),
+        r.domain.clone(),
+        r.task_id.clone(),
+    )
+}
+
+/// Each key's value(s) for `period` among one metric's `rows` (versions for every period that
+/// reaches it), with a marker for each key whose values came by a partial sum or from an
+/// earlier period.
+fn roll_up(
+    period: &Period,
+    class: TimeClass,
+    rows: Vec<VersionRow>,
+) -> (Vec<VersionRow>, BTreeMap<Key, PeriodMarker>) {
+    let mut by_key: BTreeMap<Key, Vec<(Period, VersionRow)>> = BTreeMap::new();
+    for r in rows {
+        // Stored periods were validated at entry; one that no longer parses cannot reach.
+        if let Ok(p) = r.period.parse::<Period>() {
+            by_key.entry(key_of(&r)).or_default().push((p, r));
+        }
+    }
+    let mut out = Vec::new();
+    let mut markers = BTreeMap::new();
+    for (key, versions) in by_key {
+        let candidates: Vec<Candidate> = versions
+            .iter()
+            .map(|(p, r)| Candidate {
+                period: *p,
+                accepted_micros: r.accepted_micros,
+                submission_id: r.submission_id,
+            })
+            .collect();
+        let Some(reach) = rollup::resolve(period, class, &candidates) else {
+            continue;
+        };
+        let marker = |kind: MarkerKind, periods: Vec<String>| PeriodMarker {
+            kind,
+            department: key.1.clone(),
+            region: key.0.clone(),
+            domain: key.2.clone(),
+            task_id: key.3.clone(),
+            periods,
+        };
+        let mut slots: Vec<Option<VersionRow>> =
+            versions.into_iter().map(|(_, r)| Some(r)).collect();
+        let mut take = |i: usize| slots[i].take();
+        match reach {
+            Reach::Own(i) => out.extend(take(i)),
+            Reach::Sum { parts, missing } => {
+                if !missing.is_empty() {
+                    let missing = missing.iter().map(ToString::to_string).collect();
+                    markers.insert(key.clone(), marker(MarkerKind::PartialPeriod, missing));
+                }
+                for i in parts {
+                    out.extend(take(i));
+                }
+            }
+            Reach::Latest {
+                index,
+                carried_from,
+            } => {
+                if let Some(from) = carried_from {
+                    let from = vec![from.to_string()];
+                    markers.insert(key.clone(), marker(MarkerKind::CarriedForward, from));
+                }
+                out.extend(take(index));
+            }
+        }
+    }
+    (out, markers)
+}
+
+/// Aggregates `rows` (versions at `region` and below, for every period that reaches `period`,
+/// as of one instant).
 pub fn aggregate(
     catalog: &Catalog,
     region: &str,
-    period: &str,
+    period: &Period,
     as_of_micros: i64,
     rows: Vec<VersionRow>,
 ) -> Aggregates {
@@ -31,12 +118,19 @@ pub fn aggregate(
     }
     let mut values = Values::new();
     let mut sources: BTreeMap<String, Vec<SourceRef>> = BTreeMap::new();
+    let mut markers: BTreeMap<String, Vec<PeriodMarker>> = BTreeMap::new();
     for (metric, mut rows) in by_metric {
         let Some(m) = catalog.metric(&metric) else {
             continue; // a metric the current catalog no longer has
         };
         if m.scope() == AggregationScope::Region {
             rows.retain(|r| r.region == region);
+        }
+        let (mut rows, key_markers) = roll_up(period, m.time, rows);
+        if rows.is_empty() {
+            // Nothing reaches the period (or nothing at the region itself for a metric of the
+            // region's own scope): not reported, rather than a sum of zero.
+            continue;
         }
         // Latest first: accept time, then id.
         rows.sort_by_key(|r| std::cmp::Reverse((r.accepted_micros, r.submission_id)));
@@ -98,6 +192,15 @@ pub fn aggregate(
         if used.is_empty() {
             continue;
         }
+        let marked: BTreeSet<Key> = used.iter().map(|r| key_of(r)).collect();
+        let used_markers: Vec<PeriodMarker> = key_markers
+            .into_iter()
+            .filter(|(k, _)| marked.contains(k))
+            .map(|(_, m)| m)
+            .collect();
+        if !used_markers.is_empty() {
+            markers.insert(metric.clone(), used_markers);
+        }
         let mut refs: Vec<SourceRef> = used
             .into_iter()
             .map(|r| SourceRef {
@@ -106,6 +209,7 @@ pub fn aggregate(
                 region: r.region.clone(),
                 domain: r.domain.clone(),
                 task_id: r.task_id.clone(),
+                period: r.period.clone(),
                 value: wire_value(Some(m.kind), &r.value).unwrap_or_default(),
                 accept_micros: r.accepted_micros,
             })
@@ -115,9 +219,10 @@ pub fn aggregate(
     }
     Aggregates {
         region: region.to_owned(),
-        period: period.to_owned(),
+        period: period.to_string(),
         as_of_micros,
         values,
         sources,
+        markers,
     }
 }

@@ -34,6 +34,7 @@ use citycredit::status::Violation;
 use citycredit_core::BoxFuture;
 use citycredit_core::auth::Principal;
 use citycredit_core::catalog::Catalog;
+use citycredit_core::period::Period;
 use citycredit_core::source::{Problem, SourceError};
 use citycredit_core::text::TextKind;
 use citycredit_store::{Backend, Db, now_micros};
@@ -477,7 +478,13 @@ impl Ingestion {
     ) -> Result<Aggregates, IngestError> {
         let regions = self.inner.org.borrow().subtree(region);
         let at = as_of.unwrap_or_else(now_micros);
-        let rows = store::versions(&self.inner.db, &regions, period, as_of)
+        let asked: Period = period
+            .parse()
+            .map_err(|e: citycredit_core::period::PeriodError| {
+                IngestError::Invalid(vec![Violation::new("period", e.to_string())])
+            })?;
+        let periods: Vec<String> = asked.reached_by().iter().map(ToString::to_string).collect();
+        let rows = store::versions(&self.inner.db, &regions, &periods, as_of)
             .instrument(tracing::info_span!(
                 "db.query",
                 db.system = self.inner.db.backend.as_str(),
@@ -489,7 +496,7 @@ impl Ingestion {
         Ok(aggregation::aggregate(
             &self.inner.catalog,
             region,
-            period,
+            &asked,
             at,
             rows,
         ))

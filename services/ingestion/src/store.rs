@@ -592,6 +592,8 @@ pub struct VersionRow {
     pub submission_id: i64,
     pub metric: String,
     pub region: String,
+    /// The period the value was reported for.
+    pub period: String,
     pub department: String,
     pub domain: String,
     pub task_id: String,
@@ -600,18 +602,25 @@ pub struct VersionRow {
     pub accepted_micros: i64,
 }
 
-/// The versions valid for `period` at `regions`: current ones, or those valid at `as_of`.
+/// The versions valid for any of `periods` at `regions`: current ones, or those valid at
+/// `as_of`. Aggregation passes every period whose values can reach the one asked for
+/// (`Period::reached_by`: at most 20), which the `(period, region)` indexes serve.
 pub async fn versions(
     db: &Db,
     regions: &[String],
-    period: &str,
+    periods: &[String],
     as_of: Option<i64>,
 ) -> Result<Vec<VersionRow>, sqlx::Error> {
     let mut qb = QueryBuilder::<Any>::new(
-        "SELECT submission_id, metric, region, department, domain, task_id, value, \
-         accepted_micros FROM value_versions WHERE period = ",
+        "SELECT submission_id, metric, region, period, department, domain, task_id, value, \
+         accepted_micros FROM value_versions WHERE period IN (",
     );
-    qb.push_bind(period).push(" AND region IN (");
+    let mut list = qb.separated(", ");
+    for p in periods {
+        list.push_bind(p.as_str());
+    }
+    list.push_unseparated(")");
+    qb.push(" AND region IN (");
     let mut list = qb.separated(", ");
     for r in regions {
         list.push_bind(r.as_str());

@@ -9,6 +9,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status, Streaming};
 
+use citycredit::aggregates::{PeriodMarker, SourceRef};
 use citycredit::auth::{authorize, caller};
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::metric_submission_service_server::MetricSubmissionService;
@@ -549,14 +550,14 @@ impl MetricSubmissionService for SubmissionApi {
                 .get(&m.key)
                 .into_iter()
                 .flatten()
-                .map(|s| pb::SubmissionRef {
-                    submission: format!("submissions/{}", s.submission_id),
-                    department_code: s.department.clone(),
-                    region_code: s.region.clone(),
-                    domain: s.domain.clone(),
-                    value: Some(s.value.clone()),
-                    accept_time: Some(timestamp(s.accept_micros)),
-                })
+                .map(SourceRef::wire)
+                .collect();
+            out.markers = agg
+                .markers
+                .get(&m.key)
+                .into_iter()
+                .flatten()
+                .map(PeriodMarker::wire)
                 .collect();
             metrics.push(out);
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tonic::Code;
 
-use citycredit::aggregates::{Aggregates, SourceRef};
+use citycredit::aggregates::{Aggregates, PeriodMarker, SourceRef};
 use citycredit::proto::v1 as pb;
 use citycredit::status::{self as wire_status, Reason, Violation};
 pub use citycredit::wire::{micros, timestamp};
@@ -96,17 +96,6 @@ fn step(s: &Option<rules::Step>) -> Option<pb::ScoreStep> {
     })
 }
 
-pub fn source(s: &SourceRef) -> pb::SubmissionRef {
-    pb::SubmissionRef {
-        submission: format!("submissions/{}", s.submission_id),
-        department_code: s.department.clone(),
-        region_code: s.region.clone(),
-        domain: s.domain.clone(),
-        value: Some(s.value.clone()),
-        accept_time: Some(timestamp(s.accept_micros)),
-    }
-}
-
 pub fn indicator(r: &rules::IndicatorResult, aggregates: &Aggregates) -> pb::IndicatorResult {
     pb::IndicatorResult {
         code: r.code.clone(),
@@ -143,7 +132,12 @@ pub fn indicator(r: &rules::IndicatorResult, aggregates: &Aggregates) -> pb::Ind
                 sources: aggregates
                     .sources
                     .get(&i.metric)
-                    .map(|s| s.iter().map(source).collect())
+                    .map(|s| s.iter().map(SourceRef::wire).collect())
+                    .unwrap_or_default(),
+                markers: aggregates
+                    .markers
+                    .get(&i.metric)
+                    .map(|m| m.iter().map(PeriodMarker::wire).collect())
                     .unwrap_or_default(),
             })
             .collect(),

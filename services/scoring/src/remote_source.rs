@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use citycredit::aggregates::{AggregateSource, Aggregates, Change, SourceRef};
+use citycredit::aggregates::{AggregateSource, Aggregates, Change, PeriodMarker, SourceRef};
 use citycredit::auth::identity::{
     Audience, BodyBinding, HEADER, IdentitySigner, SCORING_PRINCIPAL,
 };
@@ -199,10 +199,19 @@ impl RemoteAggregates {
                     region: s.region_code,
                     domain: s.domain,
                     task_id: String::new(),
+                    period: s.period,
                     value: s.value.unwrap_or_default(),
                     accept_micros: s.accept_time.as_ref().map_or(0, convert::micros),
                 })
                 .collect();
+            let markers: Vec<PeriodMarker> = m
+                .markers
+                .into_iter()
+                .filter_map(PeriodMarker::from_wire)
+                .collect();
+            if !markers.is_empty() {
+                out.markers.insert(m.metric_key.clone(), markers);
+            }
             out.sources.insert(m.metric_key, sources);
         }
         out.values = values;

@@ -117,9 +117,23 @@ impl ScoringApi {
                         cache.entries.clear();
                     }
                     Ok(change) => {
-                        let key = (change.region, change.period);
-                        *cache.generations.entry(key.clone()).or_default() += 1;
-                        cache.entries.remove(&key);
+                        // A value for a month changes its quarter and year too, and a LEVEL
+                        // value the periods it carries forward to: every cached period at the
+                        // region that the changed one reaches (computations in flight have
+                        // registered their key, see `generation`).
+                        let key = (change.region.clone(), change.period.clone());
+                        *cache.generations.entry(key).or_default() += 1;
+                        for ((region, period), g) in cache.generations.iter_mut() {
+                            if *region == change.region
+                                && *period != change.period
+                                && change.reaches(period)
+                            {
+                                *g += 1;
+                            }
+                        }
+                        cache.entries.retain(|(region, period), _| {
+                            *region != change.region || !change.reaches(period)
+                        });
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Missed events: nothing cached can be trusted.
@@ -223,11 +237,13 @@ impl ScoringApi {
     }
 
     fn generation(&self, key: &(String, String)) -> u64 {
-        let cache = self
+        let mut cache = self
             .cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.generations.get(key).copied().unwrap_or(0)
+        // Registered, so that a change to a period reaching this one bumps it while the
+        // computation runs.
+        *cache.generations.entry(key.clone()).or_default()
     }
 
     /// The city and its counties (regions one level below the root), city first.
@@ -521,7 +537,9 @@ impl ScoringService for ScoringApi {
             if tx.send(Ok(send(&first))).await.is_err() {
                 return;
             }
-            let relevant = |c: &Change| c.region == req.region_code && c.period == req.period;
+            // A change to a month reaches its quarter and year; a LEVEL value the periods it
+            // carries forward to.
+            let relevant = |c: &Change| c.region == req.region_code && c.reaches(&req.period);
             loop {
                 let wake = tokio::select! {
                     () = tx.closed() => return,

@@ -364,6 +364,17 @@ fn validate(file: CatalogFile, source: &str, d: &mut Diagnostics<'_>) -> Catalog
                 ),
             );
         }
+        if m.time == TimeClass::Flow && !matches!(m.kind, MetricKind::Count | MetricKind::Amount) {
+            d.at(
+                &span,
+                &key,
+                format!(
+                    "only COUNT and AMOUNT metrics can be time = \"flow\" (sub-periods add up); \
+                     a {} metric is a level",
+                    m.kind.as_str()
+                ),
+            );
+        }
         match (m.kind, &m.max) {
             (MetricKind::Score, None) => d.at(&span, &key, "a SCORE metric needs max"),
             (MetricKind::Score, Some(max)) if max <= &Num::zero() => {

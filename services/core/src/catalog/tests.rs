@@ -423,3 +423,16 @@ fn an_item_reads_only_the_named_conditions_metrics() {
     }
     assert!(c.subject_metrics("E11").contains(&"finance.credit_budget"));
 }
+
+#[test]
+fn only_additive_metrics_can_flow() {
+    let e = broken(
+        "key = \"monitoring.city_rank\"\nkind = \"RANK\"\n",
+        "key = \"monitoring.city_rank\"\nkind = \"RANK\"\ntime = \"flow\"\n",
+    );
+    assert_problem(
+        &e,
+        "metric monitoring.city_rank",
+        "only COUNT and AMOUNT metrics can be time = \"flow\"",
+    );
+}
