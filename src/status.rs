@@ -932,11 +932,13 @@ mod tests {
         // README, RELIABILITY, SECURITY and ARCHITECTURE quote reasons in backticks; each
         // quoted upper-case name there is a reason, a code, or one of the other names they use.
         let others = [
+            "CARRIED_FORWARD", // a period marker (aggregates.rs)
             "CC_API_KEY",
             "CITYCREDIT_BIN",
             "DATABASE_URL",
             "INTERNAL_ERROR", // an HTTP/2 error code
             "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "PARTIAL_PERIOD", // a period marker (aggregates.rs)
             "PASS",
             "SCORED",
             "ROLE_ADMIN",

@@ -59,7 +59,11 @@ async fn scorecard(
     .unwrap_or_else(|| panic!("no scorecard"))
 }
 
-async fn aggregates(s: &IngestionServer, region: &str, period: &str) -> pb::QueryAggregatesResponse {
+async fn aggregates(
+    s: &IngestionServer,
+    region: &str,
+    period: &str,
+) -> pb::QueryAggregatesResponse {
     let mut client = s.client(Some(&platform())).await;
     ok(client
         .query_aggregates(pb::QueryAggregatesRequest {
@@ -152,7 +156,11 @@ async fn flow_months_roll_up_into_quarters_and_the_year(backend: Backend) {
     let before = aggregates(&s, KECHENG, "2025").await;
     assert!(figure(&before, TOTAL).is_none());
     let after = aggregates(&s, KECHENG, "2027-01").await;
-    assert!(figure(&after, TOTAL).is_none(), "{:?}", figure(&after, TOTAL));
+    assert!(
+        figure(&after, TOTAL).is_none(),
+        "{:?}",
+        figure(&after, TOTAL)
+    );
 
     // The scorecard's inputs for the year: B05's ratio uses the sums, the partial one marked.
     let card = scorecard(&s, KECHENG, "2026", None).await;
@@ -183,6 +191,39 @@ async fn flow_months_roll_up_into_quarters_and_the_year(backend: Backend) {
         .find(|i| i.metric_key == REPORTED)
         .unwrap_or_else(|| panic!("explained input"));
     assert_eq!(r.markers.len(), 1);
+
+    // The county government's worklist for the year no longer chases the monthly metrics.
+    let worklist = ok(scoring
+        .get_department_worklist(pb::GetDepartmentWorklistRequest {
+            department: "gov-330802".into(),
+            period: "2026".into(),
+            region_code: KECHENG.into(),
+        })
+        .await);
+    let b05 = worklist
+        .entries
+        .iter()
+        .find(|e| e.code == "B05")
+        .unwrap_or_else(|| panic!("B05 on the worklist: {worklist:?}"));
+    assert!(
+        !b05.missing_metrics
+            .iter()
+            .any(|m| m == TOTAL || m == REPORTED),
+        "{:?}",
+        b05.missing_metrics
+    );
+    let last_year = ok(scoring
+        .get_department_worklist(pb::GetDepartmentWorklistRequest {
+            department: "gov-330802".into(),
+            period: "2025".into(),
+            region_code: KECHENG.into(),
+        })
+        .await);
+    let b05 = last_year.entries.iter().find(|e| e.code == "B05");
+    assert!(
+        b05.is_some_and(|e| e.missing_metrics.iter().any(|m| m == TOTAL)),
+        "2025 has none of 2026's months: {b05:?}"
+    );
 
     // The scorecard is cached; a change to one month reaches the cached year at once.
     submit(
