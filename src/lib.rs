@@ -6,6 +6,7 @@
 
 pub mod aggregates;
 pub mod auth;
+pub mod localize;
 pub mod org;
 pub mod proto;
 pub mod status;

@@ -38,6 +38,12 @@ enum Db {
     Postgres,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Periods {
+    Yearly,
+    Monthly,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// The split topology as real processes: direct vs through the gateway, ingest through it,
@@ -86,6 +92,11 @@ enum Cmd {
         submissions: usize,
         #[arg(long, default_value_t = 2_000)]
         queries: usize,
+        /// `monthly`: each value is reported for one month of 2026 (a year of monthly pushes),
+        /// so the city's figures for 2026 are roll-ups (rulebook v2 time); `yearly`: every value
+        /// is reported for 2026 itself.
+        #[arg(long, value_enum, default_value = "yearly")]
+        periods: Periods,
     },
     /// One principal (or a key-less caller) attacks the platform (the real binary, all in one
     /// process), another principal works: the victim's goodput alone and under each attack,
@@ -364,7 +375,7 @@ async fn code_audit(codes: usize, per_message: usize) {
     );
 }
 
-async fn aggregate(db: Db, submissions: usize, queries: usize) {
+async fn aggregate(db: Db, submissions: usize, queries: usize, periods: Periods) {
     let tdb = store(db).await;
     let (ing, catalog) = ingestion(&tdb);
     let p = platform();
@@ -382,7 +393,14 @@ async fn aggregate(db: Db, submissions: usize, queries: usize) {
                     break;
                 }
                 let inputs: Vec<_> = (start..(start + chunk).min(submissions))
-                    .map(|i| value(&catalog, i))
+                    .map(|i| {
+                        let mut v = value(&catalog, i);
+                        if periods == Periods::Monthly {
+                            // Every key (metric, region, department) gets each month in turn.
+                            v.period = format!("2026-{:02}", (i / 5_000) % 12 + 1);
+                        }
+                        v
+                    })
                     .collect();
                 let checked = ing
                     .check(&p, &inputs, false)
@@ -417,7 +435,7 @@ async fn aggregate(db: Db, submissions: usize, queries: usize) {
     let pct = |q: usize| times[(times.len() * q / 100).min(times.len() - 1)];
     let p99 = pct(99);
     println!(
-        "aggregate db={db:?} submissions={submissions} (loaded in {loaded:.2?}) queries={queries}: p50 {:.2?}, p99 {p99:.2?}, max {:.2?}; {figures} current values behind the city's figures; p99 {}",
+        "aggregate db={db:?} periods={periods:?} submissions={submissions} (loaded in {loaded:.2?}) queries={queries}: p50 {:.2?}, p99 {p99:.2?}, max {:.2?}; {figures} current values behind the city's figures; p99 {}",
         pct(50),
         times.last().copied().unwrap_or_default(),
         if p99 <= Duration::from_millis(5) {
@@ -466,7 +484,8 @@ fn main() {
                 db,
                 submissions,
                 queries,
-            } => aggregate(db, submissions, queries).await,
+                periods,
+            } => aggregate(db, submissions, queries, periods).await,
             Cmd::Attacks {
                 bin,
                 seconds,

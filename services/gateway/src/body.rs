@@ -10,7 +10,8 @@
 //!   to the metrics and the access log. It also keeps the call's deadline for the whole stream,
 //!   turns a service answer that breaks off (the service process died mid-answer) into
 //!   UNAVAILABLE with RetryInfo instead of a reset stream that clients read as INTERNAL, and
-//!   tells the connection's watch when the peer owes it a read.
+//!   tells the connection's watch when the peer owes it a read. An error status in the trailers
+//!   (the service's or its own) gets a `LocalizedMessage` in the caller's language.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 use tonic::{Code, Status};
 
+use citycredit::localize::{Locale, localize};
 use citycredit::status::{Reason, retry_after_reason, with_reason};
 
 use crate::transport::Owed;
@@ -163,6 +165,8 @@ pub struct CallBody {
     owed: Option<Arc<Owed>>,
     header_code: Option<Code>,
     on_end: Option<OnEnd>,
+    /// The caller's language: an error status in the trailers gets a LocalizedMessage.
+    locale: Option<Locale>,
 }
 
 impl CallBody {
@@ -186,7 +190,15 @@ impl CallBody {
             owed,
             header_code,
             on_end: Some(on_end),
+            locale: None,
         }
+    }
+
+    /// Localizes an error status at the end of the answer into `locale`
+    /// (`citycredit::localize`).
+    pub fn localized(mut self, locale: Locale) -> CallBody {
+        self.locale = Some(locale);
+        self
     }
 
     fn end(&mut self, code: Code) {
@@ -201,7 +213,11 @@ impl CallBody {
     /// Ends the response with `status` in its trailers.
     fn end_with(&mut self, status: &Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         self.end(status.code());
-        Poll::Ready(Some(Ok(Frame::trailers(trailers_of(status)))))
+        let mut trailers = trailers_of(status);
+        if let Some(locale) = self.locale {
+            localize(&mut trailers, locale);
+        }
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
     }
 }
 
@@ -221,11 +237,16 @@ impl http_body::Body for CallBody {
             o.peer_read();
         }
         match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref() {
+            Poll::Ready(Some(Ok(mut frame))) => {
+                if let Some(trailers) = frame.trailers_mut() {
                     let code = code_in(trailers)
                         .or(me.header_code)
                         .unwrap_or(Code::Unknown);
+                    if let Some(locale) = me.locale
+                        && code != Code::Ok
+                    {
+                        localize(trailers, locale);
+                    }
                     me.end(code);
                 } else if let Some(o) = &me.owed {
                     o.waiting_for_peer();
@@ -344,6 +365,69 @@ mod tests {
             codes(&seen),
             vec![Code::Ok],
             "once, with the trailers' code"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_in_the_trailers_gets_a_localized_message() {
+        use tonic_types::StatusExt;
+        let mut trailers = HeaderMap::new();
+        let status = citycredit::status::not_found("indicators/B99");
+        status
+            .add_header(&mut trailers)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let frames: Vec<Result<Frame<Bytes>, Status>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let answer = Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+            frames,
+        )));
+        let (_, on_end) = recorder();
+        let body = CallBody::new(answer, None, None, None, on_end).localized(Locale::En);
+        let trailers = body
+            .collect()
+            .await
+            .ok()
+            .and_then(|c| c.trailers().cloned())
+            .unwrap_or_default();
+        let back = Status::from_header_map(&trailers).unwrap_or_else(|| Status::unknown(""));
+        let details = back.get_error_details();
+        let message = details
+            .localized_message()
+            .unwrap_or_else(|| panic!("no localized message"));
+        assert_eq!(message.locale, "en");
+        assert_eq!(
+            message.message,
+            "Not found: check the name or code (resource: indicators/B99)"
+        );
+        assert_eq!(back.message(), "indicators/B99 not found");
+        // The gateway's own end of an answer (a deadline) is localized too.
+        let never = Body::new(http_body_util::StreamBody::new(futures::stream::pending::<
+            Result<Frame<Bytes>, Status>,
+        >()));
+        let given = Duration::from_millis(20);
+        let (_, on_end) = recorder();
+        let body = CallBody::new(
+            never,
+            None,
+            Some((Instant::now() + given, given)),
+            None,
+            on_end,
+        )
+        .localized(Locale::ZhCn);
+        let trailers = body
+            .collect()
+            .await
+            .ok()
+            .and_then(|c| c.trailers().cloned())
+            .unwrap_or_default();
+        let back = Status::from_header_map(&trailers).unwrap_or_else(|| Status::unknown(""));
+        assert_eq!(
+            back.get_error_details()
+                .localized_message()
+                .map(|m| m.message.as_str()),
+            Some("请求超时，请稍后重试")
         );
     }
 

@@ -36,6 +36,7 @@ use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
 use citycredit::auth::identity::{BodyBinding, HEADER as IDENTITY_HEADER};
+use citycredit::localize::{Locale, localize};
 use citycredit::status::{Reason, clip, retry_after_reason, with_reason};
 use citycredit_core::auth::Principal;
 use citycredit_registry::KeyView;
@@ -186,14 +187,24 @@ impl Inner {
         let span = tracing::info_span!("gateway", rpc = %logged, principal = tracing::field::Empty);
         trace_context::continue_trace(&span, req.headers());
         let conn = req.extensions().get::<ConnInfo>().cloned();
+        let locale = Locale::negotiate(
+            req.headers()
+                .get(http::header::ACCEPT_LANGUAGE)
+                .and_then(|v| v.to_str().ok()),
+            self.parts.settings.default_locale,
+        );
         let mut call = Call::default();
         let response = self
             .admit_and_forward(req, rpc.as_deref(), conn.as_ref(), &mut call, &span)
             .instrument(span.clone())
             .await;
 
-        let (parts, body) = response.into_parts();
+        let (mut parts, body) = response.into_parts();
         let header_code = code_in(&parts.headers);
+        if header_code.is_some_and(|c| c != Code::Ok) {
+            // A trailers-only answer: the status is in the headers.
+            localize(&mut parts.headers, locale);
+        }
         let owed = match &conn {
             Some(c) if !http_body::Body::is_end_stream(&body) => Some(c.watch.watch()),
             _ => None,
@@ -236,7 +247,7 @@ impl Inner {
                 "call"
             );
         });
-        let body = CallBody::new(body, header_code, deadline, owed, on_end);
+        let body = CallBody::new(body, header_code, deadline, owed, on_end).localized(locale);
         http::Response::from_parts(parts, Body::new(body))
     }
 

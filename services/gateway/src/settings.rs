@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use citycredit::localize::Locale;
+
 /// Protection the gateway applies to every call, and the transport limits of every listener.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -56,6 +58,9 @@ pub struct GatewaySettings {
     /// 0 no successful one. Its level is the log filter's (`citycredit::access=warn` turns it
     /// off); the metrics count every call either way.
     pub access_log_successes: u32,
+    /// The language of error messages (`google.rpc.LocalizedMessage`) for callers whose
+    /// `accept-language` names none the platform writes: `zh-CN` (the default) or `en`.
+    pub default_locale: Locale,
     /// Largest message accepted or sent, in bytes.
     pub max_message_bytes: usize,
     /// Bytes one principal's request bodies may hold at the gateway at once. The gateway reads
@@ -94,6 +99,7 @@ impl Default for GatewaySettings {
             failed_auth_per_source_rate: 5,
             failed_auth_per_source_burst: 50,
             access_log_successes: 1,
+            default_locale: Locale::ZhCn,
             max_message_bytes: 8 * 1024 * 1024,
             max_buffered_request_bytes_per_principal: 64 * 1024 * 1024,
             max_buffered_request_bytes: 256 * 1024 * 1024,

@@ -151,6 +151,7 @@ fn source_ref(id: u64, dept: &str) -> SourceRef {
         region: "330800".into(),
         domain: String::new(),
         task_id: String::new(),
+        period: "2026".into(),
         value: pb::MetricValue::default(),
         accept_micros: 1,
     }
