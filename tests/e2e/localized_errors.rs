@@ -1,13 +1,14 @@
 //! Error messages in the caller's language through the real gRPC API (issue 14, Chinese
 //! first): every error leaves the gateway with a `google.rpc.LocalizedMessage` in zh-CN (the
 //! default) or en by `accept-language`, beside the unchanged English `grpc-message`, ErrorInfo
-//! reason and BadRequest. Covers a service's error (NOT_FOUND, INVALID_FIELDS) and the gateway's
+//! reason and BadRequest; and gaps written in Chinese with the metric's title unless the caller
+//! asks for English. Covers a service's error (NOT_FOUND, INVALID_FIELDS) and the gateway's
 //! own refusal (CREDENTIAL_REFUSED).
 
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::indicator_service_client::IndicatorServiceClient;
 use citycredit::proto::v1::scoring_service_client::ScoringServiceClient;
-use citycredit_tests::ingestion::{IngestionServer, platform};
+use citycredit_tests::ingestion::{IngestionServer, number_input, platform};
 use citycredit_tests::{Backend, both_databases};
 use tonic_types::StatusExt;
 
@@ -133,3 +134,65 @@ async fn errors_come_in_the_callers_language(backend: Backend) {
 }
 
 both_databases!(errors_come_in_the_callers_language);
+
+async fn gaps_come_in_the_callers_language(backend: Backend) {
+    let s = IngestionServer::start(backend).await;
+    let mut client = s.client(Some(&platform())).await;
+    let req = pb::SubmitBatchRequest {
+        idempotency_key: String::new(),
+        validate_only: false,
+        values: vec![
+            number_input("uscc.stock_codes_total", "330800", "2025", "samr", "43089"),
+            number_input(
+                "uscc.stock_codes_converted",
+                "330800",
+                "2025",
+                "samr",
+                "42000",
+            ),
+        ],
+    };
+    client
+        .submit_batch(tokio_stream::iter([req]))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let mut scoring = ScoringServiceClient::new(s.channel(Some(&platform())).await);
+    let mut gap_of = async |language: Option<&'static str>| {
+        let card = scoring
+            .get_scorecard(with_language(
+                pb::GetScorecardRequest {
+                    region_code: "330800".into(),
+                    period: "2025".into(),
+                    as_of: None,
+                },
+                language,
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .into_inner()
+            .scorecard
+            .unwrap_or_default();
+        card.indicators
+            .iter()
+            .flat_map(|i| i.gaps.iter())
+            .find(|g| g.metric_key == "uscc.stock_codes_converted")
+            .map(|g| g.description.clone())
+            .unwrap_or_else(|| panic!("no gap on stock_codes_converted"))
+    };
+    let zh = gap_of(None).await;
+    assert!(
+        zh.contains("（uscc.stock_codes_converted）：需增加 1089（42000 → 43089）"),
+        "{}: {zh}",
+        s.name()
+    );
+    assert!(zh.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c)));
+    assert_eq!(
+        gap_of(Some("zh-CN")).await,
+        zh,
+        "the cached card, in Chinese again"
+    );
+    let en = gap_of(Some("en")).await;
+    assert_eq!(en, "uscc.stock_codes_converted: +1089 (42000 -> 43089)");
+}
+
+both_databases!(gaps_come_in_the_callers_language);

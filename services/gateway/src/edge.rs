@@ -170,7 +170,7 @@ struct Call {
 }
 
 impl Inner {
-    async fn handle(self: Arc<Self>, req: http::Request<Body>) -> http::Response<Body> {
+    async fn handle(self: Arc<Self>, mut req: http::Request<Body>) -> http::Response<Body> {
         let path = req.uri().path();
         if is_open_path(path) {
             return self.forward(self.parts.open.clone(), req).await;
@@ -192,6 +192,11 @@ impl Inner {
                 .get(http::header::ACCEPT_LANGUAGE)
                 .and_then(|v| v.to_str().ok()),
             self.parts.settings.default_locale,
+        );
+        // The services write gaps and steps in the language chosen here, default included.
+        req.headers_mut().insert(
+            http::header::ACCEPT_LANGUAGE,
+            http::HeaderValue::from_static(locale.tag()),
         );
         let mut call = Call::default();
         let response = self

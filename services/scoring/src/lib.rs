@@ -6,6 +6,7 @@ pub mod error;
 pub mod indicator_service;
 pub mod remote_source;
 pub mod scoring_service;
+pub mod wording;
 
 pub use error::ScoringError;
 pub use indicator_service::IndicatorApi;

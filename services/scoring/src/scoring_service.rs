@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use citycredit::aggregates::{AggregateSource, Aggregates, Change};
 use citycredit::auth::authorize;
+use citycredit::localize::Locale;
 use citycredit::org::OrgView;
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::scoring_service_server::ScoringService;
@@ -30,14 +31,17 @@ use citycredit_core::text::{self, TextKind};
 use crate::convert;
 use crate::error::ScoringError;
 use crate::indicator_service::responsible_parties;
+use crate::wording;
 
 /// A computed scorecard with the figures it came from.
 #[derive(Debug)]
 pub struct Scored {
     pub card: Scorecard,
     pub aggregates: Aggregates,
-    /// The wire form, built once on first use (a cached scorecard is then a clone).
+    /// The wire form, built once on first use (a cached scorecard is then a clone): the
+    /// engine's English, and with gaps and steps in Chinese (`wording`).
     wire: std::sync::OnceLock<pb::Scorecard>,
+    wire_zh: std::sync::OnceLock<pb::Scorecard>,
 }
 
 impl Scored {
@@ -46,14 +50,25 @@ impl Scored {
             card,
             aggregates,
             wire: std::sync::OnceLock::new(),
+            wire_zh: std::sync::OnceLock::new(),
         }
     }
 
-    /// The scorecard as sent, with the submissions behind every figure.
-    pub fn wire(&self) -> pb::Scorecard {
-        self.wire
-            .get_or_init(|| convert::scorecard(&self.card, &self.aggregates))
-            .clone()
+    /// The scorecard as sent, with the submissions behind every figure, its gaps and steps
+    /// in `locale`.
+    pub fn wire(&self, catalog: &Catalog, locale: Locale) -> pb::Scorecard {
+        let english = || convert::scorecard(&self.card, &self.aggregates);
+        match locale {
+            Locale::En => self.wire.get_or_init(english).clone(),
+            Locale::ZhCn => self
+                .wire_zh
+                .get_or_init(|| {
+                    let mut card = english();
+                    wording::scorecard(catalog, &mut card, locale);
+                    card
+                })
+                .clone(),
+        }
     }
 }
 
@@ -390,12 +405,13 @@ impl ScoringService for ScoringApi {
         request: Request<pb::GetScorecardRequest>,
     ) -> Result<Response<pb::GetScorecardResponse>, Status> {
         authorize(&request, &self.org().access, Action::Read)?;
+        let locale = wording::locale_of(request.metadata());
         let req = request.into_inner();
         let at = as_of(req.as_of.as_ref())?;
         self.check_region_period(&req.region_code, &req.period)?;
         let s = self.scored(&req.region_code, &req.period, at).await?;
         Ok(Response::new(pb::GetScorecardResponse {
-            scorecard: Some(s.wire()),
+            scorecard: Some(s.wire(&self.catalog, locale)),
         }))
     }
 
@@ -404,6 +420,7 @@ impl ScoringService for ScoringApi {
         request: Request<pb::BatchGetScorecardsRequest>,
     ) -> Result<Response<pb::BatchGetScorecardsResponse>, Status> {
         authorize(&request, &self.org().access, Action::Read)?;
+        let locale = wording::locale_of(request.metadata());
         let req = request.into_inner();
         if req.region_codes.len() > MAX_BATCH_REGIONS {
             return Err(ScoringError::TooManyRegions(MAX_BATCH_REGIONS).into());
@@ -437,7 +454,10 @@ impl ScoringService for ScoringApi {
             futures::future::try_join_all(regions.iter().map(|r| self.scored(r, &req.period, at)))
                 .await?;
         Ok(Response::new(pb::BatchGetScorecardsResponse {
-            scorecards: cards.iter().map(|s| s.wire()).collect(),
+            scorecards: cards
+                .iter()
+                .map(|s| s.wire(&self.catalog, locale))
+                .collect(),
         }))
     }
 
@@ -446,6 +466,7 @@ impl ScoringService for ScoringApi {
         request: Request<pb::ExplainIndicatorRequest>,
     ) -> Result<Response<pb::ExplainIndicatorResponse>, Status> {
         authorize(&request, &self.org().access, Action::Read)?;
+        let locale = wording::locale_of(request.metadata());
         let req = request.into_inner();
         let at = as_of(req.as_of.as_ref())?;
         self.check_region_period(&req.region_code, &req.period)?;
@@ -465,9 +486,11 @@ impl ScoringService for ScoringApi {
             .indicator(&code)
             .ok_or_else(|| Status::from(ScoringError::NotFound(format!("indicators/{code}"))))?;
         let org = self.org();
+        let mut result = convert::indicator(result, &s.aggregates);
+        wording::indicator(&self.catalog, &mut result, locale);
         Ok(Response::new(pb::ExplainIndicatorResponse {
             rule_summary: ind.rule_summary(),
-            result: Some(convert::indicator(result, &s.aggregates)),
+            result: Some(result),
             responsible: responsible_parties(&org.city, &code),
             title: ind.title.clone(),
         }))
@@ -478,6 +501,7 @@ impl ScoringService for ScoringApi {
         request: Request<pb::WhatIfRequest>,
     ) -> Result<Response<pb::WhatIfResponse>, Status> {
         authorize(&request, &self.org().access, Action::Read)?;
+        let locale = wording::locale_of(request.metadata());
         let req = request.into_inner();
         self.check_region_period(&req.region_code, &req.period)?;
         let base = self.scored(&req.region_code, &req.period, None).await?;
@@ -507,9 +531,11 @@ impl ScoringService for ScoringApi {
             })
             .collect();
         let change = &card.guiding_total - &base.card.guiding_total;
+        let mut scorecard = convert::scorecard(&card, &assumed);
+        wording::scorecard(&self.catalog, &mut scorecard, locale);
         Ok(Response::new(pb::WhatIfResponse {
-            scorecard: Some(convert::scorecard(&card, &assumed)),
-            baseline: Some(base.wire()),
+            scorecard: Some(scorecard),
+            baseline: Some(base.wire(&self.catalog, locale)),
             differences,
             guiding_total_change: convert::signed_score(&change),
         }))
@@ -522,6 +548,7 @@ impl ScoringService for ScoringApi {
         request: Request<pb::WatchScorecardRequest>,
     ) -> Result<Response<Self::WatchScorecardStream>, Status> {
         let p = authorize(&request, &self.org().access, Action::Read)?.clone();
+        let locale = wording::locale_of(request.metadata());
         let req = request.into_inner();
         self.check_region_period(&req.region_code, &req.period)?;
         // Subscribe before the first read so no change between the two is missed.
@@ -532,7 +559,7 @@ impl ScoringService for ScoringApi {
         let revoked = || Status::from(ScoringError::Revoked);
         tokio::spawn(async move {
             let send = |s: &Scored| pb::WatchScorecardResponse {
-                scorecard: Some(s.wire()),
+                scorecard: Some(s.wire(&api.catalog, locale)),
             };
             if tx.send(Ok(send(&first))).await.is_err() {
                 return;
@@ -633,6 +660,7 @@ impl ScoringService for ScoringApi {
         request: Request<pb::GetDepartmentWorklistRequest>,
     ) -> Result<Response<pb::GetDepartmentWorklistResponse>, Status> {
         authorize(&request, &self.org().access, Action::Read)?;
+        let locale = wording::locale_of(request.metadata());
         let req = request.into_inner();
         check_identifier("department", &req.department)?;
         let org = self.org();
@@ -697,7 +725,7 @@ impl ScoringService for ScoringApi {
                         .collect(),
                     None => Vec::new(),
                 };
-                pb::WorklistEntry {
+                let mut entry = pb::WorklistEntry {
                     code: duty.subject.clone(),
                     role: match duty.role {
                         citycredit_core::city::Role::Lead => pb::ResponsibilityRole::Lead,
@@ -717,7 +745,9 @@ impl ScoringService for ScoringApi {
                     missing_metrics,
                     gaps,
                     awaiting_assessment,
-                }
+                };
+                wording::entry(&self.catalog, &mut entry, locale);
+                entry
             })
             .collect();
         Ok(Response::new(pb::GetDepartmentWorklistResponse {
