@@ -59,6 +59,11 @@ pub fn start(bin: &str, service: &str, dir: &std::path::Path, env: &[(&str, Stri
     .env("CITYCREDIT_GATEWAY__PER_PRINCIPAL_RATE", "1000000")
     .env("CITYCREDIT_GATEWAY__PER_PRINCIPAL_BURST", "1000000")
     .env("CITYCREDIT_GATEWAY__MAX_CONCURRENT_CALLS", "4096")
+    // A fixed limit: these benches measure what forwarding costs, not shedding (the `overload`
+    // subcommand measures that). With the adaptive limit, one principal's 64 calls in flight
+    // are shed (RESOURCE_EXHAUSTED) once the limit falls, and a run of failures is no figure.
+    .env("CITYCREDIT_GATEWAY__MIN_CONCURRENT_CALLS", "4096")
+    .env("CITYCREDIT_GATEWAY__MAX_CALLS_PER_PRINCIPAL", "4096")
     .stderr(Stdio::piped());
     if let Ok(url) = std::env::var("DATABASE_URL") {
         cmd.env("CITYCREDIT_DATABASE_URL", url);
