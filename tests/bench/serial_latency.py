@@ -6,7 +6,7 @@ tests/python/run.sh (it creates target/ci-tools/pyvenv and the stubs in tests/py
     python tests/bench/serial_latency.py --addr 127.0.0.1:50051 --key <admin key> --calls 500
         the quick set: GetScorecard, ListDepartments, GetCatalog.
     python tests/bench/serial_latency.py --addr ... --key ... --workload client --echo ADDR
-        the RPCs users call often (SubmitValue, SubmitBatch of 100, GetScorecard cached and
+        the RPCs users call often (--shape bench|wide: which departments report; SubmitValue, SubmitBatch of 100, GetScorecard cached and
         uncached, ExplainIndicator, GetDepartmentWorklist, QueryAggregates), each beside the
         echo anchor at ADDR called with a request and an answer of the same sizes.
 
@@ -51,6 +51,8 @@ TIMEOUT_S = 10
 ECHO_PATH = "/citycredit.bench.Echo/Echo"
 REGIONS = ["330800", "330802", "330803", "330822", "330824", "330825", "330881"]
 PERIOD = "2026"
+# The departments of `citycredit-bench aggregate` (tests/bench/main.rs DEPARTMENTS).
+BENCH_DEPARTMENTS = ["samr", "tax", "court", "civil-affairs", "business-env"]
 
 
 class Failed(Exception):
@@ -149,8 +151,11 @@ def platform_key(channel, md):
     return (("authorization", f"Bearer {key.secret}"),)
 
 
-def client(bench, channel, md):
-    """The RPCs users call often, one call in flight each."""
+def client(bench, channel, md, shape):
+    """The RPCs users call often, one call in flight each. The values: COUNT metrics over every
+    region, from the 5 departments of `citycredit-bench aggregate` (shape "bench": at most
+    44 x 7 x 5 = 1,540 current values, that benchmark's shape) or from every department (shape
+    "wide": at most 44 x 7 x 50 = 15,400, every department reporting every COUNT metric)."""
     submissions = sub_grpc.MetricSubmissionServiceStub(channel)
     scoring = score_grpc.ScoringServiceStub(channel)
     indicators = ind_grpc.IndicatorServiceStub(channel)
@@ -160,6 +165,8 @@ def client(bench, channel, md):
     counts = [m.key for m in metrics.metrics if m.kind == common.METRIC_KIND_COUNT]
     departments = [d.code for d in registry.ListDepartments(
         reg_pb.ListDepartmentsRequest(page_size=100), metadata=md, timeout=TIMEOUT_S).departments]
+    if shape == "bench":
+        departments = [d for d in BENCH_DEPARTMENTS if d in departments]
     if not counts or not departments:
         raise Failed(f"{len(counts)} COUNT metrics, {len(departments)} departments")
     seq = [0]
@@ -273,6 +280,8 @@ def main():
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--workload", choices=["quick", "client"], default="quick")
     parser.add_argument("--echo", help="address of the bench's echo anchor")
+    parser.add_argument("--shape", choices=["bench", "wide"], default="bench",
+                        help="which departments report (see client())")
     args = parser.parse_args()
     channel = grpc.insecure_channel(args.addr)
     grpc.channel_ready_future(channel).result(timeout=TIMEOUT_S)
@@ -282,7 +291,7 @@ def main():
         if args.workload == "quick":
             quick(bench, channel, md)
         else:
-            client(bench, channel, md)
+            client(bench, channel, md, args.shape)
     except grpc.RpcError as err:
         print(f"serial_latency.py: RPC failed: {err.code()}: {err.details()}", file=sys.stderr)
         sys.exit(1)
