@@ -2,8 +2,12 @@
 //! ratios to the targets of the ingestion issue. Build with `--release`. PostgreSQL runs use
 //! `DATABASE_URL` and a fresh schema that is dropped afterwards.
 
+mod access_log;
 mod attacks;
+mod client_latency;
+mod echo;
 mod overload;
+mod pg_ceiling;
 mod serial_latency;
 
 use std::sync::Arc;
@@ -47,7 +51,8 @@ enum Periods {
 #[derive(Subcommand)]
 enum Cmd {
     /// The split topology as real processes: direct vs through the gateway, ingest through it,
-    /// the gateway's memory. Uses DATABASE_URL when set (PostgreSQL), else SQLite.
+    /// the memory of every process, and on PostgreSQL the database's own ceiling for the same
+    /// rows (UNNEST and COPY, no platform). Uses DATABASE_URL when set (PostgreSQL), else SQLite.
     Gateway {
         /// The citycredit binary (build it with --release).
         #[arg(long, default_value = "target/release/citycredit")]
@@ -142,6 +147,36 @@ enum Cmd {
         bin: String,
         #[arg(long, default_value_t = 500)]
         calls: usize,
+    },
+    /// The serial latency table as a Python grpcio client sees it (its own process, real
+    /// sockets): SubmitValue, SubmitBatch of 100, GetScorecard cached and uncached,
+    /// ExplainIndicator, GetDepartmentWorklist, QueryAggregates, direct to the all-in-one
+    /// platform and through the gateway of the split topology, each beside a bare tonic echo
+    /// anchor of the same sizes called by the same client; memory of every process after each
+    /// load. PostgreSQL when DATABASE_URL names it, else SQLite. Needs tests/python/run.sh to
+    /// have set up its venv (exits 2 otherwise).
+    ClientLatency {
+        /// The citycredit binary (build it with --release).
+        #[arg(long, default_value = "target/release/citycredit")]
+        bin: String,
+        #[arg(long, default_value_t = 300)]
+        calls: usize,
+        #[arg(long, value_enum, default_value = "both")]
+        topology: client_latency::Topo,
+    },
+    /// The gateway's access log at its default (every call), sampled and failures only:
+    /// calls/s, the gateway's CPU, bytes of log per call (split topology, four processes).
+    AccessLog {
+        /// The citycredit binary (build it with --release).
+        #[arg(long, default_value = "target/release/citycredit")]
+        bin: String,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// N of the sampled run: one successful call in N is logged.
+        #[arg(long, default_value_t = 100)]
+        sampled: u32,
     },
     /// Overload through the gateway of four processes (PostgreSQL from DATABASE_URL): the
     /// sustainable push rate, then each factor times it; goodput, p99, shedding, the adaptive
@@ -510,6 +545,17 @@ fn main() {
                 rate,
             } => attacks::worker(kind, addr, key, seconds, rate).await,
             Cmd::SerialLatency { bin, calls } => serial_latency::run(&bin, calls).await,
+            Cmd::ClientLatency {
+                bin,
+                calls,
+                topology,
+            } => client_latency::run(&bin, calls, topology).await,
+            Cmd::AccessLog {
+                bin,
+                seconds,
+                clients,
+                sampled,
+            } => access_log::run(&bin, seconds, clients, sampled).await,
             Cmd::Overload {
                 clients,
                 measure_secs,

@@ -11,13 +11,8 @@ use tokio::process::Command;
 use crate::attacks::{ADMIN, start_platform};
 
 pub async fn run(bin: &str, calls: usize) {
+    crate::client_latency::need_python("serial-latency");
     let python = Path::new("target/ci-tools/pyvenv/bin/python");
-    if !python.exists() || !Path::new("tests/python/gen/citycredit/v1/common_pb2.py").exists() {
-        eprintln!(
-            "serial-latency needs the Python venv and stubs: run tests/python/run.sh once (from the repository root)"
-        );
-        std::process::exit(2);
-    }
     let platform = start_platform(bin).await;
     let db = match std::env::var("DATABASE_URL") {
         Ok(u) if u.starts_with("postgres") => "PostgreSQL",
