@@ -198,7 +198,7 @@ pub fn line_chart(
     const L: i64 = 34;
     const B: i64 = 22;
     let n = i64::try_from(labels.len()).unwrap_or(1).max(1);
-    let step = if n > 1 { (W - L - 10) / (n - 1) } else { 0 };
+    let step = if n > 1 { (W - L - 26) / (n - 1) } else { 0 };
     let max = max.max(1);
     let y = |v: i64| H - B - (v.clamp(0, max) * (H - B - 10)) / max;
     let mut out = String::new();

@@ -171,9 +171,12 @@ fn secured(mut resp: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Not `no-referrer`: with it a browser sends `Origin: null` on the pages' own form POSTs,
+    // which the origin check then cannot tell from another site's. Evidence links carry
+    // `rel="noreferrer"` themselves.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     resp
@@ -219,9 +222,14 @@ fn cookie_id(req: &http::Request<Body>) -> Option<String> {
 }
 
 /// A POST must come from these pages: a browser sends `Origin` with every form POST, and it
-/// must name this host. (The SameSite=Strict cookie already keeps other sites' forms from
-/// carrying the session.)
+/// must name this host; `Sec-Fetch-Site`, when sent, must not say another site. (The
+/// SameSite=Strict cookie already keeps other sites' forms from carrying the session.)
 fn same_origin(req: &http::Request<Body>) -> bool {
+    if let Some(site) = req.headers().get("sec-fetch-site")
+        && site.as_bytes() == b"cross-site"
+    {
+        return false;
+    }
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return true;
     };
@@ -231,15 +239,19 @@ fn same_origin(req: &http::Request<Body>) -> bool {
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
         .or_else(|| req.uri().authority().map(|a| a.to_string()));
-    match (origin.to_str().ok(), host) {
+    let same = match (origin.to_str().ok(), host.as_deref()) {
         (Some(o), Some(h)) => {
             let rest = o
                 .strip_prefix("http://")
                 .or_else(|| o.strip_prefix("https://"));
-            rest == Some(h.as_str())
+            rest == Some(h)
         }
         _ => false,
+    };
+    if !same {
+        tracing::info!(origin = ?origin, host = ?host, "web: form from another origin refused");
     }
+    same
 }
 
 /// What a page was asked with, checked.
@@ -305,8 +317,9 @@ impl Web {
                 "text/javascript; charset=utf-8",
                 include_str!("../../web-assets/app.js"),
             ),
+            // No icon: an empty answer rather than an error in the browser's console.
             (Method::GET | Method::HEAD, "/favicon.ico") => {
-                respond(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "")
+                respond(StatusCode::NO_CONTENT, "text/plain; charset=utf-8", "")
             }
             (Method::GET | Method::HEAD, "/" | "/signin") => match self.session(&req) {
                 Some(_) => redirect("/scorecard"),

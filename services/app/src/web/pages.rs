@@ -803,7 +803,7 @@ pub async fn worklist(web: &Web, s: &Session, ask: &Ask) -> Result<String, PageE
         body,
         "<h1>工作清单 <span class=\"en\">Worklist</span> · <span id=\"worklist-department\">{}</span> \
          <span class=\"muted\">{}</span> · {}</h1>\
-         <table id=\"worklist\" class=\"sortable\"><thead><tr><th>事项 <span class=\"en\">Subject</span></th>\
+         <div class=\"scroll\"><table id=\"worklist\" class=\"sortable\"><thead><tr><th>事项 <span class=\"en\">Subject</span></th>\
          <th>名称 <span class=\"en\">Title</span></th><th>职责 <span class=\"en\">Role</span></th>\
          <th>状态 <span class=\"en\">Status</span></th><th>未报送 <span class=\"en\">Not reported</span></th>\
          <th>待评估 <span class=\"en\">Awaiting assessment</span></th><th>差距 <span class=\"en\">Gaps</span></th></tr></thead><tbody>",
@@ -861,7 +861,7 @@ pub async fn worklist(web: &Web, s: &Session, ask: &Ask) -> Result<String, PageE
                 .join("<br>")
         );
     }
-    body.push_str("</tbody></table>");
+    body.push_str("</tbody></table></div>");
     Ok(html::page(
         "工作清单 Worklist",
         "/worklist",
