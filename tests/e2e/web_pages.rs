@@ -2,6 +2,7 @@
 //! browser speaks to a plaintext address) against a real server on a loopback port, on SQLite
 //! and PostgreSQL: sign-in and the session cookie's flags, every page with its content, a
 //! department kept to its own worklist, a hostile value escaped, the bounded session store,
+//! failed sign-ins limited per source, a revoked key ending its session,
 //! sign-out, a cross-site form refused, the live scorecard over server-sent events, and gRPC
 //! still answered on the same port.
 
@@ -156,6 +157,8 @@ async fn the_pages_on_the_grpc_port(backend: Backend) {
     let server = TestServer::start_with(move |c| {
         use_backend(c, backend, &s);
         c.web.max_sessions = 3;
+        c.gateway.failed_auth_per_source_burst = 4;
+        c.gateway.failed_auth_per_source_rate = 1;
     })
     .await;
     let addr = server.addr;
@@ -430,6 +433,41 @@ async fn the_pages_on_the_grpc_port(backend: Backend) {
         let a = get(addr, "/completeness?period=2026", id).await;
         assert_eq!(a.status, 200);
     }
+    // Guessing keys through the form is limited per source address, as over gRPC.
+    let mut limited = false;
+    for _ in 0..8 {
+        let a = sign_in(addr, "cc_guess0000_not-the-secret").await;
+        assert!(a.session().is_none());
+        if a.body.contains("请稍后再试") {
+            limited = true;
+            break;
+        }
+        assert!(a.body.contains("API 密钥无效"), "{}", a.body);
+    }
+    assert!(limited, "eight failed sign-ins in a row were never limited");
+
+    // A key revoked while signed in ends its session at the next page.
+    let a = sign_in(addr, &samr).await;
+    let revoked = a.session().unwrap_or_else(|| panic!("{}", a.body));
+    let a = get(addr, "/worklist?period=2026", &revoked).await;
+    assert_eq!(a.status, 200);
+    server
+        .registry()
+        .revoke_api_key(pb::RevokeApiKeyRequest {
+            name: citycredit_registry::keys::prefix_of(&samr).to_owned(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("revoke: {e}"));
+    let a = get(addr, "/worklist?period=2026", &revoked).await;
+    assert_eq!(
+        a.status, 303,
+        "a revoked key's session still works: {}",
+        a.body
+    );
+    assert_eq!(a.header("location"), Some("/signin"));
+    let a = get(addr, "/scorecard", &revoked).await;
+    assert_eq!(a.status, 303);
+
     // A forged cookie is not a session.
     let a = get(addr, "/scorecard", &"ab".repeat(32)).await;
     assert_eq!(a.status, 303);

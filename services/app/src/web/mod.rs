@@ -37,6 +37,7 @@ use citycredit::org::OrgView;
 use citycredit::proto::v1 as pb;
 use citycredit_core::auth::Principal;
 use citycredit_core::catalog::Catalog;
+use citycredit_gateway::transport::ConnInfo;
 use citycredit_registry::KeyView;
 
 use session::{Session, SessionLimits, Sessions};
@@ -458,6 +459,9 @@ impl Web {
                 "cross-origin form refused",
             );
         }
+        // The gateway limits failed authentications per source address: the probe carries the
+        // browser's connection, so guessing keys through this form is limited the same way.
+        let conn = req.extensions().get::<ConnInfo>().cloned();
         let Some(form) = Self::read_form(req).await else {
             return html_page(
                 StatusCode::BAD_REQUEST,
@@ -474,7 +478,7 @@ impl Web {
                 pages::sign_in(Some("请输入 API 密钥 Enter an API key")),
             );
         }
-        match self.authenticate(&key).await {
+        match self.authenticate(&key, conn).await {
             Ok(principal) => {
                 tracing::info!(principal = %principal.id, "web sign-in");
                 let id = self.sessions.create(key, principal);
@@ -496,11 +500,12 @@ impl Web {
     /// The key's principal, as the gateway authenticates it: one call through the gateway
     /// (which counts failures per source and reloads keys made in another process), then the
     /// same key table it used.
-    async fn authenticate(&self, key: &str) -> Result<Principal, String> {
-        let probe = self
-            .indicators()
-            .list_indicators(call(key, pb::ListIndicatorsRequest::default()))
-            .await;
+    async fn authenticate(&self, key: &str, conn: Option<ConnInfo>) -> Result<Principal, String> {
+        let mut request = call(key, pb::ListIndicatorsRequest::default());
+        if let Some(conn) = conn {
+            request.extensions_mut().insert(conn);
+        }
+        let probe = self.indicators().list_indicators(request).await;
         if let Err(s) = probe {
             return Err(match s.code() {
                 tonic::Code::Unauthenticated => {
