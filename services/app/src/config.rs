@@ -162,6 +162,9 @@ pub struct Config {
     /// Remote services, for `service = "gateway"` and `"scoring"`.
     #[serde(default)]
     pub upstreams: Upstreams,
+    /// The read-only web pages on the gRPC port (modes `all` and `gateway`).
+    #[serde(default)]
+    pub web: crate::web::WebSettings,
     /// TLS for this process's listener.
     pub tls: Option<TlsSettings>,
     /// TLS for calls to upstreams.
@@ -236,6 +239,7 @@ impl Default for Config {
             identity: IdentitySettings::default(),
             gateway: GatewaySettings::default(),
             upstreams: Upstreams::default(),
+            web: crate::web::WebSettings::default(),
             tls: None,
             upstream_tls: None,
             metrics_listen: None,

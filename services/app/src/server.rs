@@ -244,7 +244,9 @@ pub async fn serve(
                 upstream::local(ingestion.code_audit_service(), ingestion_front),
             );
             let edge = edge_signer(signer.take())?;
-            gateway_routes(&config, routes, health_service, &registry, edge, &metrics)?
+            let routes =
+                gateway_routes(&config, routes, health_service, &registry, edge, &metrics)?;
+            with_pages(&config, routes, &registry, &catalog)
         }
         ServiceMode::Gateway => {
             let mut routes: HashMap<String, Upstream> = HashMap::new();
@@ -265,7 +267,9 @@ pub async fn serve(
                 }
             }
             let edge = edge_signer(signer.take())?;
-            gateway_routes(&config, routes, health_service, &registry, edge, &metrics)?
+            let routes =
+                gateway_routes(&config, routes, health_service, &registry, edge, &metrics)?;
+            with_pages(&config, routes, &registry, &catalog)
         }
         ServiceMode::Ingestion => {
             let ingestion = start_ingestion(&config, db.clone(), Arc::clone(&catalog), &registry);
@@ -325,6 +329,15 @@ pub async fn serve(
         source,
     })?;
     tracing::info!(%addr, service = mode.as_str(), tls = config.tls.is_some(), "serving gRPC");
+    let pages = config.web.enabled && matches!(mode, ServiceMode::All | ServiceMode::Gateway);
+    if pages {
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(url = %format!("{scheme}://{addr}/"), "serving web pages");
+    }
 
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -333,7 +346,9 @@ pub async fn serve(
         // A peer that opens and resets streams in a loop (rapid reset) is cut off early.
         .http2_max_pending_accept_reset_streams(Some(
             usize::try_from(g.http2_max_concurrent_streams).unwrap_or(usize::MAX),
-        ));
+        ))
+        // Browsers speak HTTP/1.1 to a plaintext address; gRPC callers keep HTTP/2.
+        .accept_http1(pages);
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(server_tls(tls)?.timeout(limits.handshake_timeout))?;
     }
@@ -557,6 +572,27 @@ fn open_routes(
     Ok(Routes::new(health)
         .add_service(builder().build_v1()?)
         .add_service(builder().build_v1alpha()?))
+}
+
+/// The web pages in front of the gateway's routes on the same port, when enabled
+/// (`crate::web`): `application/grpc*` requests go to the gateway as before.
+fn with_pages(
+    config: &Config,
+    routes: Routes,
+    registry: &Arc<Registry>,
+    catalog: &Arc<Catalog>,
+) -> Routes {
+    if !config.web.enabled {
+        return routes;
+    }
+    crate::web::mount(
+        routes,
+        &config.web,
+        registry.keys(),
+        Arc::clone(catalog),
+        registry.org(),
+        config.tls.is_some(),
+    )
 }
 
 /// Services running alone: behind the front that verifies the gateway's signed identity.

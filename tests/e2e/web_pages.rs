@@ -1,0 +1,495 @@
+//! Issue 14, point 1: the read-only web pages on the gRPC port. A plain HTTP/1.1 client (as a
+//! browser speaks to a plaintext address) against a real server on a loopback port, on SQLite
+//! and PostgreSQL: sign-in and the session cookie's flags, every page with its content, a
+//! department kept to its own worklist, a hostile value escaped, the bounded session store,
+//! failed sign-ins limited per source, a revoked key ending its session,
+//! sign-out, a cross-site form refused, the live scorecard over server-sent events, and gRPC
+//! still answered on the same port.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use citycredit::proto::v1 as pb;
+use citycredit_tests::ingestion::number_input;
+use citycredit_tests::{ADMIN_KEY, Backend, TestServer, both_databases, fresh_schema, use_backend};
+
+/// One HTTP/1.1 answer.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The session cookie this answer sets (its value).
+    fn session(&self) -> Option<String> {
+        let c = self.header("set-cookie")?;
+        let v = c.strip_prefix("cc_session=")?.split(';').next()?;
+        (!v.is_empty()).then(|| v.to_owned())
+    }
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(end) = raw.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = std::str::from_utf8(&raw[..end])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
+            .unwrap_or(0);
+        if size == 0 || raw.len() < end + 2 + size {
+            return out;
+        }
+        out.extend_from_slice(&raw[end + 2..end + 2 + size]);
+        raw = &raw[(end + 4 + size).min(raw.len())..];
+    }
+}
+
+/// Sends one request (`Connection: close`) and reads the whole answer.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    extra: &[(&str, &str)],
+    form: Option<&str>,
+) -> Answer {
+    let mut s = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(c) = cookie {
+        req.push_str(&format!("Cookie: cc_session={c}\r\n"));
+    }
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(f) = form {
+        req.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            f.len()
+        ));
+    }
+    req.push_str("\r\n");
+    if let Some(f) = form {
+        req.push_str(f);
+    }
+    s.write_all(req.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("write: {e}"));
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut raw))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no answer within 30 s"))
+        .unwrap_or_else(|e| panic!("read: {e}"));
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("{method} {path}: no header end"));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {path}: bad status line"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let rest = &raw[split + 4..];
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8(body).unwrap_or_else(|e| panic!("{path}: not UTF-8: {e}")),
+    }
+}
+
+async fn sign_in(addr: SocketAddr, key: &str) -> Answer {
+    let form = format!("key={}", key.replace('+', "%2B"));
+    http(addr, "POST", "/signin", None, &[], Some(&form)).await
+}
+
+async fn get(addr: SocketAddr, path: &str, cookie: &str) -> Answer {
+    http(addr, "GET", path, Some(cookie), &[], None).await
+}
+
+fn page_ok(a: &Answer, path: &str, expected: &[&str]) {
+    assert_eq!(a.status, 200, "{path}: {}", a.body);
+    assert!(
+        a.header("content-type")
+            .is_some_and(|c| c.starts_with("text/html")),
+        "{path}"
+    );
+    let csp = a.header("content-security-policy").unwrap_or_default();
+    assert!(csp.contains("default-src 'none'"), "{path}: {csp}");
+    assert!(csp.contains("script-src 'self'"), "{path}: {csp}");
+    for e in expected {
+        assert!(a.body.contains(e), "{path}: no {e:?} in\n{}", a.body);
+    }
+}
+
+const HOSTILE: &str = "<script>alert('x')</script>\"><img src=x onerror=alert(1)>";
+
+async fn the_pages_on_the_grpc_port(backend: Backend) {
+    let schema = fresh_schema();
+    let s = schema.to_string();
+    let server = TestServer::start_with(move |c| {
+        use_backend(c, backend, &s);
+        c.web.max_sessions = 3;
+        c.gateway.failed_auth_per_source_burst = 4;
+        c.gateway.failed_auth_per_source_rate = 1;
+    })
+    .await;
+    let addr = server.addr;
+    let operator = server
+        .create_principal("web-operator", pb::Role::Operator, None)
+        .await;
+    let samr = server
+        .create_principal("web-samr", pb::Role::Department, Some("samr"))
+        .await;
+
+    // Signed out: the sign-in form; pages send you there.
+    let a = http(addr, "GET", "/", None, &[], None).await;
+    page_ok(&a, "/", &["action=\"/signin\"", "name=\"key\""]);
+    let a = http(addr, "GET", "/scorecard", None, &[], None).await;
+    assert_eq!(a.status, 303);
+    assert_eq!(a.header("location"), Some("/signin"));
+    let a = sign_in(addr, "cc_nobody_not-a-key").await;
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert!(a.session().is_none());
+    assert!(a.body.contains("id=\"error\""));
+
+    // A form from another site is refused whatever it carries.
+    let a = http(
+        addr,
+        "POST",
+        "/signin",
+        None,
+        &[("Origin", "http://evil.example")],
+        Some(&format!("key={operator}")),
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert!(a.session().is_none());
+
+    // Sign in: a 256-bit random id in an HttpOnly, SameSite=Strict cookie for the whole site.
+    let a = sign_in(addr, &operator).await;
+    assert_eq!(a.status, 303, "{}", a.body);
+    assert_eq!(a.header("location"), Some("/scorecard"));
+    let cookie = a.header("set-cookie").unwrap_or_default().to_owned();
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(cookie.contains("Path=/"), "{cookie}");
+    assert!(
+        !cookie.contains(&operator),
+        "the key never goes to the browser"
+    );
+    let op = a
+        .session()
+        .unwrap_or_else(|| panic!("no session: {cookie}"));
+    assert_eq!(op.len(), 64);
+    assert!(op.bytes().all(|b| b.is_ascii_hexdigit()));
+
+    // A department reports a value with a hostile note and evidence link.
+    let dept = server.with_key(&samr);
+    let mut submit =
+        pb::metric_submission_service_client::MetricSubmissionServiceClient::new(dept.clone());
+    let mut input = number_input("uscc.stock_codes_total", "330800", "2026", "samr", "100");
+    input.note = HOSTILE.into();
+    input.evidence_uri = "https://evidence.example/report?id=1&x=<b>".into();
+    submit
+        .submit_value(pb::SubmitValueRequest {
+            value: Some(input),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("submit: {e}"));
+
+    // Every page, with its content.
+    let a = get(addr, "/scorecard?region=330800&period=2026", &op).await;
+    page_ok(
+        &a,
+        "/scorecard",
+        &[
+            "id=\"outcome\"",
+            "数据不全 Incomplete",
+            "id=\"guiding-total\"",
+            "/ 54.00",
+            "无数据",
+            "id=\"items\"",
+            "E01",
+            "data-live=\"/events/scorecard?region=330800&amp;period=2026\"",
+        ],
+    );
+    assert_eq!(
+        a.body.matches("<li class=\"light ").count(),
+        10,
+        "ten basic lights"
+    );
+    assert_eq!(
+        a.body.matches("<svg class=\"bar\"").count(),
+        10,
+        "ten guiding bars"
+    );
+    // "No data" is not "fail": nothing fails yet.
+    assert!(!a.body.contains("light fail"), "{}", a.body);
+
+    let a = get(addr, "/counties?period=2026", &op).await;
+    page_ok(
+        &a,
+        "/counties",
+        &[
+            "id=\"league\"",
+            "class=\"sortable league\"",
+            "id=\"charts\"",
+            "<polyline",
+        ],
+    );
+    assert!(
+        a.body.matches("<tr data-region=").count() >= 2,
+        "{}",
+        a.body
+    );
+    assert!(a.body.matches("<figure class=\"chart\">").count() >= 20);
+
+    let a = get(addr, "/explain?code=B01&region=330800&period=2026", &op).await;
+    page_ok(
+        &a,
+        "/explain",
+        &[
+            "id=\"rule\"",
+            "id=\"terms\"",
+            "uscc.stock_codes_total",
+            "存量代码总数",
+            "class=\"source\"",
+            "principals/web-samr",
+            "href=\"https://evidence.example/report?id=1&amp;x=%3Cb%3E\"",
+            "id=\"gaps\"",
+            "id=\"responsible\"",
+            "市场监管",
+        ],
+    );
+    // The hostile note is shown as text, never as markup.
+    assert!(!a.body.contains("<script>alert"), "{}", a.body);
+    assert!(!a.body.contains("<img src=x"), "{}", a.body);
+    assert!(
+        a.body
+            .contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&quot;&gt;&lt;img src=x"),
+        "{}",
+        a.body
+    );
+
+    let a = get(addr, "/worklist?department=samr&period=2026", &op).await;
+    page_ok(
+        &a,
+        "/worklist",
+        &["id=\"worklist\"", "B01", "id=\"department\""],
+    );
+    let a = get(addr, "/completeness?period=2026", &op).await;
+    page_ok(
+        &a,
+        "/completeness",
+        &["id=\"completeness\"", "data-department=\"samr\"", "✔", "✘"],
+    );
+    let others = a.body.matches("<tr data-department=").count();
+    assert!(others > 1, "an operator sees every department");
+
+    // Live: the scorecard page's event stream sends the card, and again when a value changes.
+    let mut live = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    live.write_all(
+        format!(
+            "GET /events/scorecard?region=330800&period=2026 HTTP/1.1\r\nHost: {addr}\r\nCookie: cc_session={op}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut seen = String::new();
+    read_until(&mut live, &mut seen, "event: scorecard").await;
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    let before = seen.matches("event: scorecard").count();
+    let mut input = number_input(
+        "uscc.stock_codes_converted",
+        "330800",
+        "2026",
+        "samr",
+        "100",
+    );
+    input.note = "live".into();
+    submit
+        .submit_value(pb::SubmitValueRequest {
+            value: Some(input),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("submit: {e}"));
+    let target = before + 1;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let mut buf = [0u8; 8192];
+            let n = live.read(&mut buf).await.unwrap_or(0);
+            assert!(n > 0, "the event stream ended: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if seen.matches("event: scorecard").count() > target - 1
+                && seen.rsplit("event: scorecard").next().is_some_and(|last| {
+                    last.contains("data-code=\"B01\"")
+                        && last.contains("light ok\" data-code=\"B01\"")
+                })
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no live update showing B01 passing: {seen}"));
+    drop(live);
+
+    // gRPC still works on the same port.
+    let mut scoring =
+        pb::scoring_service_client::ScoringServiceClient::new(server.with_key(&operator));
+    let card = scoring
+        .get_scorecard(pb::GetScorecardRequest {
+            region_code: "330800".into(),
+            period: "2026".into(),
+            as_of: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("gRPC on the pages' port: {e}"))
+        .into_inner()
+        .scorecard
+        .unwrap_or_default();
+    assert_eq!(card.indicators.len(), 20);
+
+    // A department sees its own worklist and its own completeness row, not another's.
+    let a = sign_in(addr, &samr).await;
+    let dept_session = a.session().unwrap_or_else(|| panic!("{}", a.body));
+    let a = get(addr, "/worklist?period=2026", &dept_session).await;
+    page_ok(
+        &a,
+        "/worklist",
+        &["id=\"worklist\"", "id=\"worklist-department\""],
+    );
+    assert!(
+        !a.body.contains("id=\"department\""),
+        "no department picker"
+    );
+    let a = get(
+        addr,
+        "/worklist?department=cpc-staffing&period=2026",
+        &dept_session,
+    )
+    .await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert!(!a.body.contains("id=\"worklist\""));
+    let a = get(addr, "/completeness?period=2026", &dept_session).await;
+    page_ok(&a, "/completeness", &["data-department=\"samr\""]);
+    assert_eq!(a.body.matches("<tr data-department=").count(), 1);
+
+    // Sign out: the session is gone server-side, the cookie cleared.
+    let a = http(addr, "POST", "/signout", Some(&dept_session), &[], Some("")).await;
+    assert_eq!(a.status, 303);
+    assert!(
+        a.header("set-cookie")
+            .is_some_and(|c| c.contains("Max-Age=0")),
+        "{:?}",
+        a.headers
+    );
+    let a = get(addr, "/scorecard", &dept_session).await;
+    assert_eq!(a.status, 303, "a signed-out session no longer works");
+
+    // The store is bounded (max_sessions = 3 here): the least recently used session ends.
+    let _ = get(addr, "/scorecard", &op).await;
+    let mut newer = Vec::new();
+    for _ in 0..3 {
+        let a = sign_in(addr, ADMIN_KEY).await;
+        newer.push(a.session().unwrap_or_else(|| panic!("{}", a.body)));
+    }
+    let a = get(addr, "/scorecard", &op).await;
+    assert_eq!(a.status, 303, "the oldest session was ended");
+    for id in &newer {
+        let a = get(addr, "/completeness?period=2026", id).await;
+        assert_eq!(a.status, 200);
+    }
+    // Guessing keys through the form is limited per source address, as over gRPC.
+    let mut limited = false;
+    for _ in 0..8 {
+        let a = sign_in(addr, "cc_guess0000_not-the-secret").await;
+        assert!(a.session().is_none());
+        if a.body.contains("请稍后再试") {
+            limited = true;
+            break;
+        }
+        assert!(a.body.contains("API 密钥无效"), "{}", a.body);
+    }
+    assert!(limited, "eight failed sign-ins in a row were never limited");
+
+    // A key revoked while signed in ends its session at the next page.
+    let a = sign_in(addr, &samr).await;
+    let revoked = a.session().unwrap_or_else(|| panic!("{}", a.body));
+    let a = get(addr, "/worklist?period=2026", &revoked).await;
+    assert_eq!(a.status, 200);
+    server
+        .registry()
+        .revoke_api_key(pb::RevokeApiKeyRequest {
+            name: citycredit_registry::keys::prefix_of(&samr).to_owned(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("revoke: {e}"));
+    let a = get(addr, "/worklist?period=2026", &revoked).await;
+    assert_eq!(
+        a.status, 303,
+        "a revoked key's session still works: {}",
+        a.body
+    );
+    assert_eq!(a.header("location"), Some("/signin"));
+    let a = get(addr, "/scorecard", &revoked).await;
+    assert_eq!(a.status, 303);
+
+    // A forged cookie is not a session.
+    let a = get(addr, "/scorecard", &"ab".repeat(32)).await;
+    assert_eq!(a.status, 303);
+
+    server.stop().await.unwrap_or_else(|e| panic!("stop: {e}"));
+}
+
+async fn read_until(s: &mut TcpStream, seen: &mut String, needle: &str) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !seen.contains(needle) {
+            let mut buf = [0u8; 8192];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            assert!(n > 0, "stream ended: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {needle:?} within 20 s: {seen}"));
+}
+
+both_databases!(
+    the_pages_on_the_grpc_port,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
