@@ -99,7 +99,12 @@ impl Summary {
         }
         let _ = write!(
             out,
-            "imported {}, updated {}, unchanged {}, refused {}",
+            "{}imported {}, updated {}, unchanged {}, refused {}",
+            if self.dry_run && self.refused.is_empty() {
+                "would be "
+            } else {
+                ""
+            },
             self.imported,
             self.updated,
             self.unchanged,
