@@ -121,9 +121,14 @@ impl Summary {
         } else if self.dry_run {
             out.push_str("dry run: everything was checked, nothing was stored\n");
         } else if let Some((first, last)) = self.stored {
+            let ids = if first == last {
+                format!("submissions/{first}")
+            } else {
+                format!("submissions/{first}..submissions/{last}")
+            };
             let _ = writeln!(
                 out,
-                "stored as submissions/{first}..submissions/{last}{}",
+                "stored as {ids}{}",
                 if self.replayed {
                     " (an earlier attempt had stored them)"
                 } else {

@@ -420,20 +420,26 @@ fn read_csv(bytes: &[u8]) -> Result<Table, ReadError> {
         rows: Vec::new(),
     };
     // A .csv row is numbered by the line it starts on: what a spreadsheet shows, as long as no
-    // cell before it holds a line break.
+    // cell before it holds a line break. The csv reader skips blank lines and may give the
+    // offset of the line break before the record: count the line breaks before its first
+    // character (counted on from the previous record: records only move forward).
+    let mut counted = 0usize;
+    let mut line = 1usize;
     for record in reader.records() {
         let record = record.map_err(|e| refused(format!("the .csv file: {e}")))?;
-        // The csv reader skips blank lines and may give the offset of the line break before
-        // the record: count the line breaks before its first character.
         let start = record
             .position()
             .map_or(0, |p| usize::try_from(p.byte()).unwrap_or(usize::MAX))
-            .min(bytes.len());
+            .clamp(counted, bytes.len());
         let first = bytes[start..]
             .iter()
             .position(|b| *b != b'\n' && *b != b'\r')
             .map_or(bytes.len(), |i| start + i);
-        let line = 1 + bytes[..first].iter().filter(|b| **b == b'\n').count();
+        line += bytes[counted..first]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count();
+        counted = first;
         let cells = record.iter().map(|f| bounded(f.to_owned())).collect();
         builder.push(line, cells)?;
     }
