@@ -493,6 +493,46 @@ mod tests {
     }
 
     #[test]
+    fn xlsx_cells_as_text() {
+        let mut book = rust_xlsxwriter::Workbook::new();
+        let sheet = book.add_worksheet();
+        let write = |r: Result<&mut rust_xlsxwriter::Worksheet, rust_xlsxwriter::XlsxError>| {
+            r.unwrap_or_else(|e| panic!("{e}"));
+        };
+        write(sheet.write_string(0, 0, "指标 metric"));
+        write(sheet.write_string(0, 1, "数值 value"));
+        write(sheet.write_string(0, 2, "期间 period"));
+        // Row 2 is blank; row 3 has a typed number, a boolean and a date.
+        write(sheet.write_string(2, 0, "uscc.codes_total"));
+        write(sheet.write_number(2, 1, 12.5));
+        let date =
+            rust_xlsxwriter::ExcelDateTime::from_ymd(2026, 1, 1).unwrap_or_else(|e| panic!("{e}"));
+        let date_format = rust_xlsxwriter::Format::new().set_num_format("yyyy-mm");
+        write(sheet.write_datetime_with_format(2, 2, &date, &date_format));
+        write(sheet.write_boolean(3, 1, true));
+        write(sheet.write_number(3, 2, 2026.0));
+        let bytes = book.save_to_buffer().unwrap_or_else(|e| panic!("{e}"));
+        let table = read_xlsx(bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(table.headers, ["指标 metric", "数值 value", "期间 period"]);
+        let numbers: Vec<usize> = table.rows.iter().map(|r| r.number).collect();
+        assert_eq!(numbers, [3, 4]);
+        assert_eq!(
+            table.rows[0].cells[0],
+            Cell::Text("uscc.codes_total".into())
+        );
+        assert_eq!(table.rows[0].cells[1], Cell::Text("12.5".into()));
+        assert!(
+            matches!(&table.rows[0].cells[2], Cell::Bad(why) if why.contains("date")),
+            "{:?}",
+            table.rows[0].cells[2]
+        );
+        assert_eq!(table.rows[1].cells[0], Cell::Text(String::new()));
+        assert_eq!(table.rows[1].cells[1], Cell::Text("true".into()));
+        assert_eq!(table.rows[1].cells[2], Cell::Text("2026".into()));
+        assert!(read_xlsx(b"not a zip".to_vec()).is_err());
+    }
+
+    #[test]
     fn csv_bounds() {
         let long = format!("metric\n{}\n", "x".repeat(MAX_CELL_CHARS + 1));
         let table = read_csv(long.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
