@@ -77,7 +77,8 @@ enum Command {
     ///
     /// The file is checked as a whole first: if any row is refused, nothing is stored and
     /// every refused row is listed (row, column, reason); exit status 1. A clean file is stored
-    /// as one batch; values already current are reported unchanged and not sent again.
+    /// as one batch; values already current are reported unchanged and not sent again (nor
+    /// is a new note or evidence link beside them).
     ///
     /// Limits: 16 MiB per file (an .xlsx may unpack to at most 128 MiB), 10,000 rows,
     /// 64 columns, 2,048 characters per cell. Only the first worksheet of an .xlsx is read;
