@@ -1,6 +1,7 @@
-//! The `citycredit` command line: runs the platform (`serve`), checks data files (`check`), or
-//! makes the keys and certificates of a split deployment (`keys generate`). `src/main.rs`
-//! parses it and calls [`run`].
+//! The `citycredit` command line: runs the platform (`serve`), checks data files (`check`),
+//! makes the keys and certificates of a split deployment (`keys generate`), imports metric
+//! values from a spreadsheet (`import`) or writes a department's reporting template
+//! (`template`). `src/main.rs` parses it and calls [`run`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +63,70 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Submit metric values from an .xlsx or .csv file through the gRPC API.
+    ///
+    /// The caller is the principal whose API key is in the environment variable
+    /// CITYCREDIT_API_KEY (not a flag: it stays out of shell history), so every rule and
+    /// permission applies.
+    ///
+    /// Columns, by header in Chinese or English (or both, "指标 metric"): 指标/metric,
+    /// 地区/region, 期间/period, 部门/department, 领域/domain, 任务/task, 数值/value,
+    /// 佐证链接/evidence_uri, 备注/note; a template's read-only columns (指标名称/metric_name,
+    /// 单位/unit, 地区名称/region_name, 领域名称/domain_name, 当前值/current_value) are ignored.
+    /// Any other column is refused by name. Rows without a value are skipped.
+    ///
+    /// The file is checked as a whole first: if any row is refused, nothing is stored and
+    /// every refused row is listed (row, column, reason); exit status 1. A clean file is stored
+    /// as one batch; values already current are reported unchanged and not sent again (nor
+    /// is a new note or evidence link beside them).
+    ///
+    /// Limits: 16 MiB per file (an .xlsx may unpack to at most 128 MiB), 10,000 rows,
+    /// 64 columns, 2,048 characters per cell. Only the first worksheet of an .xlsx is read;
+    /// a .csv must be UTF-8.
+    ///
+    /// Exit status: 0 stored (or checked, or nothing to store), 1 refused, 2 could not run.
+    Import {
+        /// The file: .xlsx or .csv.
+        file: PathBuf,
+        /// Check every row and report what would be stored; store nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Write a department's reporting template (.xlsx) from a running platform.
+    ///
+    /// One row per metric the department is expected to report, per region (and per domain
+    /// for domain flags), with Chinese names, units, the current value and validation in the
+    /// value cells. Filled in, it imports as it is (`citycredit import`). The API key is read
+    /// from the environment variable CITYCREDIT_API_KEY.
+    Template {
+        /// The department's code, e.g. samr.
+        #[arg(long)]
+        department: String,
+        /// The period: YYYY, YYYY-Qn or YYYY-MM.
+        #[arg(long)]
+        period: String,
+        /// The .xlsx file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace the file if it exists.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+/// Where the platform is (the API key is not a flag: it comes from CITYCREDIT_API_KEY).
+#[derive(clap::Args)]
+struct RemoteArgs {
+    /// The platform's gRPC address.
+    #[arg(long, default_value = crate::remote::DEFAULT_ADDR)]
+    addr: String,
+    /// A PEM file of the CA that signed the server's certificate (https:// addresses).
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -159,6 +224,35 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             return keys(command);
         }
+        // Clients of a running platform: no configuration either.
+        Command::Import {
+            file,
+            dry_run,
+            remote,
+        } => {
+            return crate::import::run(&crate::import::ImportOptions {
+                file: file.clone(),
+                addr: remote.addr.clone(),
+                ca_cert: remote.ca_cert.clone(),
+                dry_run: *dry_run,
+            });
+        }
+        Command::Template {
+            department,
+            period,
+            out,
+            force,
+            remote,
+        } => {
+            return crate::template::run(&crate::template::TemplateOptions {
+                department: department.clone(),
+                period: period.clone(),
+                out: out.clone(),
+                addr: remote.addr.clone(),
+                ca_cert: remote.ca_cert.clone(),
+                force: *force,
+            });
+        }
     };
     let config = match Config::load(common.config.as_deref(), flags) {
         Ok(c) => c,
@@ -175,7 +269,9 @@ pub fn run(cli: Cli) -> ExitCode {
     );
 
     match cli.command {
-        Command::Keys { .. } => ExitCode::FAILURE,
+        Command::Keys { .. } | Command::Import { .. } | Command::Template { .. } => {
+            ExitCode::FAILURE
+        }
         Command::Check { .. } => match server::load_data(&config) {
             Ok((catalog, city)) => {
                 println!(
