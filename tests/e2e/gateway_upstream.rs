@@ -6,6 +6,8 @@
 //!   RetryInfo for the caller, never INTERNAL (hyper resets such a stream with INTERNAL_ERROR).
 //! - Beyond the limit on calls being served, calls are refused at once with RESOURCE_EXHAUSTED
 //!   and RetryInfo, and one principal holds at most half of the limit.
+//! - Calls are spread over `gateway.upstream_connections` HTTP/2 connections to the upstream,
+//!   the least loaded first (issue 15: one connection caps the gateway's throughput).
 //!
 //! Not storage-related (the upstream is fake): SQLite only.
 
@@ -38,6 +40,8 @@ enum Behaviour {
 struct Fake {
     addr: SocketAddr,
     arrived: Arc<AtomicUsize>,
+    /// Connections that carried at least one call (health checks aside).
+    carrying: Arc<AtomicUsize>,
     arrival: Arc<Notify>,
     /// One permit answers one held call.
     release: Arc<Semaphore>,
@@ -50,23 +54,35 @@ impl Fake {
             .unwrap_or_else(|e| panic!("{e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let arrived = Arc::new(AtomicUsize::new(0));
+        let carrying = Arc::new(AtomicUsize::new(0));
         let arrival = Arc::new(Notify::new());
         let release = Arc::new(Semaphore::new(0));
-        let (a, n, r) = (
+        let (a, c, n, r) = (
             Arc::clone(&arrived),
+            Arc::clone(&carrying),
             Arc::clone(&arrival),
             Arc::clone(&release),
         );
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (a, n, r) = (Arc::clone(&a), Arc::clone(&n), Arc::clone(&r));
+                let (a, c, n, r) = (
+                    Arc::clone(&a),
+                    Arc::clone(&c),
+                    Arc::clone(&n),
+                    Arc::clone(&r),
+                );
                 tokio::spawn(async move {
                     let Ok(mut conn) = h2::server::handshake(tcp).await else {
                         return;
                     };
+                    let mut carried = false;
                     while let Some(Ok((req, mut respond))) = conn.accept().await {
                         if req.uri().path().starts_with("/grpc.health") {
                             continue;
+                        }
+                        if !carried {
+                            carried = true;
+                            c.fetch_add(1, Ordering::SeqCst);
                         }
                         a.fetch_add(1, Ordering::SeqCst);
                         n.notify_waiters();
@@ -114,6 +130,7 @@ impl Fake {
         Fake {
             addr,
             arrived,
+            carrying,
             arrival,
             release,
         }
@@ -290,4 +307,35 @@ async fn beyond_the_limit_calls_are_shed_at_once_and_one_principal_holds_half() 
     late.await
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|e| panic!("{e:?}"));
+}
+
+/// Six calls held at the upstream through a gateway with three upstream connections: the
+/// least loaded connection takes each, so all three carry two. (One connection, the old
+/// gateway, carried all six.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_spread_over_the_upstream_connections() {
+    let fake = Fake::start(Behaviour::Hold).await;
+    let (_dir, _registry, gateway) = gateway_before(&fake, |c| {
+        c.gateway.upstream_connections = 3;
+    })
+    .await;
+    let key = platform_key(&gateway, "spread").await;
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            let mut s = Submissions::new(gateway.with_key(&key));
+            tokio::spawn(async move { s.submit_value(push(i)).await.map(|_| ()) })
+        })
+        .collect();
+    fake.arrived(6).await;
+    assert_eq!(
+        fake.carrying.load(Ordering::SeqCst),
+        3,
+        "six calls in flight did not use the three upstream connections"
+    );
+    fake.release.add_permits(6);
+    for call in calls {
+        call.await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+    }
 }

@@ -1,6 +1,7 @@
 //! MetricSubmissionService through a real server, on SQLite and (with `DATABASE_URL`) on
 //! PostgreSQL: idempotency, atomic batches, validate-only, retraction, supersession, as-of,
-//! roll-up, domain unions, the change feed and group commit under concurrency.
+//! roll-up, domain unions, the change feed and group commit under concurrency; on PostgreSQL
+//! the writer's bulk statements run on a native connection with array parameters.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use tonic::Code;
 use citycredit::proto::v1 as pb;
 use citycredit_core::auth::Role;
 use citycredit_tests::ingestion::*;
-use citycredit_tests::{Backend, both_databases};
+use citycredit_tests::{Backend, both_databases, postgres_only};
 
 fn unary(input: pb::SubmissionInput, key: &str) -> pb::SubmitValueRequest {
     pb::SubmitValueRequest {
@@ -826,3 +827,68 @@ async fn concurrent_unary_submissions_share_commits_and_keep_the_chain(backend: 
 }
 
 both_databases!(concurrent_unary_submissions_share_commits_and_keep_the_chain);
+
+/// Issue 15: on PostgreSQL the writer's statements take whole columns as arrays (`UNNEST`) on
+/// a native connection (the `Any` driver cannot bind arrays). Caught in the act: with
+/// `value_versions` locked, the writer's insert into it waits, and PostgreSQL shows the waiting
+/// statement and the connection it came from.
+async fn on_postgresql_the_writer_inserts_whole_columns_on_a_native_connection() {
+    let s = IngestionServer::start(Backend::Postgres).await;
+    let mut lock =
+        s.db.pool
+            .begin()
+            .await
+            .unwrap_or_else(|e| panic!("begin: {e}"));
+    sqlx::query("LOCK TABLE value_versions IN SHARE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap_or_else(|e| panic!("lock: {e}"));
+    let mut c = s.client(Some(&platform())).await;
+    let call = tokio::spawn(async move {
+        c.submit_value(unary(
+            number_input("uscc.codes_total", "330802", "2026", "samr", "7"),
+            "native-1",
+        ))
+        .await
+    });
+    let started = std::time::Instant::now();
+    let waiting: String = loop {
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT query FROM pg_stat_activity WHERE application_name = $1 \
+             AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO value_versions%'",
+        )
+        .bind(citycredit_store::BULK_APPLICATION_NAME)
+        .fetch_optional(&s.db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("pg_stat_activity: {e}"));
+        if let Some(q) = found {
+            break q;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no insert into value_versions waited on a connection named {}",
+            citycredit_store::BULK_APPLICATION_NAME
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(waiting.contains("UNNEST("), "not a bulk insert: {waiting}");
+    lock.rollback()
+        .await
+        .unwrap_or_else(|e| panic!("rollback: {e}"));
+    let stored = call
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("submit: {e}"))
+        .into_inner()
+        .submission
+        .unwrap_or_default();
+    assert_eq!(stored.id, 1);
+    let current: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM value_versions WHERE valid_to IS NULL")
+            .fetch_one(&s.db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(current, 1);
+}
+
+postgres_only!(on_postgresql_the_writer_inserts_whole_columns_on_a_native_connection);

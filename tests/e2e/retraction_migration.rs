@@ -115,14 +115,18 @@ async fn write_old_history(db: &Db, t0: i64) {
         prev = row.hash.clone();
         rows.push(row);
     }
+    let mut writer = istore::WritePooled::acquire(db)
+        .await
+        .unwrap_or_else(|e| panic!("acquire: {e}"));
+    istore::insert_submissions(&mut writer.conn(), &rows)
+        .await
+        .unwrap_or_else(|e| panic!("old rows: {e}"));
+    drop(writer);
     let mut conn = db
         .pool
         .acquire()
         .await
         .unwrap_or_else(|e| panic!("acquire: {e}"));
-    istore::insert_submissions(&mut conn, &rows)
-        .await
-        .unwrap_or_else(|e| panic!("old rows: {e}"));
     for (id, from, to) in [
         (1, t0, t0 + 10),
         (2, t0 + 10, t0 + 20),

@@ -431,14 +431,15 @@ impl Config {
         if g.max_calls_per_principal == 0
             || g.max_streams_per_principal == 0
             || g.http2_max_concurrent_streams == 0
+            || g.upstream_connections == 0
             || g.failed_auth_per_source_rate == 0
             || g.failed_auth_per_source_burst == 0
         {
             return Err(ConfigError::Invalid {
                 field: "gateway",
                 problem: "max_calls_per_principal, max_streams_per_principal, \
-                          http2_max_concurrent_streams and failed_auth_per_source_rate/burst \
-                          must be at least 1"
+                          http2_max_concurrent_streams, upstream_connections and \
+                          failed_auth_per_source_rate/burst must be at least 1"
                     .into(),
             });
         }

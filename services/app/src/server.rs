@@ -257,13 +257,18 @@ pub async fn serve(
                 ("scoring", &u.scoring, &[SCORING, INDICATOR][..]),
             ] {
                 let url = url.as_deref().unwrap_or_default();
-                let channel = upstream::channel(url, upstream_tls.as_ref())?;
+                let channels = upstream::channels(
+                    url,
+                    upstream_tls.as_ref(),
+                    config.gateway.upstream_connections,
+                )?;
+                // The readiness check asks over the first connection (no extra one).
                 checks.push(Check::Upstream {
                     name: name.into(),
-                    channel: channel.clone(),
+                    channel: channels[0].clone(),
                 });
                 for s in services {
-                    routes.insert((*s).into(), upstream::remote(channel.clone()));
+                    routes.insert((*s).into(), upstream::remote(channels.clone()));
                 }
             }
             let edge = edge_signer(signer.take())?;
@@ -384,7 +389,7 @@ pub async fn serve(
         Ok(Err(join)) => tracing::error!(error = %join, "server task failed"),
         Err(_) => tracing::warn!("grace period over: stopping with calls still in flight"),
     }
-    db.pool.close().await;
+    db.close().await;
     tracing::info!("stopped");
     Ok(())
 }

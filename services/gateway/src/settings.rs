@@ -48,6 +48,10 @@ pub struct GatewaySettings {
     pub handshake_timeout_ms: u64,
     /// `SETTINGS_MAX_CONCURRENT_STREAMS`: streams one HTTP/2 connection may have open.
     pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 connections the gateway keeps to each remote upstream (split topology); each
+    /// call goes to the one with the fewest calls waiting. One connection is driven by one
+    /// task, so one alone caps the gateway's throughput well below its cores'.
+    pub upstream_connections: usize,
     /// Failed authentications one source address may make per second; beyond it (and the
     /// burst) they are answered RESOURCE_EXHAUSTED without a key look-up.
     pub failed_auth_per_source_rate: u32,
@@ -96,6 +100,7 @@ impl Default for GatewaySettings {
             write_timeout_ms: 20_000,
             handshake_timeout_ms: 10_000,
             http2_max_concurrent_streams: 128,
+            upstream_connections: 4,
             failed_auth_per_source_rate: 5,
             failed_auth_per_source_burst: 50,
             access_log_successes: 1,

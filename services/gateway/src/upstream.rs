@@ -1,9 +1,16 @@
 //! Upstreams: where the gateway sends a call, by gRPC service name. An upstream is either a
 //! service in this process or a remote endpoint; both are the same boxed tower service over raw
 //! HTTP/2 requests, so the gateway forwards bodies as they stream, without decoding messages.
+//!
+//! A remote upstream is several HTTP/2 connections (`gateway.upstream_connections`): one
+//! connection is driven by one task, whose frame processing caps what one connection carries
+//! at a fraction of what the gateway's cores can forward. Each call goes to the connection with
+//! the fewest calls waiting for their response, ties taken in turn, so even serial calls use
+//! every connection.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -75,9 +82,33 @@ pub fn channel(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, Upst
     Ok(endpoint.connect_lazy())
 }
 
-/// A remote service: transport failures become UNAVAILABLE answers with RetryInfo.
-pub fn remote(channel: Channel) -> Upstream {
-    BoxCloneSyncService::new(Remote { channel })
+/// `n` (at least one) lazily connected channels to `url`, each its own HTTP/2 connection.
+pub fn channels(
+    url: &str,
+    tls: Option<&ClientTlsConfig>,
+    n: usize,
+) -> Result<Vec<Channel>, UpstreamError> {
+    (0..n.max(1)).map(|_| channel(url, tls)).collect()
+}
+
+/// A remote service over `channels` (each call to the least loaded one; see the module
+/// comment): transport failures become UNAVAILABLE answers with RetryInfo.
+///
+/// # Panics
+/// When `channels` is empty (a programming error: [`channels`] makes at least one).
+pub fn remote(channels: Vec<Channel>) -> Upstream {
+    assert!(!channels.is_empty(), "an upstream needs a channel");
+    let conns = channels
+        .into_iter()
+        .map(|channel| Conn {
+            channel,
+            waiting: AtomicUsize::new(0),
+        })
+        .collect();
+    BoxCloneSyncService::new(Remote {
+        conns,
+        turn: Arc::new(AtomicUsize::new(0)),
+    })
 }
 
 /// A service in this process, behind the same front the remote services have (the signed
@@ -94,9 +125,56 @@ where
     BoxCloneSyncService::new(ServiceFront::new(svc, front))
 }
 
+/// One connection of a remote upstream.
+struct Conn {
+    channel: Channel,
+    /// Calls sent on it still waiting for their response head.
+    waiting: AtomicUsize,
+}
+
 #[derive(Clone)]
 struct Remote {
-    channel: Channel,
+    conns: Arc<[Conn]>,
+    /// Where the search for the least loaded connection starts (ties go in turn).
+    turn: Arc<AtomicUsize>,
+}
+
+impl Remote {
+    /// The index of the connection with the fewest calls waiting, first from this call's turn.
+    fn pick(&self) -> usize {
+        let n = self.conns.len();
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
+        let mut best = start;
+        let mut least = usize::MAX;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let waiting = self.conns[i].waiting.load(Ordering::Relaxed);
+            if waiting < least {
+                best = i;
+                least = waiting;
+            }
+        }
+        best
+    }
+}
+
+/// Counts a call as waiting on its connection until dropped.
+struct Waiting {
+    conns: Arc<[Conn]>,
+    at: usize,
+}
+
+impl Waiting {
+    fn new(conns: Arc<[Conn]>, at: usize) -> Waiting {
+        conns[at].waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting { conns, at }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.conns[self.at].waiting.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Service<http::Request<Body>> for Remote {
@@ -112,13 +190,17 @@ impl Service<http::Request<Body>> for Remote {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let mut channel = self.channel.clone();
+        let at = self.pick();
+        // Counted from here, so calls started together spread before any is sent.
+        let waiting = Waiting::new(Arc::clone(&self.conns), at);
+        let mut channel = self.conns[at].channel.clone();
         Box::pin(async move {
             use tower::ServiceExt;
             let result = match channel.ready().await {
                 Ok(ch) => ch.call(req).await,
                 Err(e) => Err(e),
             };
+            drop(waiting);
             Ok(result.unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "upstream unreachable");
                 retry_after_reason(

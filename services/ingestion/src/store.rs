@@ -1,16 +1,156 @@
-//! The ingestion tables and their SQL (written once for sqlx `Any`: `$n` placeholders, only
-//! i64 and text columns; statements of run-time shape, such as a bulk insert or an `IN` list,
-//! are built with sqlx's `QueryBuilder` and numbered by [`citycredit_store::numbered`]; rows
-//! are read by column name with `FromRow`). `submissions` is append-only; `value_versions` is derived from it in
+//! The ingestion tables and their SQL. Reads are written once for sqlx `Any` (`$n`
+//! placeholders, only i64 and text columns; statements of run-time shape, such as a filtered
+//! listing, are built with sqlx's `QueryBuilder` and numbered by
+//! [`citycredit_store::numbered`]; rows are read by column name with `FromRow`). The writer's
+//! statements go through [`WriteConn`]: one statement per table per group commit, with the
+//! rows as PostgreSQL arrays (a native connection) or as one SQLite JSON text. `submissions` is append-only; `value_versions` is derived from it in
 //! the same transaction; `retractions` (the retraction that counts for each retracted
 //! submission) is filled by a trigger in the statement that inserts the retraction row;
 //! `idempotency` remembers keys; `chain_head` is the writer's one row.
 
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
-use sqlx::{Any, AnyConnection, QueryBuilder};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgConnection;
+use sqlx::{Any, AnyConnection, Connection, Postgres, QueryBuilder, Transaction};
 
-use citycredit_store::{Backend, Db, numbered, numbered_as};
+use citycredit_store::{Backend, Db, numbered_as};
+
+/// The writer's connection. Its statements carry a whole group commit each, whatever its size:
+/// on PostgreSQL a native connection binds each column as one array (`UNNEST`; the `Any`
+/// driver cannot bind arrays); on SQLite one JSON text carries the rows (`json_each`), since
+/// SQLite looks each bound parameter up by walking the statement's list (binding n parameters
+/// costs O(n^2)) and a statement per few rows costs a round trip to sqlx's SQLite worker each.
+pub enum WriteConn<'a> {
+    Sqlite(&'a mut AnyConnection),
+    Postgres(&'a mut PgConnection),
+}
+
+/// A pooled connection for the writer: [`Db::bulk`] on PostgreSQL, the `Any` pool on SQLite.
+pub enum WritePooled {
+    Sqlite(PoolConnection<Any>),
+    Postgres(PoolConnection<Postgres>),
+}
+
+/// The writer's open transaction.
+pub enum WriteTx<'c> {
+    Sqlite(Transaction<'c, Any>),
+    Postgres(Transaction<'c, Postgres>),
+}
+
+impl WritePooled {
+    pub async fn acquire(db: &Db) -> Result<WritePooled, sqlx::Error> {
+        Ok(match &db.bulk {
+            Some(pg) => WritePooled::Postgres(pg.acquire().await?),
+            None => WritePooled::Sqlite(db.pool.acquire().await?),
+        })
+    }
+
+    /// Begins a transaction. SQLite's takes the write lock at BEGIN (IMMEDIATE), where the busy
+    /// timeout applies: a deferred transaction that has read and then writes gets SQLITE_BUSY
+    /// at once (no waiting) while another connection still holds the lock, e.g. the rollback
+    /// of a failed attempt. PostgreSQL's writers are serialised by `chain_head`'s row lock
+    /// ([`lock_head`]).
+    pub async fn begin(&mut self) -> Result<WriteTx<'_>, sqlx::Error> {
+        Ok(match self {
+            WritePooled::Sqlite(c) => WriteTx::Sqlite(c.begin_with("BEGIN IMMEDIATE").await?),
+            WritePooled::Postgres(c) => WriteTx::Postgres(c.begin().await?),
+        })
+    }
+
+    /// The connection outside any transaction.
+    pub fn conn(&mut self) -> WriteConn<'_> {
+        match self {
+            WritePooled::Sqlite(c) => WriteConn::Sqlite(c),
+            WritePooled::Postgres(c) => WriteConn::Postgres(c),
+        }
+    }
+}
+
+impl WriteTx<'_> {
+    pub fn conn(&mut self) -> WriteConn<'_> {
+        match self {
+            WriteTx::Sqlite(t) => WriteConn::Sqlite(t),
+            WriteTx::Postgres(t) => WriteConn::Postgres(t),
+        }
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            WriteTx::Sqlite(t) => t.commit().await,
+            WriteTx::Postgres(t) => t.commit().await,
+        }
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            WriteTx::Sqlite(t) => t.rollback().await,
+            WriteTx::Postgres(t) => t.rollback().await,
+        }
+    }
+}
+
+/// Runs `$body` with `$c` bound to the connection of either database (a statement whose text
+/// both accept; each arm is type-checked for its own driver).
+macro_rules! on_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            WriteConn::Sqlite(inner) => {
+                let $c = &mut **inner;
+                $body
+            }
+            WriteConn::Postgres(inner) => {
+                let $c = &mut **inner;
+                $body
+            }
+        }
+    };
+}
+
+/// One field of a row sent to SQLite as JSON.
+enum Json<'a> {
+    Text(&'a str),
+    Int(Option<i64>),
+}
+
+/// Rows as one JSON array of arrays (`[[1,"a",null],...]`), for `json_each`.
+fn json_rows<'a, const N: usize>(
+    rows: impl Iterator<Item = [Json<'a>; N]>,
+) -> Result<String, sqlx::Error> {
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    out.push(b'[');
+    for (i, row) in rows.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'[');
+        for (j, field) in row.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            match field {
+                Json::Text(t) => serde_json::to_writer(&mut out, t).map_err(json_error)?,
+                Json::Int(Some(n)) => out.extend_from_slice(n.to_string().as_bytes()),
+                Json::Int(None) => out.extend_from_slice(b"null"),
+            }
+        }
+        out.push(b']');
+    }
+    out.push(b']');
+    String::from_utf8(out).map_err(json_error)
+}
+
+fn json_texts(items: &[String]) -> Result<String, sqlx::Error> {
+    serde_json::to_string(items).map_err(json_error)
+}
+
+fn json_ints(items: &[i64]) -> Result<String, sqlx::Error> {
+    serde_json::to_string(items).map_err(json_error)
+}
+
+fn json_error(e: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error {
+    sqlx::Error::Encode(Box::new(e))
+}
 
 /// Kinds of submission rows.
 pub const KIND_VALUE: &str = "value";
@@ -47,7 +187,6 @@ macro_rules! submission_columns {
          hash"
     };
 }
-const SUBMISSION_ARITY: usize = 18;
 
 impl StoredRow {
     /// The key a value supersedes within: (metric, region, period, department, domain, task).
@@ -81,54 +220,84 @@ pub fn vkey(
     out
 }
 
-/// Parameters per statement. SQLite looks a parameter up by walking its list
-/// (`sqlite3_bind_parameter_name`), so binding costs O(n^2) in the parameters of one
-/// statement: keep SQLite statements small. PostgreSQL allows 65,535.
-fn param_budget(conn: &AnyConnection) -> usize {
-    if conn.backend_name().eq_ignore_ascii_case("sqlite") {
-        180
-    } else {
-        9_000
-    }
-}
-
-/// Rows per statement for `arity` parameters per row.
-fn rows_per_statement(conn: &AnyConnection, arity: usize) -> usize {
-    (param_budget(conn) / arity).max(1)
-}
-
 pub async fn insert_submissions(
-    conn: &mut AnyConnection,
+    conn: &mut WriteConn<'_>,
     rows: &[StoredRow],
 ) -> Result<(), sqlx::Error> {
-    let n = rows_per_statement(conn, SUBMISSION_ARITY);
-    for chunk in rows.chunks(n) {
-        let mut qb = QueryBuilder::<Any>::new(concat!(
-            "INSERT INTO submissions (",
-            submission_columns!(),
-            ") "
-        ));
-        qb.push_values(chunk, |mut b, r| {
-            b.push_bind(r.id)
-                .push_bind(r.principal.as_str())
-                .push_bind(r.department.as_str())
-                .push_bind(r.region.as_str())
-                .push_bind(r.period.as_str())
-                .push_bind(r.metric.as_str())
-                .push_bind(r.domain.as_str())
-                .push_bind(r.task_id.as_str())
-                .push_bind(r.value.as_str())
-                .push_bind(r.evidence_uri.as_str())
-                .push_bind(r.note.as_str())
-                .push_bind(r.idempotency_key.as_str())
-                .push_bind(r.accept_micros)
-                .push_bind(r.kind.as_str())
-                .push_bind(r.retracts)
-                .push_bind(r.reason.as_str())
-                .push_bind(r.prev_hash.as_str())
-                .push_bind(r.hash.as_str());
-        });
-        numbered(&mut qb)?.execute(&mut *conn).await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    match conn {
+        WriteConn::Sqlite(c) => {
+            let json = json_rows(rows.iter().map(|r| {
+                [
+                    Json::Int(Some(r.id)),
+                    Json::Text(&r.principal),
+                    Json::Text(&r.department),
+                    Json::Text(&r.region),
+                    Json::Text(&r.period),
+                    Json::Text(&r.metric),
+                    Json::Text(&r.domain),
+                    Json::Text(&r.task_id),
+                    Json::Text(&r.value),
+                    Json::Text(&r.evidence_uri),
+                    Json::Text(&r.note),
+                    Json::Text(&r.idempotency_key),
+                    Json::Int(Some(r.accept_micros)),
+                    Json::Text(&r.kind),
+                    Json::Int(r.retracts),
+                    Json::Text(&r.reason),
+                    Json::Text(&r.prev_hash),
+                    Json::Text(&r.hash),
+                ]
+            }))?;
+            sqlx::query(concat!(
+                "INSERT INTO submissions (",
+                submission_columns!(),
+                ") SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, \
+                 j.value->>5, j.value->>6, j.value->>7, j.value->>8, j.value->>9, j.value->>10, \
+                 j.value->>11, j.value->>12, j.value->>13, j.value->>14, j.value->>15, \
+                 j.value->>16, j.value->>17 FROM json_each($1) AS j"
+            ))
+            .bind(json)
+            .execute(&mut **c)
+            .await?;
+        }
+        WriteConn::Postgres(c) => {
+            let text = |f: fn(&StoredRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
+            sqlx::query(concat!(
+                "INSERT INTO submissions (",
+                submission_columns!(),
+                ") SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], \
+                 $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
+                 $11::text[], $12::text[], $13::bigint[], $14::text[], $15::bigint[], \
+                 $16::text[], $17::text[], $18::text[])"
+            ))
+            .bind(rows.iter().map(|r| r.id).collect::<Vec<i64>>())
+            .bind(text(|r| &r.principal))
+            .bind(text(|r| &r.department))
+            .bind(text(|r| &r.region))
+            .bind(text(|r| &r.period))
+            .bind(text(|r| &r.metric))
+            .bind(text(|r| &r.domain))
+            .bind(text(|r| &r.task_id))
+            .bind(text(|r| &r.value))
+            .bind(text(|r| &r.evidence_uri))
+            .bind(text(|r| &r.note))
+            .bind(text(|r| &r.idempotency_key))
+            .bind(rows.iter().map(|r| r.accept_micros).collect::<Vec<i64>>())
+            .bind(text(|r| &r.kind))
+            .bind(
+                rows.iter()
+                    .map(|r| r.retracts)
+                    .collect::<Vec<Option<i64>>>(),
+            )
+            .bind(text(|r| &r.reason))
+            .bind(text(|r| &r.prev_hash))
+            .bind(text(|r| &r.hash))
+            .execute(&mut **c)
+            .await?;
+        }
     }
     Ok(())
 }
@@ -159,82 +328,164 @@ macro_rules! version_columns {
          valid_from, valid_to, accepted_micros"
     };
 }
-const VERSION_ARITY: usize = 12;
 
 pub async fn insert_versions(
-    conn: &mut AnyConnection,
+    conn: &mut WriteConn<'_>,
     versions: &[Version],
 ) -> Result<(), sqlx::Error> {
-    let n = rows_per_statement(conn, VERSION_ARITY);
-    for chunk in versions.chunks(n) {
-        let mut qb = QueryBuilder::<Any>::new(concat!(
-            "INSERT INTO value_versions (",
-            version_columns!(),
-            ") "
-        ));
-        qb.push_values(chunk, |mut b, v| {
-            b.push_bind(v.submission_id)
-                .push_bind(v.vkey.as_str())
-                .push_bind(v.metric.as_str())
-                .push_bind(v.region.as_str())
-                .push_bind(v.period.as_str())
-                .push_bind(v.department.as_str())
-                .push_bind(v.domain.as_str())
-                .push_bind(v.task_id.as_str())
-                .push_bind(v.value.as_str())
-                .push_bind(v.valid_from)
-                .push_bind(v.valid_to)
-                .push_bind(v.accepted_micros);
-        });
-        numbered(&mut qb)?.execute(&mut *conn).await?;
+    if versions.is_empty() {
+        return Ok(());
     }
+    match conn {
+        WriteConn::Sqlite(c) => {
+            let json = json_rows(versions.iter().map(|v| {
+                [
+                    Json::Int(Some(v.submission_id)),
+                    Json::Text(&v.vkey),
+                    Json::Text(&v.metric),
+                    Json::Text(&v.region),
+                    Json::Text(&v.period),
+                    Json::Text(&v.department),
+                    Json::Text(&v.domain),
+                    Json::Text(&v.task_id),
+                    Json::Text(&v.value),
+                    Json::Int(Some(v.valid_from)),
+                    Json::Int(v.valid_to),
+                    Json::Int(Some(v.accepted_micros)),
+                ]
+            }))?;
+            sqlx::query(concat!(
+                "INSERT INTO value_versions (",
+                version_columns!(),
+                ") SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, \
+                 j.value->>5, j.value->>6, j.value->>7, j.value->>8, j.value->>9, j.value->>10, \
+                 j.value->>11 FROM json_each($1) AS j"
+            ))
+            .bind(json)
+            .execute(&mut **c)
+            .await?;
+        }
+        WriteConn::Postgres(c) => {
+            let text = |f: fn(&Version) -> &str| versions.iter().map(f).collect::<Vec<&str>>();
+            sqlx::query(concat!(
+                "INSERT INTO value_versions (",
+                version_columns!(),
+                ") SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], \
+                 $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], \
+                 $11::bigint[], $12::bigint[])"
+            ))
+            .bind(
+                versions
+                    .iter()
+                    .map(|v| v.submission_id)
+                    .collect::<Vec<i64>>(),
+            )
+            .bind(text(|v| &v.vkey))
+            .bind(text(|v| &v.metric))
+            .bind(text(|v| &v.region))
+            .bind(text(|v| &v.period))
+            .bind(text(|v| &v.department))
+            .bind(text(|v| &v.domain))
+            .bind(text(|v| &v.task_id))
+            .bind(text(|v| &v.value))
+            .bind(versions.iter().map(|v| v.valid_from).collect::<Vec<i64>>())
+            .bind(
+                versions
+                    .iter()
+                    .map(|v| v.valid_to)
+                    .collect::<Vec<Option<i64>>>(),
+            )
+            .bind(
+                versions
+                    .iter()
+                    .map(|v| v.accepted_micros)
+                    .collect::<Vec<i64>>(),
+            )
+            .execute(&mut **c)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Tells PostgreSQL listeners on `channel` (the change feed of other processes).
+pub async fn notify(
+    conn: &mut WriteConn<'_>,
+    channel: &str,
+    payload: &str,
+) -> Result<(), sqlx::Error> {
+    on_conn!(conn, c => {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(channel)
+            .bind(payload)
+            .execute(c)
+            .await?;
+    });
     Ok(())
 }
 
 /// Closes the current versions of these submissions at `at`.
 pub async fn close_versions(
-    conn: &mut AnyConnection,
+    conn: &mut WriteConn<'_>,
     submission_ids: &[i64],
     at: i64,
 ) -> Result<(), sqlx::Error> {
-    let n = rows_per_statement(conn, 1);
-    for chunk in submission_ids.chunks(n) {
-        let mut qb = QueryBuilder::<Any>::new("UPDATE value_versions SET valid_to = ");
-        qb.push_bind(at)
-            .push(" WHERE valid_to IS NULL AND submission_id IN (");
-        let mut ids = qb.separated(", ");
-        for id in chunk {
-            ids.push_bind(*id);
+    if submission_ids.is_empty() {
+        return Ok(());
+    }
+    match conn {
+        WriteConn::Sqlite(c) => {
+            sqlx::query(
+                "UPDATE value_versions SET valid_to = $1 WHERE valid_to IS NULL \
+                 AND submission_id IN (SELECT value FROM json_each($2))",
+            )
+            .bind(at)
+            .bind(json_ints(submission_ids)?)
+            .execute(&mut **c)
+            .await?;
         }
-        ids.push_unseparated(")");
-        numbered(&mut qb)?.execute(&mut *conn).await?;
+        WriteConn::Postgres(c) => {
+            sqlx::query(
+                "UPDATE value_versions SET valid_to = $1 WHERE valid_to IS NULL \
+                 AND submission_id = ANY($2::bigint[])",
+            )
+            .bind(at)
+            .bind(submission_ids)
+            .execute(&mut **c)
+            .await?;
+        }
     }
     Ok(())
 }
 
 /// vkey -> current submission id, for the given keys.
 pub async fn current_of_keys(
-    conn: &mut AnyConnection,
+    conn: &mut WriteConn<'_>,
     keys: &[String],
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let mut out = Vec::new();
-    let n = rows_per_statement(conn, 1);
-    for chunk in keys.chunks(n) {
-        let mut qb = QueryBuilder::<Any>::new(
-            "SELECT vkey, submission_id FROM value_versions WHERE valid_to IS NULL AND vkey IN (",
-        );
-        let mut list = qb.separated(", ");
-        for k in chunk {
-            list.push_bind(k.as_str());
-        }
-        list.push_unseparated(")");
-        out.extend(
-            numbered_as::<(String, i64)>(&mut qb)?
-                .fetch_all(&mut *conn)
-                .await?,
-        );
+    if keys.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(out)
+    match conn {
+        WriteConn::Sqlite(c) => {
+            sqlx::query_as(
+                "SELECT vkey, submission_id FROM value_versions WHERE valid_to IS NULL \
+                 AND vkey IN (SELECT value FROM json_each($1))",
+            )
+            .bind(json_texts(keys)?)
+            .fetch_all(&mut **c)
+            .await
+        }
+        WriteConn::Postgres(c) => {
+            sqlx::query_as(
+                "SELECT vkey, submission_id FROM value_versions WHERE valid_to IS NULL \
+                 AND vkey = ANY($1::text[])",
+            )
+            .bind(keys)
+            .fetch_all(&mut **c)
+            .await
+        }
+    }
 }
 
 /// A remembered idempotency key.
@@ -253,7 +504,6 @@ macro_rules! idempotency_columns {
         "scoped_key, fingerprint, first_id, last_id, accept_micros"
     };
 }
-const IDEMPOTENCY_ARITY: usize = 5;
 
 /// Idempotency keys are scoped per principal: (principal, key) as one unambiguous text.
 pub fn scoped_key(principal: &str, key: &str) -> String {
@@ -261,29 +511,34 @@ pub fn scoped_key(principal: &str, key: &str) -> String {
 }
 
 pub async fn idempotency_records(
-    conn: &mut AnyConnection,
+    conn: &mut WriteConn<'_>,
     scoped_keys: &[String],
 ) -> Result<Vec<IdempotencyRecord>, sqlx::Error> {
-    let mut out = Vec::new();
-    let n = rows_per_statement(conn, 1);
-    for chunk in scoped_keys.chunks(n) {
-        let mut qb = QueryBuilder::<Any>::new(concat!(
-            "SELECT ",
-            idempotency_columns!(),
-            " FROM idempotency WHERE scoped_key IN ("
-        ));
-        let mut list = qb.separated(", ");
-        for k in chunk {
-            list.push_bind(k.as_str());
-        }
-        list.push_unseparated(")");
-        out.extend(
-            numbered_as::<IdempotencyRecord>(&mut qb)?
-                .fetch_all(&mut *conn)
-                .await?,
-        );
+    if scoped_keys.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(out)
+    match conn {
+        WriteConn::Sqlite(c) => {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                idempotency_columns!(),
+                " FROM idempotency WHERE scoped_key IN (SELECT value FROM json_each($1))"
+            ))
+            .bind(json_texts(scoped_keys)?)
+            .fetch_all(&mut **c)
+            .await
+        }
+        WriteConn::Postgres(c) => {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                idempotency_columns!(),
+                " FROM idempotency WHERE scoped_key = ANY($1::text[])"
+            ))
+            .bind(scoped_keys)
+            .fetch_all(&mut **c)
+            .await
+        }
+    }
 }
 
 pub async fn idempotency_record(
@@ -301,24 +556,63 @@ pub async fn idempotency_record(
 }
 
 pub async fn insert_idempotency(
-    conn: &mut AnyConnection,
+    conn: &mut WriteConn<'_>,
     records: &[IdempotencyRecord],
 ) -> Result<(), sqlx::Error> {
-    let n = rows_per_statement(conn, IDEMPOTENCY_ARITY);
-    for chunk in records.chunks(n) {
-        let mut qb = QueryBuilder::<Any>::new(concat!(
-            "INSERT INTO idempotency (",
-            idempotency_columns!(),
-            ") "
-        ));
-        qb.push_values(chunk, |mut b, r| {
-            b.push_bind(r.scoped_key.as_str())
-                .push_bind(r.fingerprint.as_str())
-                .push_bind(r.first_id)
-                .push_bind(r.last_id)
-                .push_bind(r.accept_micros);
-        });
-        numbered(&mut qb)?.execute(&mut *conn).await?;
+    if records.is_empty() {
+        return Ok(());
+    }
+    match conn {
+        WriteConn::Sqlite(c) => {
+            let json = json_rows(records.iter().map(|r| {
+                [
+                    Json::Text(&r.scoped_key),
+                    Json::Text(&r.fingerprint),
+                    Json::Int(Some(r.first_id)),
+                    Json::Int(Some(r.last_id)),
+                    Json::Int(Some(r.accept_micros)),
+                ]
+            }))?;
+            sqlx::query(concat!(
+                "INSERT INTO idempotency (",
+                idempotency_columns!(),
+                ") SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4 \
+                 FROM json_each($1) AS j"
+            ))
+            .bind(json)
+            .execute(&mut **c)
+            .await?;
+        }
+        WriteConn::Postgres(c) => {
+            sqlx::query(concat!(
+                "INSERT INTO idempotency (",
+                idempotency_columns!(),
+                ") SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], \
+                 $5::bigint[])"
+            ))
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.scoped_key.as_str())
+                    .collect::<Vec<&str>>(),
+            )
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.fingerprint.as_str())
+                    .collect::<Vec<&str>>(),
+            )
+            .bind(records.iter().map(|r| r.first_id).collect::<Vec<i64>>())
+            .bind(records.iter().map(|r| r.last_id).collect::<Vec<i64>>())
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.accept_micros)
+                    .collect::<Vec<i64>>(),
+            )
+            .execute(&mut **c)
+            .await?;
+        }
     }
     Ok(())
 }
@@ -331,29 +625,41 @@ pub struct Head {
     pub last_micros: i64,
 }
 
-pub async fn lock_head(conn: &mut AnyConnection, for_update: bool) -> Result<Head, sqlx::Error> {
-    let sql = if for_update {
-        "SELECT last_id, last_hash, last_micros FROM chain_head WHERE id = 1 FOR UPDATE"
-    } else {
-        "SELECT last_id, last_hash, last_micros FROM chain_head WHERE id = 1"
-    };
-    sqlx::query_as(sql).fetch_one(&mut *conn).await
+pub async fn lock_head(conn: &mut WriteConn<'_>) -> Result<Head, sqlx::Error> {
+    match conn {
+        // SQLite: the transaction began IMMEDIATE, so it holds the write lock already.
+        WriteConn::Sqlite(c) => {
+            sqlx::query_as("SELECT last_id, last_hash, last_micros FROM chain_head WHERE id = 1")
+                .fetch_one(&mut **c)
+                .await
+        }
+        WriteConn::Postgres(c) => {
+            sqlx::query_as(
+                "SELECT last_id, last_hash, last_micros FROM chain_head WHERE id = 1 FOR UPDATE",
+            )
+            .fetch_one(&mut **c)
+            .await
+        }
+    }
 }
 
 pub async fn head(db: &Db) -> Result<Head, sqlx::Error> {
-    let mut conn = db.pool.acquire().await?;
-    lock_head(&mut conn, false).await
+    sqlx::query_as("SELECT last_id, last_hash, last_micros FROM chain_head WHERE id = 1")
+        .fetch_one(&db.pool)
+        .await
 }
 
-pub async fn set_head(conn: &mut AnyConnection, head: &Head) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE chain_head SET last_id = $1, last_hash = $2, last_micros = $3 WHERE id = 1",
-    )
-    .bind(head.last_id)
-    .bind(head.last_hash.as_str())
-    .bind(head.last_micros)
-    .execute(&mut *conn)
-    .await?;
+pub async fn set_head(conn: &mut WriteConn<'_>, head: &Head) -> Result<(), sqlx::Error> {
+    const SQL: &str =
+        "UPDATE chain_head SET last_id = $1, last_hash = $2, last_micros = $3 WHERE id = 1";
+    on_conn!(conn, c => {
+        sqlx::query(SQL)
+            .bind(head.last_id)
+            .bind(head.last_hash.as_str())
+            .bind(head.last_micros)
+            .execute(c)
+            .await?;
+    });
     Ok(())
 }
 
@@ -435,32 +741,35 @@ pub const RETRACTION_UNDO_FROM: &str = "ingestion.retraction_undo_from_id";
 
 /// (target, the retraction that counts) for each of `targets` that is retracted.
 pub async fn retractions_of(
-    conn: &mut AnyConnection,
+    conn: &mut WriteConn<'_>,
     targets: &[i64],
 ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
-    let mut out = Vec::new();
-    let n = rows_per_statement(conn, 1);
-    for chunk in targets.chunks(n) {
-        let mut qb =
-            QueryBuilder::<Any>::new("SELECT target, by_id FROM retractions WHERE target IN (");
-        let mut list = qb.separated(", ");
-        for t in chunk {
-            list.push_bind(*t);
-        }
-        list.push_unseparated(")");
-        out.extend(
-            numbered_as::<(i64, i64)>(&mut qb)?
-                .fetch_all(&mut *conn)
-                .await?,
-        );
+    if targets.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(out)
+    match conn {
+        WriteConn::Sqlite(c) => {
+            sqlx::query_as(
+                "SELECT target, by_id FROM retractions \
+                 WHERE target IN (SELECT value FROM json_each($1))",
+            )
+            .bind(json_ints(targets)?)
+            .fetch_all(&mut **c)
+            .await
+        }
+        WriteConn::Postgres(c) => {
+            sqlx::query_as("SELECT target, by_id FROM retractions WHERE target = ANY($1::bigint[])")
+                .bind(targets)
+                .fetch_all(&mut **c)
+                .await
+        }
+    }
 }
 
 /// The latest value of `of`'s key stored before it that is not retracted (in the store, or
 /// by this transaction: `retracted`): what becomes current again when `of` is retracted.
 pub async fn previous_value(
-    conn: &mut AnyConnection,
+    conn: &mut WriteConn<'_>,
     of: &StoredRow,
     retracted: &std::collections::HashSet<i64>,
 ) -> Result<Option<StoredRow>, sqlx::Error> {
@@ -471,18 +780,19 @@ pub async fn previous_value(
         };
     }
     const PAGE: i64 = page!();
-    let mut before = of.id;
-    loop {
-        let rows: Vec<StoredRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            submission_columns!(),
-            " FROM submissions s WHERE metric = $1 AND region = $2 \
+    const SQL: &str = concat!(
+        "SELECT ",
+        submission_columns!(),
+        " FROM submissions s WHERE metric = $1 AND region = $2 \
              AND period = $3 AND department = $4 AND domain = $5 AND task_id = $6 \
              AND kind = $7 AND id < $8 \
              AND NOT EXISTS (SELECT 1 FROM retractions r WHERE r.target = s.id) \
              ORDER BY id DESC LIMIT ",
-            page!()
-        ))
+        page!()
+    );
+    let mut before = of.id;
+    loop {
+        let rows: Vec<StoredRow> = on_conn!(conn, c => sqlx::query_as(SQL)
         .bind(of.metric.as_str())
         .bind(of.region.as_str())
         .bind(of.period.as_str())
@@ -491,8 +801,8 @@ pub async fn previous_value(
         .bind(of.task_id.as_str())
         .bind(KIND_VALUE)
         .bind(before)
-        .fetch_all(&mut *conn)
-        .await?;
+        .fetch_all(c)
+        .await?);
         let page = i64::try_from(rows.len()).unwrap_or(PAGE);
         for row in rows {
             if !retracted.contains(&row.id) {

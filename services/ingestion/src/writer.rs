@@ -1,8 +1,9 @@
 //! The single writer: one task per process owns the hash-chain head. Unary submissions,
 //! batches and retractions come to it over a channel; it takes what is queued (a group is
 //! flushed at most `window` after its oldest job arrived, or at `max_rows`), writes the whole
-//! group in one transaction with multi-row statements, commits, and only then answers each
-//! caller. On PostgreSQL the transaction locks the `chain_head` row first, which serialises the
+//! group in one transaction with one statement per table (rows bound as PostgreSQL arrays on a
+//! native connection, or as one JSON text on SQLite: [`store::WriteConn`]), commits, and only
+//! then answers each caller. On PostgreSQL the transaction locks the `chain_head` row first, which serialises the
 //! writers of different processes; the head is always read from that row, never from memory.
 //!
 //! **A group never shares one member's failure.** When the group's transaction fails for a
@@ -36,20 +37,20 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Connection;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use citycredit::status::Violation;
 use citycredit_core::auth::{CredentialCheck, Principal};
 use citycredit_core::text::TextKind;
-use citycredit_store::{Backend, Db, now_micros};
+use citycredit_store::{Db, now_micros};
 
 use crate::audit_chain::row_hash;
 use crate::change_feed::{self, BaseChanges, ChangeFeed};
 use crate::error::IngestError;
 use crate::store::{
-    self, IdempotencyRecord, KIND_RETRACTION, KIND_VALUE, StoredRow, Version, scoped_key,
+    self, IdempotencyRecord, KIND_RETRACTION, KIND_VALUE, StoredRow, Version, WriteConn,
+    WritePooled, scoped_key,
 };
 use crate::validation::NewValue;
 
@@ -489,14 +490,12 @@ impl WriterTask {
     /// One transaction over `jobs`.
     async fn attempt(&self, jobs: &[Work]) -> Result<Vec<Result<Outcome, IngestError>>, Failure> {
         let db_err = |stage: &'static str| move |error: sqlx::Error| Failure { stage, error };
-        let mut conn = self.db.pool.acquire().await.map_err(db_err("acquire"))?;
-        let postgres = self.db.backend == Backend::Postgres;
-        // SQLite: take the write lock at BEGIN, where the busy timeout applies. A deferred
-        // transaction that has read and then writes gets SQLITE_BUSY at once (no waiting) while
-        // another connection still holds the lock, e.g. the rollback of a failed attempt.
-        let begin = if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" };
-        let mut tx = conn.begin_with(begin).await.map_err(db_err("begin"))?;
-        let prepared = self.prepare(&mut tx, jobs).await;
+        // PostgreSQL: a native connection (array parameters); SQLite: the `Any` pool.
+        let mut conn = WritePooled::acquire(&self.db)
+            .await
+            .map_err(db_err("acquire"))?;
+        let mut tx = conn.begin().await.map_err(db_err("begin"))?;
+        let prepared = self.prepare(&mut tx.conn(), jobs).await;
         let Prepared {
             plans,
             outcomes,
@@ -553,14 +552,9 @@ impl WriterTask {
     }
 
     /// Everything of an attempt before its COMMIT: plans, rows, versions, the new head.
-    async fn prepare(
-        &self,
-        tx: &mut sqlx::AnyConnection,
-        jobs: &[Work],
-    ) -> Result<Prepared, Failure> {
+    async fn prepare(&self, tx: &mut WriteConn<'_>, jobs: &[Work]) -> Result<Prepared, Failure> {
         let db_err = |stage: &'static str| move |error: sqlx::Error| Failure { stage, error };
-        let postgres = self.db.backend == Backend::Postgres;
-        let head = store::lock_head(tx, postgres)
+        let head = store::lock_head(tx)
             .await
             .map_err(db_err("read chain head"))?;
         // Strictly increasing per commit, so `as_of` tells commits apart.
@@ -735,10 +729,7 @@ impl WriterTask {
                 .map_err(db_err("move chain head"))?;
             if let Some(channel) = &self.notify_channel {
                 for payload in change_feed::payloads(&self.feed.origin, &base, now) {
-                    sqlx::query("SELECT pg_notify($1, $2)")
-                        .bind(channel.as_str())
-                        .bind(payload)
-                        .execute(&mut *tx)
+                    store::notify(tx, channel, &payload)
                         .await
                         .map_err(db_err("notify"))?;
                 }
@@ -757,7 +748,7 @@ impl WriterTask {
     /// idempotency records (stored, or repeated inside the attempt), retractions already made.
     async fn plan(
         &self,
-        tx: &mut sqlx::AnyConnection,
+        tx: &mut WriteConn<'_>,
         jobs: &[Work],
         now: i64,
     ) -> Result<Vec<Plan>, Failure> {

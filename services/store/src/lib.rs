@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyArguments, AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::query::{Query, QueryAs};
 use sqlx::{Any, AnyPool, Execute, Executor, FromRow, QueryBuilder};
 
@@ -110,7 +111,21 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// PostgreSQL only: a small native pool (same URL and schema) for bulk writes. The `Any`
+    /// driver cannot bind arrays, so a group commit through it binds every value of every row
+    /// as a parameter of its own; natively, one statement takes a whole column as one array
+    /// (`INSERT ... SELECT * FROM UNNEST($1::bigint[], ...)`). Connects lazily; its
+    /// connections carry the `application_name` [`BULK_APPLICATION_NAME`].
+    pub bulk: Option<PgPool>,
 }
+
+/// The PostgreSQL `application_name` of the native bulk-write connections (visible in
+/// `pg_stat_activity`).
+pub const BULK_APPLICATION_NAME: &str = "citycredit-bulk-writer";
+
+/// Connections of the native bulk-write pool: the single writer uses one at a time; a second
+/// covers a connection being replaced.
+const BULK_CONNECTIONS: u32 = 2;
 
 /// How to reach the store.
 #[derive(Clone, Debug)]
@@ -203,6 +218,10 @@ impl Db {
             });
         }
         let options = AnyConnectOptions::from_str(&url).map_err(connect_err)?;
+        let bulk = match backend {
+            Backend::Postgres => Some(Self::bulk_pool(&url, acquire_timeout, search_path.clone())?),
+            Backend::Sqlite => None,
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
@@ -236,7 +255,43 @@ impl Db {
             .connect_with(options)
             .await
             .map_err(connect_err)?;
-        Ok(Db { pool, backend })
+        Ok(Db {
+            pool,
+            backend,
+            bulk,
+        })
+    }
+
+    /// The native PostgreSQL pool for bulk writes (see [`Db::bulk`]), connected lazily.
+    fn bulk_pool(
+        url: &str,
+        acquire_timeout: Duration,
+        search_path: Option<String>,
+    ) -> Result<PgPool, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|source| StoreError::Connect {
+                backend: Backend::Postgres.as_str(),
+                source,
+            })?
+            .application_name(BULK_APPLICATION_NAME);
+        Ok(PgPoolOptions::new()
+            .max_connections(BULK_CONNECTIONS)
+            .acquire_timeout(acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                let search_path = search_path.clone();
+                Box::pin(async move {
+                    if let Some(schema) = search_path {
+                        // SQL-safe: an identifier cannot be bound; `connect` checked it with
+                        // `valid_schema_name` ([a-z0-9_] only).
+                        conn.execute(sqlx::AssertSqlSafe(format!(
+                            "SET search_path TO \"{schema}\""
+                        )))
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(options))
     }
 
     /// Runs the embedded migrations of this backend.
@@ -246,6 +301,14 @@ impl Db {
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
         }
         Ok(())
+    }
+
+    /// Closes every pool (waits for connections in use to be returned).
+    pub async fn close(&self) {
+        self.pool.close().await;
+        if let Some(bulk) = &self.bulk {
+            bulk.close().await;
+        }
     }
 
     /// A cheap round trip, for health checks.
