@@ -23,8 +23,11 @@ from citycredit.v1 import (
 from helpers import expect_failure
 
 CITY = "330800"
-MONTH = "2026-11"
-YEAR = "2026"
+# 2027: on the four-process topology this suite shares the server with the README examples,
+# whose 2025 values carry forward to every period of 2026 (a LEVEL value reaches the 12 months
+# after it; rulebook section 2, "Time"), and samr must be the only reporter here.
+MONTH = "2027-11"
+YEAR = "2027"
 TOTAL = "uscc.stock_codes_total"
 CONVERTED = "uscc.stock_codes_converted"
 CODES = "uscc.codes_total"

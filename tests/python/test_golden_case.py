@@ -18,7 +18,7 @@ from citycredit.v1 import (
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CASES = ROOT / "tests" / "fixtures" / "golden" / "public-cases.json"
-# The golden case's own period is "2026", which the department-day test also uses; this test
+# The golden case's own period is "2026", which the README examples reach; this test
 # scores the same values in a period nobody else touches.
 PERIOD = "2025-Q2"
 BATCH_CHUNK = 10
