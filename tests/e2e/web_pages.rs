@@ -20,7 +20,10 @@ use citycredit_tests::{ADMIN_KEY, Backend, TestServer, both_databases, fresh_sch
 struct Answer {
     status: u16,
     headers: Vec<(String, String)>,
+    /// The body of a text answer (checked to be UTF-8); empty for a file.
     body: String,
+    /// The body as sent.
+    bytes: Vec<u8>,
 }
 
 impl Answer {
@@ -118,10 +121,18 @@ async fn http(
     } else {
         rest.to_vec()
     };
+    let text = headers
+        .iter()
+        .all(|(k, v)| !k.eq_ignore_ascii_case("content-type") || v.starts_with("text/"));
     Answer {
         status,
+        body: if text {
+            String::from_utf8(body.clone()).unwrap_or_else(|e| panic!("{path}: not UTF-8: {e}"))
+        } else {
+            String::new()
+        },
         headers,
-        body: String::from_utf8(body).unwrap_or_else(|e| panic!("{path}: not UTF-8: {e}")),
+        bytes: body,
     }
 }
 
@@ -132,6 +143,59 @@ async fn sign_in(addr: SocketAddr, key: &str) -> Answer {
 
 async fn get(addr: SocketAddr, path: &str, cookie: &str) -> Answer {
     http(addr, "GET", path, Some(cookie), &[], None).await
+}
+
+/// A downloaded workbook's sheets, each as rows of cell text.
+fn workbook(a: &Answer, path: &str, file: &str) -> Vec<(String, Vec<Vec<String>>)> {
+    use calamine::Reader as _;
+    assert_eq!(
+        a.status,
+        200,
+        "{path}: {}",
+        String::from_utf8_lossy(&a.bytes)
+    );
+    assert_eq!(
+        a.header("content-type"),
+        Some("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+        "{path}"
+    );
+    assert_eq!(
+        a.header("content-disposition"),
+        Some(format!("attachment; filename=\"{file}\"").as_str()),
+        "{path}"
+    );
+    let mut book = calamine::Xlsx::new(std::io::Cursor::new(a.bytes.clone()))
+        .unwrap_or_else(|e| panic!("{path}: not an .xlsx file: {e}"));
+    let names = book.sheet_names();
+    names
+        .into_iter()
+        .map(|name| {
+            let range = book
+                .worksheet_range(&name)
+                .unwrap_or_else(|e| panic!("{path}: sheet {name}: {e}"));
+            let rows = range
+                .rows()
+                .map(|r| r.iter().map(ToString::to_string).collect())
+                .collect();
+            (name, rows)
+        })
+        .collect()
+}
+
+/// The first row of `rows` whose first cell is `first`.
+fn row_starting<'a>(rows: &'a [Vec<String>], first: &str) -> &'a [String] {
+    rows.iter()
+        .find(|r| r.first().is_some_and(|c| c == first))
+        .unwrap_or_else(|| panic!("no row starting with {first:?} in {rows:?}"))
+}
+
+/// The department codes of a completeness workbook's grid (the rows under its header).
+fn grid_departments(rows: &[Vec<String>]) -> Vec<&str> {
+    let header = rows
+        .iter()
+        .position(|r| r[0] == "部门 Department")
+        .unwrap_or_else(|| panic!("no grid header in {rows:?}"));
+    rows[header + 1..].iter().map(|r| r[1].as_str()).collect()
 }
 
 fn page_ok(a: &Answer, path: &str, expected: &[&str]) {
@@ -315,6 +379,50 @@ async fn the_pages_on_the_grpc_port(backend: Backend) {
     let others = a.body.matches("<tr data-department=").count();
     assert!(others > 1, "an operator sees every department");
 
+    // Each table downloads as an .xlsx workbook of what the page shows.
+    assert!(
+        a.body
+            .contains("href=\"/completeness.xlsx?region=330800&amp;period=2026\"")
+    );
+    let path = "/scorecard.xlsx?region=330800&period=2026";
+    let sheets = workbook(
+        &get(addr, path, &op).await,
+        path,
+        "scorecard-330800-2026.xlsx",
+    );
+    let names: Vec<&str> = sheets.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names[..2], ["评分卡", "评估指标"], "{names:?}");
+    let card_rows = &sheets[0].1;
+    assert_eq!(row_starting(card_rows, "期间 Period")[1], "2026");
+    let b01 = row_starting(card_rows, "B01");
+    assert_eq!(b01[2], "基础性 basic", "{b01:?}");
+    assert!(!b01[1].is_empty(), "the indicator's Chinese title: {b01:?}");
+    let g11 = row_starting(card_rows, "G11");
+    assert_eq!(g11[2], "引导性 guiding", "{g11:?}");
+    assert!(
+        card_rows
+            .iter()
+            .filter(|r| r[0].len() == 3 && (r[0].starts_with('B') || r[0].starts_with('G')))
+            .count()
+            == 20,
+        "twenty indicators: {card_rows:?}"
+    );
+    assert!(row_starting(&sheets[1].1, "E01").len() >= 5);
+    let path = "/completeness.xlsx?region=330800&period=2026";
+    let sheets = workbook(
+        &get(addr, path, &op).await,
+        path,
+        "completeness-330800-2026.xlsx",
+    );
+    let grid = &sheets[0].1;
+    assert!(
+        grid.iter().any(|r| r.get(1).is_some_and(|c| c == "samr")
+            && r.iter().any(|c| c == "✔")
+            && r.iter().any(|c| c == "✘")),
+        "{grid:?}"
+    );
+    assert_eq!(grid_departments(grid).len(), others, "{grid:?}");
+
     // Live: the scorecard page's event stream sends the card, and again when a value changes.
     let mut live = TcpStream::connect(addr)
         .await
@@ -407,6 +515,43 @@ async fn the_pages_on_the_grpc_port(backend: Backend) {
     let a = get(addr, "/completeness?period=2026", &dept_session).await;
     page_ok(&a, "/completeness", &["data-department=\"samr\""]);
     assert_eq!(a.body.matches("<tr data-department=").count(), 1);
+    // Its downloads are its own too.
+    let path = "/worklist.xlsx?region=330800&period=2026";
+    let sheets = workbook(
+        &get(addr, path, &dept_session).await,
+        path,
+        "worklist-samr-330800-2026.xlsx",
+    );
+    let rows = &sheets[0].1;
+    assert!(
+        row_starting(rows, "部门 Department")[1].ends_with("samr"),
+        "{rows:?}"
+    );
+    assert!(rows.iter().any(|r| r[0] == "B01"), "{rows:?}");
+    let a = get(
+        addr,
+        "/worklist.xlsx?department=cpc-staffing&period=2026",
+        &dept_session,
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert!(
+        a.bytes.starts_with(b"<!DOCTYPE") || a.body.contains("cpc-staffing"),
+        "{}",
+        a.body
+    );
+    let path = "/completeness.xlsx?region=330800&period=2026";
+    let sheets = workbook(
+        &get(addr, path, &dept_session).await,
+        path,
+        "completeness-330800-2026.xlsx",
+    );
+    assert_eq!(
+        grid_departments(&sheets[0].1),
+        ["samr"],
+        "{:?}",
+        sheets[0].1
+    );
 
     // Sign out: the session is gone server-side, the cookie cleared.
     let a = http(addr, "POST", "/signout", Some(&dept_session), &[], Some("")).await;

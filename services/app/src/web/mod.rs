@@ -16,6 +16,7 @@
 //! `WatchScorecard`), and a strict Content-Security-Policy allows nothing from elsewhere: the
 //! pages work without the internet.
 
+mod export;
 mod html;
 mod pages;
 pub mod session;
@@ -193,6 +194,15 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Body>
     secured(resp)
 }
 
+/// A file to save (`name` is plain ASCII: `export::file_name`).
+fn attachment(name: &str, bytes: Vec<u8>) -> Response {
+    let mut resp = respond(StatusCode::OK, export::XLSX, bytes);
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    resp
+}
+
 fn html_page(status: StatusCode, body: String) -> Response {
     respond(status, "text/html; charset=utf-8", body)
 }
@@ -336,6 +346,12 @@ impl Web {
                     Ok(a) => a,
                     Err(e) => return self.failed(&id, &session, e),
                 };
+                if export::PATHS.contains(&path.as_str()) {
+                    return match export::download(&self, &session, &ask, &path).await {
+                        Ok((name, bytes)) => attachment(&name, bytes),
+                        Err(e) => self.failed(&id, &session, e),
+                    };
+                }
                 let result = match path.as_str() {
                     "/scorecard" => pages::scorecard(&self, &session, &ask).await,
                     "/counties" => pages::counties(&self, &session, &ask).await,

@@ -38,7 +38,7 @@ pub fn sign_in(error: Option<&str>) -> String {
     html::page("登录 Sign in", "", None, &body)
 }
 
-fn region_name(org: &Org, code: &str) -> String {
+pub(crate) fn region_name(org: &Org, code: &str) -> String {
     org.city
         .regions
         .iter()
@@ -47,7 +47,7 @@ fn region_name(org: &Org, code: &str) -> String {
         .unwrap_or_else(|| code.to_owned())
 }
 
-fn department_name(org: &Org, code: &str) -> String {
+pub(crate) fn department_name(org: &Org, code: &str) -> String {
     org.city
         .departments
         .iter()
@@ -56,14 +56,14 @@ fn department_name(org: &Org, code: &str) -> String {
         .unwrap_or_else(|| code.to_owned())
 }
 
-fn metric_name(catalog: &Catalog, key: &str) -> String {
+pub(crate) fn metric_name(catalog: &Catalog, key: &str) -> String {
     catalog
         .metric(key)
         .map(|m| m.title.clone())
         .unwrap_or_default()
 }
 
-fn indicator_title(catalog: &Catalog, code: &str) -> String {
+pub(crate) fn indicator_title(catalog: &Catalog, code: &str) -> String {
     catalog
         .indicator(code)
         .map(|i| i.title.clone())
@@ -119,24 +119,25 @@ fn chooser(org: &Org, action: &str, ask: &Ask, extra: &str) -> String {
     out
 }
 
+/// The link to the page's table as an `.xlsx` workbook (`export.rs`), for what the page shows.
+fn download_link(path: &str, ask: &Ask, department: Option<&str>) -> String {
+    let mut href = format!("{path}?region={}&period={}", q(&ask.region), q(&ask.period));
+    if let Some(d) = department {
+        let _ = write!(href, "&department={}", q(d));
+    }
+    format!(
+        "<p class=\"noprint download\"><a href=\"{}\" id=\"download\" download>下载 Excel \
+         <span class=\"en\">Download .xlsx</span></a></p>",
+        esc(&href)
+    )
+}
+
 /// The city scorecard.
 pub async fn scorecard(web: &Web, s: &Session, ask: &Ask) -> Result<String, PageError> {
-    let card = web
-        .scoring()
-        .get_scorecard(call(
-            &s.key,
-            pb::GetScorecardRequest {
-                region_code: ask.region.clone(),
-                period: ask.period.clone(),
-                as_of: None,
-            },
-        ))
-        .await?
-        .into_inner()
-        .scorecard
-        .unwrap_or_default();
+    let card = fetch_scorecard(web, s, ask).await?;
     let org = web.org.borrow().clone();
     let mut body = chooser(&org, "/scorecard", ask, "");
+    body.push_str(&download_link("/scorecard.xlsx", ask, None));
     let live = format!(
         "/events/scorecard?region={}&period={}",
         q(&ask.region),
@@ -155,6 +156,28 @@ pub async fn scorecard(web: &Web, s: &Session, ask: &Ask) -> Result<String, Page
         Some(&banner(s)),
         &body,
     ))
+}
+
+/// The scorecard asked for, through the gateway with the session's key.
+pub async fn fetch_scorecard(
+    web: &Web,
+    s: &Session,
+    ask: &Ask,
+) -> Result<pb::Scorecard, PageError> {
+    Ok(web
+        .scoring()
+        .get_scorecard(call(
+            &s.key,
+            pb::GetScorecardRequest {
+                region_code: ask.region.clone(),
+                period: ask.period.clone(),
+                as_of: None,
+            },
+        ))
+        .await?
+        .into_inner()
+        .scorecard
+        .unwrap_or_default())
 }
 
 /// The scorecard's content, also sent whole on every live update.
@@ -763,23 +786,34 @@ fn department_asked(org: &Org, s: &Session, ask: &Ask) -> Result<Option<String>,
     }
 }
 
-/// A department's worklist.
-pub async fn worklist(web: &Web, s: &Session, ask: &Ask) -> Result<String, PageError> {
+/// The worklist asked for (a department principal's own), through the gateway.
+pub async fn fetch_worklist(
+    web: &Web,
+    s: &Session,
+    ask: &Ask,
+) -> Result<pb::GetDepartmentWorklistResponse, PageError> {
     let org = web.org.borrow().clone();
     let department = department_asked(&org, s, ask)?
         .ok_or_else(|| PageError::BadRequest("没有部门 No department is registered".into()))?;
-    let list = web
+    Ok(web
         .scoring()
         .get_department_worklist(call(
             &s.key,
             pb::GetDepartmentWorklistRequest {
-                department: department.clone(),
+                department,
                 period: ask.period.clone(),
                 region_code: ask.region.clone(),
             },
         ))
         .await?
-        .into_inner();
+        .into_inner())
+}
+
+/// A department's worklist.
+pub async fn worklist(web: &Web, s: &Session, ask: &Ask) -> Result<String, PageError> {
+    let org = web.org.borrow().clone();
+    let list = fetch_worklist(web, s, ask).await?;
+    let department = list.department_code.clone();
     let mut extra = String::new();
     if s.principal.role != Role::Department {
         extra.push_str("<label>部门 <span class=\"en\">Department</span> <select name=\"department\" id=\"department\">");
@@ -799,6 +833,7 @@ pub async fn worklist(web: &Web, s: &Session, ask: &Ask) -> Result<String, PageE
         extra.push_str("</select></label> ");
     }
     let mut body = chooser(&org, "/worklist", ask, &extra);
+    body.push_str(&download_link("/worklist.xlsx", ask, Some(&department)));
     let _ = write!(
         body,
         "<h1>工作清单 <span class=\"en\">Worklist</span> · <span id=\"worklist-department\">{}</span> \
@@ -870,9 +905,13 @@ pub async fn worklist(web: &Web, s: &Session, ask: &Ask) -> Result<String, PageE
     ))
 }
 
-/// The completeness grid: department × metric.
-pub async fn completeness(web: &Web, s: &Session, ask: &Ask) -> Result<String, PageError> {
-    let org = web.org.borrow().clone();
+/// The completeness report asked for (a department principal's own row only), through the
+/// gateway.
+pub async fn fetch_completeness(
+    web: &Web,
+    s: &Session,
+    ask: &Ask,
+) -> Result<Vec<pb::DepartmentCompleteness>, PageError> {
     let mut rows = web
         .scoring()
         .get_completeness_report(call(
@@ -889,12 +928,24 @@ pub async fn completeness(web: &Web, s: &Session, ask: &Ask) -> Result<String, P
         let own = s.principal.department.clone().unwrap_or_default();
         rows.retain(|r| r.department_code == own);
     }
-    let metrics: BTreeSet<&str> = rows
-        .iter()
+    Ok(rows)
+}
+
+/// The grid's columns: every metric some row reports or misses, in key order.
+pub fn grid_metrics(rows: &[pb::DepartmentCompleteness]) -> BTreeSet<&str> {
+    rows.iter()
         .flat_map(|r| r.reported.iter().chain(r.missing.iter()))
         .map(String::as_str)
-        .collect();
+        .collect()
+}
+
+/// The completeness grid: department × metric.
+pub async fn completeness(web: &Web, s: &Session, ask: &Ask) -> Result<String, PageError> {
+    let org = web.org.borrow().clone();
+    let rows = fetch_completeness(web, s, ask).await?;
+    let metrics = grid_metrics(&rows);
     let mut body = chooser(&org, "/completeness", ask, "");
+    body.push_str(&download_link("/completeness.xlsx", ask, None));
     let _ = write!(
         body,
         "<h1>报送完整性 <span class=\"en\">Reporting completeness</span> · {}</h1>\
