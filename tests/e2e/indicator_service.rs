@@ -27,8 +27,29 @@ async fn lists_all_twenty_indicators_with_names_scores_rules_and_leads() {
     assert_eq!(b01.name, "indicators/B01");
     assert_eq!(b01.kind(), pb::IndicatorKind::Basic);
     assert!(b01.title.contains("统一社会信用代码"));
+    // The rule in words: Chinese by default, with the metrics' Chinese titles ...
     assert_eq!(
         b01.rule_summary,
+        "（1）“已转换为统一社会信用代码的存量代码数”占“存量代码总数”的比例 ≥ 100%"
+    );
+    assert_eq!(b01.terms[0].summary, b01.rule_summary["（1）".len()..]);
+    // ... and in English for a caller who asks for it.
+    let mut english = tonic::Request::new(pb::GetIndicatorRequest {
+        name: "indicators/B01".into(),
+    });
+    english.metadata_mut().insert(
+        "accept-language",
+        tonic::metadata::MetadataValue::from_static("en"),
+    );
+    let b01_en = client
+        .get_indicator(english)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner()
+        .indicator
+        .unwrap_or_default();
+    assert_eq!(
+        b01_en.rule_summary,
         "(1) ratio(uscc.stock_codes_converted, uscc.stock_codes_total) >= 1"
     );
     let parties: Vec<(&str, pb::ResponsibilityRole)> = b01
@@ -159,7 +180,7 @@ async fn lists_every_metric_with_kind_and_aggregation() {
     assert_eq!(e07.tasks[2].section, "法治环境");
     assert_eq!(
         e07.tasks[0].checks,
-        ["ratio(finance.npl_balance, finance.loan_balance) < 0.02"]
+        ["“不良贷款余额（元）”占“各项贷款余额（元）”的比例 < 2%"]
     );
 
     let sets = client

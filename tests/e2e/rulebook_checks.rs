@@ -139,7 +139,8 @@ async fn task_checks_pass_fail_or_are_missing(backend: Backend) {
         (e03_3.indicator_code.as_str(), e03_3.indicator_status()),
         ("B10", pb::IndicatorStatus::MissingData)
     );
-    assert_eq!(e03_3.summary, "indicator B10 conditions (1, 2) hold");
+    // The check in words, in Chinese (the default language).
+    assert_eq!(e03_3.summary, "硬指标 B10 的条件（1、2）成立");
 
     // The last unit connects: E08.3 passes.
     submit(
@@ -494,7 +495,9 @@ async fn the_catalog_shows_its_rulebook_version_descriptions_and_checks(backend:
     assert!(e08.tasks[0].description.contains("低于万分之一"));
     assert_eq!(
         e08.tasks[2].checks,
-        ["ratio(sharing.units_connected, sharing.units_required) >= 1"]
+        [
+            "“已联通信用信息共享平台并归集共享信息的单位数”占“应联通的司法、行政部门和水电气热通信等公用企事业单位数”的比例 ≥ 100%"
+        ]
     );
 }
 

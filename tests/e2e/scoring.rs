@@ -239,7 +239,13 @@ async fn departments_and_counties_roll_up_with_attribution_corrections_and_as_of
     );
     assert_eq!(b04.gaps[0].change, "+1");
     assert_eq!(city.responsible[0].party, "departments/business-env");
-    assert!(city.rule_summary.contains("service_halls.connected"));
+    // The rule in Chinese (the default), naming the metric by its title, not its key.
+    assert!(
+        city.rule_summary
+            .contains("“已接入信用信息共享平台和信用网站的政务服务大厅数”"),
+        "{}",
+        city.rule_summary
+    );
 
     let county = ok(scoring.explain_indicator(explain("330803")).await)
         .result

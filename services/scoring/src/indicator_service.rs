@@ -17,6 +17,7 @@ use citycredit_core::city::City;
 use citycredit_core::numbers::Precision;
 
 use crate::error::ScoringError;
+use crate::wording::{Rules, locale_of};
 
 /// Serves the catalog. The organisation (for responsible parties) is a snapshot that the
 /// registry replaces when an administrator changes it.
@@ -31,14 +32,14 @@ impl IndicatorApi {
         IndicatorApi { catalog, org }
     }
 
-    fn indicator(&self, ind: &catalog::Indicator, city: &City) -> pb::Indicator {
+    fn indicator(&self, ind: &catalog::Indicator, city: &City, words: Rules<'_>) -> pb::Indicator {
         let terms = match ind.kind {
             IndicatorKind::Basic => ind
                 .conditions
                 .iter()
                 .map(|c| pb::RuleTerm {
                     label: c.label.clone(),
-                    summary: c.predicate.summary(),
+                    summary: words.predicate(&c.predicate),
                     metric_keys: c
                         .predicate
                         .metrics()
@@ -53,7 +54,7 @@ impl IndicatorApi {
                 .iter()
                 .map(|p| pb::RuleTerm {
                     label: p.label.clone(),
-                    summary: p.formula.summary(),
+                    summary: words.formula(&p.formula),
                     metric_keys: p.formula.metrics().into_iter().map(str::to_owned).collect(),
                     max_score: self.catalog.part_max(&p.formula).rounded(Precision::Score),
                 })
@@ -70,7 +71,7 @@ impl IndicatorApi {
                 .as_ref()
                 .map(|m| m.rounded(Precision::Score))
                 .unwrap_or_default(),
-            rule_summary: ind.rule_summary(),
+            rule_summary: words.rule(ind),
             terms,
             metric_keys: ind.metrics().into_iter().map(str::to_owned).collect(),
             responsible: responsible_parties(city, &ind.code),
@@ -157,9 +158,9 @@ fn metric(m: &catalog::Metric) -> pb::Metric {
     }
 }
 
-fn task_check(c: &Catalog, check: &catalog::ItemCheck) -> pb::TaskCheck {
+fn task_check(c: &Catalog, check: &catalog::ItemCheck, words: Rules<'_>) -> pb::TaskCheck {
     pb::TaskCheck {
-        summary: check.summary(),
+        summary: words.check(check),
         check_type: check.type_name().to_owned(),
         indicator_code: check.indicator().unwrap_or_default().to_owned(),
         condition_labels: match check {
@@ -174,7 +175,7 @@ fn task_check(c: &Catalog, check: &catalog::ItemCheck) -> pb::TaskCheck {
     }
 }
 
-fn item(c: &Catalog, it: &catalog::Item, city: &City) -> pb::EvaluationItem {
+fn item(c: &Catalog, it: &catalog::Item, city: &City, words: Rules<'_>) -> pb::EvaluationItem {
     // A task answers to its section's list, or to the item's when the item has no sections.
     let subject = |t: &catalog::Task| match &t.section {
         Some(s) => catalog::section_subject(&it.code, &s.code),
@@ -196,9 +197,9 @@ fn item(c: &Catalog, it: &catalog::Item, city: &City) -> pb::EvaluationItem {
                     .as_ref()
                     .map(|s| s.title.clone())
                     .unwrap_or_default(),
-                checks: t.checks.iter().map(catalog::ItemCheck::summary).collect(),
+                checks: t.checks.iter().map(|k| words.check(k)).collect(),
                 description: t.description.clone().unwrap_or_default(),
-                check_details: t.checks.iter().map(|k| task_check(c, k)).collect(),
+                check_details: t.checks.iter().map(|k| task_check(c, k, words)).collect(),
                 section_name: t
                     .section
                     .as_ref()
@@ -259,6 +260,7 @@ impl IndicatorService for IndicatorApi {
         request: Request<pb::ListIndicatorsRequest>,
     ) -> Result<Response<pb::ListIndicatorsResponse>, Status> {
         authorize(&request, &self.org.borrow().access, Action::Read)?;
+        let words = Rules::new(&self.catalog, locale_of(request.metadata()));
         let req = request.into_inner();
         let (offset, limit) = page(req.page_size, &req.page_token, usize::MAX, usize::MAX)?;
         let want = pb::IndicatorKind::try_from(req.kind).unwrap_or(pb::IndicatorKind::Unspecified);
@@ -274,7 +276,7 @@ impl IndicatorService for IndicatorApi {
             .iter()
             .skip(offset)
             .take(limit)
-            .map(|i| self.indicator(i, city))
+            .map(|i| self.indicator(i, city, words))
             .collect();
         Ok(Response::new(pb::ListIndicatorsResponse {
             indicators,
@@ -287,6 +289,7 @@ impl IndicatorService for IndicatorApi {
         request: Request<pb::GetIndicatorRequest>,
     ) -> Result<Response<pb::GetIndicatorResponse>, Status> {
         authorize(&request, &self.org.borrow().access, Action::Read)?;
+        let words = Rules::new(&self.catalog, locale_of(request.metadata()));
         let name = request.into_inner().name;
         let code = strip(&name, "indicators/");
         let ind = self
@@ -296,7 +299,7 @@ impl IndicatorService for IndicatorApi {
         let org = self.org.borrow().clone();
         let city = &org.city;
         Ok(Response::new(pb::GetIndicatorResponse {
-            indicator: Some(self.indicator(ind, city)),
+            indicator: Some(self.indicator(ind, city, words)),
         }))
     }
 
@@ -361,6 +364,7 @@ impl IndicatorService for IndicatorApi {
         request: Request<pb::ListEvaluationItemsRequest>,
     ) -> Result<Response<pb::ListEvaluationItemsResponse>, Status> {
         authorize(&request, &self.org.borrow().access, Action::Read)?;
+        let words = Rules::new(&self.catalog, locale_of(request.metadata()));
         let org = self.org.borrow().clone();
         let city = &org.city;
         Ok(Response::new(pb::ListEvaluationItemsResponse {
@@ -368,7 +372,7 @@ impl IndicatorService for IndicatorApi {
                 .catalog
                 .items
                 .iter()
-                .map(|i| item(&self.catalog, i, city))
+                .map(|i| item(&self.catalog, i, city, words))
                 .collect(),
         }))
     }
@@ -378,6 +382,7 @@ impl IndicatorService for IndicatorApi {
         request: Request<pb::GetEvaluationItemRequest>,
     ) -> Result<Response<pb::GetEvaluationItemResponse>, Status> {
         authorize(&request, &self.org.borrow().access, Action::Read)?;
+        let words = Rules::new(&self.catalog, locale_of(request.metadata()));
         let name = request.into_inner().name;
         let code = strip(&name, "items/");
         let it = self
@@ -387,7 +392,7 @@ impl IndicatorService for IndicatorApi {
         let org = self.org.borrow().clone();
         let city = &org.city;
         Ok(Response::new(pb::GetEvaluationItemResponse {
-            item: Some(item(&self.catalog, it, city)),
+            item: Some(item(&self.catalog, it, city, words)),
         }))
     }
 }

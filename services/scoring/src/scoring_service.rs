@@ -489,7 +489,7 @@ impl ScoringService for ScoringApi {
         let mut result = convert::indicator(result, &s.aggregates);
         wording::indicator(&self.catalog, &mut result, locale);
         Ok(Response::new(pb::ExplainIndicatorResponse {
-            rule_summary: ind.rule_summary(),
+            rule_summary: wording::Rules::new(&self.catalog, locale).rule(ind),
             result: Some(result),
             responsible: responsible_parties(&org.city, &code),
             title: ind.title.clone(),

@@ -6,7 +6,7 @@
 
 use citycredit::localize::Locale;
 use citycredit::proto::v1 as pb;
-use citycredit_core::catalog::Catalog;
+use citycredit_core::catalog::{self, Catalog, Chinese};
 use tonic::metadata::MetadataMap;
 
 /// The caller's language, from the `accept-language` the gateway forwards (zh-CN when absent).
@@ -96,20 +96,82 @@ fn step(catalog: &Catalog, code: &str, step: Option<&mut pb::ScoreStep>, locale:
     };
 }
 
-/// One indicator's gaps and steps in `locale`.
+/// A catalog's rules in the caller's language: the engine's English summaries, or the Chinese
+/// of `catalog::Chinese`.
+#[derive(Clone, Copy)]
+pub struct Rules<'a> {
+    chinese: Option<Chinese<'a>>,
+}
+
+impl<'a> Rules<'a> {
+    pub fn new(catalog: &'a Catalog, locale: Locale) -> Self {
+        Rules {
+            chinese: (locale == Locale::ZhCn).then(|| Chinese::new(catalog)),
+        }
+    }
+
+    pub fn predicate(&self, p: &catalog::Predicate) -> String {
+        self.chinese
+            .map_or_else(|| p.summary(), |zh| zh.predicate(p))
+    }
+
+    pub fn formula(&self, f: &catalog::Formula) -> String {
+        self.chinese.map_or_else(|| f.summary(), |zh| zh.formula(f))
+    }
+
+    pub fn check(&self, c: &catalog::ItemCheck) -> String {
+        self.chinese.map_or_else(|| c.summary(), |zh| zh.check(c))
+    }
+
+    pub fn rule(&self, ind: &catalog::Indicator) -> String {
+        self.chinese
+            .map_or_else(|| ind.rule_summary(), |zh| zh.rule(ind))
+    }
+}
+
+/// A result's condition and part summaries in Chinese, matched by label.
+fn terms(catalog: &Catalog, r: &mut pb::IndicatorResult) {
+    let Some(ind) = catalog.indicator(&r.code) else {
+        return;
+    };
+    let zh = Chinese::new(catalog);
+    for t in &mut r.terms {
+        if let Some(c) = ind.conditions.iter().find(|c| c.label == t.label) {
+            t.summary = zh.predicate(&c.predicate);
+        } else if let Some(p) = ind.parts.iter().find(|p| p.label == t.label) {
+            t.summary = zh.formula(&p.formula);
+        }
+    }
+}
+
+/// One indicator's rule terms, gaps and steps in `locale`.
 pub fn indicator(catalog: &Catalog, r: &mut pb::IndicatorResult, locale: Locale) {
     if locale == Locale::En {
         return;
     }
+    terms(catalog, r);
     gaps(catalog, &mut r.gaps, locale);
     step(catalog, &r.code, r.next_step.as_mut(), locale);
     step(catalog, &r.code, r.to_max.as_mut(), locale);
 }
 
-/// Every indicator of a scorecard in `locale`.
+/// Every indicator and item check of a scorecard in `locale`.
 pub fn scorecard(catalog: &Catalog, card: &mut pb::Scorecard, locale: Locale) {
     for r in &mut card.indicators {
         indicator(catalog, r, locale);
+    }
+    if locale == Locale::En {
+        return;
+    }
+    let zh = Chinese::new(catalog);
+    for t in card.items.iter_mut().flat_map(|i| i.tasks.iter_mut()) {
+        let Some(task) = catalog.task(&t.id) else {
+            continue;
+        };
+        // The engine writes a task's check results in the catalog's order.
+        for (result, check) in t.checks.iter_mut().zip(&task.checks) {
+            result.summary = zh.check(check);
+        }
     }
 }
 

@@ -408,7 +408,7 @@ mod tests {
         );
         assert_eq!(
             file_name("worklist", &["市\"住建局", "2026"]),
-            "worklist-___-2026.xlsx"
+            "worklist-_____-2026.xlsx"
         );
     }
 }

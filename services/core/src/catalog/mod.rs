@@ -4,6 +4,7 @@
 
 mod diagnostics;
 mod model;
+mod words;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -13,6 +14,7 @@ use toml::Spanned;
 
 pub use diagnostics::{Diagnostics, LoadError, Problem};
 pub use model::*;
+pub use words::Chinese;
 
 use crate::numbers::Num;
 
