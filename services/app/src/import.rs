@@ -165,17 +165,11 @@ fn server(status: &tonic::Status) -> ImportError {
 /// or nothing needed storing, 1 when rows or columns were refused (nothing stored), 2 when the
 /// import could not run.
 pub fn run(opts: &ImportOptions) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("citycredit: cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
+    let outcome = match remote::block_on(import(opts)) {
+        Ok(outcome) => outcome,
+        Err(code) => return code,
     };
-    match runtime.block_on(import(opts)) {
+    match outcome {
         Ok(summary) => {
             print!("{}", summary.render());
             if summary.refused.is_empty() {

@@ -127,3 +127,18 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 pub fn describe(status: &tonic::Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
 }
+
+/// Runs a command's work on a one-thread runtime: `Err(2)` (the exit code of a command that
+/// could not run) when the runtime cannot start.
+pub fn block_on<F: std::future::Future>(work: F) -> Result<F::Output, std::process::ExitCode> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Ok(rt.block_on(work)),
+        Err(e) => {
+            eprintln!("citycredit: cannot start the runtime: {e}");
+            Err(std::process::ExitCode::from(2))
+        }
+    }
+}

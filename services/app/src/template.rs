@@ -67,17 +67,11 @@ fn server(status: &tonic::Status) -> TemplateError {
 
 /// Runs `citycredit template`: exit 0 when the file was written, 2 otherwise.
 pub fn run(opts: &TemplateOptions) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("citycredit: cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
+    let outcome = match remote::block_on(template(opts)) {
+        Ok(outcome) => outcome,
+        Err(code) => return code,
     };
-    match runtime.block_on(template(opts)) {
+    match outcome {
         Ok(rows) => {
             println!(
                 "{}: {rows} rows for department {} and period {}",
