@@ -293,6 +293,93 @@ pub fn memory_of(name: &str, pid: u32) -> String {
     )
 }
 
+/// A key of a new platform principal (it may submit every metric), made by the administrator
+/// through the gateway, as `authorization` metadata.
+pub async fn platform_key(
+    gateway: &Channel,
+    admin: &MetadataValue<tonic::metadata::Ascii>,
+) -> MetadataValue<tonic::metadata::Ascii> {
+    use citycredit::proto::v1::department_registry_service_client::DepartmentRegistryServiceClient;
+    let mut reg = DepartmentRegistryServiceClient::new(gateway.clone());
+    let id = format!("bench-platform-{}", std::process::id());
+    let mut req = tonic::Request::new(pb::CreatePrincipalRequest {
+        principal: Some(pb::Principal {
+            id: id.clone(),
+            role: pb::Role::Platform as i32,
+            ..Default::default()
+        }),
+    });
+    req.metadata_mut().insert("authorization", admin.clone());
+    reg.create_principal(req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut req = tonic::Request::new(pb::CreateApiKeyRequest {
+        principal: format!("principals/{id}"),
+        expire_time: None,
+    });
+    req.metadata_mut().insert("authorization", admin.clone());
+    let key = reg
+        .create_api_key(req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner()
+        .secret;
+    format!("Bearer {key}")
+        .parse()
+        .unwrap_or_else(|_| panic!("header"))
+}
+
+/// The departments of the built-in city, for spreading load values over departments.
+fn departments() -> &'static [String] {
+    static DEPARTMENTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    DEPARTMENTS.get_or_init(|| {
+        let catalog =
+            citycredit_core::catalog::Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
+        citycredit_core::city::City::builtin(&catalog)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .departments
+            .iter()
+            .map(|d| d.code.clone())
+            .collect()
+    })
+}
+
+/// Load batch number `b`: 100 values of `uscc.codes_total` for the city, spread over the
+/// departments and over years from 2000 (5,000 values a year), so no two batches write the
+/// same key and no load value reaches the current years. A failed batch fails the run: a rate
+/// of failures is not a rate.
+pub async fn submit_load_batch(
+    client: &mut MetricSubmissionServiceClient<Channel>,
+    platform: &MetadataValue<tonic::metadata::Ascii>,
+    b: usize,
+) {
+    let departments = departments();
+    let values: Vec<pb::SubmissionInput> = (0..100)
+        .map(|i| pb::SubmissionInput {
+            metric_key: "uscc.codes_total".into(),
+            region_code: "330800".into(),
+            department_code: departments[(b * 100 + i) % departments.len()].clone(),
+            period: format!("{}", 2000 + (b * 100 + i) / 5000),
+            value: Some(pb::MetricValue {
+                value: Some(pb::metric_value::Value::Number(
+                    ((b * 100 + i) % 1000).to_string(),
+                )),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let mut req = tonic::Request::new(tokio_stream::iter([pb::SubmitBatchRequest {
+        idempotency_key: String::new(),
+        validate_only: false,
+        values,
+    }]));
+    req.metadata_mut().insert("authorization", platform.clone());
+    client
+        .submit_batch(req)
+        .await
+        .unwrap_or_else(|e| panic!("batch: {e}"));
+}
+
 pub async fn run(bin: String, calls: usize, values: usize) {
     let top = Topology::start(&bin, &[]);
     let (keys, db) = (top.keys.clone(), top.db);
@@ -385,78 +472,17 @@ pub async fn run(bin: String, calls: usize, values: usize) {
     );
 
     // Batched ingest through the gateway as the credit sharing platform.
-    let mut reg = citycredit::proto::v1::department_registry_service_client::DepartmentRegistryServiceClient::new(gateway_ch.clone());
-    let mut req = tonic::Request::new(pb::CreatePrincipalRequest {
-        principal: Some(pb::Principal {
-            id: "bench-platform".into(),
-            role: pb::Role::Platform as i32,
-            ..Default::default()
-        }),
-    });
-    req.metadata_mut().insert("authorization", bearer.clone());
-    reg.create_principal(req)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut req = tonic::Request::new(pb::CreateApiKeyRequest {
-        principal: "principals/bench-platform".into(),
-        expire_time: None,
-    });
-    req.metadata_mut().insert("authorization", bearer.clone());
-    let key = reg
-        .create_api_key(req)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_inner()
-        .secret;
-    let platform: MetadataValue<_> = format!("Bearer {key}")
-        .parse()
-        .unwrap_or_else(|_| panic!("header"));
-    let catalog = citycredit_core::catalog::Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
-    let departments: Arc<Vec<String>> = Arc::new(
-        citycredit_core::city::City::builtin(&catalog)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .departments
-            .iter()
-            .map(|d| d.code.clone())
-            .collect(),
-    );
+    let platform = platform_key(&gateway_ch, &bearer).await;
     let clients = 8usize;
     let batches = values / 100;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (ch, platform, departments) = (
-            gateway_ch.clone(),
-            platform.clone(),
-            Arc::clone(&departments),
-        );
+        let (ch, platform) = (gateway_ch.clone(), platform.clone());
         tasks.push(tokio::spawn(async move {
             let mut client = MetricSubmissionServiceClient::new(ch);
             for b in (c..batches).step_by(clients) {
-                let values: Vec<pb::SubmissionInput> = (0..100)
-                    .map(|i| pb::SubmissionInput {
-                        metric_key: "uscc.codes_total".into(),
-                        region_code: "330800".into(),
-                        department_code: departments[(b * 100 + i) % departments.len()].clone(),
-                        period: format!("{}", 2000 + (b * 100 + i) / 5000),
-                        value: Some(pb::MetricValue {
-                            value: Some(pb::metric_value::Value::Number(
-                                ((b * 100 + i) % 1000).to_string(),
-                            )),
-                        }),
-                        ..Default::default()
-                    })
-                    .collect();
-                let mut req = tonic::Request::new(tokio_stream::iter([pb::SubmitBatchRequest {
-                    idempotency_key: String::new(),
-                    validate_only: false,
-                    values,
-                }]));
-                req.metadata_mut().insert("authorization", platform.clone());
-                client
-                    .submit_batch(req)
-                    .await
-                    .unwrap_or_else(|e| panic!("batch: {e}"));
+                submit_load_batch(&mut client, &platform, b).await;
             }
         }));
     }

@@ -9,6 +9,7 @@ mod echo;
 mod overload;
 mod pg_ceiling;
 mod serial_latency;
+mod watch_latency;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -163,6 +164,20 @@ enum Cmd {
         calls: usize,
         #[arg(long, value_enum, default_value = "both")]
         topology: client_latency::Topo,
+    },
+    /// WatchScorecard latency from a change to the update that shows it, with no load (the
+    /// anchor) and while batches are ingested at full speed through the gateway (split
+    /// topology, four processes). PostgreSQL when DATABASE_URL names it, else SQLite.
+    WatchLatency {
+        /// The citycredit binary (build it with --release).
+        #[arg(long, default_value = "target/release/citycredit")]
+        bin: String,
+        /// Seconds of probing under load.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Milliseconds between probes.
+        #[arg(long, default_value_t = 200)]
+        every_ms: u64,
     },
     /// The gateway's access log at its default (every call), sampled and failures only:
     /// calls/s, the gateway's CPU, bytes of log per call (split topology, four processes).
@@ -545,6 +560,11 @@ fn main() {
                 rate,
             } => attacks::worker(kind, addr, key, seconds, rate).await,
             Cmd::SerialLatency { bin, calls } => serial_latency::run(&bin, calls).await,
+            Cmd::WatchLatency {
+                bin,
+                seconds,
+                every_ms,
+            } => watch_latency::run(&bin, seconds, every_ms).await,
             Cmd::ClientLatency {
                 bin,
                 calls,
