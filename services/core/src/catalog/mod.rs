@@ -327,10 +327,18 @@ impl Catalog {
             }
         }
         for ind in &self.indicators {
-            out.push(text(format!("indicator {}", ind.code), &ind.title, &ind.title_en));
+            out.push(text(
+                format!("indicator {}", ind.code),
+                &ind.title,
+                &ind.title_en,
+            ));
         }
         for item in &self.items {
-            out.push(text(format!("item {}", item.code), &item.title, &item.title_en));
+            out.push(text(
+                format!("item {}", item.code),
+                &item.title,
+                &item.title_en,
+            ));
             for sec in item.sections() {
                 out.push(text(
                     format!("item {}, section {}", item.code, sec.code),
@@ -339,7 +347,11 @@ impl Catalog {
                 ));
             }
             for task in &item.tasks {
-                out.push(text(format!("task {}", task.id), &task.title, &task.title_en));
+                out.push(text(
+                    format!("task {}", task.id),
+                    &task.title,
+                    &task.title_en,
+                ));
                 if let Some(description) = &task.description {
                     out.push(text(
                         format!("task {}, description", task.id),

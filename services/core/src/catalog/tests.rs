@@ -479,11 +479,13 @@ fn english_titles_use_the_rulebooks_terms() {
         "B05 names Credit China"
     );
     assert_eq!(
-        en(c.metric("population.registered").and_then(|m| m.title_en.as_ref())),
+        en(c.metric("population.registered")
+            .and_then(|m| m.title_en.as_ref())),
         "Registered (hukou) population of the city"
     );
     assert_eq!(
-        c.section("E07/rule-of-law").and_then(|s| s.title_en.clone()),
+        c.section("E07/rule-of-law")
+            .and_then(|s| s.title_en.clone()),
         Some("Rule-of-law environment".to_owned())
     );
     assert_eq!(
@@ -529,7 +531,11 @@ fn blank_or_orphan_english_is_refused_with_its_line() {
         "title = \"非法集资发案数增长率控制在＜0%。\"\n",
         "title = \"非法集资发案数增长率控制在＜0%。\"\ndescription_en = \"orphan\"\n",
     );
-    assert_problem(&e, "task E07.5", "`description_en` without the Chinese text it renders");
+    assert_problem(
+        &e,
+        "task E07.5",
+        "`description_en` without the Chinese text it renders",
+    );
 }
 
 #[test]
