@@ -2,7 +2,7 @@
 
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::indicator_service_client::IndicatorServiceClient;
-use citycredit_tests::TestServer;
+use citycredit_tests::{Backend, TestServer, both_databases, fresh_schema, use_backend};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -201,6 +201,162 @@ async fn lists_every_metric_with_kind_and_aggregation() {
     );
     server.stop().await.unwrap_or_else(|e| panic!("{e}"));
 }
+
+fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
+    r.unwrap_or_else(|e| panic!("{e:?}")).into_inner()
+}
+
+/// A request whose caller reads English.
+fn in_english<T>(message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut().insert(
+        "accept-language",
+        tonic::metadata::MetadataValue::from_static("en"),
+    );
+    req
+}
+
+/// Issue 14, Chinese first: every catalog title reaches callers in English beside the official
+/// Chinese one, which stays in `title` whatever language the caller asks for (machine clients
+/// rely on it).
+async fn catalog_titles_come_in_english_beside_the_official_chinese(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let schema = fresh_schema();
+    let schema_name = schema.to_string();
+    let server =
+        TestServer::start_in(dir.path(), move |c| use_backend(c, backend, &schema_name)).await;
+    let mut client = IndicatorServiceClient::new(server.admin());
+    let catalog: pb::GetCatalogResponse =
+        ok(client.get_catalog(pb::GetCatalogRequest::default()).await);
+    assert!(catalog.title.starts_with("社会信用体系建设示范城市"));
+    assert_eq!(
+        catalog.title_en,
+        "Social credit system demonstration city: hard indicators (10 basic, 10 guiding) and evaluation items (12)"
+    );
+
+    // B01, for a caller who asks for Chinese (the default) and one who asks for English.
+    for req in [
+        tonic::Request::new(pb::GetIndicatorRequest {
+            name: "indicators/B01".into(),
+        }),
+        in_english(pb::GetIndicatorRequest {
+            name: "indicators/B01".into(),
+        }),
+    ] {
+        let resp: pb::GetIndicatorResponse = ok(client.get_indicator(req).await);
+        let b01 = resp.indicator.unwrap_or_default();
+        assert_eq!(b01.title, "存量代码100%转换为统一社会信用代码。");
+        assert_eq!(
+            b01.title_en,
+            "100% of legacy codes converted to unified social credit codes."
+        );
+    }
+    let all: pb::ListIndicatorsResponse = ok(client
+        .list_indicators(pb::ListIndicatorsRequest::default())
+        .await);
+    let b05 = all
+        .indicators
+        .iter()
+        .find(|i| i.code == "B05")
+        .unwrap_or_else(|| panic!("B05"));
+    assert_eq!(
+        b05.title_en,
+        "100% of administrative licensing and penalty information reported to the Credit China website for publication."
+    );
+    assert!(
+        all.indicators
+            .iter()
+            .all(|i| !i.title_en.is_empty() && i.title_en != i.title)
+    );
+
+    let metric: pb::GetMetricResponse = ok(client
+        .get_metric(pb::GetMetricRequest {
+            name: "metrics/population.registered".into(),
+        })
+        .await);
+    let metric = metric.metric.unwrap_or_default();
+    assert_eq!(metric.title, "城市户籍人口");
+    assert_eq!(metric.title_en, "Registered (hukou) population of the city");
+    let metrics: pb::ListMetricsResponse =
+        ok(client.list_metrics(pb::ListMetricsRequest::default()).await);
+    assert_eq!(metrics.metrics.len(), 68);
+    assert!(metrics.metrics.iter().all(|m| !m.title_en.is_empty()));
+
+    let e07: pb::GetEvaluationItemResponse = ok(client
+        .get_evaluation_item(in_english(pb::GetEvaluationItemRequest {
+            name: "items/E07".into(),
+        }))
+        .await);
+    let e07 = e07.item.unwrap_or_default();
+    assert_eq!(e07.title, "金融生态环境建设（由人民银行评分）");
+    assert_eq!(
+        e07.title_en,
+        "Building the financial ecosystem (scored by the People's Bank of China)"
+    );
+    let task = &e07.tasks[2];
+    assert_eq!(task.id, "E07.3");
+    assert_eq!(task.title, "金融案件执结率提到至≥80%。");
+    assert_eq!(
+        task.title_en,
+        "Raise the enforcement and conclusion rate of financial cases to ≥ 80%."
+    );
+    assert_eq!(
+        (task.section.as_str(), task.section_en.as_str()),
+        ("法治环境", "Rule-of-law environment")
+    );
+    let e07_6 = &e07.tasks[5];
+    assert!(e07_6.description.starts_with("不得："));
+    assert!(
+        e07_6
+            .description_en
+            .starts_with("It must not: 1) induce or interfere"),
+        "{}",
+        e07_6.description_en
+    );
+    assert!(
+        e07.tasks[2].description_en.is_empty(),
+        "E07.3 has no description"
+    );
+    let sections: Vec<(&str, &str)> = e07
+        .sections
+        .iter()
+        .map(|s| (s.code.as_str(), s.title_en.as_str()))
+        .collect();
+    assert_eq!(
+        sections,
+        [
+            ("credit-environment", "Credit environment"),
+            ("rule-of-law", "Rule-of-law environment"),
+            ("policy-environment", "Policy environment"),
+        ]
+    );
+    let items: pb::ListEvaluationItemsResponse = ok(client
+        .list_evaluation_items(pb::ListEvaluationItemsRequest::default())
+        .await);
+    assert!(items.items.iter().all(|i| {
+        !i.title_en.is_empty()
+            && i.tasks
+                .iter()
+                .all(|t| !t.title_en.is_empty() && t.title_en != t.title)
+    }));
+
+    let sets: pb::ListDomainSetsResponse = ok(client
+        .list_domain_sets(pb::ListDomainSetsRequest::default())
+        .await);
+    let production = sets
+        .domain_sets
+        .iter()
+        .flat_map(|s| s.domains.iter())
+        .find(|d| d.code == "production")
+        .unwrap_or_else(|| panic!("production"));
+    assert_eq!(
+        (production.title.as_str(), production.title_en.as_str()),
+        ("生产", "Production")
+    );
+    server.stop().await.unwrap_or_else(|e| panic!("{e}"));
+    drop(schema);
+}
+both_databases!(catalog_titles_come_in_english_beside_the_official_chinese);
 
 #[tokio::test]
 async fn unknown_codes_are_not_found_with_error_info() {

@@ -66,6 +66,7 @@ impl IndicatorApi {
             source_number: ind.source_number,
             kind: indicator_kind(ind.kind) as i32,
             title: ind.title.clone(),
+            title_en: ind.title_en.clone().unwrap_or_default(),
             max_score: ind
                 .max_score
                 .as_ref()
@@ -152,6 +153,7 @@ fn metric(m: &catalog::Metric) -> pb::Metric {
             catalog::TimeClass::Level => pb::TimeClass::Level,
         } as i32,
         title: m.title.clone(),
+        title_en: m.title_en.clone().unwrap_or_default(),
         domain_set: m.domain_set.clone().unwrap_or_default(),
         max_value: m.max.as_ref().map(|v| v.to_plain()).unwrap_or_default(),
         used_by: m.used_by.clone(),
@@ -186,19 +188,27 @@ fn item(c: &Catalog, it: &catalog::Item, city: &City, words: Rules<'_>) -> pb::E
         name: format!("items/{}", it.code),
         code: it.code.clone(),
         title: it.title.clone(),
+        title_en: it.title_en.clone().unwrap_or_default(),
         tasks: it
             .tasks
             .iter()
             .map(|t| pb::EvaluationTask {
                 id: t.id.clone(),
                 title: t.title.clone(),
+                title_en: t.title_en.clone().unwrap_or_default(),
                 section: t
                     .section
                     .as_ref()
                     .map(|s| s.title.clone())
                     .unwrap_or_default(),
+                section_en: t
+                    .section
+                    .as_ref()
+                    .and_then(|s| s.title_en.clone())
+                    .unwrap_or_default(),
                 checks: t.checks.iter().map(|k| words.check(k)).collect(),
                 description: t.description.clone().unwrap_or_default(),
+                description_en: t.description_en.clone().unwrap_or_default(),
                 check_details: t.checks.iter().map(|k| task_check(c, k, words)).collect(),
                 section_name: t
                     .section
@@ -216,6 +226,7 @@ fn item(c: &Catalog, it: &catalog::Item, city: &City, words: Rules<'_>) -> pb::E
                 name: section_name(&s.code),
                 code: s.code.clone(),
                 title: s.title.clone(),
+                title_en: s.title_en.clone().unwrap_or_default(),
                 responsible: responsible_parties(
                     city,
                     &catalog::section_subject(&it.code, &s.code),
@@ -244,6 +255,7 @@ impl IndicatorService for IndicatorApi {
         Ok(Response::new(pb::GetCatalogResponse {
             version: c.version.clone(),
             title: c.title.clone(),
+            title_en: c.title_en.clone().unwrap_or_default(),
             source: c.source.clone(),
             city_name: city.name.clone(),
             city_source: city.source.clone(),
@@ -351,6 +363,7 @@ impl IndicatorService for IndicatorApi {
                     .map(|d| pb::Domain {
                         code: d.code.clone(),
                         title: d.title.clone(),
+                        title_en: d.title_en.clone().unwrap_or_default(),
                         group: d.group.clone().unwrap_or_default(),
                     })
                     .collect(),

@@ -39,6 +39,8 @@ pub struct Catalog {
     pub rulebook_version: u32,
     pub version: String,
     pub title: String,
+    /// The catalog's title in English; `title` is the official Chinese title.
+    pub title_en: Option<String>,
     /// Where it was loaded from (a path or `builtin:...`).
     pub source: String,
     pub metrics: Vec<Metric>,
@@ -58,6 +60,8 @@ struct Header {
     rulebook_version: Option<u32>,
     version: String,
     title: String,
+    #[serde(default)]
+    title_en: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -285,10 +289,122 @@ impl Catalog {
     }
 }
 
+/// One human-readable text of the catalog (a title or a task's description) in both languages
+/// (issue 14, Chinese first).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogText<'a> {
+    /// Where the text is, e.g. `metric uscc.codes_total`, `item E07, section rule-of-law`,
+    /// `task E02.2, description`.
+    pub place: String,
+    /// The official Chinese text.
+    pub zh: &'a str,
+    /// The English text, when the catalog gives one.
+    pub en: Option<&'a str>,
+}
+
+impl Catalog {
+    /// Every title and description of the catalog in file order, each section once: what a
+    /// person reads, so what must exist in Chinese and English.
+    pub fn texts(&self) -> Vec<CatalogText<'_>> {
+        fn text<'a>(place: String, zh: &'a str, en: &'a Option<String>) -> CatalogText<'a> {
+            CatalogText {
+                place,
+                zh,
+                en: en.as_deref(),
+            }
+        }
+        let mut out = vec![text("catalog".to_owned(), &self.title, &self.title_en)];
+        for m in &self.metrics {
+            out.push(text(format!("metric {}", m.key), &m.title, &m.title_en));
+        }
+        for set in &self.domain_sets {
+            for dom in &set.domains {
+                out.push(text(
+                    format!("domain_set {}, domain {}", set.code, dom.code),
+                    &dom.title,
+                    &dom.title_en,
+                ));
+            }
+        }
+        for ind in &self.indicators {
+            out.push(text(
+                format!("indicator {}", ind.code),
+                &ind.title,
+                &ind.title_en,
+            ));
+        }
+        for item in &self.items {
+            out.push(text(
+                format!("item {}", item.code),
+                &item.title,
+                &item.title_en,
+            ));
+            for sec in item.sections() {
+                out.push(text(
+                    format!("item {}, section {}", item.code, sec.code),
+                    &sec.title,
+                    &sec.title_en,
+                ));
+            }
+            for task in &item.tasks {
+                out.push(text(
+                    format!("task {}", task.id),
+                    &task.title,
+                    &task.title_en,
+                ));
+                if let Some(description) = &task.description {
+                    out.push(text(
+                        format!("task {}, description", task.id),
+                        description,
+                        &task.description_en,
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// An English text, when given, says something: a blank one is a mistake (leave the key out for
+/// "none"), and English without the Chinese it renders has nothing to render.
+fn check_english(
+    d: &mut Diagnostics<'_>,
+    span: &std::ops::Range<usize>,
+    key: &str,
+    field: &str,
+    zh: Option<&str>,
+    en: Option<&str>,
+) {
+    match (zh, en) {
+        (_, Some(en)) if en.trim().is_empty() => d.at(
+            span,
+            key,
+            format!("`{field}` is blank: leave it out when there is no English text"),
+        ),
+        (None, Some(_)) => d.at(
+            span,
+            key,
+            format!("`{field}` without the Chinese text it renders"),
+        ),
+        _ => {}
+    }
+}
+
 /// Checks every reference and kind, filling `d` with each problem found.
 fn validate(file: CatalogFile, source: &str, d: &mut Diagnostics<'_>) -> Catalog {
     if file.catalog.version.trim().is_empty() {
         d.nowhere("catalog.version", "must not be empty");
+    }
+    if file
+        .catalog
+        .title_en
+        .as_ref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        d.nowhere(
+            "catalog.title_en",
+            "is blank: leave it out when there is no English text",
+        );
     }
     match file.catalog.rulebook_version {
         Some(RULEBOOK_VERSION) => {}
@@ -319,6 +435,14 @@ fn validate(file: CatalogFile, source: &str, d: &mut Diagnostics<'_>) -> Catalog
             if !seen.insert(dom.code.as_str()) {
                 d.at(&span, &key, format!("duplicate domain `{}`", dom.code));
             }
+            check_english(
+                d,
+                &span,
+                &format!("{key}, domain {}", dom.code),
+                "title_en",
+                Some(&dom.title),
+                dom.title_en.as_deref(),
+            );
         }
         if !set.get_ref().open && set.get_ref().domains.is_empty() {
             d.at(&span, &key, "a closed domain set needs its domains");
@@ -345,6 +469,14 @@ fn validate(file: CatalogFile, source: &str, d: &mut Diagnostics<'_>) -> Catalog
         if kinds.insert(m.key.clone(), m.kind).is_some() {
             d.at(&span, &key, "duplicate metric key");
         }
+        check_english(
+            d,
+            &span,
+            &key,
+            "title_en",
+            Some(&m.title),
+            m.title_en.as_deref(),
+        );
         match (m.kind, &m.domain_set) {
             (MetricKind::DomainFlag, None) => {
                 d.at(&span, &key, "a DOMAIN_FLAG metric needs domain_set")
@@ -419,6 +551,14 @@ fn validate(file: CatalogFile, source: &str, d: &mut Diagnostics<'_>) -> Catalog
         if !indicator_codes.insert(ind.code.clone()) {
             d.at(&span, &key, "duplicate indicator code");
         }
+        check_english(
+            d,
+            &span,
+            &key,
+            "title_en",
+            Some(&ind.title),
+            ind.title_en.as_deref(),
+        );
         let mut labels = BTreeSet::new();
         for label in ind
             .conditions
@@ -500,6 +640,14 @@ fn validate(file: CatalogFile, source: &str, d: &mut Diagnostics<'_>) -> Catalog
         if !item_codes.insert(item.code.clone()) {
             d.at(&span, &key, "duplicate item code");
         }
+        check_english(
+            d,
+            &span,
+            &key,
+            "title_en",
+            Some(&item.title),
+            item.title_en.as_deref(),
+        );
         if item.tasks.is_empty() {
             d.at(&span, &key, "an item needs tasks");
         }
@@ -532,6 +680,21 @@ fn validate(file: CatalogFile, source: &str, d: &mut Diagnostics<'_>) -> Catalog
                     format!(
                         "task {}: section code `{}` is not a slug (lowercase letters, digits, '-')",
                         t.id, sec.code
+                    ),
+                );
+            }
+            if let Some(first) = sections.iter().find(|s| s.code == sec.code)
+                && first.title_en != sec.title_en
+            {
+                d.at(
+                    &span,
+                    &key,
+                    format!(
+                        "task {}: section `{}` is titled `{}` in English elsewhere, not `{}`",
+                        t.id,
+                        sec.code,
+                        first.title_en.as_deref().unwrap_or_default(),
+                        sec.title_en.as_deref().unwrap_or_default()
                     ),
                 );
             }
@@ -575,6 +738,33 @@ fn validate(file: CatalogFile, source: &str, d: &mut Diagnostics<'_>) -> Catalog
             }
             // Problems in a task's checks point at the task's own line.
             let task_span = d.span_of_text(&span, &format!("id = \"{}\"", task.id));
+            let tkey = format!("{key}, task {}", task.id);
+            check_english(
+                d,
+                &task_span,
+                &tkey,
+                "title_en",
+                Some(&task.title),
+                task.title_en.as_deref(),
+            );
+            check_english(
+                d,
+                &task_span,
+                &tkey,
+                "description_en",
+                task.description.as_deref(),
+                task.description_en.as_deref(),
+            );
+            if let Some(sec) = &task.section {
+                check_english(
+                    d,
+                    &task_span,
+                    &format!("{tkey}, section {}", sec.code),
+                    "title_en",
+                    Some(&sec.title),
+                    sec.title_en.as_deref(),
+                );
+            }
             for (n, check) in task.checks.iter().enumerate() {
                 let ckey = format!("{key}, task {}, check {}", task.id, n + 1);
                 let span = &task_span;
@@ -737,6 +927,7 @@ fn validate(file: CatalogFile, source: &str, d: &mut Diagnostics<'_>) -> Catalog
         rulebook_version: file.catalog.rulebook_version.unwrap_or_default(),
         version: file.catalog.version,
         title: file.catalog.title,
+        title_en: file.catalog.title_en,
         source: source.to_owned(),
         metrics,
         domain_sets: file

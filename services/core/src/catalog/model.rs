@@ -130,6 +130,10 @@ pub struct Metric {
     pub key: String,
     pub kind: MetricKind,
     pub title: String,
+    /// The title in English (issue 14, Chinese first); `title` is the official Chinese title.
+    /// Optional so that catalogs without English still load.
+    #[serde(default)]
+    pub title_en: Option<String>,
     /// DOMAIN_FLAG: the domain set its domains come from.
     #[serde(default)]
     pub domain_set: Option<String>,
@@ -229,6 +233,10 @@ pub struct DomainSet {
 pub struct Domain {
     pub code: String,
     pub title: String,
+    /// The title in English (issue 14, Chinese first); `title` is the official Chinese title.
+    /// Optional so that catalogs without English still load.
+    #[serde(default)]
+    pub title_en: Option<String>,
     #[serde(default)]
     pub group: Option<String>,
 }
@@ -362,6 +370,10 @@ pub struct Indicator {
     pub source_number: u32,
     pub kind: IndicatorKind,
     pub title: String,
+    /// The title in English (issue 14, Chinese first); `title` is the official Chinese title.
+    /// Optional so that catalogs without English still load.
+    #[serde(default)]
+    pub title_en: Option<String>,
     /// Guiding indicators: the cap on the summed parts.
     #[serde(default)]
     pub max_score: Option<Num>,
@@ -484,6 +496,10 @@ impl<'de> Deserialize<'de> for ItemCheck {
 pub struct Task {
     pub id: String,
     pub title: String,
+    /// The title in English (issue 14, Chinese first); `title` is the official Chinese title.
+    /// Optional so that catalogs without English still load.
+    #[serde(default)]
+    pub title_en: Option<String>,
     /// The item section (开展内容) the task belongs to, in items that have sections: it gives
     /// the task its responsible departments (rulebook section 5, v2).
     #[serde(default)]
@@ -492,6 +508,9 @@ pub struct Task {
     /// reads words that cannot be met literally, for whoever reports the task's status.
     #[serde(default)]
     pub description: Option<String>,
+    /// The description in English; `description` is the official Chinese text.
+    #[serde(default)]
+    pub description_en: Option<String>,
     #[serde(default)]
     pub checks: Vec<ItemCheck>,
 }
@@ -505,6 +524,9 @@ pub struct Section {
     pub code: String,
     /// The source's heading ("法治环境").
     pub title: String,
+    /// The heading in English ("Rule-of-law environment").
+    #[serde(default)]
+    pub title_en: Option<String>,
 }
 
 /// The subject code of an item section in responsibilities: `{item}/{section}` ("E07/rule-of-law").
@@ -518,6 +540,10 @@ pub fn section_subject(item: &str, section: &str) -> String {
 pub struct Item {
     pub code: String,
     pub title: String,
+    /// The title in English (issue 14, Chinese first); `title` is the official Chinese title.
+    /// Optional so that catalogs without English still load.
+    #[serde(default)]
+    pub title_en: Option<String>,
     #[serde(rename = "task")]
     pub tasks: Vec<Task>,
 }

@@ -436,3 +436,113 @@ fn only_additive_metrics_can_flow() {
         "only COUNT and AMOUNT metrics can be time = \"flow\"",
     );
 }
+
+/// Issue 14, Chinese first: every title and description a person reads has English beside the
+/// official Chinese, and the English is a rendering, not a copy.
+#[test]
+fn every_builtin_title_and_description_has_english() {
+    let c = builtin();
+    let texts = c.texts();
+    // 1 catalog + 68 metrics + 28 domains + 20 indicators + 12 items + 7 sections + 41 tasks +
+    // 8 descriptions: the count keeps `texts()` from silently skipping a kind of text.
+    assert_eq!(texts.len(), 185);
+    let mut missing = Vec::new();
+    for t in &texts {
+        assert!(!t.zh.trim().is_empty(), "{}: no Chinese text", t.place);
+        match t.en {
+            None => missing.push(t.place.clone()),
+            Some(en) => {
+                assert!(!en.trim().is_empty(), "{}: blank English", t.place);
+                assert_ne!(en, t.zh, "{}: the English repeats the Chinese", t.place);
+                assert_eq!(en, en.trim(), "{}: stray spaces", t.place);
+                assert!(
+                    !en.chars().any(|ch| ('\u{4e00}'..='\u{9fff}').contains(&ch)),
+                    "{}: Chinese characters in the English `{en}`",
+                    t.place
+                );
+            }
+        }
+    }
+    assert!(missing.is_empty(), "no English for: {missing:?}");
+}
+
+#[test]
+fn english_titles_use_the_rulebooks_terms() {
+    let c = builtin();
+    let en = |t: Option<&String>| t.cloned().unwrap_or_default();
+    assert_eq!(
+        en(c.indicator("B01").and_then(|i| i.title_en.as_ref())),
+        "100% of legacy codes converted to unified social credit codes."
+    );
+    assert!(
+        en(c.indicator("B05").and_then(|i| i.title_en.as_ref())).contains("Credit China"),
+        "B05 names Credit China"
+    );
+    assert_eq!(
+        en(c.metric("population.registered")
+            .and_then(|m| m.title_en.as_ref())),
+        "Registered (hukou) population of the city"
+    );
+    assert_eq!(
+        c.section("E07/rule-of-law")
+            .and_then(|s| s.title_en.clone()),
+        Some("Rule-of-law environment".to_owned())
+    );
+    assert_eq!(
+        en(c.task("E08.4").and_then(|t| t.title_en.as_ref())),
+        en(c.indicator("B05").and_then(|i| i.title_en.as_ref())),
+        "E08.4 restates B05 and says it in the same English"
+    );
+}
+
+#[test]
+fn a_catalog_without_english_loads() {
+    let text: String = BUILTIN_CATALOG_TOML
+        .lines()
+        .filter(|l| !l.starts_with("title_en = ") && !l.starts_with("description_en = "))
+        .map(|l| {
+            // Inline tables: domains and sections.
+            match l.find(", title_en = \"") {
+                Some(at) => {
+                    let rest = &l[at + ", title_en = \"".len()..];
+                    let end = rest.find('"').map_or(rest.len(), |e| e + 1);
+                    format!("{}{}", &l[..at], &rest[end..])
+                }
+                None => l.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!text.contains("_en ="), "every English key was removed");
+    let c = Catalog::from_toml(&text, "plain.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.texts().iter().all(|t| t.en.is_none()));
+    assert_eq!(c.texts().len(), 185);
+}
+
+#[test]
+fn blank_or_orphan_english_is_refused_with_its_line() {
+    let e = broken(
+        "title_en = \"Government service halls\"",
+        "title_en = \"  \"",
+    );
+    assert_problem(&e, "metric service_halls.total", "`title_en` is blank");
+    // E07.5 has no description, so English for one renders nothing.
+    let e = broken(
+        "title = \"非法集资发案数增长率控制在＜0%。\"\n",
+        "title = \"非法集资发案数增长率控制在＜0%。\"\ndescription_en = \"orphan\"\n",
+    );
+    assert_problem(
+        &e,
+        "task E07.5",
+        "`description_en` without the Chinese text it renders",
+    );
+}
+
+#[test]
+fn a_section_keeps_one_english_title() {
+    let e = broken(
+        "section = { code = \"rule-of-law\", title = \"法治环境\", title_en = \"Rule-of-law environment\" }\ntitle = \"金融案件标的额兑现率",
+        "section = { code = \"rule-of-law\", title = \"法治环境\", title_en = \"Legal environment\" }\ntitle = \"金融案件标的额兑现率",
+    );
+    assert_problem(&e, "item E07", "in English elsewhere");
+}
