@@ -4,6 +4,7 @@
 
 mod diagnostics;
 mod model;
+mod versions;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -13,6 +14,7 @@ use toml::Spanned;
 
 pub use diagnostics::{Diagnostics, LoadError, Problem};
 pub use model::*;
+pub use versions::{MAX_RULE_VERSIONS, RuleVersions};
 
 use crate::numbers::Num;
 
