@@ -10,13 +10,12 @@
 //! Standard error of the prediction of a new monthly figure at x₀:
 //! s_pred = √(s² · (1 + 1/n + (x₀ − x̄)² / Sxx)). Both roots are the only inexact step: each is
 //! the exact floor of the true root at [`SQRT_DIGITS`] fraction digits, computed as the integer
-//! square root (Newton's method on big integers, `num_integer::Roots`) of
+//! square root (Newton's method on big integers, `BigInt::sqrt`) of
 //! ⌊q · 10^(2·SQRT_DIGITS)⌋, since ⌊√⌊z⌋⌋ = ⌊√z⌋ for z ≥ 0. No binary floating point anywhere.
 //! Fewer than [`MIN_POINTS`] points (or fewer distinct months) give no trend: with two points a
 //! line fits exactly and says nothing about its own uncertainty.
 
 use num_bigint::BigInt;
-use num_integer::Roots;
 use num_rational::BigRational;
 use num_traits::{Signed, Zero};
 

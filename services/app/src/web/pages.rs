@@ -129,6 +129,7 @@ pub async fn scorecard(web: &Web, s: &Session, ask: &Ask) -> Result<String, Page
                 region_code: ask.region.clone(),
                 period: ask.period.clone(),
                 as_of: None,
+                rule_version: String::new(),
             },
         ))
         .await?
@@ -390,6 +391,7 @@ pub async fn counties(web: &Web, s: &Session, ask: &Ask) -> Result<String, PageE
                         region_codes: Vec::new(),
                         period: y.clone(),
                         as_of: None,
+                        rule_version: String::new(),
                     },
                 ))
                 .await?
@@ -503,6 +505,7 @@ pub async fn explain(web: &Web, s: &Session, ask: &Ask) -> Result<String, PageEr
                 period: ask.period.clone(),
                 indicator: code.clone(),
                 as_of: None,
+                rule_version: String::new(),
             },
         ))
         .await?
