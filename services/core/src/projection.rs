@@ -60,7 +60,7 @@ pub enum Projection {
     TooFewPoints {
         points: usize,
     },
-    Trend(Trend),
+    Trend(Box<Trend>),
 }
 
 /// Fits the least-squares line through `points` and projects it to month `at` (see the module
@@ -100,7 +100,7 @@ pub fn least_squares(points: &[Point], at: i64) -> Projection {
     let dx0 = &Num::from_int(at) - &mean_x;
     let spread = &(&Num::one() + &(&Num::one() / &n)) + &(&(&dx0 * &dx0) / &sxx);
     let projected = line(at);
-    Projection::Trend(Trend {
+    Projection::Trend(Box::new(Trend {
         points: points.len(),
         residual_se: sqrt_floor(&variance, SQRT_DIGITS),
         prediction_se: sqrt_floor(&(&variance * &spread), SQRT_DIGITS),
@@ -108,7 +108,7 @@ pub fn least_squares(points: &[Point], at: i64) -> Projection {
         intercept,
         at,
         projected,
-    })
+    }))
 }
 
 /// ⌊√q · 10^digits⌋ / 10^digits for q ≥ 0 (0 for a negative q, which least squares never
@@ -139,7 +139,7 @@ mod tests {
 
     fn trend(p: Projection) -> Trend {
         match p {
-            Projection::Trend(t) => t,
+            Projection::Trend(t) => *t,
             other => panic!("no trend: {other:?}"),
         }
     }
