@@ -177,7 +177,7 @@ impl<'a> Threshold<'a> {
             } => {
                 let n = number(numerator).unwrap_or_else(Num::zero);
                 let d = number(denominator)?;
-                let bound = (&(*t).clone() * &d).ceil();
+                let bound = (*t * &d).ceil();
                 if *ceiling {
                     // The largest count strictly below t·d is ⌈t·d⌉ − 1.
                     &n - &(&bound - &Num::one())
@@ -452,7 +452,10 @@ fn by_department(a: &Aggregates, metrics: &[&str]) -> BTreeMap<String, BTreeMap<
     out
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one condition's parts and the months read, passed once"
+)]
 fn warning(
     catalog: &Catalog,
     city: &City,
@@ -610,7 +613,10 @@ fn department(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of one sentence, passed once"
+)]
 fn describe(
     th: &Threshold<'_>,
     code: &str,
