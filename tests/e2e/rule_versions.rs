@@ -126,6 +126,35 @@ async fn two_versions_score_the_same_values(backend: Backend) {
         (term.threshold.as_str(), term.computed.as_str()),
         ("0.9", "0.850000")
     );
+    // A what-if under the draft: 95 reports would pass its 90%.
+    let what_if = ok(scoring
+        .what_if(pb::WhatIfRequest {
+            region_code: CITY.into(),
+            period: "2026".into(),
+            overrides: vec![pb::ValueOverride {
+                metric_key: "credit_report.submitted".into(),
+                value: Some(pb::MetricValue {
+                    value: Some(pb::metric_value::Value::Number("95".into())),
+                }),
+                ..Default::default()
+            }],
+            rule_version: DRAFT.into(),
+        })
+        .await);
+    assert_eq!(what_if.baseline.unwrap_or_default().catalog_version, DRAFT);
+    let changed: Vec<(&str, i32, i32)> = what_if
+        .differences
+        .iter()
+        .map(|d| (d.code.as_str(), d.before_status, d.after_status))
+        .collect();
+    assert_eq!(
+        changed,
+        [(
+            "B06",
+            pb::IndicatorStatus::Fail as i32,
+            pb::IndicatorStatus::Pass as i32
+        )]
+    );
     let b11_in_primary = scoring
         .explain_indicator(pb::ExplainIndicatorRequest {
             region_code: CITY.into(),

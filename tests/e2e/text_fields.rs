@@ -334,6 +334,7 @@ fn rows() -> Vec<Row> {
                     }),
                     ..Default::default()
                 }],
+                rule_version: String::new(),
             })
         }),
         row("overrides[0].domains[0]", "production", |v| {
@@ -345,6 +346,7 @@ fn rows() -> Vec<Row> {
                     domains: vec![v],
                     ..Default::default()
                 }],
+                rule_version: String::new(),
             })
         }),
         row("region_code", "330800", |v| {

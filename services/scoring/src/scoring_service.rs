@@ -332,6 +332,7 @@ impl ScoringApi {
 
     fn overridden(
         &self,
+        catalog: &Catalog,
         base: &Aggregates,
         overrides: &[pb::ValueOverride],
     ) -> Result<rules::Values, Status> {
@@ -349,7 +350,7 @@ impl ScoringApi {
             if !domains_clean {
                 continue;
             }
-            let Some(metric) = self.catalog().metric(&o.metric_key) else {
+            let Some(metric) = catalog.metric(&o.metric_key) else {
                 v.push(Violation::new(
                     field("metric_key"),
                     format!("unknown metric `{}`", o.metric_key),
@@ -564,9 +565,12 @@ impl ScoringService for ScoringApi {
         let locale = wording::locale_of(request.metadata());
         let req = request.into_inner();
         self.check_region_period(&req.region_code, &req.period)?;
-        let base = self.scored(&req.region_code, &req.period, None).await?;
-        let values = self.overridden(&base.aggregates, &req.overrides)?;
-        let card = rules::score(self.catalog(), &values);
+        let catalog = self.rule_version("rule_version", &req.rule_version)?;
+        let base = self
+            .scored_by(&catalog, &req.region_code, &req.period, None)
+            .await?;
+        let values = self.overridden(&catalog, &base.aggregates, &req.overrides)?;
+        let card = rules::score(&catalog, &values);
         let mut assumed = base.aggregates.clone();
         assumed.values = values;
         let differences = card
@@ -592,10 +596,10 @@ impl ScoringService for ScoringApi {
             .collect();
         let change = &card.guiding_total - &base.card.guiding_total;
         let mut scorecard = convert::scorecard(&card, &assumed);
-        wording::scorecard(self.catalog(), &mut scorecard, locale);
+        wording::scorecard(&catalog, &mut scorecard, locale);
         Ok(Response::new(pb::WhatIfResponse {
             scorecard: Some(scorecard),
-            baseline: Some(base.wire(self.catalog(), locale)),
+            baseline: Some(base.wire(&catalog, locale)),
             differences,
             guiding_total_change: convert::signed_score(&change),
         }))

@@ -241,6 +241,7 @@ async fn what_if_stores_nothing_and_reports_the_difference() {
             region_code: "330800".into(),
             period: "2026".into(),
             overrides,
+            rule_version: String::new(),
         }))
         .await
         .unwrap_or_else(|e| panic!("{e}"))
@@ -281,6 +282,7 @@ async fn what_if_stores_nothing_and_reports_the_difference() {
             region_code: "330800".into(),
             period: "2026".into(),
             overrides: bad,
+            rule_version: String::new(),
         }))
         .await
         .err()
