@@ -114,6 +114,7 @@ pub fn reason_text(reason: Reason, locale: Locale) -> &'static str {
             R::InvalidFields => "请求内容有误，请按下列字段逐项更正后重新提交",
             R::TooManyRegions => "一次请求的地区过多，请分批查询",
             R::NotFound => "所请求的对象不存在，请核对名称或编码",
+            R::UnknownRuleVersion => "未加载该规则版本，请从已加载的版本中选择",
             R::ResourceExists => "要创建的对象已存在，无需重复创建",
             R::IdempotencyKeyReused => "该幂等键已用于另一份不同的请求，请为新请求使用新的幂等键",
             R::AlreadyRetracted => "该报送记录已被撤回，无需再次撤回",
@@ -154,6 +155,9 @@ pub fn reason_text(reason: Reason, locale: Locale) -> &'static str {
             R::InvalidFields => "The request has errors: correct the fields below and submit again",
             R::TooManyRegions => "Too many regions in one request: ask in smaller groups",
             R::NotFound => "Not found: check the name or code",
+            R::UnknownRuleVersion => {
+                "That rule version is not loaded: choose one of the loaded versions"
+            }
             R::ResourceExists => "It exists already: no need to create it again",
             R::IdempotencyKeyReused => {
                 "This idempotency key was used for a different request: use a new key for a new request"

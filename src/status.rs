@@ -17,6 +17,7 @@
 //! | `INVALID_FIELDS`         | INVALID_ARGUMENT    | request fields are wrong: `BadRequest` names each (metadata `violations`, `violations_listed`) |
 //! | `TOO_MANY_REGIONS`       | INVALID_ARGUMENT    | a BatchGetScorecards asks for more regions than one call scores (metadata `limit`) |
 //! | `NOT_FOUND`              | NOT_FOUND           | an unknown resource (metadata `resource`) |
+//! | `UNKNOWN_RULE_VERSION`   | NOT_FOUND           | a rule version (catalog version) that is not loaded (metadata `rule_version`, `loaded_versions`) |
 //! | `RESOURCE_EXISTS`        | ALREADY_EXISTS      | the resource to create exists already (metadata `resource` when known) |
 //! | `IDEMPOTENCY_KEY_REUSED` | ALREADY_EXISTS      | an idempotency key already used with a different request (metadata `idempotency_key`) |
 //! | `ALREADY_RETRACTED`      | FAILED_PRECONDITION | the submission was retracted already (metadata `resource`, `retracted_by` when known) |
@@ -74,6 +75,7 @@ pub enum Reason {
     InvalidFields,
     TooManyRegions,
     NotFound,
+    UnknownRuleVersion,
     ResourceExists,
     IdempotencyKeyReused,
     AlreadyRetracted,
@@ -109,10 +111,11 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order of the table above.
-    pub const ALL: [Reason; 34] = [
+    pub const ALL: [Reason; 35] = [
         Reason::InvalidFields,
         Reason::TooManyRegions,
         Reason::NotFound,
+        Reason::UnknownRuleVersion,
         Reason::ResourceExists,
         Reason::IdempotencyKeyReused,
         Reason::AlreadyRetracted,
@@ -153,6 +156,7 @@ impl Reason {
             Reason::TooManyRegions => "TOO_MANY_REGIONS",
             // Kept as it was first published: clients and tests match on it.
             Reason::NotFound => "NOT_FOUND",
+            Reason::UnknownRuleVersion => "UNKNOWN_RULE_VERSION",
             Reason::ResourceExists => "RESOURCE_EXISTS",
             Reason::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Reason::AlreadyRetracted => "ALREADY_RETRACTED",
@@ -191,7 +195,7 @@ impl Reason {
     pub fn code(self) -> Code {
         match self {
             Reason::InvalidFields | Reason::TooManyRegions => Code::InvalidArgument,
-            Reason::NotFound => Code::NotFound,
+            Reason::NotFound | Reason::UnknownRuleVersion => Code::NotFound,
             Reason::ResourceExists | Reason::IdempotencyKeyReused => Code::AlreadyExists,
             Reason::AlreadyRetracted
             | Reason::NotRetractable
@@ -233,6 +237,9 @@ impl Reason {
                 "a BatchGetScorecards asks for more regions than one call scores (metadata `limit`)"
             }
             Reason::NotFound => "an unknown resource (metadata `resource`)",
+            Reason::UnknownRuleVersion => {
+                "a rule version (catalog version) that is not loaded (metadata `rule_version`, `loaded_versions`)"
+            }
             Reason::ResourceExists => {
                 "the resource to create exists already (metadata `resource` when known)"
             }

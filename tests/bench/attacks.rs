@@ -206,6 +206,7 @@ fn victim_start(addr: SocketAddr, key: &str, callers: usize, seq: Arc<AtomicU64>
                             region_code: "330800".into(),
                             period: "2026".into(),
                             as_of: None,
+                            rule_version: String::new(),
                         });
                         req.set_timeout(Duration::from_secs(5));
                         scoring.get_scorecard(req).await.map(|_| ())
@@ -306,6 +307,7 @@ pub async fn run(a: Attacks) {
                 region_codes: Vec::new(),
                 period: "2026".into(),
                 as_of: None,
+                rule_version: String::new(),
             })
             .await
             .unwrap_or_else(|e| panic!("{e}"))
@@ -601,6 +603,7 @@ pub async fn worker(kind: String, addr: SocketAddr, key: String, seconds: u64, r
                     .collect(),
                 period: "2026".into(),
                 as_of: None,
+                rule_version: String::new(),
             };
             for _ in 0..8 {
                 let (key, tally, request) = (key.clone(), Arc::clone(&tally), request.clone());

@@ -620,6 +620,7 @@ async fn scorecards(ing: &Ingestion, catalog: &Arc<Catalog>) {
             region_code: region.into(),
             period: "2026".into(),
             as_of: None,
+            rule_version: String::new(),
         });
         r.extensions_mut().insert(ops.clone());
         r
@@ -668,6 +669,7 @@ async fn scorecards(ing: &Ingestion, catalog: &Arc<Catalog>) {
         region_codes: vec![],
         period: "2026".into(),
         as_of: None,
+        rule_version: String::new(),
     });
     r.extensions_mut().insert(ops.clone());
     let t = Instant::now();

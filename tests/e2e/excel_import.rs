@@ -144,6 +144,7 @@ async fn statuses(s: &TestServer, codes: &[&str]) -> Vec<pb::IndicatorStatus> {
             region_code: CITY.into(),
             period: PERIOD.into(),
             as_of: None,
+            rule_version: String::new(),
         })
         .await
         .unwrap_or_else(|e| panic!("scorecard: {e}"))

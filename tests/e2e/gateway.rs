@@ -312,6 +312,7 @@ async fn the_split_topology_answers_through_the_gateway() {
             period: "2026".into(),
             indicator: "B10".into(),
             as_of: None,
+            rule_version: String::new(),
         })
         .await);
     let result = explain.result.unwrap_or_default();

@@ -89,6 +89,7 @@ async fn victim_succeeds(server: &TestServer, key: &str, i: u64) {
             region_code: "330800".into(),
             period: "2026".into(),
             as_of: None,
+            rule_version: String::new(),
         })
         .await
         .unwrap_or_else(|e| panic!("the victim's scorecard was refused: {e:?}"));
@@ -553,6 +554,7 @@ async fn batch_get_scorecards_answers_a_repeated_region_once(backend: Backend) {
             ],
             period: "2026".into(),
             as_of: None,
+            rule_version: String::new(),
         })
         .await
         .unwrap_or_else(|e| panic!("{e:?}"))
@@ -566,6 +568,7 @@ async fn batch_get_scorecards_answers_a_repeated_region_once(backend: Backend) {
             region_codes: vec!["330800".into(); 101],
             period: "2026".into(),
             as_of: None,
+            rule_version: String::new(),
         })
         .await
         .err();

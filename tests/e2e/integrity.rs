@@ -153,6 +153,7 @@ async fn scorecard_of(
                 region_code: "330800".into(),
                 period: "2026".into(),
                 as_of,
+                rule_version: String::new(),
             })
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", s.name()))

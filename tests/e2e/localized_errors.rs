@@ -97,6 +97,7 @@ async fn errors_come_in_the_callers_language(backend: Backend) {
                     region_code: "999999".into(),
                     period: "26".into(),
                     as_of: None,
+                    rule_version: String::new(),
                 },
                 Some(language),
             ))
@@ -164,6 +165,7 @@ async fn gaps_come_in_the_callers_language(backend: Backend) {
                     region_code: "330800".into(),
                     period: "2025".into(),
                     as_of: None,
+                    rule_version: String::new(),
                 },
                 language,
             ))

@@ -43,6 +43,7 @@ async fn scorecard(s: &IngestionServer, region: &str, period: &str) -> pb::Score
             region_code: region.into(),
             period: period.into(),
             as_of: None,
+            rule_version: String::new(),
         })
         .await)
     .scorecard

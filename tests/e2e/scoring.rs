@@ -114,6 +114,7 @@ async fn every_public_golden_case_through_the_server(backend: Backend) {
                 region_code: region.into(),
                 period: period.clone(),
                 as_of: None,
+                rule_version: String::new(),
             })
             .await)
         .scorecard
@@ -216,6 +217,7 @@ async fn departments_and_counties_roll_up_with_attribution_corrections_and_as_of
         period: p.into(),
         indicator: "indicators/B04".into(),
         as_of: None,
+        rule_version: String::new(),
     };
     let city = ok(scoring.explain_indicator(explain("330800")).await);
     let b04 = city.result.clone().unwrap_or_default();
@@ -294,6 +296,7 @@ async fn departments_and_counties_roll_up_with_attribution_corrections_and_as_of
             region_codes: vec![],
             period: p.into(),
             as_of: None,
+            rule_version: String::new(),
         })
         .await)
     .scorecards;

@@ -295,6 +295,7 @@ fn rows() -> Vec<Row> {
                 region_code: v,
                 period: "2026".into(),
                 as_of: None,
+                rule_version: String::new(),
             })
         }),
         row("period", "2026", |v| {
@@ -302,6 +303,7 @@ fn rows() -> Vec<Row> {
                 region_code: "330800".into(),
                 period: v,
                 as_of: None,
+                rule_version: String::new(),
             })
         }),
         row("region_codes[1]", "330802", |v| {
@@ -309,6 +311,7 @@ fn rows() -> Vec<Row> {
                 region_codes: vec!["330800".into(), v],
                 period: "2026".into(),
                 as_of: None,
+                rule_version: String::new(),
             })
         }),
         row("indicator", "indicators/B01", |v| {
@@ -317,6 +320,7 @@ fn rows() -> Vec<Row> {
                 period: "2026".into(),
                 indicator: v,
                 as_of: None,
+                rule_version: String::new(),
             })
         }),
         row("overrides[0].metric_key", "uscc.codes_total", |v| {
@@ -330,6 +334,7 @@ fn rows() -> Vec<Row> {
                     }),
                     ..Default::default()
                 }],
+                rule_version: String::new(),
             })
         }),
         row("overrides[0].domains[0]", "production", |v| {
@@ -341,6 +346,7 @@ fn rows() -> Vec<Row> {
                     domains: vec![v],
                     ..Default::default()
                 }],
+                rule_version: String::new(),
             })
         }),
         row("region_code", "330800", |v| {

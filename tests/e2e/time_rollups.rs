@@ -53,6 +53,7 @@ async fn scorecard(
             region_code: region.into(),
             period: period.into(),
             as_of,
+            rule_version: String::new(),
         })
         .await)
     .scorecard
@@ -181,6 +182,7 @@ async fn flow_months_roll_up_into_quarters_and_the_year(backend: Backend) {
             period: "2026".into(),
             indicator: "B05".into(),
             as_of: None,
+            rule_version: String::new(),
         })
         .await)
     .result

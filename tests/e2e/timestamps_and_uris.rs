@@ -68,6 +68,7 @@ async fn timestamps_beyond_year_9999_are_refused_not_echoed(backend: Backend) {
                         region_code: "330800".into(),
                         period: "2026".into(),
                         as_of: Some(bad),
+                        rule_version: String::new(),
                     })
                     .await
                     .map(drop),
@@ -79,6 +80,7 @@ async fn timestamps_beyond_year_9999_are_refused_not_echoed(backend: Backend) {
                         region_codes: vec!["330800".into()],
                         period: "2026".into(),
                         as_of: Some(bad),
+                        rule_version: String::new(),
                     })
                     .await
                     .map(drop),
@@ -91,6 +93,7 @@ async fn timestamps_beyond_year_9999_are_refused_not_echoed(backend: Backend) {
                         period: "2026".into(),
                         indicator: "indicators/B01".into(),
                         as_of: Some(bad),
+                        rule_version: String::new(),
                     })
                     .await
                     .map(drop),

@@ -22,6 +22,7 @@ async fn a_trace_id_sent_in_traceparent_appears_in_the_services_spans() {
         region_code: "330800".into(),
         period: "2026".into(),
         as_of: None,
+        rule_version: String::new(),
     });
     req.metadata_mut().insert(
         "traceparent",

@@ -483,6 +483,7 @@ async fn the_pages_on_the_grpc_port(backend: Backend) {
             region_code: "330800".into(),
             period: "2026".into(),
             as_of: None,
+            rule_version: String::new(),
         })
         .await
         .unwrap_or_else(|e| panic!("gRPC on the pages' port: {e}"))

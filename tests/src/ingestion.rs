@@ -80,6 +80,14 @@ pub struct IngestionServer {
 
 impl IngestionServer {
     pub async fn start(backend: Backend) -> IngestionServer {
+        IngestionServer::start_with(backend, |_| {}).await
+    }
+
+    /// Starts one after `adjust` changes the configuration (after the backend is set).
+    pub async fn start_with(
+        backend: Backend,
+        adjust: impl FnOnce(&mut citycredit_app::Config),
+    ) -> IngestionServer {
         let schema = fresh_schema();
         let server = TestServer::start_with(|c| {
             use_backend(c, backend, &schema);
@@ -87,6 +95,7 @@ impl IngestionServer {
             // gateway's per-principal budgets and adaptive limit are tested in gateway_budgets.
             c.gateway.max_calls_per_principal = 4096;
             c.gateway.min_concurrent_calls = c.gateway.max_concurrent_calls;
+            adjust(c);
         })
         .await;
         // The first authenticated call waits until the server (and its migrated store) is up.

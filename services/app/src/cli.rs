@@ -284,6 +284,23 @@ pub fn run(cli: Cli) -> ExitCode {
                     catalog.items.len(),
                     catalog.guiding_max_total().rounded(Precision::Score)
                 );
+                match server::load_rule_versions(&config, std::sync::Arc::new(catalog)) {
+                    Ok(versions) => {
+                        for extra in versions.catalogs().into_iter().skip(1) {
+                            println!(
+                                "rule version {} ({}): {} indicators, guiding max {}",
+                                extra.version,
+                                extra.source,
+                                extra.indicators.len(),
+                                extra.guiding_max_total().rounded(Precision::Score)
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("citycredit: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
                 println!(
                     "city {} {} ({}): {} regions, {} departments, {} groups, {} responsibilities",
                     city.code,

@@ -105,6 +105,10 @@ pub struct Config {
     pub database_schema: Option<String>,
     /// A catalog file to use instead of the built-in national criteria.
     pub catalog: Option<PathBuf>,
+    /// Further catalog files scored side by side with the primary one (`catalog`), each with a
+    /// version of its own; ingestion and the city file keep to the primary.
+    #[serde(default)]
+    pub rule_versions: Vec<PathBuf>,
     /// A city file to use instead of the built-in Quzhou seed.
     pub city: Option<PathBuf>,
     /// `text` or `json`.
@@ -218,6 +222,7 @@ impl Default for Config {
             database_url: None,
             database_schema: None,
             catalog: None,
+            rule_versions: Vec::new(),
             city: None,
             log_format: LogFormat::Text,
             log_filter: "info".into(),

@@ -30,7 +30,7 @@ use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryServiceServer;
 use citycredit::proto::v1::indicator_service_server::IndicatorServiceServer;
 use citycredit::proto::v1::scoring_service_server::ScoringServiceServer;
-use citycredit_core::catalog::{Catalog, LoadError};
+use citycredit_core::catalog::{Catalog, LoadError, RuleVersions};
 use citycredit_core::city::City;
 use citycredit_ingestion::{Ingestion, IngestionOptions, WriterConfig};
 use citycredit_registry::{Registry, RegistryApi};
@@ -93,6 +93,20 @@ pub fn load_data(config: &Config) -> Result<(Catalog, City), LoadError> {
     Ok((catalog, city))
 }
 
+/// The primary catalog with the extra ones configured (`rule_versions`), each validated by the
+/// same loader, all with distinct versions.
+pub fn load_rule_versions(
+    config: &Config,
+    primary: Arc<Catalog>,
+) -> Result<RuleVersions, LoadError> {
+    let extra = config
+        .rule_versions
+        .iter()
+        .map(|path| Catalog::from_path(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    RuleVersions::new(primary, extra)
+}
+
 const INDICATOR: &str = pb::indicator_service_server::SERVICE_NAME;
 const SCORING: &str = pb::scoring_service_server::SERVICE_NAME;
 const SUBMISSION: &str = pb::metric_submission_service_server::SERVICE_NAME;
@@ -133,6 +147,10 @@ pub async fn serve(
         "catalog loaded"
     );
     let catalog = Arc::new(catalog);
+    let versions = Arc::new(load_rule_versions(&config, Arc::clone(&catalog))?);
+    if !config.rule_versions.is_empty() {
+        tracing::info!(versions = ?versions.versions(), "rule versions loaded");
+    }
     let metrics = Metrics::new();
     if let Some(addr) = config.metrics_listen {
         metrics::serve(addr, Arc::clone(&metrics))
@@ -204,6 +222,7 @@ pub async fn serve(
                 org.clone(),
                 Arc::new(ingestion.clone()),
             )
+            .with_rule_versions(Arc::clone(&versions))
             .with_credentials(
                 Arc::clone(&registry) as Arc<dyn citycredit_core::auth::CredentialCheck>
             );
@@ -211,10 +230,10 @@ pub async fn serve(
             routes.insert(
                 INDICATOR.into(),
                 upstream::local(
-                    IndicatorServiceServer::new(IndicatorApi::new(
-                        Arc::clone(&catalog),
-                        org.clone(),
-                    ))
+                    IndicatorServiceServer::new(
+                        IndicatorApi::new(Arc::clone(&catalog), org.clone())
+                            .with_rule_versions(Arc::clone(&versions)),
+                    )
                     .max_decoding_message_size(max_message),
                     front(Audience::Scoring),
                 ),
@@ -295,15 +314,16 @@ pub async fn serve(
                 .ok_or_else(|| missing_key("identity.signing_key"))?;
             let source = RemoteAggregates::start(channel, Arc::new(own), Arc::clone(&catalog));
             let scoring = ScoringApi::new(Arc::clone(&catalog), org.clone(), source)
+                .with_rule_versions(Arc::clone(&versions))
                 .with_credentials(
                     Arc::clone(&registry) as Arc<dyn citycredit_core::auth::CredentialCheck>
                 );
             let routes = open_routes(health_service)?
                 .add_service(
-                    IndicatorServiceServer::new(IndicatorApi::new(
-                        Arc::clone(&catalog),
-                        org.clone(),
-                    ))
+                    IndicatorServiceServer::new(
+                        IndicatorApi::new(Arc::clone(&catalog), org.clone())
+                            .with_rule_versions(Arc::clone(&versions)),
+                    )
                     .max_decoding_message_size(max_message),
                 )
                 .add_service(

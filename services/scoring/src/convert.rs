@@ -36,7 +36,7 @@ pub fn status(s: Status) -> pb::IndicatorStatus {
     }
 }
 
-fn term_outcome(o: TermOutcome) -> pb::TermOutcome {
+pub fn term_outcome(o: TermOutcome) -> pb::TermOutcome {
     match o {
         TermOutcome::Met => pb::TermOutcome::Met,
         TermOutcome::Vacuous => pb::TermOutcome::Vacuous,

@@ -19,6 +19,9 @@ pub enum ScoringError {
     /// An unknown resource ("indicators/B99").
     #[error("{0} not found")]
     NotFound(String),
+    /// A rule version that is not loaded.
+    #[error("rule version `{asked}` is not loaded (loaded: {})", .loaded.join(", "))]
+    UnknownRuleVersion { asked: String, loaded: Vec<String> },
     /// The API key a watch began with was revoked or expired meanwhile.
     #[error("the API key of this call was revoked or has expired")]
     Revoked,
@@ -40,6 +43,7 @@ impl ServiceError for ScoringError {
             ScoringError::Invalid(_) => Reason::InvalidFields,
             ScoringError::TooManyRegions(_) => Reason::TooManyRegions,
             ScoringError::NotFound(_) => Reason::NotFound,
+            ScoringError::UnknownRuleVersion { .. } => Reason::UnknownRuleVersion,
             ScoringError::Revoked => Reason::CredentialRevoked,
             ScoringError::Denied(d) => d.reason(),
         }
@@ -49,6 +53,10 @@ impl ServiceError for ScoringError {
         match self {
             ScoringError::TooManyRegions(limit) => vec![("limit", limit.to_string())],
             ScoringError::NotFound(resource) => vec![("resource", resource.clone())],
+            ScoringError::UnknownRuleVersion { asked, loaded } => vec![
+                ("rule_version", asked.clone()),
+                ("loaded_versions", loaded.join(",")),
+            ],
             ScoringError::Denied(d) => d.metadata(),
             _ => Vec::new(),
         }

@@ -12,7 +12,7 @@ use citycredit::proto::v1::indicator_service_server::IndicatorService;
 use citycredit::status::{next_page_token, page};
 use citycredit::wire::bare as strip;
 use citycredit_core::auth::Action;
-use citycredit_core::catalog::{self, Catalog, IndicatorKind, MetricKind};
+use citycredit_core::catalog::{self, Catalog, IndicatorKind, MetricKind, RuleVersions};
 use citycredit_core::city::City;
 use citycredit_core::numbers::Precision;
 
@@ -25,11 +25,25 @@ use crate::wording::{Rules, locale_of};
 pub struct IndicatorApi {
     catalog: Arc<Catalog>,
     org: OrgView,
+    /// Every loaded catalog (ListRuleVersions); the others RPCs describe the primary.
+    versions: Arc<RuleVersions>,
 }
 
 impl IndicatorApi {
     pub fn new(catalog: Arc<Catalog>, org: OrgView) -> Self {
-        IndicatorApi { catalog, org }
+        let versions = Arc::new(RuleVersions::single(Arc::clone(&catalog)));
+        IndicatorApi {
+            catalog,
+            org,
+            versions,
+        }
+    }
+
+    /// Lists these rule versions; their primary becomes the catalog described.
+    pub fn with_rule_versions(mut self, versions: Arc<RuleVersions>) -> Self {
+        self.catalog = Arc::clone(versions.primary());
+        self.versions = versions;
+        self
     }
 
     fn indicator(&self, ind: &catalog::Indicator, city: &City, words: Rules<'_>) -> pb::Indicator {
@@ -406,6 +420,29 @@ impl IndicatorService for IndicatorApi {
         let city = &org.city;
         Ok(Response::new(pb::GetEvaluationItemResponse {
             item: Some(item(&self.catalog, it, city, words)),
+        }))
+    }
+
+    async fn list_rule_versions(
+        &self,
+        request: Request<pb::ListRuleVersionsRequest>,
+    ) -> Result<Response<pb::ListRuleVersionsResponse>, Status> {
+        authorize(&request, &self.org.borrow().access, Action::Read)?;
+        let primary = self.versions.primary().version.clone();
+        Ok(Response::new(pb::ListRuleVersionsResponse {
+            rule_versions: self
+                .versions
+                .catalogs()
+                .into_iter()
+                .map(|c| pb::RuleVersion {
+                    version: c.version.clone(),
+                    title: c.title.clone(),
+                    source: c.source.clone(),
+                    primary: c.version == primary,
+                    indicator_count: u32::try_from(c.indicators.len()).unwrap_or(u32::MAX),
+                    guiding_max_total: c.guiding_max_total().rounded(Precision::Score),
+                })
+                .collect(),
         }))
     }
 }

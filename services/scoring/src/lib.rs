@@ -2,9 +2,11 @@
 //! the rule engine from ingestion's aggregates (`ScoringService`).
 
 pub mod convert;
+pub mod early_warning;
 pub mod error;
 pub mod indicator_service;
 pub mod remote_source;
+pub mod rule_versions;
 pub mod scoring_service;
 pub mod wording;
 

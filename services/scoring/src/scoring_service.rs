@@ -21,7 +21,7 @@ use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::scoring_service_server::ScoringService;
 use citycredit::status::Violation;
 use citycredit_core::auth::{Action, CredentialCheck, Principal};
-use citycredit_core::catalog::{Catalog, IndicatorKind, MetricKind};
+use citycredit_core::catalog::{Catalog, IndicatorKind, MetricKind, RuleVersions};
 use citycredit_core::numbers::{Num, Precision};
 use citycredit_core::org::Org;
 use citycredit_core::period::Period;
@@ -72,18 +72,20 @@ impl Scored {
     }
 }
 
-/// Current scorecards by (region, period). A change bumps the key's generation and drops the
-/// entry; a computation stores its result only if no change arrived while it ran.
+/// Current scorecards by (region, period, rule version). A change bumps the (region, period)
+/// generation and drops the entries of every version; a computation stores its result only if
+/// no change arrived while it ran.
 #[derive(Debug, Default)]
 struct Cache {
-    entries: HashMap<(String, String), Arc<Scored>>,
+    entries: HashMap<(String, String, String), Arc<Scored>>,
     generations: HashMap<(String, String), u64>,
 }
 
 /// Serves scorecards.
 #[derive(Clone)]
 pub struct ScoringApi {
-    catalog: Arc<Catalog>,
+    /// The primary catalog and any others loaded side by side.
+    versions: Arc<RuleVersions>,
     org: OrgView,
     source: Arc<dyn AggregateSource>,
     cache: Arc<Mutex<Cache>>,
@@ -109,7 +111,7 @@ impl ScoringApi {
     /// Creates the service and starts the task that invalidates the cache from the change feed.
     pub fn new(catalog: Arc<Catalog>, org: OrgView, source: Arc<dyn AggregateSource>) -> Self {
         let api = ScoringApi {
-            catalog,
+            versions: Arc::new(RuleVersions::single(catalog)),
             org,
             source,
             cache: Arc::new(Mutex::new(Cache::default())),
@@ -146,7 +148,7 @@ impl ScoringApi {
                                 *g += 1;
                             }
                         }
-                        cache.entries.retain(|(region, period), _| {
+                        cache.entries.retain(|(region, period, _), _| {
                             *region != change.region || !change.reaches(period)
                         });
                     }
@@ -164,6 +166,35 @@ impl ScoringApi {
         api
     }
 
+    /// Scores by these rule versions (their primary replaces the catalog given to `new`).
+    pub fn with_rule_versions(mut self, versions: Arc<RuleVersions>) -> Self {
+        self.versions = versions;
+        self
+    }
+
+    /// The primary catalog.
+    pub(crate) fn catalog(&self) -> &Arc<Catalog> {
+        self.versions.primary()
+    }
+
+    /// The catalog of a requested rule version ("" is the primary); NOT_FOUND
+    /// `UNKNOWN_RULE_VERSION` naming the loaded ones otherwise.
+    pub(crate) fn rule_version(&self, field: &str, asked: &str) -> Result<Arc<Catalog>, Status> {
+        check_identifier(field, asked)?;
+        self.versions.get(asked).cloned().ok_or_else(|| {
+            ScoringError::UnknownRuleVersion {
+                asked: asked.to_owned(),
+                loaded: self
+                    .versions
+                    .versions()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+            }
+            .into()
+        })
+    }
+
     /// Ends watches whose caller's API key is revoked or expires (asked every
     /// `CREDENTIAL_RECHECK` and before every update).
     pub fn with_credentials(mut self, credentials: Arc<dyn CredentialCheck>) -> Self {
@@ -177,11 +208,11 @@ impl ScoringApi {
             .is_none_or(|c| c.still_valid(p, citycredit_core::clock::now_micros()))
     }
 
-    fn org(&self) -> Arc<Org> {
+    pub(crate) fn org(&self) -> Arc<Org> {
         self.org.borrow().clone()
     }
 
-    fn check_region_period(&self, region: &str, period: &str) -> Result<(), Status> {
+    pub(crate) fn check_region_period(&self, region: &str, period: &str) -> Result<(), Status> {
         self.check_region_period_at("region_code", region, period)
     }
 
@@ -214,30 +245,40 @@ impl ScoringApi {
         }
     }
 
-    /// The scorecard for (region, period), from the cache when current.
+    /// The scorecard for (region, period) by the primary catalog, from the cache when current.
     pub async fn scored(
         &self,
         region: &str,
         period: &str,
         as_of: Option<i64>,
     ) -> Result<Arc<Scored>, Status> {
+        let catalog = Arc::clone(self.catalog());
+        self.scored_by(&catalog, region, period, as_of).await
+    }
+
+    /// The scorecard for (region, period) by `catalog` (one of the loaded rule versions), from
+    /// the cache when current.
+    pub async fn scored_by(
+        &self,
+        catalog: &Catalog,
+        region: &str,
+        period: &str,
+        as_of: Option<i64>,
+    ) -> Result<Arc<Scored>, Status> {
         let key = (region.to_owned(), period.to_owned());
+        let entry = (key.0.clone(), key.1.clone(), catalog.version.clone());
         if as_of.is_none() {
             let cache = self
                 .cache
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(hit) = cache.entries.get(&key) {
+            if let Some(hit) = cache.entries.get(&entry) {
                 return Ok(Arc::clone(hit));
             }
         }
         let generation = self.generation(&key);
-        let aggregates = self
-            .source
-            .aggregates(region, period, as_of)
-            .await
-            .map_err(convert::source_error)?;
-        let card = rules::score(&self.catalog, &aggregates.values);
+        let aggregates = self.aggregates(region, period, as_of).await?;
+        let card = rules::score(catalog, &aggregates.values);
         let scored = Arc::new(Scored::new(card, aggregates));
         if as_of.is_none() {
             let mut cache = self
@@ -245,10 +286,23 @@ impl ScoringApi {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if cache.generations.get(&key).copied().unwrap_or(0) == generation {
-                cache.entries.insert(key, Arc::clone(&scored));
+                cache.entries.insert(entry, Arc::clone(&scored));
             }
         }
         Ok(scored)
+    }
+
+    /// The aggregated figures for (region, period), uncached.
+    pub(crate) async fn aggregates(
+        &self,
+        region: &str,
+        period: &str,
+        as_of: Option<i64>,
+    ) -> Result<Aggregates, Status> {
+        self.source
+            .aggregates(region, period, as_of)
+            .await
+            .map_err(convert::source_error)
     }
 
     fn generation(&self, key: &(String, String)) -> u64 {
@@ -278,6 +332,7 @@ impl ScoringApi {
 
     fn overridden(
         &self,
+        catalog: &Catalog,
         base: &Aggregates,
         overrides: &[pb::ValueOverride],
     ) -> Result<rules::Values, Status> {
@@ -295,7 +350,7 @@ impl ScoringApi {
             if !domains_clean {
                 continue;
             }
-            let Some(metric) = self.catalog.metric(&o.metric_key) else {
+            let Some(metric) = catalog.metric(&o.metric_key) else {
                 v.push(Violation::new(
                     field("metric_key"),
                     format!("unknown metric `{}`", o.metric_key),
@@ -350,7 +405,7 @@ fn figure(
 
 /// `as_of` as a store instant; INVALID_ARGUMENT (never quoting it) outside years 1-9999 or
 /// with nanos out of range.
-fn as_of(ts: Option<&prost_types::Timestamp>) -> Result<Option<i64>, Status> {
+pub(crate) fn as_of(ts: Option<&prost_types::Timestamp>) -> Result<Option<i64>, Status> {
     ts.map(citycredit::wire::checked_micros)
         .transpose()
         .map_err(|why| ScoringError::invalid("as_of", why).into())
@@ -358,7 +413,7 @@ fn as_of(ts: Option<&prost_types::Timestamp>) -> Result<Option<i64>, Status> {
 
 /// Checks an identifier field against the text rules (`citycredit_core::text`); pushes a violation
 /// naming the code point and returns false when it breaks them.
-fn identifier(field: &str, value: &str, out: &mut Vec<Violation>) -> bool {
+pub(crate) fn identifier(field: &str, value: &str, out: &mut Vec<Violation>) -> bool {
     match text::check(value, TextKind::Identifier) {
         Ok(()) => true,
         Err(refused) => {
@@ -369,7 +424,7 @@ fn identifier(field: &str, value: &str, out: &mut Vec<Violation>) -> bool {
 }
 
 /// INVALID_ARGUMENT when `value` breaks the identifier text rules.
-fn check_identifier(field: &str, value: &str) -> Result<(), Status> {
+pub(crate) fn check_identifier(field: &str, value: &str) -> Result<(), Status> {
     let mut v = Vec::new();
     if identifier(field, value, &mut v) {
         Ok(())
@@ -409,9 +464,12 @@ impl ScoringService for ScoringApi {
         let req = request.into_inner();
         let at = as_of(req.as_of.as_ref())?;
         self.check_region_period(&req.region_code, &req.period)?;
-        let s = self.scored(&req.region_code, &req.period, at).await?;
+        let catalog = self.rule_version("rule_version", &req.rule_version)?;
+        let s = self
+            .scored_by(&catalog, &req.region_code, &req.period, at)
+            .await?;
         Ok(Response::new(pb::GetScorecardResponse {
-            scorecard: Some(s.wire(&self.catalog, locale)),
+            scorecard: Some(s.wire(&catalog, locale)),
         }))
     }
 
@@ -442,6 +500,7 @@ impl ScoringService for ScoringApi {
             return Err(ScoringError::TooManyRegions(MAX_BATCH_REGIONS).into());
         }
         let at = as_of(req.as_of.as_ref())?;
+        let catalog = self.rule_version("rule_version", &req.rule_version)?;
         for (i, r) in regions.iter().enumerate() {
             let field = if req.region_codes.is_empty() {
                 "region_code".to_owned()
@@ -450,14 +509,14 @@ impl ScoringService for ScoringApi {
             };
             self.check_region_period_at(&field, r, &req.period)?;
         }
-        let cards =
-            futures::future::try_join_all(regions.iter().map(|r| self.scored(r, &req.period, at)))
-                .await?;
-        Ok(Response::new(pb::BatchGetScorecardsResponse {
-            scorecards: cards
+        let cards = futures::future::try_join_all(
+            regions
                 .iter()
-                .map(|s| s.wire(&self.catalog, locale))
-                .collect(),
+                .map(|r| self.scored_by(&catalog, r, &req.period, at)),
+        )
+        .await?;
+        Ok(Response::new(pb::BatchGetScorecardsResponse {
+            scorecards: cards.iter().map(|s| s.wire(&catalog, locale)).collect(),
         }))
     }
 
@@ -471,25 +530,27 @@ impl ScoringService for ScoringApi {
         let at = as_of(req.as_of.as_ref())?;
         self.check_region_period(&req.region_code, &req.period)?;
         check_identifier("indicator", &req.indicator)?;
+        let catalog = self.rule_version("rule_version", &req.rule_version)?;
         let code = req
             .indicator
             .strip_prefix("indicators/")
             .unwrap_or(&req.indicator)
             .to_owned();
-        let ind = self
-            .catalog
+        let ind = catalog
             .indicator(&code)
             .ok_or_else(|| Status::from(ScoringError::NotFound(format!("indicators/{code}"))))?;
-        let s = self.scored(&req.region_code, &req.period, at).await?;
+        let s = self
+            .scored_by(&catalog, &req.region_code, &req.period, at)
+            .await?;
         let result = s
             .card
             .indicator(&code)
             .ok_or_else(|| Status::from(ScoringError::NotFound(format!("indicators/{code}"))))?;
         let org = self.org();
         let mut result = convert::indicator(result, &s.aggregates);
-        wording::indicator(&self.catalog, &mut result, locale);
+        wording::indicator(&catalog, &mut result, locale);
         Ok(Response::new(pb::ExplainIndicatorResponse {
-            rule_summary: wording::Rules::new(&self.catalog, locale).rule(ind),
+            rule_summary: wording::Rules::new(&catalog, locale).rule(ind),
             result: Some(result),
             responsible: responsible_parties(&org.city, &code),
             title: ind.title.clone(),
@@ -504,9 +565,12 @@ impl ScoringService for ScoringApi {
         let locale = wording::locale_of(request.metadata());
         let req = request.into_inner();
         self.check_region_period(&req.region_code, &req.period)?;
-        let base = self.scored(&req.region_code, &req.period, None).await?;
-        let values = self.overridden(&base.aggregates, &req.overrides)?;
-        let card = rules::score(&self.catalog, &values);
+        let catalog = self.rule_version("rule_version", &req.rule_version)?;
+        let base = self
+            .scored_by(&catalog, &req.region_code, &req.period, None)
+            .await?;
+        let values = self.overridden(&catalog, &base.aggregates, &req.overrides)?;
+        let card = rules::score(&catalog, &values);
         let mut assumed = base.aggregates.clone();
         assumed.values = values;
         let differences = card
@@ -532,10 +596,10 @@ impl ScoringService for ScoringApi {
             .collect();
         let change = &card.guiding_total - &base.card.guiding_total;
         let mut scorecard = convert::scorecard(&card, &assumed);
-        wording::scorecard(&self.catalog, &mut scorecard, locale);
+        wording::scorecard(&catalog, &mut scorecard, locale);
         Ok(Response::new(pb::WhatIfResponse {
             scorecard: Some(scorecard),
-            baseline: Some(base.wire(&self.catalog, locale)),
+            baseline: Some(base.wire(&catalog, locale)),
             differences,
             guiding_total_change: convert::signed_score(&change),
         }))
@@ -559,7 +623,7 @@ impl ScoringService for ScoringApi {
         let revoked = || Status::from(ScoringError::Revoked);
         tokio::spawn(async move {
             let send = |s: &Scored| pb::WatchScorecardResponse {
-                scorecard: Some(s.wire(&api.catalog, locale)),
+                scorecard: Some(s.wire(api.catalog(), locale)),
             };
             if tx.send(Ok(send(&first))).await.is_err() {
                 return;
@@ -694,9 +758,9 @@ impl ScoringService for ScoringApi {
             .duties_of_department(&dept)
             .into_iter()
             .map(|duty| {
-                let metrics = self.catalog.subject_metrics(&duty.subject);
+                let metrics = self.catalog().subject_metrics(&duty.subject);
                 let assessed = |m: &str| {
-                    self.catalog.metric(m).is_some_and(|x| {
+                    self.catalog().metric(m).is_some_and(|x| {
                         matches!(x.kind, MetricKind::Score | MetricKind::TaskStatus)
                     })
                 };
@@ -746,7 +810,7 @@ impl ScoringService for ScoringApi {
                     gaps,
                     awaiting_assessment,
                 };
-                wording::entry(&self.catalog, &mut entry, locale);
+                wording::entry(self.catalog(), &mut entry, locale);
                 entry
             })
             .collect();
@@ -798,6 +862,55 @@ impl ScoringService for ScoringApi {
         Ok(Response::new(pb::GetCompletenessReportResponse {
             departments,
         }))
+    }
+
+    async fn compare_rule_versions(
+        &self,
+        request: Request<pb::CompareRuleVersionsRequest>,
+    ) -> Result<Response<pb::CompareRuleVersionsResponse>, Status> {
+        authorize(&request, &self.org().access, Action::Read)?;
+        let locale = wording::locale_of(request.metadata());
+        let req = request.into_inner();
+        let at = as_of(req.as_of.as_ref())?;
+        self.check_region_period(&req.region_code, &req.period)?;
+        let mut v = Vec::new();
+        for (field, value) in [("version_a", &req.version_a), ("version_b", &req.version_b)] {
+            if identifier(field, value, &mut v) && value.is_empty() {
+                v.push(Violation::new(
+                    field,
+                    "required: a loaded rule version (IndicatorService.ListRuleVersions)",
+                ));
+            }
+        }
+        if !v.is_empty() {
+            return Err(ScoringError::Invalid(v).into());
+        }
+        let a = self.rule_version("version_a", &req.version_a)?;
+        let b = self.rule_version("version_b", &req.version_b)?;
+        // One read of the figures feeds both versions.
+        let aggregates = self.aggregates(&req.region_code, &req.period, at).await?;
+        let (card_a, card_b, differences) =
+            crate::rule_versions::compare(&a, &b, &aggregates.values, locale);
+        Ok(Response::new(pb::CompareRuleVersionsResponse {
+            region_code: req.region_code,
+            period: req.period,
+            a: Some(crate::rule_versions::outcome(&a, &card_a)),
+            b: Some(crate::rule_versions::outcome(&b, &card_b)),
+            differences,
+            as_of: Some(citycredit::wire::timestamp(aggregates.as_of_micros)),
+        }))
+    }
+
+    async fn get_veto_risk_warnings(
+        &self,
+        request: Request<pb::GetVetoRiskWarningsRequest>,
+    ) -> Result<Response<pb::GetVetoRiskWarningsResponse>, Status> {
+        authorize(&request, &self.org().access, Action::Read)?;
+        let locale = wording::locale_of(request.metadata());
+        let req = request.into_inner();
+        Ok(Response::new(
+            crate::early_warning::warnings(self, req, locale).await?,
+        ))
     }
 }
 

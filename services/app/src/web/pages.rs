@@ -172,6 +172,7 @@ pub async fn fetch_scorecard(
                 region_code: ask.region.clone(),
                 period: ask.period.clone(),
                 as_of: None,
+                rule_version: String::new(),
             },
         ))
         .await?
@@ -413,6 +414,7 @@ pub async fn counties(web: &Web, s: &Session, ask: &Ask) -> Result<String, PageE
                         region_codes: Vec::new(),
                         period: y.clone(),
                         as_of: None,
+                        rule_version: String::new(),
                     },
                 ))
                 .await?
@@ -526,6 +528,7 @@ pub async fn explain(web: &Web, s: &Session, ask: &Ask) -> Result<String, PageEr
                 period: ask.period.clone(),
                 indicator: code.clone(),
                 as_of: None,
+                rule_version: String::new(),
             },
         ))
         .await?

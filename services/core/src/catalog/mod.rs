@@ -4,6 +4,7 @@
 
 mod diagnostics;
 mod model;
+mod versions;
 mod words;
 
 use std::collections::{BTreeSet, HashMap};
@@ -14,6 +15,7 @@ use toml::Spanned;
 
 pub use diagnostics::{Diagnostics, LoadError, Problem};
 pub use model::*;
+pub use versions::{MAX_RULE_VERSIONS, RuleVersions};
 pub use words::Chinese;
 
 use crate::numbers::Num;

@@ -172,6 +172,7 @@ async fn scorecards_are_cached_until_a_change_arrives() {
             region_code: "330800".into(),
             period: "2026".into(),
             as_of: None,
+            rule_version: String::new(),
         }))
         .await
         .unwrap_or_else(|e| panic!("{e}"))
@@ -240,6 +241,7 @@ async fn what_if_stores_nothing_and_reports_the_difference() {
             region_code: "330800".into(),
             period: "2026".into(),
             overrides,
+            rule_version: String::new(),
         }))
         .await
         .unwrap_or_else(|e| panic!("{e}"))
@@ -280,6 +282,7 @@ async fn what_if_stores_nothing_and_reports_the_difference() {
             region_code: "330800".into(),
             period: "2026".into(),
             overrides: bad,
+            rule_version: String::new(),
         }))
         .await
         .err()
@@ -487,6 +490,7 @@ async fn bad_regions_and_periods_are_named() {
             region_code: "999999".into(),
             period: "2026-13".into(),
             as_of: None,
+            rule_version: String::new(),
         }))
         .await
         .err()
@@ -502,6 +506,7 @@ async fn bad_regions_and_periods_are_named() {
             region_code: "330800".into(),
             period: "2026".into(),
             as_of: None,
+            rule_version: String::new(),
         }))
         .await
         .err()
