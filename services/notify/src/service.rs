@@ -382,14 +382,14 @@ impl NotificationService for NotificationApi {
         let slot = n.watch_slot(&p.id).ok_or(NotifyError::TooManyWatchers(
             n.settings().max_watchers_per_principal,
         ))?;
-        let mut last = if after == 0 {
-            store::last_notice_id(n.db()).await?
-        } else {
-            after
-        };
+        let mut last = after;
         let buffer = n.settings().watch_buffer;
+        let stall = Duration::from_millis(n.settings().watch_stall_ms);
         let poll = Duration::from_millis(n.settings().poll_ms);
-        // One slot more than the buffer: the status that ends a lagging listener always fits.
+        // Notices are read from the store only when the listener has room for them, so a
+        // backlog never piles up in memory: at most `buffer` notices wait per listener. One slot
+        // more is kept free for the status that ends a listener that stopped reading: a notice
+        // is sent only when two slots are free, so one always is.
         let (tx, rx) = mpsc::channel(buffer + 1);
         let mut woken = n.subscribe_notices();
         tokio::spawn(async move {
@@ -405,18 +405,20 @@ impl NotificationService for NotificationApi {
                     };
                 let full_read = rows.len() >= WATCH_READ;
                 for r in rows {
-                    if tx.capacity() <= 1 {
-                        let _ = tx.try_send(Err(NotifyError::Lagged(buffer).into()));
-                        return;
-                    }
+                    let permits = match tokio::time::timeout(stall, tx.reserve_many(2)).await {
+                        Ok(Ok(p)) => p,
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            tracing::info!(after = last, "WatchNotices listener not reading: cut");
+                            let _ = tx.try_send(Err(NotifyError::Lagged(buffer).into()));
+                            return;
+                        }
+                    };
                     last = r.id;
-                    if tx
-                        .try_send(Ok(pb::WatchNoticesResponse {
+                    if let Some(permit) = permits.into_iter().next() {
+                        permit.send(Ok(pb::WatchNoticesResponse {
                             notice: Some(notice_wire(&r)),
-                        }))
-                        .is_err()
-                    {
-                        return;
+                        }));
                     }
                 }
                 if full_read {

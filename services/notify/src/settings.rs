@@ -34,6 +34,9 @@ pub struct NotifySettings {
     pub digest_hour: u32,
     /// Notices waiting for one WatchNotices listener; a listener further behind is cut.
     pub watch_buffer: usize,
+    /// A listener whose buffer stays full this long (it stopped reading) is cut with
+    /// RESOURCE_EXHAUSTED `WATCH_LAGGED`; it resumes from the last notice id it received.
+    pub watch_stall_ms: u64,
     /// WatchNotices streams one principal may hold open in this process.
     pub max_watchers_per_principal: usize,
     /// Subscriptions that may exist at once.
@@ -58,6 +61,7 @@ impl Default for NotifySettings {
             claim_batch: 64,
             digest_hour: 9,
             watch_buffer: 256,
+            watch_stall_ms: 10_000,
             max_watchers_per_principal: 4,
             max_subscriptions: 1_000,
         }
@@ -74,6 +78,7 @@ impl NotifySettings {
             ("notify.claim_lease_ms", self.claim_lease_ms),
             ("notify.connect_timeout_ms", self.connect_timeout_ms),
             ("notify.request_timeout_ms", self.request_timeout_ms),
+            ("notify.watch_stall_ms", self.watch_stall_ms),
         ];
         for (field, v) in positive {
             if v == 0 {

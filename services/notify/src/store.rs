@@ -368,15 +368,6 @@ pub async fn notices_after(
     q.fetch_all(&db.pool).await.map_err(storage("list notices"))
 }
 
-/// The highest notice id (0 when none).
-pub async fn last_notice_id(db: &Db) -> Result<i64> {
-    let id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM notify_notices")
-        .fetch_one(&db.pool)
-        .await
-        .map_err(storage("last notice"))?;
-    Ok(id.unwrap_or(0))
-}
-
 /// Deliveries after `after` in id order; `state` "PENDING", "DELIVERED", "DEAD" or None.
 pub async fn list_deliveries(
     db: &Db,
