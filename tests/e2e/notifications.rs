@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -199,7 +199,7 @@ impl Env {
     async fn start(backend: Backend) -> Env {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let schema = fresh_schema();
-        let server = Env::server(backend, &dir.path().to_owned(), &schema).await;
+        let server = Env::server(backend, dir.path(), &schema).await;
         let db = match backend {
             Backend::Sqlite => {
                 Db::connect(
@@ -230,7 +230,7 @@ impl Env {
         }
     }
 
-    async fn server(backend: Backend, dir: &PathBuf, schema: &TestSchema) -> TestServer {
+    async fn server(backend: Backend, dir: &Path, schema: &TestSchema) -> TestServer {
         let server = TestServer::start_in(dir, |c| {
             use_backend(c, backend, schema);
             settings(c);
