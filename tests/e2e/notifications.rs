@@ -193,6 +193,7 @@ fn settings(c: &mut citycredit_app::Config) {
     n.connect_timeout_ms = 1_000;
     n.claim_lease_ms = 3_000;
     n.digest_hour = 0;
+    n.max_watchers_per_principal = 2;
 }
 
 impl Env {
@@ -409,6 +410,22 @@ async fn reminders_and_veto_alerts(backend: Backend) {
         pb::MessageFormat::Json,
     )
     .await;
+    let digest = ok(env
+        .admin()
+        .create_subscription(pb::CreateSubscriptionRequest {
+            subscription: Some(pb::Subscription {
+                recipient: "big-data".into(),
+                url: format!("http://{addr}/digest"),
+                format: pb::MessageFormat::Json as i32,
+                secret: SECRET.into(),
+                mode: pb::DeliveryMode::DailyDigest as i32,
+                ..Default::default()
+            }),
+        })
+        .await)
+    .subscription
+    .unwrap_or_else(|| panic!("no subscription"));
+    assert_eq!(digest.mode(), pb::DeliveryMode::DailyDigest);
     env.subscribe(
         "credit_office",
         format!("http://{addr}/office"),
@@ -422,7 +439,7 @@ async fn reminders_and_veto_alerts(backend: Backend) {
             .await)
         .subscriptions
         .len(),
-        4
+        5
     );
 
     // cbirc reports both its metrics; big-data none of its four. Both are due in 12 hours.
@@ -507,6 +524,22 @@ async fn reminders_and_veto_alerts(backend: Backend) {
     );
 
     // A second pass sends nothing new.
+    // The daily digest: one summary for big-data today, carrying its reminder.
+    let digests = rx.wait_for("/digest", 1, |_| true).await;
+    let summary = digests[0].json();
+    assert_eq!(summary["kind"], "digest");
+    assert_eq!(summary["recipient"], "big-data");
+    assert_eq!(
+        summary["payload"]["notices"],
+        serde_json::json!([notice.id])
+    );
+    assert!(
+        summary["body_zh"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&notice.title_zh)
+    );
+
     let again = env.pass().await;
     assert_eq!(kinds(&env.notices("").await, "deadline_before").len(), 1);
     assert!(
@@ -573,6 +606,18 @@ async fn reminders_and_veto_alerts(backend: Backend) {
         seen.iter().map(|n| n.id).collect::<Vec<_>>(),
         mine.iter().map(|n| n.id).collect::<Vec<_>>()
     );
+    // Two streams per principal here (`max_watchers_per_principal`): a third is refused.
+    let _second = ok(big_data
+        .watch_notices(pb::WatchNoticesRequest {
+            after_notice_id: i64::MAX - 1,
+        })
+        .await);
+    let third = big_data
+        .watch_notices(pb::WatchNoticesRequest { after_notice_id: 0 })
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a third stream was opened"));
+    assert_eq!(third.code(), tonic::Code::ResourceExhausted, "{third:?}");
     let mut all = ok(env
         .admin()
         .watch_notices(pb::WatchNoticesRequest { after_notice_id: 0 })
@@ -586,6 +631,9 @@ async fn reminders_and_veto_alerts(backend: Backend) {
     let live = drain(&mut watch, Duration::from_millis(1_000)).await;
     assert_eq!(live.len(), 1, "{live:?}");
     assert_eq!(live[0].kind, "deadline_overdue");
+    // Today's digest is sent: the overdue notice waits for tomorrow's.
+    env.pass().await;
+    assert_eq!(rx.at("/digest").len(), 1);
     // Deleting the JSON subscription stops its deliveries.
     ok(env
         .admin()
