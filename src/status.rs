@@ -271,7 +271,7 @@ impl Reason {
                 "the request bodies the gateway holds would exceed the caller's budget or the gateway's (metadata `scope`: `principal` or `all`, `limit`); RetryInfo"
             }
             Reason::WatchLagged => {
-                "a WatchChanges watcher fell behind the change feed: re-read, then watch again; RetryInfo"
+                "a WatchChanges watcher fell behind the change feed, or a WatchNotices listener stopped reading: re-read (resume), then watch again; RetryInfo"
             }
             Reason::Overloaded => {
                 "the platform is at capacity (the gateway's adaptive limit), for every caller; RetryInfo"
@@ -283,7 +283,7 @@ impl Reason {
                 "too many failed authentications from the caller's address: refused without a key look-up; RetryInfo"
             }
             Reason::PrincipalBudget => {
-                "the caller already has as many calls or streams open as it may (metadata `what`, `limit`); RetryInfo"
+                "the caller already has as many calls or streams open as it may, or as many webhook subscriptions exist as allowed (metadata `what`, `limit`); RetryInfo"
             }
             Reason::PrincipalShare => {
                 "the caller already has half of what the platform serves at once (metadata `limit`); RetryInfo"
