@@ -42,6 +42,9 @@ pub use store::NewNotice;
 /// then operators and administrators read its notices).
 pub const CREDIT_OFFICE: &str = "credit_office";
 
+/// The least time between two producer passes started by changes of figures.
+const CHANGE_GAP: Duration = Duration::from_secs(5);
+
 /// Microseconds in a day.
 pub const DAY_MICROS: i64 = 86_400_000_000;
 /// Asia/Shanghai is UTC+8 all year.
@@ -220,6 +223,7 @@ impl Notifier {
         let scheduler = tokio::spawn(async move {
             let mut changes = changes;
             let mut tick = tokio::time::interval(period);
+            let mut last_pass = tokio::time::Instant::now();
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -233,13 +237,18 @@ impl Notifier {
                         if changed.is_none() && changes.as_ref().is_some_and(|rx| rx.is_closed()) {
                             changes = None;
                         }
-                        // Coalesce a burst of commits into one pass.
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        // Coalesce a burst of commits into one pass, and passes started by
+                        // changes at most one per CHANGE_GAP under steady ingestion.
+                        let wait = CHANGE_GAP
+                            .saturating_sub(last_pass.elapsed())
+                            .max(Duration::from_millis(200));
+                        tokio::time::sleep(wait).await;
                         if let Some(rx) = changes.as_mut() {
                             while rx.try_recv().is_ok() {}
                         }
                     }
                 }
+                last_pass = tokio::time::Instant::now();
                 if let Err(e) = me.run_producers().await {
                     tracing::warn!(error = %e, "notifier producers failed; next pass retries");
                 }
