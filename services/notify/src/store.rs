@@ -150,6 +150,7 @@ pub async fn notice_exists(db: &Db, key: &str) -> Result<bool> {
 /// enqueued before (nothing changes).
 pub async fn enqueue(db: &Db, n: &NewNotice, day: &str, now: i64) -> Result<Option<NoticeRow>> {
     let mut tx = db.pool.begin().await.map_err(storage("begin"))?;
+    // SQL-safe: only the constant column list is spliced in; every value is bound.
     let row: Option<NoticeRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO notify_notices (dedupe_key, kind, recipient, title_zh, body_zh, title_en, body_en, payload, create_micros) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (dedupe_key) DO NOTHING RETURNING {NOTICE_COLUMNS}"
@@ -283,6 +284,7 @@ pub async fn claim_due(db: &Db, now: i64, lease: i64, limit: usize) -> Result<Ve
            ORDER BY next_micros, id LIMIT $3{lock}) \
          RETURNING id"
     );
+    // SQL-safe: `lock` is one of two constants chosen by the backend; every value is bound.
     let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .bind(now.saturating_add(lease))
         .bind(now)
@@ -352,6 +354,7 @@ pub async fn notices_after(
     limit: usize,
 ) -> Result<Vec<NoticeRow>> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    // SQL-safe: only the constant column list is spliced in; the recipient and bounds are bound.
     let q = match recipient {
         Some(r) => sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {NOTICE_COLUMNS} FROM notify_notices WHERE id > $1 AND recipient = $2 ORDER BY id LIMIT $3"
@@ -381,6 +384,7 @@ pub async fn list_deliveries(
         Some("DEAD") => "AND dead_micros IS NOT NULL",
         _ => "",
     };
+    // SQL-safe: `filter` is one of four constants chosen by the state; the rest is bound.
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT id, notice_id, subscription_id, attempts, next_micros, delivered_micros, dead_micros, last_error \
          FROM notify_deliveries WHERE id > $1 {filter} ORDER BY id LIMIT $2"
