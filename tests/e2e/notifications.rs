@@ -634,6 +634,47 @@ async fn reminders_and_veto_alerts(backend: Backend) {
     // Today's digest is sent: the overdue notice waits for tomorrow's.
     env.pass().await;
     assert_eq!(rx.at("/digest").len(), 1);
+    // A watch ends when its API key is revoked.
+    let mut registry = env.s().registry();
+    ok(registry
+        .create_principal(pb::CreatePrincipalRequest {
+            principal: Some(pb::Principal {
+                id: "big-data-listener".into(),
+                role: pb::Role::Department as i32,
+                department_code: "big-data".into(),
+                ..Default::default()
+            }),
+        })
+        .await);
+    let made = ok(registry
+        .create_api_key(pb::CreateApiKeyRequest {
+            principal: "principals/big-data-listener".into(),
+            expire_time: None,
+        })
+        .await);
+    let prefix = made.api_key.map(|k| k.prefix).unwrap_or_default();
+    let mut listener = NotificationServiceClient::new(env.s().with_key(&made.secret));
+    let mut revoked = ok(listener
+        .watch_notices(pb::WatchNoticesRequest { after_notice_id: 0 })
+        .await);
+    assert!(
+        !drain(&mut revoked, Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+    ok(registry
+        .revoke_api_key(pb::RevokeApiKeyRequest {
+            name: format!("principals/big-data-listener/apiKeys/{prefix}"),
+        })
+        .await);
+    let end = tokio::time::timeout(Duration::from_secs(10), revoked.next())
+        .await
+        .unwrap_or_else(|_| panic!("the watch of a revoked key stayed open"));
+    let status = match end {
+        Some(Err(status)) => status,
+        other => panic!("expected the watch to end with a status, got {other:?}"),
+    };
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     // Deleting the JSON subscription stops its deliveries.
     ok(env
         .admin()

@@ -220,6 +220,7 @@ pub async fn serve(
                 &catalog,
                 &org,
                 &scoring,
+                &registry,
                 citycredit::aggregates::AggregateSource::changes(&ingestion),
                 &mut background,
             );
@@ -333,6 +334,7 @@ pub async fn serve(
                 &catalog,
                 &org,
                 &scoring,
+                &registry,
                 changes,
                 &mut background,
             );
@@ -731,6 +733,7 @@ fn start_notifier(
     catalog: &Arc<Catalog>,
     org: &citycredit::org::OrgView,
     scoring: &ScoringApi,
+    registry: &Arc<Registry>,
     changes: tokio::sync::broadcast::Receiver<citycredit::aggregates::Change>,
     background: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> citycredit_notify::Notifier {
@@ -743,7 +746,8 @@ fn start_notifier(
             scoring: scoring.clone(),
             catalog: Arc::clone(catalog),
         })),
-    );
+    )
+    .with_credentials(Arc::clone(registry) as Arc<dyn citycredit_core::auth::CredentialCheck>);
     if config.notify.enabled {
         background.extend(notifier.spawn(Some(changes)));
     }

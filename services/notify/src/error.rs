@@ -22,6 +22,9 @@ pub enum NotifyError {
     /// The caller already holds as many WatchNotices streams as it may.
     #[error("at most {0} WatchNotices streams per principal")]
     TooManyWatchers(usize),
+    /// The API key a stream began with was revoked or expired meanwhile.
+    #[error("the API key of this call was revoked or has expired")]
+    Revoked,
     /// A listener fell behind its bounded buffer.
     #[error(
         "the listener fell more than {0} notices behind: resume from the last notice id received"
@@ -68,6 +71,7 @@ impl ServiceError for NotifyError {
                 Reason::PrincipalBudget
             }
             NotifyError::Lagged(_) => Reason::WatchLagged,
+            NotifyError::Revoked => Reason::CredentialRevoked,
             NotifyError::Unavailable(_) => Reason::StorageUnavailable,
             NotifyError::Internal { .. } => Reason::InternalFault,
         }

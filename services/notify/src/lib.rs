@@ -71,6 +71,8 @@ struct Inner {
     producing: tokio::sync::Mutex<()>,
     /// Bounds the deliveries sent at once.
     sending: Arc<Semaphore>,
+    /// Whether a caller's API key still stands (open WatchNotices streams end when it does not).
+    credentials: std::sync::OnceLock<Arc<dyn citycredit_core::auth::CredentialCheck>>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -108,8 +110,26 @@ impl Notifier {
                 producing: tokio::sync::Mutex::new(()),
                 sending,
                 settings,
+                credentials: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Ends WatchNotices streams whose caller's API key is revoked or expires (asked every
+    /// `poll_ms` and before every notice sent).
+    pub fn with_credentials(
+        self,
+        credentials: Arc<dyn citycredit_core::auth::CredentialCheck>,
+    ) -> Self {
+        let _ = self.inner.credentials.set(credentials);
+        self
+    }
+
+    fn credential_stands(&self, p: &citycredit_core::auth::Principal) -> bool {
+        self.inner
+            .credentials
+            .get()
+            .is_none_or(|c| c.still_valid(p, now_micros()))
     }
 
     pub fn settings(&self) -> &NotifySettings {

@@ -395,6 +395,10 @@ impl NotificationService for NotificationApi {
         tokio::spawn(async move {
             let _slot = slot;
             loop {
+                if !n.credential_stands(&p) {
+                    let _ = tx.try_send(Err(NotifyError::Revoked.into()));
+                    return;
+                }
                 let rows =
                     match store::notices_after(n.db(), last, scope.as_deref(), WATCH_READ).await {
                         Ok(rows) => rows,
@@ -405,8 +409,12 @@ impl NotificationService for NotificationApi {
                     };
                 let full_read = rows.len() >= WATCH_READ;
                 for r in rows {
+                    if !n.credential_stands(&p) {
+                        let _ = tx.try_send(Err(NotifyError::Revoked.into()));
+                        return;
+                    }
                     let permits = match tokio::time::timeout(stall, tx.reserve_many(2)).await {
-                        Ok(Ok(p)) => p,
+                        Ok(Ok(permits)) => permits,
                         Ok(Err(_)) => return,
                         Err(_) => {
                             tracing::info!(after = last, "WatchNotices listener not reading: cut");
