@@ -218,7 +218,6 @@ pub async fn serve(
                 &config,
                 &db,
                 &catalog,
-                &org,
                 &scoring,
                 &registry,
                 citycredit::aggregates::AggregateSource::changes(&ingestion),
@@ -332,7 +331,6 @@ pub async fn serve(
                 &config,
                 &db,
                 &catalog,
-                &org,
                 &scoring,
                 &registry,
                 changes,
@@ -731,7 +729,6 @@ fn start_notifier(
     config: &Config,
     db: &Db,
     catalog: &Arc<Catalog>,
-    org: &citycredit::org::OrgView,
     scoring: &ScoringApi,
     registry: &Arc<Registry>,
     changes: tokio::sync::broadcast::Receiver<citycredit::aggregates::Change>,
@@ -740,7 +737,7 @@ fn start_notifier(
     let notifier = citycredit_notify::Notifier::new(
         db.clone(),
         Arc::clone(catalog),
-        org.clone(),
+        registry.org(),
         config.notify.clone(),
         Some(Arc::new(crate::notifier::ScoringOutcomes {
             scoring: scoring.clone(),
