@@ -31,11 +31,11 @@
 //! | `AUDIT_TOO_LARGE`        | RESOURCE_EXHAUSTED  | a code audit holds more distinct codes than allowed (metadata `limit`, `what`) |
 //! | `AUDIT_CAPACITY`         | RESOURCE_EXHAUSTED  | too many code audits run at once, in all or for the caller; RetryInfo |
 //! | `REQUEST_BYTES`          | RESOURCE_EXHAUSTED  | the request bodies the gateway holds would exceed the caller's budget or the gateway's (metadata `scope`: `principal` or `all`, `limit`); RetryInfo |
-//! | `WATCH_LAGGED`           | RESOURCE_EXHAUSTED  | a WatchChanges watcher fell behind the change feed: re-read, then watch again; RetryInfo |
+//! | `WATCH_LAGGED`           | RESOURCE_EXHAUSTED  | a WatchChanges watcher fell behind the change feed, or a WatchNotices listener stopped reading: re-read (resume), then watch again; RetryInfo |
 //! | `OVERLOADED`             | RESOURCE_EXHAUSTED  | the platform is at capacity (the gateway's adaptive limit), for every caller; RetryInfo |
 //! | `RATE_LIMITED`           | RESOURCE_EXHAUSTED  | the caller's rate limit (calls per second) refused the call; RetryInfo |
 //! | `AUTH_FAILURES_LIMITED`  | RESOURCE_EXHAUSTED  | too many failed authentications from the caller's address: refused without a key look-up; RetryInfo |
-//! | `PRINCIPAL_BUDGET`       | RESOURCE_EXHAUSTED  | the caller already has as many calls or streams open as it may (metadata `what`, `limit`); RetryInfo |
+//! | `PRINCIPAL_BUDGET`       | RESOURCE_EXHAUSTED  | the caller already has as many calls or streams open as it may, or as many webhook subscriptions exist as allowed (metadata `what`, `limit`); RetryInfo |
 //! | `PRINCIPAL_SHARE`        | RESOURCE_EXHAUSTED  | the caller already has half of what the platform serves at once (metadata `limit`); RetryInfo |
 //! | `MESSAGE_TOO_LARGE`      | OUT_OF_RANGE        | a request message larger than the gateway takes |
 //! | `REQUEST_STREAM_BROKEN`  | CANCELLED           | the caller's request stream broke off before its end; nothing was stored |
@@ -278,7 +278,7 @@ impl Reason {
                 "the request bodies the gateway holds would exceed the caller's budget or the gateway's (metadata `scope`: `principal` or `all`, `limit`); RetryInfo"
             }
             Reason::WatchLagged => {
-                "a WatchChanges watcher fell behind the change feed: re-read, then watch again; RetryInfo"
+                "a WatchChanges watcher fell behind the change feed, or a WatchNotices listener stopped reading: re-read (resume), then watch again; RetryInfo"
             }
             Reason::Overloaded => {
                 "the platform is at capacity (the gateway's adaptive limit), for every caller; RetryInfo"
@@ -290,7 +290,7 @@ impl Reason {
                 "too many failed authentications from the caller's address: refused without a key look-up; RetryInfo"
             }
             Reason::PrincipalBudget => {
-                "the caller already has as many calls or streams open as it may (metadata `what`, `limit`); RetryInfo"
+                "the caller already has as many calls or streams open as it may, or as many webhook subscriptions exist as allowed (metadata `what`, `limit`); RetryInfo"
             }
             Reason::PrincipalShare => {
                 "the caller already has half of what the platform serves at once (metadata `limit`); RetryInfo"

@@ -87,7 +87,7 @@ pub enum Audience {
     Registry,
     /// MetricSubmissionService and CodeAuditService.
     Ingestion,
-    /// ScoringService and IndicatorService.
+    /// ScoringService, IndicatorService and NotificationService.
     Scoring,
 }
 
@@ -113,16 +113,18 @@ impl Audience {
     pub fn of_path(path: &str) -> Option<Audience> {
         use crate::proto::v1::{
             code_audit_service_server, department_registry_service_server,
-            indicator_service_server, metric_submission_service_server, scoring_service_server,
+            indicator_service_server, metric_submission_service_server,
+            notification_service_server, scoring_service_server,
         };
         let service = path.strip_prefix('/')?.split('/').next()?;
         match service {
             department_registry_service_server::SERVICE_NAME => Some(Audience::Registry),
             metric_submission_service_server::SERVICE_NAME
             | code_audit_service_server::SERVICE_NAME => Some(Audience::Ingestion),
-            scoring_service_server::SERVICE_NAME | indicator_service_server::SERVICE_NAME => {
-                Some(Audience::Scoring)
-            }
+            // The notifier runs beside scoring (mode `all`) and reads its outcomes.
+            scoring_service_server::SERVICE_NAME
+            | indicator_service_server::SERVICE_NAME
+            | notification_service_server::SERVICE_NAME => Some(Audience::Scoring),
             _ => None,
         }
     }

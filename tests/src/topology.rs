@@ -270,6 +270,7 @@ impl Part {
             Part::Scoring => &[
                 "citycredit.v1.ScoringService",
                 "citycredit.v1.IndicatorService",
+                "citycredit.v1.NotificationService",
             ],
             Part::Gateway => &[],
         }

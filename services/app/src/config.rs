@@ -169,6 +169,9 @@ pub struct Config {
     /// The read-only web pages on the gRPC port (modes `all` and `gateway`).
     #[serde(default)]
     pub web: crate::web::WebSettings,
+    /// Reminders and notifications: the outbox's scheduler and delivery worker (mode `all`).
+    #[serde(default)]
+    pub notify: citycredit_notify::NotifySettings,
     /// TLS for this process's listener.
     pub tls: Option<TlsSettings>,
     /// TLS for calls to upstreams.
@@ -245,6 +248,7 @@ impl Default for Config {
             gateway: GatewaySettings::default(),
             upstreams: Upstreams::default(),
             web: crate::web::WebSettings::default(),
+            notify: citycredit_notify::NotifySettings::default(),
             tls: None,
             upstream_tls: None,
             metrics_listen: None,
@@ -301,6 +305,9 @@ impl Config {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.notify
+            .validate()
+            .map_err(|(field, problem)| ConfigError::Invalid { field, problem })?;
         if let Some(url) = &self.database_url
             && !(url.starts_with("postgres://")
                 || url.starts_with("postgresql://")

@@ -11,6 +11,7 @@ pub mod config;
 pub mod health;
 pub mod import;
 pub mod keys;
+pub mod notifier;
 pub mod remote;
 pub mod server;
 pub mod sheet;

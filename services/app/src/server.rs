@@ -29,6 +29,7 @@ use citycredit::auth::identity::{
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryServiceServer;
 use citycredit::proto::v1::indicator_service_server::IndicatorServiceServer;
+use citycredit::proto::v1::notification_service_server::NotificationServiceServer;
 use citycredit::proto::v1::scoring_service_server::ScoringServiceServer;
 use citycredit_core::catalog::{Catalog, LoadError, RuleVersions};
 use citycredit_core::city::City;
@@ -112,15 +113,21 @@ const SCORING: &str = pb::scoring_service_server::SERVICE_NAME;
 const SUBMISSION: &str = pb::metric_submission_service_server::SERVICE_NAME;
 const CODE_AUDIT: &str = pb::code_audit_service_server::SERVICE_NAME;
 const REGISTRY: &str = pb::department_registry_service_server::SERVICE_NAME;
+const NOTIFICATION: &str = pb::notification_service_server::SERVICE_NAME;
 
 /// gRPC services each mode serves (health reports each).
 pub fn served(mode: ServiceMode) -> &'static [&'static str] {
     match mode {
-        ServiceMode::All | ServiceMode::Gateway => {
-            &[INDICATOR, SCORING, SUBMISSION, CODE_AUDIT, REGISTRY]
-        }
+        ServiceMode::All | ServiceMode::Gateway => &[
+            INDICATOR,
+            SCORING,
+            SUBMISSION,
+            CODE_AUDIT,
+            REGISTRY,
+            NOTIFICATION,
+        ],
         ServiceMode::Ingestion => &[SUBMISSION, CODE_AUDIT],
-        ServiceMode::Scoring => &[INDICATOR, SCORING],
+        ServiceMode::Scoring => &[INDICATOR, SCORING, NOTIFICATION],
         ServiceMode::Registry => &[REGISTRY],
     }
 }
@@ -226,7 +233,24 @@ pub async fn serve(
             .with_credentials(
                 Arc::clone(&registry) as Arc<dyn citycredit_core::auth::CredentialCheck>
             );
+            let notifier = start_notifier(
+                &config,
+                &db,
+                &catalog,
+                &scoring,
+                &registry,
+                citycredit::aggregates::AggregateSource::changes(&ingestion),
+                &mut background,
+            );
             let mut routes: HashMap<String, Upstream> = HashMap::new();
+            routes.insert(
+                NOTIFICATION.into(),
+                upstream::local(
+                    NotificationServiceServer::new(notifier.service())
+                        .max_decoding_message_size(max_message),
+                    front(Audience::Scoring),
+                ),
+            );
             routes.insert(
                 INDICATOR.into(),
                 upstream::local(
@@ -273,7 +297,11 @@ pub async fn serve(
             for (name, url, services) in [
                 ("registry", &u.registry, &[REGISTRY][..]),
                 ("ingestion", &u.ingestion, &[SUBMISSION, CODE_AUDIT][..]),
-                ("scoring", &u.scoring, &[SCORING, INDICATOR][..]),
+                (
+                    "scoring",
+                    &u.scoring,
+                    &[SCORING, INDICATOR, NOTIFICATION][..],
+                ),
             ] {
                 let url = url.as_deref().unwrap_or_default();
                 let channels = upstream::channels(
@@ -313,11 +341,21 @@ pub async fn serve(
                 .take()
                 .ok_or_else(|| missing_key("identity.signing_key"))?;
             let source = RemoteAggregates::start(channel, Arc::new(own), Arc::clone(&catalog));
+            let changes = citycredit::aggregates::AggregateSource::changes(&*source);
             let scoring = ScoringApi::new(Arc::clone(&catalog), org.clone(), source)
                 .with_rule_versions(Arc::clone(&versions))
                 .with_credentials(
                     Arc::clone(&registry) as Arc<dyn citycredit_core::auth::CredentialCheck>
                 );
+            let notifier = start_notifier(
+                &config,
+                &db,
+                &catalog,
+                &scoring,
+                &registry,
+                changes,
+                &mut background,
+            );
             let routes = open_routes(health_service)?
                 .add_service(
                     IndicatorServiceServer::new(
@@ -328,6 +366,10 @@ pub async fn serve(
                 )
                 .add_service(
                     ScoringServiceServer::new(scoring).max_decoding_message_size(max_message),
+                )
+                .add_service(
+                    NotificationServiceServer::new(notifier.service())
+                        .max_decoding_message_size(max_message),
                 );
             alone(routes, front(Audience::Scoring))
         }
@@ -697,6 +739,36 @@ fn start_ingestion(
         credentials: Some(Arc::clone(registry) as Arc<dyn citycredit_core::auth::CredentialCheck>),
     };
     Ingestion::start(db, catalog, org, options)
+}
+
+/// The notifier (`[notify]`) beside scoring (modes `all` and `scoring`): its service, and its
+/// scheduler and delivery worker when enabled, woken by `changes`; basic indicators' outcomes
+/// come from `scoring` in this process. Several processes may run it on one PostgreSQL store:
+/// notices are deduplicated by key and deliveries claimed with `FOR UPDATE SKIP LOCKED`.
+fn start_notifier(
+    config: &Config,
+    db: &Db,
+    catalog: &Arc<Catalog>,
+    scoring: &ScoringApi,
+    registry: &Arc<Registry>,
+    changes: tokio::sync::broadcast::Receiver<citycredit::aggregates::Change>,
+    background: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> citycredit_notify::Notifier {
+    let notifier = citycredit_notify::Notifier::new(
+        db.clone(),
+        Arc::clone(catalog),
+        registry.org(),
+        config.notify.clone(),
+        Some(Arc::new(crate::notifier::ScoringOutcomes {
+            scoring: scoring.clone(),
+            catalog: Arc::clone(catalog),
+        })),
+    )
+    .with_credentials(Arc::clone(registry) as Arc<dyn citycredit_core::auth::CredentialCheck>);
+    if config.notify.enabled {
+        background.extend(notifier.spawn(Some(changes)));
+    }
+    notifier
 }
 
 /// Binds the configured address.
