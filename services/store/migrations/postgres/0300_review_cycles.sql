@@ -11,8 +11,8 @@ CREATE TABLE review_cycles (
     periods        TEXT NOT NULL,
     -- The review date, YYYY-MM-DD (Asia/Shanghai).
     review_date    TEXT NOT NULL,
-    grace_days     INTEGER NOT NULL,
-    on_time_days   INTEGER NOT NULL,
+    grace_days     BIGINT NOT NULL,
+    on_time_days   BIGINT NOT NULL,
     created_by     TEXT NOT NULL,
     create_micros  BIGINT NOT NULL
 );
