@@ -15,6 +15,7 @@ pub mod counters;
 pub mod numbers;
 pub mod org;
 pub mod period;
+pub mod review;
 pub mod rollup;
 pub mod rules;
 pub mod source;
