@@ -97,7 +97,9 @@ impl LockRefusal {
             Refusal::AwaitingApproval { locked } => format!(
                 "the figures of department {d} for region {r}, period {locked} are submitted and await approval: a value for {p} cannot change; ask the credit office to return them"
             ),
-            Refusal::Closed { locked, cycle_id, .. } => format!(
+            Refusal::Closed {
+                locked, cycle_id, ..
+            } => format!(
                 "writes of department {d} for period {locked} closed after its deadline and grace days (cycle {cycle_id}): a value for {p} is too late; ask an administrator for a lock exception"
             ),
         }

@@ -14,7 +14,9 @@ use std::collections::HashMap;
 
 use citycredit_core::catalog::{Catalog, TimeClass};
 use citycredit_core::period::Period;
-use citycredit_core::review::{Exception, Gate, GateDeadline, Lock, Refusal, SignOffState, Verdict, WriteTarget};
+use citycredit_core::review::{
+    Exception, Gate, GateDeadline, Lock, Refusal, SignOffState, Verdict, WriteTarget,
+};
 
 use crate::error::{IngestError, LockRefusal};
 use crate::store::WriteConn;
@@ -85,7 +87,10 @@ pub async fn load(
     let rows: Vec<GateRow> = match conn {
         WriteConn::Sqlite(c) => {
             sqlx::query_as(gate_query!("IN (SELECT value FROM json_each($1))"))
-                .bind(serde_json::to_string(departments).map_err(|e| sqlx::Error::Encode(Box::new(e)))?)
+                .bind(
+                    serde_json::to_string(departments)
+                        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+                )
                 .bind(now)
                 .fetch_all(&mut **c)
                 .await?

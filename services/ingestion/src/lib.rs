@@ -276,7 +276,14 @@ impl Ingestion {
             .await
             .map_err(|e| IngestError::storage("read the review gate", &e))?;
         let classes = gate::TimeClasses::of(&self.inner.catalog);
-        gate::check(&g, &classes, values.iter().map(gate::Target::of_value), &[], now).map(|_| ())
+        gate::check(
+            &g,
+            &classes,
+            values.iter().map(gate::Target::of_value),
+            &[],
+            now,
+        )
+        .map(|_| ())
     }
 
     pub fn catalog(&self) -> &Catalog {

@@ -890,7 +890,9 @@ impl WriterTask {
                 continue;
             }
             match &job.op {
-                Op::Values(values) => departments.extend(values.iter().map(|v| v.department.clone())),
+                Op::Values(values) => {
+                    departments.extend(values.iter().map(|v| v.department.clone()))
+                }
                 Op::Retract { target, .. } => departments.push(target.department.clone()),
             }
         }
