@@ -1,5 +1,5 @@
 //! Issue 11, point 4: every handler of every service goes through the one authorization path
-//! (`citycredit::auth`). The five services are served in process with no authentication
+//! (`citycredit::auth`). The six services are served in process with no authentication
 //! layer at all, and every RPC of the RPC table is called once without a principal: each must
 //! answer UNAUTHENTICATED `CREDENTIAL_REFUSED` from the handler itself. A handler that skipped
 //! the path would answer something else (data, or a validation error), and an RPC added to the
@@ -60,6 +60,12 @@ async fn every_handler_refuses_a_call_without_a_principal() {
         org::fixed(org_now.clone()),
         Arc::new(ing.clone()),
     );
+    let review = Arc::new(citycredit_review::Review::new(
+        db.db().clone(),
+        Arc::clone(&catalog),
+        org::fixed(org_now.clone()),
+        vec![catalog.version.clone()],
+    ));
     let indicators = IndicatorApi::new(Arc::clone(&catalog), org::fixed(org_now));
 
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -81,6 +87,9 @@ async fn every_handler_refuses_a_call_without_a_principal() {
         ))
         .add_service(pb::indicator_service_server::IndicatorServiceServer::new(
             indicators,
+        ))
+        .add_service(pb::review_service_server::ReviewServiceServer::new(
+            review.api(),
         ));
     tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
     let channel = Endpoint::from_shared(format!("http://{addr}"))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use citycredit::auth::authorize;
+use citycredit::auth::{authorize, caller};
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::review_service_server::ReviewService;
 use citycredit::status::{Violation, next_page_token, page};
@@ -432,6 +432,8 @@ impl ReviewService for ReviewApi {
         request: Request<pb::SubmitForApprovalRequest>,
     ) -> std::result::Result<Response<pb::SubmitForApprovalResponse>, Status> {
         let org = self.org();
+        // The caller first (the action names the part, known once the body is read).
+        caller(&request)?;
         let r = request.get_ref();
         let part = part_of(&org, r.part.as_ref())?;
         let mut v = Vec::new();
