@@ -507,3 +507,111 @@ both_databases!(
     flavor = "multi_thread",
     worker_threads = 2
 );
+
+/// The gate inside the group commit: writes refused for a submitted part share transactions with
+/// writes that pass, and only the refused ones fail; a batch with one refused value stores
+/// nothing; a validate_only batch reports the refusal.
+async fn a_refused_write_fails_alone_in_its_group(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let schema = fresh_schema();
+    let schema_name = schema.to_owned();
+    let server =
+        TestServer::start_in(dir.path(), move |c| use_backend(c, backend, &schema_name)).await;
+    let samr_key = server
+        .create_principal("samr-sys", pb::Role::Department, Some("samr"))
+        .await;
+    let mut samr_write = Submissions::new(server.with_key(&samr_key));
+    let mut samr = Reviews::new(server.with_key(&samr_key));
+    let may = "2026-05";
+    write(&mut samr_write, KECHENG, may, "1")
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    submit(&mut samr, KECHENG, may)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+
+    // Two principals of the department, six calls each (within a principal's share of calls).
+    let second_key = server
+        .create_principal("samr-sys-2", pb::Role::Department, Some("samr"))
+        .await;
+    let mut calls = Vec::new();
+    for i in 0..12 {
+        let key = if i < 6 { &samr_key } else { &second_key };
+        let mut c = Submissions::new(server.with_key(key));
+        let region = if i % 2 == 0 { KECHENG } else { QUJIANG };
+        calls.push(tokio::spawn(async move {
+            (region, write(&mut c, region, may, &i.to_string()).await)
+        }));
+    }
+    let (mut stored, mut locked) = (0, 0);
+    for call in calls {
+        let (region, result) = call.await.unwrap_or_else(|e| panic!("{e}"));
+        match result {
+            Ok(_) => {
+                assert_eq!(region, QUJIANG);
+                stored += 1;
+            }
+            Err(s) => {
+                assert_eq!(region, KECHENG, "{s:?}");
+                refused(
+                    Err::<(), _>(s),
+                    Code::FailedPrecondition,
+                    "AWAITING_APPROVAL",
+                );
+                locked += 1;
+            }
+        }
+    }
+    assert_eq!((stored, locked), (6, 6));
+
+    let batch = |validate_only: bool| pb::SubmitBatchRequest {
+        idempotency_key: String::new(),
+        validate_only,
+        values: vec![
+            number_input(METRIC, QUJIANG, may, "samr", "7"),
+            number_input(METRIC, KECHENG, may, "samr", "8"),
+        ],
+    };
+    refused(
+        samr_write
+            .submit_batch(tokio_stream::iter([batch(true)]))
+            .await,
+        Code::FailedPrecondition,
+        "AWAITING_APPROVAL",
+    );
+    let before = ok(samr_write
+        .list_submissions(pb::ListSubmissionsRequest {
+            region_code: QUJIANG.into(),
+            period: may.into(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await)
+    .submissions
+    .len();
+    refused(
+        samr_write
+            .submit_batch(tokio_stream::iter([batch(false)]))
+            .await,
+        Code::FailedPrecondition,
+        "AWAITING_APPROVAL",
+    );
+    let after = ok(samr_write
+        .list_submissions(pb::ListSubmissionsRequest {
+            region_code: QUJIANG.into(),
+            period: may.into(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await)
+    .submissions
+    .len();
+    assert_eq!(before, after, "a refused batch stores nothing");
+    let _ = tokio::time::timeout(Duration::from_secs(10), server.stop()).await;
+}
+
+both_databases!(
+    a_refused_write_fails_alone_in_its_group,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
