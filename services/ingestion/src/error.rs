@@ -285,6 +285,19 @@ mod tests {
                 "the watcher fell 7 changes behind: re-read and watch again",
             ),
             (
+                IngestError::Locked(Box::new(LockRefusal {
+                    department: "samr".into(),
+                    region: "330802".into(),
+                    period: "2026-03".into(),
+                    refusal: Refusal::AwaitingApproval {
+                        locked: citycredit_core::period::Period::Quarter(2026, 1),
+                    },
+                })),
+                Code::FailedPrecondition,
+                "AWAITING_APPROVAL",
+                "the figures of department samr for region 330802, period 2026-Q1 are submitted and await approval: a value for 2026-03 cannot change; ask the credit office to return them",
+            ),
+            (
                 IngestError::Revoked,
                 Code::Unauthenticated,
                 "CREDENTIAL_REVOKED",

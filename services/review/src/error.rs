@@ -124,3 +124,55 @@ impl From<ReviewError> for Status {
         citycredit::status::to_status(&e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+    use tonic_types::StatusExt;
+
+    use super::*;
+
+    fn info(s: &Status) -> (String, std::collections::HashMap<String, String>) {
+        let d = s.get_error_details();
+        d.error_info()
+            .map(|i| (i.reason.clone(), i.metadata.clone()))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn every_error_names_its_code_a_specific_reason_and_its_metadata() {
+        let s = Status::from(ReviewError::State {
+            state: SignOffState::Approved,
+            revision: 4,
+            message: "APPROVE does not apply to a part that is APPROVED".into(),
+        });
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        let (reason, meta) = info(&s);
+        assert_eq!(reason, "REVIEW_STATE");
+        assert_eq!(meta.get("state").map(String::as_str), Some("APPROVED"));
+        assert_eq!(meta.get("revision").map(String::as_str), Some("4"));
+        assert!(s.message().contains("at revision 4"), "{}", s.message());
+
+        let s = Status::from(ReviewError::CountiesNotApproved {
+            regions: vec!["330803".into(), "330825".into()],
+        });
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        let (reason, meta) = info(&s);
+        assert_eq!(reason, "COUNTIES_NOT_APPROVED");
+        assert_eq!(
+            meta.get("regions").map(String::as_str),
+            Some("330803,330825")
+        );
+
+        let s = Status::from(ReviewError::NotFound("cycles/x".into()));
+        assert_eq!(
+            (s.code(), info(&s).0.as_str()),
+            (Code::NotFound, "NOT_FOUND")
+        );
+        let s = Status::from(ReviewError::invalid("comment", "required"));
+        assert_eq!(
+            (s.code(), info(&s).0.as_str()),
+            (Code::InvalidArgument, "INVALID_FIELDS")
+        );
+    }
+}
