@@ -286,9 +286,12 @@ async fn the_review_cycle_end_to_end(backend: Backend) {
         })
         .await);
     assert_eq!(state_of(returned.sign_off), (pb::SignOffState::Returned, 2));
-    write(&mut samr_write, KECHENG, MARCH, "12")
+    let corrected = write(&mut samr_write, KECHENG, MARCH, "12")
         .await
-        .unwrap_or_else(|e| panic!("{e:?}"));
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .submission
+        .unwrap_or_else(|| panic!("submission"))
+        .name;
     let (state, rev) = state_of(
         submit(&mut samr, KECHENG, MARCH)
             .await
@@ -320,6 +323,18 @@ async fn the_review_cycle_end_to_end(backend: Backend) {
     assert_eq!(meta(&s, "region"), KECHENG);
     assert_eq!(meta(&s, "period"), MARCH);
     assert_eq!(meta(&s, "locked_period"), MARCH);
+    // A retraction is a write too.
+    refused(
+        samr_write
+            .retract_submission(pb::RetractSubmissionRequest {
+                name: corrected.clone(),
+                reason: "撤回".into(),
+                idempotency_key: String::new(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "PERIOD_APPROVED",
+    );
     let localized = s
         .get_error_details()
         .localized_message()

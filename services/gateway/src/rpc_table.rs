@@ -132,7 +132,7 @@ mod tests {
     #[test]
     fn knows_every_citycredit_rpc_and_which_stream() {
         let t = RpcTable::citycredit();
-        assert_eq!(t.services().len(), 5);
+        assert_eq!(t.services().len(), 6);
         let watch = t
             .get("/citycredit.v1.ScoringService/WatchScorecard")
             .cloned()
@@ -150,9 +150,11 @@ mod tests {
     fn the_descriptor_holds_exactly_the_generated_services() {
         use citycredit::proto::v1::{
             code_audit_service_server, department_registry_service_server,
-            indicator_service_server, metric_submission_service_server, scoring_service_server,
+            indicator_service_server, metric_submission_service_server, review_service_server,
+            scoring_service_server,
         };
         let mut generated = vec![
+            review_service_server::SERVICE_NAME,
             code_audit_service_server::SERVICE_NAME,
             department_registry_service_server::SERVICE_NAME,
             indicator_service_server::SERVICE_NAME,
