@@ -202,10 +202,7 @@ fn quzhou_seeds_one_review_cycle_and_a_bad_cycle_is_refused_with_its_line() {
     assert!(!c.deadlines.is_empty());
     assert!(c.deadlines.iter().all(|d| d.due_micros > 0));
 
-    let bad = BUILTIN_CITY_TOML.replace(
-        "rule_version = \"2019.2\"",
-        "rule_version = \"1999.9\"",
-    );
+    let bad = BUILTIN_CITY_TOML.replace("rule_version = \"2019.2\"", "rule_version = \"1999.9\"");
     let err = City::from_toml(&bad, "bad.toml", &catalog)
         .err()
         .unwrap_or_else(|| panic!("an unknown rule version must be refused"));
