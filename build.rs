@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/citycredit/v1/scoring_service.proto",
         "proto/citycredit/v1/department_registry_service.proto",
         "proto/citycredit/v1/notification_service.proto",
+        "proto/citycredit/v1/review_service.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
 

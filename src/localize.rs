@@ -120,6 +120,17 @@ pub fn reason_text(reason: Reason, locale: Locale) -> &'static str {
             R::AlreadyRetracted => "该报送记录已被撤回，无需再次撤回",
             R::NotRetractable => "该记录本身是一次撤回，不能再撤回",
             R::DomainSetClosed => "该领域集的领域由指标目录确定，不能登记新领域",
+            R::PeriodApproved => {
+                "该单位该地区该期间的数据已审核通过并锁定，不能修改；如需更正，请联系市信用办撤销审核，或请管理员授予锁定例外"
+            }
+            R::AwaitingApproval => {
+                "该单位该地区该期间的数据已提交审核，等待市信用办审核，暂不能修改；如需更正，请联系市信用办退回"
+            }
+            R::PeriodClosed => {
+                "该期间的报送截止时间（含宽限期）已过，报送已关闭；如需补报或更正，请管理员授予锁定例外"
+            }
+            R::CountiesNotApproved => "下级地区已提交的数据尚未全部审核通过，请先审核下列地区",
+            R::ReviewState => "该数据当前的审核状态不允许此操作，请刷新后按当前状态处理",
             R::StateConflict => "当前状态不允许此操作",
             R::CredentialRefused => {
                 "身份验证失败：请在请求头 authorization 中提供有效的 API 密钥（Bearer）"
@@ -165,6 +176,21 @@ pub fn reason_text(reason: Reason, locale: Locale) -> &'static str {
             R::AlreadyRetracted => "This submission was retracted already",
             R::NotRetractable => "This submission is itself a retraction and cannot be retracted",
             R::DomainSetClosed => "The catalog fixes the domains of this set: none can be added",
+            R::PeriodApproved => {
+                "These figures are approved and locked: ask the credit office to unapprove them, or an administrator for a lock exception, to correct them"
+            }
+            R::AwaitingApproval => {
+                "These figures are submitted and await the credit office's approval: ask the credit office to return them to correct them"
+            }
+            R::PeriodClosed => {
+                "The deadline and its grace days have passed and writes are closed: ask an administrator for a lock exception to report late"
+            }
+            R::CountiesNotApproved => {
+                "Figures submitted for the regions below are not all approved: approve them first"
+            }
+            R::ReviewState => {
+                "The figures' review state does not allow this: read it again and act on the current state"
+            }
             R::StateConflict => "The current state does not allow this",
             R::CredentialRefused => {
                 "Authentication failed: send a valid API key as `authorization: Bearer <key>`"
@@ -206,7 +232,7 @@ pub fn reason_text(reason: Reason, locale: Locale) -> &'static str {
 }
 
 /// The ErrorInfo metadata shown after the sentence, with their names in each language.
-const SHOWN_METADATA: [(&str, &str, &str); 7] = [
+const SHOWN_METADATA: [(&str, &str, &str); 12] = [
     ("resource", "对象", "resource"),
     ("limit", "上限", "limit"),
     ("what", "项目", "what"),
@@ -214,6 +240,11 @@ const SHOWN_METADATA: [(&str, &str, &str); 7] = [
     ("action", "操作", "action"),
     ("metric", "指标", "metric"),
     ("region", "地区", "region"),
+    ("department", "单位", "department"),
+    ("period", "期间", "period"),
+    ("locked_period", "锁定期间", "locked period"),
+    ("state", "状态", "state"),
+    ("regions", "待审地区", "regions"),
 ];
 
 /// The localized message for `status`: the reason's sentence, then its specifics.

@@ -23,6 +23,11 @@
 //! | `ALREADY_RETRACTED`      | FAILED_PRECONDITION | the submission was retracted already (metadata `resource`, `retracted_by` when known) |
 //! | `NOT_RETRACTABLE`        | FAILED_PRECONDITION | the submission is itself a retraction (metadata `resource`) |
 //! | `DOMAIN_SET_CLOSED`      | FAILED_PRECONDITION | RegisterDomain in a domain set whose domains the catalog fixes (metadata `domain_set`) |
+//! | `PERIOD_APPROVED`        | FAILED_PRECONDITION | a write to a (department, region, period) whose figures, or those of a period it reaches, are approved (metadata `department`, `region`, `period`, `locked_period`) |
+//! | `AWAITING_APPROVAL`      | FAILED_PRECONDITION | a write to a (department, region, period) whose figures, or those of a period it reaches, are submitted for approval (metadata `department`, `region`, `period`, `locked_period`) |
+//! | `PERIOD_CLOSED`          | FAILED_PRECONDITION | a write after the deadline that applies plus the cycle's grace days (metadata `department`, `region`, `period`, `locked_period`, `cycle`, `closed_at`) |
+//! | `COUNTIES_NOT_APPROVED`  | FAILED_PRECONDITION | approving a region while regions below it have submitted figures not yet approved (metadata `regions`) |
+//! | `REVIEW_STATE`           | FAILED_PRECONDITION | a sign-off transition that does not apply to the part's current state or revision (metadata `state`, `revision`) |
 //! | `STATE_CONFLICT`         | FAILED_PRECONDITION | the general reason of the code: the request is valid but the stored state forbids it (not sent today) |
 //! | `CREDENTIAL_REFUSED`     | UNAUTHENTICATED     | no credential, or one that is malformed, unknown, expired or not for this service |
 //! | `CREDENTIAL_REVOKED`     | UNAUTHENTICATED     | the API key a long call began with was revoked or expired meanwhile |
@@ -81,6 +86,11 @@ pub enum Reason {
     AlreadyRetracted,
     NotRetractable,
     DomainSetClosed,
+    PeriodApproved,
+    AwaitingApproval,
+    PeriodClosed,
+    CountiesNotApproved,
+    ReviewState,
     StateConflict,
     CredentialRefused,
     CredentialRevoked,
@@ -111,7 +121,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order of the table above.
-    pub const ALL: [Reason; 35] = [
+    pub const ALL: [Reason; 40] = [
         Reason::InvalidFields,
         Reason::TooManyRegions,
         Reason::NotFound,
@@ -121,6 +131,11 @@ impl Reason {
         Reason::AlreadyRetracted,
         Reason::NotRetractable,
         Reason::DomainSetClosed,
+        Reason::PeriodApproved,
+        Reason::AwaitingApproval,
+        Reason::PeriodClosed,
+        Reason::CountiesNotApproved,
+        Reason::ReviewState,
         Reason::StateConflict,
         Reason::CredentialRefused,
         Reason::CredentialRevoked,
@@ -162,6 +177,11 @@ impl Reason {
             Reason::AlreadyRetracted => "ALREADY_RETRACTED",
             Reason::NotRetractable => "NOT_RETRACTABLE",
             Reason::DomainSetClosed => "DOMAIN_SET_CLOSED",
+            Reason::PeriodApproved => "PERIOD_APPROVED",
+            Reason::AwaitingApproval => "AWAITING_APPROVAL",
+            Reason::PeriodClosed => "PERIOD_CLOSED",
+            Reason::CountiesNotApproved => "COUNTIES_NOT_APPROVED",
+            Reason::ReviewState => "REVIEW_STATE",
             Reason::StateConflict => "STATE_CONFLICT",
             Reason::CredentialRefused => "CREDENTIAL_REFUSED",
             Reason::CredentialRevoked => "CREDENTIAL_REVOKED",
@@ -200,6 +220,11 @@ impl Reason {
             Reason::AlreadyRetracted
             | Reason::NotRetractable
             | Reason::DomainSetClosed
+            | Reason::PeriodApproved
+            | Reason::AwaitingApproval
+            | Reason::PeriodClosed
+            | Reason::CountiesNotApproved
+            | Reason::ReviewState
             | Reason::StateConflict => Code::FailedPrecondition,
             Reason::CredentialRefused | Reason::CredentialRevoked => Code::Unauthenticated,
             Reason::ActionNotAllowed => Code::PermissionDenied,
@@ -252,6 +277,21 @@ impl Reason {
             Reason::NotRetractable => "the submission is itself a retraction (metadata `resource`)",
             Reason::DomainSetClosed => {
                 "RegisterDomain in a domain set whose domains the catalog fixes (metadata `domain_set`)"
+            }
+            Reason::PeriodApproved => {
+                "a write to a (department, region, period) whose figures, or those of a period it reaches, are approved (metadata `department`, `region`, `period`, `locked_period`)"
+            }
+            Reason::AwaitingApproval => {
+                "a write to a (department, region, period) whose figures, or those of a period it reaches, are submitted for approval (metadata `department`, `region`, `period`, `locked_period`)"
+            }
+            Reason::PeriodClosed => {
+                "a write after the deadline that applies plus the cycle's grace days (metadata `department`, `region`, `period`, `locked_period`, `cycle`, `closed_at`)"
+            }
+            Reason::CountiesNotApproved => {
+                "approving a region while regions below it have submitted figures not yet approved (metadata `regions`)"
+            }
+            Reason::ReviewState => {
+                "a sign-off transition that does not apply to the part's current state or revision (metadata `state`, `revision`)"
             }
             Reason::StateConflict => {
                 "the general reason of the code: the request is valid but the stored state forbids it (not sent today)"
@@ -950,6 +990,7 @@ mod tests {
             "SCORED",
             "ROLE_ADMIN",
             "ROLE_ASSESSOR",
+            "ROLE_CREDIT_OFFICE",
             "ROLE_DEPARTMENT",
             "ROLE_OPERATOR",
             "ROLE_PLATFORM",

@@ -83,7 +83,7 @@ impl Issuer {
 /// The service process a call is sent to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Audience {
-    /// DepartmentRegistryService.
+    /// DepartmentRegistryService and ReviewService.
     Registry,
     /// MetricSubmissionService and CodeAuditService.
     Ingestion,
@@ -114,11 +114,13 @@ impl Audience {
         use crate::proto::v1::{
             code_audit_service_server, department_registry_service_server,
             indicator_service_server, metric_submission_service_server,
-            notification_service_server, scoring_service_server,
+            notification_service_server, review_service_server, scoring_service_server,
         };
         let service = path.strip_prefix('/')?.split('/').next()?;
         match service {
-            department_registry_service_server::SERVICE_NAME => Some(Audience::Registry),
+            // The review service runs in the registry's process (README "The review cycle").
+            department_registry_service_server::SERVICE_NAME
+            | review_service_server::SERVICE_NAME => Some(Audience::Registry),
             metric_submission_service_server::SERVICE_NAME
             | code_audit_service_server::SERVICE_NAME => Some(Audience::Ingestion),
             // The notifier runs beside scoring (mode `all`) and reads its outcomes.

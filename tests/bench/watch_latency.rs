@@ -237,7 +237,8 @@ pub async fn run(bin: &str, seconds: u64, every_ms: u64) {
     let load_secs = load_start.0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     for t in load {
-        t.await.unwrap_or_else(|e| panic!("a load caller failed: {e}"));
+        t.await
+            .unwrap_or_else(|e| panic!("a load caller failed: {e}"));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let under_load: Vec<Duration> = seen.lock().await.drain(..).map(|(_, d)| d).collect();

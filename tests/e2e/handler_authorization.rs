@@ -67,6 +67,12 @@ async fn every_handler_refuses_a_call_without_a_principal() {
         citycredit_notify::NotifySettings::default(),
         None,
     );
+    let review = Arc::new(citycredit_review::Review::new(
+        db.db().clone(),
+        Arc::clone(&catalog),
+        org::fixed(org_now.clone()),
+        vec![catalog.version.clone()],
+    ));
     let indicators = IndicatorApi::new(Arc::clone(&catalog), org::fixed(org_now));
 
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -91,7 +97,10 @@ async fn every_handler_refuses_a_call_without_a_principal() {
         ))
         .add_service(
             pb::notification_service_server::NotificationServiceServer::new(notifier.service()),
-        );
+        )
+        .add_service(pb::review_service_server::ReviewServiceServer::new(
+            review.api(),
+        ));
     tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .unwrap_or_else(|e| panic!("{e}"))

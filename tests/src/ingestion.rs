@@ -55,6 +55,7 @@ fn wire_role(r: Role) -> pb::Role {
         Role::Assessor => pb::Role::Assessor,
         Role::Operator => pb::Role::Operator,
         Role::Admin => pb::Role::Admin,
+        Role::CreditOffice => pb::Role::CreditOffice,
     }
 }
 

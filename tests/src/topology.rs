@@ -262,7 +262,10 @@ impl Part {
     /// The gRPC services this part serves.
     pub fn grpc_services(self) -> &'static [&'static str] {
         match self {
-            Part::Registry => &["citycredit.v1.DepartmentRegistryService"],
+            Part::Registry => &[
+                "citycredit.v1.DepartmentRegistryService",
+                "citycredit.v1.ReviewService",
+            ],
             Part::Ingestion => &[
                 "citycredit.v1.MetricSubmissionService",
                 "citycredit.v1.CodeAuditService",

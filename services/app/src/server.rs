@@ -30,11 +30,13 @@ use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::department_registry_service_server::DepartmentRegistryServiceServer;
 use citycredit::proto::v1::indicator_service_server::IndicatorServiceServer;
 use citycredit::proto::v1::notification_service_server::NotificationServiceServer;
+use citycredit::proto::v1::review_service_server::ReviewServiceServer;
 use citycredit::proto::v1::scoring_service_server::ScoringServiceServer;
 use citycredit_core::catalog::{Catalog, LoadError, RuleVersions};
 use citycredit_core::city::City;
 use citycredit_ingestion::{Ingestion, IngestionOptions, WriterConfig};
 use citycredit_registry::{Registry, RegistryApi};
+use citycredit_review::Review;
 use citycredit_scoring::{IndicatorApi, RemoteAggregates, ScoringApi};
 use citycredit_store::{Db, StoreError};
 
@@ -114,6 +116,7 @@ const SUBMISSION: &str = pb::metric_submission_service_server::SERVICE_NAME;
 const CODE_AUDIT: &str = pb::code_audit_service_server::SERVICE_NAME;
 const REGISTRY: &str = pb::department_registry_service_server::SERVICE_NAME;
 const NOTIFICATION: &str = pb::notification_service_server::SERVICE_NAME;
+const REVIEW: &str = pb::review_service_server::SERVICE_NAME;
 
 /// gRPC services each mode serves (health reports each).
 pub fn served(mode: ServiceMode) -> &'static [&'static str] {
@@ -125,10 +128,13 @@ pub fn served(mode: ServiceMode) -> &'static [&'static str] {
             CODE_AUDIT,
             REGISTRY,
             NOTIFICATION,
+            REVIEW,
         ],
         ServiceMode::Ingestion => &[SUBMISSION, CODE_AUDIT],
         ServiceMode::Scoring => &[INDICATOR, SCORING, NOTIFICATION],
-        ServiceMode::Registry => &[REGISTRY],
+        // The review service lives with the registry: both are the city's organisation and
+        // its administration, small and rarely called.
+        ServiceMode::Registry => &[REGISTRY, REVIEW],
     }
 }
 
@@ -187,6 +193,20 @@ pub async fn serve(
     };
     let refresh = registry.spawn_refresh(Duration::from_millis(config.registry_refresh_ms));
     let org = registry.org();
+    // The review cycle, where the registry is: seeds the city file's cycles once.
+    let review = match mode {
+        ServiceMode::All | ServiceMode::Registry => {
+            let review = Arc::new(Review::new(
+                db.clone(),
+                Arc::clone(&catalog),
+                org.clone(),
+                vec![catalog.version.clone()],
+            ));
+            review.seed(&city).await?;
+            Some(review)
+        }
+        _ => None,
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let health_for_probes = health_service.clone();
@@ -277,6 +297,16 @@ pub async fn serve(
                     front(Audience::Registry),
                 ),
             );
+            if let Some(review) = &review {
+                routes.insert(
+                    REVIEW.into(),
+                    upstream::local(
+                        ReviewServiceServer::new(review.api())
+                            .max_decoding_message_size(max_message),
+                        front(Audience::Registry),
+                    ),
+                );
+            }
             let ingestion_front = front(Audience::Ingestion);
             routes.insert(
                 SUBMISSION.into(),
@@ -295,7 +325,7 @@ pub async fn serve(
             let mut routes: HashMap<String, Upstream> = HashMap::new();
             let u = &config.upstreams;
             for (name, url, services) in [
-                ("registry", &u.registry, &[REGISTRY][..]),
+                ("registry", &u.registry, &[REGISTRY, REVIEW][..]),
                 ("ingestion", &u.ingestion, &[SUBMISSION, CODE_AUDIT][..]),
                 (
                     "scoring",
@@ -374,10 +404,15 @@ pub async fn serve(
             alone(routes, front(Audience::Scoring))
         }
         ServiceMode::Registry => {
-            let routes = open_routes(health_service)?.add_service(
+            let mut routes = open_routes(health_service)?.add_service(
                 DepartmentRegistryServiceServer::new(RegistryApi::new(Arc::clone(&registry)))
                     .max_decoding_message_size(max_message),
             );
+            if let Some(review) = &review {
+                routes = routes.add_service(
+                    ReviewServiceServer::new(review.api()).max_decoding_message_size(max_message),
+                );
+            }
             alone(routes, front(Audience::Registry))
         }
     };

@@ -16,6 +16,7 @@ pub mod numbers;
 pub mod org;
 pub mod period;
 pub mod projection;
+pub mod review;
 pub mod rollup;
 pub mod rules;
 pub mod source;

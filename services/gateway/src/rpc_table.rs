@@ -151,10 +151,11 @@ mod tests {
         use citycredit::proto::v1::{
             code_audit_service_server, department_registry_service_server,
             indicator_service_server, metric_submission_service_server,
-            notification_service_server, scoring_service_server,
+            notification_service_server, review_service_server, scoring_service_server,
         };
         let mut generated = vec![
             notification_service_server::SERVICE_NAME,
+            review_service_server::SERVICE_NAME,
             code_audit_service_server::SERVICE_NAME,
             department_registry_service_server::SERVICE_NAME,
             indicator_service_server::SERVICE_NAME,

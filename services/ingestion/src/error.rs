@@ -8,6 +8,7 @@ use tonic::Status;
 
 use citycredit::status::{self, Reason, ServiceError, Violation};
 use citycredit_core::auth::Denied;
+use citycredit_core::review::Refusal;
 
 /// Everything that can go wrong in ingestion. Clone, because one failed group commit answers
 /// every caller in the group with the same error.
@@ -53,6 +54,9 @@ pub enum IngestError {
     /// again.
     #[error("the watcher fell {0} changes behind: re-read and watch again")]
     Lagged(u64),
+    /// The review cycle's write gate refused a value (`crate::gate`).
+    #[error("{}", .0.sentence())]
+    Locked(Box<LockRefusal>),
     /// The API key the call began with was revoked or expired meanwhile.
     #[error("the API key of this call was revoked or has expired")]
     Revoked,
@@ -71,6 +75,67 @@ pub enum IngestError {
         context: &'static str,
         detail: String,
     },
+}
+
+/// A value the write gate refused: for which department, region and period, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockRefusal {
+    pub department: String,
+    pub region: String,
+    pub period: String,
+    pub refusal: Refusal,
+}
+
+impl LockRefusal {
+    /// What happened and what to do, in English (the localized sentence comes from the reason).
+    fn sentence(&self) -> String {
+        let (d, r, p) = (&self.department, &self.region, &self.period);
+        match &self.refusal {
+            Refusal::Approved { locked } => format!(
+                "the figures of department {d} for region {r}, period {locked} are approved: a value for {p} cannot change; ask the credit office to unapprove them, or an administrator for a lock exception"
+            ),
+            Refusal::AwaitingApproval { locked } => format!(
+                "the figures of department {d} for region {r}, period {locked} are submitted and await approval: a value for {p} cannot change; ask the credit office to return them"
+            ),
+            Refusal::Closed {
+                locked, cycle_id, ..
+            } => format!(
+                "writes of department {d} for period {locked} closed after its deadline and grace days (cycle {cycle_id}): a value for {p} is too late; ask an administrator for a lock exception"
+            ),
+        }
+    }
+
+    fn reason(&self) -> Reason {
+        match self.refusal {
+            Refusal::Approved { .. } => Reason::PeriodApproved,
+            Refusal::AwaitingApproval { .. } => Reason::AwaitingApproval,
+            Refusal::Closed { .. } => Reason::PeriodClosed,
+        }
+    }
+
+    fn metadata(&self) -> Vec<(&'static str, String)> {
+        let locked = match &self.refusal {
+            Refusal::Approved { locked }
+            | Refusal::AwaitingApproval { locked }
+            | Refusal::Closed { locked, .. } => locked.to_string(),
+        };
+        let mut m = vec![
+            ("department", self.department.clone()),
+            ("region", self.region.clone()),
+            ("period", self.period.clone()),
+            ("locked_period", locked),
+        ];
+        if let Refusal::Closed {
+            cycle_id,
+            closes_micros,
+            ..
+        } = &self.refusal
+        {
+            m.push(("cycle", cycle_id.clone()));
+            m.push(("closed_at", closes_micros.to_string()));
+        }
+        m
+    }
 }
 
 impl IngestError {
@@ -104,6 +169,7 @@ impl ServiceError for IngestError {
             IngestError::TooLarge { reason, .. } => *reason,
             IngestError::Busy { .. } => Reason::AuditCapacity,
             IngestError::Lagged(_) => Reason::WatchLagged,
+            IngestError::Locked(l) => l.reason(),
             IngestError::Revoked => Reason::CredentialRevoked,
             IngestError::ClientStream(_) => Reason::RequestStreamBroken,
             IngestError::Unavailable(_) => Reason::StorageUnavailable,
@@ -136,6 +202,7 @@ impl ServiceError for IngestError {
                 m
             }
             IngestError::NotRetractable(id) => vec![("resource", format!("submissions/{id}"))],
+            IngestError::Locked(l) => l.metadata(),
             IngestError::TooLarge { what, limit, .. } | IngestError::Busy { what, limit, .. } => {
                 vec![("what", (*what).to_owned()), ("limit", limit.to_string())]
             }
@@ -216,6 +283,19 @@ mod tests {
                 Code::ResourceExhausted,
                 "WATCH_LAGGED",
                 "the watcher fell 7 changes behind: re-read and watch again",
+            ),
+            (
+                IngestError::Locked(Box::new(LockRefusal {
+                    department: "samr".into(),
+                    region: "330802".into(),
+                    period: "2026-03".into(),
+                    refusal: Refusal::AwaitingApproval {
+                        locked: citycredit_core::period::Period::Quarter(2026, 1),
+                    },
+                })),
+                Code::FailedPrecondition,
+                "AWAITING_APPROVAL",
+                "the figures of department samr for region 330802, period 2026-Q1 are submitted and await approval: a value for 2026-03 cannot change; ask the credit office to return them",
             ),
             (
                 IngestError::Revoked,

@@ -13,6 +13,7 @@ pub mod change_feed;
 pub mod code_audit;
 pub mod code_audit_service;
 pub mod error;
+pub mod gate;
 pub mod store;
 pub mod submission_service;
 pub mod validation;
@@ -200,6 +201,7 @@ impl Ingestion {
             notify,
             options.writer,
             options.credentials.clone(),
+            gate::TimeClasses::of(&catalog),
         );
         Ingestion {
             inner: Arc::new(Inner {
@@ -258,6 +260,30 @@ impl Ingestion {
 
     pub fn db(&self) -> &Db {
         &self.inner.db
+    }
+
+    /// The review cycle's write gate for values only checked (`validate_only`): the refusal
+    /// a write of them would get now (a lock exception counts, and is not used up).
+    pub async fn gate_check(&self, values: &[validation::NewValue]) -> Result<(), IngestError> {
+        let mut departments: Vec<String> = values.iter().map(|v| v.department.clone()).collect();
+        departments.sort_unstable();
+        departments.dedup();
+        let now = now_micros();
+        let mut conn = store::WritePooled::acquire(&self.inner.db)
+            .await
+            .map_err(|e| IngestError::storage("read the review gate", &e))?;
+        let g = gate::load(&mut conn.conn(), &departments, now)
+            .await
+            .map_err(|e| IngestError::storage("read the review gate", &e))?;
+        let classes = gate::TimeClasses::of(&self.inner.catalog);
+        gate::check(
+            &g,
+            &classes,
+            values.iter().map(gate::Target::of_value),
+            &[],
+            now,
+        )
+        .map(|_| ())
     }
 
     pub fn catalog(&self) -> &Catalog {

@@ -152,6 +152,26 @@ fn json_error(e: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error 
     sqlx::Error::Encode(Box::new(e))
 }
 
+/// Runs one statement that binds (i64, i64, text), on either database (the write gate marks a
+/// lock exception used with it); returns the rows it changed.
+pub async fn on_conn_execute(
+    conn: &mut WriteConn<'_>,
+    sql: &'static str,
+    a: i64,
+    b: i64,
+    c: &str,
+) -> Result<u64, sqlx::Error> {
+    Ok(on_conn!(conn, x => {
+        sqlx::query(sql)
+            .bind(a)
+            .bind(b)
+            .bind(c)
+            .execute(x)
+            .await?
+            .rows_affected()
+    }))
+}
+
 /// Kinds of submission rows.
 pub const KIND_VALUE: &str = "value";
 pub const KIND_RETRACTION: &str = "retraction";

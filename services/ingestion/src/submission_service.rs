@@ -98,6 +98,7 @@ impl SubmissionApi {
         let mut problem_count = 0usize;
         let mut bytes = 0usize;
         let mut message = 0usize;
+        let mut locked: Option<IngestError> = None;
         loop {
             let msg = match stream.message().await {
                 Ok(Some(m)) => m,
@@ -153,6 +154,12 @@ impl SubmissionApi {
                 .await
             {
                 Ok(checked) if violations.is_empty() && !dry_run => values.extend(checked),
+                // A checked batch reports the write gate's refusal too (the first one).
+                Ok(checked) if dry_run && locked.is_none() => {
+                    if let Err(e) = self.ing.gate_check(&checked).await {
+                        locked = Some(e);
+                    }
+                }
                 Ok(_) => {}
                 Err(IngestError::Invalid(mut more)) => violations.append(&mut more),
                 Err(e) if violations.is_empty() => return Err(e),
@@ -183,6 +190,9 @@ impl SubmissionApi {
             });
         }
         let count = u32::try_from(seen).unwrap_or(u32::MAX);
+        if let Some(e) = locked {
+            return Err(e);
+        }
         if validate_only == Some(true) {
             return Ok(pb::SubmitBatchResponse {
                 accepted_count: count,
@@ -267,6 +277,7 @@ impl MetricSubmissionService for SubmissionApi {
             Err(e) => return Err(e.into()),
         };
         if req.validate_only {
+            self.ing.gate_check(&values).await?;
             return Ok(Response::new(pb::SubmitValueResponse::default()));
         }
         let w = self

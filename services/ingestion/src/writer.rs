@@ -48,6 +48,7 @@ use citycredit_store::{Db, now_micros};
 use crate::audit_chain::row_hash;
 use crate::change_feed::{self, BaseChanges, ChangeFeed};
 use crate::error::IngestError;
+use crate::gate::{self, TimeClasses};
 use crate::store::{
     self, IdempotencyRecord, KIND_RETRACTION, KIND_VALUE, StoredRow, Version, WriteConn,
     WritePooled, scoped_key,
@@ -159,6 +160,7 @@ impl Writer {
         notify_channel: Option<String>,
         cfg: WriterConfig,
         credentials: Option<Arc<dyn CredentialCheck>>,
+        classes: TimeClasses,
     ) -> Writer {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         let task = WriterTask {
@@ -167,6 +169,7 @@ impl Writer {
             notify_channel,
             cfg,
             credentials,
+            classes,
         };
         tokio::spawn(task.run(rx));
         Writer { tx }
@@ -205,6 +208,8 @@ struct WriterTask {
     notify_channel: Option<String>,
     cfg: WriterConfig,
     credentials: Option<Arc<dyn CredentialCheck>>,
+    /// Metric time classes, for the periods a value reaches (the write gate).
+    classes: TimeClasses,
 }
 
 /// A job without its reply channel.
@@ -218,6 +223,10 @@ struct Work {
 /// How one job of an attempt is answered.
 enum Plan {
     Write,
+    /// Written through the lock exceptions named (used up by this write).
+    WriteExcepted(Vec<String>),
+    /// Refused by the review cycle's write gate.
+    Locked(Box<IngestError>),
     /// Replays a stored idempotency record.
     Replay(Box<Outcome>),
     /// Replays the outcome of an earlier job of the same attempt.
@@ -523,7 +532,8 @@ impl WriterTask {
         let mut answers = Vec::with_capacity(jobs.len());
         for (i, plan) in plans.into_iter().enumerate() {
             answers.push(match plan {
-                Plan::Write => outcomes[i].clone().ok_or_else(missing),
+                Plan::Write | Plan::WriteExcepted(_) => outcomes[i].clone().ok_or_else(missing),
+                Plan::Locked(e) => Err(*e),
                 Plan::Replay(o) => Ok(*o),
                 Plan::ReplayOf(j) => outcomes
                     .get(j)
@@ -565,7 +575,7 @@ impl WriterTask {
         // Current versions of every key the writes touch.
         let mut keys: Vec<String> = Vec::new();
         for (job, plan) in jobs.iter().zip(&plans) {
-            if !matches!(plan, Plan::Write) {
+            if !plan.writes() {
                 continue;
             }
             match &job.op {
@@ -594,11 +604,16 @@ impl WriterTask {
         // Targets retracted by this attempt (their earlier values must not come back).
         let mut retracted_here: HashSet<i64> = HashSet::new();
 
+        // Lock exceptions used, with the first submission of the write that used them.
+        let mut exceptions_used: Vec<(String, i64)> = Vec::new();
         for (i, (job, plan)) in jobs.iter().zip(&plans).enumerate() {
-            if !matches!(plan, Plan::Write) {
+            if !plan.writes() {
                 continue;
             }
             let first = next_id;
+            if let Plan::WriteExcepted(ids) = plan {
+                exceptions_used.extend(ids.iter().map(|id| (id.clone(), first)));
+            }
             let key_text = job
                 .idempotency
                 .as_ref()
@@ -727,6 +742,11 @@ impl WriterTask {
             store::set_head(tx, &new_head)
                 .await
                 .map_err(db_err("move chain head"))?;
+            for (id, first) in &exceptions_used {
+                gate::mark_used(tx, std::slice::from_ref(id), *first, now)
+                    .await
+                    .map_err(db_err("use lock exception"))?;
+            }
             if let Some(channel) = &self.notify_channel {
                 for payload in change_feed::payloads(&self.feed.origin, &base, now) {
                     store::notify(tx, channel, &payload)
@@ -851,7 +871,86 @@ impl WriterTask {
             }
             plans.push(plan);
         }
+        self.gate(tx, jobs, &mut plans, now).await?;
         Ok(plans)
+    }
+
+    /// The review cycle's write gate over the jobs still to write: one query for every
+    /// department they write for; a refused job is answered alone, the others go on.
+    async fn gate(
+        &self,
+        tx: &mut WriteConn<'_>,
+        jobs: &[Work],
+        plans: &mut [Plan],
+        now: i64,
+    ) -> Result<(), Failure> {
+        let mut departments: Vec<String> = Vec::new();
+        for (job, plan) in jobs.iter().zip(plans.iter()) {
+            if !plan.writes() {
+                continue;
+            }
+            match &job.op {
+                Op::Values(values) => {
+                    departments.extend(values.iter().map(|v| v.department.clone()))
+                }
+                Op::Retract { target, .. } => departments.push(target.department.clone()),
+            }
+        }
+        departments.sort_unstable();
+        departments.dedup();
+        let g = gate::load(tx, &departments, now)
+            .await
+            .map_err(|error| Failure {
+                stage: "read the review gate",
+                error,
+            })?;
+        if g.is_empty() {
+            return Ok(());
+        }
+        let mut used: Vec<String> = Vec::new();
+        for (job, plan) in jobs.iter().zip(plans.iter_mut()) {
+            if !plan.writes() {
+                continue;
+            }
+            let verdict = match &job.op {
+                Op::Values(values) => gate::check(
+                    &g,
+                    &self.classes,
+                    values.iter().map(gate::Target::of_value),
+                    &used,
+                    now,
+                ),
+                Op::Retract { target, .. } => gate::check(
+                    &g,
+                    &self.classes,
+                    [gate::Target {
+                        department: &target.department,
+                        region: &target.region,
+                        period: &target.period,
+                        metric: &target.metric,
+                        task_id: &target.task_id,
+                    }],
+                    &used,
+                    now,
+                ),
+            };
+            *plan = match verdict {
+                Ok(ids) if ids.is_empty() => Plan::Write,
+                Ok(ids) => {
+                    used.extend(ids.iter().cloned());
+                    Plan::WriteExcepted(ids)
+                }
+                Err(e) => Plan::Locked(Box::new(e)),
+            };
+        }
+        Ok(())
+    }
+}
+
+impl Plan {
+    /// Whether the job writes rows in this attempt.
+    fn writes(&self) -> bool {
+        matches!(self, Plan::Write | Plan::WriteExcepted(_))
     }
 }
 

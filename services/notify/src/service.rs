@@ -150,7 +150,9 @@ fn notice_scope(p: &Principal, asked: &str) -> Result<Option<String>, NotifyErro
             }
             Ok(Some(own))
         }
-        Role::Operator | Role::Admin => Ok((!asked.is_empty()).then(|| asked.to_owned())),
+        Role::Operator | Role::Admin | Role::CreditOffice => {
+            Ok((!asked.is_empty()).then(|| asked.to_owned()))
+        }
         Role::Platform | Role::Assessor => Err(refuse(
             "notices are read by their department, operators, administrators and the credit office",
         )),

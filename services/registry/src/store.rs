@@ -293,6 +293,8 @@ impl RegistryStore {
             groups,
             responsibilities,
             reporting_duties,
+            // Cycles live in the review service's tables.
+            cycles: Vec::new(),
         })
     }
 

@@ -27,6 +27,10 @@ pub enum Role {
     Operator,
     /// Manages the registry; may do everything.
     Admin,
+    /// The credit office (信用办): reads everything, runs the review cycle (creates cycles and
+    /// deadlines, approves, returns and unapproves figures); submits no values and does not
+    /// administer the registry.
+    CreditOffice,
 }
 
 impl Role {
@@ -37,6 +41,7 @@ impl Role {
             Role::Assessor => "assessor",
             Role::Operator => "operator",
             Role::Admin => "admin",
+            Role::CreditOffice => "credit_office",
         }
     }
 
@@ -47,6 +52,7 @@ impl Role {
             "assessor" => Role::Assessor,
             "operator" => Role::Operator,
             "admin" => Role::Admin,
+            "credit_office" => Role::CreditOffice,
             _ => return None,
         })
     }
@@ -100,6 +106,17 @@ pub enum Action<'a> {
     },
     /// Change the registry, manage principals and keys, verify the audit chain.
     Administer,
+    /// Create evaluation cycles and set their deadlines.
+    ManageCycles,
+    /// Submit `department`'s figures for `region` for approval (the review cycle).
+    SubmitForApproval {
+        department: &'a str,
+        region: &'a str,
+    },
+    /// Approve, return or unapprove submitted figures.
+    Review,
+    /// Grant a lock exception (writes to an approved or closed period).
+    GrantLockException,
 }
 
 impl Action<'_> {
@@ -109,6 +126,10 @@ impl Action<'_> {
             Action::Submit { .. } => "submit",
             Action::Retract { .. } => "retract",
             Action::Administer => "administer",
+            Action::ManageCycles => "manage cycles",
+            Action::SubmitForApproval { .. } => "submit for approval",
+            Action::Review => "review",
+            Action::GrantLockException => "grant a lock exception",
         }
     }
 }
@@ -253,9 +274,9 @@ impl Access {
                     _ => String::new(),
                 },
                 region: match action {
-                    Action::Submit { region, .. } | Action::Retract { region, .. } => {
-                        region.to_owned()
-                    }
+                    Action::Submit { region, .. }
+                    | Action::Retract { region, .. }
+                    | Action::SubmitForApproval { region, .. } => region.to_owned(),
                     _ => String::new(),
                 },
                 reason,
@@ -282,7 +303,38 @@ impl Access {
         match (p.role, action) {
             (Role::Admin, _) | (_, Action::Read) => Ok(()),
             (_, Action::Administer) => deny("only administrators manage the registry".into()),
+            (_, Action::GrantLockException) => {
+                deny("only administrators grant lock exceptions".into())
+            }
+            (Role::CreditOffice, Action::ManageCycles | Action::Review) => Ok(()),
+            (_, Action::ManageCycles) => {
+                deny("the credit office and administrators manage cycles and deadlines".into())
+            }
+            (_, Action::Review) => {
+                deny("the credit office and administrators approve, return and unapprove".into())
+            }
+            (Role::Department, Action::SubmitForApproval { department, region }) => {
+                if p.department.as_deref() != Some(department) {
+                    return deny(format!(
+                        "a department submits only its own figures, not department `{department}`'s"
+                    ));
+                }
+                if let Some(own) = self.governs.get(department)
+                    && !self.region_within(region, own)
+                {
+                    return deny(format!(
+                        "department {department} reports only for region {own} and the regions below it"
+                    ));
+                }
+                Ok(())
+            }
+            (_, Action::SubmitForApproval { .. }) => {
+                deny("a department submits its own figures for approval".into())
+            }
             (_, Action::Retract { .. }) => Ok(()),
+            (Role::CreditOffice, Action::Submit { .. }) => {
+                deny("the credit office reviews figures and does not submit them".into())
+            }
             (Role::Operator, Action::Submit { .. }) => {
                 deny("operators read and do not submit".into())
             }

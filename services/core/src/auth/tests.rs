@@ -336,3 +336,58 @@ fn a_reporting_duty_replaces_the_defaults_and_permits() {
             .is_ok()
     );
 }
+
+#[test]
+fn the_review_cycle_has_its_own_roles() {
+    let catalog = Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
+    let city = City::builtin(&catalog).unwrap_or_else(|e| panic!("{e}"));
+    let a = Access::new(&catalog, &city);
+    let office = who(Role::CreditOffice, None);
+    let admin = who(Role::Admin, None);
+    let samr = who(Role::Department, Some("samr"));
+    let kecheng = who(Role::Department, Some("gov-330802"));
+    let operator = who(Role::Operator, None);
+    let submit = |department, region| Action::SubmitForApproval { department, region };
+
+    // The credit office reads, manages cycles and reviews; it neither submits values nor
+    // administers nor grants lock exceptions.
+    for ok in [Action::Read, Action::ManageCycles, Action::Review] {
+        assert!(a.decide(&office, ok).is_ok(), "{ok:?}");
+    }
+    for no in [
+        Action::Administer,
+        Action::GrantLockException,
+        submit("samr", "330800"),
+        Action::Submit {
+            metric: "double_publicity.licenses_total",
+            region: "330800",
+        },
+    ] {
+        assert!(a.decide(&office, no).is_err(), "{no:?}");
+    }
+    // A department submits only its own figures, a county government only for its county.
+    assert!(a.decide(&samr, submit("samr", "330800")).is_ok());
+    assert!(a.decide(&samr, submit("court", "330800")).is_err());
+    assert!(a.decide(&kecheng, submit("gov-330802", "330802")).is_ok());
+    assert!(a.decide(&kecheng, submit("gov-330802", "330803")).is_err());
+    for no in [
+        Action::Review,
+        Action::ManageCycles,
+        Action::GrantLockException,
+    ] {
+        assert!(a.decide(&samr, no).is_err(), "{no:?}");
+        assert!(a.decide(&operator, no).is_err(), "{no:?}");
+    }
+    assert!(a.decide(&operator, submit("samr", "330800")).is_err());
+    // The administrator may do everything, and alone grants lock exceptions.
+    for ok in [
+        Action::ManageCycles,
+        Action::Review,
+        Action::GrantLockException,
+        submit("samr", "330800"),
+    ] {
+        assert!(a.decide(&admin, ok).is_ok(), "{ok:?}");
+    }
+    assert_eq!(Role::parse("credit_office"), Some(Role::CreditOffice));
+    assert_eq!(Role::CreditOffice.as_str(), "credit_office");
+}

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::catalog::{Catalog, Diagnostics, LoadError, MetricKind, Problem};
+use crate::review::{Cycle, CycleContext, CycleFile, check_cycle_header, check_deadlines};
 
 /// The city file compiled into the binary.
 pub const BUILTIN_CITY_NAME: &str = "builtin:deploy/cities/quzhou.toml";
@@ -106,6 +107,9 @@ pub struct City {
     pub responsibilities: Vec<Responsibility>,
     /// Explicit reporting duties (the Quzhou seed gives none).
     pub reporting_duties: Vec<ReportingDuty>,
+    /// Evaluation cycles of the city file (`[[cycle]]`): the review service seeds them once;
+    /// afterwards they live in its tables (a city loaded from the store has none here).
+    pub cycles: Vec<Cycle>,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +132,8 @@ struct CityFile {
     responsibilities: BTreeMap<Spanned<String>, Spanned<Vec<String>>>,
     #[serde(rename = "reporting_duty", default)]
     reporting_duties: Vec<Spanned<ReportingDuty>>,
+    #[serde(rename = "cycle", default)]
+    cycles: Vec<Spanned<CycleFile>>,
 }
 
 impl City {
@@ -459,6 +465,32 @@ fn validate(file: CityFile, source: &str, catalog: &Catalog, d: &mut Diagnostics
         }
     }
 
+    // Cycles: checked as CreateCycle checks them, against the catalog's one rule version.
+    let versions = vec![catalog.version.clone()];
+    let department_known = |c: &str| dept_codes.contains(c);
+    let ctx = CycleContext {
+        versions: &versions,
+        catalog,
+        department_known: &department_known,
+    };
+    let mut cycles = Vec::with_capacity(file.cycles.len());
+    let mut cycle_ids = BTreeSet::new();
+    for c in file.cycles {
+        let span = c.span();
+        let mut problems = Vec::new();
+        let cycle = c.into_inner().into_cycle(&mut problems);
+        let key = format!("cycle {}", cycle.id);
+        if !cycle_ids.insert(cycle.id.clone()) {
+            d.at(&span, &key, "duplicate cycle id");
+        }
+        problems.extend(check_cycle_header(&cycle, &ctx));
+        problems.extend(check_deadlines(&cycle, &cycle.deadlines, "deadline", &ctx));
+        for (field, message) in problems {
+            d.at(&span, &key, format!("{field}: {message}"));
+        }
+        cycles.push(cycle);
+    }
+
     let responsibilities: Vec<Responsibility> = file
         .responsibilities
         .into_iter()
@@ -484,6 +516,7 @@ fn validate(file: CityFile, source: &str, catalog: &Catalog, d: &mut Diagnostics
             .into_iter()
             .map(Spanned::into_inner)
             .collect(),
+        cycles,
     };
     city.sort_by_catalog(catalog);
     city

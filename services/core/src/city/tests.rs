@@ -187,3 +187,28 @@ fn reporting_duties_are_read_and_checked() {
     assert!(text.contains("reported by assessors"), "{text}");
     assert!(text.contains("unknown region `330899`"), "{text}");
 }
+
+#[test]
+fn quzhou_seeds_one_review_cycle_and_a_bad_cycle_is_refused_with_its_line() {
+    let (catalog, city) = load();
+    assert_eq!(city.cycles.len(), 1);
+    let c = &city.cycles[0];
+    assert_eq!(c.id, "2026-demonstration");
+    assert_eq!(c.title, "2026 年度示范城市创建");
+    assert_eq!(c.rule_version, catalog.version);
+    assert_eq!(c.review_date, "2027-03-31");
+    assert_eq!((c.grace_days, c.on_time_days), (7, 15));
+    assert_eq!(c.periods.len(), 5);
+    assert!(!c.deadlines.is_empty());
+    assert!(c.deadlines.iter().all(|d| d.due_micros > 0));
+
+    let bad = BUILTIN_CITY_TOML.replace("rule_version = \"2019.2\"", "rule_version = \"1999.9\"");
+    let err = City::from_toml(&bad, "bad.toml", &catalog)
+        .err()
+        .unwrap_or_else(|| panic!("an unknown rule version must be refused"));
+    let text = err.to_string();
+    assert!(
+        text.contains("cycle 2026-demonstration") && text.contains("rule_version"),
+        "{text}"
+    );
+}

@@ -238,6 +238,7 @@ fn role_pb(r: Role) -> pb::Role {
         Role::Assessor => pb::Role::Assessor,
         Role::Operator => pb::Role::Operator,
         Role::Admin => pb::Role::Admin,
+        Role::CreditOffice => pb::Role::CreditOffice,
     }
 }
 
@@ -249,6 +250,7 @@ fn role_from_pb(r: pb::Role) -> Option<Role> {
         pb::Role::Assessor => Some(Role::Assessor),
         pb::Role::Operator => Some(Role::Operator),
         pb::Role::Admin => Some(Role::Admin),
+        pb::Role::CreditOffice => Some(Role::CreditOffice),
     }
 }
 

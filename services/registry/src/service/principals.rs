@@ -35,7 +35,7 @@ pub(super) async fn create_principal(
     match role {
         None => v.push(Violation::new(
             "principal.role",
-            "required: ROLE_DEPARTMENT, ROLE_PLATFORM, ROLE_ASSESSOR, ROLE_OPERATOR or ROLE_ADMIN",
+            "required: ROLE_DEPARTMENT, ROLE_PLATFORM, ROLE_ASSESSOR, ROLE_OPERATOR, ROLE_ADMIN or ROLE_CREDIT_OFFICE",
         )),
         Some(Role::Department) if department.is_empty() => v.push(Violation::new(
             "principal.department_code",

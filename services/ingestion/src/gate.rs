@@ -1,0 +1,229 @@
+//! The write gate of the review cycle (README "The review cycle"): a value for (department,
+//! region, period) is refused while a part it reaches is SUBMITTED (`AWAITING_APPROVAL`) or
+//! APPROVED (`PERIOD_APPROVED`), or once the deadline that applies plus the cycle's grace days
+//! has passed (`PERIOD_CLOSED`); an administrator's lock exception for exactly that (department,
+//! region, period) lets one write through before it expires. The decision is pure
+//! (`citycredit_core::review::Gate`); this module reads its inputs and marks exceptions used.
+//!
+//! The writer reads the gate inside its transaction, with one query per attempt for every
+//! department of the group ([`load`]), after `chain_head` is locked: the review service's
+//! transitions lock the same row (SQLite: both hold the write lock), so no write commits between
+//! a submission or approval and the check that would have refused it.
+
+use std::collections::HashMap;
+
+use citycredit_core::catalog::{Catalog, TimeClass};
+use citycredit_core::period::Period;
+use citycredit_core::review::{
+    Exception, Gate, GateDeadline, Lock, Refusal, SignOffState, Verdict, WriteTarget,
+};
+
+use crate::error::{IngestError, LockRefusal};
+use crate::store::WriteConn;
+use crate::validation::NewValue;
+
+/// Metric key -> time class, for what a value reaches.
+#[derive(Clone, Debug, Default)]
+pub struct TimeClasses(HashMap<String, TimeClass>);
+
+impl TimeClasses {
+    pub fn of(catalog: &Catalog) -> TimeClasses {
+        TimeClasses(
+            catalog
+                .metrics
+                .iter()
+                .map(|m| (m.key.clone(), m.time))
+                .collect(),
+        )
+    }
+
+    /// The class of `metric`; LEVEL (the wider reach) for a key the catalog does not know.
+    pub fn class(&self, metric: &str) -> TimeClass {
+        self.0.get(metric).copied().unwrap_or(TimeClass::Level)
+    }
+}
+
+/// One row of the gate's query: a sign-off lock (`S`), a deadline (`D`) or an exception (`X`).
+#[derive(sqlx::FromRow)]
+struct GateRow {
+    kind: String,
+    department_code: String,
+    region: String,
+    period: String,
+    label: String,
+    subject: String,
+    n1: i64,
+    n2: i64,
+}
+
+macro_rules! gate_query {
+    ($departments:literal) => {
+        concat!(
+            "SELECT 'S' AS kind, department_code, region, period, state AS label, '' AS subject, \
+             CAST(0 AS BIGINT) AS n1, CAST(0 AS BIGINT) AS n2 FROM review_signoffs \
+             WHERE state IN ('SUBMITTED', 'APPROVED') AND department_code ",
+            $departments,
+            " UNION ALL SELECT 'D', d.department_code, '', d.period, d.cycle_id, d.subject, \
+             d.due_micros, CAST(c.grace_days AS BIGINT) FROM review_deadlines d \
+             JOIN review_cycles c ON c.id = d.cycle_id WHERE d.department_code ",
+            $departments,
+            " UNION ALL SELECT 'X', department_code, region, period, id, '', expire_micros, \
+             CAST(0 AS BIGINT) FROM review_lock_exceptions \
+             WHERE used_micros IS NULL AND expire_micros > $2 AND department_code ",
+            $departments
+        )
+    };
+}
+
+/// The gate for `departments` at `now`, in one query.
+pub async fn load(
+    conn: &mut WriteConn<'_>,
+    departments: &[String],
+    now: i64,
+) -> Result<Gate, sqlx::Error> {
+    if departments.is_empty() {
+        return Ok(Gate::default());
+    }
+    let rows: Vec<GateRow> = match conn {
+        WriteConn::Sqlite(c) => {
+            sqlx::query_as(gate_query!("IN (SELECT value FROM json_each($1))"))
+                .bind(
+                    serde_json::to_string(departments)
+                        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+                )
+                .bind(now)
+                .fetch_all(&mut **c)
+                .await?
+        }
+        WriteConn::Postgres(c) => {
+            sqlx::query_as(gate_query!("= ANY($1::text[])"))
+                .bind(departments)
+                .bind(now)
+                .fetch_all(&mut **c)
+                .await?
+        }
+    };
+    let (mut locks, mut deadlines, mut exceptions) = (Vec::new(), Vec::new(), Vec::new());
+    for r in rows {
+        // Periods are validated where they are written; one that is not is skipped.
+        let Ok(period) = r.period.parse::<Period>() else {
+            continue;
+        };
+        match r.kind.as_str() {
+            "S" => {
+                if let Some(state) = SignOffState::parse(&r.label) {
+                    locks.push(Lock {
+                        department: r.department_code,
+                        region: r.region,
+                        period,
+                        state,
+                    });
+                }
+            }
+            "D" => deadlines.push(GateDeadline {
+                cycle_id: r.label,
+                department: r.department_code,
+                subject: r.subject,
+                period,
+                due_micros: r.n1,
+                grace_days: r.n2,
+            }),
+            _ => exceptions.push(Exception {
+                id: r.label,
+                department: r.department_code,
+                region: r.region,
+                period,
+                expire_micros: r.n1,
+            }),
+        }
+    }
+    Ok(Gate::new(locks, deadlines, exceptions))
+}
+
+/// What one value is, for the gate.
+pub struct Target<'a> {
+    pub department: &'a str,
+    pub region: &'a str,
+    pub period: &'a str,
+    pub metric: &'a str,
+    pub task_id: &'a str,
+}
+
+impl<'a> Target<'a> {
+    pub fn of_value(v: &'a NewValue) -> Target<'a> {
+        Target {
+            department: &v.department,
+            region: &v.region,
+            period: &v.period,
+            metric: &v.metric,
+            task_id: &v.task_id,
+        }
+    }
+}
+
+/// The gate's answer for a job's values: Ok with the exceptions it uses (their ids), or the
+/// refusal of its first refused value. `used` holds the exceptions earlier jobs of the same
+/// attempt used: one exception lets one write through.
+pub fn check<'a>(
+    gate: &Gate,
+    classes: &TimeClasses,
+    targets: impl IntoIterator<Item = Target<'a>>,
+    used: &[String],
+    now: i64,
+) -> Result<Vec<String>, IngestError> {
+    let mut mine: Vec<String> = Vec::new();
+    for t in targets {
+        let Ok(period) = t.period.parse::<Period>() else {
+            continue;
+        };
+        let w = WriteTarget {
+            department: t.department,
+            region: t.region,
+            period,
+            metric: t.metric,
+            task_id: t.task_id,
+            class: classes.class(t.metric),
+        };
+        let refusal: Refusal = match gate.decide(&w, now) {
+            Verdict::Open => continue,
+            Verdict::Excepted { id, refusal } => {
+                if !used.contains(&id) {
+                    if !mine.contains(&id) {
+                        mine.push(id);
+                    }
+                    continue;
+                }
+                refusal
+            }
+            Verdict::Refused(r) => r,
+        };
+        return Err(IngestError::Locked(Box::new(LockRefusal {
+            department: t.department.to_owned(),
+            region: t.region.to_owned(),
+            period: t.period.to_owned(),
+            refusal,
+        })));
+    }
+    Ok(mine)
+}
+
+/// Marks exceptions used by the write whose first submission is `first_id`.
+pub async fn mark_used(
+    conn: &mut WriteConn<'_>,
+    ids: &[String],
+    first_id: i64,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    for id in ids {
+        crate::store::on_conn_execute(
+            conn,
+            "UPDATE review_lock_exceptions SET used_micros = $1, used_by = $2 \
+             WHERE id = $3 AND used_micros IS NULL",
+            now,
+            first_id,
+            id,
+        )
+        .await?;
+    }
+    Ok(())
+}
