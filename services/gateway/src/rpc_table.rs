@@ -132,7 +132,7 @@ mod tests {
     #[test]
     fn knows_every_citycredit_rpc_and_which_stream() {
         let t = RpcTable::citycredit();
-        assert_eq!(t.services().len(), 6);
+        assert_eq!(t.services().len(), 7);
         let watch = t
             .get("/citycredit.v1.ScoringService/WatchScorecard")
             .cloned()

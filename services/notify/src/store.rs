@@ -82,7 +82,7 @@ pub async fn create_subscription(
     created_by: &str,
     max: usize,
 ) -> Result<i64> {
-    let mut tx = db.pool.begin().await.map_err(storage("begin"))?;
+    let mut tx = db.begin_write().await.map_err(storage("begin"))?;
     let count: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM notify_subscriptions WHERE deleted_micros IS NULL",
     )
@@ -149,7 +149,7 @@ pub async fn notice_exists(db: &Db, key: &str) -> Result<bool> {
 /// item per matching DAILY_DIGEST subscription, in one transaction. `None` when its key was
 /// enqueued before (nothing changes).
 pub async fn enqueue(db: &Db, n: &NewNotice, day: &str, now: i64) -> Result<Option<NoticeRow>> {
-    let mut tx = db.pool.begin().await.map_err(storage("begin"))?;
+    let mut tx = db.begin_write().await.map_err(storage("begin"))?;
     // SQL-safe: only the constant column list is spliced in; every value is bound.
     let row: Option<NoticeRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO notify_notices (dedupe_key, kind, recipient, title_zh, body_zh, title_en, body_en, payload, create_micros) \

@@ -156,7 +156,7 @@ impl RegistryStore {
     /// Seeds the organisation from `city` unless the store was seeded before. Returns whether
     /// it seeded. Idempotent: restarting never duplicates, and changes made since survive.
     pub async fn seed(&self, city: &City) -> Result<bool, StoreError> {
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let seeded: Option<String> =
             sqlx::query_scalar("SELECT value FROM store_meta WHERE key = $1")
                 .bind(SEEDED)
@@ -542,7 +542,7 @@ impl RegistryStore {
         audit: Audit<'_>,
         statements: impl AsyncFnOnce(&mut AnyConnection) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         statements(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO registry_changes (principal, action, resource, detail, change_micros) \

@@ -143,6 +143,17 @@ pub struct StoreOptions {
 }
 
 impl Db {
+    /// Begins a transaction that will write. On SQLite it takes the write lock at BEGIN
+    /// (IMMEDIATE), where the busy timeout applies: a deferred transaction that reads first
+    /// and then writes fails at once with "database is locked" when another writer holds the
+    /// lock, as SQLite cannot wait there without risking a deadlock.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// Connects (creating the SQLite file and its directory when needed) and runs migrations.
     pub async fn open(opts: &StoreOptions) -> Result<Db, StoreError> {
         sqlx::any::install_default_drivers();
