@@ -11,6 +11,14 @@
 //! the same probes with no load. The load: 8 callers sending batches of 100 values of another
 //! metric and other years (`gateway::submit_load_batch`), which the watch must not deliver.
 
+#![allow(
+    clippy::float_arithmetic,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "benchmark latencies and rates, never scores"
+)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
