@@ -204,7 +204,7 @@ impl Notifier {
     async fn deliver_one(&self, c: store::Claimed) -> Result<bool, NotifyError> {
         let s = &self.inner.settings;
         let db = &self.inner.db;
-        let notice = c.notice();
+        let notice = c.notice.clone();
         let sent = match delivery::message(&c.format, &c.url, &c.secret, &notice, now_micros()) {
             Ok(m) => self.inner.client.send(m).await,
             Err(e) => Err(e),
@@ -215,7 +215,7 @@ impl Notifier {
                 store::mark_delivered(db, c.delivery_id, now).await?;
                 tracing::info!(
                     delivery = c.delivery_id,
-                    notice = c.id,
+                    notice = c.notice.id,
                     attempts = c.attempts,
                     "notice delivered"
                 );
@@ -227,7 +227,7 @@ impl Notifier {
                     let wait = delivery::retry_delay(s, attempts);
                     now.saturating_add(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX))
                 });
-                tracing::warn!(delivery = c.delivery_id, notice = c.id, attempts, dead = next.is_none(), %error, "delivery failed");
+                tracing::warn!(delivery = c.delivery_id, notice = c.notice.id, attempts, dead = next.is_none(), %error, "delivery failed");
                 store::mark_failed(db, c.delivery_id, &error, next, now).await?;
                 Ok(false)
             }

@@ -241,31 +241,8 @@ pub struct Claimed {
     pub url: String,
     pub format: String,
     pub secret: String,
-    pub id: i64,
-    pub kind: String,
-    pub recipient: String,
-    pub title_zh: String,
-    pub body_zh: String,
-    pub title_en: String,
-    pub body_en: String,
-    pub payload: String,
-    pub create_micros: i64,
-}
-
-impl Claimed {
-    pub fn notice(&self) -> NoticeRow {
-        NoticeRow {
-            id: self.id,
-            kind: self.kind.clone(),
-            recipient: self.recipient.clone(),
-            title_zh: self.title_zh.clone(),
-            body_zh: self.body_zh.clone(),
-            title_en: self.title_en.clone(),
-            body_en: self.body_en.clone(),
-            payload: self.payload.clone(),
-            create_micros: self.create_micros,
-        }
-    }
+    #[sqlx(flatten)]
+    pub notice: NoticeRow,
 }
 
 /// Claims up to `limit` due deliveries of live subscriptions: each attempt is counted and its

@@ -222,6 +222,28 @@ impl ReviewApi {
         v
     }
 
+    /// A decision of the credit office (approve, return, unapprove): authorized as `Review`,
+    /// its comment or reason checked (`field`, required or not), then one transition.
+    async fn decide<T>(
+        &self,
+        request: &Request<T>,
+        part: Option<&pb::SignOffPart>,
+        t: Transition,
+        (field, text, required): (&'static str, &str, bool),
+        expected_revision: i64,
+    ) -> std::result::Result<pb::SignOff, Status> {
+        let org = self.org();
+        let who = authorize(request, &org.access, Action::Review)?;
+        let part = part_of(&org, part)?;
+        let mut v = Vec::new();
+        check_comment(field, text, required, &mut v);
+        invalid_if_any(v)?;
+        let s = self
+            .transition(&who.id, part, t, text, expected_revision)
+            .await?;
+        Ok(signoff_pb(&s))
+    }
+
     async fn transition(
         &self,
         who: &str,
@@ -466,24 +488,18 @@ impl ReviewService for ReviewApi {
         &self,
         request: Request<pb::ApproveRequest>,
     ) -> std::result::Result<Response<pb::ApproveResponse>, Status> {
-        let org = self.org();
-        let who = authorize(&request, &org.access, Action::Review)?;
         let r = request.get_ref();
-        let part = part_of(&org, r.part.as_ref())?;
-        let mut v = Vec::new();
-        check_comment("comment", &r.comment, false, &mut v);
-        invalid_if_any(v)?;
-        let s = self
-            .transition(
-                &who.id,
-                part,
+        let sign_off = self
+            .decide(
+                &request,
+                r.part.as_ref(),
                 Transition::Approve,
-                &r.comment,
+                ("comment", &r.comment, false),
                 r.expected_revision,
             )
             .await?;
         Ok(Response::new(pb::ApproveResponse {
-            sign_off: Some(signoff_pb(&s)),
+            sign_off: Some(sign_off),
         }))
     }
 
@@ -491,24 +507,18 @@ impl ReviewService for ReviewApi {
         &self,
         request: Request<pb::ReturnRequest>,
     ) -> std::result::Result<Response<pb::ReturnResponse>, Status> {
-        let org = self.org();
-        let who = authorize(&request, &org.access, Action::Review)?;
         let r = request.get_ref();
-        let part = part_of(&org, r.part.as_ref())?;
-        let mut v = Vec::new();
-        check_comment("comment", &r.comment, true, &mut v);
-        invalid_if_any(v)?;
-        let s = self
-            .transition(
-                &who.id,
-                part,
+        let sign_off = self
+            .decide(
+                &request,
+                r.part.as_ref(),
                 Transition::Return,
-                &r.comment,
+                ("comment", &r.comment, true),
                 r.expected_revision,
             )
             .await?;
         Ok(Response::new(pb::ReturnResponse {
-            sign_off: Some(signoff_pb(&s)),
+            sign_off: Some(sign_off),
         }))
     }
 
@@ -516,24 +526,18 @@ impl ReviewService for ReviewApi {
         &self,
         request: Request<pb::UnapproveRequest>,
     ) -> std::result::Result<Response<pb::UnapproveResponse>, Status> {
-        let org = self.org();
-        let who = authorize(&request, &org.access, Action::Review)?;
         let r = request.get_ref();
-        let part = part_of(&org, r.part.as_ref())?;
-        let mut v = Vec::new();
-        check_comment("reason", &r.reason, true, &mut v);
-        invalid_if_any(v)?;
-        let s = self
-            .transition(
-                &who.id,
-                part,
+        let sign_off = self
+            .decide(
+                &request,
+                r.part.as_ref(),
                 Transition::Unapprove,
-                &r.reason,
+                ("reason", &r.reason, true),
                 r.expected_revision,
             )
             .await?;
         Ok(Response::new(pb::UnapproveResponse {
-            sign_off: Some(signoff_pb(&s)),
+            sign_off: Some(sign_off),
         }))
     }
 
