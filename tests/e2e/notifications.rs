@@ -27,11 +27,10 @@ use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::notification_service_client::NotificationServiceClient;
 use citycredit_core::clock::now_micros;
 use citycredit_notify::signing;
-use citycredit_store::{Db, sqlite_url};
+use citycredit_store::Db;
 use citycredit_tests::ingestion::number_input;
 use citycredit_tests::{
-    AuthChannel, Backend, TestSchema, TestServer, both_databases, fresh_schema, postgres_url,
-    use_backend,
+    AuthChannel, Backend, TestSchema, TestServer, both_databases, fresh_schema, use_backend,
 };
 
 const CITY: &str = "330800";
@@ -201,27 +200,7 @@ impl Env {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let schema = fresh_schema();
         let server = Env::server(backend, dir.path(), &schema).await;
-        let db = match backend {
-            Backend::Sqlite => {
-                Db::connect(
-                    &sqlite_url(&dir.path().join("citycredit.db")),
-                    2,
-                    Duration::from_secs(10),
-                    None,
-                )
-                .await
-            }
-            Backend::Postgres => {
-                Db::connect(
-                    &postgres_url(),
-                    2,
-                    Duration::from_secs(10),
-                    Some(schema.to_string()),
-                )
-                .await
-            }
-        }
-        .unwrap_or_else(|e| panic!("connect to the test store: {e}"));
+        let db = citycredit_tests::connect_store(backend, dir.path(), &schema, 2).await;
         Env {
             server: Some(server),
             backend,

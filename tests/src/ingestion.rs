@@ -20,7 +20,7 @@ use citycredit_core::catalog::Catalog;
 use citycredit_core::city::City;
 use citycredit_core::org::Org;
 use citycredit_ingestion::{Ingestion, IngestionOptions};
-use citycredit_store::{Db, sqlite_url};
+use citycredit_store::Db;
 
 use crate::{
     AuthChannel, Backend, Bearer, TestSchema, TestServer, fresh_schema, postgres_url, use_backend,
@@ -111,27 +111,7 @@ impl IngestionServer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let db = match backend {
-            Backend::Sqlite => {
-                Db::connect(
-                    &sqlite_url(&server.data_dir.join("citycredit.db")),
-                    4,
-                    Duration::from_secs(10),
-                    None,
-                )
-                .await
-            }
-            Backend::Postgres => {
-                Db::connect(
-                    &postgres_url(),
-                    4,
-                    Duration::from_secs(10),
-                    Some(schema.to_string()),
-                )
-                .await
-            }
-        }
-        .unwrap_or_else(|e| panic!("connect to the test store: {e}"));
+        let db = crate::connect_store(backend, &server.data_dir, &schema, 4).await;
         IngestionServer {
             server,
             backend,

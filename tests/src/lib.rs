@@ -323,6 +323,31 @@ impl Drop for TestSchema {
 }
 
 /// A fresh PostgreSQL schema for one test.
+/// A connection of the test's own to a server's store (the SQLite file `citycredit.db` in
+/// `data_dir`, or the PostgreSQL `schema`), to look at what the server wrote.
+pub async fn connect_store(
+    backend: Backend,
+    data_dir: &std::path::Path,
+    schema: &str,
+    connections: u32,
+) -> citycredit_store::Db {
+    let (url, schema) = match backend {
+        Backend::Sqlite => (
+            citycredit_store::sqlite_url(&data_dir.join("citycredit.db")),
+            None,
+        ),
+        Backend::Postgres => (postgres_url(), Some(schema.to_owned())),
+    };
+    citycredit_store::Db::connect(
+        &url,
+        connections,
+        std::time::Duration::from_secs(10),
+        schema,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connect to the test store: {e}"))
+}
+
 pub fn fresh_schema() -> TestSchema {
     use std::time::{SystemTime, UNIX_EPOCH};
     let nanos = SystemTime::now()

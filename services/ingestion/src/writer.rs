@@ -299,9 +299,7 @@ fn is_second_retraction(e: &sqlx::Error) -> bool {
     let sqlx::Error::Database(db) = e else {
         return false;
     };
-    let code = db.code().unwrap_or_default();
-    let unique = code == "23505" || code == "2067" || code == "1555";
-    unique
+    citycredit_store::is_unique_violation(e)
         && (db.constraint() == Some("retractions_pkey")
             || db.message().contains("retractions.target"))
 }

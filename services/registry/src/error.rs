@@ -33,17 +33,6 @@ impl RegistryError {
     }
 }
 
-/// True when a write failed on a uniqueness constraint (a concurrent create won the race).
-fn is_unique_violation(e: &StoreError) -> bool {
-    match e {
-        StoreError::Query(sqlx::Error::Database(db)) => {
-            // PostgreSQL 23505; SQLite extended codes 1555 (primary key) and 2067 (unique).
-            matches!(db.code().as_deref(), Some("23505" | "1555" | "2067"))
-        }
-        _ => false,
-    }
-}
-
 impl ServiceError for RegistryError {
     fn reason(&self) -> Reason {
         match self {
@@ -52,7 +41,7 @@ impl ServiceError for RegistryError {
             RegistryError::AlreadyExists(_) => Reason::ResourceExists,
             RegistryError::DomainSetClosed(_) => Reason::DomainSetClosed,
             RegistryError::Denied(d) => d.reason(),
-            RegistryError::Store(e) if is_unique_violation(e) => Reason::ResourceExists,
+            RegistryError::Store(e) if e.is_unique_violation() => Reason::ResourceExists,
             RegistryError::Store(e) if e.is_transient() => Reason::StorageUnavailable,
             RegistryError::Store(_) => Reason::InternalFault,
         }
@@ -60,7 +49,7 @@ impl ServiceError for RegistryError {
 
     fn message(&self) -> String {
         match self {
-            RegistryError::Store(e) if is_unique_violation(e) => {
+            RegistryError::Store(e) if e.is_unique_violation() => {
                 "the resource already exists".to_owned()
             }
             RegistryError::Store(e) if e.is_transient() => {
@@ -90,7 +79,7 @@ impl ServiceError for RegistryError {
 
     fn retry_delay(&self) -> Option<Duration> {
         match self {
-            RegistryError::Store(e) if !is_unique_violation(e) && e.is_transient() => {
+            RegistryError::Store(e) if !e.is_unique_violation() && e.is_transient() => {
                 Some(Duration::from_secs(1))
             }
             _ => None,

@@ -46,16 +46,6 @@ impl ReviewError {
     }
 }
 
-/// A write refused on a uniqueness constraint (a concurrent create won).
-fn is_unique_violation(e: &StoreError) -> bool {
-    match e {
-        StoreError::Query(sqlx::Error::Database(db)) => {
-            matches!(db.code().as_deref(), Some("23505" | "1555" | "2067"))
-        }
-        _ => false,
-    }
-}
-
 impl ServiceError for ReviewError {
     fn reason(&self) -> Reason {
         match self {
@@ -65,7 +55,7 @@ impl ServiceError for ReviewError {
             ReviewError::State { .. } => Reason::ReviewState,
             ReviewError::CountiesNotApproved { .. } => Reason::CountiesNotApproved,
             ReviewError::Denied(d) => d.reason(),
-            ReviewError::Store(e) if is_unique_violation(e) => Reason::ConcurrentChange,
+            ReviewError::Store(e) if e.is_unique_violation() => Reason::ConcurrentChange,
             ReviewError::Store(e) if e.is_transient() => Reason::StorageUnavailable,
             ReviewError::Store(_) => Reason::InternalFault,
         }
@@ -73,7 +63,7 @@ impl ServiceError for ReviewError {
 
     fn message(&self) -> String {
         match self {
-            ReviewError::Store(e) if is_unique_violation(e) => {
+            ReviewError::Store(e) if e.is_unique_violation() => {
                 "a concurrent change won; read the current state and retry".to_owned()
             }
             ReviewError::Store(e) if e.is_transient() => {
@@ -111,7 +101,7 @@ impl ServiceError for ReviewError {
 
     fn retry_delay(&self) -> Option<Duration> {
         match self {
-            ReviewError::Store(e) if !is_unique_violation(e) && e.is_transient() => {
+            ReviewError::Store(e) if !e.is_unique_violation() && e.is_transient() => {
                 Some(Duration::from_secs(1))
             }
             _ => None,

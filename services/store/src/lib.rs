@@ -81,6 +81,22 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// True when a write failed on a uniqueness constraint (a concurrent create won the race).
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, StoreError::Query(e) if is_unique_violation(e))
+    }
+}
+
+/// True when an sqlx error is a uniqueness constraint's refusal: PostgreSQL 23505; SQLite's
+/// extended codes 1555 (primary key) and 2067 (unique).
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("23505" | "1555" | "2067"))
+        }
+        _ => false,
+    }
 }
 
 /// True when an sqlx error is about reaching the database rather than the query.
