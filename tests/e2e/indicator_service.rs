@@ -50,8 +50,9 @@ async fn lists_all_twenty_indicators_with_names_scores_rules_and_leads() {
         .unwrap_or_default();
     assert_eq!(
         b01_en.rule_summary,
-        "(1) ratio(uscc.stock_codes_converted, uscc.stock_codes_total) >= 1"
+        "(1) the share of \"Legacy codes converted to unified social credit codes\" in \"Legacy organisation codes in stock (total)\" ≥ 100%"
     );
+    assert_eq!(b01_en.terms[0].summary, b01_en.rule_summary["(1) ".len()..]);
     let parties: Vec<(&str, pb::ResponsibilityRole)> = b01
         .responsible
         .iter()

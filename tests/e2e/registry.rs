@@ -268,6 +268,7 @@ async fn domains_register_only_in_open_sets() {
                 code: "jrp-00".into(),
                 display_name: "失信被执行人".into(),
                 builtin: false,
+                display_name_en: String::new(),
             }),
         })
         .await);
@@ -278,6 +279,7 @@ async fn domains_register_only_in_open_sets() {
                 code: "jrp-00".into(),
                 display_name: "x".into(),
                 builtin: false,
+                display_name_en: String::new(),
             }),
         })
         .await
@@ -291,6 +293,7 @@ async fn domains_register_only_in_open_sets() {
                 code: "mining".into(),
                 display_name: "采矿".into(),
                 builtin: false,
+                display_name_en: String::new(),
             }),
         })
         .await
@@ -317,6 +320,35 @@ async fn domains_register_only_in_open_sets() {
         .await)
     .domains;
     assert_eq!(xinyi.len(), 8);
+    // Built-in domains carry the catalog's English name beside the Chinese one.
+    assert!(
+        xinyi
+            .iter()
+            .all(|d| !d.display_name.is_empty() && !d.display_name_en.is_empty()),
+        "{xinyi:?}"
+    );
+    // A registered domain keeps one name: an English one is refused, not dropped.
+    let english = reg
+        .register_domain(pb::RegisterDomainRequest {
+            domain: Some(pb::RegisteredDomain {
+                domain_set: "joint_reward_punishment".into(),
+                code: "jrp-01".into(),
+                display_name: "重大税收违法".into(),
+                builtin: false,
+                display_name_en: "Major tax violations".into(),
+            }),
+        })
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("an English name on a registered domain"));
+    assert_eq!(english.code(), Code::InvalidArgument);
+    assert!(
+        english.get_error_details().bad_request().is_some_and(|b| b
+            .field_violations
+            .iter()
+            .any(|v| v.field == "domain.display_name_en")),
+        "{english:?}"
+    );
 }
 
 async fn credentials_are_required_checked_and_revocable(backend: Backend) {

@@ -69,6 +69,7 @@ async fn every_public_golden_case_through_the_server(backend: Backend) {
                     code: code.clone(),
                     display_name: format!("联合奖惩领域 {code}"),
                     builtin: false,
+                    display_name_en: String::new(),
                 }),
             })
             .await);
@@ -247,6 +248,13 @@ async fn departments_and_counties_roll_up_with_attribution_corrections_and_as_of
             .contains("“已接入信用信息共享平台和信用网站的政务服务大厅数”"),
         "{}",
         city.rule_summary
+    );
+    // The title in both languages.
+    assert!(city.title.contains("政务服务"), "{}", city.title);
+    assert!(
+        !city.title_en.is_empty() && city.title_en.is_ascii(),
+        "{}",
+        city.title_en
     );
 
     let county = ok(scoring.explain_indicator(explain("330803")).await)

@@ -440,6 +440,7 @@ fn rows() -> Vec<Row> {
                     code: "new-domain".into(),
                     display_name: v,
                     builtin: false,
+                    display_name_en: String::new(),
                 }),
             })
         }),

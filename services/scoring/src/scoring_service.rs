@@ -38,8 +38,8 @@ use crate::wording;
 pub struct Scored {
     pub card: Scorecard,
     pub aggregates: Aggregates,
-    /// The wire form, built once on first use (a cached scorecard is then a clone): the
-    /// engine's English, and with gaps and steps in Chinese (`wording`).
+    /// The wire form, built once per language on first use (a cached scorecard is then a
+    /// clone), its rules, gaps and steps in that language (`wording`).
     wire: std::sync::OnceLock<pb::Scorecard>,
     wire_zh: std::sync::OnceLock<pb::Scorecard>,
 }
@@ -57,17 +57,14 @@ impl Scored {
     /// The scorecard as sent, with the submissions behind every figure, its gaps and steps
     /// in `locale`.
     pub fn wire(&self, catalog: &Catalog, locale: Locale) -> pb::Scorecard {
-        let english = || convert::scorecard(&self.card, &self.aggregates);
+        let worded = || {
+            let mut card = convert::scorecard(&self.card, &self.aggregates);
+            wording::scorecard(catalog, &mut card, locale);
+            card
+        };
         match locale {
-            Locale::En => self.wire.get_or_init(english).clone(),
-            Locale::ZhCn => self
-                .wire_zh
-                .get_or_init(|| {
-                    let mut card = english();
-                    wording::scorecard(catalog, &mut card, locale);
-                    card
-                })
-                .clone(),
+            Locale::En => self.wire.get_or_init(worded).clone(),
+            Locale::ZhCn => self.wire_zh.get_or_init(worded).clone(),
         }
     }
 }
@@ -554,6 +551,7 @@ impl ScoringService for ScoringApi {
             result: Some(result),
             responsible: responsible_parties(&org.city, &code),
             title: ind.title.clone(),
+            title_en: ind.title_en.clone().unwrap_or_default(),
         }))
     }
 

@@ -6,7 +6,7 @@
 
 use citycredit::localize::Locale;
 use citycredit::proto::v1 as pb;
-use citycredit_core::catalog::{self, Catalog, Chinese};
+use citycredit_core::catalog::{self, Catalog, Lang, Words};
 use tonic::metadata::MetadataMap;
 
 /// The caller's language, from the `accept-language` the gateway forwards (zh-CN when absent).
@@ -96,60 +96,70 @@ fn step(catalog: &Catalog, code: &str, step: Option<&mut pb::ScoreStep>, locale:
     };
 }
 
-/// A catalog's rules in the caller's language: the engine's English summaries, or the Chinese
-/// of `catalog::Chinese`.
+/// The words of `locale` for a catalog's rules.
+fn words(catalog: &Catalog, locale: Locale) -> Words<'_> {
+    Words::of(
+        catalog,
+        match locale {
+            Locale::ZhCn => Lang::Zh,
+            Locale::En => Lang::En,
+        },
+    )
+}
+
+/// A catalog's rules in the caller's language (`catalog::Words`: metrics named by their
+/// titles; the engine's `summary()` formulas over metric keys stay in the catalog's own
+/// structured form).
 #[derive(Clone, Copy)]
 pub struct Rules<'a> {
-    chinese: Option<Chinese<'a>>,
+    words: Words<'a>,
 }
 
 impl<'a> Rules<'a> {
     pub fn new(catalog: &'a Catalog, locale: Locale) -> Self {
         Rules {
-            chinese: (locale == Locale::ZhCn).then(|| Chinese::new(catalog)),
+            words: words(catalog, locale),
         }
     }
 
     pub fn predicate(&self, p: &catalog::Predicate) -> String {
-        self.chinese
-            .map_or_else(|| p.summary(), |zh| zh.predicate(p))
+        self.words.predicate(p)
     }
 
     pub fn formula(&self, f: &catalog::Formula) -> String {
-        self.chinese.map_or_else(|| f.summary(), |zh| zh.formula(f))
+        self.words.formula(f)
     }
 
     pub fn check(&self, c: &catalog::ItemCheck) -> String {
-        self.chinese.map_or_else(|| c.summary(), |zh| zh.check(c))
+        self.words.check(c)
     }
 
     pub fn rule(&self, ind: &catalog::Indicator) -> String {
-        self.chinese
-            .map_or_else(|| ind.rule_summary(), |zh| zh.rule(ind))
+        self.words.rule(ind)
     }
 }
 
-/// A result's condition and part summaries in Chinese, matched by label.
-fn terms(catalog: &Catalog, r: &mut pb::IndicatorResult) {
+/// A result's condition and part summaries in `locale`, matched by label.
+fn terms(catalog: &Catalog, r: &mut pb::IndicatorResult, locale: Locale) {
     let Some(ind) = catalog.indicator(&r.code) else {
         return;
     };
-    let zh = Chinese::new(catalog);
+    let words = words(catalog, locale);
     for t in &mut r.terms {
         if let Some(c) = ind.conditions.iter().find(|c| c.label == t.label) {
-            t.summary = zh.predicate(&c.predicate);
+            t.summary = words.predicate(&c.predicate);
         } else if let Some(p) = ind.parts.iter().find(|p| p.label == t.label) {
-            t.summary = zh.formula(&p.formula);
+            t.summary = words.formula(&p.formula);
         }
     }
 }
 
 /// One indicator's rule terms, gaps and steps in `locale`.
 pub fn indicator(catalog: &Catalog, r: &mut pb::IndicatorResult, locale: Locale) {
+    terms(catalog, r, locale);
     if locale == Locale::En {
         return;
     }
-    terms(catalog, r);
     gaps(catalog, &mut r.gaps, locale);
     step(catalog, &r.code, r.next_step.as_mut(), locale);
     step(catalog, &r.code, r.to_max.as_mut(), locale);
@@ -160,17 +170,14 @@ pub fn scorecard(catalog: &Catalog, card: &mut pb::Scorecard, locale: Locale) {
     for r in &mut card.indicators {
         indicator(catalog, r, locale);
     }
-    if locale == Locale::En {
-        return;
-    }
-    let zh = Chinese::new(catalog);
+    let words = words(catalog, locale);
     for t in card.items.iter_mut().flat_map(|i| i.tasks.iter_mut()) {
         let Some(task) = catalog.task(&t.id) else {
             continue;
         };
         // The engine writes a task's check results in the catalog's order.
         for (result, check) in t.checks.iter_mut().zip(&task.checks) {
-            result.summary = zh.check(check);
+            result.summary = words.check(check);
         }
     }
 }

@@ -16,7 +16,7 @@ use toml::Spanned;
 pub use diagnostics::{Diagnostics, LoadError, Problem};
 pub use model::*;
 pub use versions::{MAX_RULE_VERSIONS, RuleVersions};
-pub use words::Chinese;
+pub use words::{Chinese, Lang, Words};
 
 use crate::numbers::Num;
 

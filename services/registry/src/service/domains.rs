@@ -4,6 +4,7 @@ use tonic::{Request, Response, Status};
 
 use citycredit::auth::authorize;
 use citycredit::proto::v1 as pb;
+use citycredit::status::Violation;
 use citycredit_core::auth::Action;
 
 use super::{RegistryApi, check_code, check_ids, check_name, invalid_if_any};
@@ -30,6 +31,7 @@ pub(super) async fn list_domains(
             code: d.code.clone(),
             display_name: d.title.clone(),
             builtin: true,
+            display_name_en: d.title_en.clone().unwrap_or_default(),
         })
         .collect();
     for (code, name) in api
@@ -44,6 +46,7 @@ pub(super) async fn list_domains(
             code,
             display_name: name,
             builtin: false,
+            display_name_en: String::new(),
         });
     }
     Ok(Response::new(pb::ListDomainsResponse { domains }))
@@ -59,6 +62,12 @@ pub(super) async fn register_domain(
     let mut v = Vec::new();
     check_code("domain.code", &d.code, "domain", 40, &mut v);
     check_name("domain.display_name", &d.display_name, &mut v);
+    if !d.display_name_en.is_empty() {
+        v.push(Violation::new(
+            "domain.display_name_en",
+            "a registered domain keeps one display name: leave display_name_en empty",
+        ));
+    }
     invalid_if_any(v)?;
     let set = api
         .registry
@@ -100,6 +109,7 @@ pub(super) async fn register_domain(
             code: d.code,
             display_name: d.display_name,
             builtin: false,
+            display_name_en: String::new(),
         }),
     }))
 }
