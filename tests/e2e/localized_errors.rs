@@ -194,7 +194,10 @@ async fn gaps_come_in_the_callers_language(backend: Backend) {
         "the cached card, in Chinese again"
     );
     let en = gap_of(Some("en")).await;
-    assert_eq!(en, "uscc.stock_codes_converted: +1089 (42000 -> 43089)");
+    assert_eq!(
+        en,
+        "Legacy codes converted to unified social credit codes (uscc.stock_codes_converted): +1089 (42000 -> 43089)"
+    );
 }
 
 both_databases!(gaps_come_in_the_callers_language);

@@ -1,7 +1,8 @@
 //! Gaps and steps in the caller's language (issue 14, Chinese first). The engine writes each gap
 //! in English with its parts kept apart (metric, current, required, change); for a zh-CN caller
 //! the scoring service writes the description again from those parts, naming the metric by its
-//! Chinese title from the catalog (and its key, which department systems use). The language is
+//! Chinese title from the catalog (and its key, which department systems use); for an English
+//! caller it names the metric by its English title before the key. The language is
 //! the one the gateway negotiated (it forwards `accept-language` with the chosen tag).
 
 use citycredit::localize::Locale;
@@ -30,7 +31,14 @@ fn named(catalog: &Catalog, metric: &str) -> String {
 /// The gap's description in `locale` (English: the engine's own).
 pub fn gap_text(catalog: &Catalog, gap: &pb::Gap, locale: Locale) -> String {
     if locale == Locale::En {
-        return gap.description.clone();
+        // The engine's words, the metric named by its English title before its key.
+        let key = gap.metric_key.as_str();
+        return match catalog.metric(key).and_then(|m| m.title_en.as_deref()) {
+            Some(title) if !key.is_empty() && gap.description.starts_with(key) => {
+                format!("{title} ({key}){}", &gap.description[key.len()..])
+            }
+            _ => gap.description.clone(),
+        };
     }
     let name = named(catalog, &gap.metric_key);
     let change = gap.change.as_str();
@@ -157,9 +165,6 @@ fn terms(catalog: &Catalog, r: &mut pb::IndicatorResult, locale: Locale) {
 /// One indicator's rule terms, gaps and steps in `locale`.
 pub fn indicator(catalog: &Catalog, r: &mut pb::IndicatorResult, locale: Locale) {
     terms(catalog, r, locale);
-    if locale == Locale::En {
-        return;
-    }
     gaps(catalog, &mut r.gaps, locale);
     step(catalog, &r.code, r.next_step.as_mut(), locale);
     step(catalog, &r.code, r.to_max.as_mut(), locale);
@@ -230,7 +235,7 @@ mod tests {
         );
         assert_eq!(
             gap_text(&catalog, &more, Locale::En),
-            "uscc.stock_codes_converted: +1234 (43000 -> 44234)"
+            "Legacy codes converted to unified social credit codes (uscc.stock_codes_converted): +1234 (43000 -> 44234)"
         );
         let report = gap("monitoring.city_rank", "", "reported", "report", "");
         assert!(zh(&report).ends_with("（monitoring.city_rank）：本地区本期尚未报送"));
