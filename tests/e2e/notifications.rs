@@ -10,7 +10,11 @@
 //!   and delivered once;
 //! - a restart while deliveries are in flight (the receiver holds the requests): after the
 //!   restart on the same database every notice reaches the receiver, and exactly once when
-//!   deduplicated by `X-Citycredit-Delivery`.
+//!   deduplicated by `X-Citycredit-Delivery`;
+//! - the early warning feeds the reminders: six months of history ending this month, B08 falling
+//!   towards its 50% floor (passing now, projected below it by the review date) and B07 rising:
+//!   the department behind B08 gets exactly one veto-risk notice, the credit office one summary,
+//!   nothing for B07, and a second pass enqueues nothing new.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -787,6 +791,183 @@ async fn retries_and_restart(backend: Backend) {
 }
 both_databases!(
     retries_and_restart,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
+
+/// (year, month) of `months` months after now's month in Asia/Shanghai (negative: before).
+fn month_from_now(months: i32) -> (i32, u32) {
+    let day = citycredit_notify::shanghai_day(now_micros());
+    let year: i32 = day[..4].parse().unwrap_or_else(|e| panic!("{e}"));
+    let month: i32 = day[5..7].parse().unwrap_or_else(|e| panic!("{e}"));
+    let index = year * 12 + month - 1 + months;
+    (
+        index.div_euclid(12),
+        u32::try_from(index.rem_euclid(12) + 1).unwrap_or(1),
+    )
+}
+
+async fn veto_risk_notices(backend: Backend) {
+    let env = Env::start(backend).await;
+    let (rx, addr) = Receiver::start().await;
+    env.subscribe(
+        "samr",
+        format!("http://{addr}/samr"),
+        pb::MessageFormat::Json,
+    )
+    .await;
+    env.subscribe(
+        "credit_office",
+        format!("http://{addr}/office"),
+        pb::MessageFormat::Json,
+    )
+    .await;
+
+    // Six months ending with this one, all samr's: B08 (repair training of the blacklisted in
+    // operation, at least 50%) 60% falling to 51% (LEVEL); B07 (exits, rising) 31% to 36%.
+    let months: Vec<String> = (-5..=0)
+        .map(|k| {
+            let (y, m) = month_from_now(k);
+            format!("{y:04}-{m:02}")
+        })
+        .collect();
+    let mut values = Vec::new();
+    for (i, month) in months.iter().enumerate() {
+        let trained = [600, 580, 560, 540, 520, 510][i];
+        values.push(number_input(
+            "blacklist.in_operation",
+            CITY,
+            month,
+            "samr",
+            "1000",
+        ));
+        values.push(number_input(
+            "credit_repair.trained",
+            CITY,
+            month,
+            "samr",
+            &trained.to_string(),
+        ));
+        values.push(number_input(
+            "blacklist.exited_after_rectification",
+            CITY,
+            month,
+            "samr",
+            &(310 + 10 * i).to_string(),
+        ));
+    }
+    env.submit(values).await;
+    // A cycle over these months, reviewed six months from now.
+    let (ry, rm) = month_from_now(6);
+    let review_date = format!("{ry:04}-{rm:02}-15");
+    sqlx::query(
+        "INSERT INTO review_cycles (id, title, rule_version, periods, review_date, grace_days, on_time_days, created_by, create_micros) \
+         VALUES ('warn', '预警测试周期', '2019.2', $1, $2, 5, 15, 'test', $3)",
+    )
+    .bind(months.join("\n"))
+    .bind(&review_date)
+    .bind(now_micros())
+    .execute(&env.db.pool)
+    .await
+    .unwrap_or_else(|e| panic!("cycle: {e}"));
+
+    // The scheduler's pass after the values' change may have enqueued them already.
+    env.pass().await;
+    // This test's cycle only (the seeded one, reviewed later, may warn too).
+    let ours = |kind: &str, ns: Vec<pb::Notice>| -> Vec<pb::Notice> {
+        ns.into_iter()
+            .filter(|n| n.kind == kind && n.payload_json.contains("\"cycle\":\"warn\""))
+            .collect()
+    };
+    let risks = ours("veto_risk", env.notices("").await);
+    assert_eq!(risks.len(), 1, "one notice, B08's, to samr: {risks:?}");
+    let notice = &risks[0];
+    assert_eq!(notice.recipient, "samr");
+    let payload: serde_json::Value =
+        serde_json::from_str(&notice.payload_json).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(payload["indicator"], "B08");
+    assert_eq!(payload["region"], CITY);
+    assert_eq!(payload["review_date"], review_date.as_str());
+    assert_eq!(payload["conditions"][0]["current"], "0.510000");
+    assert_eq!(payload["conditions"][0]["current_failing"], false);
+    let projected = payload["conditions"][0]["projected"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(projected.as_str() < "0.500000", "{projected}");
+    assert!(
+        notice.title_zh.starts_with("【否决预警】衢州市 B08")
+            && notice.title_zh.contains("按趋势预计到评审日将低于阈值"),
+        "{}",
+        notice.title_zh
+    );
+    assert!(
+        notice.body_zh.contains("有否决风险") && notice.body_zh.contains("预警测试周期"),
+        "{}",
+        notice.body_zh
+    );
+    assert!(
+        notice.body_en.contains("at risk of a veto"),
+        "{}",
+        notice.body_en
+    );
+    assert!(
+        !env.notices("")
+            .await
+            .iter()
+            .any(|n| n.kind.starts_with("veto_risk") && n.payload_json.contains("\"B07\"")),
+        "B07 rises: no veto-risk notice"
+    );
+    let summaries = ours("veto_risk_summary", env.notices("credit_office").await);
+    assert_eq!(summaries.len(), 1, "{summaries:?}");
+    assert!(
+        summaries[0].title_zh.contains("1 项基础性指标") && summaries[0].title_zh.contains("B08"),
+        "{}",
+        summaries[0].title_zh
+    );
+
+    // The receivers get them, signed like every notice.
+    let got = rx.wait_for("/samr", 1, |g| g.delivery() == notice.id).await;
+    signing::verify_json(
+        SECRET,
+        got[0].header("x-citycredit-timestamp"),
+        got[0].header("x-citycredit-signature"),
+        &got[0].body,
+        now_micros() / 1_000_000,
+        300,
+    )
+    .unwrap_or_else(|e| panic!("signature: {e}"));
+    assert_eq!(got[0].json()["kind"], "veto_risk");
+    rx.wait_for("/office", 1, |g| g.delivery() == summaries[0].id)
+        .await;
+
+    // A second pass: nothing new, and nothing sent again.
+    let second = env.pass().await;
+    assert_eq!(second.notices_enqueued, 0, "{second:?}");
+    for _ in 0..100 {
+        let pending = ok(env
+            .admin()
+            .list_deliveries(pb::ListDeliveriesRequest {
+                state: pb::DeliveryState::Pending as i32,
+                ..Default::default()
+            })
+            .await)
+        .deliveries;
+        if pending.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ours("veto_risk", env.notices("").await).len(), 1);
+    let to_samr: Vec<Got> = rx
+        .at("/samr")
+        .into_iter()
+        .filter(|g| g.json()["payload"]["cycle"] == "warn")
+        .collect();
+    assert_eq!(to_samr.len(), 1, "exactly once: {to_samr:?}");
+}
+both_databases!(
+    veto_risk_notices,
     flavor = "multi_thread",
     worker_threads = 2
 );

@@ -799,7 +799,10 @@ fn start_notifier(
             catalog: Arc::clone(catalog),
         })),
     )
-    .with_credentials(Arc::clone(registry) as Arc<dyn citycredit_core::auth::CredentialCheck>);
+    .with_credentials(Arc::clone(registry) as Arc<dyn citycredit_core::auth::CredentialCheck>)
+    .with_warnings(Arc::new(crate::notifier::ScoringWarnings {
+        scoring: scoring.clone(),
+    }));
     if config.notify.enabled {
         background.extend(notifier.spawn(Some(changes)));
     }

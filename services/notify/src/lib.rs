@@ -6,11 +6,14 @@
 //! - `delivery.rs` — messages (signed JSON, DingTalk markdown), the HTTP client, the backoff;
 //! - `signing.rs` — the signatures, and how a receiver verifies one;
 //! - `producers.rs` — deadline reminders, basic indicators turning FAIL, daily digests;
+//! - `veto_risk.rs` — veto-risk notices from the early warning (issue 13, point 6);
+//! - `changes.rs` — which (region, period) pairs the change feed says to score again;
 //! - `service.rs` — `NotificationService`.
 //!
-//! [`Notifier`] is the handle: [`Notifier::enqueue`] for any producer (the early warning will
-//! call it), [`Notifier::spawn`] for the scheduler and the delivery worker.
+//! [`Notifier`] is the handle: [`Notifier::enqueue`] for any producer, [`Notifier::spawn`] for
+//! the scheduler and the delivery worker.
 
+pub mod changes;
 pub mod delivery;
 pub mod error;
 pub mod producers;
@@ -18,6 +21,7 @@ pub mod service;
 pub mod settings;
 pub mod signing;
 pub mod store;
+pub mod veto_risk;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,11 +36,13 @@ use citycredit_core::catalog::Catalog;
 use citycredit_core::clock::now_micros;
 use citycredit_store::Db;
 
+pub use changes::Changed;
 pub use error::NotifyError;
 pub use producers::{BasicOutcome, Outcome, OutcomeSource};
 pub use service::NotificationApi;
 pub use settings::NotifySettings;
 pub use store::NewNotice;
+pub use veto_risk::{DepartmentShortfall, VetoRisk, WarningQuery, WarningSource};
 
 /// The recipient string of the credit office (a role another part of the platform adds; until
 /// then operators and administrators read its notices).
@@ -73,6 +79,14 @@ struct Inner {
     sending: Arc<Semaphore>,
     /// Whether a caller's API key still stands (open WatchNotices streams end when it does not).
     credentials: std::sync::OnceLock<Arc<dyn citycredit_core::auth::CredentialCheck>>,
+    /// Where veto-risk warnings come from (none: no veto-risk notices).
+    warnings: std::sync::OnceLock<Arc<dyn WarningSource>>,
+    /// What the change feed says to score again on the next scheduled pass; everything at
+    /// start.
+    changed: Mutex<Changed>,
+    /// Cycle id -> the Shanghai day its veto risks were last looked at by this process (at most
+    /// `veto_risk::MAX_WARNING_CYCLES` entries: cycles no longer ahead are forgotten).
+    warned: Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -111,6 +125,9 @@ impl Notifier {
                 sending,
                 settings,
                 credentials: std::sync::OnceLock::new(),
+                warnings: std::sync::OnceLock::new(),
+                changed: Mutex::new(Changed::everything()),
+                warned: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -122,6 +139,12 @@ impl Notifier {
         credentials: Arc<dyn citycredit_core::auth::CredentialCheck>,
     ) -> Self {
         let _ = self.inner.credentials.set(credentials);
+        self
+    }
+
+    /// Sends veto-risk notices from these warnings (`veto_risk.rs`).
+    pub fn with_warnings(self, warnings: Arc<dyn WarningSource>) -> Self {
+        let _ = self.inner.warnings.set(warnings);
         self
     }
 
@@ -158,15 +181,84 @@ impl Notifier {
         }))
     }
 
-    /// Runs every producer once: deadline reminders, basic indicators turning FAIL, due daily
-    /// digests. Returns how many notices were enqueued.
+    /// Runs every producer once over everything (RunNotifierPass): deadline reminders, basic
+    /// indicators turning FAIL for every cycle period and region, veto risks for every cycle
+    /// ahead, due daily digests. Returns how many notices were enqueued.
     pub async fn run_producers(&self) -> Result<u64, NotifyError> {
+        self.pass(true).await
+    }
+
+    /// The scheduler's pass: basic indicators only where a change of figures reached since the
+    /// last pass (everything at start and after lost events), veto risks once a day per cycle.
+    pub async fn run_scheduled(&self) -> Result<u64, NotifyError> {
+        self.pass(false).await
+    }
+
+    async fn pass(&self, full: bool) -> Result<u64, NotifyError> {
         let _one = self.inner.producing.lock().await;
         let now = now_micros();
-        let mut n = producers::deadline_reminders(self, now).await?;
-        n += producers::basic_failures(self, now).await?;
-        n += producers::digests(self, now).await?;
-        Ok(n)
+        // Taken now: changes recorded while the pass runs wait for the next one.
+        let mut changed = std::mem::take(&mut *self.changed());
+        if full {
+            changed.lost();
+        }
+        let scored = async {
+            let mut n = producers::deadline_reminders(self, now).await?;
+            let (failures, retry) = producers::basic_failures(self, now, &changed).await?;
+            self.changed().merge(retry);
+            n += failures;
+            n += veto_risk::veto_risks(self, now, full).await?;
+            n += producers::digests(self, now).await?;
+            Ok(n)
+        }
+        .await;
+        if scored.is_err() {
+            // Nothing is missed: the next pass scores these again.
+            self.changed().merge(changed);
+        }
+        scored
+    }
+
+    /// Records a change of figures for the next scheduled pass.
+    pub fn record_change(&self, change: &Change) {
+        let org = self.org();
+        self.changed().record(change, &org.city);
+    }
+
+    /// Records that change events were lost: the next scheduled pass scores everything.
+    pub fn record_lost_changes(&self) {
+        self.changed().lost();
+    }
+
+    fn changed(&self) -> std::sync::MutexGuard<'_, Changed> {
+        self.inner
+            .changed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn warned(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.inner
+            .warned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn warned_on(&self, cycle: &str, day: &str) -> bool {
+        self.warned().get(cycle).is_some_and(|d| d == day)
+    }
+
+    fn set_warned(&self, cycle: &str, day: &str) {
+        self.warned().insert(cycle.to_owned(), day.to_owned());
+    }
+
+    fn forget_warned_except(&self, cycles: &[store::CycleRow]) {
+        self.warned()
+            .retain(|id, _| cycles.iter().any(|c| &c.id == id));
+    }
+
+    fn warnings(&self) -> Option<&Arc<dyn WarningSource>> {
+        self.inner.warnings.get()
     }
 
     /// Claims and sends the due deliveries (at most `claim_batch`, at most
@@ -248,28 +340,40 @@ impl Notifier {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
-                    changed = async {
+                    got = async {
                         match changes.as_mut() {
-                            Some(rx) => rx.recv().await.ok(),
+                            Some(rx) => rx.recv().await,
                             None => std::future::pending().await,
                         }
                     } => {
-                        if changed.is_none() && changes.as_ref().is_some_and(|rx| rx.is_closed()) {
-                            changes = None;
-                        }
+                        me.follow(got, &mut changes);
                         // Coalesce a burst of commits into one pass, and passes started by
                         // changes at most one per CHANGE_GAP under steady ingestion.
                         let wait = CHANGE_GAP
                             .saturating_sub(last_pass.elapsed())
                             .max(Duration::from_millis(200));
                         tokio::time::sleep(wait).await;
-                        if let Some(rx) = changes.as_mut() {
-                            while rx.try_recv().is_ok() {}
+                        while let Some(rx) = changes.as_mut() {
+                            let got = match rx.try_recv() {
+                                Ok(c) => Ok(c),
+                                Err(broadcast::error::TryRecvError::Empty) => break,
+                                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                                    Err(broadcast::error::RecvError::Lagged(n))
+                                }
+                                Err(broadcast::error::TryRecvError::Closed) => {
+                                    Err(broadcast::error::RecvError::Closed)
+                                }
+                            };
+                            me.follow(got, &mut changes);
                         }
                     }
                 }
+                if changes.is_none() {
+                    // No feed: any figure may have changed since the last pass.
+                    me.record_lost_changes();
+                }
                 last_pass = tokio::time::Instant::now();
-                if let Err(e) = me.run_producers().await {
+                if let Err(e) = me.run_scheduled().await {
                     tracing::warn!(error = %e, "notifier producers failed; next pass retries");
                 }
             }
@@ -294,6 +398,29 @@ impl Notifier {
             }
         });
         vec![scheduler, worker]
+    }
+
+    /// Takes one result of the change feed: a change is recorded; lost events mean
+    /// everything; a closed feed is dropped (every pass is then a full one).
+    fn follow(
+        &self,
+        got: Result<Change, broadcast::error::RecvError>,
+        changes: &mut Option<broadcast::Receiver<Change>>,
+    ) {
+        match got {
+            Ok(c) => self.record_change(&c),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::info!(
+                    missed,
+                    "notifier fell behind the change feed; the next pass scores everything"
+                );
+                self.record_lost_changes();
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                self.record_lost_changes();
+                *changes = None;
+            }
+        }
     }
 
     fn db(&self) -> &Db {

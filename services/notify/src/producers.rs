@@ -8,7 +8,11 @@
 //!   earlier period does not discharge a deadline for this one);
 //! - a basic indicator turning FAIL for the city or a county, for the periods of the review
 //!   cycles, to the credit office: the last outcome seen is kept per (region, period,
-//!   indicator), so a FAIL is announced once (again only after it passed or lost its data);
+//!   indicator), so a FAIL is announced once (again only after it passed or lost its data).
+//!   A scheduled pass scores only the (region, period) pairs a change of figures reaches
+//!   (`changes::Changed`); every pair at start, after the change feed lagged or closed, and on
+//!   RunNotifierPass;
+//! - veto-risk notices from the early warning (`veto_risk.rs`);
 //! - daily digests: from `digest_hour` (Asia/Shanghai), one summary per DAILY_DIGEST
 //!   subscription and recipient of the notices waiting for it.
 //!
@@ -18,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use citycredit_core::period::Period;
 
+use crate::changes::Changed;
 use crate::error::NotifyError;
 use crate::store::{self, DeadlineRow, NewNotice};
 use crate::{CREDIT_OFFICE, DAY_MICROS, Notifier, shanghai_day, shanghai_hour};
@@ -198,7 +203,7 @@ async fn owed(
     Ok(missing)
 }
 
-fn department_name(n: &Notifier, code: &str) -> String {
+pub(crate) fn department_name(n: &Notifier, code: &str) -> String {
     if code == CREDIT_OFFICE {
         return "信用办".to_owned();
     }
@@ -208,7 +213,7 @@ fn department_name(n: &Notifier, code: &str) -> String {
         .map_or_else(|| code.to_owned(), |d| d.name.clone())
 }
 
-fn region_name(n: &Notifier, code: &str) -> String {
+pub(crate) fn region_name(n: &Notifier, code: &str) -> String {
     n.org()
         .city
         .region(code)
@@ -296,13 +301,8 @@ fn reminder(
     }
 }
 
-/// Basic indicators that turned FAIL since the last pass; returns how many notices were
-/// enqueued.
-pub async fn basic_failures(n: &Notifier, now: i64) -> Result<u64, NotifyError> {
-    let Some(source) = n.outcomes().cloned() else {
-        return Ok(0);
-    };
-    let periods = store::cycle_periods(n.db()).await?;
+/// The regions the notifier scores and warns for: the city and the counties right below it.
+pub(crate) fn regions_scored(n: &Notifier) -> Vec<String> {
     let org = n.org();
     let city = org.city.code.clone();
     let mut regions = vec![city.clone()];
@@ -313,81 +313,103 @@ pub async fn basic_failures(n: &Notifier, now: i64) -> Result<u64, NotifyError> 
             .filter(|r| r.parent.as_deref() == Some(city.as_str()))
             .map(|r| r.code.clone()),
     );
+    regions
+}
+
+/// Basic indicators that turned FAIL since the last pass, for the (region, period) pairs
+/// `changed` reaches among the cycle periods × (city + counties); returns how many notices were
+/// enqueued and the pairs to try again (their outcomes could not be had).
+pub async fn basic_failures(
+    n: &Notifier,
+    now: i64,
+    changed: &Changed,
+) -> Result<(u64, Changed), NotifyError> {
+    let mut retry = Changed::default();
+    let Some(source) = n.outcomes().cloned() else {
+        return Ok((0, retry));
+    };
+    if changed.is_empty() {
+        return Ok((0, retry));
+    }
+    let periods: Vec<String> = store::cycle_periods(n.db())
+        .await?
+        .into_iter()
+        .filter(|p| p.parse::<Period>().is_ok())
+        .take(MAX_OUTCOME_PERIODS)
+        .collect();
+    let regions = regions_scored(n);
     let mut enqueued = 0;
-    for period in periods.iter().take(MAX_OUTCOME_PERIODS) {
-        if period.parse::<Period>().is_err() {
-            continue;
-        }
-        for region in &regions {
-            let outcomes = match source.basic_outcomes(region, period).await {
-                Ok(o) => o,
-                Err(e) => {
-                    tracing::warn!(error = %e, %region, %period, "basic outcomes unavailable; next pass retries");
-                    continue;
-                }
-            };
-            let last: HashMap<String, (String, i64)> = store::outcomes(n.db(), region, period)
-                .await?
-                .into_iter()
-                .map(|(i, o, t)| (i, (o, t)))
-                .collect();
-            for o in outcomes {
-                let previous = last.get(&o.indicator);
-                if previous.is_some_and(|(p, _)| p == o.outcome.as_str()) {
-                    continue;
-                }
-                if o.outcome == Outcome::Fail {
-                    // Keyed by the previous outcome's time: the same transition is one notice
-                    // even if the pass stops before recording the new outcome.
-                    let since = previous.map_or(0, |(_, t)| *t);
-                    let was = previous.map_or("NONE", |(p, _)| p.as_str());
-                    let name = region_name(n, region);
-                    let notice = NewNotice {
-                        dedupe_key: format!("basic-fail:{region}:{period}:{}:{since}", o.indicator),
-                        kind: "basic_fail".to_owned(),
-                        recipient: CREDIT_OFFICE.to_owned(),
-                        title_zh: format!(
-                            "【否决风险】{name} {period}：基础性指标 {} {} 未达标",
-                            o.indicator, o.title
-                        ),
-                        body_zh: format!(
-                            "基础性指标 {} {} 在 {name}（{region}）{period} 的结果由 {was} 变为 FAIL（一票否决）。请查看计分卡及其差距说明。",
-                            o.indicator, o.title
-                        ),
-                        title_en: format!(
-                            "Veto risk: basic indicator {} fails for {region} {period}",
-                            o.indicator
-                        ),
-                        body_en: format!(
-                            "Basic indicator {} went from {was} to FAIL for region {region}, period {period} (one-vote veto). See the scorecard and its gaps.",
-                            o.indicator
-                        ),
-                        payload: serde_json::json!({
-                            "region": region,
-                            "period": period,
-                            "indicator": o.indicator,
-                            "previous": was,
-                            "outcome": "FAIL",
-                        }),
-                        digest_of: None,
-                    };
-                    if n.enqueue(notice).await?.is_some() {
-                        enqueued += 1;
-                    }
-                }
-                store::set_outcome(
-                    n.db(),
-                    region,
-                    period,
-                    &o.indicator,
-                    o.outcome.as_str(),
-                    now,
-                )
-                .await?;
+    for (region, period) in changed.select(&regions, &periods) {
+        let (region, period) = (&region, &period);
+        let outcomes = match source.basic_outcomes(region, period).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, %region, %period, "basic outcomes unavailable; next pass retries");
+                retry.record_pair(region, period);
+                continue;
             }
+        };
+        let last: HashMap<String, (String, i64)> = store::outcomes(n.db(), region, period)
+            .await?
+            .into_iter()
+            .map(|(i, o, t)| (i, (o, t)))
+            .collect();
+        for o in outcomes {
+            let previous = last.get(&o.indicator);
+            if previous.is_some_and(|(p, _)| p == o.outcome.as_str()) {
+                continue;
+            }
+            if o.outcome == Outcome::Fail {
+                // Keyed by the previous outcome's time: the same transition is one notice
+                // even if the pass stops before recording the new outcome.
+                let since = previous.map_or(0, |(_, t)| *t);
+                let was = previous.map_or("NONE", |(p, _)| p.as_str());
+                let name = region_name(n, region);
+                let notice = NewNotice {
+                    dedupe_key: format!("basic-fail:{region}:{period}:{}:{since}", o.indicator),
+                    kind: "basic_fail".to_owned(),
+                    recipient: CREDIT_OFFICE.to_owned(),
+                    title_zh: format!(
+                        "【否决风险】{name} {period}：基础性指标 {} {} 未达标",
+                        o.indicator, o.title
+                    ),
+                    body_zh: format!(
+                        "基础性指标 {} {} 在 {name}（{region}）{period} 的结果由 {was} 变为 FAIL（一票否决）。请查看计分卡及其差距说明。",
+                        o.indicator, o.title
+                    ),
+                    title_en: format!(
+                        "Veto risk: basic indicator {} fails for {region} {period}",
+                        o.indicator
+                    ),
+                    body_en: format!(
+                        "Basic indicator {} went from {was} to FAIL for region {region}, period {period} (one-vote veto). See the scorecard and its gaps.",
+                        o.indicator
+                    ),
+                    payload: serde_json::json!({
+                        "region": region,
+                        "period": period,
+                        "indicator": o.indicator,
+                        "previous": was,
+                        "outcome": "FAIL",
+                    }),
+                    digest_of: None,
+                };
+                if n.enqueue(notice).await?.is_some() {
+                    enqueued += 1;
+                }
+            }
+            store::set_outcome(
+                n.db(),
+                region,
+                period,
+                &o.indicator,
+                o.outcome.as_str(),
+                now,
+            )
+            .await?;
         }
     }
-    Ok(enqueued)
+    Ok((enqueued, retry))
 }
 
 /// The day's digests, from `digest_hour` on; returns how many were enqueued.

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 pub struct NotifySettings {
     /// Run the scheduler (producers) and the delivery worker in this process (mode `all`).
     pub enabled: bool,
-    /// How often the producers run (deadline reminders, basic indicators, digests).
+    /// How often the producers run (deadline reminders, basic indicators, veto risks once a day
+    /// per cycle, digests).
     pub scheduler_period_ms: u64,
     /// How often the delivery worker looks for due deliveries when nothing wakes it.
     pub poll_ms: u64,

@@ -452,6 +452,32 @@ pub async fn cycle_periods(db: &Db) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// A review cycle as the veto-risk producer reads it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct CycleRow {
+    pub id: String,
+    pub title: String,
+    pub rule_version: String,
+    /// One period per line.
+    pub periods: String,
+    /// YYYY-MM-DD.
+    pub review_date: String,
+}
+
+/// The cycles whose review date is after `day` (YYYY-MM-DD), nearest review first, at most
+/// `limit`.
+pub async fn cycles_reviewed_after(db: &Db, day: &str, limit: usize) -> Result<Vec<CycleRow>> {
+    sqlx::query_as(
+        "SELECT id, title, rule_version, periods, review_date FROM review_cycles \
+         WHERE review_date > $1 ORDER BY review_date, id LIMIT $2",
+    )
+    .bind(day)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(&db.pool)
+    .await
+    .map_err(storage("cycles ahead"))
+}
+
 /// The last outcome seen per basic indicator for (region, period): (indicator, outcome, when).
 pub async fn outcomes(db: &Db, region: &str, period: &str) -> Result<Vec<(String, String, i64)>> {
     let rows = sqlx::query(

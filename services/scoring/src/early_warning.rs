@@ -686,6 +686,63 @@ fn describe(
     }
 }
 
+/// One condition's warning in both languages, from one read of the months.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BilingualWarning {
+    pub zh: pb::VetoRiskWarning,
+    pub en: pb::VetoRiskWarning,
+}
+
+/// A region's early warnings for the notifier (issue 13, point 6: "the warning feeds the
+/// reminders"): the same reading and projection as GetVetoRiskWarnings, without a gRPC request
+/// and its caller, as of now, in both languages from one read of the months. The window is
+/// `history` months (clamped to `MIN_HISTORY_MONTHS..=MAX_HISTORY_MONTHS`) ending with `last`;
+/// `rule_version` is used when it is loaded, else the primary catalog. Every condition with a
+/// figure is answered, at risk or not, in catalog order.
+pub async fn region_warnings(
+    api: &ScoringApi,
+    region: &str,
+    review: Period,
+    last: Period,
+    history: u32,
+    rule_version: &str,
+) -> Result<Vec<BilingualWarning>, Status> {
+    api.check_region_period(region, &last.to_string())?;
+    let catalog = api
+        .rule_version("rule_version", rule_version)
+        .or_else(|_| api.rule_version("rule_version", ""))?;
+    let org = api.org();
+    let history = history.clamp(MIN_HISTORY_MONTHS, MAX_HISTORY_MONTHS);
+    let end = last.start_month_index();
+    let mut monthly = Vec::new();
+    for i in end.saturating_sub(history - 1)..=end {
+        let m = month_from_index(i);
+        monthly.push((m, api.aggregates(region, &m.to_string(), None).await?));
+    }
+    let mut out = Vec::new();
+    for ind in catalog
+        .indicators
+        .iter()
+        .filter(|i| i.kind == IndicatorKind::Basic)
+    {
+        for c in &ind.conditions {
+            let Some(th) = Threshold::of(&c.predicate) else {
+                continue;
+            };
+            let rule = c.predicate.summary();
+            let in_locale = |locale| {
+                warning(
+                    &catalog, &org.city, &ind.code, &c.label, &rule, &th, &monthly, review, locale,
+                )
+            };
+            if let (Some(zh), Some(en)) = (in_locale(Locale::ZhCn), in_locale(Locale::En)) {
+                out.push(BilingualWarning { zh, en });
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
