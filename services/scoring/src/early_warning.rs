@@ -14,7 +14,7 @@ use citycredit::aggregates::Aggregates;
 use citycredit::localize::Locale;
 use citycredit::proto::v1 as pb;
 use citycredit::status::Violation;
-use citycredit_core::catalog::{Catalog, IndicatorKind, Predicate};
+use citycredit_core::catalog::{Catalog, Condition, IndicatorKind, Predicate};
 use citycredit_core::city::City;
 use citycredit_core::numbers::{Num, Precision};
 use citycredit_core::period::Period;
@@ -372,42 +372,25 @@ pub async fn warnings(
     api.check_region_period(&region, &last.to_string())?;
     let catalog = api.rule_version("rule_version", &req.rule_version)?;
 
-    let end = last.start_month_index();
-    let months: Vec<Period> = (end + 1 - history..=end).map(month_from_index).collect();
-    let mut monthly = Vec::with_capacity(months.len());
-    for m in &months {
-        monthly.push((*m, api.aggregates(&region, &m.to_string(), at).await?));
-    }
+    let (months, monthly) = read_months(api, &region, last, history, at).await?;
     let as_of_micros = monthly
         .last()
         .map(|(_, a)| a.as_of_micros)
         .unwrap_or_default();
 
-    let mut out: Vec<pb::VetoRiskWarning> = Vec::new();
-    for ind in catalog
-        .indicators
-        .iter()
-        .filter(|i| i.kind == IndicatorKind::Basic)
-    {
-        for c in &ind.conditions {
-            let Some(th) = Threshold::of(&c.predicate) else {
-                continue;
-            };
-            if let Some(w) = warning(
-                &catalog,
-                &org.city,
-                &ind.code,
-                &c.label,
-                &c.predicate.summary(),
-                &th,
-                &monthly,
-                review,
-                locale,
-            ) {
-                out.push(w);
-            }
-        }
-    }
+    let mut out = each_condition(&catalog, |code, c, th| {
+        warning(
+            &catalog,
+            &org.city,
+            code,
+            &c.label,
+            &c.predicate.summary(),
+            th,
+            &monthly,
+            review,
+            locale,
+        )
+    });
     // At-risk first, catalog order kept within each.
     out.sort_by_key(|w| !w.at_risk);
     Ok(pb::GetVetoRiskWarningsResponse {
@@ -713,12 +696,48 @@ pub async fn region_warnings(
         .or_else(|_| api.rule_version("rule_version", ""))?;
     let org = api.org();
     let history = history.clamp(MIN_HISTORY_MONTHS, MAX_HISTORY_MONTHS);
+    let (_, monthly) = read_months(api, region, last, history, None).await?;
+    let out = each_condition(&catalog, |code, c, th| {
+        let rule = c.predicate.summary();
+        let in_locale = |locale| {
+            warning(
+                &catalog, &org.city, code, &c.label, &rule, th, &monthly, review, locale,
+            )
+        };
+        match (in_locale(Locale::ZhCn), in_locale(Locale::En)) {
+            (Some(zh), Some(en)) => Some(BilingualWarning { zh, en }),
+            _ => None,
+        }
+    });
+    Ok(out)
+}
+
+/// The `history` months ending with `last`, and each month's figures for `region` (as of
+/// `at`, or now).
+async fn read_months(
+    api: &ScoringApi,
+    region: &str,
+    last: Period,
+    history: u32,
+    at: Option<i64>,
+) -> Result<(Vec<Period>, Vec<(Period, Aggregates)>), Status> {
     let end = last.start_month_index();
-    let mut monthly = Vec::new();
-    for i in end.saturating_sub(history - 1)..=end {
-        let m = month_from_index(i);
-        monthly.push((m, api.aggregates(region, &m.to_string(), None).await?));
+    let months: Vec<Period> = (end.saturating_sub(history.saturating_sub(1))..=end)
+        .map(month_from_index)
+        .collect();
+    let mut monthly = Vec::with_capacity(months.len());
+    for m in &months {
+        monthly.push((*m, api.aggregates(region, &m.to_string(), at).await?));
     }
+    Ok((months, monthly))
+}
+
+/// `f` over every threshold condition of the catalog's basic indicators, in catalog order,
+/// keeping what it answers.
+fn each_condition<T>(
+    catalog: &Catalog,
+    mut f: impl FnMut(&str, &Condition, &Threshold) -> Option<T>,
+) -> Vec<T> {
     let mut out = Vec::new();
     for ind in catalog
         .indicators
@@ -726,21 +745,14 @@ pub async fn region_warnings(
         .filter(|i| i.kind == IndicatorKind::Basic)
     {
         for c in &ind.conditions {
-            let Some(th) = Threshold::of(&c.predicate) else {
-                continue;
-            };
-            let rule = c.predicate.summary();
-            let in_locale = |locale| {
-                warning(
-                    &catalog, &org.city, &ind.code, &c.label, &rule, &th, &monthly, review, locale,
-                )
-            };
-            if let (Some(zh), Some(en)) = (in_locale(Locale::ZhCn), in_locale(Locale::En)) {
-                out.push(BilingualWarning { zh, en });
+            if let Some(th) = Threshold::of(&c.predicate)
+                && let Some(t) = f(&ind.code, c, &th)
+            {
+                out.push(t);
             }
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
