@@ -438,6 +438,52 @@ async fn timeliness_end_to_end(backend: Backend) {
         .unwrap_or_default();
     assert_eq!(fields, ["period", "region_code"]);
 
+    // The README's examples, against the seeded cycle.
+    let mut admin = Reviews::new(server.admin());
+    let seeded = ok(admin
+        .get_timeliness(pb::GetTimelinessRequest {
+            cycle_id: "2026-demonstration".into(),
+            period: "2026".into(),
+            department_code: "samr".into(),
+            page_size: 5,
+            ..Default::default()
+        })
+        .await);
+    assert_eq!(seeded.rows.len(), 5);
+    assert!(!seeded.next_page_token.is_empty());
+    assert!(
+        seeded
+            .rows
+            .iter()
+            .all(|r| r.first_accept_time.is_none() && r.due_basis() == pb::DueBasis::OnTimeDays),
+        "{seeded:?}"
+    );
+    let seeded = ok(admin
+        .get_department_assessment(pb::GetDepartmentAssessmentRequest {
+            cycle_id: "2026-demonstration".into(),
+        })
+        .await);
+    assert!(
+        seeded
+            .departments
+            .iter()
+            .any(|d| d.department_code == "health" && d.tasks_total == 1),
+        "{seeded:?}"
+    );
+    let history = ok(admin
+        .list_cycle_events(pb::ListCycleEventsRequest {
+            cycle_id: "cycles/2026-demonstration".into(),
+            ..Default::default()
+        })
+        .await)
+    .events;
+    assert_eq!(
+        history
+            .first()
+            .map(|e| (e.kind.as_str(), e.principal.as_str())),
+        Some(("CREATE", "seed"))
+    );
+
     let _ = tokio::time::timeout(Duration::from_secs(10), server.stop()).await;
 }
 
