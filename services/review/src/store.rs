@@ -724,13 +724,23 @@ pub async fn list_cycle_events(
     Ok((rows, usize::try_from(total).unwrap_or(0)))
 }
 
-/// How many times each (department, period) part was returned from review (RETURN
+/// How many times each department's parts for `periods` were returned from review (RETURN
 /// transitions), over every region.
-pub async fn returns(db: &Db) -> Result<Vec<(String, String, i64)>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT department_code, period, CAST(COUNT(*) AS BIGINT) FROM review_events \
-         WHERE transition = 'RETURN' GROUP BY department_code, period",
-    )
-    .fetch_all(&db.pool)
-    .await?)
+pub async fn returns(db: &Db, periods: &[String]) -> Result<Vec<(String, i64)>, StoreError> {
+    if periods.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut qb: QueryBuilder<Any> = QueryBuilder::new(
+        "SELECT department_code, CAST(COUNT(*) AS BIGINT) FROM review_events \
+         WHERE transition = 'RETURN' AND period IN (",
+    );
+    let mut list = qb.separated(", ");
+    for p in periods {
+        list.push_bind(p.clone());
+    }
+    qb.push(") GROUP BY department_code");
+    let rows = numbered(&mut qb)?.fetch_all(&db.pool).await?;
+    rows.iter()
+        .map(|r| Ok(<(String, i64) as sqlx::FromRow<'_, sqlx::any::AnyRow>>::from_row(r)?))
+        .collect()
 }

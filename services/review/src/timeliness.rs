@@ -87,6 +87,16 @@ fn scope(org: &Org, who: &Principal, asked: &str, field: &str) -> Result<Option<
     Ok(Some(asked.to_owned()))
 }
 
+/// `periods` and every period inside one of them, as text, once each.
+fn reporting_texts(periods: &[Period]) -> Vec<String> {
+    let texts: BTreeSet<String> = periods
+        .iter()
+        .flat_map(reporting_periods)
+        .map(|p| p.to_string())
+        .collect();
+    texts.into_iter().collect()
+}
+
 impl ReviewApi {
     /// The figures of `periods` of `cycle`, for `department` (or every department) at regions
     /// within `region` (or all), decided at `now`.
@@ -99,11 +109,7 @@ impl ReviewApi {
         now: i64,
     ) -> Result<BTreeMap<String, Vec<Figure>>> {
         let org = self.org();
-        let mut texts: BTreeSet<String> = BTreeSet::new();
-        for p in periods {
-            texts.extend(reporting_periods(p).iter().map(ToString::to_string));
-        }
-        let texts: Vec<String> = texts.into_iter().collect();
+        let texts = reporting_texts(periods);
         let mut first: HashMap<String, HashMap<(String, String, Period), i64>> = HashMap::new();
         for f in
             citycredit_store::reported::first_accepts(&self.review().db, department, &texts).await?
@@ -274,19 +280,14 @@ impl ReviewApi {
         let figures = self
             .figures(cycle, &periods, department.as_deref(), None, now)
             .await?;
-        let mut returns: HashMap<String, u32> = HashMap::new();
-        for (d, period, n) in store::returns(&self.review().db)
+        // The parts of the cycle's periods and of the periods inside them.
+        let inside = reporting_texts(&periods);
+        let returns: HashMap<String, u32> = store::returns(&self.review().db, &inside)
             .await
             .map_err(ReviewError::from)?
-        {
-            let Ok(p) = period.parse::<Period>() else {
-                continue;
-            };
-            if periods.iter().any(|c| p.is_inside(c)) {
-                let slot = returns.entry(d).or_default();
-                *slot = slot.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
-            }
-        }
+            .into_iter()
+            .map(|(d, n)| (d, u32::try_from(n).unwrap_or(u32::MAX)))
+            .collect();
         let mut with_duties: BTreeSet<&str> = figures
             .iter()
             .filter(|(_, f)| !f.is_empty())

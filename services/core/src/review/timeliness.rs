@@ -124,13 +124,31 @@ pub fn due_for(
     metric: &str,
     period: &Period,
 ) -> Due {
+    let mine = deadlines_of(cycle, department, period);
+    due_among(&mine, catalog, metric, period, cycle.on_time_days)
+}
+
+/// `department`'s deadlines for `period` in `cycle`.
+pub fn deadlines_of<'c>(cycle: &'c Cycle, department: &str, period: &Period) -> Vec<&'c Deadline> {
     let text = period.to_string();
-    let mine = cycle
+    cycle
         .deadlines
         .iter()
-        .filter(|d| d.department == department && d.period == text);
+        .filter(|d| d.department == department && d.period == text)
+        .collect()
+}
+
+/// The due time of a figure of `metric` for `period` among one department's deadlines for that
+/// period (`deadlines_of`), else the period's end plus `on_time_days`.
+pub fn due_among(
+    deadlines: &[&Deadline],
+    catalog: &Catalog,
+    metric: &str,
+    period: &Period,
+    on_time_days: u32,
+) -> Due {
     let mut best: Option<(u8, &Deadline)> = None;
-    for d in mine {
+    for d in deadlines {
         let rank = if d.subject == metric {
             0
         } else if d.subject.is_empty() {
@@ -160,7 +178,7 @@ pub fn due_for(
         },
         None => Due {
             micros: period_end_micros(period)
-                .saturating_add(i64::from(cycle.on_time_days).saturating_mul(DAY_MICROS)),
+                .saturating_add(i64::from(on_time_days).saturating_mul(DAY_MICROS)),
             basis: DueBasis::OnTimeDays,
             subject: String::new(),
         },
@@ -225,9 +243,10 @@ pub fn figures(
     now: i64,
 ) -> Vec<Figure> {
     let reporting = reporting_periods(period);
+    let deadlines = deadlines_of(cycle, department, period);
     let mut out = Vec::new();
     for (metric, regions) in expected {
-        let due = due_for(cycle, catalog, department, metric, period);
+        let due = due_among(&deadlines, catalog, metric, period, cycle.on_time_days);
         for region in regions {
             let first_accept = reporting
                 .iter()
