@@ -5,7 +5,7 @@
 //!
 //! The due time of (department, metric, period P) in a cycle is, in order: the department's
 //! deadline for P whose subject is the metric; the earliest of its deadlines for P whose subject
-//! (a task, indicator, item or item section) covers the metric; its whole-period deadline for P
+//! covers the metric (a task: the metrics its checks read); its whole-period deadline for P
 //! (subject ""); else the end of P (Asia/Shanghai) plus the cycle's `on_time_days`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
