@@ -4,7 +4,9 @@
 //! department kept to its own worklist, a hostile value escaped, the bounded session store,
 //! failed sign-ins limited per source, a revoked key ending its session,
 //! sign-out, a cross-site form refused, the live scorecard over server-sent events, and gRPC
-//! still answered on the same port.
+//! still answered on the same port. The review cycle's timeliness on the pages: the late state
+//! in the completeness grid and its workbook, and the supervision office's assessment page and
+//! its `.xlsx` (credit office, operators and administrators only).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -417,8 +419,8 @@ async fn the_pages_on_the_grpc_port(backend: Backend) {
     let grid = &sheets[0].1;
     assert!(
         grid.iter().any(|r| r.get(1).is_some_and(|c| c == "samr")
-            && r.iter().any(|c| c == "✔")
-            && r.iter().any(|c| c == "✘")),
+            && r.iter().any(|c| c.starts_with('✔'))
+            && r.iter().any(|c| c.starts_with('✘'))),
         "{grid:?}"
     );
     assert_eq!(grid_departments(grid).len(), others, "{grid:?}");
@@ -636,6 +638,220 @@ async fn read_until(s: &mut TcpStream, seen: &mut String, needle: &str) {
 
 both_databases!(
     the_pages_on_the_grpc_port,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
+
+/// A review cycle whose deadline has passed: a value written after it (within the grace days)
+/// shows as late in the completeness grid and its workbook; the assessment page and workbook
+/// count it, with a return from review; a department is kept from the assessment.
+async fn timeliness_on_the_pages(backend: Backend) {
+    let schema = fresh_schema();
+    let s = schema.to_string();
+    let server = TestServer::start_with(move |c| use_backend(c, backend, &s)).await;
+    let addr = server.addr;
+    let operator = server
+        .create_principal("web-operator", pb::Role::Operator, None)
+        .await;
+    let samr = server
+        .create_principal("web-samr", pb::Role::Department, Some("samr"))
+        .await;
+    let mut admin = pb::review_service_client::ReviewServiceClient::new(server.admin());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+        .unwrap_or(0);
+    admin
+        .create_cycle(pb::CreateCycleRequest {
+            cycle: Some(pb::Cycle {
+                id: "web-2025q4".into(),
+                title: "2025 四季度报送考核".into(),
+                rule_version: "2019.2".into(),
+                periods: vec!["2025-Q4".into()],
+                review_date: "2026-03-31".into(),
+                grace_days: 7,
+                on_time_days: 15,
+                deadlines: vec![pb::CycleDeadline {
+                    department_code: "samr".into(),
+                    subject: String::new(),
+                    period: "2025-Q4".into(),
+                    due_time: Some(prost_types::Timestamp {
+                        seconds: now - 86_400,
+                        nanos: 0,
+                    }),
+                    milestone: "四季度数据".into(),
+                }],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("cycle: {e:?}"));
+    let dept = server.with_key(&samr);
+    pb::metric_submission_service_client::MetricSubmissionServiceClient::new(dept.clone())
+        .submit_value(pb::SubmitValueRequest {
+            value: Some(number_input(
+                "approval_items.total",
+                "330800",
+                "2025-Q4",
+                "samr",
+                "40",
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("a write after the deadline, within the grace days: {e:?}"));
+    let part = pb::SignOffPart {
+        department_code: "samr".into(),
+        region_code: "330800".into(),
+        period: "2025-Q4".into(),
+    };
+    pb::review_service_client::ReviewServiceClient::new(dept)
+        .submit_for_approval(pb::SubmitForApprovalRequest {
+            part: Some(part.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    admin
+        .r#return(pb::ReturnRequest {
+            part: Some(part),
+            comment: "请补报其余指标".into(),
+            expected_revision: 0,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+
+    let op = sign_in(addr, &operator)
+        .await
+        .session()
+        .unwrap_or_else(|| panic!("operator session"));
+    // The grid: samr's figure is late, the legend names the cycle.
+    let a = get(addr, "/completeness?region=330800&period=2025-Q4", &op).await;
+    page_ok(
+        &a,
+        "/completeness",
+        &[
+            "id=\"timeliness-legend\"",
+            "web-2025q4",
+            "逾期未报",
+            "<td class=\"cell late\" data-metric=\"approval_items.total\" data-timeliness=\"LATE\"",
+            "data-timeliness=\"MISSING_OVERDUE\"",
+            "href=\"/assessment\"",
+        ],
+    );
+    // A period no cycle covers: no timeliness, said so.
+    let a = get(addr, "/completeness?region=330800&period=2024-Q1", &op).await;
+    page_ok(&a, "/completeness", &["id=\"timeliness-legend\""]);
+    assert!(!a.body.contains("data-timeliness="), "{}", a.body);
+
+    let path = "/completeness.xlsx?region=330800&period=2025-Q4";
+    let sheets = workbook(
+        &get(addr, path, &op).await,
+        path,
+        "completeness-330800-2025_Q4.xlsx",
+    );
+    let grid = &sheets[0].1;
+    let header = grid
+        .iter()
+        .find(|r| r[0] == "部门 Department")
+        .unwrap_or_else(|| panic!("{grid:?}"));
+    let samr_row = grid
+        .iter()
+        .find(|r| r.get(1).is_some_and(|c| c == "samr"))
+        .unwrap_or_else(|| panic!("{grid:?}"));
+    let late_col = header
+        .iter()
+        .position(|c| c == "迟报 Late")
+        .unwrap_or_else(|| panic!("{header:?}"));
+    assert_eq!(samr_row[late_col], "1", "{samr_row:?}");
+    assert!(samr_row.iter().any(|c| c == "✔ 迟报"), "{samr_row:?}");
+    assert!(samr_row.iter().any(|c| c == "✘ 逾期未报"), "{samr_row:?}");
+
+    // The assessment: samr's one task overdue, one figure late, one return.
+    let a = get(addr, "/assessment?cycle=web-2025q4", &op).await;
+    page_ok(
+        &a,
+        "/assessment",
+        &[
+            "督考办考核",
+            "id=\"assessment\"",
+            "data-department=\"samr\"",
+            "href=\"/assessment.xlsx?cycle=web-2025q4\"",
+        ],
+    );
+    let row_at = a
+        .body
+        .find("data-department=\"samr\"")
+        .unwrap_or_else(|| panic!("{}", a.body));
+    let samr_html = &a.body[row_at..row_at + a.body[row_at..].find("</tr>").unwrap_or(0)];
+    // Tasks 1, done 0, overdue 1, on time 0, late 1.
+    assert!(
+        samr_html.contains(
+            "<td>samr</td><td class=\"num\">1</td><td class=\"num\">0</td><td class=\"num\">1</td>\
+             <td class=\"num\">0</td><td class=\"num\">1</td>"
+        ),
+        "{samr_html}"
+    );
+    // Without a cycle named: the one covering the period asked.
+    let a = get(addr, "/assessment?period=2025-Q4", &op).await;
+    page_ok(
+        &a,
+        "/assessment",
+        &["data-department=\"samr\"", "web-2025q4"],
+    );
+
+    let path = "/assessment.xlsx?cycle=web-2025q4";
+    let sheets = workbook(
+        &get(addr, path, &op).await,
+        path,
+        "assessment-web_2025q4.xlsx",
+    );
+    let rows = &sheets[0].1;
+    assert_eq!(sheets[0].0, "督考办考核");
+    let header = rows
+        .iter()
+        .find(|r| r[0] == "部门 Department")
+        .unwrap_or_else(|| panic!("{rows:?}"));
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|c| c == name)
+            .unwrap_or_else(|| panic!("no {name} in {header:?}"))
+    };
+    let samr_row = rows
+        .iter()
+        .find(|r| r.get(1).is_some_and(|c| c == "samr"))
+        .unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!(samr_row[col("任务数 Tasks")], "1");
+    assert_eq!(samr_row[col("逾期任务 Overdue tasks")], "1");
+    assert_eq!(samr_row[col("迟报 Late")], "1");
+    assert_eq!(samr_row[col("审核退回 Returns")], "1");
+    assert_eq!(samr_row[col("按时率 On-time rate")], "0.0000");
+
+    // A department: no assessment (page or workbook), and no link to it.
+    let dept_session = sign_in(addr, &samr)
+        .await
+        .session()
+        .unwrap_or_else(|| panic!("department session"));
+    let a = get(addr, "/assessment?cycle=web-2025q4", &dept_session).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    let a = get(addr, "/assessment.xlsx?cycle=web-2025q4", &dept_session).await;
+    assert_eq!(a.status, 403);
+    let a = get(
+        addr,
+        "/completeness?region=330800&period=2025-Q4",
+        &dept_session,
+    )
+    .await;
+    page_ok(&a, "/completeness", &["data-timeliness=\"LATE\""]);
+    assert!(!a.body.contains("href=\"/assessment\""), "{}", a.body);
+    assert!(!a.body.contains("data-department=\"cbirc\""));
+
+    server.stop().await.unwrap_or_else(|e| panic!("stop: {e}"));
+}
+
+both_databases!(
+    timeliness_on_the_pages,
     flavor = "multi_thread",
     worker_threads = 2
 );

@@ -14,6 +14,8 @@ use serde::Deserialize;
 use crate::catalog::{Catalog, TimeClass};
 use crate::period::Period;
 
+pub mod timeliness;
+
 /// One day in microseconds.
 pub const DAY_MICROS: i64 = 86_400_000_000;
 /// Asia/Shanghai is UTC+8 all year.

@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use citycredit_core::period::Period;
+use citycredit_core::review::timeliness::reporting_periods;
 
 use crate::changes::Changed;
 use crate::error::NotifyError;
@@ -147,16 +148,10 @@ async fn owed(
         tracing::warn!(cycle = %row.cycle_id, period = %row.period, "deadline with an unreadable period: skipped");
         return Ok(BTreeMap::new());
     };
-    let mut periods: Vec<String> = vec![period.to_string()];
-    periods.extend(
-        period
-            .reached_by()
-            .into_iter()
-            .filter(|p| p.is_inside(&period))
-            .map(|p| p.to_string()),
-    );
-    periods.sort();
-    periods.dedup();
+    let periods: Vec<String> = reporting_periods(&period)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let org = n.org();
     let subject_metrics: Option<BTreeSet<&str>> = if row.subject.is_empty() {
         None
@@ -186,8 +181,9 @@ async fn owed(
         return Ok(BTreeMap::new());
     }
     let reported: BTreeSet<(String, String)> =
-        store::reported(n.db(), &row.department_code, &periods)
-            .await?
+        citycredit_store::reported::current(n.db(), &row.department_code, &periods)
+            .await
+            .map_err(|e| NotifyError::storage("reported values", &e))?
             .into_iter()
             .collect();
     let mut missing = BTreeMap::new();

@@ -405,35 +405,6 @@ pub async fn deadlines_between(
     .map_err(storage("deadlines"))
 }
 
-/// The (metric, region) pairs `department` has a current value for, in any of `periods`.
-pub async fn reported(
-    db: &Db,
-    department: &str,
-    periods: &[String],
-) -> Result<Vec<(String, String)>> {
-    if periods.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut qb: QueryBuilder<Any> = QueryBuilder::new(
-        "SELECT DISTINCT metric, region FROM value_versions WHERE valid_to IS NULL AND department = ",
-    );
-    qb.push_bind(department.to_owned()).push(" AND period IN (");
-    let mut list = qb.separated(", ");
-    for p in periods {
-        list.push_bind(p.clone());
-    }
-    qb.push(")");
-    let rows = numbered(&mut qb)
-        .map_err(storage("reported values"))?
-        .fetch_all(&db.pool)
-        .await
-        .map_err(storage("reported values"))?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get::<String, _>("metric"), r.get::<String, _>("region")))
-        .collect())
-}
-
 /// The periods of every review cycle (one per line in `review_cycles.periods`).
 pub async fn cycle_periods(db: &Db) -> Result<Vec<String>> {
     let rows: Vec<String> = sqlx::query_scalar("SELECT periods FROM review_cycles ORDER BY id")

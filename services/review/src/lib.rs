@@ -9,6 +9,7 @@
 pub mod error;
 pub mod service;
 pub mod store;
+pub mod timeliness;
 
 use std::collections::HashSet;
 use std::sync::Arc;

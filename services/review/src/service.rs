@@ -46,12 +46,16 @@ impl ReviewApi {
         ReviewApi { review }
     }
 
-    fn org(&self) -> Arc<Org> {
+    pub(crate) fn org(&self) -> Arc<Org> {
         self.review.org.borrow().clone()
+    }
+
+    pub(crate) fn review(&self) -> &Review {
+        &self.review
     }
 }
 
-fn invalid_if_any(v: Vec<Violation>) -> Result<()> {
+pub(crate) fn invalid_if_any(v: Vec<Violation>) -> Result<()> {
     if v.is_empty() {
         Ok(())
     } else {
@@ -65,7 +69,7 @@ fn problems(p: Vec<(String, String)>, prefix: &str) -> Vec<Violation> {
         .collect()
 }
 
-fn check_id(field: &str, value: &str, out: &mut Vec<Violation>) {
+pub(crate) fn check_id(field: &str, value: &str, out: &mut Vec<Violation>) {
     if let Err(e) = text::check(value, TextKind::Identifier) {
         out.push(Violation::new(field, e.to_string()));
     }
@@ -275,11 +279,16 @@ impl ReviewApi {
     }
 
     async fn load_cycle(&self, name: &str) -> Result<StoredCycle> {
+        self.load_cycle_at("name", name).await
+    }
+
+    /// The cycle a request's `field` names ("cycles/{id}" or the id); NOT_FOUND when unknown.
+    pub(crate) async fn load_cycle_at(&self, field: &str, name: &str) -> Result<StoredCycle> {
         let id = bare(name, "cycles/");
         let mut v = Vec::new();
-        check_id("name", id, &mut v);
+        check_id(field, id, &mut v);
         if id.is_empty() {
-            v.push(Violation::new("name", "required"));
+            v.push(Violation::new(field, "required"));
         }
         invalid_if_any(v)?;
         store::get_cycle(&self.review.db, id)
@@ -676,5 +685,34 @@ impl ReviewService for ReviewApi {
                 grant_time: Some(timestamp(row.grant_micros)),
             }),
         }))
+    }
+
+    async fn get_timeliness(
+        &self,
+        request: Request<pb::GetTimelinessRequest>,
+    ) -> std::result::Result<Response<pb::GetTimelinessResponse>, Status> {
+        let who = authorize(&request, &self.org().access, Action::Read)?.clone();
+        let out = self.get_timeliness(&who, request.get_ref()).await?;
+        Ok(Response::new(out))
+    }
+
+    async fn get_department_assessment(
+        &self,
+        request: Request<pb::GetDepartmentAssessmentRequest>,
+    ) -> std::result::Result<Response<pb::GetDepartmentAssessmentResponse>, Status> {
+        let who = authorize(&request, &self.org().access, Action::Read)?.clone();
+        let out = self
+            .get_department_assessment(&who, request.get_ref())
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn list_cycle_events(
+        &self,
+        request: Request<pb::ListCycleEventsRequest>,
+    ) -> std::result::Result<Response<pb::ListCycleEventsResponse>, Status> {
+        authorize(&request, &self.org().access, Action::Read)?;
+        let out = self.list_cycle_events(request.get_ref()).await?;
+        Ok(Response::new(out))
     }
 }

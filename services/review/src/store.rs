@@ -688,3 +688,59 @@ pub async fn approved(db: &Db, parts: &[Part]) -> Result<HashSet<Part>, StoreErr
     }
     Ok(out)
 }
+
+/// One entry of a cycle's history as stored.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct CycleEventRow {
+    pub cycle_id: String,
+    pub seq: i64,
+    pub kind: String,
+    pub principal: String,
+    pub event_micros: i64,
+    pub detail: String,
+}
+
+/// A cycle's history, oldest first, from `offset`, at most `limit`; and how many entries it has.
+pub async fn list_cycle_events(
+    db: &Db,
+    cycle_id: &str,
+    offset: usize,
+    limit: usize,
+) -> Result<(Vec<CycleEventRow>, usize), StoreError> {
+    let total: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM review_cycle_events WHERE cycle_id = $1")
+            .bind(cycle_id)
+            .fetch_one(&db.pool)
+            .await?;
+    let rows: Vec<CycleEventRow> = sqlx::query_as(
+        "SELECT cycle_id, seq, kind, principal, event_micros, detail FROM review_cycle_events \
+         WHERE cycle_id = $1 ORDER BY seq LIMIT $2 OFFSET $3",
+    )
+    .bind(cycle_id)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+    .fetch_all(&db.pool)
+    .await?;
+    Ok((rows, usize::try_from(total).unwrap_or(0)))
+}
+
+/// How many times each department's parts for `periods` were returned from review (RETURN
+/// transitions), over every region.
+pub async fn returns(db: &Db, periods: &[String]) -> Result<Vec<(String, i64)>, StoreError> {
+    if periods.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut qb: QueryBuilder<Any> = QueryBuilder::new(
+        "SELECT department_code, CAST(COUNT(*) AS BIGINT) FROM review_events \
+         WHERE transition = 'RETURN' AND period IN (",
+    );
+    let mut list = qb.separated(", ");
+    for p in periods {
+        list.push_bind(p.clone());
+    }
+    qb.push(") GROUP BY department_code");
+    let rows = numbered(&mut qb)?.fetch_all(&db.pool).await?;
+    rows.iter()
+        .map(|r| Ok(<(String, i64) as sqlx::FromRow<'_, sqlx::any::AnyRow>>::from_row(r)?))
+        .collect()
+}

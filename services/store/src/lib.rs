@@ -12,6 +12,7 @@
 //! and, behind the `testing` feature (tests only, never the production binary), the helpers
 //! tests use to run against both databases.
 
+pub mod reported;
 #[cfg(feature = "testing")]
 pub mod testing;
 

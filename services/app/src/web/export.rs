@@ -15,6 +15,7 @@ use super::pages::{
     self, department_name, grid_metrics, indicator_title, metric_name, region_name,
 };
 use super::session::Session;
+use super::timeliness::{self, GridTimeliness};
 use super::{Ask, PageError, Web};
 
 /// The content type of an `.xlsx` file.
@@ -286,11 +287,13 @@ pub fn worklist(
 }
 
 /// The completeness grid: one row per department, one column per metric, ✔ reported,
-/// ✘ missing, · not expected.
+/// ✘ missing, · not expected; with each figure's timeliness when a review cycle covers the
+/// period ("✔ 迟报": reported late), and each department's timeliness counts.
 pub fn completeness(
     catalog: &Catalog,
     org: &Org,
     rows: &[pb::DepartmentCompleteness],
+    timely: Option<&GridTimeliness>,
     region: &str,
     period: &str,
 ) -> Result<Vec<u8>, XlsxError> {
@@ -306,16 +309,34 @@ pub fn completeness(
         "图例 Legend",
         "✔ 已报送 reported · ✘ 未报送 missing · · 无需报送 not expected",
     )?;
+    if let Some(t) = timely {
+        s.pair(
+            "考核周期 Cycle",
+            &format!("{}（{}）", t.cycle.title, t.cycle.id),
+        )?;
+        s.pair("按时 Timeliness", timeliness::LEGEND)?;
+    }
     s.blank();
     let mut header: Vec<String> = vec![
         "部门 Department".into(),
         "代码 Code".into(),
         "报送率 Rate".into(),
     ];
+    if timely.is_some() {
+        header.extend([
+            "按时 On time".to_owned(),
+            "迟报 Late".to_owned(),
+            "逾期未报 Overdue".to_owned(),
+            "未到期 Not yet due".to_owned(),
+        ]);
+    }
     header.extend(metrics.iter().map(|m| named_metric(catalog, m)));
     let refs: Vec<&str> = header.iter().map(String::as_str).collect();
     s.header(&refs)?;
     let mut widths = vec![24.0, 12.0, 10.0];
+    if timely.is_some() {
+        widths.extend([10.0; 4]);
+    }
     widths.extend(metrics.iter().map(|_| 14.0));
     s.widths(&widths)?;
     for r in rows {
@@ -324,23 +345,78 @@ pub fn completeness(
             r.department_code.clone(),
             r.reporting_rate.clone(),
         ];
+        if let Some(t) = timely {
+            let c = t
+                .counts
+                .get(&r.department_code)
+                .cloned()
+                .unwrap_or_default();
+            cells.extend([
+                c.on_time.to_string(),
+                c.late.to_string(),
+                c.missing_overdue.to_string(),
+                c.not_yet_due.to_string(),
+            ]);
+        }
         for m in &metrics {
-            let mark = if r.reported.iter().any(|x| x == m) {
-                "✔"
-            } else if r.missing.iter().any(|x| x == m) {
-                "✘"
-            } else {
-                "·"
-            };
-            cells.push(mark.to_owned());
+            let state = timely.and_then(|t| t.state(&r.department_code, m));
+            let (_, mark, label) = timeliness::grid_cell(
+                r.reported.iter().any(|x| x == m),
+                r.missing.iter().any(|x| x == m),
+                state,
+            );
+            cells.push(match label {
+                Some((zh, _, _)) => format!("{mark} {zh}"),
+                None => mark.to_owned(),
+            });
         }
         s.line(&cells)?;
     }
     book.save_to_buffer()
 }
 
+/// The supervision office's (督考办) assessment of a cycle: one row per department.
+pub fn assessment(
+    org: &Org,
+    cycle: &pb::Cycle,
+    answer: &pb::GetDepartmentAssessmentResponse,
+) -> Result<Vec<u8>, XlsxError> {
+    let mut book = Workbook::new();
+    let mut s = Sheet::new(book.add_worksheet(), "督考办考核")?;
+    s.pair(
+        "考核周期 Cycle",
+        &format!("{}（{}）", cycle.title, cycle.id),
+    )?;
+    s.pair("期间 Periods", &cycle.periods.join("、"))?;
+    s.pair("评审日 Review date", &cycle.review_date)?;
+    s.pair(
+        "说明 Notes",
+        "任务为周期内的截止要求；按时率 = 按时报送 ÷（按时 + 迟报 + 逾期未报） \
+         Tasks are the cycle's deadlines; on-time rate = on time ÷ (on time + late + missing)",
+    )?;
+    s.blank();
+    let header: Vec<String> = timeliness::COLUMNS
+        .iter()
+        .map(|(zh, en)| format!("{zh} {en}"))
+        .collect();
+    let refs: Vec<&str> = header.iter().map(String::as_str).collect();
+    s.header(&refs)?;
+    let mut widths = vec![24.0, 16.0];
+    widths.extend([12.0; 9]);
+    s.widths(&widths)?;
+    for d in &answer.departments {
+        s.line(&timeliness::cells(org, d))?;
+    }
+    book.save_to_buffer()
+}
+
 /// The downloads the pages offer, by path.
-pub const PATHS: [&str; 3] = ["/scorecard.xlsx", "/worklist.xlsx", "/completeness.xlsx"];
+pub const PATHS: [&str; 4] = [
+    "/scorecard.xlsx",
+    "/worklist.xlsx",
+    "/completeness.xlsx",
+    "/assessment.xlsx",
+];
 
 /// The workbook at `path` (one of `PATHS`) for what `ask` names, and its file name.
 pub async fn download(
@@ -366,11 +442,19 @@ pub async fn download(
                 worklist(&web.catalog, &org, &list, region, period),
             )
         }
+        "/assessment.xlsx" => {
+            let (cycle, _, answer) = timeliness::fetch_assessment(web, s, ask).await?;
+            (
+                file_name("assessment", &[&cycle.id]),
+                assessment(&org, &cycle, &answer),
+            )
+        }
         _ => {
             let rows = pages::fetch_completeness(web, s, ask).await?;
+            let timely = timeliness::fetch_grid(web, s, ask).await?;
             (
                 file_name("completeness", &[region, period]),
-                completeness(&web.catalog, &org, &rows, region, period),
+                completeness(&web.catalog, &org, &rows, timely.as_ref(), region, period),
             )
         }
     };

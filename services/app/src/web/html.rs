@@ -35,12 +35,13 @@ pub struct Banner<'a> {
 }
 
 /// The navigation entries: path, Chinese, English.
-const NAV: [(&str, &str, &str); 5] = [
+const NAV: [(&str, &str, &str); 6] = [
     ("/scorecard", "全市评分卡", "Scorecard"),
     ("/counties", "县（市、区）对比", "Counties"),
     ("/worklist", "部门工作清单", "Worklist"),
     ("/completeness", "报送完整性", "Completeness"),
     ("/explain", "指标解读", "Explain"),
+    ("/assessment", "督考办考核", "Assessment"),
 ];
 
 /// A whole page: `body` is markup built from escaped values.
@@ -59,6 +60,10 @@ pub fn page(title: &str, active: &str, banner: Option<&Banner<'_>>, body: &str) 
     if let Some(b) = banner {
         out.push_str("<nav>");
         for (path, zh, en) in NAV {
+            // The assessment is the credit office's, operators' and administrators'.
+            if path == "/assessment" && !matches!(b.role, "credit_office" | "operator" | "admin") {
+                continue;
+            }
             let class = if path == active { " class=\"on\"" } else { "" };
             let _ = write!(
                 out,

@@ -20,6 +20,7 @@ mod export;
 mod html;
 mod pages;
 pub mod session;
+mod timeliness;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -312,6 +313,10 @@ impl Web {
         pb::metric_submission_service_client::MetricSubmissionServiceClient::new(self.grpc.clone())
     }
 
+    pub(crate) fn reviews(&self) -> pb::review_service_client::ReviewServiceClient<axum::Router> {
+        pb::review_service_client::ReviewServiceClient::new(self.grpc.clone())
+    }
+
     fn indicators(&self) -> pb::indicator_service_client::IndicatorServiceClient<axum::Router> {
         pb::indicator_service_client::IndicatorServiceClient::new(self.grpc.clone())
     }
@@ -358,6 +363,7 @@ impl Web {
                     "/explain" => pages::explain(&self, &session, &ask).await,
                     "/worklist" => pages::worklist(&self, &session, &ask).await,
                     "/completeness" => pages::completeness(&self, &session, &ask).await,
+                    "/assessment" => timeliness::assessment(&self, &session, &ask).await,
                     "/events/scorecard" => return self.live(&id, &session, &ask).await,
                     _ => {
                         return html_page(

@@ -11,7 +11,7 @@ use citycredit_core::org::Org;
 
 use super::html::{self, esc, q};
 use super::session::Session;
-use super::{Ask, PageError, Web, banner, call};
+use super::{Ask, PageError, Web, banner, call, timeliness};
 
 /// Most submissions looked up for one explained indicator (who, when, evidence).
 const MAX_SOURCES_SHOWN: usize = 60;
@@ -942,10 +942,12 @@ pub fn grid_metrics(rows: &[pb::DepartmentCompleteness]) -> BTreeSet<&str> {
         .collect()
 }
 
-/// The completeness grid: department × metric.
+/// The completeness grid: department × metric, with each figure's timeliness for the review
+/// cycle covering the period (on time, late, missing overdue, not yet due).
 pub async fn completeness(web: &Web, s: &Session, ask: &Ask) -> Result<String, PageError> {
     let org = web.org.borrow().clone();
     let rows = fetch_completeness(web, s, ask).await?;
+    let timely = timeliness::fetch_grid(web, s, ask).await?;
     let metrics = grid_metrics(&rows);
     let mut body = chooser(&org, "/completeness", ask, "");
     body.push_str(&download_link("/completeness.xlsx", ask, None));
@@ -953,11 +955,36 @@ pub async fn completeness(web: &Web, s: &Session, ask: &Ask) -> Result<String, P
         body,
         "<h1>报送完整性 <span class=\"en\">Reporting completeness</span> · {}</h1>\
          <p class=\"legend-line\"><span class=\"tag ok\">✔ 已报送 reported</span> \
-         <span class=\"tag fail\">✘ 未报送 missing</span> <span class=\"tag none\">· 无需报送 not expected</span></p>\
-         <div class=\"scroll\"><table class=\"grid\" id=\"completeness\"><thead><tr><th>部门 <span class=\"en\">Department</span></th>\
-         <th>报送率 <span class=\"en\">Rate</span></th>",
+         <span class=\"tag fail\">✘ 未报送 missing</span> <span class=\"tag none\">· 无需报送 not expected</span></p>",
         esc(&ask.period)
     );
+    match &timely {
+        Some(t) => {
+            let _ = write!(
+                body,
+                "<p class=\"legend-line\" id=\"timeliness-legend\">考核周期 <span class=\"en\">Cycle</span>：{}（{}）· \
+                 <span class=\"tag ok\">按时</span> <span class=\"tag late\">迟报</span> \
+                 <span class=\"tag fail\">逾期未报</span> <span class=\"tag pending\">未到期</span><br>{}</p>",
+                esc(&t.cycle.title),
+                esc(&t.cycle.id),
+                esc(timeliness::LEGEND)
+            );
+        }
+        None => body.push_str(
+            "<p class=\"legend-line muted\" id=\"timeliness-legend\">该期间不属于任何考核周期，不显示是否按时。\
+             <span class=\"en\">No review cycle covers this period: timeliness is not shown.</span></p>",
+        ),
+    }
+    body.push_str(
+        "<div class=\"scroll\"><table class=\"grid\" id=\"completeness\"><thead><tr><th>部门 <span class=\"en\">Department</span></th>\
+         <th>报送率 <span class=\"en\">Rate</span></th>",
+    );
+    if timely.is_some() {
+        body.push_str(
+            "<th>按时 <span class=\"en\">On time</span></th><th>迟报 <span class=\"en\">Late</span></th>\
+             <th>逾期未报 <span class=\"en\">Overdue</span></th><th>未到期 <span class=\"en\">Not yet due</span></th>",
+        );
+    }
     for m in &metrics {
         let _ = write!(
             body,
@@ -981,15 +1008,38 @@ pub async fn completeness(web: &Web, s: &Session, ask: &Ask) -> Result<String, P
             esc(&r.department_code),
             esc(&r.reporting_rate)
         );
+        if let Some(t) = &timely {
+            let c = t
+                .counts
+                .get(&r.department_code)
+                .cloned()
+                .unwrap_or_default();
+            let _ = write!(
+                body,
+                "<td class=\"num\">{}</td><td class=\"num late-count\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>",
+                c.on_time, c.late, c.missing_overdue, c.not_yet_due
+            );
+        }
         for m in &metrics {
-            let cell = if reported.contains(m) {
-                "<td class=\"cell ok\" title=\"reported\">✔</td>"
-            } else if missing.contains(m) {
-                "<td class=\"cell fail\" title=\"missing\">✘</td>"
-            } else {
-                "<td class=\"cell none\">·</td>"
-            };
-            body.push_str(cell);
+            let state = timely.as_ref().and_then(|t| t.state(&r.department_code, m));
+            let (class, mark, label) =
+                timeliness::grid_cell(reported.contains(m), missing.contains(m), state);
+            match label {
+                Some((zh, en, code)) => {
+                    let _ = write!(
+                        body,
+                        "<td class=\"cell {class}\" data-metric=\"{}\" data-timeliness=\"{code}\" title=\"{zh} {en}\">{mark}<small>{zh}</small></td>",
+                        esc(m)
+                    );
+                }
+                None => {
+                    let _ = write!(
+                        body,
+                        "<td class=\"cell {class}\" data-metric=\"{}\">{mark}</td>",
+                        esc(m)
+                    );
+                }
+            }
         }
         body.push_str("</tr>");
     }
