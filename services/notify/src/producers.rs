@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use citycredit_core::period::Period;
-use citycredit_core::review::timeliness::reporting_periods;
+use citycredit_core::review::timeliness::{reporting_periods, subject_metrics};
 
 use crate::changes::Changed;
 use crate::error::NotifyError;
@@ -153,18 +153,9 @@ async fn owed(
         .map(ToString::to_string)
         .collect();
     let org = n.org();
-    let subject_metrics: Option<BTreeSet<&str>> = if row.subject.is_empty() {
-        None
-    } else if n.catalog().metric(&row.subject).is_some() {
-        Some(BTreeSet::from([row.subject.as_str()]))
-    } else {
-        Some(
-            n.catalog()
-                .subject_metrics(&row.subject)
-                .into_iter()
-                .collect(),
-        )
-    };
+    // The metrics the deadline's subject covers (a metric, a task's checks, an indicator, an
+    // item or section; None: everything), as timeliness reads them.
+    let subject_metrics = subject_metrics(n.catalog(), &row.subject);
     let expected: Vec<(String, Vec<String>)> = org
         .access
         .expected_reports(&row.department_code)
