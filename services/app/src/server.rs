@@ -37,6 +37,7 @@ use citycredit_core::city::City;
 use citycredit_ingestion::{Ingestion, IngestionOptions, WriterConfig};
 use citycredit_registry::{Registry, RegistryApi};
 use citycredit_review::Review;
+use citycredit_review::store::CycleReader;
 use citycredit_scoring::{IndicatorApi, RemoteAggregates, ScoringApi};
 use citycredit_store::{Db, StoreError};
 
@@ -250,6 +251,7 @@ pub async fn serve(
                 Arc::new(ingestion.clone()),
             )
             .with_rule_versions(Arc::clone(&versions))
+            .with_cycles(Arc::new(CycleReader::new(db.clone())))
             .with_credentials(
                 Arc::clone(&registry) as Arc<dyn citycredit_core::auth::CredentialCheck>
             );
@@ -374,6 +376,8 @@ pub async fn serve(
             let changes = citycredit::aggregates::AggregateSource::changes(&*source);
             let scoring = ScoringApi::new(Arc::clone(&catalog), org.clone(), source)
                 .with_rule_versions(Arc::clone(&versions))
+                // Scoring apart reads the cycles from the shared database too.
+                .with_cycles(Arc::new(CycleReader::new(db.clone())))
                 .with_credentials(
                     Arc::clone(&registry) as Arc<dyn citycredit_core::auth::CredentialCheck>
                 );

@@ -12,16 +12,22 @@
 //! (`citycredit_core::rollup`: its own value, else a FLOW sum of sub-periods, else a LEVEL value
 //! carried forward), and keys whose value came by a partial sum or from an earlier period are
 //! marked on the figure they feed.
+//!
+//! Each value is looked up among the APPROVED sign-off parts ([`Approvals`], the write gate's
+//! reach): its source says which part covers it, and approved-only figures
+//! ([`Selection::Approved`]) drop every value that no approved part covers before anything is
+//! rolled up or added.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use citycredit::aggregates::{Aggregates, MarkerKind, PeriodMarker, SourceRef};
+use citycredit::aggregates::{Aggregates, MarkerKind, PeriodMarker, Selection, SourceRef};
 use citycredit_core::catalog::{AggregationScope, Catalog, MetricKind, TimeClass};
 use citycredit_core::numbers::Num;
 use citycredit_core::period::Period;
 use citycredit_core::rollup::{self, Candidate, Reach};
 use citycredit_core::rules::{TaskStatus, Values};
 
+use crate::gate::Approvals;
 use crate::store::VersionRow;
 use crate::validation::wire_value;
 
@@ -103,14 +109,24 @@ fn roll_up(
     (out, markers)
 }
 
+/// The approved part covering a stored value, as its period's text.
+fn approved_period(approvals: &Approvals, class: TimeClass, r: &VersionRow) -> Option<String> {
+    let period = r.period.parse::<Period>().ok()?;
+    approvals
+        .covering(&r.department, &r.region, &period, class)
+        .map(|p| p.to_string())
+}
+
 /// Aggregates `rows` (versions at `region` and below, for every period that reaches `period`,
-/// as of one instant).
+/// as of one instant), from the values `selection` names among them.
 pub fn aggregate(
     catalog: &Catalog,
     region: &str,
     period: &Period,
     as_of_micros: i64,
     rows: Vec<VersionRow>,
+    approvals: &Approvals,
+    selection: Selection,
 ) -> Aggregates {
     let mut by_metric: BTreeMap<String, Vec<VersionRow>> = BTreeMap::new();
     for r in rows {
@@ -125,6 +141,9 @@ pub fn aggregate(
         };
         if m.scope() == AggregationScope::Region {
             rows.retain(|r| r.region == region);
+        }
+        if selection == Selection::Approved {
+            rows.retain(|r| approved_period(approvals, m.time, r).is_some());
         }
         let (mut rows, key_markers) = roll_up(period, m.time, rows);
         if rows.is_empty() {
@@ -212,6 +231,7 @@ pub fn aggregate(
                 period: r.period.clone(),
                 value: wire_value(Some(m.kind), &r.value).unwrap_or_default(),
                 accept_micros: r.accepted_micros,
+                approved_period: approved_period(approvals, m.time, r),
             })
             .collect();
         refs.sort_by_key(|s| s.submission_id);
@@ -224,5 +244,6 @@ pub fn aggregate(
         values,
         sources,
         markers,
+        approved_only: selection == Selection::Approved,
     }
 }

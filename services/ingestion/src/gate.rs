@@ -5,6 +5,11 @@
 //! region, period) lets one write through before it expires. The decision is pure
 //! (`citycredit_core::review::Gate`); this module reads its inputs and marks exceptions used.
 //!
+//! Aggregation asks the same question the other way round ([`Approvals`]): which APPROVED part
+//! covers a stored value, by the same reach ([`write_reaches`]) that makes an approved part
+//! refuse the write: a value is approved exactly when its write would be refused as
+//! `PERIOD_APPROVED`.
+//!
 //! The writer reads the gate inside its transaction, with one query per attempt for every
 //! department of the group ([`load`]), after `chain_head` is locked: the review service's
 //! transitions lock the same row (SQLite: both hold the write lock), so no write commits between
@@ -15,7 +20,7 @@ use std::collections::HashMap;
 use citycredit_core::catalog::{Catalog, TimeClass};
 use citycredit_core::period::Period;
 use citycredit_core::review::{
-    Exception, Gate, GateDeadline, Lock, Refusal, SignOffState, Verdict, WriteTarget,
+    Exception, Gate, GateDeadline, Lock, Refusal, SignOffState, Verdict, WriteTarget, write_reaches,
 };
 
 use crate::error::{IngestError, LockRefusal};
@@ -138,6 +143,60 @@ pub async fn load(
         }
     }
     Ok(Gate::new(locks, deadlines, exceptions))
+}
+
+/// The APPROVED parts of some departments and regions, for aggregation: which part covers a
+/// value.
+#[derive(Clone, Debug, Default)]
+pub struct Approvals(HashMap<(String, String), Vec<Period>>);
+
+impl Approvals {
+    /// From (department, region, period) rows of APPROVED sign-offs; unparsable periods are
+    /// skipped (periods are validated where they are written).
+    pub fn new(parts: impl IntoIterator<Item = (String, String, String)>) -> Approvals {
+        let mut out: HashMap<(String, String), Vec<Period>> = HashMap::new();
+        for (department, region, period) in parts {
+            if let Ok(p) = period.parse::<Period>() {
+                out.entry((department, region)).or_default().push(p);
+            }
+        }
+        for periods in out.values_mut() {
+            periods.sort();
+            periods.dedup();
+        }
+        Approvals(out)
+    }
+
+    /// The smallest APPROVED period of (department, region) that covers a value reported for
+    /// `period` of a metric of `class` (the gate's reach: the same period, one containing it,
+    /// or for LEVEL one it carries forward to). None without a department.
+    pub fn covering(
+        &self,
+        department: &str,
+        region: &str,
+        period: &Period,
+        class: TimeClass,
+    ) -> Option<Period> {
+        if department.is_empty() {
+            return None;
+        }
+        self.0
+            .get(&(department.to_owned(), region.to_owned()))?
+            .iter()
+            .filter(|locked| write_reaches(period, locked, class))
+            .min_by_key(|p| (p.end_month_index() - p.start_month_index(), **p))
+            .copied()
+    }
+}
+
+/// The APPROVED parts at `regions` now.
+pub async fn approvals(
+    db: &citycredit_store::Db,
+    regions: &[String],
+) -> Result<Approvals, sqlx::Error> {
+    Ok(Approvals::new(
+        crate::store::approved_parts(db, regions).await?,
+    ))
 }
 
 /// What one value is, for the gate.

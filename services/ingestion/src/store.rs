@@ -971,6 +971,27 @@ pub async fn versions(
     numbered_as(&mut qb)?.fetch_all(&db.pool).await
 }
 
+/// (department, region, period) of every APPROVED sign-off at `regions` (the review service's
+/// table; read for approved-only figures and each source's approval).
+pub async fn approved_parts(
+    db: &Db,
+    regions: &[String],
+) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    if regions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut qb = QueryBuilder::<Any>::new(
+        "SELECT department_code, region, period FROM review_signoffs \
+         WHERE state = 'APPROVED' AND region IN (",
+    );
+    let mut list = qb.separated(", ");
+    for r in regions {
+        list.push_bind(r.as_str());
+    }
+    list.push_unseparated(")");
+    numbered_as(&mut qb)?.fetch_all(&db.pool).await
+}
+
 /// The value key's columns in the order both verification streams sort by, compared byte by
 /// byte as Rust compares strings (SQLite's default BINARY collation; `C` on PostgreSQL), so the
 /// two streams can be merged in Rust. A literal for `concat!`, per database.

@@ -688,3 +688,67 @@ pub async fn approved(db: &Db, parts: &[Part]) -> Result<HashSet<Part>, StoreErr
     }
     Ok(out)
 }
+
+/// The review state as scoring reads it ([`citycredit::cycles::CycleSource`]), over the shared
+/// database: every cycle's id, pinned rule version, periods and creation time, and the sum of
+/// the sign-offs' revisions (every transition adds one, so it changes with each).
+#[derive(Clone, Debug)]
+pub struct CycleReader {
+    db: Db,
+}
+
+impl CycleReader {
+    pub fn new(db: Db) -> CycleReader {
+        CycleReader { db }
+    }
+
+    async fn read(&self) -> Result<citycredit::cycles::ReviewSnapshot, StoreError> {
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT id, rule_version, periods, create_micros FROM review_cycles ORDER BY id",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        let signoff_revision: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(revision), 0) AS BIGINT) FROM review_signoffs",
+        )
+        .fetch_one(&self.db.pool)
+        .await?;
+        let cycles = rows
+            .into_iter()
+            .map(
+                |(id, rule_version, periods, create_micros)| citycredit::cycles::CycleInfo {
+                    id,
+                    rule_version,
+                    periods: periods
+                        .lines()
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    create_micros,
+                },
+            )
+            .collect();
+        Ok(citycredit::cycles::ReviewSnapshot {
+            cycles,
+            signoff_revision,
+        })
+    }
+}
+
+impl citycredit::cycles::CycleSource for CycleReader {
+    fn snapshot(
+        &self,
+    ) -> citycredit_core::BoxFuture<
+        '_,
+        Result<citycredit::cycles::ReviewSnapshot, citycredit_core::source::SourceError>,
+    > {
+        Box::pin(async move {
+            self.read()
+                .await
+                .map_err(|e| citycredit_core::source::SourceError::Internal {
+                    context: "read review cycles".to_owned(),
+                    detail: e.to_string(),
+                })
+        })
+    }
+}

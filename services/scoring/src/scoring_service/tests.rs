@@ -63,6 +63,7 @@ impl AggregateSource for FakeSource {
         region: &'a str,
         period: &'a str,
         _as_of: Option<i64>,
+        _selection: Selection,
     ) -> BoxFuture<'a, Result<Aggregates, SourceError>> {
         self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let found = self
@@ -154,6 +155,7 @@ fn source_ref(id: u64, dept: &str) -> SourceRef {
         period: "2026".into(),
         value: pb::MetricValue::default(),
         accept_micros: 1,
+        approved_period: None,
     }
 }
 
