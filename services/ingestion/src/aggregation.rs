@@ -247,3 +247,78 @@ pub fn aggregate(
         approved_only: selection == Selection::Approved,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, metric: &str, department: &str, period: &str, value: &str) -> VersionRow {
+        VersionRow {
+            submission_id: id,
+            metric: metric.into(),
+            region: "330800".into(),
+            period: period.into(),
+            department: department.into(),
+            domain: String::new(),
+            task_id: String::new(),
+            value: value.into(),
+            accepted_micros: id,
+        }
+    }
+
+    fn figures(selection: Selection) -> Aggregates {
+        let catalog = Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
+        let approvals = Approvals::new([("samr".into(), "330800".into(), "2026".into())]);
+        let rows = vec![
+            row(1, "uscc.codes_total", "samr", "2026", "100"),
+            row(2, "uscc.codes_total", "civil-affairs", "2026", "50"),
+            row(3, "uscc.codes_total", "", "2026", "7"),
+            // FLOW months: samr's are covered by its approved year.
+            row(4, "double_publicity.licenses_total", "samr", "2026-01", "3"),
+            row(5, "double_publicity.licenses_total", "tax", "2026-02", "4"),
+        ];
+        let period: Period = "2026".parse().unwrap_or_else(|e| panic!("{e:?}"));
+        aggregate(&catalog, "330800", &period, 9, rows, &approvals, selection)
+    }
+
+    fn number(a: &Aggregates, metric: &str) -> Option<String> {
+        match a.values.get(metric) {
+            Some(citycredit_core::rules::Figure::Number(n)) => Some(n.to_plain()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn every_value_counts_and_each_source_names_its_approved_part() {
+        let a = figures(Selection::All);
+        assert!(!a.approved_only);
+        assert_eq!(number(&a, "uscc.codes_total").as_deref(), Some("157"));
+        assert_eq!(
+            number(&a, "double_publicity.licenses_total").as_deref(),
+            Some("7")
+        );
+        let approved: Vec<(u64, Option<&str>)> = a.sources["uscc.codes_total"]
+            .iter()
+            .map(|s| (s.submission_id, s.approved_period.as_deref()))
+            .collect();
+        assert_eq!(approved, [(1, Some("2026")), (2, None), (3, None)]);
+    }
+
+    #[test]
+    fn approved_only_figures_add_up_approved_values_alone() {
+        let a = figures(Selection::Approved);
+        assert!(a.approved_only);
+        assert_eq!(number(&a, "uscc.codes_total").as_deref(), Some("100"));
+        assert_eq!(
+            number(&a, "double_publicity.licenses_total").as_deref(),
+            Some("3")
+        );
+        let ids: Vec<u64> = a
+            .sources
+            .values()
+            .flatten()
+            .map(|s| s.submission_id)
+            .collect();
+        assert_eq!(ids, [4, 1]);
+    }
+}

@@ -286,3 +286,75 @@ pub async fn mark_used(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Period {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e:?}"))
+    }
+
+    fn approvals() -> Approvals {
+        Approvals::new([
+            ("samr".into(), "330800".into(), "2026".into()),
+            ("samr".into(), "330800".into(), "2026-Q1".into()),
+            ("tax".into(), "330802".into(), "2026-03".into()),
+        ])
+    }
+
+    #[test]
+    fn an_approved_part_covers_what_it_would_refuse_to_write() {
+        let a = approvals();
+        // Its own period, and the periods inside it: the smallest approved one is named.
+        for class in [TimeClass::Flow, TimeClass::Level] {
+            assert_eq!(
+                a.covering("samr", "330800", &p("2026"), class),
+                Some(p("2026"))
+            );
+            assert_eq!(
+                a.covering("samr", "330800", &p("2026-02"), class),
+                Some(p("2026-Q1"))
+            );
+            assert_eq!(
+                a.covering("samr", "330800", &p("2026-08"), class),
+                Some(p("2026"))
+            );
+            assert_eq!(
+                a.covering("tax", "330802", &p("2026-03"), class),
+                Some(p("2026-03"))
+            );
+        }
+        // A LEVEL value carried forward into an approved period is covered; a FLOW one is not.
+        assert_eq!(
+            a.covering("samr", "330800", &p("2025-12"), TimeClass::Level),
+            Some(p("2026-Q1"))
+        );
+        assert_eq!(
+            a.covering("samr", "330800", &p("2025-12"), TimeClass::Flow),
+            None
+        );
+    }
+
+    #[test]
+    fn other_parts_and_values_without_a_department_are_not_covered() {
+        let a = approvals();
+        let level = TimeClass::Level;
+        assert_eq!(a.covering("samr", "330802", &p("2026"), level), None);
+        assert_eq!(a.covering("tax", "330800", &p("2026"), level), None);
+        // A quarter is not inside its last month; its LEVEL value carries forward to it.
+        assert_eq!(
+            a.covering("tax", "330802", &p("2026-Q1"), TimeClass::Flow),
+            None
+        );
+        assert_eq!(
+            a.covering("tax", "330802", &p("2026-Q1"), level),
+            Some(p("2026-03"))
+        );
+        assert_eq!(a.covering("", "330800", &p("2026"), level), None);
+        assert_eq!(
+            a.covering("civil-affairs", "330800", &p("2026"), level),
+            None
+        );
+    }
+}
