@@ -1,6 +1,7 @@
 //! Scorecards and the review cycle through the real gRPC API, on SQLite and (with
 //! `DATABASE_URL`) PostgreSQL: a 2026 scorecard names the seeded cycle `2026-demonstration`
-//! and its rule version, a period no cycle covers names none; with two departments' values
+//! and its rule version, a period no cycle covers names none, and a cycle that pins the second
+//! loaded rule version has its periods scored by it; with two departments' values
 //! feeding one indicator (B02's `uscc.codes_total`), approving one department's part leaves the
 //! indicator's inputs not approved and names the other part; an approved-only scorecard counts
 //! only approved values (exact figures); approving the other approves the inputs, and an
@@ -26,6 +27,13 @@ const SEEDED: &str = "2026-demonstration";
 /// Two departments responsible for B02, so both may report its metrics.
 const SAMR: &str = "samr";
 const CIVIL: &str = "civil-affairs";
+/// The second rule version the server loads (a test fixture).
+const DRAFT: &str = "2026.1-draft";
+
+fn draft_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/catalogs/national-2026-draft.toml")
+}
 
 fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
     r.unwrap_or_else(|e| panic!("{e:?}")).into_inner()
@@ -106,8 +114,11 @@ async fn scorecards_name_their_cycle_and_count_approved_values(backend: Backend)
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let schema = fresh_schema();
     let schema_name = schema.to_owned();
-    let server =
-        TestServer::start_in(dir.path(), move |c| use_backend(c, backend, &schema_name)).await;
+    let server = TestServer::start_in(dir.path(), move |c| {
+        use_backend(c, backend, &schema_name);
+        c.rule_versions = vec![draft_path()];
+    })
+    .await;
     let samr_key = server
         .create_principal("samr-sys", pb::Role::Department, Some(SAMR))
         .await;
@@ -136,6 +147,47 @@ async fn scorecards_name_their_cycle_and_count_approved_values(backend: Backend)
     assert_eq!(uncovered.cycle_rule_version, "");
     // Nothing reported: no inputs, so not approved.
     assert!(!indicator(&card).inputs_approved);
+
+    // A cycle pinning the second loaded version: its period is scored by it (once scoring has
+    // read the new cycle, within a second).
+    ok(office
+        .create_cycle(pb::CreateCycleRequest {
+            cycle: Some(pb::Cycle {
+                id: "draft-2027".into(),
+                title: "2027 年度（征求意见稿）".into(),
+                rule_version: DRAFT.into(),
+                periods: vec!["2027".into()],
+                review_date: "2028-03-31".into(),
+                grace_days: 7,
+                on_time_days: 15,
+                ..Default::default()
+            }),
+        })
+        .await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let card = loop {
+        let card = scorecard(&mut scoring, "2027-Q3", false).await;
+        if !card.cycle_id.is_empty() || Instant::now() > deadline {
+            break card;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(card.cycle_id, "draft-2027");
+    assert_eq!(card.cycle_rule_version, DRAFT);
+    assert_eq!(card.catalog_version, DRAFT);
+    // Asked by name, the primary scores it.
+    let named = ok(scoring
+        .get_scorecard(pb::GetScorecardRequest {
+            region_code: CITY.into(),
+            period: "2027-Q3".into(),
+            rule_version: "2019.2".into(),
+            ..Default::default()
+        })
+        .await)
+    .scorecard
+    .unwrap_or_else(|| panic!("scorecard"));
+    assert_eq!(named.catalog_version, "2019.2");
+    assert_eq!(named.cycle_id, "draft-2027");
 
     // Two departments' values feed one figure.
     for (key, department, n) in [(&samr_key, SAMR, "100"), (&civil_key, CIVIL, "50")] {

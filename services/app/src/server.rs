@@ -201,7 +201,8 @@ pub async fn serve(
                 db.clone(),
                 Arc::clone(&catalog),
                 org.clone(),
-                vec![catalog.version.clone()],
+                // A cycle may pin any loaded rule version; scoring scores its periods by it.
+                versions.versions().into_iter().map(str::to_owned).collect(),
             ));
             review.seed(&city).await?;
             Some(review)
