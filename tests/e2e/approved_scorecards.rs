@@ -6,7 +6,9 @@
 //! indicator's inputs not approved and names the other part; an approved-only scorecard counts
 //! only approved values (exact figures); approving the other approves the inputs, and an
 //! unapproval drops its value from approved-only figures again. QueryAggregates answers the
-//! same selection with each source's approval.
+//! same selection with each source's approval. With every service apart behind a gateway,
+//! scoring reads the cycles from the shared store and approved-only figures from ingestion
+//! over gRPC.
 
 use std::time::{Duration, Instant};
 
@@ -14,10 +16,14 @@ use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::metric_submission_service_client::MetricSubmissionServiceClient as Submissions;
 use citycredit::proto::v1::review_service_client::ReviewServiceClient as Reviews;
 use citycredit::proto::v1::scoring_service_client::ScoringServiceClient as Scoring;
+use citycredit_app::config::ServiceMode;
 use citycredit_tests::ingestion::number_input;
 use citycredit_tests::{
     AuthChannel, Backend, TestServer, both_databases, fresh_schema, use_backend,
 };
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 const METRIC: &str = "uscc.codes_total";
 const INDICATOR: &str = "B02";
@@ -336,6 +342,146 @@ async fn scorecards_name_their_cycle_and_count_approved_values(backend: Backend)
 
 both_databases!(
     scorecards_name_their_cycle_and_count_approved_values,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
+
+/// Waits until `server` reports SERVING.
+async fn serving(server: &TestServer) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = HealthClient::new(server.channel())
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .ok()
+            .map(|r| r.into_inner().status());
+        if status == Some(ServingStatus::Serving) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} never served", server.addr);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The registry (with the review cycle), ingestion and scoring each on a server of its own over
+/// one store, behind a gateway.
+async fn approved_figures_reach_scoring_apart(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let keys = citycredit_tests::make_keys(dir.path());
+    let schema = fresh_schema();
+    let part_of = |mode: ServiceMode| {
+        let (keys, schema) = (keys.clone(), schema.to_owned());
+        move |c: &mut citycredit_app::Config| {
+            citycredit_tests::apart(mode, &keys)(c);
+            use_backend(c, backend, &schema);
+        }
+    };
+    let registry = TestServer::start_in(dir.path(), part_of(ServiceMode::Registry)).await;
+    serving(&registry).await;
+    let ingestion = TestServer::start_in(dir.path(), part_of(ServiceMode::Ingestion)).await;
+    serving(&ingestion).await;
+    let ing_url = format!("http://{}", ingestion.addr);
+    let (ing, scoring_part) = (ing_url.clone(), part_of(ServiceMode::Scoring));
+    let scoring_server = TestServer::start_in(dir.path(), move |c| {
+        scoring_part(c);
+        c.upstreams.ingestion = Some(ing);
+    })
+    .await;
+    let (reg_url, sco_url) = (
+        format!("http://{}", registry.addr),
+        format!("http://{}", scoring_server.addr),
+    );
+    let gateway_part = part_of(ServiceMode::Gateway);
+    let gateway = TestServer::start_in(dir.path(), move |c| {
+        gateway_part(c);
+        c.upstreams.registry = Some(reg_url);
+        c.upstreams.ingestion = Some(ing_url);
+        c.upstreams.scoring = Some(sco_url);
+    })
+    .await;
+    serving(&gateway).await;
+
+    let samr_key = gateway
+        .create_principal("samr-sys", pb::Role::Department, Some(SAMR))
+        .await;
+    let civil_key = gateway
+        .create_principal("civil-sys", pb::Role::Department, Some(CIVIL))
+        .await;
+    let office_key = gateway
+        .create_principal("credit-office-1", pb::Role::CreditOffice, None)
+        .await;
+    // Keys written by the registry reach the gateway within its refresh period.
+    let mut scoring = Scoring::new(gateway.with_key(&office_key));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let card = loop {
+        match scoring
+            .get_scorecard(pb::GetScorecardRequest {
+                region_code: CITY.into(),
+                period: YEAR.into(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(r) => break r.into_inner().scorecard.unwrap_or_default(),
+            Err(e) => assert!(Instant::now() < deadline, "{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(card.cycle_id, SEEDED, "scoring apart reads the cycles");
+    assert_eq!(card.cycle_rule_version, "2019.2");
+    for (key, department, n) in [(&samr_key, SAMR, "100"), (&civil_key, CIVIL, "50")] {
+        let mut c = Submissions::new(gateway.with_key(key));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(e) = c
+            .submit_value(pb::SubmitValueRequest {
+                value: Some(number_input(METRIC, CITY, YEAR, department, n)),
+                ..Default::default()
+            })
+            .await
+        {
+            assert!(Instant::now() < deadline, "{e:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut samr = Reviews::new(gateway.with_key(&samr_key));
+    ok(samr
+        .submit_for_approval(pb::SubmitForApprovalRequest {
+            part: part(SAMR),
+            ..Default::default()
+        })
+        .await);
+    ok(Reviews::new(gateway.with_key(&office_key))
+        .approve(pb::ApproveRequest {
+            part: part(SAMR),
+            ..Default::default()
+        })
+        .await);
+    let approved = scorecard(&mut scoring, YEAR, true).await;
+    assert!(approved.approved_only);
+    assert_eq!(
+        figure(&approved),
+        "100",
+        "over QueryAggregates, approved values only"
+    );
+    assert!(indicator(&approved).inputs_approved);
+    let card = eventually(&mut scoring, "samr approved, apart", |c| {
+        figure(c) == "150" && indicator(c).unapproved_part_count == 1
+    })
+    .await;
+    assert_eq!(
+        holding(indicator(&card)),
+        [(CIVIL.into(), CITY.into(), YEAR.into())]
+    );
+
+    for server in [gateway, scoring_server, ingestion, registry] {
+        let _ = tokio::time::timeout(Duration::from_secs(10), server.stop()).await;
+    }
+}
+
+both_databases!(
+    approved_figures_reach_scoring_apart,
     flavor = "multi_thread",
     worker_threads = 2
 );
