@@ -189,13 +189,22 @@ impl Approvals {
     }
 }
 
-/// The APPROVED parts at `regions` now.
+/// The APPROVED parts at `regions` now that can cover a value reaching `period`: a value
+/// reaching it ends at most 12 months before its end, and a part covers a value inside it or
+/// one it carries forward to, so the part's period lies in `period`'s year or the one before or
+/// after.
 pub async fn approvals(
     db: &citycredit_store::Db,
     regions: &[String],
+    period: &Period,
 ) -> Result<Approvals, sqlx::Error> {
+    let year = period.year();
+    let years: Vec<u16> = [year.checked_sub(1), Some(year), year.checked_add(1)]
+        .into_iter()
+        .flatten()
+        .collect();
     Ok(Approvals::new(
-        crate::store::approved_parts(db, regions).await?,
+        crate::store::approved_parts(db, regions, &years).await?,
     ))
 }
 

@@ -533,7 +533,7 @@ impl Ingestion {
             ))
             .await
             .map_err(|e| IngestError::storage("read current values", &e))?;
-        let approvals = gate::approvals(&self.inner.db, &regions)
+        let approvals = gate::approvals(&self.inner.db, &regions, &asked)
             .instrument(tracing::info_span!(
                 "db.query",
                 db.system = self.inner.db.backend.as_str(),

@@ -689,9 +689,13 @@ pub async fn approved(db: &Db, parts: &[Part]) -> Result<HashSet<Part>, StoreErr
     Ok(out)
 }
 
+/// The most cycles scoring reads (the newest [`SCORED_CYCLES`]): a bound on what it holds and
+/// reads every second; a period only older cycles cover names none.
+pub const SCORED_CYCLES: usize = 1_000;
+
 /// The review state as scoring reads it ([`citycredit::cycles::CycleSource`]), over the shared
-/// database: every cycle's id, pinned rule version, periods and creation time, and the sum of
-/// the sign-offs' revisions (every transition adds one, so it changes with each).
+/// database: the newest cycles' ids, pinned rule versions, periods and creation times, and the
+/// sum of the sign-offs' revisions (every transition adds one, so it changes with each).
 #[derive(Clone, Debug)]
 pub struct CycleReader {
     db: Db,
@@ -703,9 +707,12 @@ impl CycleReader {
     }
 
     async fn read(&self) -> Result<citycredit::cycles::ReviewSnapshot, StoreError> {
+        // The newest cycles only: the latest created covers a period first.
         let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT id, rule_version, periods, create_micros FROM review_cycles ORDER BY id",
+            "SELECT id, rule_version, periods, create_micros FROM review_cycles \
+             ORDER BY create_micros DESC, id DESC LIMIT $1",
         )
+        .bind(i64::try_from(SCORED_CYCLES).unwrap_or(i64::MAX))
         .fetch_all(&self.db.pool)
         .await?;
         let signoff_revision: i64 = sqlx::query_scalar(
