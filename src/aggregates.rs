@@ -36,6 +36,11 @@ pub struct SourceRef {
     pub value: pb::MetricValue,
     /// When the submission was accepted, microseconds since the Unix epoch.
     pub accept_micros: i64,
+    /// The period of the APPROVED sign-off part (this department and region) that covers the
+    /// value, as the write gate covers it: the value's own period, a period containing it, or
+    /// for a LEVEL metric one it carries forward to. None when no approved part covers it, and
+    /// always for a value reported without a department.
+    pub approved_period: Option<String>,
 }
 
 impl SourceRef {
@@ -130,6 +135,20 @@ pub struct Aggregates {
     pub sources: BTreeMap<String, Vec<SourceRef>>,
     /// Metric key -> how values behind its figure reached the period (only metrics with some).
     pub markers: BTreeMap<String, Vec<PeriodMarker>>,
+    /// The figures were aggregated from approved values only ([`Selection::Approved`]).
+    pub approved_only: bool,
+}
+
+/// Which values a figure is aggregated from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Selection {
+    /// Every current (or as-of) value.
+    #[default]
+    All,
+    /// Only values whose part (department, region, period) is covered by an APPROVED sign-off
+    /// now (also when the figures are read as of an earlier instant); values reported without
+    /// a department never are.
+    Approved,
 }
 
 /// "Values changed for (region, period)". Ingestion sends one per affected region: the region
@@ -179,12 +198,14 @@ impl Change {
 /// Where scoring gets its figures.
 pub trait AggregateSource: Send + Sync + 'static {
     /// The figures for `region` (including every region below it) and `period`, as they stood
-    /// at `as_of_micros` (None: now).
+    /// at `as_of_micros` (None: now), from the values `selection` names; each source says
+    /// which approved part covers it.
     fn aggregates<'a>(
         &'a self,
         region: &'a str,
         period: &'a str,
         as_of_micros: Option<i64>,
+        selection: Selection,
     ) -> BoxFuture<'a, Result<Aggregates, SourceError>>;
 
     /// A new subscription to the change feed.

@@ -207,6 +207,7 @@ fn victim_start(addr: SocketAddr, key: &str, callers: usize, seq: Arc<AtomicU64>
                             period: "2026".into(),
                             as_of: None,
                             rule_version: String::new(),
+                            approved_only: false,
                         });
                         req.set_timeout(Duration::from_secs(5));
                         scoring.get_scorecard(req).await.map(|_| ())
@@ -308,6 +309,7 @@ pub async fn run(a: Attacks) {
                 period: "2026".into(),
                 as_of: None,
                 rule_version: String::new(),
+                approved_only: false,
             })
             .await
             .unwrap_or_else(|e| panic!("{e}"))
@@ -604,6 +606,7 @@ pub async fn worker(kind: String, addr: SocketAddr, key: String, seconds: u64, r
                 period: "2026".into(),
                 as_of: None,
                 rule_version: String::new(),
+                approved_only: false,
             };
             for _ in 0..8 {
                 let (key, tally, request) = (key.clone(), Arc::clone(&tally), request.clone());

@@ -621,6 +621,7 @@ async fn scorecards(ing: &Ingestion, catalog: &Arc<Catalog>) {
             period: "2026".into(),
             as_of: None,
             rule_version: String::new(),
+            approved_only: false,
         });
         r.extensions_mut().insert(ops.clone());
         r
@@ -670,6 +671,7 @@ async fn scorecards(ing: &Ingestion, catalog: &Arc<Catalog>) {
         period: "2026".into(),
         as_of: None,
         rule_version: String::new(),
+        approved_only: false,
     });
     r.extensions_mut().insert(ops.clone());
     let t = Instant::now();

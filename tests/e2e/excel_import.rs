@@ -145,6 +145,7 @@ async fn statuses(s: &TestServer, codes: &[&str]) -> Vec<pb::IndicatorStatus> {
             period: PERIOD.into(),
             as_of: None,
             rule_version: String::new(),
+            approved_only: false,
         })
         .await
         .unwrap_or_else(|e| panic!("scorecard: {e}"))

@@ -313,6 +313,7 @@ async fn the_split_topology_answers_through_the_gateway() {
             indicator: "B10".into(),
             as_of: None,
             rule_version: String::new(),
+            approved_only: false,
         })
         .await);
     let result = explain.result.unwrap_or_default();

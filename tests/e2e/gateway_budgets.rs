@@ -90,6 +90,7 @@ async fn victim_succeeds(server: &TestServer, key: &str, i: u64) {
             period: "2026".into(),
             as_of: None,
             rule_version: String::new(),
+            approved_only: false,
         })
         .await
         .unwrap_or_else(|e| panic!("the victim's scorecard was refused: {e:?}"));
@@ -555,6 +556,7 @@ async fn batch_get_scorecards_answers_a_repeated_region_once(backend: Backend) {
             period: "2026".into(),
             as_of: None,
             rule_version: String::new(),
+            approved_only: false,
         })
         .await
         .unwrap_or_else(|e| panic!("{e:?}"))
@@ -569,6 +571,7 @@ async fn batch_get_scorecards_answers_a_repeated_region_once(backend: Backend) {
             period: "2026".into(),
             as_of: None,
             rule_version: String::new(),
+            approved_only: false,
         })
         .await
         .err();

@@ -65,6 +65,7 @@ async fn aggregates(
             region_code: region.to_owned(),
             period: "2026".to_owned(),
             as_of,
+            approved_only: false,
         })
         .await
         .unwrap_or_else(|e| panic!("{}: aggregates: {e}", s.name()))
@@ -616,10 +617,10 @@ async fn roll_up_department_sums_and_domain_union(backend: Backend) {
     );
 
     // The in-process source gives scoring the same figures, exactly.
-    use citycredit::aggregates::AggregateSource;
+    use citycredit::aggregates::{AggregateSource, Selection};
     let agg = s
         .second_process()
-        .aggregates("330800", "2026", None)
+        .aggregates("330800", "2026", None, Selection::All)
         .await
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     assert_eq!(

@@ -128,6 +128,7 @@ async fn aggregate_of(
             region_code: "330800".into(),
             period: "2026".into(),
             as_of,
+            approved_only: false,
         })
         .await
         .unwrap_or_else(|e| panic!("{}: {e}", s.name()))
@@ -154,6 +155,7 @@ async fn scorecard_of(
                 period: "2026".into(),
                 as_of,
                 rule_version: String::new(),
+                approved_only: false,
             })
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", s.name()))

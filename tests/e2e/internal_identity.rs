@@ -236,6 +236,7 @@ async fn a_header_minted_with_scorings_key_is_refused(backend: Backend) {
         region_code: "330800".into(),
         period: "2025".into(),
         as_of: None,
+        approved_only: false,
     };
     let me = Principal {
         id: SCORING_PRINCIPAL.into(),

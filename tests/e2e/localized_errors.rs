@@ -98,6 +98,7 @@ async fn errors_come_in_the_callers_language(backend: Backend) {
                     period: "26".into(),
                     as_of: None,
                     rule_version: String::new(),
+                    approved_only: false,
                 },
                 Some(language),
             ))
@@ -166,6 +167,7 @@ async fn gaps_come_in_the_callers_language(backend: Backend) {
                     period: "2025".into(),
                     as_of: None,
                     rule_version: String::new(),
+                    approved_only: false,
                 },
                 language,
             ))

@@ -170,6 +170,7 @@ async fn current(c: &mut SubmissionClient, region: &str) -> Option<(String, Stri
             region_code: region.into(),
             period: PERIOD.into(),
             as_of: None,
+            approved_only: false,
         })
         .await
         .unwrap_or_else(|e| panic!("aggregates: {e}"))

@@ -45,6 +45,7 @@ async fn scorecard(
             period: "2026".into(),
             as_of: None,
             rule_version: version.into(),
+            approved_only: false,
         })
         .await?
         .into_inner()
@@ -119,6 +120,7 @@ async fn two_versions_score_the_same_values(backend: Backend) {
             indicator: "B06".into(),
             as_of: None,
             rule_version: DRAFT.into(),
+            approved_only: false,
         })
         .await);
     let term = &explained.result.unwrap_or_default().terms[0];
@@ -162,6 +164,7 @@ async fn two_versions_score_the_same_values(backend: Backend) {
             indicator: "B11".into(),
             as_of: None,
             rule_version: String::new(),
+            approved_only: false,
         })
         .await
         .err()

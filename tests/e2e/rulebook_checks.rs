@@ -44,6 +44,7 @@ async fn scorecard(s: &IngestionServer, region: &str, period: &str) -> pb::Score
             period: period.into(),
             as_of: None,
             rule_version: String::new(),
+            approved_only: false,
         })
         .await)
     .scorecard
@@ -287,6 +288,7 @@ async fn the_five_new_metrics_are_accepted_and_their_cross_check_reported(backen
             region_code: city.into(),
             period: p.into(),
             as_of: None,
+            approved_only: false,
         })
         .await);
     let keys: Vec<&str> = agg.metrics.iter().map(|m| m.metric_key.as_str()).collect();
@@ -380,6 +382,7 @@ async fn g13_counts_the_regions_own_units_not_its_counties(backend: Backend) {
             region_code: "330800".into(),
             period: p.into(),
             as_of: None,
+            approved_only: false,
         })
         .await);
     let figure = |key: &str| {

@@ -116,6 +116,7 @@ async fn every_public_golden_case_through_the_server(backend: Backend) {
                 period: period.clone(),
                 as_of: None,
                 rule_version: String::new(),
+                approved_only: false,
             })
             .await)
         .scorecard
@@ -219,6 +220,7 @@ async fn departments_and_counties_roll_up_with_attribution_corrections_and_as_of
         indicator: "indicators/B04".into(),
         as_of: None,
         rule_version: String::new(),
+        approved_only: false,
     };
     let city = ok(scoring.explain_indicator(explain("330800")).await);
     let b04 = city.result.clone().unwrap_or_default();
@@ -305,6 +307,7 @@ async fn departments_and_counties_roll_up_with_attribution_corrections_and_as_of
             period: p.into(),
             as_of: None,
             rule_version: String::new(),
+            approved_only: false,
         })
         .await)
     .scorecards;

@@ -246,6 +246,7 @@ fn rows() -> Vec<Row> {
                 region_code: v,
                 period: "2026".into(),
                 as_of: None,
+                approved_only: false,
             })
         }),
         row("period", "2026", |v| {
@@ -253,6 +254,7 @@ fn rows() -> Vec<Row> {
                 region_code: "330800".into(),
                 period: v,
                 as_of: None,
+                approved_only: false,
             })
         }),
         row("region_code", "330800", |v| {
@@ -296,6 +298,7 @@ fn rows() -> Vec<Row> {
                 period: "2026".into(),
                 as_of: None,
                 rule_version: String::new(),
+                approved_only: false,
             })
         }),
         row("period", "2026", |v| {
@@ -304,6 +307,7 @@ fn rows() -> Vec<Row> {
                 period: v,
                 as_of: None,
                 rule_version: String::new(),
+                approved_only: false,
             })
         }),
         row("region_codes[1]", "330802", |v| {
@@ -312,6 +316,7 @@ fn rows() -> Vec<Row> {
                 period: "2026".into(),
                 as_of: None,
                 rule_version: String::new(),
+                approved_only: false,
             })
         }),
         row("indicator", "indicators/B01", |v| {
@@ -321,6 +326,7 @@ fn rows() -> Vec<Row> {
                 indicator: v,
                 as_of: None,
                 rule_version: String::new(),
+                approved_only: false,
             })
         }),
         row("overrides[0].metric_key", "uscc.codes_total", |v| {

@@ -54,6 +54,7 @@ async fn scorecard(
             period: period.into(),
             as_of,
             rule_version: String::new(),
+            approved_only: false,
         })
         .await)
     .scorecard
@@ -71,6 +72,7 @@ async fn aggregates(
             region_code: region.into(),
             period: period.into(),
             as_of: None,
+            approved_only: false,
         })
         .await)
 }
@@ -183,6 +185,7 @@ async fn flow_months_roll_up_into_quarters_and_the_year(backend: Backend) {
             indicator: "B05".into(),
             as_of: None,
             rule_version: String::new(),
+            approved_only: false,
         })
         .await)
     .result

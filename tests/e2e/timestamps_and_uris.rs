@@ -39,6 +39,7 @@ async fn timestamps_beyond_year_9999_are_refused_not_echoed(backend: Backend) {
                     region_code: "330800".into(),
                     period: "2026".into(),
                     as_of: Some(bad),
+                    approved_only: false,
                 })
                 .await
                 .map(drop),
@@ -69,6 +70,7 @@ async fn timestamps_beyond_year_9999_are_refused_not_echoed(backend: Backend) {
                         period: "2026".into(),
                         as_of: Some(bad),
                         rule_version: String::new(),
+                        approved_only: false,
                     })
                     .await
                     .map(drop),
@@ -81,6 +83,7 @@ async fn timestamps_beyond_year_9999_are_refused_not_echoed(backend: Backend) {
                         period: "2026".into(),
                         as_of: Some(bad),
                         rule_version: String::new(),
+                        approved_only: false,
                     })
                     .await
                     .map(drop),
@@ -94,6 +97,7 @@ async fn timestamps_beyond_year_9999_are_refused_not_echoed(backend: Backend) {
                         indicator: "indicators/B01".into(),
                         as_of: Some(bad),
                         rule_version: String::new(),
+                        approved_only: false,
                     })
                     .await
                     .map(drop),
@@ -128,6 +132,7 @@ async fn timestamps_beyond_year_9999_are_refused_not_echoed(backend: Backend) {
             region_code: "330800".into(),
             period: "2026".into(),
             as_of: Some(good),
+            approved_only: false,
         })
         .await
         .unwrap_or_else(|e| panic!("{name}: {good:?}: {e}"));

@@ -25,6 +25,7 @@ async fn a_trace_id_sent_in_traceparent_appears_in_the_services_spans() {
         period: "2019".into(),
         as_of: None,
         rule_version: String::new(),
+        approved_only: false,
     });
     req.metadata_mut().insert(
         "traceparent",

@@ -486,6 +486,7 @@ async fn the_pages_on_the_grpc_port(backend: Backend) {
             period: "2026".into(),
             as_of: None,
             rule_version: String::new(),
+            approved_only: false,
         })
         .await
         .unwrap_or_else(|e| panic!("gRPC on the pages' port: {e}"))

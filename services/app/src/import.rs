@@ -668,6 +668,7 @@ async fn current_values(
                 region_code: region.to_owned(),
                 period: period.to_owned(),
                 as_of: None,
+                approved_only: false,
             })
             .await
             .map_err(|s| server(&s))?

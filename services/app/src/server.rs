@@ -37,6 +37,7 @@ use citycredit_core::city::City;
 use citycredit_ingestion::{Ingestion, IngestionOptions, WriterConfig};
 use citycredit_registry::{Registry, RegistryApi};
 use citycredit_review::Review;
+use citycredit_review::store::CycleReader;
 use citycredit_scoring::{IndicatorApi, RemoteAggregates, ScoringApi};
 use citycredit_store::{Db, StoreError};
 
@@ -200,7 +201,8 @@ pub async fn serve(
                 db.clone(),
                 Arc::clone(&catalog),
                 org.clone(),
-                vec![catalog.version.clone()],
+                // A cycle may pin any loaded rule version; scoring scores its periods by it.
+                versions.versions().into_iter().map(str::to_owned).collect(),
             ));
             review.seed(&city).await?;
             Some(review)
@@ -250,6 +252,7 @@ pub async fn serve(
                 Arc::new(ingestion.clone()),
             )
             .with_rule_versions(Arc::clone(&versions))
+            .with_cycles(Arc::new(CycleReader::new(db.clone())))
             .with_credentials(
                 Arc::clone(&registry) as Arc<dyn citycredit_core::auth::CredentialCheck>
             );
@@ -374,6 +377,8 @@ pub async fn serve(
             let changes = citycredit::aggregates::AggregateSource::changes(&*source);
             let scoring = ScoringApi::new(Arc::clone(&catalog), org.clone(), source)
                 .with_rule_versions(Arc::clone(&versions))
+                // Scoring apart reads the cycles from the shared database too.
+                .with_cycles(Arc::new(CycleReader::new(db.clone())))
                 .with_credentials(
                     Arc::clone(&registry) as Arc<dyn citycredit_core::auth::CredentialCheck>
                 );

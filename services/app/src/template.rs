@@ -238,6 +238,7 @@ async fn rows_of(
                 region_code: region.clone(),
                 period: opts.period.clone(),
                 as_of: None,
+                approved_only: false,
             })
             .await
             .map_err(|s| server(&s))?

@@ -12,16 +12,22 @@
 //! (`citycredit_core::rollup`: its own value, else a FLOW sum of sub-periods, else a LEVEL value
 //! carried forward), and keys whose value came by a partial sum or from an earlier period are
 //! marked on the figure they feed.
+//!
+//! Each value is looked up among the APPROVED sign-off parts ([`Approvals`], the write gate's
+//! reach): its source says which part covers it, and approved-only figures
+//! ([`Selection::Approved`]) drop every value that no approved part covers before anything is
+//! rolled up or added.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use citycredit::aggregates::{Aggregates, MarkerKind, PeriodMarker, SourceRef};
+use citycredit::aggregates::{Aggregates, MarkerKind, PeriodMarker, Selection, SourceRef};
 use citycredit_core::catalog::{AggregationScope, Catalog, MetricKind, TimeClass};
 use citycredit_core::numbers::Num;
 use citycredit_core::period::Period;
 use citycredit_core::rollup::{self, Candidate, Reach};
 use citycredit_core::rules::{TaskStatus, Values};
 
+use crate::gate::Approvals;
 use crate::store::VersionRow;
 use crate::validation::wire_value;
 
@@ -103,14 +109,24 @@ fn roll_up(
     (out, markers)
 }
 
+/// The approved part covering a stored value, as its period's text.
+fn approved_period(approvals: &Approvals, class: TimeClass, r: &VersionRow) -> Option<String> {
+    let period = r.period.parse::<Period>().ok()?;
+    approvals
+        .covering(&r.department, &r.region, &period, class)
+        .map(|p| p.to_string())
+}
+
 /// Aggregates `rows` (versions at `region` and below, for every period that reaches `period`,
-/// as of one instant).
+/// as of one instant), from the values `selection` names among them.
 pub fn aggregate(
     catalog: &Catalog,
     region: &str,
     period: &Period,
     as_of_micros: i64,
     rows: Vec<VersionRow>,
+    approvals: &Approvals,
+    selection: Selection,
 ) -> Aggregates {
     let mut by_metric: BTreeMap<String, Vec<VersionRow>> = BTreeMap::new();
     for r in rows {
@@ -125,6 +141,9 @@ pub fn aggregate(
         };
         if m.scope() == AggregationScope::Region {
             rows.retain(|r| r.region == region);
+        }
+        if selection == Selection::Approved {
+            rows.retain(|r| approved_period(approvals, m.time, r).is_some());
         }
         let (mut rows, key_markers) = roll_up(period, m.time, rows);
         if rows.is_empty() {
@@ -212,6 +231,7 @@ pub fn aggregate(
                 period: r.period.clone(),
                 value: wire_value(Some(m.kind), &r.value).unwrap_or_default(),
                 accept_micros: r.accepted_micros,
+                approved_period: approved_period(approvals, m.time, r),
             })
             .collect();
         refs.sort_by_key(|s| s.submission_id);
@@ -224,5 +244,81 @@ pub fn aggregate(
         values,
         sources,
         markers,
+        approved_only: selection == Selection::Approved,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, metric: &str, department: &str, period: &str, value: &str) -> VersionRow {
+        VersionRow {
+            submission_id: id,
+            metric: metric.into(),
+            region: "330800".into(),
+            period: period.into(),
+            department: department.into(),
+            domain: String::new(),
+            task_id: String::new(),
+            value: value.into(),
+            accepted_micros: id,
+        }
+    }
+
+    fn figures(selection: Selection) -> Aggregates {
+        let catalog = Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
+        let approvals = Approvals::new([("samr".into(), "330800".into(), "2026".into())]);
+        let rows = vec![
+            row(1, "uscc.codes_total", "samr", "2026", "100"),
+            row(2, "uscc.codes_total", "civil-affairs", "2026", "50"),
+            row(3, "uscc.codes_total", "", "2026", "7"),
+            // FLOW months: samr's are covered by its approved year.
+            row(4, "double_publicity.licenses_total", "samr", "2026-01", "3"),
+            row(5, "double_publicity.licenses_total", "tax", "2026-02", "4"),
+        ];
+        let period: Period = "2026".parse().unwrap_or_else(|e| panic!("{e:?}"));
+        aggregate(&catalog, "330800", &period, 9, rows, &approvals, selection)
+    }
+
+    fn number(a: &Aggregates, metric: &str) -> Option<String> {
+        match a.values.get(metric) {
+            Some(citycredit_core::rules::Figure::Number(n)) => Some(n.to_plain()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn every_value_counts_and_each_source_names_its_approved_part() {
+        let a = figures(Selection::All);
+        assert!(!a.approved_only);
+        assert_eq!(number(&a, "uscc.codes_total").as_deref(), Some("157"));
+        assert_eq!(
+            number(&a, "double_publicity.licenses_total").as_deref(),
+            Some("7")
+        );
+        let approved: Vec<(u64, Option<&str>)> = a.sources["uscc.codes_total"]
+            .iter()
+            .map(|s| (s.submission_id, s.approved_period.as_deref()))
+            .collect();
+        assert_eq!(approved, [(1, Some("2026")), (2, None), (3, None)]);
+    }
+
+    #[test]
+    fn approved_only_figures_add_up_approved_values_alone() {
+        let a = figures(Selection::Approved);
+        assert!(a.approved_only);
+        assert_eq!(number(&a, "uscc.codes_total").as_deref(), Some("100"));
+        assert_eq!(
+            number(&a, "double_publicity.licenses_total").as_deref(),
+            Some("3")
+        );
+        let ids: Vec<u64> = a
+            .sources
+            .values()
+            .flatten()
+            .map(|s| s.submission_id)
+            .collect();
+        assert_eq!(ids, [4, 1]);
     }
 }

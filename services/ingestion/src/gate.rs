@@ -5,6 +5,11 @@
 //! region, period) lets one write through before it expires. The decision is pure
 //! (`citycredit_core::review::Gate`); this module reads its inputs and marks exceptions used.
 //!
+//! Aggregation asks the same question the other way round ([`Approvals`]): which APPROVED part
+//! covers a stored value, by the same reach ([`write_reaches`]) that makes an approved part
+//! refuse the write: a value is approved exactly when its write would be refused as
+//! `PERIOD_APPROVED`.
+//!
 //! The writer reads the gate inside its transaction, with one query per attempt for every
 //! department of the group ([`load`]), after `chain_head` is locked: the review service's
 //! transitions lock the same row (SQLite: both hold the write lock), so no write commits between
@@ -15,7 +20,7 @@ use std::collections::HashMap;
 use citycredit_core::catalog::{Catalog, TimeClass};
 use citycredit_core::period::Period;
 use citycredit_core::review::{
-    Exception, Gate, GateDeadline, Lock, Refusal, SignOffState, Verdict, WriteTarget,
+    Exception, Gate, GateDeadline, Lock, Refusal, SignOffState, Verdict, WriteTarget, write_reaches,
 };
 
 use crate::error::{IngestError, LockRefusal};
@@ -140,6 +145,69 @@ pub async fn load(
     Ok(Gate::new(locks, deadlines, exceptions))
 }
 
+/// The APPROVED parts of some departments and regions, for aggregation: which part covers a
+/// value.
+#[derive(Clone, Debug, Default)]
+pub struct Approvals(HashMap<(String, String), Vec<Period>>);
+
+impl Approvals {
+    /// From (department, region, period) rows of APPROVED sign-offs; unparsable periods are
+    /// skipped (periods are validated where they are written).
+    pub fn new(parts: impl IntoIterator<Item = (String, String, String)>) -> Approvals {
+        let mut out: HashMap<(String, String), Vec<Period>> = HashMap::new();
+        for (department, region, period) in parts {
+            if let Ok(p) = period.parse::<Period>() {
+                out.entry((department, region)).or_default().push(p);
+            }
+        }
+        for periods in out.values_mut() {
+            periods.sort();
+            periods.dedup();
+        }
+        Approvals(out)
+    }
+
+    /// The smallest APPROVED period of (department, region) that covers a value reported for
+    /// `period` of a metric of `class` (the gate's reach: the same period, one containing it,
+    /// or for LEVEL one it carries forward to). None without a department.
+    pub fn covering(
+        &self,
+        department: &str,
+        region: &str,
+        period: &Period,
+        class: TimeClass,
+    ) -> Option<Period> {
+        if department.is_empty() {
+            return None;
+        }
+        self.0
+            .get(&(department.to_owned(), region.to_owned()))?
+            .iter()
+            .filter(|locked| write_reaches(period, locked, class))
+            .min_by_key(|p| (p.end_month_index() - p.start_month_index(), **p))
+            .copied()
+    }
+}
+
+/// The APPROVED parts at `regions` now that can cover a value reaching `period`: a value
+/// reaching it ends at most 12 months before its end, and a part covers a value inside it or
+/// one it carries forward to, so the part's period lies in `period`'s year or the one before or
+/// after.
+pub async fn approvals(
+    db: &citycredit_store::Db,
+    regions: &[String],
+    period: &Period,
+) -> Result<Approvals, sqlx::Error> {
+    let year = period.year();
+    let years: Vec<u16> = [year.checked_sub(1), Some(year), year.checked_add(1)]
+        .into_iter()
+        .flatten()
+        .collect();
+    Ok(Approvals::new(
+        crate::store::approved_parts(db, regions, &years).await?,
+    ))
+}
+
 /// What one value is, for the gate.
 pub struct Target<'a> {
     pub department: &'a str,
@@ -226,4 +294,76 @@ pub async fn mark_used(
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Period {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e:?}"))
+    }
+
+    fn approvals() -> Approvals {
+        Approvals::new([
+            ("samr".into(), "330800".into(), "2026".into()),
+            ("samr".into(), "330800".into(), "2026-Q1".into()),
+            ("tax".into(), "330802".into(), "2026-03".into()),
+        ])
+    }
+
+    #[test]
+    fn an_approved_part_covers_what_it_would_refuse_to_write() {
+        let a = approvals();
+        // Its own period, and the periods inside it: the smallest approved one is named.
+        for class in [TimeClass::Flow, TimeClass::Level] {
+            assert_eq!(
+                a.covering("samr", "330800", &p("2026"), class),
+                Some(p("2026"))
+            );
+            assert_eq!(
+                a.covering("samr", "330800", &p("2026-02"), class),
+                Some(p("2026-Q1"))
+            );
+            assert_eq!(
+                a.covering("samr", "330800", &p("2026-08"), class),
+                Some(p("2026"))
+            );
+            assert_eq!(
+                a.covering("tax", "330802", &p("2026-03"), class),
+                Some(p("2026-03"))
+            );
+        }
+        // A LEVEL value carried forward into an approved period is covered; a FLOW one is not.
+        assert_eq!(
+            a.covering("samr", "330800", &p("2025-12"), TimeClass::Level),
+            Some(p("2026-Q1"))
+        );
+        assert_eq!(
+            a.covering("samr", "330800", &p("2025-12"), TimeClass::Flow),
+            None
+        );
+    }
+
+    #[test]
+    fn other_parts_and_values_without_a_department_are_not_covered() {
+        let a = approvals();
+        let level = TimeClass::Level;
+        assert_eq!(a.covering("samr", "330802", &p("2026"), level), None);
+        assert_eq!(a.covering("tax", "330800", &p("2026"), level), None);
+        // A quarter is not inside its last month; its LEVEL value carries forward to it.
+        assert_eq!(
+            a.covering("tax", "330802", &p("2026-Q1"), TimeClass::Flow),
+            None
+        );
+        assert_eq!(
+            a.covering("tax", "330802", &p("2026-Q1"), level),
+            Some(p("2026-03"))
+        );
+        assert_eq!(a.covering("", "330800", &p("2026"), level), None);
+        assert_eq!(
+            a.covering("civil-affairs", "330800", &p("2026"), level),
+            None
+        );
+    }
 }

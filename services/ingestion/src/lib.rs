@@ -28,7 +28,7 @@ use tracing::Instrument;
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
-use citycredit::aggregates::{AggregateSource, Aggregates, Change};
+use citycredit::aggregates::{AggregateSource, Aggregates, Change, Selection};
 use citycredit::org::OrgView;
 use citycredit::proto::v1 as pb;
 use citycredit::status::Violation;
@@ -495,12 +495,26 @@ impl Ingestion {
             .ok_or_else(|| IngestError::NotFound(format!("submissions/{id}")))
     }
 
-    /// The figures for `region` and `period` (validated by the caller).
+    /// The figures for `region` and `period` (validated by the caller), from every value.
     pub async fn aggregates_of(
         &self,
         region: &str,
         period: &str,
         as_of: Option<i64>,
+    ) -> Result<Aggregates, IngestError> {
+        self.aggregates_selected(region, period, as_of, Selection::All)
+            .await
+    }
+
+    /// The figures for `region` and `period` (validated by the caller), from the values
+    /// `selection` names, each source with the approved part that covers it (sign-offs as
+    /// they stand now).
+    pub async fn aggregates_selected(
+        &self,
+        region: &str,
+        period: &str,
+        as_of: Option<i64>,
+        selection: Selection,
     ) -> Result<Aggregates, IngestError> {
         let regions = self.inner.org.borrow().subtree(region);
         let at = as_of.unwrap_or_else(now_micros);
@@ -519,12 +533,23 @@ impl Ingestion {
             ))
             .await
             .map_err(|e| IngestError::storage("read current values", &e))?;
+        let approvals = gate::approvals(&self.inner.db, &regions, &asked)
+            .instrument(tracing::info_span!(
+                "db.query",
+                db.system = self.inner.db.backend.as_str(),
+                db.operation = "select review_signoffs",
+                regions = regions.len(),
+            ))
+            .await
+            .map_err(|e| IngestError::storage("read sign-offs", &e))?;
         Ok(aggregation::aggregate(
             &self.inner.catalog,
             region,
             &asked,
             at,
             rows,
+            &approvals,
+            selection,
         ))
     }
 
@@ -607,12 +632,13 @@ impl AggregateSource for Ingestion {
         region: &'a str,
         period: &'a str,
         as_of_micros: Option<i64>,
+        selection: Selection,
     ) -> BoxFuture<'a, Result<Aggregates, SourceError>> {
         Box::pin(async move {
             let period = self
                 .check_region_period(region, period)
                 .map_err(source_error)?;
-            self.aggregates_of(region, &period, as_of_micros)
+            self.aggregates_selected(region, &period, as_of_micros, selection)
                 .await
                 .map_err(source_error)
         })

@@ -971,6 +971,36 @@ pub async fn versions(
     numbered_as(&mut qb)?.fetch_all(&db.pool).await
 }
 
+/// (department, region, period) of every APPROVED sign-off at `regions` for a period of one
+/// of `years` (the review service's table; read for approved-only figures and each source's
+/// approval: a part that can cover a value reaching period P lies in P's year, the year before
+/// or the year after).
+pub async fn approved_parts(
+    db: &Db,
+    regions: &[String],
+    years: &[u16],
+) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    if regions.is_empty() || years.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut qb = QueryBuilder::<Any>::new(
+        "SELECT department_code, region, period FROM review_signoffs \
+         WHERE state = 'APPROVED' AND region IN (",
+    );
+    let mut list = qb.separated(", ");
+    for r in regions {
+        list.push_bind(r.as_str());
+    }
+    list.push_unseparated(") AND (");
+    let mut any = qb.separated(" OR ");
+    for y in years {
+        any.push("period LIKE ")
+            .push_bind_unseparated(format!("{y:04}%"));
+    }
+    any.push_unseparated(")");
+    numbered_as(&mut qb)?.fetch_all(&db.pool).await
+}
+
 /// The value key's columns in the order both verification streams sort by, compared byte by
 /// byte as Rust compares strings (SQLite's default BINARY collation; `C` on PostgreSQL), so the
 /// two streams can be merged in Rust. A literal for `concat!`, per database.

@@ -9,7 +9,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status, Streaming};
 
-use citycredit::aggregates::{PeriodMarker, SourceRef};
+use citycredit::aggregates::{PeriodMarker, Selection, SourceRef};
 use citycredit::auth::{authorize, caller};
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::metric_submission_service_server::MetricSubmissionService;
@@ -512,9 +512,14 @@ impl MetricSubmissionService for SubmissionApi {
             }
             Err(e) => return Err(e.into()),
         };
+        let selection = if req.approved_only {
+            Selection::Approved
+        } else {
+            Selection::All
+        };
         let agg = self
             .ing
-            .aggregates_of(&req.region_code, &period, as_of)
+            .aggregates_selected(&req.region_code, &period, as_of, selection)
             .await?;
         let mut metrics = Vec::new();
         for m in &self.ing.catalog().metrics {
@@ -556,13 +561,17 @@ impl MetricSubmissionService for SubmissionApi {
                         .collect();
                 }
             }
-            out.sources = agg
-                .sources
-                .get(&m.key)
-                .into_iter()
-                .flatten()
-                .map(SourceRef::wire)
+            let sources = agg.sources.get(&m.key).into_iter().flatten();
+            out.approvals = sources
+                .clone()
+                .filter_map(|s| {
+                    Some(pb::SourceApproval {
+                        submission: format!("submissions/{}", s.submission_id),
+                        approved_period: s.approved_period.clone()?,
+                    })
+                })
                 .collect();
+            out.sources = sources.map(SourceRef::wire).collect();
             out.markers = agg
                 .markers
                 .get(&m.key)
@@ -577,6 +586,7 @@ impl MetricSubmissionService for SubmissionApi {
             period: agg.period,
             metrics,
             as_of: Some(timestamp(agg.as_of_micros)),
+            approved_only: agg.approved_only,
         }))
     }
 

@@ -11,7 +11,6 @@ pub mod service;
 pub mod store;
 pub mod timeliness;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use citycredit::org::OrgView;
@@ -57,12 +56,6 @@ impl Review {
             );
         }
         Ok(seeded)
-    }
-
-    /// Which of `parts` (department, region, period) are APPROVED now: for a scorecard that says
-    /// whether an indicator's inputs are approved.
-    pub async fn approved(&self, parts: &[Part]) -> Result<HashSet<Part>, StoreError> {
-        store::approved(&self.db, parts).await
     }
 
     /// The gRPC service.

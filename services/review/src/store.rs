@@ -651,44 +651,6 @@ pub async fn grant_exception(db: &Db, x: &LockExceptionRow) -> Result<(), StoreE
     Ok(())
 }
 
-/// Which of `parts` are APPROVED now.
-pub async fn approved(db: &Db, parts: &[Part]) -> Result<HashSet<Part>, StoreError> {
-    let departments: Vec<String> = {
-        let mut d: Vec<String> = parts.iter().map(|p| p.department.clone()).collect();
-        d.sort();
-        d.dedup();
-        d
-    };
-    if departments.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let mut qb: QueryBuilder<Any> = QueryBuilder::new(
-        "SELECT department_code, region, period FROM review_signoffs \
-         WHERE state = 'APPROVED' AND department_code IN (",
-    );
-    let mut sep = qb.separated(", ");
-    for d in &departments {
-        sep.push_bind(d.clone());
-    }
-    qb.push(")");
-    let wanted: HashSet<&Part> = parts.iter().collect();
-    let rows = numbered(&mut qb)?.fetch_all(&db.pool).await?;
-    let mut out = HashSet::new();
-    for row in rows {
-        let (department, region, period): (String, String, String) =
-            <(String, String, String) as sqlx::FromRow<'_, sqlx::any::AnyRow>>::from_row(&row)?;
-        let p = Part {
-            department,
-            region,
-            period,
-        };
-        if wanted.contains(&p) {
-            out.insert(p);
-        }
-    }
-    Ok(out)
-}
-
 /// One entry of a cycle's history as stored.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct CycleEventRow {
@@ -743,4 +705,75 @@ pub async fn returns(db: &Db, periods: &[String]) -> Result<Vec<(String, i64)>, 
     rows.iter()
         .map(|r| Ok(<(String, i64) as sqlx::FromRow<'_, sqlx::any::AnyRow>>::from_row(r)?))
         .collect()
+}
+
+/// The most cycles scoring reads (the newest [`SCORED_CYCLES`]): a bound on what it holds and
+/// reads every second; a period only older cycles cover names none.
+pub const SCORED_CYCLES: usize = 1_000;
+
+/// The review state as scoring reads it ([`citycredit::cycles::CycleSource`]), over the shared
+/// database: the newest cycles' ids, pinned rule versions, periods and creation times, and the
+/// sum of the sign-offs' revisions (every transition adds one, so it changes with each).
+#[derive(Clone, Debug)]
+pub struct CycleReader {
+    db: Db,
+}
+
+impl CycleReader {
+    pub fn new(db: Db) -> CycleReader {
+        CycleReader { db }
+    }
+
+    async fn read(&self) -> Result<citycredit::cycles::ReviewSnapshot, StoreError> {
+        // The newest cycles only: the latest created covers a period first.
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT id, rule_version, periods, create_micros FROM review_cycles \
+             ORDER BY create_micros DESC, id DESC LIMIT $1",
+        )
+        .bind(i64::try_from(SCORED_CYCLES).unwrap_or(i64::MAX))
+        .fetch_all(&self.db.pool)
+        .await?;
+        let signoff_revision: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(revision), 0) AS BIGINT) FROM review_signoffs",
+        )
+        .fetch_one(&self.db.pool)
+        .await?;
+        let cycles = rows
+            .into_iter()
+            .map(
+                |(id, rule_version, periods, create_micros)| citycredit::cycles::CycleInfo {
+                    id,
+                    rule_version,
+                    periods: periods
+                        .lines()
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    create_micros,
+                },
+            )
+            .collect();
+        Ok(citycredit::cycles::ReviewSnapshot {
+            cycles,
+            signoff_revision,
+        })
+    }
+}
+
+impl citycredit::cycles::CycleSource for CycleReader {
+    fn snapshot(
+        &self,
+    ) -> citycredit_core::BoxFuture<
+        '_,
+        Result<citycredit::cycles::ReviewSnapshot, citycredit_core::source::SourceError>,
+    > {
+        Box::pin(async move {
+            self.read()
+                .await
+                .map_err(|e| citycredit_core::source::SourceError::Internal {
+                    context: "read review cycles".to_owned(),
+                    detail: e.to_string(),
+                })
+        })
+    }
 }

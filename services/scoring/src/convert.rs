@@ -2,6 +2,7 @@
 //! are written with `Num::rounded` (scores to 2 fraction digits, ratios to 6: `Precision`),
 //! inputs and thresholds exactly (`Num::to_plain`).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tonic::Code;
@@ -96,8 +97,63 @@ fn step(s: &Option<rules::Step>) -> Option<pb::ScoreStep> {
     })
 }
 
+/// The most parts an indicator lists as holding its approval back.
+pub const MAX_UNAPPROVED_PARTS: usize = 20;
+
+/// Whether an indicator's inputs are approved: true when it has at least one submission behind
+/// its inputs and an APPROVED part covers every one. With it, the parts holding it back (each
+/// department and region with a submission not covered, with `part_period`: the period whose
+/// sign-off covers them), sorted, at most [`MAX_UNAPPROVED_PARTS`], and how many there are.
+pub fn approval(
+    r: &rules::IndicatorResult,
+    aggregates: &Aggregates,
+    part_period: &str,
+) -> (bool, Vec<pb::SignOffPart>, u32) {
+    let mut any = false;
+    let mut holding: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let metrics: BTreeSet<&str> = r.inputs.iter().map(|i| i.metric.as_str()).collect();
+    for s in metrics
+        .into_iter()
+        .filter_map(|m| aggregates.sources.get(m))
+        .flatten()
+    {
+        any = true;
+        if s.approved_period.is_none() {
+            holding.insert((&s.department, &s.region));
+        }
+    }
+    let count = u32::try_from(holding.len()).unwrap_or(u32::MAX);
+    let parts = holding
+        .into_iter()
+        .take(MAX_UNAPPROVED_PARTS)
+        .map(|(department, region)| pb::SignOffPart {
+            department_code: department.to_owned(),
+            region_code: region.to_owned(),
+            period: part_period.to_owned(),
+        })
+        .collect();
+    (any && count == 0, parts, count)
+}
+
+/// One indicator's result, with the scorecard's own period as the sign-off period of the parts
+/// holding its approval back.
 pub fn indicator(r: &rules::IndicatorResult, aggregates: &Aggregates) -> pb::IndicatorResult {
+    indicator_in(r, aggregates, &aggregates.period)
+}
+
+/// One indicator's result; `part_period` is the sign-off period that covers its inputs (see
+/// [`approval`]).
+pub fn indicator_in(
+    r: &rules::IndicatorResult,
+    aggregates: &Aggregates,
+    part_period: &str,
+) -> pb::IndicatorResult {
+    let (inputs_approved, unapproved_parts, unapproved_part_count) =
+        approval(r, aggregates, part_period);
     pb::IndicatorResult {
+        inputs_approved,
+        unapproved_parts,
+        unapproved_part_count,
         code: r.code.clone(),
         kind: indicator_kind(r.kind) as i32,
         status: status(r.status) as i32,
@@ -148,7 +204,19 @@ pub fn indicator(r: &rules::IndicatorResult, aggregates: &Aggregates) -> pb::Ind
     }
 }
 
+/// A scorecard, with its own period as the sign-off period of the parts holding approvals
+/// back.
 pub fn scorecard(card: &rules::Scorecard, aggregates: &Aggregates) -> pb::Scorecard {
+    scorecard_in(card, aggregates, &aggregates.period)
+}
+
+/// A scorecard; `part_period` is the sign-off period that covers its inputs (see [`approval`]).
+/// The cycle fields are left for the caller.
+pub fn scorecard_in(
+    card: &rules::Scorecard,
+    aggregates: &Aggregates,
+    part_period: &str,
+) -> pb::Scorecard {
     pb::Scorecard {
         region_code: aggregates.region.clone(),
         period: aggregates.period.clone(),
@@ -160,7 +228,7 @@ pub fn scorecard(card: &rules::Scorecard, aggregates: &Aggregates) -> pb::Scorec
         indicators: card
             .indicators
             .iter()
-            .map(|r| indicator(r, aggregates))
+            .map(|r| indicator_in(r, aggregates, part_period))
             .collect(),
         items: card
             .items
@@ -213,6 +281,8 @@ pub fn scorecard(card: &rules::Scorecard, aggregates: &Aggregates) -> pb::Scorec
             .collect(),
         catalog_version: card.catalog_version.clone(),
         as_of: Some(timestamp(aggregates.as_of_micros)),
+        approved_only: aggregates.approved_only,
+        ..Default::default()
     }
 }
 

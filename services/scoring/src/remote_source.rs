@@ -12,7 +12,9 @@ use tokio::sync::broadcast;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use citycredit::aggregates::{AggregateSource, Aggregates, Change, PeriodMarker, SourceRef};
+use citycredit::aggregates::{
+    AggregateSource, Aggregates, Change, PeriodMarker, Selection, SourceRef,
+};
 use citycredit::auth::identity::{
     Audience, BodyBinding, HEADER, IdentitySigner, SCORING_PRINCIPAL,
 };
@@ -156,6 +158,7 @@ impl RemoteAggregates {
             region: resp.region_code.clone(),
             period: resp.period.clone(),
             as_of_micros: resp.as_of.as_ref().map_or(0, convert::micros),
+            approved_only: resp.approved_only,
             ..Default::default()
         };
         use pb::metric_value::Value;
@@ -185,10 +188,16 @@ impl RemoteAggregates {
             if let Some(f) = figure {
                 values.set(m.metric_key.clone(), f);
             }
+            let approved: std::collections::HashMap<String, String> = m
+                .approvals
+                .into_iter()
+                .map(|a| (a.submission, a.approved_period))
+                .collect();
             let sources = m
                 .sources
                 .into_iter()
                 .map(|s| SourceRef {
+                    approved_period: approved.get(&s.submission).cloned(),
                     submission_id: s
                         .submission
                         .rsplit('/')
@@ -225,6 +234,7 @@ impl AggregateSource for RemoteAggregates {
         region: &'a str,
         period: &'a str,
         as_of_micros: Option<i64>,
+        selection: Selection,
     ) -> BoxFuture<'a, Result<Aggregates, SourceError>> {
         Box::pin(async move {
             let read = async {
@@ -234,6 +244,7 @@ impl AggregateSource for RemoteAggregates {
                         region_code: region.to_owned(),
                         period: period.to_owned(),
                         as_of: as_of_micros.map(convert::timestamp),
+                        approved_only: selection == Selection::Approved,
                     },
                     "/citycredit.v1.MetricSubmissionService/QueryAggregates",
                 )?;

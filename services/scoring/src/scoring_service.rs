@@ -2,6 +2,13 @@
 //! aggregates (never from history), cached per (region, period) and invalidated by the change
 //! feed; explanations, what-ifs, watches, county rankings, department worklists and
 //! completeness reports.
+//!
+//! Scorecards name the evaluation cycle covering their period and score by the rule version it
+//! pins when the caller names none ([`ScoringApi::with_cycles`]). The review state (cycles and
+//! a sign-off fingerprint) is read every [`REVIEW_REFRESH`]; when it changed, every cached
+//! scorecard is dropped and watches recompute, so a new cycle, an approval or an unapproval
+//! reaches scorecards within that interval plus one read. Approved-only scorecards are computed
+//! afresh for every call and never cached.
 
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
@@ -13,8 +20,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use citycredit::aggregates::{AggregateSource, Aggregates, Change};
+use citycredit::aggregates::{AggregateSource, Aggregates, Change, Selection};
 use citycredit::auth::authorize;
+use citycredit::cycles::{CycleSource, ReviewSnapshot};
 use citycredit::localize::Locale;
 use citycredit::org::OrgView;
 use citycredit::proto::v1 as pb;
@@ -33,11 +41,47 @@ use crate::error::ScoringError;
 use crate::indicator_service::responsible_parties;
 use crate::wording;
 
+/// What the review cycle says of a scorecard's period.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CycleMark {
+    /// The covering cycle ("" when none).
+    pub cycle_id: String,
+    /// The rule version it pins ("" when none).
+    pub cycle_rule_version: String,
+    /// The sign-off period that covers the scorecard's inputs: the smallest period of the cycle
+    /// containing the scorecard's, else the scorecard's own.
+    pub part_period: String,
+}
+
+impl CycleMark {
+    /// The mark of `period` in `snapshot`.
+    pub fn of(snapshot: &ReviewSnapshot, period: &str) -> CycleMark {
+        let Some(cycle) = snapshot.covering(period) else {
+            return CycleMark {
+                part_period: period.to_owned(),
+                ..CycleMark::default()
+            };
+        };
+        let part_period = period
+            .parse::<Period>()
+            .ok()
+            .and_then(|p| cycle.containing_period(&p))
+            .map_or_else(|| period.to_owned(), |p| p.to_string());
+        CycleMark {
+            cycle_id: cycle.id.clone(),
+            cycle_rule_version: cycle.rule_version.clone(),
+            part_period,
+        }
+    }
+}
+
 /// A computed scorecard with the figures it came from.
 #[derive(Debug)]
 pub struct Scored {
     pub card: Scorecard,
     pub aggregates: Aggregates,
+    /// The cycle covering its period.
+    pub mark: CycleMark,
     /// The wire form, built once per language on first use (a cached scorecard is then a
     /// clone), its rules, gaps and steps in that language (`wording`).
     wire: std::sync::OnceLock<pb::Scorecard>,
@@ -46,9 +90,19 @@ pub struct Scored {
 
 impl Scored {
     pub fn new(card: Scorecard, aggregates: Aggregates) -> Scored {
+        let mark = CycleMark {
+            part_period: aggregates.period.clone(),
+            ..CycleMark::default()
+        };
+        Scored::marked(card, aggregates, mark)
+    }
+
+    /// With the cycle covering its period.
+    pub fn marked(card: Scorecard, aggregates: Aggregates, mark: CycleMark) -> Scored {
         Scored {
             card,
             aggregates,
+            mark,
             wire: std::sync::OnceLock::new(),
             wire_zh: std::sync::OnceLock::new(),
         }
@@ -58,7 +112,10 @@ impl Scored {
     /// in `locale`.
     pub fn wire(&self, catalog: &Catalog, locale: Locale) -> pb::Scorecard {
         let worded = || {
-            let mut card = convert::scorecard(&self.card, &self.aggregates);
+            let mut card =
+                convert::scorecard_in(&self.card, &self.aggregates, &self.mark.part_period);
+            card.cycle_id = self.mark.cycle_id.clone();
+            card.cycle_rule_version = self.mark.cycle_rule_version.clone();
             wording::scorecard(catalog, &mut card, locale);
             card
         };
@@ -78,6 +135,43 @@ struct Cache {
     generations: HashMap<(String, String), u64>,
 }
 
+impl Cache {
+    /// Drops every entry; computations in flight do not store theirs.
+    fn invalidate_all(&mut self) {
+        for g in self.generations.values_mut() {
+            *g += 1;
+        }
+        self.entries.clear();
+    }
+}
+
+/// The review cycle as scoring reads it.
+struct ReviewView {
+    source: Option<Arc<dyn CycleSource>>,
+    /// The last snapshot read (None before the first read).
+    snapshot: Mutex<Option<Arc<ReviewSnapshot>>>,
+    /// Told when a new snapshot differs from the last (watches recompute).
+    changed: broadcast::Sender<()>,
+}
+
+impl Default for ReviewView {
+    fn default() -> Self {
+        ReviewView {
+            source: None,
+            snapshot: Mutex::new(None),
+            changed: broadcast::channel(4).0,
+        }
+    }
+}
+
+/// The catalog a request scores by, with the cycle covering its period.
+pub(crate) struct Resolved {
+    pub catalog: Arc<Catalog>,
+    pub mark: CycleMark,
+    /// The request named no version and the cycle's is not loaded: the primary scored it.
+    pub not_loaded: bool,
+}
+
 /// Serves scorecards.
 #[derive(Clone)]
 pub struct ScoringApi {
@@ -88,6 +182,8 @@ pub struct ScoringApi {
     cache: Arc<Mutex<Cache>>,
     /// Whether a watcher's API key still stands (None: every key stands).
     credentials: Option<Arc<dyn CredentialCheck>>,
+    /// The review cycle's state.
+    review: Arc<ReviewView>,
 }
 
 impl std::fmt::Debug for ScoringApi {
@@ -103,6 +199,32 @@ const WATCH_COALESCE: Duration = Duration::from_millis(100);
 /// How often an open watch asks whether its caller's key still stands: a revoked key's watch
 /// ends within this interval after the revocation reaches this process.
 const CREDENTIAL_RECHECK: Duration = Duration::from_millis(250);
+/// How often the review state (cycles, sign-off fingerprint) is read again: a cycle change, an
+/// approval or an unapproval reaches scorecards within this interval plus one read.
+pub const REVIEW_REFRESH: Duration = Duration::from_secs(1);
+
+/// Installs `new` as the review snapshot; when it differs from the last one, drops the cache
+/// and tells the watches.
+fn install_snapshot(review: &ReviewView, cache: &Mutex<Cache>, new: ReviewSnapshot) {
+    let differs = {
+        let mut slot = review
+            .snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let differs = slot.as_deref() != Some(&new);
+        if differs {
+            *slot = Some(Arc::new(new));
+        }
+        differs
+    };
+    if differs {
+        cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .invalidate_all();
+        let _ = review.changed.send(());
+    }
+}
 
 impl ScoringApi {
     /// Creates the service and starts the task that invalidates the cache from the change feed.
@@ -113,6 +235,7 @@ impl ScoringApi {
             source,
             cache: Arc::new(Mutex::new(Cache::default())),
             credentials: None,
+            review: Arc::new(ReviewView::default()),
         };
         let mut changes = api.source.changes();
         let cache = Arc::downgrade(&api.cache);
@@ -125,10 +248,7 @@ impl ScoringApi {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 match event {
                     Ok(change) if change.is_everything() => {
-                        for g in cache.generations.values_mut() {
-                            *g += 1;
-                        }
-                        cache.entries.clear();
+                        cache.invalidate_all();
                     }
                     Ok(change) => {
                         // A value for a month changes its quarter and year too, and a LEVEL
@@ -151,16 +271,130 @@ impl ScoringApi {
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Missed events: nothing cached can be trusted.
-                        for g in cache.generations.values_mut() {
-                            *g += 1;
-                        }
-                        cache.entries.clear();
+                        cache.invalidate_all();
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
             }
         });
         api
+    }
+
+    /// Reads the review cycle from `source`: scorecards name the cycle covering their period
+    /// and, when the caller names no rule version, score by the one it pins. Starts the task
+    /// that reads it again every [`REVIEW_REFRESH`] (it ends with the service).
+    pub fn with_cycles(mut self, source: Arc<dyn CycleSource>) -> Self {
+        let review = Arc::new(ReviewView {
+            source: Some(Arc::clone(&source)),
+            ..ReviewView::default()
+        });
+        self.review = Arc::clone(&review);
+        let (review, cache) = (Arc::downgrade(&review), Arc::downgrade(&self.cache));
+        tokio::spawn(async move {
+            loop {
+                let read = source.snapshot().await;
+                let (Some(review), Some(cache)) = (review.upgrade(), cache.upgrade()) else {
+                    break;
+                };
+                match read {
+                    Ok(snapshot) => install_snapshot(&review, &cache, snapshot),
+                    // The last snapshot stands until a read succeeds.
+                    Err(e) => tracing::warn!(error = %e, "reading the review cycles failed"),
+                }
+                drop((review, cache));
+                tokio::time::sleep(REVIEW_REFRESH).await;
+            }
+        });
+        self
+    }
+
+    /// The review snapshot: the last one read, or read now before the first (empty without a
+    /// cycle source, or when that first read fails).
+    async fn review_snapshot(&self) -> Arc<ReviewSnapshot> {
+        if let Some(s) = self
+            .review
+            .snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+        {
+            return s;
+        }
+        let Some(source) = &self.review.source else {
+            return Arc::default();
+        };
+        match source.snapshot().await {
+            Ok(snapshot) => {
+                install_snapshot(&self.review, &self.cache, snapshot);
+                self.review
+                    .snapshot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+                    .unwrap_or_default()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the review cycles failed");
+                Arc::default()
+            }
+        }
+    }
+
+    /// The catalog a request scores by: the rule version it names (`field`), else the one the
+    /// cycle covering `period` pins when it is loaded, else the primary.
+    pub(crate) async fn resolve(
+        &self,
+        field: &str,
+        asked: &str,
+        period: &str,
+    ) -> Result<Resolved, Status> {
+        let mark = CycleMark::of(&*self.review_snapshot().await, period);
+        if !asked.is_empty() {
+            return Ok(Resolved {
+                catalog: self.rule_version(field, asked)?,
+                mark,
+                not_loaded: false,
+            });
+        }
+        check_identifier(field, asked)?;
+        let pinned = (!mark.cycle_rule_version.is_empty())
+            .then(|| self.versions.get(&mark.cycle_rule_version).cloned())
+            .flatten();
+        let not_loaded = !mark.cycle_rule_version.is_empty() && pinned.is_none();
+        Ok(Resolved {
+            catalog: pinned.unwrap_or_else(|| Arc::clone(self.catalog())),
+            mark,
+            not_loaded,
+        })
+    }
+
+    /// A scorecard as sent for a resolved request.
+    fn card(&self, s: &Scored, r: &Resolved, locale: Locale) -> pb::Scorecard {
+        let mut card = s.wire(&r.catalog, locale);
+        card.cycle_rule_version_not_loaded = r.not_loaded;
+        card
+    }
+
+    /// The scorecard for (region, period) by a resolved catalog, from the values `selection`
+    /// names: all of them from the cache when current; approved ones computed afresh.
+    pub(crate) async fn scored_selected(
+        &self,
+        r: &Resolved,
+        region: &str,
+        period: &str,
+        as_of: Option<i64>,
+        selection: Selection,
+    ) -> Result<Arc<Scored>, Status> {
+        if selection == Selection::All {
+            return self.scored_by(&r.catalog, region, period, as_of).await;
+        }
+        let aggregates = self
+            .source
+            .aggregates(region, period, as_of, selection)
+            .await
+            .map_err(convert::source_error)?;
+        let card = rules::score(&r.catalog, &aggregates.values);
+        Ok(Arc::new(Scored::marked(card, aggregates, r.mark.clone())))
     }
 
     /// Scores by these rule versions (their primary replaces the catalog given to `new`).
@@ -274,9 +508,11 @@ impl ScoringApi {
             }
         }
         let generation = self.generation(&key);
+        // Read after the generation: a new snapshot installed later bumps it.
+        let mark = CycleMark::of(&*self.review_snapshot().await, period);
         let aggregates = self.aggregates(region, period, as_of).await?;
         let card = rules::score(catalog, &aggregates.values);
-        let scored = Arc::new(Scored::new(card, aggregates));
+        let scored = Arc::new(Scored::marked(card, aggregates, mark));
         if as_of.is_none() {
             let mut cache = self
                 .cache
@@ -297,7 +533,7 @@ impl ScoringApi {
         as_of: Option<i64>,
     ) -> Result<Aggregates, Status> {
         self.source
-            .aggregates(region, period, as_of)
+            .aggregates(region, period, as_of, Selection::All)
             .await
             .map_err(convert::source_error)
     }
@@ -448,6 +684,30 @@ fn reported_by(aggregates: &Aggregates, department: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The values a request's `approved_only` names.
+fn selection(approved_only: bool) -> Selection {
+    if approved_only {
+        Selection::Approved
+    } else {
+        Selection::All
+    }
+}
+
+impl ScoringApi {
+    /// A watched scorecard as it stands now: by the rule version of the cycle covering the
+    /// period (resolved each time: the cycle may change while the watch is open).
+    async fn watched(
+        &self,
+        region: &str,
+        period: &str,
+        locale: Locale,
+    ) -> Result<pb::Scorecard, Status> {
+        let r = self.resolve("rule_version", "", period).await?;
+        let s = self.scored_by(&r.catalog, region, period, None).await?;
+        Ok(self.card(&s, &r, locale))
+    }
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchScorecardResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -461,12 +721,20 @@ impl ScoringService for ScoringApi {
         let req = request.into_inner();
         let at = as_of(req.as_of.as_ref())?;
         self.check_region_period(&req.region_code, &req.period)?;
-        let catalog = self.rule_version("rule_version", &req.rule_version)?;
+        let r = self
+            .resolve("rule_version", &req.rule_version, &req.period)
+            .await?;
         let s = self
-            .scored_by(&catalog, &req.region_code, &req.period, at)
+            .scored_selected(
+                &r,
+                &req.region_code,
+                &req.period,
+                at,
+                selection(req.approved_only),
+            )
             .await?;
         Ok(Response::new(pb::GetScorecardResponse {
-            scorecard: Some(s.wire(&catalog, locale)),
+            scorecard: Some(self.card(&s, &r, locale)),
         }))
     }
 
@@ -497,7 +765,9 @@ impl ScoringService for ScoringApi {
             return Err(ScoringError::TooManyRegions(MAX_BATCH_REGIONS).into());
         }
         let at = as_of(req.as_of.as_ref())?;
-        let catalog = self.rule_version("rule_version", &req.rule_version)?;
+        if !req.rule_version.is_empty() {
+            self.rule_version("rule_version", &req.rule_version)?;
+        }
         for (i, r) in regions.iter().enumerate() {
             let field = if req.region_codes.is_empty() {
                 "region_code".to_owned()
@@ -506,14 +776,22 @@ impl ScoringService for ScoringApi {
             };
             self.check_region_period_at(&field, r, &req.period)?;
         }
+        // After the regions and period are checked: the period names the cycle.
+        let resolved = self
+            .resolve("rule_version", &req.rule_version, &req.period)
+            .await?;
+        let chosen = selection(req.approved_only);
         let cards = futures::future::try_join_all(
             regions
                 .iter()
-                .map(|r| self.scored_by(&catalog, r, &req.period, at)),
+                .map(|r| self.scored_selected(&resolved, r, &req.period, at, chosen)),
         )
         .await?;
         Ok(Response::new(pb::BatchGetScorecardsResponse {
-            scorecards: cards.iter().map(|s| s.wire(&catalog, locale)).collect(),
+            scorecards: cards
+                .iter()
+                .map(|s| self.card(s, &resolved, locale))
+                .collect(),
         }))
     }
 
@@ -527,7 +805,10 @@ impl ScoringService for ScoringApi {
         let at = as_of(req.as_of.as_ref())?;
         self.check_region_period(&req.region_code, &req.period)?;
         check_identifier("indicator", &req.indicator)?;
-        let catalog = self.rule_version("rule_version", &req.rule_version)?;
+        let r = self
+            .resolve("rule_version", &req.rule_version, &req.period)
+            .await?;
+        let catalog = Arc::clone(&r.catalog);
         let code = req
             .indicator
             .strip_prefix("indicators/")
@@ -537,14 +818,20 @@ impl ScoringService for ScoringApi {
             .indicator(&code)
             .ok_or_else(|| Status::from(ScoringError::NotFound(format!("indicators/{code}"))))?;
         let s = self
-            .scored_by(&catalog, &req.region_code, &req.period, at)
+            .scored_selected(
+                &r,
+                &req.region_code,
+                &req.period,
+                at,
+                selection(req.approved_only),
+            )
             .await?;
         let result = s
             .card
             .indicator(&code)
             .ok_or_else(|| Status::from(ScoringError::NotFound(format!("indicators/{code}"))))?;
         let org = self.org();
-        let mut result = convert::indicator(result, &s.aggregates);
+        let mut result = convert::indicator_in(result, &s.aggregates, &s.mark.part_period);
         wording::indicator(&catalog, &mut result, locale);
         Ok(Response::new(pb::ExplainIndicatorResponse {
             rule_summary: wording::Rules::new(&catalog, locale).rule(ind),
@@ -563,7 +850,10 @@ impl ScoringService for ScoringApi {
         let locale = wording::locale_of(request.metadata());
         let req = request.into_inner();
         self.check_region_period(&req.region_code, &req.period)?;
-        let catalog = self.rule_version("rule_version", &req.rule_version)?;
+        let r = self
+            .resolve("rule_version", &req.rule_version, &req.period)
+            .await?;
+        let catalog = Arc::clone(&r.catalog);
         let base = self
             .scored_by(&catalog, &req.region_code, &req.period, None)
             .await?;
@@ -593,11 +883,14 @@ impl ScoringService for ScoringApi {
             })
             .collect();
         let change = &card.guiding_total - &base.card.guiding_total;
-        let mut scorecard = convert::scorecard(&card, &assumed);
+        let mut scorecard = convert::scorecard_in(&card, &assumed, &base.mark.part_period);
         wording::scorecard(&catalog, &mut scorecard, locale);
+        scorecard.cycle_id = base.mark.cycle_id.clone();
+        scorecard.cycle_rule_version = base.mark.cycle_rule_version.clone();
+        scorecard.cycle_rule_version_not_loaded = r.not_loaded;
         Ok(Response::new(pb::WhatIfResponse {
             scorecard: Some(scorecard),
-            baseline: Some(base.wire(&catalog, locale)),
+            baseline: Some(self.card(&base, &r, locale)),
             differences,
             guiding_total_change: convert::signed_score(&change),
         }))
@@ -615,15 +908,16 @@ impl ScoringService for ScoringApi {
         self.check_region_period(&req.region_code, &req.period)?;
         // Subscribe before the first read so no change between the two is missed.
         let mut changes = self.source.changes();
-        let first = self.scored(&req.region_code, &req.period, None).await?;
+        let mut reviewed = self.review.changed.subscribe();
+        let first = self.watched(&req.region_code, &req.period, locale).await?;
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
         let revoked = || Status::from(ScoringError::Revoked);
         tokio::spawn(async move {
-            let send = |s: &Scored| pb::WatchScorecardResponse {
-                scorecard: Some(s.wire(api.catalog(), locale)),
+            let send = |card: pb::Scorecard| pb::WatchScorecardResponse {
+                scorecard: Some(card),
             };
-            if tx.send(Ok(send(&first))).await.is_err() {
+            if tx.send(Ok(send(first))).await.is_err() {
                 return;
             }
             // A change to a month reaches its quarter and year; a LEVEL value the periods it
@@ -633,6 +927,10 @@ impl ScoringService for ScoringApi {
                 let wake = tokio::select! {
                     () = tx.closed() => return,
                     event = changes.recv() => Some(event),
+                    // The cycles or a sign-off changed: recompute as for any change.
+                    Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) = reviewed.recv() => {
+                        Some(Ok(Change::everything()))
+                    }
                     () = tokio::time::sleep(CREDENTIAL_RECHECK) => None,
                 };
                 if !api.credential_stands(&p) {
@@ -650,10 +948,10 @@ impl ScoringService for ScoringApi {
                 while let Ok(c) = changes.try_recv() {
                     let _ = c;
                 }
-                let message = match api.scored(&req.region_code, &req.period, None).await {
-                    Ok(s) => Ok(send(&s)),
-                    Err(e) => Err(e),
-                };
+                let message = api
+                    .watched(&req.region_code, &req.period, locale)
+                    .await
+                    .map(send);
                 if tx.send(message).await.is_err() {
                     return;
                 }

@@ -173,6 +173,7 @@ pub async fn fetch_scorecard(
                 period: ask.period.clone(),
                 as_of: None,
                 rule_version: String::new(),
+                approved_only: false,
             },
         ))
         .await?
@@ -415,6 +416,7 @@ pub async fn counties(web: &Web, s: &Session, ask: &Ask) -> Result<String, PageE
                         period: y.clone(),
                         as_of: None,
                         rule_version: String::new(),
+                        approved_only: false,
                     },
                 ))
                 .await?
@@ -529,6 +531,7 @@ pub async fn explain(web: &Web, s: &Session, ask: &Ask) -> Result<String, PageEr
                 indicator: code.clone(),
                 as_of: None,
                 rule_version: String::new(),
+                approved_only: false,
             },
         ))
         .await?

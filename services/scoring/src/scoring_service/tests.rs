@@ -63,6 +63,7 @@ impl AggregateSource for FakeSource {
         region: &'a str,
         period: &'a str,
         _as_of: Option<i64>,
+        _selection: Selection,
     ) -> BoxFuture<'a, Result<Aggregates, SourceError>> {
         self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let found = self
@@ -154,6 +155,7 @@ fn source_ref(id: u64, dept: &str) -> SourceRef {
         period: "2026".into(),
         value: pb::MetricValue::default(),
         accept_micros: 1,
+        approved_period: None,
     }
 }
 
@@ -173,6 +175,7 @@ async fn scorecards_are_cached_until_a_change_arrives() {
             period: "2026".into(),
             as_of: None,
             rule_version: String::new(),
+            approved_only: false,
         }))
         .await
         .unwrap_or_else(|e| panic!("{e}"))
@@ -491,6 +494,7 @@ async fn bad_regions_and_periods_are_named() {
             period: "2026-13".into(),
             as_of: None,
             rule_version: String::new(),
+            approved_only: false,
         }))
         .await
         .err()
@@ -507,9 +511,147 @@ async fn bad_regions_and_periods_are_named() {
             period: "2026".into(),
             as_of: None,
             rule_version: String::new(),
+            approved_only: false,
         }))
         .await
         .err()
         .unwrap_or_else(|| panic!("anonymous"));
     assert_eq!(anon.code(), Code::Unauthenticated);
+}
+
+/// Cycles as a review store would give them.
+struct FakeCycles(StdMutex<citycredit::cycles::ReviewSnapshot>);
+
+impl CycleSource for FakeCycles {
+    fn snapshot(&self) -> BoxFuture<'_, Result<citycredit::cycles::ReviewSnapshot, SourceError>> {
+        let s = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Box::pin(async move { Ok(s) })
+    }
+}
+
+fn cycles(rule_version: &str) -> Arc<FakeCycles> {
+    Arc::new(FakeCycles(StdMutex::new(
+        citycredit::cycles::ReviewSnapshot {
+            cycles: vec![citycredit::cycles::CycleInfo {
+                id: "c-2026".into(),
+                rule_version: rule_version.into(),
+                periods: vec!["2026".into(), "2026-Q2".into()],
+                create_micros: 1,
+            }],
+            signoff_revision: 0,
+        },
+    )))
+}
+
+async fn card_of(api: &ScoringApi, period: &str, rule_version: &str) -> pb::Scorecard {
+    api.get_scorecard(req(pb::GetScorecardRequest {
+        region_code: "330800".into(),
+        period: period.into(),
+        rule_version: rule_version.into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}"))
+    .into_inner()
+    .scorecard
+    .unwrap_or_else(|| panic!("scorecard"))
+}
+
+#[tokio::test]
+async fn a_scorecard_names_its_cycle_and_scores_by_its_loaded_rule_version() {
+    let api = api(FakeSource::new()).with_cycles(cycles("2019.2"));
+    let card = card_of(&api, "2026-05", "").await;
+    assert_eq!(card.cycle_id, "c-2026");
+    assert_eq!(card.cycle_rule_version, "2019.2");
+    assert_eq!(card.catalog_version, "2019.2");
+    assert!(!card.cycle_rule_version_not_loaded);
+    let resolved = api
+        .resolve("rule_version", "", "2026-05")
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    // The smallest cycle period containing May is the second quarter.
+    assert_eq!(resolved.mark.part_period, "2026-Q2");
+    let uncovered = card_of(&api, "2025", "").await;
+    assert_eq!(
+        (
+            uncovered.cycle_id.as_str(),
+            uncovered.cycle_rule_version.as_str()
+        ),
+        ("", "")
+    );
+}
+
+#[tokio::test]
+async fn a_cycle_version_not_loaded_falls_back_to_the_primary_and_says_so() {
+    let api = api(FakeSource::new()).with_cycles(cycles("1999.1"));
+    let card = card_of(&api, "2026", "").await;
+    assert_eq!(card.cycle_id, "c-2026");
+    assert_eq!(card.cycle_rule_version, "1999.1");
+    assert_eq!(card.catalog_version, "2019.2");
+    assert!(card.cycle_rule_version_not_loaded);
+    // Asked by name, the version asked for scores it and nothing falls back.
+    let named = card_of(&api, "2026", "2019.2").await;
+    assert!(!named.cycle_rule_version_not_loaded);
+    assert_eq!(named.cycle_id, "c-2026");
+}
+
+#[tokio::test]
+async fn a_sign_off_change_drops_cached_scorecards() {
+    let source = FakeSource::new();
+    source.set("330800", "2026", baseline(), Vec::new());
+    let fake = cycles("2019.2");
+    let api = api(Arc::clone(&source)).with_cycles(Arc::clone(&fake) as Arc<dyn CycleSource>);
+    card_of(&api, "2026", "").await;
+    card_of(&api, "2026", "").await;
+    let reads = source.reads.load(std::sync::atomic::Ordering::SeqCst);
+    fake.0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .signoff_revision = 1;
+    let started = std::time::Instant::now();
+    loop {
+        card_of(&api, "2026", "").await;
+        if source.reads.load(std::sync::atomic::Ordering::SeqCst) > reads {
+            break;
+        }
+        assert!(
+            started.elapsed() < REVIEW_REFRESH * 3,
+            "the cache outlived a sign-off change"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn inputs_are_approved_only_when_every_source_is() {
+    let catalog = Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
+    let card = rules::score(&catalog, &rules::Values::new());
+    let b02 = card
+        .indicator("B02")
+        .unwrap_or_else(|| panic!("B02"))
+        .clone();
+    let mut agg = Aggregates {
+        region: "330800".into(),
+        period: "2026".into(),
+        ..Default::default()
+    };
+    // No inputs reported: not approved, nothing holds it.
+    assert_eq!(convert::approval(&b02, &agg, "2026"), (false, vec![], 0));
+    let mut approved = source_ref(1, "samr");
+    approved.approved_period = Some("2026".into());
+    agg.sources
+        .insert("uscc.codes_total".into(), vec![approved.clone()]);
+    assert_eq!(convert::approval(&b02, &agg, "2026"), (true, vec![], 0));
+    // Many departments not approved: listed up to the bound, all counted.
+    let mut sources = vec![approved];
+    for i in 0..30 {
+        sources.push(source_ref(10 + i, &format!("d{i:02}")));
+    }
+    agg.sources.insert("uscc.codes_total".into(), sources);
+    let (ok, parts, count) = convert::approval(&b02, &agg, "2026");
+    assert!(!ok);
+    assert_eq!(count, 30);
+    assert_eq!(parts.len(), convert::MAX_UNAPPROVED_PARTS);
+    assert_eq!(parts[0].department_code, "d00");
+    assert_eq!(parts[0].period, "2026");
 }
