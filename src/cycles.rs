@@ -18,6 +18,8 @@ pub struct CycleInfo {
     pub periods: Vec<String>,
     /// When the cycle was created, microseconds since the Unix epoch.
     pub create_micros: i64,
+    /// The review date, YYYY-MM-DD (Asia/Shanghai).
+    pub review_date: String,
 }
 
 /// The cycles and the sign-off fingerprint at one read.
@@ -70,6 +72,7 @@ mod tests {
             rule_version: format!("v-{id}"),
             periods: periods.iter().map(|p| (*p).to_owned()).collect(),
             create_micros: created,
+            review_date: "2027-03-31".to_owned(),
         }
     }
 

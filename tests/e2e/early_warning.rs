@@ -220,9 +220,30 @@ async fn trends_are_flagged_before_the_review(backend: Backend) {
         b05.description
     );
 
-    // The review date is required and must be a day not before the history.
+    // Without a review date, the cycle covering the last month gives it (the seeded
+    // 2026-demonstration: 2027-03-31, projected to 2027-03).
+    let mut from_cycle = request(None);
+    from_cycle.get_mut().review_date = String::new();
+    let from_cycle = ok(scoring.get_veto_risk_warnings(from_cycle).await);
+    assert_eq!(
+        (
+            from_cycle.cycle_id.as_str(),
+            from_cycle.review_date.as_str()
+        ),
+        ("2026-demonstration", "2027-03-31")
+    );
+    assert_eq!(from_cycle.rule_version, "2019.2");
+    assert!(find(&from_cycle.warnings, "B05", "1").is_some());
+    assert_eq!(
+        ok(scoring.get_veto_risk_warnings(request(None)).await).cycle_id,
+        "2026-demonstration",
+        "a review date asked for still names the covering cycle"
+    );
+
+    // A review date is required where no cycle covers the history, and must be a day not
+    // before it.
     for (date, last) in [
-        ("", "2026-06"),
+        ("", "2024-06"),
         ("2026-02-30", "2026-06"),
         ("2026-05-01", "2026-06"),
     ] {

@@ -726,8 +726,8 @@ impl CycleReader {
 
     async fn read(&self) -> Result<citycredit::cycles::ReviewSnapshot, StoreError> {
         // The newest cycles only: the latest created covers a period first.
-        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT id, rule_version, periods, create_micros FROM review_cycles \
+        let rows: Vec<(String, String, String, i64, String)> = sqlx::query_as(
+            "SELECT id, rule_version, periods, create_micros, review_date FROM review_cycles \
              ORDER BY create_micros DESC, id DESC LIMIT $1",
         )
         .bind(i64::try_from(SCORED_CYCLES).unwrap_or(i64::MAX))
@@ -740,8 +740,8 @@ impl CycleReader {
         .await?;
         let cycles = rows
             .into_iter()
-            .map(
-                |(id, rule_version, periods, create_micros)| citycredit::cycles::CycleInfo {
+            .map(|(id, rule_version, periods, create_micros, review_date)| {
+                citycredit::cycles::CycleInfo {
                     id,
                     rule_version,
                     periods: periods
@@ -750,8 +750,9 @@ impl CycleReader {
                         .map(str::to_owned)
                         .collect(),
                     create_micros,
-                },
-            )
+                    review_date,
+                }
+            })
             .collect();
         Ok(citycredit::cycles::ReviewSnapshot {
             cycles,

@@ -321,14 +321,10 @@ pub async fn warnings(
     };
     let mut v = Vec::new();
     let mut review = None;
-    if identifier("review_date", &req.review_date, &mut v) {
-        if req.review_date.is_empty() {
-            v.push(Violation::new("review_date", "required (YYYY-MM-DD)"));
-        } else {
-            match review_month(&req.review_date) {
-                Ok(m) => review = Some(m),
-                Err(why) => v.push(Violation::new("review_date", why)),
-            }
+    if identifier("review_date", &req.review_date, &mut v) && !req.review_date.is_empty() {
+        match review_month(&req.review_date) {
+            Ok(m) => review = Some(m),
+            Err(why) => v.push(Violation::new("review_date", why)),
         }
     }
     let history = match req.history_months {
@@ -355,22 +351,46 @@ pub async fn warnings(
             }
         }
     }
-    if let (Some(r), Some(l)) = (review, last)
-        && r.start_month_index() < l.start_month_index()
-    {
-        v.push(Violation::new(
-            "review_date",
-            format!("the review date's month {r} is before the last month of history {l}"),
-        ));
-    }
     if !v.is_empty() {
         return Err(ScoringError::Invalid(v).into());
     }
-    let (Some(review), Some(last)) = (review, last) else {
-        return Err(ScoringError::invalid("review_date", "required").into());
+    let Some(last) = last else {
+        return Err(ScoringError::invalid("last_month", "a month, YYYY-MM").into());
     };
     api.check_region_period(&region, &last.to_string())?;
-    let catalog = api.rule_version("rule_version", &req.rule_version)?;
+    // The cycle covering the last month gives the review date and the rule version when the
+    // request names neither.
+    let resolved = api
+        .resolve("rule_version", &req.rule_version, &last.to_string())
+        .await?;
+    let catalog = resolved.catalog;
+    let mut review_date = req.review_date.clone();
+    let review = match review {
+        Some(r) => r,
+        None if !resolved.mark.review_date.is_empty() => {
+            review_date = resolved.mark.review_date.clone();
+            review_month(&review_date).map_err(|why| {
+                Status::from(ScoringError::invalid(
+                    "review_date",
+                    format!("cycle {}'s review date: {why}", resolved.mark.cycle_id),
+                ))
+            })?
+        }
+        None => {
+            return Err(ScoringError::invalid(
+                "review_date",
+                format!("required (YYYY-MM-DD): no review cycle covers {last} to take it from"),
+            )
+            .into());
+        }
+    };
+    if review.start_month_index() < last.start_month_index() {
+        return Err(ScoringError::invalid(
+            "review_date",
+            format!("the review date's month {review} is before the last month of history {last}"),
+        )
+        .into());
+    }
 
     let (months, monthly) = read_months(api, &region, last, history, at).await?;
     let as_of_micros = monthly
@@ -395,12 +415,13 @@ pub async fn warnings(
     out.sort_by_key(|w| !w.at_risk);
     Ok(pb::GetVetoRiskWarningsResponse {
         region_code: region,
-        review_date: req.review_date,
+        review_date,
         months: months.iter().map(ToString::to_string).collect(),
         warnings: out,
         method: method(locale).to_owned(),
         rule_version: catalog.version.clone(),
         as_of: Some(citycredit::wire::timestamp(as_of_micros)),
+        cycle_id: resolved.mark.cycle_id,
     })
 }
 

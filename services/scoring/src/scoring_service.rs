@@ -48,6 +48,8 @@ pub struct CycleMark {
     pub cycle_id: String,
     /// The rule version it pins ("" when none).
     pub cycle_rule_version: String,
+    /// Its review date, YYYY-MM-DD ("" when none).
+    pub review_date: String,
     /// The sign-off period that covers the scorecard's inputs: the smallest period of the cycle
     /// containing the scorecard's, else the scorecard's own.
     pub part_period: String,
@@ -70,6 +72,7 @@ impl CycleMark {
         CycleMark {
             cycle_id: cycle.id.clone(),
             cycle_rule_version: cycle.rule_version.clone(),
+            review_date: cycle.review_date.clone(),
             part_period,
         }
     }

@@ -537,6 +537,7 @@ fn cycles(rule_version: &str) -> Arc<FakeCycles> {
                 rule_version: rule_version.into(),
                 periods: vec!["2026".into(), "2026-Q2".into()],
                 create_micros: 1,
+                review_date: "2027-03-31".into(),
             }],
             signoff_revision: 0,
         },
