@@ -10,6 +10,7 @@
 //! scoring reads the cycles from the shared store and approved-only figures from ingestion
 //! over gRPC.
 
+use citycredit_tests::ok;
 use std::time::{Duration, Instant};
 
 use citycredit::proto::v1 as pb;
@@ -39,10 +40,6 @@ const DRAFT: &str = "2026.1-draft";
 fn draft_path() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/catalogs/national-2026-draft.toml")
-}
-
-fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
-    r.unwrap_or_else(|e| panic!("{e:?}")).into_inner()
 }
 
 fn part(department: &str) -> Option<pb::SignOffPart> {

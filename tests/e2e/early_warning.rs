@@ -10,6 +10,7 @@
 //! - B06, credit reports: two months only: "too few points", no trend; failing now.
 //! - As of an instant before B06 was pushed, B06 has no warning.
 
+use citycredit_tests::ok;
 use std::time::{Duration, SystemTime};
 
 use citycredit::proto::v1 as pb;
@@ -22,10 +23,6 @@ const CITY: &str = "330800";
 const MONTHS: [&str; 6] = [
     "2026-01", "2026-02", "2026-03", "2026-04", "2026-05", "2026-06",
 ];
-
-fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
-    r.unwrap_or_else(|e| panic!("{e:?}")).into_inner()
-}
 
 async fn push(s: &IngestionServer, values: Vec<pb::SubmissionInput>) {
     let mut client = s.client(Some(&platform())).await;

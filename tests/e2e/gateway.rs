@@ -2,6 +2,7 @@
 //! load shedding with RetryInfo, deadlines kept, health following the upstreams, and the split
 //! topology (each service its own server behind a gateway) answering like the all-in-one one.
 
+use citycredit_tests::ok;
 use std::time::{Duration, Instant};
 
 use citycredit::proto::v1 as pb;
@@ -15,10 +16,6 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
-
-fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
-    r.unwrap_or_else(|e| panic!("{e:?}")).into_inner()
-}
 
 #[tokio::test]
 async fn a_forged_identity_header_is_ignored() {

@@ -2,6 +2,7 @@
 
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::indicator_service_client::IndicatorServiceClient;
+use citycredit_tests::ok;
 use citycredit_tests::{Backend, TestServer, both_databases, fresh_schema, use_backend};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -201,10 +202,6 @@ async fn lists_every_metric_with_kind_and_aggregation() {
         ]
     );
     server.stop().await.unwrap_or_else(|e| panic!("{e}"));
-}
-
-fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
-    r.unwrap_or_else(|e| panic!("{e:?}")).into_inner()
 }
 
 /// A request whose caller reads English.

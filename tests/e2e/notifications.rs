@@ -16,6 +16,7 @@
 //!   the department behind B08 gets exactly one veto-risk notice, the credit office one summary,
 //!   nothing for B07, and a second pass enqueues nothing new.
 
+use citycredit_tests::ok;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -40,10 +41,6 @@ use citycredit_tests::{
 const CITY: &str = "330800";
 const SECRET: &str = "test-webhook-secret-0123456789";
 const HOUR: i64 = 3_600_000_000;
-
-fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
-    r.unwrap_or_else(|e| panic!("{e:?}")).into_inner()
-}
 
 // ---------------------------------------------------------------------------------------------
 // The webhook receiver.

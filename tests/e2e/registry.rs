@@ -1,6 +1,7 @@
 //! DepartmentRegistryService and API-key authentication through a real server, on SQLite and
 //! (when `DATABASE_URL` names one) PostgreSQL.
 
+use citycredit_tests::ok;
 use std::time::Duration;
 
 use citycredit::proto::v1 as pb;
@@ -15,10 +16,6 @@ use tonic_types::StatusExt;
 async fn start(backend: Backend, schema: &str, dir: &std::path::Path) -> TestServer {
     let schema = schema.to_owned();
     TestServer::start_in(dir, move |c| use_backend(c, backend, &schema)).await
-}
-
-fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
-    r.unwrap_or_else(|e| panic!("{e:?}")).into_inner()
 }
 
 async fn seeding_is_idempotent_and_changes_survive_restarts(backend: Backend) {

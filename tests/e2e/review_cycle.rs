@@ -7,6 +7,7 @@
 //! plus grace closes writes (PERIOD_CLOSED); every transition in ListReviewEvents with who,
 //! when and why; a department cannot approve.
 
+use citycredit_tests::{ok, refused};
 use std::time::Duration;
 
 use citycredit::proto::v1 as pb;
@@ -27,29 +28,6 @@ const MARCH: &str = "2026-03";
 const DAY_SECS: i64 = 86_400;
 /// The bootstrap administrator's principal id.
 const ADMIN: &str = "admin";
-
-fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
-    r.unwrap_or_else(|e| panic!("{e:?}")).into_inner()
-}
-
-fn refused<T: std::fmt::Debug>(
-    r: Result<T, tonic::Status>,
-    code: Code,
-    reason: &str,
-) -> tonic::Status {
-    let s = match r {
-        Ok(v) => panic!("expected {reason}, got {v:?}"),
-        Err(s) => s,
-    };
-    assert_eq!(s.code(), code, "{s:?}");
-    let info = s.get_error_details().error_info().cloned();
-    assert_eq!(
-        info.as_ref().map(|i| i.reason.as_str()),
-        Some(reason),
-        "{s:?}"
-    );
-    s
-}
 
 fn meta(s: &tonic::Status, key: &str) -> String {
     s.get_error_details()

@@ -9,6 +9,7 @@ use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::indicator_service_client::IndicatorServiceClient;
 use citycredit::proto::v1::scoring_service_client::ScoringServiceClient;
 use citycredit_tests::ingestion::{IngestionServer, number_input, platform};
+use citycredit_tests::ok;
 use citycredit_tests::{Backend, both_databases};
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -20,10 +21,6 @@ const PRIMARY: &str = "2019.2";
 fn draft_path() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/catalogs/national-2026-draft.toml")
-}
-
-fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
-    r.unwrap_or_else(|e| panic!("{e:?}")).into_inner()
 }
 
 fn english<T>(message: T) -> tonic::Request<T> {

@@ -8,11 +8,8 @@ use citycredit::proto::v1::indicator_service_client::IndicatorServiceClient;
 use citycredit::proto::v1::scoring_service_client::ScoringServiceClient;
 use citycredit_core::auth::{Principal, Role};
 use citycredit_tests::ingestion::{IngestionServer, number_input, platform, principal};
+use citycredit_tests::ok;
 use citycredit_tests::{Backend, both_databases};
-
-fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
-    r.unwrap_or_else(|e| panic!("{e:?}")).into_inner()
-}
 
 fn bool_input(metric: &str, region: &str, period: &str, b: bool) -> pb::SubmissionInput {
     pb::SubmissionInput {

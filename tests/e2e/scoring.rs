@@ -1,6 +1,7 @@
 //! ScoringService end to end: values pushed through the real server by the principals who may
 //! push them, scorecards read back. SQLite always, PostgreSQL when `DATABASE_URL` names one.
 
+use citycredit_tests::ok;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -13,10 +14,6 @@ use serde_json::Value as Json;
 use tokio_stream::StreamExt;
 
 const GOLDEN: &str = include_str!("../fixtures/golden/public-cases.json");
-
-fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
-    r.unwrap_or_else(|e| panic!("{e:?}")).into_inner()
-}
 
 async fn submit_batch(
     s: &IngestionServer,

@@ -4,6 +4,7 @@
 //! months, marked CARRIED_FORWARD with its period; `as_of` applies to every step; cached
 //! scorecards and WatchScorecard for a year follow a change to one of its months.
 
+use citycredit_tests::ok;
 use std::time::Duration;
 
 use citycredit::proto::v1 as pb;
@@ -18,10 +19,6 @@ const CITY: &str = "330800";
 const TOTAL: &str = "double_publicity.licenses_total";
 const REPORTED: &str = "double_publicity.licenses_reported";
 const RANK: &str = "monitoring.city_rank";
-
-fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
-    r.unwrap_or_else(|e| panic!("{e:?}")).into_inner()
-}
 
 fn kecheng() -> Principal {
     principal("kecheng-sys", Role::Department, Some("gov-330802"))

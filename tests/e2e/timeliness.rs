@@ -6,6 +6,7 @@
 //! counts; the supervision office's assessment with a return from review; a department sees
 //! only its own rows; the cycle's history (ListCycleEvents); unknown cycles and periods.
 
+use citycredit_tests::{ok, refused};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use citycredit::proto::v1 as pb;
@@ -31,20 +32,6 @@ const RETRACTED: &str = "credit_repair.trained";
 const CBIRC_REPORTED: &str = "finance.loan_balance";
 const CBIRC_PENDING: &str = "finance.npl_balance";
 const DAY_SECS: i64 = 86_400;
-
-fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
-    r.unwrap_or_else(|e| panic!("{e:?}")).into_inner()
-}
-
-fn refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, reason: &str) {
-    let s = match r {
-        Ok(v) => panic!("expected {reason}, got {v:?}"),
-        Err(s) => s,
-    };
-    assert_eq!(s.code(), code, "{s:?}");
-    let info = s.get_error_details().error_info().cloned();
-    assert_eq!(info.map(|i| i.reason), Some(reason.to_owned()), "{s:?}");
-}
 
 fn now_micros() -> i64 {
     SystemTime::now()

@@ -412,3 +412,29 @@ pub fn make_keys(dir: &std::path::Path) -> std::path::PathBuf {
     .unwrap_or_else(|e| panic!("keys: {e}"));
     out
 }
+
+/// The message of a call that must succeed (the status in the panic otherwise).
+pub fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> T {
+    r.unwrap_or_else(|e| panic!("{e:?}")).into_inner()
+}
+
+/// The status of a call that must be refused with `code` and the ErrorInfo `reason`.
+pub fn refused<T: std::fmt::Debug>(
+    r: Result<T, tonic::Status>,
+    code: tonic::Code,
+    reason: &str,
+) -> tonic::Status {
+    use tonic_types::StatusExt;
+    let s = match r {
+        Ok(v) => panic!("expected {reason}, got {v:?}"),
+        Err(s) => s,
+    };
+    assert_eq!(s.code(), code, "{s:?}");
+    let info = s.get_error_details().error_info().cloned();
+    assert_eq!(
+        info.as_ref().map(|i| i.reason.as_str()),
+        Some(reason),
+        "{s:?}"
+    );
+    s
+}
