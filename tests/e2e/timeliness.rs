@@ -6,8 +6,9 @@
 //! counts; the supervision office's assessment with a return from review; a department sees
 //! only its own rows; the cycle's history (ListCycleEvents); unknown cycles and periods.
 
+use citycredit_core::clock::now_micros;
 use citycredit_tests::{ok, refused};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::metric_submission_service_client::MetricSubmissionServiceClient as Submissions;
@@ -32,13 +33,6 @@ const RETRACTED: &str = "credit_repair.trained";
 const CBIRC_REPORTED: &str = "finance.loan_balance";
 const CBIRC_PENDING: &str = "finance.npl_balance";
 const DAY_SECS: i64 = 86_400;
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(0))
-        .unwrap_or(0)
-}
 
 fn ts(micros: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
