@@ -251,9 +251,20 @@ async fn check_named_instants(db: &Db, base: i64, what: &str) {
     let at = |t| by_keys(db, &regions, &periods, t);
     assert!(of_key(at(base - 1).await, 0).is_empty(), "{what}: before");
     assert_eq!(of_key(at(base).await, 0), ["1"], "{what}: first value");
-    assert!(of_key(at(base + 2 * STEP).await, 0).is_empty(), "{what}: retracted");
-    assert_eq!(of_key(at(base + 3 * STEP).await, 0), ["2"], "{what}: re-submitted");
-    assert_eq!(of_key(at(base + 4 * STEP).await, 1), ["4"], "{what}: same instant");
+    assert!(
+        of_key(at(base + 2 * STEP).await, 0).is_empty(),
+        "{what}: retracted"
+    );
+    assert_eq!(
+        of_key(at(base + 3 * STEP).await, 0),
+        ["2"],
+        "{what}: re-submitted"
+    );
+    assert_eq!(
+        of_key(at(base + 4 * STEP).await, 1),
+        ["4"],
+        "{what}: same instant"
+    );
 }
 
 async fn as_of_by_key_is_the_interval_scan(backend: Backend) {
@@ -343,12 +354,23 @@ async fn a_store_before_0220_answers_the_same(backend: Backend) {
         .unwrap_or_else(|e| panic!("{backend:?}: migrate to 0220: {e}"));
     let what = format!("{backend:?} after 0220");
     for ((at, _), want) in history(base).into_iter().zip(before) {
-        assert_eq!(by_keys(&db, &regions, &periods, at).await, want, "{what}: {at}");
+        assert_eq!(
+            by_keys(&db, &regions, &periods, at).await,
+            want,
+            "{what}: {at}"
+        );
     }
     check_named_instants(&db, base, &what).await;
     compare_everywhere(&db, base, &what).await;
     // New keys after the migration enter value_keys; the old keys keep answering.
-    write_history(&db, base + 10_000 * STEP, Writer::Current, "finance", 10_000).await;
+    write_history(
+        &db,
+        base + 10_000 * STEP,
+        Writer::Current,
+        "finance",
+        10_000,
+    )
+    .await;
     compare_everywhere(&db, base + 10_000 * STEP, &what).await;
     db.pool.close().await;
 }
