@@ -65,7 +65,7 @@ fn history(base: i64) -> Vec<(i64, Vec<Event>)> {
         let r = (seed >> 33) as usize;
         // Keys enter one by one: step s draws among the first 2 + s / 8 keys.
         let k = 2 + r % (34.min(1 + step / 8));
-        let event = if r % 5 == 0 {
+        let event = if r.is_multiple_of(5) {
             Event::Retract(k)
         } else {
             Event::Put(k)
