@@ -507,6 +507,85 @@ async fn aggregate(db: Db, submissions: usize, queries: usize, periods: Periods)
         "aggregate as_of: mean {:.2?} over 100 queries",
         t.elapsed() / 100
     );
+    as_of_anchor(&tdb, as_of).await;
+}
+
+/// The `as_of` read alone, as the store answers it (one probe per key of `value_keys`), and,
+/// as the anchor in the same run on the same data, the query it replaced (every version of
+/// those periods and regions, filtered by interval, over the index it had), run directly
+/// through sqlx.
+async fn as_of_anchor(tdb: &TestDb, as_of: i64) {
+    let regions: Vec<String> = sqlx::query_scalar("SELECT DISTINCT region FROM value_keys")
+        .fetch_all(&tdb.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let periods: Vec<String> = "2026"
+        .parse::<citycredit_core::period::Period>()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .reached_by()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let runs = 20;
+    let t = Instant::now();
+    let mut new_rows = 0;
+    for _ in 0..runs {
+        new_rows = citycredit_ingestion::store::versions(tdb.db(), &regions, &periods, Some(as_of))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .len();
+    }
+    let new = t.elapsed() / runs;
+    // The anchor gets the index it had (migration 0220 dropped it).
+    sqlx::query("CREATE INDEX value_versions_as_of ON value_versions (period, region, valid_from)")
+        .execute(&tdb.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    if tdb.db().backend == citycredit_store::Backend::Postgres {
+        let _ = sqlx::query("ANALYZE value_versions")
+            .execute(&tdb.pool)
+            .await;
+    }
+    let t = Instant::now();
+    let mut old_rows = 0;
+    for _ in 0..runs {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Any>::new(
+            "SELECT submission_id FROM value_versions WHERE period IN (",
+        );
+        let mut list = qb.separated(", ");
+        for p in &periods {
+            list.push_bind(p.as_str());
+        }
+        list.push_unseparated(") AND region IN (");
+        let mut list = qb.separated(", ");
+        for r in &regions {
+            list.push_bind(r.as_str());
+        }
+        list.push_unseparated(")");
+        qb.push(" AND valid_from <= ")
+            .push_bind(as_of)
+            .push(" AND (valid_to IS NULL OR valid_to > ")
+            .push_bind(as_of)
+            .push(")");
+        old_rows = citycredit_store::numbered_as::<(i64,)>(&mut qb)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .fetch_all(&tdb.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .len();
+    }
+    let old = t.elapsed() / runs;
+    let tenths = old.as_micros() * 10 / new.as_micros().max(1);
+    let _ = sqlx::query("DROP INDEX value_versions_as_of")
+        .execute(&tdb.pool)
+        .await;
+    println!(
+        "as_of read alone ({} regions, {} periods), mean over {runs}: {new:.2?} for {new_rows} rows by value key; anchor, the old interval scan on the same data: {old:.2?} for {old_rows} rows ({}.{}x)",
+        regions.len(),
+        periods.len(),
+        tenths / 10,
+        tenths % 10
+    );
 }
 
 fn main() {

@@ -381,6 +381,15 @@ pub async fn insert_versions(
                  j.value->>5, j.value->>6, j.value->>7, j.value->>8, j.value->>9, j.value->>10, \
                  j.value->>11 FROM json_each($1) AS j"
             ))
+            .bind(&json)
+            .execute(&mut **c)
+            .await?;
+            // `WHERE true`: SQLite reads `ON CONFLICT` after a bare `FROM` as a join clause.
+            sqlx::query(
+                "INSERT INTO value_keys (vkey, period, region) \
+                 SELECT DISTINCT j.value->>1, j.value->>4, j.value->>3 FROM json_each($1) AS j \
+                 WHERE true ON CONFLICT (vkey) DO NOTHING",
+            )
             .bind(json)
             .execute(&mut **c)
             .await?;
@@ -421,6 +430,16 @@ pub async fn insert_versions(
                     .map(|v| v.accepted_micros)
                     .collect::<Vec<i64>>(),
             )
+            .execute(&mut **c)
+            .await?;
+            sqlx::query(
+                "INSERT INTO value_keys (vkey, period, region) \
+                 SELECT DISTINCT * FROM UNNEST($1::text[], $2::text[], $3::text[]) \
+                 ON CONFLICT (vkey) DO NOTHING",
+            )
+            .bind(text(|v| &v.vkey))
+            .bind(text(|v| &v.period))
+            .bind(text(|v| &v.region))
             .execute(&mut **c)
             .await?;
         }
@@ -935,39 +954,56 @@ pub struct VersionRow {
 /// The versions valid for any of `periods` at `regions`: current ones, or those valid at
 /// `as_of`. Aggregation passes every period whose values can reach the one asked for
 /// (`Period::reached_by`: at most 20), which the `(period, region)` indexes serve.
+///
+/// As of `t`, each key of `value_keys` at those periods and regions takes its latest version
+/// with `valid_from <= t` (one probe of `(vkey, valid_from, submission_id)`), kept when still
+/// open at `t`: a key's intervals never overlap (a new version closes the old one as it opens,
+/// a retraction closes without a successor; two opened at one instant order by submission, the
+/// first closed at once), so that version is the one valid at `t` if any is. The cost is one
+/// index lookup per key, not a walk over every version of those periods and regions.
 pub async fn versions(
     db: &Db,
     regions: &[String],
     periods: &[String],
     as_of: Option<i64>,
 ) -> Result<Vec<VersionRow>, sqlx::Error> {
-    let mut qb = QueryBuilder::<Any>::new(
-        "SELECT submission_id, metric, region, period, department, domain, task_id, value, \
-         accepted_micros FROM value_versions WHERE period IN (",
-    );
+    let mut qb = match as_of {
+        None => QueryBuilder::<Any>::new(
+            "SELECT submission_id, metric, region, period, department, domain, task_id, value, \
+             accepted_micros FROM value_versions WHERE valid_to IS NULL AND period IN (",
+        ),
+        Some(t) => {
+            let mut qb = QueryBuilder::<Any>::new(
+                "SELECT v.submission_id, v.metric, v.region, v.period, v.department, v.domain, \
+                 v.task_id, v.value, v.accepted_micros FROM value_keys k \
+                 JOIN value_versions v ON v.submission_id = (\
+                 SELECT w.submission_id FROM value_versions w WHERE w.vkey = k.vkey \
+                 AND w.valid_from <= ",
+            );
+            qb.push_bind(t)
+                .push(
+                    " ORDER BY w.valid_from DESC, w.submission_id DESC LIMIT 1) \
+                     WHERE (v.valid_to IS NULL OR v.valid_to > ",
+                )
+                .push_bind(t)
+                .push(") AND k.period IN (");
+            qb
+        }
+    };
     let mut list = qb.separated(", ");
     for p in periods {
         list.push_bind(p.as_str());
     }
     list.push_unseparated(")");
-    qb.push(" AND region IN (");
+    qb.push(match as_of {
+        None => " AND region IN (",
+        Some(_) => " AND k.region IN (",
+    });
     let mut list = qb.separated(", ");
     for r in regions {
         list.push_bind(r.as_str());
     }
     list.push_unseparated(")");
-    match as_of {
-        None => {
-            qb.push(" AND valid_to IS NULL");
-        }
-        Some(t) => {
-            qb.push(" AND valid_from <= ")
-                .push_bind(t)
-                .push(" AND (valid_to IS NULL OR valid_to > ")
-                .push_bind(t)
-                .push(")");
-        }
-    }
     numbered_as(&mut qb)?.fetch_all(&db.pool).await
 }
 
