@@ -292,7 +292,7 @@ async fn exec(s: &IngestionServer, sql: &'static str) {
 
 async fn an_edit_of_the_values_scoring_reads_is_caught(backend: Backend) {
     // Each edit on a fresh store: what was changed, and the submission that must be named.
-    let edits: [(&str, u64, &str); 5] = [
+    let edits: [(&str, u64, &str); 6] = [
         // The current value, as scoring reads it.
         (
             "UPDATE value_versions SET value = '999' WHERE submission_id = 5",
@@ -325,6 +325,12 @@ async fn an_edit_of_the_values_scoring_reads_is_caught(backend: Backend) {
              valid_from + 1, NULL, accepted_micros FROM value_versions WHERE submission_id = 1",
             1,
             "does not give",
+        ),
+        // A key as_of reads go through, deleted (the value would drop out of them).
+        (
+            "DELETE FROM value_keys WHERE vkey = (SELECT vkey FROM value_versions WHERE submission_id = 5)",
+            5,
+            "value_keys: the key of submissions/5",
         ),
     ];
     for (sql, bad, problem) in edits {
@@ -360,7 +366,9 @@ async fn an_edit_of_the_values_scoring_reads_is_caught(backend: Backend) {
             "{name}: {sql}: {after:?}"
         );
         assert!(
-            after.problem.starts_with("value_versions") && after.problem.contains(problem),
+            (after.problem.starts_with("value_versions")
+                || after.problem.starts_with("value_keys"))
+                && after.problem.contains(problem),
             "{name}: {sql}: {}",
             after.problem
         );

@@ -65,7 +65,8 @@ pub struct Verdict {
 }
 
 /// Verifies the store as of its chain head (read first, so commits made meanwhile are not
-/// mistaken for damage): the chain, then the value versions, then `retractions`.
+/// mistaken for damage): the chain, then the value versions, then their keys (`value_keys`),
+/// then `retractions`.
 pub async fn verify(db: &Db) -> Result<Verdict, sqlx::Error> {
     let head = store::head(db).await?;
     let (checked, bad) = verify_chain(db, &head).await?;
@@ -84,7 +85,10 @@ pub async fn verify(db: &Db) -> Result<Verdict, sqlx::Error> {
             verdict.versions_checked = versions;
             match bad {
                 Some(bad) => Some(bad),
-                None => verify_retractions(db, &head).await?,
+                None => match verify_keys(db).await? {
+                    Some(bad) => Some(bad),
+                    None => verify_retractions(db, &head).await?,
+                },
             }
         }
     };
@@ -247,6 +251,20 @@ fn rebuild(rows: &[StoredRow], undo_from: i64) -> Vec<Expected> {
         }
     }
     out
+}
+
+/// Every value version's key is listed in `value_keys` with its period and region: as_of reads
+/// go through that table, so a key missing there would silently drop out of them.
+async fn verify_keys(db: &Db) -> Result<Option<(i64, String)>, sqlx::Error> {
+    Ok(store::first_version_without_key(db).await?.map(|id| {
+        (
+            id,
+            format!(
+                "value_keys: the key of submissions/{id} is missing or names another period or \
+                 region (as_of reads would skip it)"
+            ),
+        )
+    }))
 }
 
 /// Compares the stored versions that had begun by the head's commit with the ones rebuilt from

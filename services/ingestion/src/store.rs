@@ -1037,6 +1037,18 @@ pub async fn approved_parts(
     numbered_as(&mut qb)?.fetch_all(&db.pool).await
 }
 
+/// The lowest submission id among value versions whose key `value_keys` lacks or lists with
+/// another period or region: an as_of read would skip such a key (`audit_chain`).
+pub async fn first_version_without_key(db: &Db) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT MIN(v.submission_id) FROM value_versions v \
+         LEFT JOIN value_keys k ON k.vkey = v.vkey \
+         WHERE k.vkey IS NULL OR k.period <> v.period OR k.region <> v.region",
+    )
+    .fetch_one(&db.pool)
+    .await
+}
+
 /// The value key's columns in the order both verification streams sort by, compared byte by
 /// byte as Rust compares strings (SQLite's default BINARY collation; `C` on PostgreSQL), so the
 /// two streams can be merged in Rust. A literal for `concat!`, per database.
