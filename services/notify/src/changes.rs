@@ -52,8 +52,9 @@ impl Changed {
             self.lost();
             return;
         }
-        for region in ancestry(city, &change.region) {
-            self.pairs.insert((region, change.period.clone()));
+        for region in city.ancestry(&change.region) {
+            self.pairs
+                .insert((region.to_owned(), change.period.clone()));
         }
         if self.pairs.len() > MAX_CHANGED_PAIRS {
             self.lost();
@@ -110,22 +111,6 @@ impl Changed {
             .map(|(r, p)| (r.clone(), p.clone()))
             .collect()
     }
-}
-
-/// The region and every region above it (a cycle in the data ends the walk).
-fn ancestry(city: &City, region: &str) -> Vec<String> {
-    let mut out = vec![region.to_owned()];
-    while let Some(parent) = out
-        .last()
-        .and_then(|r| city.region(r))
-        .and_then(|r| r.parent.clone())
-    {
-        if out.contains(&parent) || out.len() > city.regions.len() {
-            break;
-        }
-        out.push(parent);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -131,7 +131,7 @@ pub fn recipients(city: &City, region: &str, risk: &VetoRisk) -> Vec<String> {
                 .filter(|m| {
                     city.department(m)
                         .and_then(|dep| dep.governs.as_deref())
-                        .is_none_or(|governed| governs_within(city, governed, region))
+                        .is_none_or(|governed| city.is_within(governed, region))
                 })
                 .cloned()
                 .collect(),
@@ -143,23 +143,6 @@ pub fn recipients(city: &City, region: &str, risk: &VetoRisk) -> Vec<String> {
         }
     }
     out
-}
-
-/// Whether `governed` is `region` or below it.
-fn governs_within(city: &City, governed: &str, region: &str) -> bool {
-    let mut at = Some(governed.to_owned());
-    let mut steps = 0;
-    while let Some(r) = at {
-        if r == region {
-            return true;
-        }
-        steps += 1;
-        if steps > city.regions.len() {
-            return false;
-        }
-        at = city.region(&r).and_then(|x| x.parent.clone());
-    }
-    false
 }
 
 /// The veto-risk producer; returns how many notices were enqueued. `force`: every cycle now,

@@ -398,17 +398,6 @@ fn expected_reporters(
 ) -> HashMap<String, BTreeMap<String, BTreeSet<String>>> {
     let mut out: HashMap<String, BTreeMap<String, BTreeSet<String>>> = HashMap::new();
     let governs = |d: &str| city.department(d).and_then(|x| x.governs.as_deref());
-    let within = |region: &str, ancestor: &str| {
-        let mut at = Some(region);
-        for _ in 0..=city.regions.len() {
-            match at {
-                Some(r) if r == ancestor => return true,
-                Some(r) => at = city.region(r).and_then(|x| x.parent.as_deref()),
-                None => return false,
-            }
-        }
-        false
-    };
     let mut add = |dept: &str, metric: &str, region: &str| {
         out.entry(dept.to_owned())
             .or_default()
@@ -425,7 +414,7 @@ fn expected_reporters(
         for member in city.members_of(&duty.party) {
             for metric in &duty.metrics {
                 for region in &duty.regions {
-                    if governs(member).is_none_or(|own| within(region, own)) {
+                    if governs(member).is_none_or(|own| city.is_within(region, own)) {
                         add(member, metric, region);
                     }
                 }

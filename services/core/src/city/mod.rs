@@ -170,6 +170,28 @@ impl City {
         self.regions.iter().find(|r| r.code == code)
     }
 
+    /// `code` and every region above it, nearest first (`["330802", "330800"]`); just `code`
+    /// for a region the city lacks. A cycle in the data ends the walk (the loader refuses one).
+    pub fn ancestry<'a>(&'a self, code: &'a str) -> Vec<&'a str> {
+        let mut out = vec![code];
+        while let Some(parent) = out
+            .last()
+            .and_then(|r| self.region(r))
+            .and_then(|r| r.parent.as_deref())
+        {
+            if out.contains(&parent) || out.len() > self.regions.len() {
+                break;
+            }
+            out.push(parent);
+        }
+        out
+    }
+
+    /// Whether `region` is `ancestor` or lies below it.
+    pub fn is_within(&self, region: &str, ancestor: &str) -> bool {
+        self.ancestry(region).contains(&ancestor)
+    }
+
     pub fn department(&self, code: &str) -> Option<&Department> {
         self.departments.iter().find(|r| r.code == code)
     }

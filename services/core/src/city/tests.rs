@@ -212,3 +212,19 @@ fn quzhou_seeds_one_review_cycle_and_a_bad_cycle_is_refused_with_its_line() {
         "{text}"
     );
 }
+
+#[test]
+fn a_region_s_ancestry_runs_up_to_the_city() {
+    let (_, city) = load();
+    assert_eq!(city.ancestry("330802"), ["330802", "330800"]);
+    assert_eq!(city.ancestry("330800"), ["330800"]);
+    assert_eq!(
+        city.ancestry("999999"),
+        ["999999"],
+        "an unknown region alone"
+    );
+    assert!(city.is_within("330802", "330800"));
+    assert!(city.is_within("330800", "330800"));
+    assert!(!city.is_within("330800", "330802"));
+    assert!(!city.is_within("330802", "330803"));
+}

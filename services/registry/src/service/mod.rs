@@ -186,15 +186,7 @@ fn key_name(name: &str) -> Result<(Option<String>, String)> {
 // ----- conversions -----
 
 fn region_pb(r: &Region, city: &city::City) -> pb::Region {
-    let mut level = 0u32;
-    let mut at = r.parent.as_deref();
-    while let Some(p) = at {
-        level += 1;
-        at = city.region(p).and_then(|x| x.parent.as_deref());
-        if level as usize > city.regions.len() {
-            break;
-        }
-    }
+    let level = u32::try_from(city.ancestry(&r.code).len() - 1).unwrap_or(u32::MAX);
     pb::Region {
         name: format!("regions/{}", r.code),
         code: r.code.clone(),
