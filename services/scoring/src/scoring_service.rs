@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -187,6 +188,9 @@ pub struct ScoringApi {
     credentials: Option<Arc<dyn CredentialCheck>>,
     /// The review cycle's state.
     review: Arc<ReviewView>,
+    /// Each change of the feed, told after the cache has dropped what it reaches: a watch that
+    /// recomputes on it never reads a scorecard cached before the change.
+    invalidated: broadcast::Sender<Change>,
 }
 
 impl std::fmt::Debug for ScoringApi {
@@ -197,8 +201,13 @@ impl std::fmt::Debug for ScoringApi {
 
 /// The most regions one BatchGetScorecards call may ask for.
 const MAX_BATCH_REGIONS: usize = 100;
-/// How long a watch waits for more changes before recomputing (coalesces bursts of commits).
+/// The shortest time between two updates of one watch: the first change after a quiet spell
+/// is delivered at once, the changes of a burst within this time after an update wait for its
+/// end and go out together in one update.
 const WATCH_COALESCE: Duration = Duration::from_millis(100);
+/// Changes told to watches and not yet taken; a watch that falls further behind recomputes
+/// as for any change (it lost nothing: it always reads the current figures).
+const INVALIDATED_CAPACITY: usize = 1024;
 /// How often an open watch asks whether its caller's key still stands: a revoked key's watch
 /// ends within this interval after the revocation reaches this process.
 const CREDENTIAL_RECHECK: Duration = Duration::from_millis(250);
@@ -239,9 +248,11 @@ impl ScoringApi {
             cache: Arc::new(Mutex::new(Cache::default())),
             credentials: None,
             review: Arc::new(ReviewView::default()),
+            invalidated: broadcast::channel(INVALIDATED_CAPACITY).0,
         };
         let mut changes = api.source.changes();
         let cache = Arc::downgrade(&api.cache);
+        let invalidated = api.invalidated.clone();
         tokio::spawn(async move {
             loop {
                 let event = changes.recv().await;
@@ -249,6 +260,10 @@ impl ScoringApi {
                 let mut cache = cache
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let told = match &event {
+                    Ok(change) => change.clone(),
+                    Err(_) => Change::everything(),
+                };
                 match event {
                     Ok(change) if change.is_everything() => {
                         cache.invalidate_all();
@@ -278,6 +293,9 @@ impl ScoringApi {
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
+                drop(cache);
+                // No watch listening is no error.
+                let _ = invalidated.send(told);
             }
         });
         api
@@ -910,7 +928,7 @@ impl ScoringService for ScoringApi {
         let req = request.into_inner();
         self.check_region_period(&req.region_code, &req.period)?;
         // Subscribe before the first read so no change between the two is missed.
-        let mut changes = self.source.changes();
+        let mut changes = self.invalidated.subscribe();
         let mut reviewed = self.review.changed.subscribe();
         let first = self.watched(&req.region_code, &req.period, locale).await?;
         let (tx, rx) = mpsc::channel(4);
@@ -923,6 +941,7 @@ impl ScoringService for ScoringApi {
             if tx.send(Ok(send(first))).await.is_err() {
                 return;
             }
+            let mut last_update = Instant::now();
             // A change to a month reaches its quarter and year; a LEVEL value the periods it
             // carries forward to.
             let relevant = |c: &Change| c.region == req.region_code && c.reaches(&req.period);
@@ -946,11 +965,12 @@ impl ScoringService for ScoringApi {
                     Some(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => {}
                     Some(Err(broadcast::error::RecvError::Closed)) => return,
                 }
-                // Coalesce a burst of commits into one update.
-                tokio::time::sleep(WATCH_COALESCE).await;
+                // At once after a quiet spell; within a burst, one update per WATCH_COALESCE.
+                tokio::time::sleep_until(last_update + WATCH_COALESCE).await;
                 while let Ok(c) = changes.try_recv() {
                     let _ = c;
                 }
+                last_update = Instant::now();
                 let message = api
                     .watched(&req.region_code, &req.period, locale)
                     .await

@@ -485,6 +485,59 @@ async fn watch_sends_the_scorecard_again_after_a_change() {
     assert!(started.elapsed() < Duration::from_secs(1));
 }
 
+/// On the paused clock: the first change after a quiet spell is delivered without waiting
+/// (the coalescing window used to delay every update by 100 ms), showing the changed figures
+/// (never a scorecard cached before the change); a burst right after an update waits for the
+/// window's end and comes as one update showing its last change.
+#[tokio::test(start_paused = true)]
+async fn watch_delivers_at_once_and_coalesces_a_burst() {
+    let source = FakeSource::new();
+    source.set("330800", "2026", baseline(), Vec::new());
+    let api = api(Arc::clone(&source));
+    let mut stream = api
+        .watch_scorecard(req(pb::WatchScorecardRequest {
+            region_code: "330800".into(),
+            period: "2026".into(),
+        }))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    let outcome = |m: Option<Result<pb::WatchScorecardResponse, Status>>| {
+        m.unwrap_or_else(|| panic!("closed"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .scorecard
+            .map(|c| c.outcome())
+    };
+    assert_eq!(outcome(stream.next().await), Some(pb::Outcome::Passed));
+    // A quiet spell, longer than the window.
+    tokio::time::sleep(WATCH_COALESCE * 3).await;
+    let vetoed = || {
+        let mut v = baseline();
+        v.set_number("monitoring.city_rank", Num::from_int(101));
+        v
+    };
+    let changed = Instant::now();
+    source.set("330800", "2026", vetoed(), Vec::new());
+    assert_eq!(outcome(stream.next().await), Some(pb::Outcome::Vetoed));
+    let first = Instant::now();
+    assert!(
+        first - changed < WATCH_COALESCE,
+        "the first change waited {:?}",
+        first - changed
+    );
+    // A burst at once: vetoed again, then passed.
+    source.set("330800", "2026", vetoed(), Vec::new());
+    source.set("330800", "2026", baseline(), Vec::new());
+    assert_eq!(outcome(stream.next().await), Some(pb::Outcome::Passed));
+    assert!(Instant::now() - first >= WATCH_COALESCE);
+    assert!(
+        tokio::time::timeout(WATCH_COALESCE * 2, stream.next())
+            .await
+            .is_err(),
+        "the burst came as more than one update"
+    );
+}
+
 #[tokio::test]
 async fn bad_regions_and_periods_are_named() {
     let api = api(FakeSource::new());
