@@ -23,6 +23,15 @@
 //! Header: `x-citycredit-identity: v2;<issuer>;<audience>;<principal>;<role>;<department>;
 //! <credential>;<issued micros>;<nonce hex>;<body sha-256 hex | stream>;<signature hex>`.
 //! The signature covers a domain-separation tag, the path, and every field before it.
+//!
+//! A **read grant** (`v3`, body field `any`) is the same signature without the per-call parts:
+//! it binds issuer, audience, path and principal with its credential, and no request body, and
+//! it is good for any number of calls of that one RPC within the window. Only an RPC that reads
+//! ([`is_read_only`]) may be called with one: a verifier refuses a grant for any other path.
+//! The signer reuses a grant for [`GRANT_REUSE_MICROS`] (the same header value on every such
+//! call, which HPACK sends as one index), and a verifier checks its signature once and keeps it
+//! ([`MAX_GRANTS`] at most), so a read costs neither a signature nor a verification per call.
+//! Calls that change state keep `v2`: one signature, one nonce and the body's digest per call.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -43,6 +52,35 @@ pub const WINDOW_MICROS: i64 = 30_000_000;
 /// oldest are forgotten early and only the window (and, for calls that change state, the
 /// store's nonce table) refuses their replay. 500,000 covers the window at 16,000 calls/s.
 const MAX_NONCES: usize = 500_000;
+/// How long a signer reuses a read grant after issuing it: a third of the window, so a grant
+/// reused to the end still has two thirds of its window for the clocks' skew and the call.
+pub const GRANT_REUSE_MICROS: i64 = WINDOW_MICROS / 3;
+/// Most verified read grants one verifier keeps (about 400 bytes each: 1.6 MiB at the bound).
+/// About one per (principal, read RPC, audience) every [`GRANT_REUSE_MICROS`]; beyond it, those
+/// past their window are dropped, and if none is, all are (they verify again on their next use).
+pub const MAX_GRANTS: usize = 4096;
+/// RPC methods that only read (by name prefix). Every other method changes state: it is signed
+/// per call and, in a split deployment, has its nonce claimed in the store. A new RPC is
+/// guarded until someone decides it only reads.
+const READ_ONLY_PREFIXES: &[&str] = &[
+    "Get",
+    "BatchGet",
+    "List",
+    "Query",
+    "Watch",
+    "Explain",
+    "WhatIf",
+    "Compare",
+    "Verify",
+    "AuditCodes",
+];
+
+/// True when the RPC at `path` (`/package.Service/Method`) only reads.
+pub fn is_read_only(path: &str) -> bool {
+    let method = path.rsplit('/').next().unwrap_or_default();
+    READ_ONLY_PREFIXES.iter().any(|p| method.starts_with(p))
+}
+
 /// Separates these signatures from anything else the keys might ever sign.
 const SIGNING_CONTEXT: &str = "citycredit-internal-identity";
 /// The principal scoring acts as towards ingestion.
@@ -139,6 +177,8 @@ pub enum BodyBinding {
     Digest([u8; 32]),
     /// A client stream: the messages are not bound.
     Stream,
+    /// A read grant (`v3`): no request body is bound; only for RPCs that read.
+    Unbound,
 }
 
 impl BodyBinding {
@@ -166,12 +206,16 @@ impl BodyBinding {
         match self {
             BodyBinding::Digest(d) => hex::encode(d),
             BodyBinding::Stream => "stream".to_owned(),
+            BodyBinding::Unbound => "any".to_owned(),
         }
     }
 
     fn parse(s: &str) -> Option<BodyBinding> {
         if s == "stream" {
             return Some(BodyBinding::Stream);
+        }
+        if s == "any" {
+            return Some(BodyBinding::Unbound);
         }
         let mut d = [0u8; 32];
         hex::decode_to_slice(s, &mut d).ok()?;
@@ -196,6 +240,8 @@ pub enum IdentityError {
     Replayed,
     #[error("scoring's key may not sign this call")]
     OutOfScope,
+    #[error("a read grant cannot carry a call that changes state")]
+    GrantForChange,
 }
 
 /// An identity that verified.
@@ -337,6 +383,46 @@ impl IdentitySigner {
         body: BodyBinding,
         now_micros: i64,
     ) -> Option<String> {
+        if body == BodyBinding::Unbound {
+            // Only `grant` makes these (v3), and only for reads.
+            return None;
+        }
+        self.signed("v2", principal, audience, path, body, now_micros)
+    }
+
+    /// A read grant (`v3`) for `principal` calling `path` on `audience`, issued at
+    /// `now_micros`: good for any number of calls of `path` within the window, with any request.
+    /// None for an RPC that changes state ([`is_read_only`]), or when the principal's fields
+    /// cannot be carried.
+    pub fn grant(
+        &self,
+        principal: &Principal,
+        audience: Audience,
+        path: &str,
+        now_micros: i64,
+    ) -> Option<String> {
+        if !is_read_only(path) {
+            return None;
+        }
+        self.signed(
+            "v3",
+            principal,
+            audience,
+            path,
+            BodyBinding::Unbound,
+            now_micros,
+        )
+    }
+
+    fn signed(
+        &self,
+        version: &str,
+        principal: &Principal,
+        audience: Audience,
+        path: &str,
+        body: BodyBinding,
+        now_micros: i64,
+    ) -> Option<String> {
         let dept = principal.department.as_deref().unwrap_or("");
         let credential = principal.credential.as_deref().unwrap_or("");
         if principal.id.is_empty()
@@ -349,7 +435,7 @@ impl IdentitySigner {
         let mut nonce = [0u8; 16];
         rand::rng().fill_bytes(&mut nonce);
         let fields = format!(
-            "v2;{};{};{};{};{dept};{credential};{now_micros};{};{}",
+            "{version};{};{};{};{};{dept};{credential};{now_micros};{};{}",
             self.issuer.as_str(),
             audience.as_str(),
             principal.id,
@@ -368,6 +454,8 @@ pub struct IdentityVerifier {
     gateway: VerifyingKey,
     scoring: Option<VerifyingKey>,
     seen: Mutex<Seen>,
+    /// Read grants that verified: header value -> (path, identity).
+    grants: Mutex<HashMap<String, (String, Verified)>>,
 }
 
 impl fmt::Debug for IdentityVerifier {
@@ -395,6 +483,7 @@ impl IdentityVerifier {
             // Only ingestion has anything to give scoring.
             scoring: scoring.filter(|_| audience == Audience::Ingestion),
             seen: Mutex::new(Seen::default()),
+            grants: Mutex::new(HashMap::new()),
         }
     }
 
@@ -403,8 +492,52 @@ impl IdentityVerifier {
     }
 
     /// The identity in header `value` for a call of `path` at `now_micros`: signature, issuer
-    /// scope, audience, window, and once per nonce in this process.
+    /// scope, audience, window, and once per nonce in this process; a read grant (`v3`) only
+    /// for a path that reads, its signature checked on its first use and remembered.
     pub fn verify(
+        &self,
+        value: &str,
+        path: &str,
+        now_micros: i64,
+    ) -> Result<Verified, IdentityError> {
+        if !value.starts_with("v3;") {
+            return self.verify_signed(value, path, now_micros);
+        }
+        if !is_read_only(path) {
+            return Err(IdentityError::GrantForChange);
+        }
+        let known = self
+            .grants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(value)
+            .filter(|(p, _)| p == path)
+            .map(|(_, v)| v.clone());
+        if let Some(v) = known {
+            if now_micros.abs_diff(v.issued_micros) > WINDOW_MICROS.unsigned_abs() {
+                return Err(IdentityError::Stale);
+            }
+            return Ok(v);
+        }
+        let v = self.verify_signed(value, path, now_micros)?;
+        let mut grants = self
+            .grants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if grants.len() >= MAX_GRANTS {
+            grants.retain(|_, (_, g)| {
+                now_micros.abs_diff(g.issued_micros) <= WINDOW_MICROS.unsigned_abs()
+            });
+            if grants.len() >= MAX_GRANTS {
+                grants.clear();
+            }
+        }
+        grants.insert(value.to_owned(), (path.to_owned(), v.clone()));
+        Ok(v)
+    }
+
+    /// Everything but the read grants' memory: a grant's signature is checked here like any.
+    fn verify_signed(
         &self,
         value: &str,
         path: &str,
@@ -427,9 +560,11 @@ impl IdentityVerifier {
         else {
             return Err(IdentityError::Malformed);
         };
-        if *version != "v2" {
-            return Err(IdentityError::Malformed);
-        }
+        let grant = match *version {
+            "v2" => false,
+            "v3" => true,
+            _ => return Err(IdentityError::Malformed),
+        };
         let issuer = Issuer::parse(issuer).ok_or(IdentityError::Malformed)?;
         let key = match issuer {
             Issuer::Gateway => &self.gateway,
@@ -469,6 +604,10 @@ impl IdentityVerifier {
             return Err(IdentityError::Stale);
         }
         let body = BodyBinding::parse(body).ok_or(IdentityError::Malformed)?;
+        // A grant binds no body, and every other identity binds one.
+        if grant != (body == BodyBinding::Unbound) {
+            return Err(IdentityError::Malformed);
+        }
         // Exactly 32 lowercase hex digits: one spelling per nonce (from_str_radix alone would
         // also take a sign).
         if nonce.len() != 32
@@ -479,7 +618,10 @@ impl IdentityVerifier {
             return Err(IdentityError::Malformed);
         }
         let nonce_value = u128::from_str_radix(nonce, 16).map_err(|_| IdentityError::Malformed)?;
-        self.remember(nonce_value, issued, now_micros)?;
+        // A grant is for many calls: its nonce only tells grants apart.
+        if !grant {
+            self.remember(nonce_value, issued, now_micros)?;
+        }
         Ok(Verified {
             issuer,
             principal,
@@ -621,6 +763,103 @@ mod tests {
     }
 
     #[test]
+    fn a_read_grant_serves_many_calls_of_its_one_read_within_its_window() {
+        let gateway = IdentitySigner::generate(Issuer::Gateway);
+        let scoring = IdentityVerifier::new(Audience::Scoring, gateway.public_key(), None);
+        let read = "/citycredit.v1.IndicatorService/GetCatalog";
+        let other_read = "/citycredit.v1.IndicatorService/ListIndicators";
+        let g = gateway
+            .grant(&principal(), Audience::Scoring, read, T)
+            .unwrap_or_default();
+        // Many calls, the signature checked on the first only: the same identity each time.
+        for k in 0..3 {
+            let v = scoring
+                .verify(&g, read, T + k)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(v.principal, principal());
+            assert_eq!(v.body, BodyBinding::Unbound);
+        }
+        // Another read, after the window (remembered or not), another audience.
+        assert_eq!(
+            scoring.verify(&g, other_read, T),
+            Err(IdentityError::BadSignature)
+        );
+        assert_eq!(
+            scoring.verify(&g, read, T + WINDOW_MICROS + 1),
+            Err(IdentityError::Stale)
+        );
+        let ingestion = IdentityVerifier::new(Audience::Ingestion, gateway.public_key(), None);
+        assert_eq!(
+            ingestion.verify(&g, read, T),
+            Err(IdentityError::WrongAudience("scoring"))
+        );
+        // Never for a call that changes state: not made, and not accepted if made.
+        assert_eq!(
+            gateway.grant(&principal(), Audience::Ingestion, PATH, T),
+            None
+        );
+        assert_eq!(
+            gateway.sign(
+                &principal(),
+                Audience::Ingestion,
+                PATH,
+                BodyBinding::Unbound,
+                T
+            ),
+            None
+        );
+        let forced = gateway
+            .signed(
+                "v3",
+                &principal(),
+                Audience::Ingestion,
+                PATH,
+                BodyBinding::Unbound,
+                T,
+            )
+            .unwrap_or_default();
+        assert_eq!(
+            ingestion.verify(&forced, PATH, T),
+            Err(IdentityError::GrantForChange)
+        );
+        // A per-call identity turned into a grant (or the reverse) does not verify or parse.
+        let per_call = gateway
+            .sign(&principal(), Audience::Scoring, read, body(), T)
+            .unwrap_or_default();
+        assert_eq!(
+            scoring.verify(&per_call.replacen("v2;", "v3;", 1), read, T),
+            Err(IdentityError::BadSignature)
+        );
+        let unbound_v2 = gateway
+            .signed(
+                "v2",
+                &principal(),
+                Audience::Scoring,
+                read,
+                BodyBinding::Unbound,
+                T,
+            )
+            .unwrap_or_default();
+        assert_eq!(
+            scoring.verify(&unbound_v2, read, T),
+            Err(IdentityError::Malformed)
+        );
+        // The memory is bounded: beyond MAX_GRANTS, grants verify again and still pass.
+        for k in 0..=i64::try_from(MAX_GRANTS).unwrap_or(0) {
+            let g = gateway
+                .grant(&principal(), Audience::Scoring, read, T + k)
+                .unwrap_or_default();
+            assert!(scoring.verify(&g, read, T + k).is_ok());
+        }
+        let kept = scoring
+            .grants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len();
+        assert!(kept <= MAX_GRANTS, "{kept}");
+    }
+
+    #[test]
     fn scorings_key_is_good_only_for_its_own_reads_on_ingestion() {
         let gateway = IdentitySigner::generate(Issuer::Gateway);
         let scoring = IdentitySigner::generate(Issuer::Scoring);
@@ -745,10 +984,23 @@ mod tests {
             assert_eq!(v.map(|v| v.body), Ok(BodyBinding::of(&request)));
         }
         let verify = start.elapsed() / n;
+        // A read grant: signed once, checked once, then remembered.
+        let read = "/citycredit.v1.IndicatorService/GetCatalog";
+        let granted = IdentityVerifier::new(Audience::Scoring, gateway.public_key(), None);
+        let g = gateway
+            .grant(&principal(), Audience::Scoring, read, T)
+            .unwrap_or_default();
+        let start = std::time::Instant::now();
+        for i in 0..n {
+            assert!(granted.verify(&g, read, T + i64::from(i)).is_ok());
+        }
+        let reuse = start.elapsed() / n;
         eprintln!(
-            "internal identity: sign {} ns/op, verify {} ns/op (1 KiB body digest included in both)",
+            "internal identity: sign {} ns/op, verify {} ns/op (1 KiB body digest included in both); \
+             a read grant used again: {} ns/op",
             sign.as_nanos(),
-            verify.as_nanos()
+            verify.as_nanos(),
+            reuse.as_nanos()
         );
         // Generous for debug builds; the release figure is in SECURITY.md.
         assert!(

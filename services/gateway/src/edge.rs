@@ -14,7 +14,8 @@
 //! 5. sets the deadline: the caller's `grpc-timeout` (or the default), capped per kind of call,
 //!    enforced to the end of the response (DEADLINE_EXCEEDED) and passed on;
 //! 6. signs the principal for the service (`x-citycredit-identity`: its audience, the path, the
-//!    principal's API key, and the digest of a request that is one message) and passes the
+//!    principal's API key, and the digest of a request that is one message; for an RPC that
+//!    only reads, the principal's read grant for that RPC, reused for 10 s) and passes the
 //!    trace on;
 //! 7. forwards the raw HTTP/2 request to the service's upstream, in process or remote, streaming
 //!    bodies through without decoding them (a request stream idle for the read timeout ends);

@@ -9,7 +9,9 @@
 //!    active in this process's registry snapshot (reloaded once when it is not: a key made a
 //!    moment ago elsewhere), so a revoked, expired or unknown key is refused here too;
 //! 4. for an RPC whose request is one message, the body is buffered and must match the digest
-//!    the identity was signed with; a client stream must be signed as one;
+//!    the identity was signed with, unless the RPC only reads and the identity is a read grant
+//!    (`v3`, bound to the principal and the RPC, not to one request); a client stream must be
+//!    signed as one;
 //! 5. a call that changes state claims its nonce in the store, so a captured identity is
 //!    refused on every other replica too (UNAVAILABLE with RetryInfo while the store is down);
 //! 6. the verified principal goes into the request's extensions for the handler's
@@ -133,6 +135,12 @@ impl FrontParts {
         let (parts, body) = req.into_parts();
         let body = match (client_stream, binding) {
             (true, BodyBinding::Stream) => body,
+            // Only for an RPC that reads (the verifier refuses any other): buffered all the
+            // same, so a call's request is bounded in size and time in one place.
+            (false, BodyBinding::Unbound) if is_read_only(path) => {
+                let bytes = read_body(body, self.max_message, body_wait(&parts.headers)).await?;
+                Body::new(http_body_util::Full::new(bytes))
+            }
             (false, BodyBinding::Digest(want)) => {
                 let bytes = read_body(body, self.max_message, body_wait(&parts.headers)).await?;
                 if BodyBinding::of(&bytes) != BodyBinding::Digest(want) {

@@ -2,10 +2,12 @@
 //! service front shares with it:
 //!
 //! - [`EdgeSigner`]: step 6 of the gateway. It signs the principal for the upstream's audience
-//!   with the SHA-256 of the request body of every RPC whose request is one message; the edge
-//!   has read that body whole already (within the byte budget) and hashed it as it arrived, so
-//!   the body is buffered once and read once. Client streams (SubmitBatch) are signed as
-//!   `stream`.
+//!   with the SHA-256 of the request body of every RPC whose request is one message and that
+//!   changes state; the edge has read that body whole already (within the byte budget) and
+//!   hashed it as it arrived, so the body is buffered once and read once. Client streams
+//!   (SubmitBatch) are signed as `stream`. An RPC that only reads carries a read grant
+//!   (`citycredit::auth::identity`, `v3`) for the principal and that RPC, made once and reused
+//!   for `GRANT_REUSE_MICROS`: no signature per call, and a header value HPACK indexes.
 //! - [`read_body`]: the bounded buffering of the service front.
 //! - [`SharedNonces`]: the replay guard every replica of a service shares through the store. A
 //!   front claims the nonce of every call that changes state (`INSERT ... ON CONFLICT DO
@@ -13,6 +15,7 @@
 //!   guarded per process only: replaying one yields the answer the original caller got, to an
 //!   attacker who (without mTLS) already saw it on the wire.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +23,10 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use tonic::Code;
 
+pub use citycredit::auth::identity::is_read_only;
 use citycredit::auth::identity::{
-    Audience, BodyBinding, HEADER, IdentitySigner, Issuer, WINDOW_MICROS,
+    Audience, BodyBinding, GRANT_REUSE_MICROS, HEADER, IdentitySigner, Issuer, MAX_GRANTS,
+    WINDOW_MICROS,
 };
 use citycredit::status::{Reason, with_reason};
 use citycredit_core::auth::Principal;
@@ -34,27 +39,6 @@ use crate::upstream::Body;
 pub const BODY_WAIT: Duration = Duration::from_secs(30);
 /// The gRPC frame header before each message: a flag byte and a 4-byte length.
 const FRAME_HEADER: usize = 5;
-
-/// RPC methods that only read (by name prefix). Every other method changes state and has its
-/// nonce claimed in the store: a new RPC is guarded until someone decides it only reads.
-const READ_ONLY_PREFIXES: &[&str] = &[
-    "Get",
-    "BatchGet",
-    "List",
-    "Query",
-    "Watch",
-    "Explain",
-    "WhatIf",
-    "Compare",
-    "Verify",
-    "AuditCodes",
-];
-
-/// True when the RPC at `path` only reads.
-pub fn is_read_only(path: &str) -> bool {
-    let method = path.rsplit('/').next().unwrap_or_default();
-    READ_ONLY_PREFIXES.iter().any(|p| method.starts_with(p))
-}
 
 /// Buffers a request body of at most `max_message` bytes (one gRPC message and its frame
 /// header) within `wait`. The refusal is a ready gRPC answer.
@@ -106,6 +90,9 @@ pub fn body_wait(headers: &http::HeaderMap) -> Duration {
 /// Signs callers' identities for the upstreams (the gateway's private key).
 pub struct EdgeSigner {
     signer: IdentitySigner,
+    /// The read grants in use: (principal, path) -> (header, issued micros); at most
+    /// `MAX_GRANTS`.
+    grants: std::sync::Mutex<HashMap<(Principal, String), (http::HeaderValue, i64)>>,
 }
 
 impl std::fmt::Debug for EdgeSigner {
@@ -120,7 +107,10 @@ impl EdgeSigner {
     /// A signer with the gateway's key.
     pub fn new(signer: IdentitySigner) -> EdgeSigner {
         debug_assert_eq!(signer.issuer(), Issuer::Gateway);
-        EdgeSigner { signer }
+        EdgeSigner {
+            signer,
+            grants: std::sync::Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn public_key(&self) -> ed25519_dalek::VerifyingKey {
@@ -140,6 +130,11 @@ impl EdgeSigner {
     ) -> Result<(), &'static str> {
         let audience =
             Audience::of_path(path).ok_or("no service to pass the caller's identity to")?;
+        if matches!(body, BodyBinding::Digest(_)) && is_read_only(path) {
+            let header = self.grant(principal, audience, path, now_micros)?;
+            headers.insert(HEADER, header);
+            return Ok(());
+        }
         let header = self
             .signer
             .sign(principal, audience, path, body, now_micros)
@@ -147,6 +142,48 @@ impl EdgeSigner {
             .ok_or("cannot pass the caller's identity on")?;
         headers.insert(HEADER, header);
         Ok(())
+    }
+}
+
+impl EdgeSigner {
+    /// The read grant of `principal` for `path`: the one in use while younger than
+    /// `GRANT_REUSE_MICROS`, else a new one.
+    fn grant(
+        &self,
+        principal: &Principal,
+        audience: Audience,
+        path: &str,
+        now_micros: i64,
+    ) -> Result<http::HeaderValue, &'static str> {
+        let key = (principal.clone(), path.to_owned());
+        let fresh = |issued: i64| (0..GRANT_REUSE_MICROS).contains(&(now_micros - issued));
+        if let Some((header, issued)) = self.lock_grants().get(&key)
+            && fresh(*issued)
+        {
+            return Ok(header.clone());
+        }
+        let header = self
+            .signer
+            .grant(principal, audience, path, now_micros)
+            .and_then(|h| http::HeaderValue::from_str(&h).ok())
+            .ok_or("cannot pass the caller's identity on")?;
+        let mut grants = self.lock_grants();
+        if grants.len() >= MAX_GRANTS {
+            grants.retain(|_, (_, issued)| fresh(*issued));
+            if grants.len() >= MAX_GRANTS {
+                grants.clear();
+            }
+        }
+        grants.insert(key, (header.clone(), now_micros));
+        Ok(header)
+    }
+
+    fn lock_grants(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(Principal, String), (http::HeaderValue, i64)>> {
+        self.grants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -209,6 +246,44 @@ impl SharedNonces {
 mod tests {
     use super::*;
     use crate::rpc_table::RpcTable;
+
+    #[test]
+    fn reads_reuse_one_grant_per_principal_and_changes_are_signed_per_call() {
+        let signer = EdgeSigner::new(IdentitySigner::generate(Issuer::Gateway));
+        let who = |id: &str| Principal {
+            id: id.to_owned(),
+            role: citycredit_core::auth::Role::Operator,
+            department: None,
+            credential: Some("cc_0badc0de".to_owned()),
+        };
+        let header = |p: &Principal, path: &str, now: i64| {
+            let mut h = http::HeaderMap::new();
+            let signed = signer.sign(p, path, BodyBinding::of(b"x"), &mut h, now);
+            assert_eq!(signed, Ok(()));
+            h.get(HEADER)
+                .cloned()
+                .unwrap_or_else(|| panic!("no header"))
+        };
+        let read = "/citycredit.v1.IndicatorService/GetCatalog";
+        let change = "/citycredit.v1.MetricSubmissionService/SubmitValue";
+        let t = 1_000_000_000;
+        let first = header(&who("ops"), read, t);
+        assert!(first.as_bytes().starts_with(b"v3;"), "{first:?}");
+        assert_eq!(header(&who("ops"), read, t + GRANT_REUSE_MICROS - 1), first);
+        assert_ne!(header(&who("ops"), read, t + GRANT_REUSE_MICROS), first);
+        assert_ne!(header(&who("ops2"), read, t), first);
+        assert_ne!(
+            header(
+                &who("ops"),
+                "/citycredit.v1.IndicatorService/ListIndicators",
+                t
+            ),
+            first
+        );
+        let a = header(&who("ops"), change, t);
+        assert!(a.as_bytes().starts_with(b"v2;"), "{a:?}");
+        assert_ne!(header(&who("ops"), change, t), a);
+    }
 
     #[test]
     fn exactly_the_state_changing_rpcs_claim_their_nonce_in_the_store() {
