@@ -319,7 +319,7 @@ pub async fn serve(
                 CODE_AUDIT.into(),
                 upstream::local(ingestion.code_audit_service(), ingestion_front),
             );
-            let edge = edge_signer(signer.take())?;
+            let edge = edge_signer(signer.take(), config.gateway.read_grants)?;
             let routes =
                 gateway_routes(&config, routes, health_service, &registry, edge, &metrics)?;
             with_pages(&config, routes, &registry, &catalog)
@@ -351,7 +351,7 @@ pub async fn serve(
                     routes.insert((*s).into(), upstream::remote(channels.clone()));
                 }
             }
-            let edge = edge_signer(signer.take())?;
+            let edge = edge_signer(signer.take(), config.gateway.read_grants)?;
             let routes =
                 gateway_routes(&config, routes, health_service, &registry, edge, &metrics)?;
             with_pages(&config, routes, &registry, &catalog)
@@ -627,9 +627,12 @@ impl IdentityKeys {
 }
 
 /// The gateway's signer over the key loaded for it.
-fn edge_signer(signer: Option<IdentitySigner>) -> Result<Arc<EdgeSigner>, StartError> {
+fn edge_signer(
+    signer: Option<IdentitySigner>,
+    read_grants: bool,
+) -> Result<Arc<EdgeSigner>, StartError> {
     let signer = signer.ok_or_else(|| missing_key("identity.signing_key"))?;
-    Ok(Arc::new(EdgeSigner::new(signer)))
+    Ok(Arc::new(EdgeSigner::new(signer, read_grants)))
 }
 
 /// `grpc.health.v1` alone, in plaintext, for probes that cannot present a client certificate:

@@ -93,6 +93,8 @@ pub struct EdgeSigner {
     /// The read grants in use: (principal, path) -> (header, issued micros); at most
     /// `MAX_GRANTS`.
     grants: std::sync::Mutex<HashMap<(Principal, String), (http::HeaderValue, i64)>>,
+    /// Whether reads carry grants (`gateway.read_grants`); off, every call is signed.
+    read_grants: bool,
 }
 
 impl std::fmt::Debug for EdgeSigner {
@@ -104,12 +106,13 @@ impl std::fmt::Debug for EdgeSigner {
 }
 
 impl EdgeSigner {
-    /// A signer with the gateway's key.
-    pub fn new(signer: IdentitySigner) -> EdgeSigner {
+    /// A signer with the gateway's key; `read_grants`: reads carry reused read grants.
+    pub fn new(signer: IdentitySigner, read_grants: bool) -> EdgeSigner {
         debug_assert_eq!(signer.issuer(), Issuer::Gateway);
         EdgeSigner {
             signer,
             grants: std::sync::Mutex::new(HashMap::new()),
+            read_grants,
         }
     }
 
@@ -130,7 +133,7 @@ impl EdgeSigner {
     ) -> Result<(), &'static str> {
         let audience =
             Audience::of_path(path).ok_or("no service to pass the caller's identity to")?;
-        if matches!(body, BodyBinding::Digest(_)) && is_read_only(path) {
+        if self.read_grants && matches!(body, BodyBinding::Digest(_)) && is_read_only(path) {
             let header = self.grant(principal, audience, path, now_micros)?;
             headers.insert(HEADER, header);
             return Ok(());
@@ -249,7 +252,7 @@ mod tests {
 
     #[test]
     fn reads_reuse_one_grant_per_principal_and_changes_are_signed_per_call() {
-        let signer = EdgeSigner::new(IdentitySigner::generate(Issuer::Gateway));
+        let signer = EdgeSigner::new(IdentitySigner::generate(Issuer::Gateway), true);
         let who = |id: &str| Principal {
             id: id.to_owned(),
             role: citycredit_core::auth::Role::Operator,
@@ -283,6 +286,20 @@ mod tests {
         let a = header(&who("ops"), change, t);
         assert!(a.as_bytes().starts_with(b"v2;"), "{a:?}");
         assert_ne!(header(&who("ops"), change, t), a);
+
+        // `gateway.read_grants = false`: every read is signed for itself, as a change is.
+        let signer = EdgeSigner::new(IdentitySigner::generate(Issuer::Gateway), false);
+        let header = |now: i64| {
+            let mut h = http::HeaderMap::new();
+            let signed = signer.sign(&who("ops"), read, BodyBinding::of(b"x"), &mut h, now);
+            assert_eq!(signed, Ok(()));
+            h.get(HEADER)
+                .cloned()
+                .unwrap_or_else(|| panic!("no header"))
+        };
+        let r = header(t);
+        assert!(r.as_bytes().starts_with(b"v2;"), "{r:?}");
+        assert_ne!(header(t), r);
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub struct GatewaySettings {
     /// call goes to the one with the fewest calls waiting. One connection is driven by one
     /// task, so one alone caps the gateway's throughput well below its cores'.
     pub upstream_connections: usize,
+    /// RPCs that only read carry a read grant (`v3`) per (principal, RPC), reused for 10 s and
+    /// verified once by the service, instead of a signature per call. A grant seen on the wire
+    /// lets its holder make that one read as that principal for up to 30 s: turn this off when
+    /// the links to the services run without mTLS and can be read (SECURITY.md).
+    pub read_grants: bool,
     /// Failed authentications one source address may make per second; beyond it (and the
     /// burst) they are answered RESOURCE_EXHAUSTED without a key look-up.
     pub failed_auth_per_source_rate: u32,
@@ -101,6 +106,7 @@ impl Default for GatewaySettings {
             handshake_timeout_ms: 10_000,
             http2_max_concurrent_streams: 128,
             upstream_connections: 4,
+            read_grants: true,
             failed_auth_per_source_rate: 5,
             failed_auth_per_source_burst: 50,
             access_log_successes: 1,
