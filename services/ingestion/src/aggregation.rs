@@ -385,6 +385,49 @@ mod tests {
     }
 
     #[test]
+    fn the_exact_sum_equals_the_rational_sum_and_skips_what_does_not_parse() {
+        let texts = [
+            "100",
+            "-7",
+            "0.25",
+            "-0",
+            "007",
+            "999999999999999999",
+            "-999999999999999999",
+            "1234567890123456789012345",
+            "3.000",
+            "",
+            "-",
+            "+5",
+            "1e3",
+            "12.",
+        ];
+        let mut sum = ExactSum::default();
+        let mut rational = Num::zero();
+        let mut taken = Vec::new();
+        for t in texts {
+            let added = sum.add(t);
+            if let Ok(n) = Num::parse_decimal(t) {
+                rational = Num(rational.0 + n.0);
+                assert!(added, "{t}");
+                taken.push(t);
+            } else {
+                assert!(!added, "{t}");
+            }
+        }
+        assert_eq!(taken.len(), 9);
+        assert_eq!(sum.total(), rational);
+        // A total past i64: still exact.
+        let mut big = ExactSum::default();
+        let mut rational = Num::zero();
+        for _ in 0..20 {
+            assert!(big.add("999999999999999999"));
+            rational = Num(rational.0 + Num::from_int(999_999_999_999_999_999).0);
+        }
+        assert_eq!(big.total(), rational);
+    }
+
+    #[test]
     fn every_value_counts_and_each_source_names_its_approved_part() {
         let a = figures(Selection::All);
         assert!(!a.approved_only);
