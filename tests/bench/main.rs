@@ -494,6 +494,7 @@ async fn aggregate(db: Db, submissions: usize, queries: usize, periods: Periods)
             "misses the 5 ms target"
         }
     );
+    breakdown(&ing, queries).await;
     scorecards(&ing, &catalog).await;
     // As of an instant before the last load: the as-of path.
     let as_of = citycredit_store::now_micros() - 1;
@@ -508,6 +509,52 @@ async fn aggregate(db: Db, submissions: usize, queries: usize, periods: Periods)
         t.elapsed() / 100
     );
     as_of_anchor(&tdb, as_of).await;
+}
+
+/// Where one city aggregation's time goes: its parts timed one after the other (the service
+/// runs the two reads together), `queries` times each, p50 and p99 of each part.
+async fn breakdown(ing: &Ingestion, queries: usize) {
+    use citycredit_ingestion::{aggregation, gate, store};
+    let regions = ing.org().borrow().subtree("330800");
+    let asked: citycredit_core::period::Period = "2026".parse().unwrap_or_else(|e| panic!("{e:?}"));
+    let periods: Vec<String> = asked.reached_by().iter().map(ToString::to_string).collect();
+    let (mut read, mut signoffs, mut compute) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..queries {
+        let t = Instant::now();
+        let rows = store::versions(ing.db(), &regions, &periods, None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        read.push(t.elapsed());
+        let t = Instant::now();
+        let approvals = gate::approvals(ing.db(), &regions, &asked)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        signoffs.push(t.elapsed());
+        let t = Instant::now();
+        std::hint::black_box(aggregation::aggregate(
+            ing.catalog(),
+            "330800",
+            &asked,
+            0,
+            rows,
+            &approvals,
+            citycredit::aggregates::Selection::All,
+        ));
+        compute.push(t.elapsed());
+    }
+    let pct = |t: &mut Vec<Duration>, q: usize| {
+        t.sort_unstable();
+        t[(t.len() * q / 100).min(t.len() - 1)]
+    };
+    println!(
+        "aggregate, its parts one after the other ({queries} each): versions read p50 {:.2?} p99 {:.2?}; sign-offs read p50 {:.2?} p99 {:.2?}; aggregation::aggregate p50 {:.2?} p99 {:.2?}",
+        pct(&mut read, 50),
+        pct(&mut read, 99),
+        pct(&mut signoffs, 50),
+        pct(&mut signoffs, 99),
+        pct(&mut compute, 50),
+        pct(&mut compute, 99),
+    );
 }
 
 /// The `as_of` read alone, as the store answers it (one probe per key of `value_keys`), and,

@@ -18,6 +18,7 @@
 //! ([`Selection::Approved`]) drop every value that no approved part covers before anything is
 //! rolled up or added.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 use citycredit::aggregates::{Aggregates, MarkerKind, PeriodMarker, Selection, SourceRef};
@@ -31,90 +32,161 @@ use crate::gate::Approvals;
 use crate::store::VersionRow;
 use crate::validation::wire_value;
 
-/// A value key without its period.
-type Key = (String, String, String, String);
-
-fn key_of(r: &VersionRow) -> Key {
-    (
-        r.region.clone(),
-        r.department.clone(),
-        r.domain.clone(),
-        r.task_id.clone(),
-    )
+/// A version with its period parsed once.
+struct Row {
+    period: Period,
+    v: VersionRow,
 }
 
-/// Each key's value(s) for `period` among one metric's `rows` (versions for every period that
-/// reaches it), with a marker for each key whose values came by a partial sum or from an
-/// earlier period.
+/// The value key without its metric and period: (region, department, domain, task_id).
+fn same_key(a: &VersionRow, b: &VersionRow) -> bool {
+    a.region == b.region
+        && a.department == b.department
+        && a.domain == b.domain
+        && a.task_id == b.task_id
+}
+
+/// Metric, then the key as [`same_key`] compares it, then submission: each metric's rows and,
+/// inside them, each key's rows become runs, the keys in the order of their tuples.
+fn by_metric_and_key(a: &Row, b: &Row) -> Ordering {
+    let (a, b) = (&a.v, &b.v);
+    (
+        a.metric.as_str(),
+        a.region.as_str(),
+        a.department.as_str(),
+        a.domain.as_str(),
+        a.task_id.as_str(),
+        a.submission_id,
+    )
+        .cmp(&(
+            b.metric.as_str(),
+            b.region.as_str(),
+            b.department.as_str(),
+            b.domain.as_str(),
+            b.task_id.as_str(),
+            b.submission_id,
+        ))
+}
+
+/// A key's value(s) for `period` among one metric's `rows` (versions for every period that
+/// reaches it, each key's rows together, keys in order), each with the index of its key's
+/// marker in the markers returned (in key order), when its values came by a partial sum or
+/// from an earlier period.
 fn roll_up(
     period: &Period,
     class: TimeClass,
-    rows: Vec<VersionRow>,
-) -> (Vec<VersionRow>, BTreeMap<Key, PeriodMarker>) {
-    let mut by_key: BTreeMap<Key, Vec<(Period, VersionRow)>> = BTreeMap::new();
-    for r in rows {
-        // Stored periods were validated at entry; one that no longer parses cannot reach.
-        if let Ok(p) = r.period.parse::<Period>() {
-            by_key.entry(key_of(&r)).or_default().push((p, r));
-        }
-    }
+    rows: Vec<Row>,
+) -> (Vec<(Option<usize>, Row)>, Vec<PeriodMarker>) {
     let mut out = Vec::new();
-    let mut markers = BTreeMap::new();
-    for (key, versions) in by_key {
-        let candidates: Vec<Candidate> = versions
-            .iter()
-            .map(|(p, r)| Candidate {
-                period: *p,
-                accepted_micros: r.accepted_micros,
-                submission_id: r.submission_id,
-            })
-            .collect();
+    let mut markers = Vec::new();
+    let mut rows = rows.into_iter().peekable();
+    let mut versions: Vec<Row> = Vec::new();
+    let mut candidates: Vec<Candidate> = Vec::new();
+    while let Some(first) = rows.next() {
+        versions.clear();
+        versions.push(first);
+        while let Some(next) = rows.next_if(|r| same_key(&r.v, &versions[0].v)) {
+            versions.push(next);
+        }
+        candidates.clear();
+        candidates.extend(versions.iter().map(|r| Candidate {
+            period: r.period,
+            accepted_micros: r.v.accepted_micros,
+            submission_id: r.v.submission_id,
+        }));
         let Some(reach) = rollup::resolve(period, class, &candidates) else {
             continue;
         };
-        let marker = |kind: MarkerKind, periods: Vec<String>| PeriodMarker {
-            kind,
-            department: key.1.clone(),
-            region: key.0.clone(),
-            domain: key.2.clone(),
-            task_id: key.3.clone(),
-            periods,
+        let mut marker = |kind: MarkerKind, periods: Vec<String>| {
+            let k = &versions[0].v;
+            markers.push(PeriodMarker {
+                kind,
+                department: k.department.clone(),
+                region: k.region.clone(),
+                domain: k.domain.clone(),
+                task_id: k.task_id.clone(),
+                periods,
+            });
+            Some(markers.len() - 1)
         };
-        let mut slots: Vec<Option<VersionRow>> =
-            versions.into_iter().map(|(_, r)| Some(r)).collect();
-        let mut take = |i: usize| slots[i].take();
-        match reach {
-            Reach::Own(i) => out.extend(take(i)),
+        let (chosen, mark): (Vec<usize>, Option<usize>) = match reach {
+            Reach::Own(i) => (vec![i], None),
             Reach::Sum { parts, missing } => {
-                if !missing.is_empty() {
-                    let missing = missing.iter().map(ToString::to_string).collect();
-                    markers.insert(key.clone(), marker(MarkerKind::PartialPeriod, missing));
-                }
-                for i in parts {
-                    out.extend(take(i));
-                }
+                let mark = if missing.is_empty() {
+                    None
+                } else {
+                    marker(
+                        MarkerKind::PartialPeriod,
+                        missing.iter().map(ToString::to_string).collect(),
+                    )
+                };
+                (parts, mark)
             }
             Reach::Latest {
                 index,
                 carried_from,
             } => {
-                if let Some(from) = carried_from {
-                    let from = vec![from.to_string()];
-                    markers.insert(key.clone(), marker(MarkerKind::CarriedForward, from));
-                }
-                out.extend(take(index));
+                let mark = carried_from
+                    .and_then(|from| marker(MarkerKind::CarriedForward, vec![from.to_string()]));
+                (vec![index], mark)
+            }
+        };
+        let mut slots: Vec<Option<Row>> = versions.drain(..).map(Some).collect();
+        for i in chosen {
+            if let Some(r) = slots.get_mut(i).and_then(Option::take) {
+                out.push((mark, r));
             }
         }
     }
     (out, markers)
 }
 
-/// The approved part covering a stored value, as its period's text.
-fn approved_period(approvals: &Approvals, class: TimeClass, r: &VersionRow) -> Option<String> {
-    let period = r.period.parse::<Period>().ok()?;
-    approvals
-        .covering(&r.department, &r.region, &period, class)
-        .map(|p| p.to_string())
+/// An exact sum of decimal texts: plain integers of up to 18 digits (what counts mostly are)
+/// add up in an `i128`, with no rational arithmetic per value; any other text goes through
+/// [`Num::parse_decimal`] and a rational sum. The total is the same exact number either way.
+#[derive(Default)]
+struct ExactSum {
+    ints: i128,
+    rest: Option<Num>,
+}
+
+impl ExactSum {
+    /// Adds `text` when it is a decimal [`Num::parse_decimal`] accepts; false (and nothing
+    /// added) when it is not.
+    fn add(&mut self, text: &str) -> bool {
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        if !digits.is_empty() && digits.len() <= 18 && digits.bytes().all(|b| b.is_ascii_digit()) {
+            // At most 18 digits and an optional '-': always an i64.
+            if let Ok(n) = text.parse::<i64>()
+                && let Some(sum) = self.ints.checked_add(i128::from(n))
+            {
+                self.ints = sum;
+                return true;
+            }
+        }
+        match Num::parse_decimal(text) {
+            Ok(n) => {
+                self.rest = Some(match self.rest.take() {
+                    Some(sum) => Num(sum.0 + n.0),
+                    None => n,
+                });
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn total(self) -> Num {
+        let ints = match i64::try_from(self.ints) {
+            Ok(n) => Num::from_int(n),
+            // Beyond i64: exact through its decimal text (at most 39 digits).
+            Err(_) => Num::parse_decimal(&self.ints.to_string()).unwrap_or_else(|_| Num::zero()),
+        };
+        match self.rest {
+            Some(rest) => Num(ints.0 + rest.0),
+            None => ints,
+        }
+    }
 }
 
 /// Aggregates `rows` (versions at `region` and below, for every period that reaches `period`,
@@ -128,51 +200,69 @@ pub fn aggregate(
     approvals: &Approvals,
     selection: Selection,
 ) -> Aggregates {
-    let mut by_metric: BTreeMap<String, Vec<VersionRow>> = BTreeMap::new();
-    for r in rows {
-        by_metric.entry(r.metric.clone()).or_default().push(r);
-    }
+    // Stored periods were validated at entry; one that no longer parses cannot reach.
+    let mut rows: Vec<Row> = rows
+        .into_iter()
+        .filter_map(|v| {
+            Some(Row {
+                period: v.period.parse().ok()?,
+                v,
+            })
+        })
+        .collect();
+    rows.sort_unstable_by(by_metric_and_key);
     let mut values = Values::new();
     let mut sources: BTreeMap<String, Vec<SourceRef>> = BTreeMap::new();
     let mut markers: BTreeMap<String, Vec<PeriodMarker>> = BTreeMap::new();
-    for (metric, mut rows) in by_metric {
+    let mut rows = rows.into_iter().peekable();
+    let mut metric_rows: Vec<Row> = Vec::new();
+    while let Some(first) = rows.next() {
+        metric_rows.push(first);
+        while let Some(next) = rows.next_if(|r| r.v.metric == metric_rows[0].v.metric) {
+            metric_rows.push(next);
+        }
+        let mut these = std::mem::take(&mut metric_rows);
+        let metric = these[0].v.metric.clone();
         let Some(m) = catalog.metric(&metric) else {
             continue; // a metric the current catalog no longer has
         };
         if m.scope() == AggregationScope::Region {
-            rows.retain(|r| r.region == region);
+            these.retain(|r| r.v.region == region);
         }
+        let covering =
+            |r: &Row| approvals.covering(&r.v.department, &r.v.region, &r.period, m.time);
         if selection == Selection::Approved {
-            rows.retain(|r| approved_period(approvals, m.time, r).is_some());
+            these.retain(|r| covering(r).is_some());
         }
-        let (mut rows, key_markers) = roll_up(period, m.time, rows);
+        let (mut rows, key_markers) = roll_up(period, m.time, these);
         if rows.is_empty() {
             // Nothing reaches the period (or nothing at the region itself for a metric of the
             // region's own scope): not reported, rather than a sum of zero.
             continue;
         }
         // Latest first: accept time, then id.
-        rows.sort_by_key(|r| std::cmp::Reverse((r.accepted_micros, r.submission_id)));
-        let used: Vec<&VersionRow> = match m.kind {
+        rows.sort_unstable_by_key(|(_, r)| {
+            std::cmp::Reverse((r.v.accepted_micros, r.v.submission_id))
+        });
+        let used: Vec<&(Option<usize>, Row)> = match m.kind {
             MetricKind::Count | MetricKind::Amount => {
-                let mut sum = Num::zero();
+                let mut sum = ExactSum::default();
                 let mut used = Vec::new();
                 for r in &rows {
-                    if let Ok(n) = Num::parse_decimal(&r.value) {
-                        sum = Num(sum.0 + n.0);
+                    if sum.add(&r.1.v.value) {
                         used.push(r);
                     }
                 }
-                values.set_number(metric.clone(), sum);
+                values.set_number(metric.clone(), sum.total());
                 used
             }
             MetricKind::Bool => {
-                values.set_flag(metric.clone(), rows.iter().any(|r| r.value == "true"));
+                values.set_flag(metric.clone(), rows.iter().any(|r| r.1.v.value == "true"));
                 rows.iter().collect()
             }
             MetricKind::Rank | MetricKind::Score => {
-                match rows.iter().find(|r| r.region == region) {
-                    Some(r) => match Num::parse_decimal(&r.value) {
+                match rows.iter().find(|r| r.1.v.region == region) {
+                    Some(r) => match Num::parse_decimal(&r.1.v.value) {
                         Ok(n) => {
                             values.set_number(metric.clone(), n);
                             vec![r]
@@ -185,8 +275,8 @@ pub fn aggregate(
             MetricKind::DomainFlag => {
                 let domains: BTreeSet<String> = rows
                     .iter()
-                    .filter(|r| r.value == "true")
-                    .map(|r| r.domain.clone())
+                    .filter(|r| r.1.v.value == "true")
+                    .map(|r| r.1.v.domain.clone())
                     .collect();
                 values.set_domains(metric.clone(), domains);
                 rows.iter().collect()
@@ -194,14 +284,14 @@ pub fn aggregate(
             MetricKind::TaskStatus => {
                 let mut seen = BTreeSet::new();
                 let mut used = Vec::new();
-                for r in rows.iter().filter(|r| r.region == region) {
-                    if seen.insert(r.task_id.clone()) {
-                        let s = match r.value.as_str() {
+                for r in rows.iter().filter(|r| r.1.v.region == region) {
+                    if seen.insert(r.1.v.task_id.as_str()) {
+                        let s = match r.1.v.value.as_str() {
                             "DONE" => TaskStatus::Done,
                             "IN_PROGRESS" => TaskStatus::InProgress,
                             _ => TaskStatus::NotStarted,
                         };
-                        values.set_task(&metric, r.task_id.clone(), s);
+                        values.set_task(&metric, r.1.v.task_id.clone(), s);
                         used.push(r);
                     }
                 }
@@ -211,30 +301,36 @@ pub fn aggregate(
         if used.is_empty() {
             continue;
         }
-        let marked: BTreeSet<Key> = used.iter().map(|r| key_of(r)).collect();
+        // The markers of the keys whose values are used, in key order.
+        let mut marked = vec![false; key_markers.len()];
+        for (mark, _) in &used {
+            if let Some(i) = mark {
+                marked[*i] = true;
+            }
+        }
         let used_markers: Vec<PeriodMarker> = key_markers
             .into_iter()
-            .filter(|(k, _)| marked.contains(k))
-            .map(|(_, m)| m)
+            .zip(marked)
+            .filter_map(|(m, keep)| keep.then_some(m))
             .collect();
         if !used_markers.is_empty() {
             markers.insert(metric.clone(), used_markers);
         }
         let mut refs: Vec<SourceRef> = used
             .into_iter()
-            .map(|r| SourceRef {
-                submission_id: u64::try_from(r.submission_id).unwrap_or(0),
-                department: r.department.clone(),
-                region: r.region.clone(),
-                domain: r.domain.clone(),
-                task_id: r.task_id.clone(),
-                period: r.period.clone(),
-                value: wire_value(Some(m.kind), &r.value).unwrap_or_default(),
-                accept_micros: r.accepted_micros,
-                approved_period: approved_period(approvals, m.time, r),
+            .map(|(_, r)| SourceRef {
+                submission_id: u64::try_from(r.v.submission_id).unwrap_or(0),
+                department: r.v.department.clone(),
+                region: r.v.region.clone(),
+                domain: r.v.domain.clone(),
+                task_id: r.v.task_id.clone(),
+                period: r.v.period.clone(),
+                value: wire_value(Some(m.kind), &r.v.value).unwrap_or_default(),
+                accept_micros: r.v.accepted_micros,
+                approved_period: covering(r).map(|p| p.to_string()),
             })
             .collect();
-        refs.sort_by_key(|s| s.submission_id);
+        refs.sort_unstable_by_key(|s| s.submission_id);
         sources.insert(metric, refs);
     }
     Aggregates {
@@ -286,6 +382,49 @@ mod tests {
             Some(citycredit_core::rules::Figure::Number(n)) => Some(n.to_plain()),
             _ => None,
         }
+    }
+
+    #[test]
+    fn the_exact_sum_equals_the_rational_sum_and_skips_what_does_not_parse() {
+        let texts = [
+            "100",
+            "-7",
+            "0.25",
+            "-0",
+            "007",
+            "999999999999999999",
+            "-999999999999999999",
+            "1234567890123456789012345",
+            "3.000",
+            "",
+            "-",
+            "+5",
+            "1e3",
+            "12.",
+        ];
+        let mut sum = ExactSum::default();
+        let mut rational = Num::zero();
+        let mut taken = Vec::new();
+        for t in texts {
+            let added = sum.add(t);
+            if let Ok(n) = Num::parse_decimal(t) {
+                rational = Num(rational.0 + n.0);
+                assert!(added, "{t}");
+                taken.push(t);
+            } else {
+                assert!(!added, "{t}");
+            }
+        }
+        assert_eq!(taken.len(), 9);
+        assert_eq!(sum.total(), rational);
+        // A total past i64: still exact.
+        let mut big = ExactSum::default();
+        let mut rational = Num::zero();
+        for _ in 0..20 {
+            assert!(big.add("999999999999999999"));
+            rational = Num(rational.0 + Num::from_int(999_999_999_999_999_999).0);
+        }
+        assert_eq!(big.total(), rational);
     }
 
     #[test]

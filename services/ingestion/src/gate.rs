@@ -146,21 +146,25 @@ pub async fn load(
 }
 
 /// The APPROVED parts of some departments and regions, for aggregation: which part covers a
-/// value.
+/// value. By department, then region (looked up by `&str`, with no key built per value).
 #[derive(Clone, Debug, Default)]
-pub struct Approvals(HashMap<(String, String), Vec<Period>>);
+pub struct Approvals(HashMap<String, HashMap<String, Vec<Period>>>);
 
 impl Approvals {
     /// From (department, region, period) rows of APPROVED sign-offs; unparsable periods are
     /// skipped (periods are validated where they are written).
     pub fn new(parts: impl IntoIterator<Item = (String, String, String)>) -> Approvals {
-        let mut out: HashMap<(String, String), Vec<Period>> = HashMap::new();
+        let mut out: HashMap<String, HashMap<String, Vec<Period>>> = HashMap::new();
         for (department, region, period) in parts {
             if let Ok(p) = period.parse::<Period>() {
-                out.entry((department, region)).or_default().push(p);
+                out.entry(department)
+                    .or_default()
+                    .entry(region)
+                    .or_default()
+                    .push(p);
             }
         }
-        for periods in out.values_mut() {
+        for periods in out.values_mut().flat_map(HashMap::values_mut) {
             periods.sort();
             periods.dedup();
         }
@@ -181,7 +185,8 @@ impl Approvals {
             return None;
         }
         self.0
-            .get(&(department.to_owned(), region.to_owned()))?
+            .get(department)?
+            .get(region)?
             .iter()
             .filter(|locked| write_reaches(period, locked, class))
             .min_by_key(|p| (p.end_month_index() - p.start_month_index(), **p))

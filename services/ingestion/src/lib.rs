@@ -524,24 +524,25 @@ impl Ingestion {
                 IngestError::Invalid(vec![Violation::new("period", e.to_string())])
             })?;
         let periods: Vec<String> = asked.reached_by().iter().map(ToString::to_string).collect();
-        let rows = store::versions(&self.inner.db, &regions, &periods, as_of)
-            .instrument(tracing::info_span!(
+        // The two reads run together, each on a pooled connection of its own.
+        let versions = store::versions(&self.inner.db, &regions, &periods, as_of).instrument(
+            tracing::info_span!(
                 "db.query",
                 db.system = self.inner.db.backend.as_str(),
                 db.operation = "select value_versions",
                 regions = regions.len(),
-            ))
-            .await
-            .map_err(|e| IngestError::storage("read current values", &e))?;
-        let approvals = gate::approvals(&self.inner.db, &regions, &asked)
-            .instrument(tracing::info_span!(
+            ),
+        );
+        let approvals =
+            gate::approvals(&self.inner.db, &regions, &asked).instrument(tracing::info_span!(
                 "db.query",
                 db.system = self.inner.db.backend.as_str(),
                 db.operation = "select review_signoffs",
                 regions = regions.len(),
-            ))
-            .await
-            .map_err(|e| IngestError::storage("read sign-offs", &e))?;
+            ));
+        let (rows, approvals) = tokio::join!(versions, approvals);
+        let rows = rows.map_err(|e| IngestError::storage("read current values", &e))?;
+        let approvals = approvals.map_err(|e| IngestError::storage("read sign-offs", &e))?;
         Ok(aggregation::aggregate(
             &self.inner.catalog,
             region,
