@@ -67,6 +67,18 @@ impl WritePooled {
     }
 }
 
+impl WriteTx<'static> {
+    /// Begins a transaction on a pooled connection it owns (given back to the pool when the
+    /// transaction ends), so the writer can leave it committing while it prepares the next
+    /// group on another connection. Same BEGIN as [`WritePooled::begin`].
+    pub async fn begin_owned(db: &Db) -> Result<WriteTx<'static>, sqlx::Error> {
+        Ok(match &db.bulk {
+            Some(pg) => WriteTx::Postgres(pg.begin().await?),
+            None => WriteTx::Sqlite(db.pool.begin_with("BEGIN IMMEDIATE").await?),
+        })
+    }
+}
+
 impl WriteTx<'_> {
     pub fn conn(&mut self) -> WriteConn<'_> {
         match self {
