@@ -67,6 +67,18 @@ impl WritePooled {
     }
 }
 
+impl WriteTx<'static> {
+    /// Begins a transaction on a pooled connection it owns (given back to the pool when the
+    /// transaction ends), so the writer can leave it committing while it prepares the next
+    /// group on another connection. Same BEGIN as [`WritePooled::begin`].
+    pub async fn begin_owned(db: &Db) -> Result<WriteTx<'static>, sqlx::Error> {
+        Ok(match &db.bulk {
+            Some(pg) => WriteTx::Postgres(pg.begin().await?),
+            None => WriteTx::Sqlite(db.pool.begin_with("BEGIN IMMEDIATE").await?),
+        })
+    }
+}
+
 impl WriteTx<'_> {
     pub fn conn(&mut self) -> WriteConn<'_> {
         match self {
@@ -484,9 +496,10 @@ pub async fn close_versions(
             .await?;
         }
         WriteConn::Postgres(c) => {
+            // A join with the ids, not `= ANY($2)`: see [`current_of_keys`].
             sqlx::query(
-                "UPDATE value_versions SET valid_to = $1 WHERE valid_to IS NULL \
-                 AND submission_id = ANY($2::bigint[])",
+                "UPDATE value_versions v SET valid_to = $1 FROM UNNEST($2::bigint[]) AS c(id) \
+                 WHERE v.submission_id = c.id AND v.valid_to IS NULL",
             )
             .bind(at)
             .bind(submission_ids)
@@ -516,9 +529,13 @@ pub async fn current_of_keys(
             .await
         }
         WriteConn::Postgres(c) => {
+            // A join with the keys, one index lookup each: with `vkey = ANY($1)` and a group's
+            // hundreds of keys PostgreSQL 15 plans a sequential scan of the whole history
+            // (measured: 14 ms at 100,000 versions against 0.6 ms for the join, growing with
+            // the history).
             sqlx::query_as(
-                "SELECT vkey, submission_id FROM value_versions WHERE valid_to IS NULL \
-                 AND vkey = ANY($1::text[])",
+                "SELECT v.vkey, v.submission_id FROM UNNEST($1::text[]) AS k(vkey) \
+                 JOIN value_versions v ON v.vkey = k.vkey AND v.valid_to IS NULL",
             )
             .bind(keys)
             .fetch_all(&mut **c)
@@ -568,11 +585,12 @@ pub async fn idempotency_records(
             .await
         }
         WriteConn::Postgres(c) => {
-            sqlx::query_as(concat!(
-                "SELECT ",
-                idempotency_columns!(),
-                " FROM idempotency WHERE scoped_key = ANY($1::text[])"
-            ))
+            // A join with the keys, not `= ANY($1)`: see [`current_of_keys`].
+            sqlx::query_as(
+                "SELECT i.scoped_key, i.fingerprint, i.first_id, i.last_id, i.accept_micros \
+                 FROM UNNEST($1::text[]) AS k(scoped_key) \
+                 JOIN idempotency i ON i.scoped_key = k.scoped_key",
+            )
             .bind(scoped_keys)
             .fetch_all(&mut **c)
             .await
@@ -797,10 +815,13 @@ pub async fn retractions_of(
             .await
         }
         WriteConn::Postgres(c) => {
-            sqlx::query_as("SELECT target, by_id FROM retractions WHERE target = ANY($1::bigint[])")
-                .bind(targets)
-                .fetch_all(&mut **c)
-                .await
+            sqlx::query_as(
+                "SELECT r.target, r.by_id FROM UNNEST($1::bigint[]) AS t(id) \
+                 JOIN retractions r ON r.target = t.id",
+            )
+            .bind(targets)
+            .fetch_all(&mut **c)
+            .await
         }
     }
 }

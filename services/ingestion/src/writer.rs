@@ -6,6 +6,18 @@
 //! then answers each caller. On PostgreSQL the transaction locks the `chain_head` row first, which serialises the
 //! writers of different processes; the head is always read from that row, never from memory.
 //!
+//! **The next group is prepared while the previous one commits** (PostgreSQL). A group whose
+//! statements all ran is left committing in a task of its own, and the writer at once takes
+//! the next group and begins its transaction on a second connection: its first statement
+//! (the `chain_head` lock) waits in PostgreSQL until the previous commit ends, then sees that
+//! commit's head and rows (READ COMMITTED: each later statement reads a new snapshot), so the
+//! next group's statements start the moment the lock is free instead of a round trip through
+//! this process later. At most one group commits in the background; commits end, and callers
+//! are answered and changes published, in group order. Nothing reads state in memory that a
+//! commit still in flight could change: if it fails, the next group simply reads the head
+//! without it. On SQLite (BEGIN IMMEDIATE would wait in the busy handler's sleeps) the next
+//! group begins after the previous commit.
+//!
 //! **A group never shares one member's failure.** When the group's transaction fails for a
 //! reason that is not transient (the database refused one job's input, or a bug), the writer
 //! splits the group in halves and writes each half in a transaction of its own, recursively,
@@ -38,6 +50,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use citycredit::status::Violation;
@@ -50,8 +63,8 @@ use crate::change_feed::{self, BaseChanges, ChangeFeed};
 use crate::error::IngestError;
 use crate::gate::{self, TimeClasses};
 use crate::store::{
-    self, IdempotencyRecord, KIND_RETRACTION, KIND_VALUE, StoredRow, Version, WriteConn,
-    WritePooled, scoped_key,
+    self, IdempotencyRecord, KIND_RETRACTION, KIND_VALUE, StoredRow, Version, WriteConn, WriteTx,
+    scoped_key,
 };
 use crate::validation::NewValue;
 
@@ -255,6 +268,92 @@ struct Prepared {
     now: i64,
 }
 
+/// An attempt whose statements all ran in its open transaction: only its COMMIT is left.
+struct Staged {
+    tx: WriteTx<'static>,
+    prepared: Prepared,
+}
+
+/// Commits a staged attempt, publishes its changes and returns one answer per job. A failed
+/// COMMIT's outcome is unknown: the failure is shared by every job ([`Failure::is_shared`]).
+async fn finish(
+    feed: &ChangeFeed,
+    staged: Staged,
+) -> Result<Vec<Result<Outcome, IngestError>>, Failure> {
+    let Staged {
+        tx,
+        prepared:
+            Prepared {
+                plans,
+                outcomes,
+                rows,
+                base,
+                now,
+            },
+    } = staged;
+    tx.commit().await.map_err(|error| Failure {
+        stage: "commit",
+        error,
+    })?;
+    citycredit_core::counters::add_ingested_rows(u64::try_from(rows).unwrap_or(0));
+    if !base.is_empty() {
+        feed.publish(&base, now);
+    }
+
+    let missing = || IngestError::internal("group commit", "missing outcome");
+    let mut answers = Vec::with_capacity(plans.len());
+    for (i, plan) in plans.into_iter().enumerate() {
+        answers.push(match plan {
+            Plan::Write | Plan::WriteExcepted(_) => outcomes[i].clone().ok_or_else(missing),
+            Plan::Locked(e) => Err(*e),
+            Plan::Replay(o) => Ok(*o),
+            Plan::ReplayOf(j) => outcomes
+                .get(j)
+                .and_then(Option::as_ref)
+                .map(|o| Outcome {
+                    replayed: true,
+                    ..o.clone()
+                })
+                .ok_or_else(missing),
+            Plan::Conflict(key) => Err(IngestError::KeyConflict(key)),
+            Plan::Revoked => Err(IngestError::Revoked),
+            Plan::AlreadyRetracted { target, by } => Err(IngestError::AlreadyRetracted {
+                id: target,
+                by: Some(by),
+            }),
+            Plan::RetractedInGroup { target, by_job } => Err(IngestError::AlreadyRetracted {
+                id: target,
+                by: outcomes
+                    .get(by_job)
+                    .and_then(Option::as_ref)
+                    .map(|o| o.first_id),
+            }),
+        });
+    }
+    Ok(answers)
+}
+
+/// Answers each caller of a group, in order.
+fn answer(
+    replies: Vec<oneshot::Sender<Result<Outcome, IngestError>>>,
+    answers: Vec<Result<Outcome, IngestError>>,
+) {
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        // A caller that gave up has dropped its receiver: nothing to tell it.
+        let _ = reply.send(answer);
+    }
+}
+
+/// Waits for the group committing in the background, if any, to be committed and answered.
+async fn finished(committing: &mut Option<JoinHandle<()>>) {
+    if let Some(task) = committing.take()
+        && let Err(e) = task.await
+    {
+        // Its callers' reply channels were dropped with it: they get WriterGone.
+        tracing::error!(error = %e, "a group commit task failed");
+    }
+}
+
 /// Why an attempt failed, and so whether splitting it can help.
 #[derive(Debug)]
 struct Failure {
@@ -409,62 +508,112 @@ impl Versions {
 }
 
 impl WriterTask {
+    /// Whether the next group may be prepared while the previous one commits: on PostgreSQL,
+    /// where its transaction waits on `chain_head`'s row lock (held by the committing group)
+    /// and goes on the moment that commit ends. SQLite's BEGIN IMMEDIATE would wait on the
+    /// busy handler's sleeps instead: there the next group begins after the previous commit.
+    fn pipelined(&self) -> bool {
+        self.db.bulk.is_some()
+    }
+
     async fn run(self, mut rx: mpsc::Receiver<Queued>) {
-        while let Some(first) = rx.recv().await {
-            let deadline = first.arrived + self.cfg.window;
-            let mut rows = first.job.op.rows();
-            let mut group = vec![first.job];
-            while rows < self.cfg.max_rows {
-                match rx.try_recv() {
-                    Ok(q) => {
+        // The group committing in the background: at most one, so at most two transactions
+        // (one committing, one being prepared) and two groups of jobs are held at a time.
+        let mut committing: Option<JoinHandle<()>> = None;
+        while let Some(group) = self.collect(&mut rx).await {
+            let (work, replies): (Vec<_>, Vec<_>) = group
+                .into_iter()
+                .map(|j| {
+                    (
+                        Work {
+                            principal: j.principal,
+                            idempotency: j.idempotency,
+                            op: j.op,
+                            root: j.root,
+                        },
+                        j.reply,
+                    )
+                })
+                .unzip();
+            if !self.pipelined() {
+                finished(&mut committing).await;
+            }
+            match self.stage(&work).await {
+                Ok(staged) => {
+                    // Commits end in group order: the previous group's callers are answered
+                    // and its changes published before this one commits.
+                    finished(&mut committing).await;
+                    let feed = self.feed.clone();
+                    committing = Some(tokio::spawn(async move {
+                        let answers = match finish(&feed, staged).await {
+                            Ok(answers) => answers,
+                            // A failed COMMIT is shared by the whole attempt: never split.
+                            Err(failure) => {
+                                let e = failure.shared_error();
+                                replies.iter().map(|_| Err(e.clone())).collect()
+                            }
+                        };
+                        answer(replies, answers);
+                    }));
+                }
+                Err(failure) => {
+                    finished(&mut committing).await;
+                    let answers = self.commit_isolating(&work, failure).await;
+                    answer(replies, answers);
+                }
+            }
+        }
+        finished(&mut committing).await;
+    }
+
+    /// The next group: what is queued, waiting at most `window` after the oldest job arrived
+    /// and stopping at `max_rows`. None when every handle is dropped and the queue is empty.
+    async fn collect(&self, rx: &mut mpsc::Receiver<Queued>) -> Option<Vec<Job>> {
+        let first = rx.recv().await?;
+        let deadline = first.arrived + self.cfg.window;
+        let mut rows = first.job.op.rows();
+        let mut group = vec![first.job];
+        while rows < self.cfg.max_rows {
+            match rx.try_recv() {
+                Ok(q) => {
+                    rows += q.job.op.rows();
+                    group.push(q.job);
+                }
+                Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(q)) => {
                         rows += q.job.op.rows();
                         group.push(q.job);
                     }
-                    Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(q)) => {
-                            rows += q.job.op.rows();
-                            group.push(q.job);
-                        }
-                        Ok(None) | Err(_) => break,
-                    },
-                }
+                    Ok(None) | Err(_) => break,
+                },
             }
-            self.commit(group).await;
         }
+        Some(group)
     }
 
-    async fn commit(&self, group: Vec<Job>) {
-        let (work, replies): (Vec<_>, Vec<_>) = group
-            .into_iter()
-            .map(|j| {
-                (
-                    Work {
-                        principal: j.principal,
-                        idempotency: j.idempotency,
-                        op: j.op,
-                        root: j.root,
-                    },
-                    j.reply,
-                )
-            })
-            .unzip();
-        let answers = self.commit_isolating(&work).await;
-        for (reply, answer) in replies.into_iter().zip(answers) {
-            // A caller that gave up has dropped its receiver: nothing to tell it.
-            let _ = reply.send(answer);
-        }
-    }
-
-    /// Writes `work` in as few transactions as its failures allow (see the module comment)
-    /// and returns one answer per job, in order.
-    async fn commit_isolating(&self, work: &[Work]) -> Vec<Result<Outcome, IngestError>> {
+    /// Writes `work`, whose first attempt (all of it) failed with `first`, in as few
+    /// transactions as its failures allow (see the module comment) and returns one answer per
+    /// job, in order.
+    async fn commit_isolating(
+        &self,
+        work: &[Work],
+        first: Failure,
+    ) -> Vec<Result<Outcome, IngestError>> {
         let mut answers: Vec<Option<Result<Outcome, IngestError>>> =
             (0..work.len()).map(|_| None).collect();
         // Ranges still to write, the next one on top: halves are written in arrival order.
         let mut todo: Vec<Range<usize>> = Vec::with_capacity(8);
-        todo.push(0..work.len());
-        while let Some(range) = todo.pop() {
-            match self.attempt(&work[range.clone()]).await {
+        let mut failed = Some(first);
+        loop {
+            let (range, result) = match failed.take() {
+                Some(f) => (0..work.len(), Err(f)),
+                None => {
+                    let Some(range) = todo.pop() else { break };
+                    let result = self.attempt(&work[range.clone()]).await;
+                    (range, result)
+                }
+            };
+            match result {
                 Ok(done) => {
                     for (slot, answer) in answers[range].iter_mut().zip(done) {
                         *slot = Some(answer);
@@ -494,69 +643,31 @@ impl WriterTask {
             .collect()
     }
 
-    /// One transaction over `jobs`.
+    /// One transaction over `jobs`, committed before it returns.
     async fn attempt(&self, jobs: &[Work]) -> Result<Vec<Result<Outcome, IngestError>>, Failure> {
+        let staged = self.stage(jobs).await?;
+        finish(&self.feed, staged).await
+    }
+
+    /// Begins a transaction and runs every statement of an attempt over `jobs` in it: all
+    /// that is left is its COMMIT. A failed attempt is rolled back before this returns.
+    async fn stage(&self, jobs: &[Work]) -> Result<Staged, Failure> {
         let db_err = |stage: &'static str| move |error: sqlx::Error| Failure { stage, error };
         // PostgreSQL: a native connection (array parameters); SQLite: the `Any` pool.
-        let mut conn = WritePooled::acquire(&self.db)
+        let mut tx = WriteTx::begin_owned(&self.db)
             .await
-            .map_err(db_err("acquire"))?;
-        let mut tx = conn.begin().await.map_err(db_err("begin"))?;
-        let prepared = self.prepare(&mut tx.conn(), jobs).await;
-        let Prepared {
-            plans,
-            outcomes,
-            rows,
-            base,
-            now,
-        } = match prepared {
-            Ok(p) => p,
+            .map_err(db_err("begin"))?;
+        match self.prepare(&mut tx.conn(), jobs).await {
+            Ok(prepared) => Ok(Staged { tx, prepared }),
             Err(failure) => {
                 // Finished before the next attempt begins (a dropped transaction rolls back
                 // in the background).
                 if let Err(e) = tx.rollback().await {
                     tracing::warn!(error = %e, "rollback of a failed group commit");
                 }
-                return Err(failure);
+                Err(failure)
             }
-        };
-        tx.commit().await.map_err(db_err("commit"))?;
-        citycredit_core::counters::add_ingested_rows(u64::try_from(rows).unwrap_or(0));
-        if !base.is_empty() {
-            self.feed.publish(&base, now);
         }
-
-        let missing = || IngestError::internal("group commit", "missing outcome");
-        let mut answers = Vec::with_capacity(jobs.len());
-        for (i, plan) in plans.into_iter().enumerate() {
-            answers.push(match plan {
-                Plan::Write | Plan::WriteExcepted(_) => outcomes[i].clone().ok_or_else(missing),
-                Plan::Locked(e) => Err(*e),
-                Plan::Replay(o) => Ok(*o),
-                Plan::ReplayOf(j) => outcomes
-                    .get(j)
-                    .and_then(Option::as_ref)
-                    .map(|o| Outcome {
-                        replayed: true,
-                        ..o.clone()
-                    })
-                    .ok_or_else(missing),
-                Plan::Conflict(key) => Err(IngestError::KeyConflict(key)),
-                Plan::Revoked => Err(IngestError::Revoked),
-                Plan::AlreadyRetracted { target, by } => Err(IngestError::AlreadyRetracted {
-                    id: target,
-                    by: Some(by),
-                }),
-                Plan::RetractedInGroup { target, by_job } => Err(IngestError::AlreadyRetracted {
-                    id: target,
-                    by: outcomes
-                        .get(by_job)
-                        .and_then(Option::as_ref)
-                        .map(|o| o.first_id),
-                }),
-            });
-        }
-        Ok(answers)
     }
 
     /// Everything of an attempt before its COMMIT: plans, rows, versions, the new head.

@@ -140,9 +140,10 @@ pub struct Db {
 /// `pg_stat_activity`).
 pub const BULK_APPLICATION_NAME: &str = "citycredit-bulk-writer";
 
-/// Connections of the native bulk-write pool: the single writer uses one at a time; a second
-/// covers a connection being replaced.
-const BULK_CONNECTIONS: u32 = 2;
+/// Connections of the native bulk-write pool: the single writer uses two at a time (one group
+/// committing while the next is prepared); a third covers a connection being replaced and the
+/// write gate's reads for checked-only batches.
+const BULK_CONNECTIONS: u32 = 3;
 
 /// How to reach the store.
 #[derive(Clone, Debug)]
