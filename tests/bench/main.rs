@@ -555,6 +555,30 @@ async fn breakdown(ing: &Ingestion, queries: usize) {
         pct(&mut compute, 50),
         pct(&mut compute, 99),
     );
+    // Anchor on PostgreSQL: the same statement through the `Any` pool, which the read used
+    // before it had a native pool of its own.
+    if ing.db().reads.is_some() {
+        let any = citycredit_store::Db {
+            reads: None,
+            ..ing.db().clone()
+        };
+        let mut through_any = Vec::new();
+        for _ in 0..queries {
+            let t = Instant::now();
+            std::hint::black_box(
+                store::versions(&any, &regions, &periods, None)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+            through_any.push(t.elapsed());
+        }
+        let (native, old) = (pct(&mut read, 50), pct(&mut through_any, 50));
+        println!(
+            "  anchor: the same read through the `Any` driver p50 {old:.2?} p99 {:.2?}; native / Any p50 {:.2}",
+            pct(&mut through_any, 99),
+            native.as_secs_f64() / old.as_secs_f64().max(1e-9),
+        );
+    }
 }
 
 /// The `as_of` read alone, as the store answers it (one probe per key of `value_keys`), and,

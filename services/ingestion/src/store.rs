@@ -988,29 +988,52 @@ pub async fn versions(
     periods: &[String],
     as_of: Option<i64>,
 ) -> Result<Vec<VersionRow>, sqlx::Error> {
-    let mut qb = match as_of {
-        None => QueryBuilder::<Any>::new(
-            "SELECT submission_id, metric, region, period, department, domain, task_id, value, \
-             accepted_micros FROM value_versions WHERE valid_to IS NULL AND period IN (",
-        ),
+    // The same statement either way; on PostgreSQL the native pool decodes the rows.
+    if let Some(reads) = &db.reads {
+        let mut qb = QueryBuilder::<Postgres>::new("");
+        push_versions(&mut qb, regions, periods, as_of);
+        return qb.build_query_as().fetch_all(reads).await;
+    }
+    let mut qb = QueryBuilder::<Any>::new("");
+    push_versions(&mut qb, regions, periods, as_of);
+    numbered_as(&mut qb)?.fetch_all(&db.pool).await
+}
+
+/// The statement of [`versions`].
+fn push_versions<'a, DB>(
+    qb: &mut QueryBuilder<DB>,
+    regions: &'a [String],
+    periods: &'a [String],
+    as_of: Option<i64>,
+) where
+    DB: sqlx::Database,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    match as_of {
+        None => {
+            qb.push(
+                "SELECT submission_id, metric, region, period, department, domain, task_id, \
+                 value, accepted_micros FROM value_versions WHERE valid_to IS NULL AND period IN (",
+            );
+        }
         Some(t) => {
-            let mut qb = QueryBuilder::<Any>::new(
+            qb.push(
                 "SELECT v.submission_id, v.metric, v.region, v.period, v.department, v.domain, \
                  v.task_id, v.value, v.accepted_micros FROM value_keys k \
                  JOIN value_versions v ON v.submission_id = (\
                  SELECT w.submission_id FROM value_versions w WHERE w.vkey = k.vkey \
                  AND w.valid_from <= ",
-            );
-            qb.push_bind(t)
-                .push(
-                    " ORDER BY w.valid_from DESC, w.submission_id DESC LIMIT 1) \
-                     WHERE (v.valid_to IS NULL OR v.valid_to > ",
-                )
-                .push_bind(t)
-                .push(") AND k.period IN (");
-            qb
+            )
+            .push_bind(t)
+            .push(
+                " ORDER BY w.valid_from DESC, w.submission_id DESC LIMIT 1) \
+                 WHERE (v.valid_to IS NULL OR v.valid_to > ",
+            )
+            .push_bind(t)
+            .push(") AND k.period IN (");
         }
-    };
+    }
     let mut list = qb.separated(", ");
     for p in periods {
         list.push_bind(p.as_str());
@@ -1025,7 +1048,6 @@ pub async fn versions(
         list.push_bind(r.as_str());
     }
     list.push_unseparated(")");
-    numbered_as(&mut qb)?.fetch_all(&db.pool).await
 }
 
 /// (department, region, period) of every APPROVED sign-off at `regions` for a period of one

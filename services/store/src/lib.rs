@@ -134,6 +134,12 @@ pub struct Db {
     /// (`INSERT ... SELECT * FROM UNNEST($1::bigint[], ...)`). Connects lazily; its
     /// connections carry the `application_name` [`BULK_APPLICATION_NAME`].
     pub bulk: Option<PgPool>,
+    /// PostgreSQL only: a small native pool (same URL and schema) for the reads whose rows are
+    /// many and hot: the values behind every aggregation. The `Any` driver copies each row
+    /// into owned values and looks its columns up by name, which cost about three times what
+    /// PostgreSQL spends on the query itself. Connects lazily; its connections carry the
+    /// `application_name` [`READ_APPLICATION_NAME`].
+    pub reads: Option<PgPool>,
 }
 
 /// The PostgreSQL `application_name` of the native bulk-write connections (visible in
@@ -144,6 +150,13 @@ pub const BULK_APPLICATION_NAME: &str = "citycredit-bulk-writer";
 /// committing while the next is prepared); a third covers a connection being replaced and the
 /// write gate's reads for checked-only batches.
 const BULK_CONNECTIONS: u32 = 3;
+
+/// The PostgreSQL `application_name` of the native read connections.
+pub const READ_APPLICATION_NAME: &str = "citycredit-reader";
+
+/// Connections of the native read pool (beside the `Any` pool's `max_connections`): reads of
+/// about a millisecond each, so a few serve every aggregation a process runs at once.
+const READ_CONNECTIONS: u32 = 4;
 
 /// How to reach the store.
 #[derive(Clone, Debug)]
@@ -247,9 +260,21 @@ impl Db {
             });
         }
         let options = AnyConnectOptions::from_str(&url).map_err(connect_err)?;
-        let bulk = match backend {
-            Backend::Postgres => Some(Self::bulk_pool(&url, acquire_timeout, search_path.clone())?),
-            Backend::Sqlite => None,
+        let native = |name, connections| {
+            Self::native_pool(
+                &url,
+                acquire_timeout,
+                search_path.clone(),
+                name,
+                connections,
+            )
+        };
+        let (bulk, reads) = match backend {
+            Backend::Postgres => (
+                Some(native(BULK_APPLICATION_NAME, BULK_CONNECTIONS)?),
+                Some(native(READ_APPLICATION_NAME, READ_CONNECTIONS)?),
+            ),
+            Backend::Sqlite => (None, None),
         };
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
@@ -288,23 +313,27 @@ impl Db {
             pool,
             backend,
             bulk,
+            reads,
         })
     }
 
-    /// The native PostgreSQL pool for bulk writes (see [`Db::bulk`]), connected lazily.
-    fn bulk_pool(
+    /// A native PostgreSQL pool of `connections` named `application_name` (see [`Db::bulk`]
+    /// and [`Db::reads`]), connected lazily.
+    fn native_pool(
         url: &str,
         acquire_timeout: Duration,
         search_path: Option<String>,
+        application_name: &str,
+        connections: u32,
     ) -> Result<PgPool, StoreError> {
         let options = PgConnectOptions::from_str(url)
             .map_err(|source| StoreError::Connect {
                 backend: Backend::Postgres.as_str(),
                 source,
             })?
-            .application_name(BULK_APPLICATION_NAME);
+            .application_name(application_name);
         Ok(PgPoolOptions::new()
-            .max_connections(BULK_CONNECTIONS)
+            .max_connections(connections)
             .acquire_timeout(acquire_timeout)
             .after_connect(move |conn, _meta| {
                 let search_path = search_path.clone();
@@ -335,8 +364,8 @@ impl Db {
     /// Closes every pool (waits for connections in use to be returned).
     pub async fn close(&self) {
         self.pool.close().await;
-        if let Some(bulk) = &self.bulk {
-            bulk.close().await;
+        for native in [&self.bulk, &self.reads].into_iter().flatten() {
+            native.close().await;
         }
     }
 
