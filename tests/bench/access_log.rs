@@ -29,8 +29,8 @@ use crate::gateway::{ADMIN, Topology, memory_of};
 /// Clock ticks per second of /proc/<pid>/stat (USER_HZ, 100 on every Linux this runs on).
 const TICKS: f64 = 100.0;
 
-/// utime + stime of `pid`, in seconds.
-fn cpu_secs(pid: u32) -> f64 {
+/// utime + stime of process `pid` ("self" for this one), in seconds.
+pub(crate) fn cpu_secs(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces), from field 3 (state) on.
     let rest = stat.rsplit(')').next().unwrap_or_default();
@@ -101,7 +101,7 @@ pub async fn run(bin: &str, seconds: u64, clients: usize, sampled: u32) {
         phase(2).await;
         let (calls0, cpu0, log0) = (
             calls.load(Ordering::Relaxed),
-            cpu_secs(pid),
+            cpu_secs(&pid.to_string()),
             top.gateway().log_bytes.load(Ordering::Relaxed),
         );
         let started = Instant::now();
@@ -110,7 +110,7 @@ pub async fn run(bin: &str, seconds: u64, clients: usize, sampled: u32) {
         // Let the log drain into the counter.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let n = (calls.load(Ordering::Relaxed) - calls0) as f64;
-        let cpu = cpu_secs(pid) - cpu0;
+        let cpu = cpu_secs(&pid.to_string()) - cpu0;
         let log = (top.gateway().log_bytes.load(Ordering::Relaxed) - log0) as f64;
         let per_call = log / n;
         println!(

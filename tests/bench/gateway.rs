@@ -144,22 +144,6 @@ async fn load(
     (all.len() as f64 / secs, all)
 }
 
-/// utime + stime of process `pid` ("self" for this one), in seconds (USER_HZ ticks of 1/100 s).
-fn cpu_secs(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name (which may hold spaces): utime and stime are the 14th
-    // and 15th of the line, the 12th and 13th after the name.
-    let rest = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) as f64 / 100.0
-}
-
 /// The CPU each process of a phase spent, per call: what sets the gateway's share on a machine
 /// where loader, gateway and service share the cores.
 struct CpuPerCall {
@@ -169,7 +153,10 @@ struct CpuPerCall {
 
 impl CpuPerCall {
     fn start(pids: Vec<(&'static str, String)>) -> CpuPerCall {
-        let start = pids.iter().map(|(_, p)| cpu_secs(p)).collect();
+        let start = pids
+            .iter()
+            .map(|(_, p)| crate::access_log::cpu_secs(p))
+            .collect();
         CpuPerCall { pids, start }
     }
 
@@ -179,7 +166,10 @@ impl CpuPerCall {
             .iter()
             .zip(&self.start)
             .map(|((name, pid), t0)| {
-                format!("{name} {:.0} µs", (cpu_secs(pid) - t0) / calls as f64 * 1e6)
+                format!(
+                    "{name} {:.0} µs",
+                    (crate::access_log::cpu_secs(pid) - t0) / calls as f64 * 1e6
+                )
             })
             .collect::<Vec<_>>()
             .join(", ")

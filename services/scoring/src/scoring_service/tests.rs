@@ -447,19 +447,23 @@ async fn counties_rank_by_outcome_then_total() {
     assert_eq!(out.rankings[0].region_name, "柯城区");
 }
 
+/// A watch of the city's 2026 scorecard.
+async fn watch_city(api: &ScoringApi) -> WatchStream {
+    api.watch_scorecard(req(pb::WatchScorecardRequest {
+        region_code: "330800".into(),
+        period: "2026".into(),
+    }))
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+    .into_inner()
+}
+
 #[tokio::test]
 async fn watch_sends_the_scorecard_again_after_a_change() {
     let source = FakeSource::new();
     source.set("330800", "2026", baseline(), Vec::new());
     let api = api(Arc::clone(&source));
-    let mut stream = api
-        .watch_scorecard(req(pb::WatchScorecardRequest {
-            region_code: "330800".into(),
-            period: "2026".into(),
-        }))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_inner();
+    let mut stream = watch_city(&api).await;
     let first = stream
         .next()
         .await
@@ -494,14 +498,7 @@ async fn watch_delivers_at_once_and_coalesces_a_burst() {
     let source = FakeSource::new();
     source.set("330800", "2026", baseline(), Vec::new());
     let api = api(Arc::clone(&source));
-    let mut stream = api
-        .watch_scorecard(req(pb::WatchScorecardRequest {
-            region_code: "330800".into(),
-            period: "2026".into(),
-        }))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_inner();
+    let mut stream = watch_city(&api).await;
     let outcome = |m: Option<Result<pb::WatchScorecardResponse, Status>>| {
         m.unwrap_or_else(|| panic!("closed"))
             .unwrap_or_else(|e| panic!("{e}"))
