@@ -123,7 +123,9 @@ pub struct Config {
     /// How often the registry checks for changes made by other processes (milliseconds):
     /// the bound on how long a revoked key keeps working elsewhere.
     pub registry_refresh_ms: u64,
-    /// Most database connections this process opens.
+    /// Connections of this process's shared database pool. On PostgreSQL a process may open up
+    /// to 7 more, each only once used: 3 for the ingestion writer's bulk statements and 4 for
+    /// the values read behind aggregations (`citycredit_store::Db::bulk`, `Db::reads`).
     pub db_max_connections: u32,
     /// How long a database call waits for a connection before failing with UNAVAILABLE.
     pub db_acquire_timeout_ms: u64,
