@@ -55,10 +55,65 @@ const MAX_NONCES: usize = 500_000;
 /// How long a signer reuses a read grant after issuing it: a third of the window, so a grant
 /// reused to the end still has two thirds of its window for the clocks' skew and the call.
 pub const GRANT_REUSE_MICROS: i64 = WINDOW_MICROS / 3;
-/// Most verified read grants one verifier keeps (about 400 bytes each: 1.6 MiB at the bound).
-/// About one per (principal, read RPC, audience) every [`GRANT_REUSE_MICROS`]; beyond it, those
-/// past their window are dropped, and if none is, all are (they verify again on their next use).
+/// Most read grants one [`GrantMemory`] keeps (about 400 bytes each: 1.6 MiB at the bound):
+/// about one per (principal, read RPC, audience) every [`GRANT_REUSE_MICROS`].
 pub const MAX_GRANTS: usize = 4096;
+
+/// Read grants remembered with their issue time, at most [`MAX_GRANTS`]: the grants a signer
+/// reuses, and those a verifier has checked. Full, it drops the entries its caller no longer
+/// keeps, and if that frees nothing, all of them (they are made or checked again on next use).
+#[derive(Debug)]
+pub struct GrantMemory<K, V> {
+    entries: Mutex<HashMap<K, (V, i64)>>,
+}
+
+impl<K: Eq + std::hash::Hash, V: Clone> Default for GrantMemory<K, V> {
+    fn default() -> Self {
+        GrantMemory {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash, V: Clone> GrantMemory<K, V> {
+    /// What is remembered for `key`, with its issue time.
+    pub fn get<Q>(&self, key: &Q) -> Option<(V, i64)>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + std::hash::Hash + ?Sized,
+    {
+        self.lock().get(key).cloned()
+    }
+
+    /// Remembers `value`, issued at `issued`; `keep(issued)` tells which entries may stay when
+    /// the memory is full.
+    pub fn insert(&self, key: K, value: V, issued: i64, keep: impl Fn(i64) -> bool) {
+        let mut entries = self.lock();
+        if entries.len() >= MAX_GRANTS {
+            entries.retain(|_, (_, at)| keep(*at));
+            if entries.len() >= MAX_GRANTS {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (value, issued));
+    }
+
+    /// How many are remembered.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (V, i64)>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 /// RPC methods that only read (by name prefix). Every other method changes state: it is signed
 /// per call and, in a split deployment, has its nonce claimed in the store. A new RPC is
 /// guarded until someone decides it only reads.
@@ -455,7 +510,7 @@ pub struct IdentityVerifier {
     scoring: Option<VerifyingKey>,
     seen: Mutex<Seen>,
     /// Read grants that verified: header value -> (path, identity).
-    grants: Mutex<HashMap<String, (String, Verified)>>,
+    grants: GrantMemory<String, (String, Verified)>,
 }
 
 impl fmt::Debug for IdentityVerifier {
@@ -483,7 +538,7 @@ impl IdentityVerifier {
             // Only ingestion has anything to give scoring.
             scoring: scoring.filter(|_| audience == Audience::Ingestion),
             seen: Mutex::new(Seen::default()),
-            grants: Mutex::new(HashMap::new()),
+            grants: GrantMemory::default(),
         }
     }
 
@@ -508,11 +563,9 @@ impl IdentityVerifier {
         }
         let known = self
             .grants
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(value)
-            .filter(|(p, _)| p == path)
-            .map(|(_, v)| v.clone());
+            .filter(|((p, _), _)| p == path)
+            .map(|((_, v), _)| v);
         if let Some(v) = known {
             if now_micros.abs_diff(v.issued_micros) > WINDOW_MICROS.unsigned_abs() {
                 return Err(IdentityError::Stale);
@@ -520,19 +573,12 @@ impl IdentityVerifier {
             return Ok(v);
         }
         let v = self.verify_signed(value, path, now_micros)?;
-        let mut grants = self
-            .grants
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if grants.len() >= MAX_GRANTS {
-            grants.retain(|_, (_, g)| {
-                now_micros.abs_diff(g.issued_micros) <= WINDOW_MICROS.unsigned_abs()
-            });
-            if grants.len() >= MAX_GRANTS {
-                grants.clear();
-            }
-        }
-        grants.insert(value.to_owned(), (path.to_owned(), v.clone()));
+        self.grants.insert(
+            value.to_owned(),
+            (path.to_owned(), v.clone()),
+            v.issued_micros,
+            |issued| now_micros.abs_diff(issued) <= WINDOW_MICROS.unsigned_abs(),
+        );
         Ok(v)
     }
 
@@ -851,11 +897,7 @@ mod tests {
                 .unwrap_or_default();
             assert!(scoring.verify(&g, read, T + k).is_ok());
         }
-        let kept = scoring
-            .grants
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len();
+        let kept = scoring.grants.len();
         assert!(kept <= MAX_GRANTS, "{kept}");
     }
 

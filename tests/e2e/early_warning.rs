@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use citycredit::proto::v1 as pb;
 use citycredit::proto::v1::scoring_service_client::ScoringServiceClient;
-use citycredit_tests::ingestion::{IngestionServer, number_input, platform};
+use citycredit_tests::ingestion::{IngestionServer, number_input, platform, samr_veto_trend};
 use citycredit_tests::{Backend, both_databases};
 use tonic::Code;
 
@@ -64,7 +64,7 @@ fn find<'a>(
 
 async fn trends_are_flagged_before_the_review(backend: Backend) {
     let s = IngestionServer::start(backend).await;
-    let mut values = Vec::new();
+    let mut values = samr_veto_trend(CITY, &MONTHS);
     for (i, month) in MONTHS.iter().enumerate() {
         let i = i64::try_from(i).unwrap_or_default();
         let licences = "double_publicity.licenses_total";
@@ -75,28 +75,6 @@ async fn trends_are_flagged_before_the_review(backend: Backend) {
             month,
             "business-env",
             &(9950 - 50 * i).to_string(),
-        ));
-        values.push(number_input(
-            "blacklist.in_operation",
-            CITY,
-            month,
-            "samr",
-            "1000",
-        ));
-        let trained = [600, 580, 560, 540, 520, 510][usize::try_from(i).unwrap_or_default()];
-        values.push(number_input(
-            "credit_repair.trained",
-            CITY,
-            month,
-            "samr",
-            &trained.to_string(),
-        ));
-        values.push(number_input(
-            "blacklist.exited_after_rectification",
-            CITY,
-            month,
-            "samr",
-            &(310 + 10 * i).to_string(),
         ));
     }
     push(&s, values).await;

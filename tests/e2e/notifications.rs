@@ -33,7 +33,7 @@ use citycredit::proto::v1::notification_service_client::NotificationServiceClien
 use citycredit_core::clock::now_micros;
 use citycredit_notify::signing;
 use citycredit_store::Db;
-use citycredit_tests::ingestion::number_input;
+use citycredit_tests::ingestion::{number_input, samr_veto_trend};
 use citycredit_tests::{
     AuthChannel, Backend, TestSchema, TestServer, both_databases, fresh_schema, use_backend,
 };
@@ -828,32 +828,7 @@ async fn veto_risk_notices(backend: Backend) {
             format!("{y:04}-{m:02}")
         })
         .collect();
-    let mut values = Vec::new();
-    for (i, month) in months.iter().enumerate() {
-        let trained = [600, 580, 560, 540, 520, 510][i];
-        values.push(number_input(
-            "blacklist.in_operation",
-            CITY,
-            month,
-            "samr",
-            "1000",
-        ));
-        values.push(number_input(
-            "credit_repair.trained",
-            CITY,
-            month,
-            "samr",
-            &trained.to_string(),
-        ));
-        values.push(number_input(
-            "blacklist.exited_after_rectification",
-            CITY,
-            month,
-            "samr",
-            &(310 + 10 * i).to_string(),
-        ));
-    }
-    env.submit(values).await;
+    env.submit(samr_veto_trend(CITY, &months)).await;
     // A cycle over these months, reviewed six months from now.
     let (ry, rm) = month_from_now(6);
     let review_date = format!("{ry:04}-{rm:02}-15");

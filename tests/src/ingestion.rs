@@ -200,6 +200,39 @@ pub fn number_input(
     }
 }
 
+/// samr's values for B08 and B07 at `region` over `months` (at most six, in order): 1,000
+/// blacklisted in operation each month; those trained in credit repair falling 600 → 510 (B08,
+/// at least 50 %, trending below its floor); exits after rectification rising 310 → 360 (B07,
+/// trending up: no risk).
+pub fn samr_veto_trend(region: &str, months: &[impl AsRef<str>]) -> Vec<pb::SubmissionInput> {
+    const TRAINED: [u32; 6] = [600, 580, 560, 540, 520, 510];
+    months
+        .iter()
+        .zip(TRAINED)
+        .zip((310..).step_by(10))
+        .flat_map(|((month, trained), exited)| {
+            let month = month.as_ref();
+            [
+                number_input("blacklist.in_operation", region, month, "samr", "1000"),
+                number_input(
+                    "credit_repair.trained",
+                    region,
+                    month,
+                    "samr",
+                    &trained.to_string(),
+                ),
+                number_input(
+                    "blacklist.exited_after_rectification",
+                    region,
+                    month,
+                    "samr",
+                    &exited.to_string(),
+                ),
+            ]
+        })
+        .collect()
+}
+
 /// A DOMAIN_FLAG input.
 pub fn flag_input(
     metric: &str,

@@ -15,7 +15,6 @@
 //!   guarded per process only: replaying one yields the answer the original caller got, to an
 //!   attacker who (without mTLS) already saw it on the wire.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +24,7 @@ use tonic::Code;
 
 pub use citycredit::auth::identity::is_read_only;
 use citycredit::auth::identity::{
-    Audience, BodyBinding, GRANT_REUSE_MICROS, HEADER, IdentitySigner, Issuer, MAX_GRANTS,
+    Audience, BodyBinding, GRANT_REUSE_MICROS, GrantMemory, HEADER, IdentitySigner, Issuer,
     WINDOW_MICROS,
 };
 use citycredit::status::{Reason, with_reason};
@@ -90,9 +89,8 @@ pub fn body_wait(headers: &http::HeaderMap) -> Duration {
 /// Signs callers' identities for the upstreams (the gateway's private key).
 pub struct EdgeSigner {
     signer: IdentitySigner,
-    /// The read grants in use: (principal, path) -> (header, issued micros); at most
-    /// `MAX_GRANTS`.
-    grants: std::sync::Mutex<HashMap<(Principal, String), (http::HeaderValue, i64)>>,
+    /// The read grants in use: (principal, path) -> header.
+    grants: GrantMemory<(Principal, String), http::HeaderValue>,
     /// Whether reads carry grants (`gateway.read_grants`); off, every call is signed.
     read_grants: bool,
 }
@@ -111,7 +109,7 @@ impl EdgeSigner {
         debug_assert_eq!(signer.issuer(), Issuer::Gateway);
         EdgeSigner {
             signer,
-            grants: std::sync::Mutex::new(HashMap::new()),
+            grants: GrantMemory::default(),
             read_grants,
         }
     }
@@ -160,33 +158,18 @@ impl EdgeSigner {
     ) -> Result<http::HeaderValue, &'static str> {
         let key = (principal.clone(), path.to_owned());
         let fresh = |issued: i64| (0..GRANT_REUSE_MICROS).contains(&(now_micros - issued));
-        if let Some((header, issued)) = self.lock_grants().get(&key)
-            && fresh(*issued)
+        if let Some((header, issued)) = self.grants.get(&key)
+            && fresh(issued)
         {
-            return Ok(header.clone());
+            return Ok(header);
         }
         let header = self
             .signer
             .grant(principal, audience, path, now_micros)
             .and_then(|h| http::HeaderValue::from_str(&h).ok())
             .ok_or("cannot pass the caller's identity on")?;
-        let mut grants = self.lock_grants();
-        if grants.len() >= MAX_GRANTS {
-            grants.retain(|_, (_, issued)| fresh(*issued));
-            if grants.len() >= MAX_GRANTS {
-                grants.clear();
-            }
-        }
-        grants.insert(key, (header.clone(), now_micros));
+        self.grants.insert(key, header.clone(), now_micros, fresh);
         Ok(header)
-    }
-
-    fn lock_grants(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(Principal, String), (http::HeaderValue, i64)>> {
-        self.grants
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
