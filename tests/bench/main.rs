@@ -269,12 +269,17 @@ fn ingestion(db: &TestDb) -> (Ingestion, Arc<Catalog>) {
     let catalog = Arc::new(Catalog::builtin().unwrap_or_else(|e| panic!("{e}")));
     let city = City::builtin(&catalog).unwrap_or_else(|e| panic!("{e}"));
     let org = org::fixed(Org::new(&catalog, city));
-    let ing = Ingestion::start(
-        db.db().clone(),
-        catalog.clone(),
-        org,
-        IngestionOptions::default(),
-    );
+    // As the platform runs on PostgreSQL: with the change-feed listener (other processes'
+    // commits are heard, so current values are kept in memory).
+    let options = match db.postgres_schema() {
+        Some((url, schema)) => IngestionOptions {
+            listen_url: Some(url.to_owned()),
+            notify_channel: format!("citycredit_changes_{schema}"),
+            ..IngestionOptions::default()
+        },
+        None => IngestionOptions::default(),
+    };
+    let ing = Ingestion::start(db.db().clone(), catalog.clone(), org, options);
     (ing, catalog)
 }
 
@@ -470,32 +475,62 @@ async fn aggregate(db: Db, submissions: usize, queries: usize, periods: Periods)
     if db == Db::Postgres {
         let _ = sqlx::query("ANALYZE").execute(&tdb.pool).await;
     }
-    let mut times = Vec::with_capacity(queries);
+    // Three ways a city aggregation meets the current values kept in memory: after one value
+    // changed (what a scorecard is recomputed after: a county's value for the year is written
+    // before each query, and only its pairs are read again), with nothing changed, and with
+    // nothing kept (each query reads every pair: the anchor).
+    let mut after_change = Vec::with_capacity(queries);
+    let mut unchanged = Vec::with_capacity(queries);
+    let mut nothing_kept = Vec::with_capacity(queries);
     let mut figures = 0;
-    for _ in 0..queries {
-        let t = Instant::now();
-        let agg = ing
-            .aggregates_of("330800", "2026", None)
+    let city = || ing.aggregates_of("330800", "2026", None);
+    for q in 0..queries {
+        let mut v = value(&catalog, submissions + q);
+        v.region_code = REGIONS[1 + q % (REGIONS.len() - 1)].to_owned();
+        let checked = ing.check(&p, &[v], false).unwrap_or_else(|e| panic!("{e}"));
+        ing.write_values(&p, checked, "", "batch")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        times.push(t.elapsed());
+        let t = Instant::now();
+        let agg = city().await.unwrap_or_else(|e| panic!("{e}"));
+        after_change.push(t.elapsed());
         figures = agg.sources.values().map(Vec::len).sum();
+        let t = Instant::now();
+        std::hint::black_box(city().await.unwrap_or_else(|e| panic!("{e}")));
+        unchanged.push(t.elapsed());
+        ing.current_rows().drop_all();
+        let t = Instant::now();
+        std::hint::black_box(city().await.unwrap_or_else(|e| panic!("{e}")));
+        nothing_kept.push(t.elapsed());
     }
-    times.sort_unstable();
-    let pct = |q: usize| times[(times.len() * q / 100).min(times.len() - 1)];
-    let p99 = pct(99);
+    let pct = |t: &mut Vec<Duration>, q: usize| {
+        t.sort_unstable();
+        t[(t.len() * q / 100).min(t.len() - 1)]
+    };
+    let p99 = pct(&mut after_change, 99);
+    let (pairs, kept) = ing.current_rows().size();
     println!(
-        "aggregate db={db:?} periods={periods:?} submissions={submissions} (loaded in {loaded:.2?}) queries={queries}: p50 {:.2?}, p99 {p99:.2?}, max {:.2?}; {figures} current values behind the city's figures; p99 {}",
-        pct(50),
-        times.last().copied().unwrap_or_default(),
-        if p99 <= Duration::from_millis(5) {
-            "meets the 5 ms target"
+        "aggregate db={db:?} periods={periods:?} submissions={submissions} (loaded in {loaded:.2?}) queries={queries}: after one value changed p50 {:.2?}, p99 {p99:.2?}, max {:.2?}; {figures} current values behind the city's figures; p99 {} the 2 ms goal",
+        pct(&mut after_change, 50),
+        after_change.last().copied().unwrap_or_default(),
+        if p99 <= Duration::from_millis(2) {
+            "meets"
         } else {
-            "misses the 5 ms target"
+            "misses"
         }
     );
+    let anchor99 = pct(&mut nothing_kept, 99);
+    let hundredths = p99.as_micros() * 100 / anchor99.as_micros().max(1);
+    println!(
+        "  nothing changed: p50 {:.2?}, p99 {:.2?}; anchor, nothing kept in memory (every pair read): p50 {:.2?}, p99 {anchor99:.2?}; after a change / anchor p99 {}.{:02}; kept at the end: {pairs} pairs, {kept} rows",
+        pct(&mut unchanged, 50),
+        pct(&mut unchanged, 99),
+        pct(&mut nothing_kept, 50),
+        hundredths / 100,
+        hundredths % 100,
+    );
     breakdown(&ing, queries).await;
-    scorecards(&ing, &catalog).await;
+    scorecards(&ing, &catalog, &p, submissions + queries).await;
     // As of an instant before the last load: the as-of path.
     let as_of = citycredit_store::now_micros() - 1;
     let t = Instant::now();
@@ -536,7 +571,7 @@ async fn breakdown(ing: &Ingestion, queries: usize) {
             "330800",
             &asked,
             0,
-            rows,
+            &rows,
             &approvals,
             citycredit::aggregates::Selection::All,
         ));
@@ -756,7 +791,10 @@ fn main() {
 
 /// Scorecards through the ScoringService handler over the loaded store: uncached (aggregates,
 /// engine and wire conversion, as a cache miss does), cached, and all 7 regions in one call.
-async fn scorecards(ing: &Ingestion, catalog: &Arc<Catalog>) {
+/// The city's scorecard computed afresh (aggregates, engine, wire form), as after a change: one
+/// county value is written before each; the anchor computes it with nothing kept in memory.
+/// Then the cached scorecard through the service, and all 7 regions in one call.
+async fn scorecards(ing: &Ingestion, catalog: &Arc<Catalog>, p: &Principal, first: usize) {
     use citycredit::proto::v1::scoring_service_server::ScoringService;
     let (_, org_value) = catalog_and_org(catalog);
     let org = org::fixed(org_value);
@@ -782,17 +820,27 @@ async fn scorecards(ing: &Ingestion, catalog: &Arc<Catalog>) {
         t.sort_unstable();
         t[(t.len() * q / 100).min(t.len() - 1)]
     };
-    let mut cold = Vec::new();
-    for _ in 0..300 {
+    let fresh = || async {
         let t = Instant::now();
         let agg = ing
             .aggregates_of("330800", "2026", None)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let card = citycredit_core::rules::score(catalog, &agg.values);
-        let wire = citycredit_scoring::convert::scorecard(&card, &agg);
-        cold.push(t.elapsed());
-        std::hint::black_box(wire);
+        std::hint::black_box(citycredit_scoring::convert::scorecard(&card, &agg));
+        t.elapsed()
+    };
+    let (mut cold, mut nothing_kept) = (Vec::new(), Vec::new());
+    for q in 0..300 {
+        let mut v = value(catalog, first + q);
+        v.region_code = REGIONS[1 + q % (REGIONS.len() - 1)].to_owned();
+        let checked = ing.check(p, &[v], false).unwrap_or_else(|e| panic!("{e}"));
+        ing.write_values(p, checked, "", "batch")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        cold.push(fresh().await);
+        ing.current_rows().drop_all();
+        nothing_kept.push(fresh().await);
     }
     let mut warm = Vec::new();
     api.get_scorecard(req("330800"))
@@ -806,9 +854,11 @@ async fn scorecards(ing: &Ingestion, catalog: &Arc<Catalog>) {
         warm.push(t.elapsed());
     }
     println!(
-        "scorecard for the city (1,000,000 stored submissions): uncached p50 {:.2?} p99 {:.2?} (target p99 <= 10 ms); cached p50 {:.2?} p99 {:.2?} (target p99 <= 1 ms)",
+        "scorecard for the city (1,000,000 stored submissions): uncached, after one value changed, p50 {:.2?} p99 {:.2?} (goal p99 <= 5 ms); anchor, nothing kept in memory: p50 {:.2?} p99 {:.2?}; cached p50 {:.2?} p99 {:.2?} (target p99 <= 1 ms)",
         pct(&mut cold, 50),
         pct(&mut cold, 99),
+        pct(&mut nothing_kept, 50),
+        pct(&mut nothing_kept, 99),
         pct(&mut warm, 50),
         pct(&mut warm, 99)
     );

@@ -762,6 +762,109 @@ async fn change_feed_reports_region_and_ancestors(backend: Backend) {
 
 both_databases!(change_feed_reports_region_and_ancestors);
 
+/// Ingestion keeps the current values of each (region, period) in memory once an aggregation
+/// read them, and drops a pair when a commit changes it, before the writer answers: every
+/// aggregation through the API sees every write acknowledged before it (a new value, one that
+/// supersedes, a retraction), in this process and, on PostgreSQL, in another one.
+async fn aggregates_follow_every_write_while_current_values_are_kept(backend: Backend) {
+    let s = IngestionServer::start(backend).await;
+    let name = s.name();
+    let samr = principal("samr-sys", Role::Department, Some("samr"));
+    let mut c = s.client(Some(&samr)).await;
+    let submit = |region: &str, n: &str| {
+        unary(
+            number_input("uscc.codes_total", region, "2026", "", n),
+            "",
+        )
+    };
+    let total = |r: pb::QueryAggregatesResponse| number_of(&r, "uscc.codes_total");
+    let mut steps = 0;
+    for (region, n, want) in [
+        ("330802", "10", "10"),
+        ("330802", "15", "15"), // supersedes the 10
+        ("330803", "7", "22"),
+    ] {
+        if steps == 0 {
+            // Nothing kept yet: the first aggregation reads every pair and keeps them.
+            assert_eq!(total(aggregates(&s, "330800", None).await), None, "{name}");
+        }
+        steps += 1;
+        c.submit_value(submit(region, n))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            total(aggregates(&s, "330800", None).await).as_deref(),
+            Some(want),
+            "{name}: the city after {region} = {n}"
+        );
+    }
+    // The county alone, then the city again: both from memory where nothing changed.
+    assert_eq!(
+        total(aggregates(&s, "330802", None).await).as_deref(),
+        Some("15"),
+        "{name}"
+    );
+    let seven = c
+        .submit_value(submit("330803", "8"))
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .into_inner()
+        .submission
+        .unwrap_or_default();
+    assert_eq!(
+        total(aggregates(&s, "330800", None).await).as_deref(),
+        Some("23"),
+        "{name}: the 8 supersedes the 7"
+    );
+    c.retract_submission(pb::RetractSubmissionRequest {
+        name: seven.name.clone(),
+        reason: "typo".into(),
+        idempotency_key: String::new(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let city = total(aggregates(&s, "330800", None).await);
+    assert_eq!(
+        city.as_deref(),
+        Some("22"),
+        "{name}: the retraction undid the 8, so the 7 counts again"
+    );
+    // The same as the store answers as of now, where nothing kept in memory is used.
+    let now = prost_types::Timestamp::from(std::time::SystemTime::now());
+    assert_eq!(total(aggregates(&s, "330800", Some(now)).await), city, "{name}");
+
+    // Another process's commit: heard over LISTEN/NOTIFY, which drops the pair here.
+    if s.schema.is_some() {
+        let other = s.second_process();
+        let p = platform();
+        let values = other
+            .check(
+                &p,
+                &[number_input("uscc.codes_total", "330822", "2026", "samr", "5")],
+                false,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        other
+            .write_values(&p, values, "", "batch")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let seen = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let city = total(aggregates(&s, "330800", None).await);
+                if city.as_deref() == Some("27") {
+                    return;
+                }
+                assert_eq!(city.as_deref(), Some("22"), "{name}: neither before nor after");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(seen.is_ok(), "postgres: another process's value never reached the figures");
+    }
+}
+
+both_databases!(aggregates_follow_every_write_while_current_values_are_kept);
+
 async fn concurrent_unary_submissions_share_commits_and_keep_the_chain(backend: Backend) {
     let s = IngestionServer::start(backend).await;
     let name = s.name();

@@ -147,6 +147,10 @@ pub struct Config {
     /// Most code audits one principal runs at once.
     #[serde(default = "defaults::ingest_max_audits_per_principal")]
     pub ingest_max_audits_per_principal: usize,
+    /// Most current value versions ingestion keeps in memory for aggregation (about 350 bytes
+    /// each; 0 keeps none). On PostgreSQL they are kept only with the change-feed listener.
+    #[serde(default = "defaults::ingest_current_rows_max")]
+    pub ingest_current_rows_max: usize,
     /// Group commit: the longest a submission waits for others to share its transaction.
     #[serde(default = "defaults::ingest_group_commit_window_micros")]
     pub ingest_group_commit_window_micros: u64,
@@ -211,6 +215,9 @@ mod defaults {
     pub fn ingest_max_audits_per_principal() -> usize {
         1
     }
+    pub fn ingest_current_rows_max() -> usize {
+        citycredit_ingestion::DEFAULT_CURRENT_ROWS_MAX
+    }
     pub fn ingest_group_commit_window_micros() -> u64 {
         2_000
     }
@@ -242,6 +249,7 @@ impl Default for Config {
             ingest_max_concurrent_audits: defaults::ingest_max_concurrent_audits(),
             ingest_max_audits_per_principal: defaults::ingest_max_audits_per_principal(),
             ingest_max_message_bytes: defaults::ingest_max_message_bytes(),
+            ingest_current_rows_max: defaults::ingest_current_rows_max(),
             ingest_group_commit_window_micros: defaults::ingest_group_commit_window_micros(),
             ingest_group_commit_max_rows: defaults::ingest_group_commit_max_rows(),
             service: ServiceMode::All,

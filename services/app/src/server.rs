@@ -773,6 +773,7 @@ fn start_ingestion(
         credential_recheck: IngestionOptions::default().credential_recheck,
         max_message_bytes: config.ingest_max_message_bytes,
         listen_url: config.database_url.clone(),
+        current_rows_max: config.ingest_current_rows_max,
         // LISTEN/NOTIFY channels are per database: one per schema keeps cities apart.
         notify_channel: match &config.database_schema {
             Some(schema) => format!("citycredit_changes_{schema}"),

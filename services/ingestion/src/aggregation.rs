@@ -33,9 +33,9 @@ use crate::store::VersionRow;
 use crate::validation::wire_value;
 
 /// A version with its period parsed once.
-struct Row {
+struct Row<'a> {
     period: Period,
-    v: VersionRow,
+    v: &'a VersionRow,
 }
 
 /// The value key without its metric and period: (region, department, domain, task_id).
@@ -49,7 +49,7 @@ fn same_key(a: &VersionRow, b: &VersionRow) -> bool {
 /// Metric, then the key as [`same_key`] compares it, then submission: each metric's rows and,
 /// inside them, each key's rows become runs, the keys in the order of their tuples.
 fn by_metric_and_key(a: &Row, b: &Row) -> Ordering {
-    let (a, b) = (&a.v, &b.v);
+    let (a, b) = (a.v, b.v);
     (
         a.metric.as_str(),
         a.region.as_str(),
@@ -72,15 +72,15 @@ fn by_metric_and_key(a: &Row, b: &Row) -> Ordering {
 /// reaches it, each key's rows together, keys in order), each with the index of its key's
 /// marker in the markers returned (in key order), when its values came by a partial sum or
 /// from an earlier period.
-fn roll_up(
+fn roll_up<'a>(
     period: &Period,
     class: TimeClass,
-    rows: Vec<Row>,
-) -> (Vec<(Option<usize>, Row)>, Vec<PeriodMarker>) {
+    rows: Vec<Row<'a>>,
+) -> (Vec<(Option<usize>, Row<'a>)>, Vec<PeriodMarker>) {
     let mut out = Vec::new();
     let mut markers = Vec::new();
     let mut rows = rows.into_iter().peekable();
-    let mut versions: Vec<Row> = Vec::new();
+    let mut versions: Vec<Row<'a>> = Vec::new();
     let mut candidates: Vec<Candidate> = Vec::new();
     while let Some(first) = rows.next() {
         versions.clear();
@@ -131,7 +131,7 @@ fn roll_up(
                 (vec![index], mark)
             }
         };
-        let mut slots: Vec<Option<Row>> = versions.drain(..).map(Some).collect();
+        let mut slots: Vec<Option<Row<'a>>> = versions.drain(..).map(Some).collect();
         for i in chosen {
             if let Some(r) = slots.get_mut(i).and_then(Option::take) {
                 out.push((mark, r));
@@ -191,17 +191,17 @@ impl ExactSum {
 
 /// Aggregates `rows` (versions at `region` and below, for every period that reaches `period`,
 /// as of one instant), from the values `selection` names among them.
-pub fn aggregate(
+pub fn aggregate<'a>(
     catalog: &Catalog,
     region: &str,
     period: &Period,
     as_of_micros: i64,
-    rows: Vec<VersionRow>,
+    rows: impl IntoIterator<Item = &'a VersionRow>,
     approvals: &Approvals,
     selection: Selection,
 ) -> Aggregates {
     // Stored periods were validated at entry; one that no longer parses cannot reach.
-    let mut rows: Vec<Row> = rows
+    let mut rows: Vec<Row<'a>> = rows
         .into_iter()
         .filter_map(|v| {
             Some(Row {
@@ -215,7 +215,7 @@ pub fn aggregate(
     let mut sources: BTreeMap<String, Vec<SourceRef>> = BTreeMap::new();
     let mut markers: BTreeMap<String, Vec<PeriodMarker>> = BTreeMap::new();
     let mut rows = rows.into_iter().peekable();
-    let mut metric_rows: Vec<Row> = Vec::new();
+    let mut metric_rows: Vec<Row<'a>> = Vec::new();
     while let Some(first) = rows.next() {
         metric_rows.push(first);
         while let Some(next) = rows.next_if(|r| r.v.metric == metric_rows[0].v.metric) {
@@ -374,7 +374,7 @@ mod tests {
             row(5, "double_publicity.licenses_total", "tax", "2026-02", "4"),
         ];
         let period: Period = "2026".parse().unwrap_or_else(|e| panic!("{e:?}"));
-        aggregate(&catalog, "330800", &period, 9, rows, &approvals, selection)
+        aggregate(&catalog, "330800", &period, 9, &rows, &approvals, selection)
     }
 
     fn number(a: &Aggregates, metric: &str) -> Option<String> {

@@ -2,9 +2,11 @@
 //! `Change` per affected region (the region reported for and every region above it) and
 //! period on a broadcast channel. On PostgreSQL the writer also `pg_notify`s inside its
 //! transaction, and a listener task forwards other processes' notifications (its own, marked
-//! with this process's origin, are skipped: they were published locally).
+//! with this process's origin, are skipped: they were published locally). Publishing drops the
+//! changed pairs from [`CurrentRows`] first, before the writer answers.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -12,6 +14,8 @@ use tokio::sync::broadcast;
 
 use citycredit::aggregates::Change;
 use citycredit::org::OrgView;
+
+use crate::current_rows::CurrentRows;
 
 /// Buffered events per subscriber before a slow one starts missing them.
 const CAPACITY: usize = 4096;
@@ -27,16 +31,19 @@ pub type BaseChanges = BTreeMap<(String, String), u64>;
 pub struct ChangeFeed {
     tx: broadcast::Sender<Change>,
     org: OrgView,
+    /// The current values kept for aggregation, dropped here as changes are published.
+    rows: Arc<CurrentRows>,
     /// Marks this process's notifications.
     pub origin: String,
 }
 
 impl ChangeFeed {
-    pub fn new(org: OrgView) -> Self {
+    pub fn new(org: OrgView, rows: Arc<CurrentRows>) -> Self {
         let (tx, _) = broadcast::channel(CAPACITY);
         ChangeFeed {
             tx,
             org,
+            rows,
             origin: format!("{:016x}", rand::random::<u64>()),
         }
     }
@@ -45,9 +52,23 @@ impl ChangeFeed {
         self.tx.subscribe()
     }
 
+    /// The current values kept for aggregation.
+    pub fn rows(&self) -> &Arc<CurrentRows> {
+        &self.rows
+    }
+
+    /// "Anything may have changed" (a commit whose outcome is unknown, notifications lost
+    /// while the listener reconnected): drops every kept value and tells every subscriber.
+    pub fn publish_everything(&self) {
+        self.rows.drop_all();
+        let _ = self.tx.send(Change::everything());
+    }
+
     /// Publishes a commit's changes, expanded to every ancestor region, one event per
     /// (region, period).
     pub fn publish(&self, base: &BaseChanges, commit_micros: i64) {
+        self.rows
+            .drop_pairs(base.keys().map(|(r, p)| (r.as_str(), p.as_str())));
         let org = self.org.borrow().clone();
         let mut expanded: BTreeMap<(String, String), u64> = BTreeMap::new();
         for ((region, period), last) in base {
@@ -123,9 +144,10 @@ pub fn spawn_listener(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = LISTEN_RECONNECT.build();
+        let mut connected_before = false;
         loop {
             let started = Instant::now();
-            match listen(&url, &channel, &feed).await {
+            match listen(&url, &channel, &feed, &mut connected_before).await {
                 Ok(()) => return,
                 Err(e) => {
                     if started.elapsed() >= LISTEN_SETTLED {
@@ -144,11 +166,31 @@ pub fn spawn_listener(
     })
 }
 
-async fn listen(url: &str, channel: &str, feed: &ChangeFeed) -> Result<(), sqlx::Error> {
+/// Listens until an error. Whenever notifications may have been lost (connected again after a
+/// loss, here or inside the listener), everything is published as changed.
+async fn listen(
+    url: &str,
+    channel: &str,
+    feed: &ChangeFeed,
+    connected_before: &mut bool,
+) -> Result<(), sqlx::Error> {
     let mut listener = sqlx::postgres::PgListener::connect(url).await?;
     listener.listen(channel).await?;
+    // Commits before LISTEN took effect were not heard: nothing kept before can be trusted.
+    if std::mem::replace(connected_before, true) {
+        feed.publish_everything();
+    } else {
+        feed.rows().drop_all();
+    }
     loop {
-        let n = listener.recv().await?;
+        // `None`: the connection was lost. Reconnect here (and drop everything once listening
+        // again), not inside the listener, where what is sent meanwhile would be lost unseen.
+        let Some(n) = listener.try_recv().await? else {
+            return Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the listener's connection was lost",
+            )));
+        };
         match parse_payload(n.payload()) {
             Some((origin, _, _)) if origin == feed.origin => {}
             Some((_, micros, base)) => feed.publish(&base, micros),

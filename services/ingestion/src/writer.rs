@@ -291,10 +291,14 @@ async fn finish(
                 now,
             },
     } = staged;
-    tx.commit().await.map_err(|error| Failure {
-        stage: "commit",
-        error,
-    })?;
+    if let Err(error) = tx.commit().await {
+        // The commit may have landed: whatever is kept of the current values may be stale.
+        feed.publish_everything();
+        return Err(Failure {
+            stage: "commit",
+            error,
+        });
+    }
     citycredit_core::counters::add_ingested_rows(u64::try_from(rows).unwrap_or(0));
     if !base.is_empty() {
         feed.publish(&base, now);

@@ -1,0 +1,342 @@
+//! The current value versions of each (region reported at, period), kept in memory so that an
+//! aggregation reads from the store only what changed since it last looked.
+//!
+//! An aggregation for the city and a year needs the current versions of every (region, period)
+//! pair that can reach it: 7 regions by up to 20 periods, about 1,500 rows at 1 M submissions.
+//! Reading and decoding them all was most of its time. Each pair's rows are kept here once
+//! read, and dropped when the change feed says a commit touched that pair
+//! ([`ChangeFeed::publish`](crate::change_feed::ChangeFeed::publish) calls [`CurrentRows::drop_pairs`]
+//! before the writer answers, so a caller reads its own writes). The next aggregation reads the
+//! dropped pairs again, and only them.
+//!
+//! A read that was under way when a pair was dropped must not put back what it read before the
+//! commit: every drop takes the next sequence number and is logged, and [`CurrentRows::fill`]
+//! keeps a pair only when no drop of it (or of everything) came after the read's ticket. The
+//! log holds the last [`LOG`] drops; a read older than that keeps nothing.
+//!
+//! Bounds: at most `max_rows` rows in all (the oldest pairs go first), and a pair with more
+//! than a quarter of that is never kept. Other processes' commits arrive by the PostgreSQL
+//! listener; when it loses its connection, or a commit's outcome is unknown, everything is
+//! dropped. Only the current values are kept: `as_of` reads always go to the store.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::store::VersionRow;
+
+/// Drops remembered for reads under way.
+const LOG: usize = 4096;
+
+/// (region reported at, period).
+type Pair = (String, String);
+
+/// The cache. Cheap to share; every method takes one short lock.
+#[derive(Debug)]
+pub struct CurrentRows {
+    max_rows: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Each kept pair's rows and the stamp it was kept at.
+    entries: HashMap<Pair, (Arc<[VersionRow]>, u64)>,
+    /// Kept pairs by stamp, oldest first: the eviction order.
+    order: BTreeMap<u64, Pair>,
+    rows: usize,
+    /// The number of the last drop (and the last stamp).
+    seq: u64,
+    /// The last drops: (seq, pair), None for everything.
+    log: VecDeque<(u64, Option<Pair>)>,
+    /// The highest seq that has left the log.
+    forgotten: u64,
+}
+
+/// What [`CurrentRows::lookup`] found.
+#[derive(Debug)]
+pub struct Lookup {
+    /// The rows of the pairs kept, outside the product to read.
+    pub kept: Vec<Arc<[VersionRow]>>,
+    /// Regions and periods to read from the store: every pair missing lies in their product
+    /// (empty when nothing is missing).
+    pub regions: Vec<String>,
+    pub periods: Vec<String>,
+    /// Passed back to [`CurrentRows::fill`].
+    pub ticket: u64,
+}
+
+impl CurrentRows {
+    /// A cache of at most `max_rows` rows (0: nothing is ever kept).
+    pub fn new(max_rows: usize) -> CurrentRows {
+        CurrentRows {
+            max_rows,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The kept rows of `regions` × `periods`, and what to read for the rest.
+    pub fn lookup(&self, regions: &[String], periods: &[String]) -> Lookup {
+        let s = self.state();
+        let mut missing_regions = HashSet::new();
+        let mut missing_periods = HashSet::new();
+        for r in regions {
+            for p in periods {
+                if !s.entries.contains_key(&(r.clone(), p.clone())) {
+                    missing_regions.insert(r.as_str());
+                    missing_periods.insert(p.as_str());
+                }
+            }
+        }
+        let mut kept = Vec::new();
+        for r in regions {
+            for p in periods {
+                if missing_regions.contains(r.as_str()) && missing_periods.contains(p.as_str()) {
+                    continue;
+                }
+                if let Some((rows, _)) = s.entries.get(&(r.clone(), p.clone())) {
+                    kept.push(Arc::clone(rows));
+                }
+            }
+        }
+        // In the order asked, so the statement is the same for the same pairs.
+        let regions = regions
+            .iter()
+            .filter(|r| missing_regions.contains(r.as_str()))
+            .cloned()
+            .collect();
+        let periods = periods
+            .iter()
+            .filter(|p| missing_periods.contains(p.as_str()))
+            .cloned()
+            .collect();
+        Lookup {
+            kept,
+            regions,
+            periods,
+            ticket: s.seq,
+        }
+    }
+
+    /// Keeps the rows read for `regions` × `periods` (each pair, also one without rows), except
+    /// the pairs dropped since `ticket`.
+    pub fn fill(&self, ticket: u64, regions: &[String], periods: &[String], rows: &[VersionRow]) {
+        if self.max_rows == 0 {
+            return;
+        }
+        let mut by_pair: HashMap<(&str, &str), Vec<VersionRow>> = HashMap::new();
+        for r in regions {
+            for p in periods {
+                by_pair.insert((r.as_str(), p.as_str()), Vec::new());
+            }
+        }
+        for row in rows {
+            if let Some(v) = by_pair.get_mut(&(row.region.as_str(), row.period.as_str())) {
+                v.push(row.clone());
+            }
+        }
+        let mut s = self.state();
+        if s.forgotten > ticket {
+            return; // drops after the read may have left the log
+        }
+        let mut dropped: HashSet<(&str, &str)> = HashSet::new();
+        for (seq, pair) in s.log.iter().rev() {
+            if *seq <= ticket {
+                break;
+            }
+            match pair {
+                None => return, // everything was dropped after the read began
+                Some((r, p)) => {
+                    dropped.insert((r.as_str(), p.as_str()));
+                }
+            }
+        }
+        let keep: Vec<(Pair, Vec<VersionRow>)> = by_pair
+            .into_iter()
+            .filter(|(pair, v)| !dropped.contains(pair) && v.len() <= self.max_rows / 4)
+            .map(|((r, p), v)| ((r.to_owned(), p.to_owned()), v))
+            .collect();
+        drop(dropped);
+        for (pair, v) in keep {
+            s.insert(pair, v, self.max_rows);
+        }
+    }
+
+    /// Drops the pairs a commit changed.
+    pub fn drop_pairs<'a>(&self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let mut s = self.state();
+        for (r, p) in pairs {
+            s.seq += 1;
+            let seq = s.seq;
+            let pair = (r.to_owned(), p.to_owned());
+            s.remove(&pair);
+            s.log_drop(seq, Some(pair));
+        }
+    }
+
+    /// Drops everything (a commit whose outcome is unknown, notifications that may be lost).
+    pub fn drop_all(&self) {
+        let mut s = self.state();
+        s.seq += 1;
+        let seq = s.seq;
+        s.entries.clear();
+        s.order.clear();
+        s.rows = 0;
+        s.log_drop(seq, None);
+    }
+
+    /// (pairs, rows) kept now.
+    pub fn size(&self) -> (usize, usize) {
+        let s = self.state();
+        (s.entries.len(), s.rows)
+    }
+}
+
+impl State {
+    fn remove(&mut self, pair: &Pair) {
+        if let Some((rows, stamp)) = self.entries.remove(pair) {
+            self.rows -= rows.len();
+            self.order.remove(&stamp);
+        }
+    }
+
+    fn insert(&mut self, pair: Pair, rows: Vec<VersionRow>, max_rows: usize) {
+        self.remove(&pair);
+        while self.rows + rows.len() > max_rows {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some((old, _)) = self.entries.remove(&oldest) {
+                self.rows -= old.len();
+            }
+        }
+        // A stamp shares the drops' counter: both only grow.
+        self.seq += 1;
+        let stamp = self.seq;
+        self.rows += rows.len();
+        self.order.insert(stamp, pair.clone());
+        self.entries.insert(pair, (rows.into(), stamp));
+    }
+
+    fn log_drop(&mut self, seq: u64, pair: Option<Pair>) {
+        self.log.push_back((seq, pair));
+        while self.log.len() > LOG {
+            if let Some((old, _)) = self.log.pop_front() {
+                self.forgotten = old;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, region: &str, period: &str) -> VersionRow {
+        VersionRow {
+            submission_id: id,
+            metric: "B01".into(),
+            region: region.into(),
+            period: period.into(),
+            department: "d".into(),
+            domain: String::new(),
+            task_id: String::new(),
+            value: "1".into(),
+            accepted_micros: id,
+        }
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn ids(l: &Lookup) -> Vec<i64> {
+        let mut v: Vec<i64> = l
+            .kept
+            .iter()
+            .flat_map(|rows| rows.iter().map(|r| r.submission_id))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn a_dropped_pair_is_read_again_alone_and_the_rest_come_from_memory() {
+        let c = CurrentRows::new(1000);
+        let (regions, periods) = (strings(&["A", "B"]), strings(&["2026", "2026-01"]));
+        let first = c.lookup(&regions, &periods);
+        assert_eq!((first.regions.len(), first.periods.len()), (2, 2));
+        let rows = [row(1, "A", "2026"), row(2, "B", "2026-01")];
+        c.fill(first.ticket, &first.regions, &first.periods, &rows);
+        // Four pairs kept, two of them without rows.
+        assert_eq!(c.size(), (4, 2));
+        let all = c.lookup(&regions, &periods);
+        assert!(all.regions.is_empty() && all.periods.is_empty());
+        assert_eq!(ids(&all), vec![1, 2]);
+
+        c.drop_pairs([("B", "2026-01")]);
+        let after = c.lookup(&regions, &periods);
+        assert_eq!((&after.regions, &after.periods), (&strings(&["B"]), &strings(&["2026-01"])));
+        assert_eq!(ids(&after), vec![1], "the other pairs from memory");
+    }
+
+    #[test]
+    fn a_read_under_way_when_its_pair_is_dropped_keeps_nothing_of_it() {
+        let c = CurrentRows::new(1000);
+        let (regions, periods) = (strings(&["A", "B"]), strings(&["2026"]));
+        let l = c.lookup(&regions, &periods);
+        // A commit lands between the read and the fill.
+        c.drop_pairs([("A", "2026")]);
+        c.fill(l.ticket, &l.regions, &l.periods, &[row(1, "A", "2026")]);
+        let again = c.lookup(&regions, &periods);
+        assert_eq!(again.regions, strings(&["A"]), "A read before its change is not kept");
+        assert_eq!(c.size(), (1, 0), "B is kept");
+
+        let l = c.lookup(&regions, &periods);
+        c.drop_all();
+        c.fill(l.ticket, &l.regions, &l.periods, &[row(2, "A", "2026")]);
+        assert_eq!(c.size(), (0, 0), "nothing read before a drop of everything is kept");
+    }
+
+    #[test]
+    fn a_read_older_than_the_log_keeps_nothing() {
+        let c = CurrentRows::new(1000);
+        let (regions, periods) = (strings(&["A"]), strings(&["2026"]));
+        let l = c.lookup(&regions, &periods);
+        for i in 0..=LOG {
+            c.drop_pairs([("Z", format!("{i}").as_str())]);
+        }
+        c.fill(l.ticket, &l.regions, &l.periods, &[row(1, "A", "2026")]);
+        assert_eq!(c.size(), (0, 0));
+    }
+
+    #[test]
+    fn the_bound_evicts_the_oldest_pairs_and_refuses_a_pair_above_a_quarter() {
+        let c = CurrentRows::new(8);
+        for (i, p) in ["1", "2", "3", "4", "5"].iter().enumerate() {
+            let periods = strings(&[p]);
+            let l = c.lookup(&strings(&["A"]), &periods);
+            let id = i64::try_from(i).unwrap_or(0);
+            let rows = [row(2 * id, "A", p), row(2 * id + 1, "A", p)];
+            c.fill(l.ticket, &l.regions, &l.periods, &rows);
+        }
+        assert_eq!(c.size(), (4, 8), "at the bound");
+        let first = c.lookup(&strings(&["A"]), &strings(&["1"]));
+        assert_eq!(first.periods, strings(&["1"]), "the oldest pair went first");
+        let last = c.lookup(&strings(&["A"]), &strings(&["5"]));
+        assert!(last.periods.is_empty(), "the newest is kept");
+
+        let l = c.lookup(&strings(&["B"]), &strings(&["2026"]));
+        let wide: Vec<VersionRow> = (0..3).map(|i| row(100 + i, "B", "2026")).collect();
+        c.fill(l.ticket, &l.regions, &l.periods, &wide);
+        assert_eq!(c.size(), (4, 8), "3 rows is above a quarter of 8: not kept");
+
+        let off = CurrentRows::new(0);
+        let l = off.lookup(&strings(&["A"]), &strings(&["1"]));
+        off.fill(l.ticket, &l.regions, &l.periods, &[]);
+        assert_eq!(off.size(), (0, 0), "0 keeps nothing");
+    }
+}
