@@ -27,12 +27,16 @@ pub struct IndicatorApi {
     org: OrgView,
     /// Every loaded catalog (ListRuleVersions); the others RPCs describe the primary.
     versions: Arc<RuleVersions>,
+    /// The primary catalog's guiding maximum as written out, summed once (GetCatalog is the
+    /// call made most often, and the sum is exact rational arithmetic).
+    guiding_max_total: String,
 }
 
 impl IndicatorApi {
     pub fn new(catalog: Arc<Catalog>, org: OrgView) -> Self {
         let versions = Arc::new(RuleVersions::single(Arc::clone(&catalog)));
         IndicatorApi {
+            guiding_max_total: catalog.guiding_max_total().rounded(Precision::Score),
             catalog,
             org,
             versions,
@@ -42,6 +46,7 @@ impl IndicatorApi {
     /// Lists these rule versions; their primary becomes the catalog described.
     pub fn with_rule_versions(mut self, versions: Arc<RuleVersions>) -> Self {
         self.catalog = Arc::clone(versions.primary());
+        self.guiding_max_total = self.catalog.guiding_max_total().rounded(Precision::Score);
         self.versions = versions;
         self
     }
@@ -276,7 +281,7 @@ impl IndicatorService for IndicatorApi {
             metric_count: count(c.metrics.len()),
             indicator_count: count(c.indicators.len()),
             evaluation_item_count: count(c.items.len()),
-            guiding_max_total: c.guiding_max_total().rounded(Precision::Score),
+            guiding_max_total: self.guiding_max_total.clone(),
             rulebook_version: c.rulebook_version,
         }))
     }
