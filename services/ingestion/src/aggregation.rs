@@ -33,6 +33,7 @@ use crate::store::VersionRow;
 use crate::validation::wire_value;
 
 /// A version with its period parsed once.
+#[derive(Clone, Copy)]
 struct Row<'a> {
     period: Period,
     v: &'a VersionRow,
@@ -109,8 +110,10 @@ fn roll_up<'a>(
             });
             Some(markers.len() - 1)
         };
-        let (chosen, mark): (Vec<usize>, Option<usize>) = match reach {
-            Reach::Own(i) => (vec![i], None),
+        // The chosen versions (distinct indexes into `versions`), without an allocation for
+        // the common single one.
+        match reach {
+            Reach::Own(i) => out.extend(versions.get(i).map(|r| (None, *r))),
             Reach::Sum { parts, missing } => {
                 let mark = if missing.is_empty() {
                     None
@@ -120,7 +123,7 @@ fn roll_up<'a>(
                         missing.iter().map(ToString::to_string).collect(),
                     )
                 };
-                (parts, mark)
+                out.extend(parts.iter().filter_map(|&i| versions.get(i).map(|r| (mark, *r))));
             }
             Reach::Latest {
                 index,
@@ -128,13 +131,7 @@ fn roll_up<'a>(
             } => {
                 let mark = carried_from
                     .and_then(|from| marker(MarkerKind::CarriedForward, vec![from.to_string()]));
-                (vec![index], mark)
-            }
-        };
-        let mut slots: Vec<Option<Row<'a>>> = versions.drain(..).map(Some).collect();
-        for i in chosen {
-            if let Some(r) = slots.get_mut(i).and_then(Option::take) {
-                out.push((mark, r));
+                out.extend(versions.get(index).map(|r| (mark, *r)));
             }
         }
     }
