@@ -122,47 +122,76 @@ impl CurrentRows {
     }
 
     /// Keeps the rows read for `regions` × `periods` (each pair, also one without rows), except
-    /// the pairs dropped since `ticket`.
-    pub fn fill(&self, ticket: u64, regions: &[String], periods: &[String], rows: &[VersionRow]) {
-        if self.max_rows == 0 {
-            return;
-        }
-        let mut by_pair: HashMap<(&str, &str), Vec<VersionRow>> = HashMap::new();
+    /// the pairs dropped since `ticket`, and returns them all, a slice per pair, for the
+    /// aggregation that read them (moved, not copied).
+    pub fn fill(
+        &self,
+        ticket: u64,
+        regions: &[String],
+        periods: &[String],
+        rows: Vec<VersionRow>,
+    ) -> Vec<Arc<[VersionRow]>> {
+        // Region, then period: a row finds its pair by borrowed lookups.
+        let mut by_pair: HashMap<&str, HashMap<&str, Vec<VersionRow>>> = HashMap::new();
         for r in regions {
+            let periods_of = by_pair.entry(r.as_str()).or_default();
             for p in periods {
-                by_pair.insert((r.as_str(), p.as_str()), Vec::new());
+                periods_of.insert(p.as_str(), Vec::new());
             }
         }
+        let mut outside = Vec::new();
         for row in rows {
-            if let Some(v) = by_pair.get_mut(&(row.region.as_str(), row.period.as_str())) {
-                v.push(row.clone());
+            match by_pair
+                .get_mut(row.region.as_str())
+                .and_then(|ps| ps.get_mut(row.period.as_str()))
+            {
+                Some(v) => v.push(row),
+                None => outside.push(row),
             }
+        }
+        let read: Vec<(Pair, Arc<[VersionRow]>)> = by_pair
+            .into_iter()
+            .flat_map(|(r, ps)| {
+                ps.into_iter()
+                    .map(move |(p, v)| ((r.to_owned(), p.to_owned()), Arc::from(v)))
+            })
+            .collect();
+        let mut out: Vec<Arc<[VersionRow]>> = read.iter().map(|(_, v)| Arc::clone(v)).collect();
+        if !outside.is_empty() {
+            out.push(Arc::from(outside));
+        }
+        if self.max_rows == 0 {
+            return out;
         }
         let mut s = self.state();
         if s.forgotten > ticket {
-            return; // drops after the read may have left the log
+            return out; // drops after the read may have left the log
         }
-        let mut dropped: HashSet<(&str, &str)> = HashSet::new();
+        let mut dropped: HashSet<&Pair> = HashSet::new();
+        let mut everything = false;
         for (seq, pair) in s.log.iter().rev() {
             if *seq <= ticket {
                 break;
             }
             match pair {
-                None => return, // everything was dropped after the read began
-                Some((r, p)) => {
-                    dropped.insert((r.as_str(), p.as_str()));
+                None => everything = true,
+                Some(pair) => {
+                    dropped.insert(pair);
                 }
             }
         }
-        let keep: Vec<(Pair, Vec<VersionRow>)> = by_pair
+        if everything {
+            return out; // everything was dropped after the read began
+        }
+        let keep: Vec<(Pair, Arc<[VersionRow]>)> = read
             .into_iter()
             .filter(|(pair, v)| !dropped.contains(pair) && v.len() <= self.max_rows / 4)
-            .map(|((r, p), v)| ((r.to_owned(), p.to_owned()), v))
             .collect();
         drop(dropped);
         for (pair, v) in keep {
             s.insert(pair, v, self.max_rows);
         }
+        out
     }
 
     /// Drops the pairs a commit changed.
@@ -203,7 +232,7 @@ impl State {
         }
     }
 
-    fn insert(&mut self, pair: Pair, rows: Vec<VersionRow>, max_rows: usize) {
+    fn insert(&mut self, pair: Pair, rows: Arc<[VersionRow]>, max_rows: usize) {
         self.remove(&pair);
         while self.rows + rows.len() > max_rows {
             let Some((_, oldest)) = self.order.pop_first() else {
@@ -218,7 +247,7 @@ impl State {
         let stamp = self.seq;
         self.rows += rows.len();
         self.order.insert(stamp, pair.clone());
-        self.entries.insert(pair, (rows.into(), stamp));
+        self.entries.insert(pair, (rows, stamp));
     }
 
     fn log_drop(&mut self, seq: u64, pair: Option<Pair>) {
@@ -270,7 +299,7 @@ mod tests {
         let first = c.lookup(&regions, &periods);
         assert_eq!((first.regions.len(), first.periods.len()), (2, 2));
         let rows = [row(1, "A", "2026"), row(2, "B", "2026-01")];
-        c.fill(first.ticket, &first.regions, &first.periods, &rows);
+        c.fill(first.ticket, &first.regions, &first.periods, rows.to_vec());
         // Four pairs kept, two of them without rows.
         assert_eq!(c.size(), (4, 2));
         let all = c.lookup(&regions, &periods);
@@ -290,14 +319,14 @@ mod tests {
         let l = c.lookup(&regions, &periods);
         // A commit lands between the read and the fill.
         c.drop_pairs([("A", "2026")]);
-        c.fill(l.ticket, &l.regions, &l.periods, &[row(1, "A", "2026")]);
+        c.fill(l.ticket, &l.regions, &l.periods, vec![row(1, "A", "2026")]);
         let again = c.lookup(&regions, &periods);
         assert_eq!(again.regions, strings(&["A"]), "A read before its change is not kept");
         assert_eq!(c.size(), (1, 0), "B is kept");
 
         let l = c.lookup(&regions, &periods);
         c.drop_all();
-        c.fill(l.ticket, &l.regions, &l.periods, &[row(2, "A", "2026")]);
+        c.fill(l.ticket, &l.regions, &l.periods, vec![row(2, "A", "2026")]);
         assert_eq!(c.size(), (0, 0), "nothing read before a drop of everything is kept");
     }
 
@@ -309,7 +338,7 @@ mod tests {
         for i in 0..=LOG {
             c.drop_pairs([("Z", format!("{i}").as_str())]);
         }
-        c.fill(l.ticket, &l.regions, &l.periods, &[row(1, "A", "2026")]);
+        c.fill(l.ticket, &l.regions, &l.periods, vec![row(1, "A", "2026")]);
         assert_eq!(c.size(), (0, 0));
     }
 
@@ -321,7 +350,7 @@ mod tests {
             let l = c.lookup(&strings(&["A"]), &periods);
             let id = i64::try_from(i).unwrap_or(0);
             let rows = [row(2 * id, "A", p), row(2 * id + 1, "A", p)];
-            c.fill(l.ticket, &l.regions, &l.periods, &rows);
+            c.fill(l.ticket, &l.regions, &l.periods, rows.to_vec());
         }
         assert_eq!(c.size(), (4, 8), "at the bound");
         let first = c.lookup(&strings(&["A"]), &strings(&["1"]));
@@ -331,12 +360,12 @@ mod tests {
 
         let l = c.lookup(&strings(&["B"]), &strings(&["2026"]));
         let wide: Vec<VersionRow> = (0..3).map(|i| row(100 + i, "B", "2026")).collect();
-        c.fill(l.ticket, &l.regions, &l.periods, &wide);
+        c.fill(l.ticket, &l.regions, &l.periods, wide);
         assert_eq!(c.size(), (4, 8), "3 rows is above a quarter of 8: not kept");
 
         let off = CurrentRows::new(0);
         let l = off.lookup(&strings(&["A"]), &strings(&["1"]));
-        off.fill(l.ticket, &l.regions, &l.periods, &[]);
+        off.fill(l.ticket, &l.regions, &l.periods, Vec::new());
         assert_eq!(off.size(), (0, 0), "0 keeps nothing");
     }
 }

@@ -48,7 +48,7 @@ pub use writer::WriterConfig;
 
 use crate::change_feed::ChangeFeed;
 use crate::current_rows::CurrentRows;
-use crate::store::{StoredRow, scoped_key};
+use crate::store::{StoredRow, VersionRow, scoped_key};
 use crate::validation::NewValue;
 use crate::writer::{FieldRoot, Idempotency, Op, Outcome, Writer};
 
@@ -576,21 +576,30 @@ impl Ingestion {
         let (rows, approvals) = tokio::join!(versions, approvals);
         let rows = rows.map_err(|e| IngestError::storage("read current values", &e))?;
         let approvals = approvals.map_err(|e| IngestError::storage("read sign-offs", &e))?;
-        if let Some(k) = &kept
-            && !k.regions.is_empty()
-        {
-            self.inner
-                .feed
-                .rows()
-                .fill(k.ticket, &k.regions, &k.periods, &rows);
-        }
-        let from_memory = kept.iter().flat_map(|k| k.kept.iter()).flat_map(|r| r.iter());
+        // What was read (kept for the next time unless a commit changed it meanwhile), then
+        // what was in memory.
+        let mut slices: Vec<Arc<[VersionRow]>> = match kept {
+            Some(k) => {
+                let mut read = if k.regions.is_empty() {
+                    Vec::new()
+                } else {
+                    self.inner
+                        .feed
+                        .rows()
+                        .fill(k.ticket, &k.regions, &k.periods, rows)
+                };
+                read.extend(k.kept);
+                read
+            }
+            None => vec![Arc::from(rows)],
+        };
+        slices.retain(|s| !s.is_empty());
         Ok(aggregation::aggregate(
             &self.inner.catalog,
             region,
             &asked,
             at,
-            rows.iter().chain(from_memory),
+            slices.iter().flat_map(|s| s.iter()),
             &approvals,
             selection,
         ))
