@@ -86,7 +86,7 @@ fn roll_up<'a>(
     while let Some(first) = rows.next() {
         versions.clear();
         versions.push(first);
-        while let Some(next) = rows.next_if(|r| same_key(&r.v, &versions[0].v)) {
+        while let Some(next) = rows.next_if(|r| same_key(r.v, versions[0].v)) {
             versions.push(next);
         }
         candidates.clear();
@@ -123,7 +123,11 @@ fn roll_up<'a>(
                         missing.iter().map(ToString::to_string).collect(),
                     )
                 };
-                out.extend(parts.iter().filter_map(|&i| versions.get(i).map(|r| (mark, *r))));
+                out.extend(
+                    parts
+                        .iter()
+                        .filter_map(|&i| versions.get(i).map(|r| (mark, *r))),
+                );
             }
             Reach::Latest {
                 index,

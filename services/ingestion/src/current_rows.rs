@@ -308,7 +308,10 @@ mod tests {
 
         c.drop_pairs([("B", "2026-01")]);
         let after = c.lookup(&regions, &periods);
-        assert_eq!((&after.regions, &after.periods), (&strings(&["B"]), &strings(&["2026-01"])));
+        assert_eq!(
+            (&after.regions, &after.periods),
+            (&strings(&["B"]), &strings(&["2026-01"]))
+        );
         assert_eq!(ids(&after), vec![1], "the other pairs from memory");
     }
 
@@ -321,13 +324,21 @@ mod tests {
         c.drop_pairs([("A", "2026")]);
         c.fill(l.ticket, &l.regions, &l.periods, vec![row(1, "A", "2026")]);
         let again = c.lookup(&regions, &periods);
-        assert_eq!(again.regions, strings(&["A"]), "A read before its change is not kept");
+        assert_eq!(
+            again.regions,
+            strings(&["A"]),
+            "A read before its change is not kept"
+        );
         assert_eq!(c.size(), (1, 0), "B is kept");
 
         let l = c.lookup(&regions, &periods);
         c.drop_all();
         c.fill(l.ticket, &l.regions, &l.periods, vec![row(2, "A", "2026")]);
-        assert_eq!(c.size(), (0, 0), "nothing read before a drop of everything is kept");
+        assert_eq!(
+            c.size(),
+            (0, 0),
+            "nothing read before a drop of everything is kept"
+        );
     }
 
     #[test]
