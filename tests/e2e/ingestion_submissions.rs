@@ -381,6 +381,27 @@ async fn supersession_retraction_and_as_of(backend: Backend) {
         number_of(&before, "uscc.codes_total").as_deref(),
         Some("12")
     );
+    // The 10 has two versions now (until the 12, and again since the undo): as of its first
+    // one the store reads one version, not both, and the figure counts it once.
+    let first = aggregates(&s, "330800", v10.accept_time).await;
+    assert_eq!(
+        number_of(&first, "uscc.codes_total").as_deref(),
+        Some("10"),
+        "{name}: as of the first version of a value the undo reopened"
+    );
+    let t1 = v10
+        .accept_time
+        .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1_000)
+        .unwrap_or_default();
+    let rows = citycredit_ingestion::store::versions(
+        &s.db,
+        &["330802".to_owned()],
+        &["2026".to_owned()],
+        Some(t1),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(rows.len(), 1, "{name}: {rows:?}");
     // Retracting the only value left leaves none; history keeps every row.
     c.retract_submission(pb::RetractSubmissionRequest {
         name: v10.name.clone(),

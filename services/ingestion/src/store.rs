@@ -1028,8 +1028,11 @@ fn push_versions<'a, DB>(
             .push_bind(t)
             .push(
                 " ORDER BY w.valid_from DESC, w.submission_id DESC LIMIT 1) \
-                 WHERE (v.valid_to IS NULL OR v.valid_to > ",
+                 AND v.valid_from <= ",
             )
+            // A submission an undo reopened has a second version: only the one opened by t.
+            .push_bind(t)
+            .push(" WHERE (v.valid_to IS NULL OR v.valid_to > ")
             .push_bind(t)
             .push(") AND k.period IN (");
         }
