@@ -1,9 +1,9 @@
 //! The single writer: one task per process owns the hash-chain head. Unary submissions,
 //! batches and retractions come to it over a channel; it takes what is queued (a group is
 //! flushed at most `window` after its oldest job arrived, or at `max_rows`), writes the whole
-//! group in one transaction with one statement per table (rows bound as PostgreSQL arrays on a
-//! native connection, or as one JSON text on SQLite: [`store::WriteConn`]), commits, and only
-//! then answers each caller. On PostgreSQL the transaction locks the `chain_head` row first, which serialises the
+//! group in one transaction (on PostgreSQL one statement per table, rows bound as arrays on a
+//! native connection; on SQLite multi-row `VALUES` inserts of a few fixed sizes:
+//! [`store::WriteConn`]), commits, and only then answers each caller. On PostgreSQL the transaction locks the `chain_head` row first, which serialises the
 //! writers of different processes; the head is always read from that row, never from memory.
 //!
 //! **The next group is prepared while the previous one commits** (PostgreSQL). A group whose

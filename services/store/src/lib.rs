@@ -286,9 +286,15 @@ impl Db {
                         Backend::Sqlite => {
                             // WAL lets readers run beside the writer; FULL makes every commit
                             // durable; the busy timeout queues writers instead of failing.
+                            // Statement journals (the undo of one statement inside a
+                            // transaction, never read after a crash) in memory, not in a temp
+                            // file: they were 12 % of the writer's time (perf, batched ingest);
+                            // one is at most the pages one statement changes (the writer's
+                            // statements insert at most 128 rows).
                             conn.execute(
                                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+                                 PRAGMA temp_store = MEMORY;",
                             )
                             .await?;
                         }
