@@ -337,7 +337,7 @@ pub async fn serve(
                 ),
             ] {
                 let url = url.as_deref().unwrap_or_default();
-                let channels = upstream::channels(
+                let connections = upstream::connections(
                     url,
                     upstream_tls.as_ref(),
                     config.gateway.upstream_connections,
@@ -345,10 +345,10 @@ pub async fn serve(
                 // The readiness check asks over the first connection (no extra one).
                 checks.push(Check::Upstream {
                     name: name.into(),
-                    channel: channels[0].clone(),
+                    channel: connections.first_channel(),
                 });
                 for s in services {
-                    routes.insert((*s).into(), upstream::remote(channels.clone()));
+                    routes.insert((*s).into(), upstream::remote(&connections));
                 }
             }
             let edge = edge_signer(signer.take(), config.gateway.read_grants)?;

@@ -18,7 +18,8 @@
 //!    only reads, the principal's read grant for that RPC, reused for 10 s) and passes the
 //!    trace on;
 //! 7. forwards the raw HTTP/2 request to the service's upstream, in process or remote, streaming
-//!    bodies through without decoding them (a request stream idle for the read timeout ends);
+//!    bodies through without decoding them (a request stream idle for the read timeout ends; a
+//!    request read whole goes on as the bytes that were read);
 //! 8. when the service answers, gives back its place in the adaptive limit and the request's
 //!    bytes; when the response has been sent (or dropped), frees the call's other places, logs
 //!    it (principal, method, code, latency) and counts it, with the code read from the
@@ -44,6 +45,7 @@ use citycredit_registry::KeyView;
 use citycredit_registry::authn::{authenticate, is_open_path};
 
 use crate::body::{CallBody, OnEnd, ReadTimeoutBody, Stall, code_in, stalled_status};
+use crate::direct::WholeRequest;
 use crate::internal_identity::EdgeSigner;
 use crate::limits::{
     CallKind, CallPermit, FAILURE_SUMMARY_EVERY, HeldBytes, Limits, Refusal, ServePermit,
@@ -429,7 +431,6 @@ impl Inner {
         span: &tracing::Span,
     ) -> http::Response<Body> {
         let path: &str = &rpc.path;
-        req.extensions_mut().insert(principal.clone());
         if let Err(wait) = self.limits.check_rate(&principal.id) {
             self.parts.metrics.shed("rate");
             return retry_after_reason(
@@ -506,6 +507,10 @@ impl Inner {
                         );
                     }
                 };
+            // A remote upstream sends these bytes as they are (`direct.rs`); one in process
+            // reads the body, which holds the same bytes.
+            req.extensions_mut()
+                .insert(WholeRequest(whole.bytes.clone()));
             *req.body_mut() = Body::new(http_body_util::Full::new(whole.bytes));
             if kind == CallKind::Unary {
                 match self.limits.serve(id) {

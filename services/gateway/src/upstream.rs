@@ -6,7 +6,9 @@
 //! connection is driven by one task, whose frame processing caps what one connection carries
 //! at a fraction of what the gateway's cores can forward. Each call goes to the connection with
 //! the fewest calls waiting for their response, ties taken in turn, so even serial calls use
-//! every connection.
+//! every connection. On a plaintext upstream a call whose request the edge read whole goes over
+//! that connection's [`Direct`] HTTP/2 connection (`direct.rs`: no task hand-offs per call);
+//! client streams, and every call to a TLS upstream, over its tonic channel.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use tower::util::BoxCloneSyncService;
 
 use citycredit::status::{Reason, retry_after_reason};
 
+use crate::direct::{Direct, WholeRequest};
 use crate::front::{FrontParts, ServiceFront};
 use crate::settings::UpstreamTlsSettings;
 
@@ -82,31 +85,50 @@ pub fn channel(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, Upst
     Ok(endpoint.connect_lazy())
 }
 
-/// `n` (at least one) lazily connected channels to `url`, each its own HTTP/2 connection.
-pub fn channels(
+/// The connections to one remote upstream, shared by the services it serves.
+#[derive(Clone)]
+pub struct Connections {
+    conns: Arc<[Conn]>,
+}
+
+impl Connections {
+    /// The first connection's channel (the readiness check asks over it: no extra connection).
+    pub fn first_channel(&self) -> Channel {
+        self.conns[0].channel.clone()
+    }
+}
+
+/// `n` (at least one) lazily made connections to `url`: each a tonic channel (its own HTTP/2
+/// connection) and, when the upstream is plaintext (`http://`, no `tls`), a [`Direct`] one for
+/// the calls whose request was read whole.
+pub fn connections(
     url: &str,
     tls: Option<&ClientTlsConfig>,
     n: usize,
-) -> Result<Vec<Channel>, UpstreamError> {
-    (0..n.max(1)).map(|_| channel(url, tls)).collect()
+) -> Result<Connections, UpstreamError> {
+    let conns = (0..n.max(1))
+        .map(|_| {
+            Ok(Conn {
+                channel: channel(url, tls)?,
+                direct: if tls.is_none() {
+                    Direct::for_url(url)
+                } else {
+                    None
+                },
+                waiting: AtomicUsize::new(0),
+            })
+        })
+        .collect::<Result<Vec<Conn>, UpstreamError>>()?;
+    Ok(Connections {
+        conns: conns.into(),
+    })
 }
 
-/// A remote service over `channels` (each call to the least loaded one; see the module
+/// A remote service over `connections` (each call to the least loaded one; see the module
 /// comment): transport failures become UNAVAILABLE answers with RetryInfo.
-///
-/// # Panics
-/// When `channels` is empty (a programming error: [`channels`] makes at least one).
-pub fn remote(channels: Vec<Channel>) -> Upstream {
-    assert!(!channels.is_empty(), "an upstream needs a channel");
-    let conns = channels
-        .into_iter()
-        .map(|channel| Conn {
-            channel,
-            waiting: AtomicUsize::new(0),
-        })
-        .collect();
+pub fn remote(connections: &Connections) -> Upstream {
     BoxCloneSyncService::new(Remote {
-        conns,
+        conns: Arc::clone(&connections.conns),
         turn: Arc::new(AtomicUsize::new(0)),
     })
 }
@@ -128,6 +150,8 @@ where
 /// One connection of a remote upstream.
 struct Conn {
     channel: Channel,
+    /// For calls whose request was read whole, on a plaintext upstream.
+    direct: Option<Direct>,
     /// Calls sent on it still waiting for their response head.
     waiting: AtomicUsize,
 }
@@ -189,16 +213,23 @@ impl Service<http::Request<Body>> for Remote {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         let at = self.pick();
         // Counted from here, so calls started together spread before any is sent.
         let waiting = Waiting::new(Arc::clone(&self.conns), at);
-        let mut channel = self.conns[at].channel.clone();
+        let whole = req.extensions_mut().remove::<WholeRequest>();
         Box::pin(async move {
             use tower::ServiceExt;
-            let result = match channel.ready().await {
-                Ok(ch) => ch.call(req).await,
-                Err(e) => Err(e),
+            let conn = &waiting.conns[at];
+            let result: Result<http::Response<Body>, tower::BoxError> = match (&conn.direct, whole)
+            {
+                (Some(direct), Some(WholeRequest(bytes))) => {
+                    direct.call(req, bytes).await.map_err(Into::into)
+                }
+                _ => match conn.channel.clone().ready().await {
+                    Ok(ch) => ch.call(req).await.map_err(Into::into),
+                    Err(e) => Err(e.into()),
+                },
             };
             drop(waiting);
             Ok(result.unwrap_or_else(|e| {
