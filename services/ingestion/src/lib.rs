@@ -101,9 +101,9 @@ pub struct IngestionOptions {
     pub credentials: Option<Arc<dyn citycredit_core::auth::CredentialCheck>>,
 }
 
-/// The default bound of [`IngestionOptions::current_rows_max`]: about 14 MB, several times the
+/// The default bound of [`IngestionOptions::current_rows_max`]: about 7 MB, several times the
 /// current values behind a year's figures at 1 M submissions.
-pub const DEFAULT_CURRENT_ROWS_MAX: usize = 40_000;
+pub const DEFAULT_CURRENT_ROWS_MAX: usize = 20_000;
 
 impl Default for IngestionOptions {
     fn default() -> Self {
