@@ -176,17 +176,23 @@ impl Num {
     /// `digits` fraction digits, written with exactly that many digits. Computed numbers are
     /// written with [`Num::rounded`]; this is its arithmetic.
     pub fn to_fixed(&self, digits: u32) -> String {
+        // In integers, without rational arithmetic (each rational operation reduces by a gcd):
+        // |n/d| rounded half away from zero at `digits` is floor((2 |n| 10^digits + d) / 2d).
+        let (n, d) = (self.0.numer(), self.0.denom());
         let scale = BigInt::from(10u32).pow(digits);
-        let scaled = &self.0 * BigRational::from_integer(scale.clone());
-        let half = BigRational::new(BigInt::one(), BigInt::from(2));
-        let rounded: BigInt = if scaled.is_negative() {
-            -((-scaled) + half).floor().to_integer()
+        let rounded = if d.is_one() {
+            n.abs() * &scale
         } else {
-            (scaled + half).floor().to_integer()
+            let two_d: BigInt = d * 2;
+            let twice: BigInt = n.abs() * &scale * 2 + d;
+            twice.div_floor(&two_d)
         };
-        let neg = rounded.is_negative();
-        let (int_part, frac_part) = rounded.abs().div_mod_floor(&scale);
-        let sign = if neg { "-" } else { "" };
+        let sign = if n.is_negative() && !rounded.is_zero() {
+            "-"
+        } else {
+            ""
+        };
+        let (int_part, frac_part) = rounded.div_mod_floor(&scale);
         if digits == 0 {
             return format!("{sign}{int_part}");
         }
@@ -197,10 +203,23 @@ impl Num {
     /// The shortest exact decimal form when the value has a finite decimal expansion of at most
     /// 12 fraction digits ("43089", "0.5", "1234567.89"); otherwise 12 digits, rounded.
     pub fn to_plain(&self) -> String {
-        for digits in 0..=12u32 {
-            let scale = BigRational::from_integer(BigInt::from(10u32).pow(digits));
-            if (&self.0 * &scale).is_integer() {
-                return self.to_fixed(digits);
+        if self.0.is_integer() {
+            return self.0.numer().to_string();
+        }
+        // The ratio is kept reduced: n/d has a decimal expansion of k digits exactly when
+        // d = 2^a 5^b, and k = max(a, b).
+        let mut d = self.0.denom().magnitude().clone();
+        let twos = d.trailing_zeros().unwrap_or(0);
+        if twos <= 12 {
+            d >>= twos;
+            let five = num_bigint::BigUint::from(5u32);
+            let mut fives = 0u64;
+            while fives <= 12 && (&d % &five).is_zero() {
+                d /= &five;
+                fives += 1;
+            }
+            if d.is_one() && fives <= 12 {
+                return self.to_fixed(u32::try_from(twos.max(fives)).unwrap_or(12));
             }
         }
         self.to_fixed(12)
@@ -286,6 +305,68 @@ impl std::iter::Sum for Num {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The written forms as they were computed before (rational arithmetic throughout), for
+    /// comparison with the integer arithmetic that replaced it.
+    fn to_fixed_before(x: &Num, digits: u32) -> String {
+        let scale = BigInt::from(10u32).pow(digits);
+        let scaled = &x.0 * BigRational::from_integer(scale.clone());
+        let half = BigRational::new(BigInt::one(), BigInt::from(2));
+        let rounded: BigInt = if scaled.is_negative() {
+            -((-scaled) + half).floor().to_integer()
+        } else {
+            (scaled + half).floor().to_integer()
+        };
+        let neg = rounded.is_negative();
+        let (int_part, frac_part) = rounded.abs().div_mod_floor(&scale);
+        let sign = if neg { "-" } else { "" };
+        if digits == 0 {
+            return format!("{sign}{int_part}");
+        }
+        let frac = format!("{frac_part:0>width$}", width = digits as usize);
+        format!("{sign}{int_part}.{frac}")
+    }
+
+    fn to_plain_before(x: &Num) -> String {
+        for digits in 0..=12u32 {
+            let scale = BigRational::from_integer(BigInt::from(10u32).pow(digits));
+            if (&x.0 * &scale).is_integer() {
+                return to_fixed_before(x, digits);
+            }
+        }
+        to_fixed_before(x, 12)
+    }
+
+    #[test]
+    fn written_forms_are_those_of_rational_arithmetic() {
+        let mut denominators: Vec<i64> = (1..=64).collect();
+        denominators.extend([
+            1024,
+            3125,
+            4096,
+            78_125,
+            244_140_625,
+            4_096_000_000_000,
+            8_192_000_000_000,
+            999_999,
+        ]);
+        let mut checked = 0;
+        for d in denominators {
+            for n in (-130..=130).chain([1_000_003, -999_999_999_999, 123_456_789_012_345]) {
+                let x = Num::ratio(n, d);
+                assert_eq!(x.to_plain(), to_plain_before(&x), "{n}/{d}");
+                for digits in [0, 1, 2, 6, 12] {
+                    assert_eq!(
+                        x.to_fixed(digits),
+                        to_fixed_before(&x, digits),
+                        "{n}/{d} at {digits}"
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 18_000);
+    }
 
     #[test]
     fn parses_decimals_exactly() {
