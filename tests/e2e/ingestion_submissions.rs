@@ -740,25 +740,7 @@ async fn change_feed_reports_region_and_ancestors(backend: Backend) {
     // Another process's writes reach this server's watchers: on PostgreSQL over
     // LISTEN/NOTIFY (SQLite is one process by design).
     if s.schema.is_some() {
-        let other = s.second_process();
-        let p = platform();
-        let values = other
-            .check(
-                &p,
-                &[number_input(
-                    "uscc.codes_total",
-                    "330822",
-                    "2026",
-                    "samr",
-                    "1",
-                )],
-                false,
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        let w = other
-            .write_values(&p, values, "", "batch")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let w = write_from_another_process(&s, "1").await;
         let event = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 let c = watch
@@ -782,6 +764,30 @@ async fn change_feed_reports_region_and_ancestors(backend: Backend) {
 }
 
 both_databases!(change_feed_reports_region_and_ancestors);
+
+/// Writes `n` for `uscc.codes_total` at 330822 for 2026 as samr, from another writer over the
+/// same store (as a second process would; on PostgreSQL it notifies the server's change feed).
+async fn write_from_another_process(s: &IngestionServer, n: &str) -> citycredit_ingestion::Written {
+    let other = s.second_process();
+    let p = platform();
+    let values = other
+        .check(
+            &p,
+            &[number_input(
+                "uscc.codes_total",
+                "330822",
+                "2026",
+                "samr",
+                n,
+            )],
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    other
+        .write_values(&p, values, "", "batch")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
 
 /// Ingestion keeps the current values of each (region, period) in memory once an aggregation
 /// read them, and drops a pair when a commit changes it, before the writer answers: every
@@ -852,25 +858,7 @@ async fn aggregates_follow_every_write_while_current_values_are_kept(backend: Ba
 
     // Another process's commit: heard over LISTEN/NOTIFY, which drops the pair here.
     if s.schema.is_some() {
-        let other = s.second_process();
-        let p = platform();
-        let values = other
-            .check(
-                &p,
-                &[number_input(
-                    "uscc.codes_total",
-                    "330822",
-                    "2026",
-                    "samr",
-                    "5",
-                )],
-                false,
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        other
-            .write_values(&p, values, "", "batch")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        write_from_another_process(&s, "5").await;
         let seen = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 let city = total(aggregates(&s, "330800", None).await);
