@@ -430,6 +430,17 @@ async fn code_audit(codes: usize, per_message: usize) {
     );
 }
 
+/// Writes the i-th value at one of the counties (in turn) for 2026: a change that drops one
+/// (county, year) pair of the city's current values.
+async fn change_a_county_value(ing: &Ingestion, catalog: &Catalog, p: &Principal, i: usize) {
+    let mut v = value(catalog, i);
+    v.region_code = REGIONS[1 + i % (REGIONS.len() - 1)].to_owned();
+    let checked = ing.check(p, &[v], false).unwrap_or_else(|e| panic!("{e}"));
+    ing.write_values(p, checked, "", "batch")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
 async fn aggregate(db: Db, submissions: usize, queries: usize, periods: Periods) {
     let tdb = store(db).await;
     let (ing, catalog) = ingestion(&tdb);
@@ -485,12 +496,7 @@ async fn aggregate(db: Db, submissions: usize, queries: usize, periods: Periods)
     let mut figures = 0;
     let city = || ing.aggregates_of("330800", "2026", None);
     for q in 0..queries {
-        let mut v = value(&catalog, submissions + q);
-        v.region_code = REGIONS[1 + q % (REGIONS.len() - 1)].to_owned();
-        let checked = ing.check(&p, &[v], false).unwrap_or_else(|e| panic!("{e}"));
-        ing.write_values(&p, checked, "", "batch")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        change_a_county_value(&ing, &catalog, &p, submissions + q).await;
         let t = Instant::now();
         let agg = city().await.unwrap_or_else(|e| panic!("{e}"));
         after_change.push(t.elapsed());
@@ -832,12 +838,7 @@ async fn scorecards(ing: &Ingestion, catalog: &Arc<Catalog>, p: &Principal, firs
     };
     let (mut cold, mut nothing_kept) = (Vec::new(), Vec::new());
     for q in 0..300 {
-        let mut v = value(catalog, first + q);
-        v.region_code = REGIONS[1 + q % (REGIONS.len() - 1)].to_owned();
-        let checked = ing.check(p, &[v], false).unwrap_or_else(|e| panic!("{e}"));
-        ing.write_values(p, checked, "", "batch")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        change_a_county_value(ing, catalog, p, first + q).await;
         cold.push(fresh().await);
         ing.current_rows().drop_all();
         nothing_kept.push(fresh().await);

@@ -81,27 +81,26 @@ impl CurrentRows {
     /// The kept rows of `regions` × `periods`, and what to read for the rest.
     pub fn lookup(&self, regions: &[String], periods: &[String]) -> Lookup {
         let s = self.state();
+        // One look at each pair.
         let mut missing_regions = HashSet::new();
         let mut missing_periods = HashSet::new();
+        let mut found = Vec::with_capacity(regions.len() * periods.len());
         for r in regions {
             for p in periods {
-                if !s.entries.contains_key(&(r.clone(), p.clone())) {
-                    missing_regions.insert(r.as_str());
-                    missing_periods.insert(p.as_str());
+                match s.entries.get(&(r.clone(), p.clone())) {
+                    Some((rows, _)) => found.push((r.as_str(), p.as_str(), Arc::clone(rows))),
+                    None => {
+                        missing_regions.insert(r.as_str());
+                        missing_periods.insert(p.as_str());
+                    }
                 }
             }
         }
-        let mut kept = Vec::new();
-        for r in regions {
-            for p in periods {
-                if missing_regions.contains(r.as_str()) && missing_periods.contains(p.as_str()) {
-                    continue;
-                }
-                if let Some((rows, _)) = s.entries.get(&(r.clone(), p.clone())) {
-                    kept.push(Arc::clone(rows));
-                }
-            }
-        }
+        let kept = found
+            .into_iter()
+            .filter(|(r, p, _)| !(missing_regions.contains(r) && missing_periods.contains(p)))
+            .map(|(_, _, rows)| rows)
+            .collect();
         // In the order asked, so the statement is the same for the same pairs.
         let regions = regions
             .iter()
