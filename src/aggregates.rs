@@ -9,6 +9,7 @@
 //! ([`citycredit_core::source::SourceError`]); the service that asked converts them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
@@ -131,8 +132,9 @@ pub struct Aggregates {
     pub as_of_micros: i64,
     /// Engine input: one figure per reported metric.
     pub values: Values,
-    /// Metric key -> the current submissions behind its figure.
-    pub sources: BTreeMap<String, Vec<SourceRef>>,
+    /// Metric key -> the current submissions behind its figure (shared: ingestion keeps each
+    /// metric's figures and hands out the same list while the metric's values stay the same).
+    pub sources: BTreeMap<String, Arc<[SourceRef]>>,
     /// Metric key -> how values behind its figure reached the period (only metrics with some).
     pub markers: BTreeMap<String, Vec<PeriodMarker>>,
     /// The figures were aggregated from approved values only ([`Selection::Approved`]).

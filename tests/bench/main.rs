@@ -500,11 +500,12 @@ async fn aggregate(db: Db, submissions: usize, queries: usize, periods: Periods)
         let t = Instant::now();
         let agg = city().await.unwrap_or_else(|e| panic!("{e}"));
         after_change.push(t.elapsed());
-        figures = agg.sources.values().map(Vec::len).sum();
+        figures = agg.sources.values().map(|s| s.len()).sum();
         let t = Instant::now();
         std::hint::black_box(city().await.unwrap_or_else(|e| panic!("{e}")));
         unchanged.push(t.elapsed());
         ing.current_rows().drop_all();
+        ing.kept_figures().clear();
         let t = Instant::now();
         std::hint::black_box(city().await.unwrap_or_else(|e| panic!("{e}")));
         nothing_kept.push(t.elapsed());
@@ -580,6 +581,7 @@ async fn breakdown(ing: &Ingestion, queries: usize) {
             &rows,
             &approvals,
             citycredit::aggregates::Selection::All,
+            None,
         ));
         compute.push(t.elapsed());
     }
@@ -841,6 +843,7 @@ async fn scorecards(ing: &Ingestion, catalog: &Arc<Catalog>, p: &Principal, firs
         change_a_county_value(ing, catalog, p, first + q).await;
         cold.push(fresh().await);
         ing.current_rows().drop_all();
+        ing.kept_figures().clear();
         nothing_kept.push(fresh().await);
     }
     let mut warm = Vec::new();

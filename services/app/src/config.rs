@@ -149,6 +149,7 @@ pub struct Config {
     pub ingest_max_audits_per_principal: usize,
     /// Most current value versions ingestion keeps in memory for aggregation (about 350 bytes
     /// each; 0 keeps none). On PostgreSQL they are kept only with the change-feed listener.
+    /// Also the most source references of the figures kept per metric (about 300 bytes each).
     #[serde(default = "defaults::ingest_current_rows_max")]
     pub ingest_current_rows_max: usize,
     /// Group commit: the longest a submission waits for others to share its transaction.

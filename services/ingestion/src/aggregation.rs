@@ -13,22 +13,28 @@
 //! carried forward), and keys whose value came by a partial sum or from an earlier period are
 //! marked on the figure they feed.
 //!
+//! Each metric's figure depends only on that metric's versions (and the sign-offs), so a
+//! figure computed once is used again while the metric's submission ids stay the same
+//! ([`KeptFigures`]): after one value changes, only its metric is computed again.
+//!
 //! Each value is looked up among the APPROVED sign-off parts ([`Approvals`], the write gate's
 //! reach): its source says which part covers it, and approved-only figures
 //! ([`Selection::Approved`]) drop every value that no approved part covers before anything is
 //! rolled up or added.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use citycredit::aggregates::{Aggregates, MarkerKind, PeriodMarker, Selection, SourceRef};
-use citycredit_core::catalog::{AggregationScope, Catalog, MetricKind, TimeClass};
+use citycredit_core::catalog::{AggregationScope, Catalog, Metric, MetricKind, TimeClass};
 use citycredit_core::numbers::Num;
 use citycredit_core::period::Period;
 use citycredit_core::rollup::{self, Candidate, Reach};
 use citycredit_core::rules::{TaskStatus, Values};
 
 use crate::gate::Approvals;
+use crate::kept_figures::{GroupKey, KeptFigures, MetricFigures};
 use crate::store::VersionRow;
 use crate::validation::wire_value;
 
@@ -47,12 +53,11 @@ fn same_key(a: &VersionRow, b: &VersionRow) -> bool {
         && a.task_id == b.task_id
 }
 
-/// Metric, then the key as [`same_key`] compares it, then submission: each metric's rows and,
-/// inside them, each key's rows become runs, the keys in the order of their tuples.
-fn by_metric_and_key(a: &Row, b: &Row) -> Ordering {
+/// The key as [`same_key`] compares it, then submission: inside one metric's rows, each key's
+/// rows become a run, the keys in the order of their tuples.
+fn by_key(a: &Row, b: &Row) -> Ordering {
     let (a, b) = (a.v, b.v);
     (
-        a.metric.as_str(),
         a.region.as_str(),
         a.department.as_str(),
         a.domain.as_str(),
@@ -60,7 +65,6 @@ fn by_metric_and_key(a: &Row, b: &Row) -> Ordering {
         a.submission_id,
     )
         .cmp(&(
-            b.metric.as_str(),
             b.region.as_str(),
             b.department.as_str(),
             b.domain.as_str(),
@@ -191,7 +195,10 @@ impl ExactSum {
 }
 
 /// Aggregates `rows` (versions at `region` and below, for every period that reaches `period`,
-/// as of one instant), from the values `selection` names among them.
+/// as of one instant), from the values `selection` names among them. With `kept`, a metric
+/// whose versions (by submission id) and sign-offs are those of a figure kept for the same
+/// region, period and selection takes that figure, and only the others are computed (and kept).
+#[allow(clippy::too_many_arguments)]
 pub fn aggregate<'a>(
     catalog: &Catalog,
     region: &str,
@@ -200,10 +207,85 @@ pub fn aggregate<'a>(
     rows: impl IntoIterator<Item = &'a VersionRow>,
     approvals: &Approvals,
     selection: Selection,
+    kept: Option<&KeptFigures>,
 ) -> Aggregates {
+    let mut by_metric: HashMap<&'a str, Vec<&'a VersionRow>> = HashMap::new();
+    for v in rows {
+        by_metric.entry(v.metric.as_str()).or_default().push(v);
+    }
+    let key = GroupKey {
+        region: region.to_owned(),
+        period: period.to_string(),
+        selection,
+    };
+    let before = kept.and_then(|k| k.kept(&key, approvals));
+    let mut now: HashMap<String, Arc<MetricFigures>> = HashMap::with_capacity(by_metric.len());
+    let mut computed = false;
+    for (metric, versions) in by_metric {
+        let Some(m) = catalog.metric(metric) else {
+            continue; // a metric the current catalog no longer has
+        };
+        let mut ids: Vec<i64> = versions.iter().map(|v| v.submission_id).collect();
+        ids.sort_unstable();
+        let figures = match before.as_ref().and_then(|b| b.get(metric)) {
+            Some(f) if f.ids == ids => Arc::clone(f),
+            _ => {
+                computed = true;
+                Arc::new(metric_figures(
+                    m, region, period, versions, ids, approvals, selection,
+                ))
+            }
+        };
+        now.insert(metric.to_owned(), figures);
+    }
+    let mut out = Aggregates {
+        region: region.to_owned(),
+        period: key.period.clone(),
+        as_of_micros,
+        values: Values::new(),
+        sources: BTreeMap::new(),
+        markers: BTreeMap::new(),
+        approved_only: selection == Selection::Approved,
+    };
+    for (metric, f) in &now {
+        if let Some(figure) = &f.figure {
+            out.values.set(metric.clone(), figure.clone());
+        }
+        if !f.sources.is_empty() {
+            out.sources.insert(metric.clone(), Arc::clone(&f.sources));
+        }
+        if !f.markers.is_empty() {
+            out.markers.insert(metric.clone(), f.markers.clone());
+        }
+    }
+    if let Some(k) = kept
+        && (computed || before.as_ref().is_none_or(|b| b.len() != now.len()))
+    {
+        k.keep(key, approvals, now);
+    }
+    out
+}
+
+/// One metric's figure from its `versions` (`ids`: their submission ids, sorted).
+fn metric_figures(
+    m: &Metric,
+    region: &str,
+    period: &Period,
+    versions: Vec<&VersionRow>,
+    ids: Vec<i64>,
+    approvals: &Approvals,
+    selection: Selection,
+) -> MetricFigures {
+    let mut out = MetricFigures {
+        ids,
+        figure: None,
+        sources: Arc::from([]),
+        markers: Vec::new(),
+    };
     // Stored periods were validated at entry; one that no longer parses cannot reach.
-    let mut rows: Vec<Row<'a>> = rows
+    let mut these: Vec<Row> = versions
         .into_iter()
+        .filter(|v| m.scope() != AggregationScope::Region || v.region == region)
         .filter_map(|v| {
             Some(Row {
                 period: v.period.parse().ok()?,
@@ -211,138 +293,108 @@ pub fn aggregate<'a>(
             })
         })
         .collect();
-    rows.sort_unstable_by(by_metric_and_key);
+    let covering = |r: &Row| approvals.covering(&r.v.department, &r.v.region, &r.period, m.time);
+    if selection == Selection::Approved {
+        these.retain(|r| covering(r).is_some());
+    }
+    these.sort_unstable_by(by_key);
+    let (mut rows, key_markers) = roll_up(period, m.time, these);
+    if rows.is_empty() {
+        // Nothing reaches the period (or nothing at the region itself for a metric of the
+        // region's own scope): not reported, rather than a sum of zero.
+        return out;
+    }
+    // Latest first: accept time, then id.
+    rows.sort_unstable_by_key(|(_, r)| std::cmp::Reverse((r.v.accepted_micros, r.v.submission_id)));
     let mut values = Values::new();
-    let mut sources: BTreeMap<String, Vec<SourceRef>> = BTreeMap::new();
-    let mut markers: BTreeMap<String, Vec<PeriodMarker>> = BTreeMap::new();
-    let mut rows = rows.into_iter().peekable();
-    let mut metric_rows: Vec<Row<'a>> = Vec::new();
-    while let Some(first) = rows.next() {
-        metric_rows.push(first);
-        while let Some(next) = rows.next_if(|r| r.v.metric == metric_rows[0].v.metric) {
-            metric_rows.push(next);
+    let metric = m.key.as_str();
+    let used: Vec<&(Option<usize>, Row)> = match m.kind {
+        MetricKind::Count | MetricKind::Amount => {
+            let mut sum = ExactSum::default();
+            let mut used = Vec::new();
+            for r in &rows {
+                if sum.add(&r.1.v.value) {
+                    used.push(r);
+                }
+            }
+            values.set_number(metric, sum.total());
+            used
         }
-        let mut these = std::mem::take(&mut metric_rows);
-        let metric = these[0].v.metric.clone();
-        let Some(m) = catalog.metric(&metric) else {
-            continue; // a metric the current catalog no longer has
-        };
-        if m.scope() == AggregationScope::Region {
-            these.retain(|r| r.v.region == region);
+        MetricKind::Bool => {
+            values.set_flag(metric, rows.iter().any(|r| r.1.v.value == "true"));
+            rows.iter().collect()
         }
-        let covering =
-            |r: &Row| approvals.covering(&r.v.department, &r.v.region, &r.period, m.time);
-        if selection == Selection::Approved {
-            these.retain(|r| covering(r).is_some());
-        }
-        let (mut rows, key_markers) = roll_up(period, m.time, these);
-        if rows.is_empty() {
-            // Nothing reaches the period (or nothing at the region itself for a metric of the
-            // region's own scope): not reported, rather than a sum of zero.
-            continue;
-        }
-        // Latest first: accept time, then id.
-        rows.sort_unstable_by_key(|(_, r)| {
-            std::cmp::Reverse((r.v.accepted_micros, r.v.submission_id))
-        });
-        let used: Vec<&(Option<usize>, Row)> = match m.kind {
-            MetricKind::Count | MetricKind::Amount => {
-                let mut sum = ExactSum::default();
-                let mut used = Vec::new();
-                for r in &rows {
-                    if sum.add(&r.1.v.value) {
-                        used.push(r);
+        MetricKind::Rank | MetricKind::Score => {
+            match rows.iter().find(|r| r.1.v.region == region) {
+                Some(r) => match Num::parse_decimal(&r.1.v.value) {
+                    Ok(n) => {
+                        values.set_number(metric, n);
+                        vec![r]
                     }
-                }
-                values.set_number(metric.clone(), sum.total());
-                used
-            }
-            MetricKind::Bool => {
-                values.set_flag(metric.clone(), rows.iter().any(|r| r.1.v.value == "true"));
-                rows.iter().collect()
-            }
-            MetricKind::Rank | MetricKind::Score => {
-                match rows.iter().find(|r| r.1.v.region == region) {
-                    Some(r) => match Num::parse_decimal(&r.1.v.value) {
-                        Ok(n) => {
-                            values.set_number(metric.clone(), n);
-                            vec![r]
-                        }
-                        Err(_) => Vec::new(),
-                    },
-                    None => Vec::new(),
-                }
-            }
-            MetricKind::DomainFlag => {
-                let domains: BTreeSet<String> = rows
-                    .iter()
-                    .filter(|r| r.1.v.value == "true")
-                    .map(|r| r.1.v.domain.clone())
-                    .collect();
-                values.set_domains(metric.clone(), domains);
-                rows.iter().collect()
-            }
-            MetricKind::TaskStatus => {
-                let mut seen = BTreeSet::new();
-                let mut used = Vec::new();
-                for r in rows.iter().filter(|r| r.1.v.region == region) {
-                    if seen.insert(r.1.v.task_id.as_str()) {
-                        let s = match r.1.v.value.as_str() {
-                            "DONE" => TaskStatus::Done,
-                            "IN_PROGRESS" => TaskStatus::InProgress,
-                            _ => TaskStatus::NotStarted,
-                        };
-                        values.set_task(&metric, r.1.v.task_id.clone(), s);
-                        used.push(r);
-                    }
-                }
-                used
-            }
-        };
-        if used.is_empty() {
-            continue;
-        }
-        // The markers of the keys whose values are used, in key order.
-        let mut marked = vec![false; key_markers.len()];
-        for (mark, _) in &used {
-            if let Some(i) = mark {
-                marked[*i] = true;
+                    Err(_) => Vec::new(),
+                },
+                None => Vec::new(),
             }
         }
-        let used_markers: Vec<PeriodMarker> = key_markers
-            .into_iter()
-            .zip(marked)
-            .filter_map(|(m, keep)| keep.then_some(m))
-            .collect();
-        if !used_markers.is_empty() {
-            markers.insert(metric.clone(), used_markers);
+        MetricKind::DomainFlag => {
+            let domains: BTreeSet<String> = rows
+                .iter()
+                .filter(|r| r.1.v.value == "true")
+                .map(|r| r.1.v.domain.clone())
+                .collect();
+            values.set_domains(metric, domains);
+            rows.iter().collect()
         }
-        let mut refs: Vec<SourceRef> = used
-            .into_iter()
-            .map(|(_, r)| SourceRef {
-                submission_id: u64::try_from(r.v.submission_id).unwrap_or(0),
-                department: r.v.department.clone(),
-                region: r.v.region.clone(),
-                domain: r.v.domain.clone(),
-                task_id: r.v.task_id.clone(),
-                period: r.v.period.clone(),
-                value: wire_value(Some(m.kind), &r.v.value).unwrap_or_default(),
-                accept_micros: r.v.accepted_micros,
-                approved_period: covering(r).map(|p| p.to_string()),
-            })
-            .collect();
-        refs.sort_unstable_by_key(|s| s.submission_id);
-        sources.insert(metric, refs);
+        MetricKind::TaskStatus => {
+            let mut seen = BTreeSet::new();
+            let mut used = Vec::new();
+            for r in rows.iter().filter(|r| r.1.v.region == region) {
+                if seen.insert(r.1.v.task_id.as_str()) {
+                    let s = match r.1.v.value.as_str() {
+                        "DONE" => TaskStatus::Done,
+                        "IN_PROGRESS" => TaskStatus::InProgress,
+                        _ => TaskStatus::NotStarted,
+                    };
+                    values.set_task(metric, r.1.v.task_id.clone(), s);
+                    used.push(r);
+                }
+            }
+            used
+        }
+    };
+    out.figure = values.remove(metric);
+    if used.is_empty() {
+        return out;
     }
-    Aggregates {
-        region: region.to_owned(),
-        period: period.to_string(),
-        as_of_micros,
-        values,
-        sources,
-        markers,
-        approved_only: selection == Selection::Approved,
+    // The markers of the keys whose values are used, in key order.
+    let mut marked = vec![false; key_markers.len()];
+    for (mark, _) in &used {
+        if let Some(i) = mark {
+            marked[*i] = true;
+        }
     }
+    out.markers = key_markers
+        .into_iter()
+        .zip(marked)
+        .filter_map(|(m, keep)| keep.then_some(m))
+        .collect();
+    let mut refs: Vec<SourceRef> = used
+        .into_iter()
+        .map(|(_, r)| SourceRef {
+            submission_id: u64::try_from(r.v.submission_id).unwrap_or(0),
+            department: r.v.department.clone(),
+            region: r.v.region.clone(),
+            domain: r.v.domain.clone(),
+            task_id: r.v.task_id.clone(),
+            period: r.v.period.clone(),
+            value: wire_value(Some(m.kind), &r.v.value).unwrap_or_default(),
+            accept_micros: r.v.accepted_micros,
+            approved_period: covering(r).map(|p| p.to_string()),
+        })
+        .collect();
+    refs.sort_unstable_by_key(|s| s.submission_id);
+    out.sources = refs.into();
+    out
 }
 
 #[cfg(test)]
@@ -375,7 +427,9 @@ mod tests {
             row(5, "double_publicity.licenses_total", "tax", "2026-02", "4"),
         ];
         let period: Period = "2026".parse().unwrap_or_else(|e| panic!("{e:?}"));
-        aggregate(&catalog, "330800", &period, 9, &rows, &approvals, selection)
+        aggregate(
+            &catalog, "330800", &period, 9, &rows, &approvals, selection, None,
+        )
     }
 
     fn number(a: &Aggregates, metric: &str) -> Option<String> {
@@ -444,6 +498,86 @@ mod tests {
         assert_eq!(approved, [(1, Some("2026")), (2, None), (3, None)]);
     }
 
+    /// The same figures either way (`Aggregates` has no `PartialEq`: its parts do).
+    fn assert_same(a: &Aggregates, b: &Aggregates) {
+        assert_eq!(a.values, b.values);
+        assert_eq!(a.sources, b.sources);
+        assert_eq!(a.markers, b.markers);
+        assert_eq!((&a.region, &a.period), (&b.region, &b.period));
+    }
+
+    #[test]
+    fn kept_figures_are_what_a_fresh_computation_gives_and_are_computed_again_only_when_their_versions_change()
+     {
+        let catalog = Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
+        let period: Period = "2026".parse().unwrap_or_else(|e| panic!("{e:?}"));
+        let kept = KeptFigures::new(10_000);
+        let figures = |rows: &[VersionRow], approvals: &Approvals, selection| {
+            let with = aggregate(
+                &catalog,
+                "330800",
+                &period,
+                9,
+                rows,
+                approvals,
+                selection,
+                Some(&kept),
+            );
+            let fresh = aggregate(
+                &catalog, "330800", &period, 9, rows, approvals, selection, None,
+            );
+            assert_same(&with, &fresh);
+            with
+        };
+        let same = |a: &Aggregates, b: &Aggregates, metric: &str| {
+            Arc::ptr_eq(&a.sources[metric], &b.sources[metric])
+        };
+        let (codes, licenses) = ("uscc.codes_total", "double_publicity.licenses_total");
+        let none = Approvals::default();
+        let mut rows = vec![
+            row(1, codes, "samr", "2026", "100"),
+            row(2, codes, "civil-affairs", "2026", "50"),
+            row(4, licenses, "samr", "2026-01", "3"),
+            row(5, licenses, "tax", "2026-02", "4"),
+        ];
+        let first = figures(&rows, &none, Selection::All);
+        assert!(
+            !first.markers[licenses].is_empty(),
+            "a partial year is marked"
+        );
+        // Nothing changed: every metric's figure is the one kept.
+        let again = figures(&rows, &none, Selection::All);
+        assert!(same(&first, &again, codes) && same(&first, &again, licenses));
+        // samr's value is superseded (another submission): only its metric is computed again.
+        rows[0] = row(6, codes, "samr", "2026", "70");
+        let changed = figures(&rows, &none, Selection::All);
+        assert_eq!(number(&changed, codes).as_deref(), Some("120"));
+        assert!(!same(&again, &changed, codes) && same(&again, &changed, licenses));
+        // A value retracted (its version gone): computed again.
+        rows.remove(1);
+        let retracted = figures(&rows, &none, Selection::All);
+        assert_eq!(number(&retracted, codes).as_deref(), Some("70"));
+        // The months' metric loses its last value: no figure at all, as a fresh computation.
+        let months: Vec<VersionRow> = rows.iter().filter(|r| r.metric == codes).cloned().collect();
+        let without = figures(&months, &none, Selection::All);
+        assert!(without.values.get(licenses).is_none() && !without.sources.contains_key(licenses));
+        let back = figures(&rows, &none, Selection::All);
+        assert_eq!(number(&back, licenses).as_deref(), Some("7"));
+        // Another sign-off: each source's approved part changes, so everything is computed again.
+        let samr = Approvals::new([("samr".into(), "330800".into(), "2026".into())]);
+        let signed = figures(&rows, &samr, Selection::All);
+        assert!(!same(&back, &signed, codes) && !same(&back, &signed, licenses));
+        assert_eq!(
+            signed.sources[codes][0].approved_period.as_deref(),
+            Some("2026")
+        );
+        // Approved values only: figures of their own, not those of every value.
+        let approved = figures(&rows, &samr, Selection::Approved);
+        assert_eq!(number(&approved, licenses).as_deref(), Some("3"));
+        let all = figures(&rows, &samr, Selection::All);
+        assert!(same(&signed, &all, licenses));
+    }
+
     #[test]
     fn approved_only_figures_add_up_approved_values_alone() {
         let a = figures(Selection::Approved);
@@ -456,7 +590,7 @@ mod tests {
         let ids: Vec<u64> = a
             .sources
             .values()
-            .flatten()
+            .flat_map(|s| s.iter())
             .map(|s| s.submission_id)
             .collect();
         assert_eq!(ids, [4, 1]);

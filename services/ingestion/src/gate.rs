@@ -147,7 +147,7 @@ pub async fn load(
 
 /// The APPROVED parts of some departments and regions, for aggregation: which part covers a
 /// value. By department, then region (looked up by `&str`, with no key built per value).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Approvals(HashMap<String, HashMap<String, Vec<Period>>>);
 
 impl Approvals {

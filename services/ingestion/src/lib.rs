@@ -15,6 +15,7 @@ pub mod code_audit_service;
 pub mod current_rows;
 pub mod error;
 pub mod gate;
+pub mod kept_figures;
 pub mod store;
 pub mod submission_service;
 pub mod validation;
@@ -48,6 +49,7 @@ pub use writer::WriterConfig;
 
 use crate::change_feed::ChangeFeed;
 use crate::current_rows::CurrentRows;
+use crate::kept_figures::KeptFigures;
 use crate::store::{StoredRow, VersionRow, scoped_key};
 use crate::validation::NewValue;
 use crate::writer::{FieldRoot, Idempotency, Op, Outcome, Writer};
@@ -89,7 +91,8 @@ pub struct IngestionOptions {
     /// only this process's changes are seen, and no current values are kept in memory).
     pub listen_url: Option<String>,
     /// Most current value versions kept in memory for aggregation ([`current_rows`]; about
-    /// 350 bytes each; 0 keeps none).
+    /// 350 bytes each), and most source references of the figures kept per metric
+    /// ([`kept_figures`]; about 300 bytes each). 0 keeps none of either.
     pub current_rows_max: usize,
     /// PostgreSQL only: the LISTEN/NOTIFY channel (one per database or schema).
     pub notify_channel: String,
@@ -131,6 +134,8 @@ struct Inner {
     org: OrgView,
     writer: Writer,
     feed: ChangeFeed,
+    /// Each metric's figures, used again while their versions and sign-offs stay the same.
+    figures: KeptFigures,
     options: IngestionOptions,
     audits: Mutex<AuditSlots>,
 }
@@ -227,6 +232,7 @@ impl Ingestion {
                 org,
                 writer,
                 feed,
+                figures: KeptFigures::new(options.current_rows_max),
                 options,
                 audits: Mutex::new(AuditSlots::default()),
             }),
@@ -602,6 +608,7 @@ impl Ingestion {
             slices.iter().flat_map(|s| s.iter()),
             &approvals,
             selection,
+            Some(&self.inner.figures),
         ))
     }
 
@@ -640,6 +647,11 @@ impl Ingestion {
     /// The current values kept in memory for aggregation.
     pub fn current_rows(&self) -> &Arc<CurrentRows> {
         self.inner.feed.rows()
+    }
+
+    /// The figures kept per metric for aggregation.
+    pub fn kept_figures(&self) -> &KeptFigures {
+        &self.inner.figures
     }
 
     /// A new subscription to the change feed.

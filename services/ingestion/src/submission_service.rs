@@ -561,7 +561,7 @@ impl MetricSubmissionService for SubmissionApi {
                         .collect();
                 }
             }
-            let sources = agg.sources.get(&m.key).into_iter().flatten();
+            let sources = agg.sources.get(&m.key).into_iter().flat_map(|s| s.iter());
             out.approvals = sources
                 .clone()
                 .filter_map(|s| {

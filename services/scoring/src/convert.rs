@@ -115,7 +115,7 @@ pub fn approval(
     for s in metrics
         .into_iter()
         .filter_map(|m| aggregates.sources.get(m))
-        .flatten()
+        .flat_map(|s| s.iter())
     {
         any = true;
         if s.approved_period.is_none() {

@@ -435,7 +435,7 @@ fn by_department(a: &Aggregates, metrics: &[&str]) -> BTreeMap<String, BTreeMap<
     use pb::metric_value::Value;
     let mut out: BTreeMap<String, BTreeMap<String, Num>> = BTreeMap::new();
     for m in metrics {
-        for s in a.sources.get(*m).into_iter().flatten() {
+        for s in a.sources.get(*m).into_iter().flat_map(|s| s.iter()) {
             if s.department.is_empty() {
                 continue;
             }

@@ -193,7 +193,7 @@ impl RemoteAggregates {
                 .into_iter()
                 .map(|a| (a.submission, a.approved_period))
                 .collect();
-            let sources = m
+            let sources: Vec<SourceRef> = m
                 .sources
                 .into_iter()
                 .map(|s| SourceRef {
@@ -221,7 +221,7 @@ impl RemoteAggregates {
             if !markers.is_empty() {
                 out.markers.insert(m.metric_key.clone(), markers);
             }
-            out.sources.insert(m.metric_key, sources);
+            out.sources.insert(m.metric_key, sources.into());
         }
         out.values = values;
         out

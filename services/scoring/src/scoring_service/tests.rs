@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex as StdMutex;
 
 use citycredit::aggregates::SourceRef;
@@ -41,9 +41,11 @@ impl FakeSource {
             values,
             ..Default::default()
         };
+        let mut by_metric: BTreeMap<String, Vec<SourceRef>> = BTreeMap::new();
         for (m, s) in sources {
-            agg.sources.entry(m.to_owned()).or_default().push(s);
+            by_metric.entry(m.to_owned()).or_default().push(s);
         }
+        agg.sources = by_metric.into_iter().map(|(m, s)| (m, s.into())).collect();
         self.figures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -691,14 +693,15 @@ fn inputs_are_approved_only_when_every_source_is() {
     let mut approved = source_ref(1, "samr");
     approved.approved_period = Some("2026".into());
     agg.sources
-        .insert("uscc.codes_total".into(), vec![approved.clone()]);
+        .insert("uscc.codes_total".into(), vec![approved.clone()].into());
     assert_eq!(convert::approval(&b02, &agg, "2026"), (true, vec![], 0));
     // Many departments not approved: listed up to the bound, all counted.
     let mut sources = vec![approved];
     for i in 0..30 {
         sources.push(source_ref(10 + i, &format!("d{i:02}")));
     }
-    agg.sources.insert("uscc.codes_total".into(), sources);
+    agg.sources
+        .insert("uscc.codes_total".into(), sources.into());
     let (ok, parts, count) = convert::approval(&b02, &agg, "2026");
     assert!(!ok);
     assert_eq!(count, 30);
