@@ -1014,3 +1014,63 @@ async fn on_postgresql_the_writer_inserts_whole_columns_on_a_native_connection()
 }
 
 postgres_only!(on_postgresql_the_writer_inserts_whole_columns_on_a_native_connection);
+
+/// Where autovacuum leaves the writer's tables alone (a server with `autovacuum = off`, or
+/// tables with `autovacuum_enabled = false` as here), ingestion keeps their planner statistics
+/// itself: 168 new values written through the API get `value_versions` analyzed within a few
+/// checks.
+/// Without statistics the writer's statements are planned from defaults and slow down by
+/// orders of magnitude as history grows.
+async fn tables_autovacuum_leaves_alone_are_analyzed_as_they_grow() {
+    let s = IngestionServer::start(Backend::Postgres).await;
+    for statement in [
+        "ALTER TABLE submissions SET (autovacuum_enabled = false)",
+        "ALTER TABLE value_versions SET (autovacuum_enabled = false)",
+        "ALTER TABLE value_keys SET (autovacuum_enabled = false)",
+    ] {
+        sqlx::query(statement)
+            .execute(&s.db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    let analyzed = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM pg_stat_user_tables WHERE schemaname = current_schema() \
+             AND relname = 'value_versions' AND last_analyze IS NOT NULL",
+        )
+        .fetch_one(&s.db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("pg_stat_user_tables: {e}"))
+    };
+    assert_eq!(analyzed().await, 0, "a new store was never analyzed");
+    // 168 keys: every region, each month of two years.
+    let regions = [
+        "330800", "330802", "330803", "330822", "330824", "330825", "330881",
+    ];
+    let values: Vec<pb::SubmissionInput> = (0..168)
+        .map(|i| {
+            let period = format!("{}-{:02}", 2025 + i / 84, i % 12 + 1);
+            let region = regions[(i / 12) % 7];
+            number_input("uscc.codes_total", region, &period, "samr", &i.to_string())
+        })
+        .collect();
+    let mut c = s.client(Some(&platform())).await;
+    for (i, chunk) in values.chunks(100).enumerate() {
+        c.submit_batch(batch(chunk.to_vec(), &format!("stats-{i}"), false, 100))
+            .await
+            .unwrap_or_else(|e| panic!("batch {i}: {e}"));
+    }
+    let deadline = std::time::Instant::now()
+        + citycredit_ingestion::table_stats::EVERY * 4
+        + std::time::Duration::from_secs(5);
+    while analyzed().await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "value_versions was not analyzed within {:?} of 168 values written",
+            citycredit_ingestion::table_stats::EVERY * 4
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+postgres_only!(tables_autovacuum_leaves_alone_are_analyzed_as_they_grow);

@@ -18,6 +18,7 @@ pub mod gate;
 pub mod kept_figures;
 pub mod store;
 pub mod submission_service;
+pub mod table_stats;
 pub mod validation;
 pub mod writer;
 
@@ -200,6 +201,34 @@ pub struct Written {
     pub row: Option<StoredRow>,
 }
 
+/// Keeps the planner statistics of the tables the writer changes where autovacuum does not
+/// ([`table_stats`]), for as long as the service runs.
+fn spawn_table_stats(inner: std::sync::Weak<Inner>) {
+    tokio::spawn(async move {
+        let mut told = false;
+        loop {
+            tokio::time::sleep(table_stats::EVERY).await;
+            let Some(pool) = inner.upgrade().map(|i| i.db.pool.clone()) else {
+                return;
+            };
+            match table_stats::analyze_due(&pool).await {
+                Ok(tables) if tables.is_empty() => {}
+                Ok(tables) if !told => {
+                    told = true;
+                    tracing::warn!(
+                        ?tables,
+                        "autovacuum does not analyze these tables on this server: ingestion analyzes them itself as they grow"
+                    );
+                }
+                Ok(tables) => tracing::debug!(?tables, "analyzed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not check or analyze the tables' statistics")
+                }
+            }
+        }
+    });
+}
+
 impl Ingestion {
     /// Starts the writer (and, on PostgreSQL with a listen URL, the change-feed listener). The
     /// store must be migrated.
@@ -225,18 +254,20 @@ impl Ingestion {
             options.credentials.clone(),
             gate::TimeClasses::of(&catalog),
         );
-        Ingestion {
-            inner: Arc::new(Inner {
-                db,
-                catalog,
-                org,
-                writer,
-                feed,
-                figures: KeptFigures::new(options.current_rows_max),
-                options,
-                audits: Mutex::new(AuditSlots::default()),
-            }),
+        let inner = Arc::new(Inner {
+            db,
+            catalog,
+            org,
+            writer,
+            feed,
+            figures: KeptFigures::new(options.current_rows_max),
+            options,
+            audits: Mutex::new(AuditSlots::default()),
+        });
+        if postgres {
+            spawn_table_stats(Arc::downgrade(&inner));
         }
+        Ingestion { inner }
     }
 
     /// Whether the API key `principal` called with still stands (always, without a
