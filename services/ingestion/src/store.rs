@@ -74,11 +74,15 @@ impl WritePooled {
 impl WriteTx<'static> {
     /// Begins a transaction on a pooled connection it owns (given back to the pool when the
     /// transaction ends), so the writer can leave it committing while it prepares the next
-    /// group on another connection. Same BEGIN as [`WritePooled::begin`].
+    /// group on another connection (PostgreSQL). Same BEGIN as [`WritePooled::begin`]. On
+    /// SQLite the connection is the writer's own ([`Db::writer`]: one connection, where the
+    /// multi-row inserts are prepared once and the page cache stays warm between groups; the
+    /// writer holds one transaction at a time there); the shared pool only when a `Db` has none.
     pub async fn begin_owned(db: &Db) -> Result<WriteTx<'static>, sqlx::Error> {
-        Ok(match &db.bulk {
-            Some(pg) => WriteTx::Postgres(pg.begin().await?),
-            None => WriteTx::Sqlite(db.pool.begin_with("BEGIN IMMEDIATE").await?),
+        Ok(match (&db.bulk, &db.writer) {
+            (Some(pg), _) => WriteTx::Postgres(pg.begin().await?),
+            (None, Some(writer)) => WriteTx::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?),
+            (None, None) => WriteTx::Sqlite(db.pool.begin_with("BEGIN IMMEDIATE").await?),
         })
     }
 }
@@ -136,8 +140,8 @@ fn json_error(e: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error 
 }
 
 /// Rows per multi-row INSERT on SQLite: a group's rows go in statements of 128, then at most
-/// one of each smaller power of two, so a table has 8 statement texts (prepared once per
-/// connection, kept in sqlx's statement cache) and a group of n rows costs n / 128 + 7
+/// one of each smaller power of two, so a table has 8 statement texts (prepared once, on the
+/// writer's connection [`Db::writer`], and kept in its sqlx statement cache) and a group of n rows costs n / 128 + 7
 /// statements at most. 128 rows of `submissions` bind 2,304 parameters (SQLite allows 32,766).
 const SQLITE_CHUNKS: [usize; 8] = [128, 64, 32, 16, 8, 4, 2, 1];
 
