@@ -209,9 +209,20 @@ pub fn aggregate<'a>(
     selection: Selection,
     kept: Option<&KeptFigures>,
 ) -> Aggregates {
-    let mut by_metric: HashMap<&'a str, Vec<&'a VersionRow>> = HashMap::new();
+    // Each metric's versions. Rows come in runs of one metric (a kept pair's rows are sorted
+    // by metric), so a row is looked up only when its metric differs from the row before.
+    let mut by_metric: Vec<(&'a str, Vec<&'a VersionRow>)> = Vec::new();
+    let mut index: HashMap<&'a str, usize> = HashMap::new();
+    let mut last = usize::MAX;
     for v in rows {
-        by_metric.entry(v.metric.as_str()).or_default().push(v);
+        let metric = v.metric.as_str();
+        if by_metric.get(last).is_none_or(|(m, _)| *m != metric) {
+            last = *index.entry(metric).or_insert_with(|| {
+                by_metric.push((metric, Vec::new()));
+                by_metric.len() - 1
+            });
+        }
+        by_metric[last].1.push(v);
     }
     let key = GroupKey {
         region: region.to_owned(),

@@ -148,11 +148,18 @@ impl CurrentRows {
                 None => outside.push(row),
             }
         }
+        // Each pair's rows by metric, then submission: aggregation takes them in runs of one
+        // metric.
         let read: Vec<(Pair, Arc<[VersionRow]>)> = by_pair
             .into_iter()
             .flat_map(|(r, ps)| {
-                ps.into_iter()
-                    .map(move |(p, v)| ((r.to_owned(), p.to_owned()), Arc::from(v)))
+                ps.into_iter().map(move |(p, mut v)| {
+                    v.sort_unstable_by(|a, b| {
+                        (a.metric.as_str(), a.submission_id)
+                            .cmp(&(b.metric.as_str(), b.submission_id))
+                    });
+                    ((r.to_owned(), p.to_owned()), Arc::from(v))
+                })
             })
             .collect();
         let mut out: Vec<Arc<[VersionRow]>> = read.iter().map(|(_, v)| Arc::clone(v)).collect();
