@@ -1095,7 +1095,28 @@ pub async fn approved_parts(
     if regions.is_empty() || years.is_empty() {
         return Ok(Vec::new());
     }
-    let mut qb = QueryBuilder::<Any>::new(
+    let patterns: Vec<String> = years.iter().map(|y| format!("{y:04}%")).collect();
+    // Read with every aggregation: on PostgreSQL on the native pool, as `versions` is.
+    if let Some(reads) = &db.reads {
+        let mut qb = QueryBuilder::<Postgres>::new("");
+        push_approved_parts(&mut qb, regions, &patterns);
+        return qb.build_query_as().fetch_all(reads).await;
+    }
+    let mut qb = QueryBuilder::<Any>::new("");
+    push_approved_parts(&mut qb, regions, &patterns);
+    numbered_as(&mut qb)?.fetch_all(&db.pool).await
+}
+
+/// The statement of [`approved_parts`] (`patterns`: `LIKE` patterns of the years).
+fn push_approved_parts<'a, DB>(
+    qb: &mut QueryBuilder<DB>,
+    regions: &'a [String],
+    patterns: &'a [String],
+) where
+    DB: sqlx::Database,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    qb.push(
         "SELECT department_code, region, period FROM review_signoffs \
          WHERE state = 'APPROVED' AND region IN (",
     );
@@ -1105,12 +1126,10 @@ pub async fn approved_parts(
     }
     list.push_unseparated(") AND (");
     let mut any = qb.separated(" OR ");
-    for y in years {
-        any.push("period LIKE ")
-            .push_bind_unseparated(format!("{y:04}%"));
+    for p in patterns {
+        any.push("period LIKE ").push_bind_unseparated(p.as_str());
     }
     any.push_unseparated(")");
-    numbered_as(&mut qb)?.fetch_all(&db.pool).await
 }
 
 /// The lowest submission id among value versions whose key `value_keys` lacks or lists with
