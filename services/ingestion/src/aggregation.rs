@@ -198,7 +198,10 @@ impl ExactSum {
 /// as of one instant), from the values `selection` names among them. With `kept`, a metric
 /// whose versions (by submission id) and sign-offs are those of a figure kept for the same
 /// region, period and selection takes that figure, and only the others are computed (and kept).
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one aggregation's inputs, passed once; the figures kept are optional"
+)]
 pub fn aggregate<'a>(
     catalog: &Catalog,
     region: &str,

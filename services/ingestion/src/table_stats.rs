@@ -6,7 +6,7 @@
 //! wrong as history grows: measured at 400,000 submissions on a never-analyzed store, closing
 //! 800 superseded versions by primary key took 2.4 s (a generic plan that scanned the whole
 //! current-key index once per id) instead of milliseconds, and a bulk load of a year of monthly
-//! values ran at about 1,200 values/s. So a task checks every [`EVERY`] how many rows of
+//! values (1 M submissions) took 804 s, against about 21 s with statistics kept. So a task checks every [`EVERY`] how many rows of
 //! each such table changed since it was last analyzed and runs `ANALYZE` on it past
 //! autovacuum's default threshold (50 rows and a tenth of the table). Where autovacuum runs,
 //! the task finds nothing to do.
