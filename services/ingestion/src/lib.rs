@@ -639,7 +639,9 @@ impl Ingestion {
             slices.iter().flat_map(|s| s.iter()),
             &approvals,
             selection,
-            Some(&self.inner.figures),
+            // Current figures only: an `as_of` read would replace them with the past's under
+            // the same key (its own read dominates anyway).
+            as_of.is_none().then_some(&self.inner.figures),
         ))
     }
 
