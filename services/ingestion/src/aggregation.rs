@@ -34,7 +34,7 @@ use citycredit_core::rollup::{self, Candidate, Reach};
 use citycredit_core::rules::{TaskStatus, Values};
 
 use crate::gate::Approvals;
-use crate::kept_figures::{GroupKey, KeptFigures, MetricFigures};
+use crate::kept_figures::{Figures, GroupKey, MetricFigures};
 use crate::store::VersionRow;
 use crate::validation::wire_value;
 
@@ -195,9 +195,10 @@ impl ExactSum {
 }
 
 /// Aggregates `rows` (versions at `region` and below, for every period that reaches `period`,
-/// as of one instant), from the values `selection` names among them. With `kept`, a metric
-/// whose versions (by submission id) and sign-offs are those of a figure kept for the same
-/// region, period and selection takes that figure, and only the others are computed (and kept).
+/// as of one instant), from the values `selection` names among them. With figures kept
+/// (`figures`), a metric whose versions (by submission id) and sign-offs are those of a figure
+/// kept for the same region, period and selection takes that figure, and only the others are
+/// computed (and kept, with [`Figures::UseAndKeep`]).
 #[allow(
     clippy::too_many_arguments,
     reason = "one aggregation's inputs, passed once; the figures kept are optional"
@@ -210,7 +211,7 @@ pub fn aggregate<'a>(
     rows: impl IntoIterator<Item = &'a VersionRow>,
     approvals: &Approvals,
     selection: Selection,
-    kept: Option<&KeptFigures>,
+    figures: Figures<'_>,
 ) -> Aggregates {
     // Each metric's versions. Rows come in runs of one metric (a kept pair's rows are sorted
     // by metric), so a row is looked up only when its metric differs from the row before.
@@ -232,7 +233,7 @@ pub fn aggregate<'a>(
         period: period.to_string(),
         selection,
     };
-    let before = kept.and_then(|k| k.kept(&key, approvals));
+    let before = figures.uses().and_then(|k| k.kept(&key, approvals));
     let mut now: HashMap<String, Arc<MetricFigures>> = HashMap::with_capacity(by_metric.len());
     let mut computed = false;
     for (metric, versions) in by_metric {
@@ -272,7 +273,7 @@ pub fn aggregate<'a>(
             out.markers.insert(metric.clone(), f.markers.clone());
         }
     }
-    if let Some(k) = kept
+    if let Some(k) = figures.keeps()
         && (computed || before.as_ref().is_none_or(|b| b.len() != now.len()))
     {
         k.keep(key, approvals, now);
@@ -414,6 +415,7 @@ fn metric_figures(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kept_figures::KeptFigures;
 
     fn row(id: i64, metric: &str, department: &str, period: &str, value: &str) -> VersionRow {
         VersionRow {
@@ -442,7 +444,14 @@ mod tests {
         ];
         let period: Period = "2026".parse().unwrap_or_else(|e| panic!("{e:?}"));
         aggregate(
-            &catalog, "330800", &period, 9, &rows, &approvals, selection, None,
+            &catalog,
+            "330800",
+            &period,
+            9,
+            &rows,
+            &approvals,
+            selection,
+            Figures::Fresh,
         )
     }
 
@@ -535,10 +544,17 @@ mod tests {
                 rows,
                 approvals,
                 selection,
-                Some(&kept),
+                Figures::UseAndKeep(&kept),
             );
             let fresh = aggregate(
-                &catalog, "330800", &period, 9, rows, approvals, selection, None,
+                &catalog,
+                "330800",
+                &period,
+                9,
+                rows,
+                approvals,
+                selection,
+                Figures::Fresh,
             );
             assert_same(&with, &fresh);
             with
@@ -590,6 +606,25 @@ mod tests {
         assert_eq!(number(&approved, licenses).as_deref(), Some("3"));
         let all = figures(&rows, &samr, Selection::All);
         assert!(same(&signed, &all, licenses));
+        // Figures taken but not kept (a read as of a past instant, with samr's first value):
+        // the unchanged metric shares the kept figure, the changed one is computed, and what is
+        // kept stays the current figures.
+        let mut past = rows.clone();
+        past[0] = row(1, codes, "samr", "2026", "100");
+        let taken = aggregate(
+            &catalog,
+            "330800",
+            &period,
+            9,
+            &past,
+            &samr,
+            Selection::All,
+            Figures::Use(&kept),
+        );
+        assert_eq!(number(&taken, codes).as_deref(), Some("100"));
+        assert!(same(&all, &taken, licenses) && !same(&all, &taken, codes));
+        let current = figures(&rows, &samr, Selection::All);
+        assert!(same(&all, &current, codes) && same(&all, &current, licenses));
     }
 
     #[test]

@@ -64,6 +64,36 @@ struct State {
     clock: u64,
 }
 
+/// How one aggregation meets the figures kept.
+#[derive(Clone, Copy)]
+pub enum Figures<'a> {
+    /// Computes every metric.
+    Fresh,
+    /// Takes the figures kept whose ids match and keeps nothing: for a read as of a past
+    /// instant, whose figures must not replace the current ones kept under the same key.
+    Use(&'a KeptFigures),
+    /// Takes the figures kept whose ids match and keeps what it computed.
+    UseAndKeep(&'a KeptFigures),
+}
+
+impl<'a> Figures<'a> {
+    /// Where figures are taken from.
+    pub fn uses(self) -> Option<&'a KeptFigures> {
+        match self {
+            Figures::Fresh => None,
+            Figures::Use(k) | Figures::UseAndKeep(k) => Some(k),
+        }
+    }
+
+    /// Where what is computed is kept.
+    pub fn keeps(self) -> Option<&'a KeptFigures> {
+        match self {
+            Figures::UseAndKeep(k) => Some(k),
+            Figures::Fresh | Figures::Use(_) => None,
+        }
+    }
+}
+
 /// The figures kept, bounded by `max_sources`.
 pub struct KeptFigures {
     state: Mutex<State>,

@@ -8,6 +8,7 @@
 //! process.
 
 pub mod aggregation;
+pub mod as_of;
 pub mod audit_chain;
 pub mod change_feed;
 pub mod code_audit;
@@ -50,7 +51,7 @@ pub use writer::WriterConfig;
 
 use crate::change_feed::ChangeFeed;
 use crate::current_rows::CurrentRows;
-use crate::kept_figures::KeptFigures;
+use crate::kept_figures::{Figures, KeptFigures};
 use crate::store::{StoredRow, VersionRow, scoped_key};
 use crate::validation::NewValue;
 use crate::writer::{FieldRoot, Idempotency, Op, Outcome, Writer};
@@ -562,7 +563,8 @@ impl Ingestion {
 
     /// The figures for `region` and `period` (validated by the caller), from the values
     /// `selection` names, each source with the approved part that covers it (sign-offs as
-    /// they stand now).
+    /// they stand now). As of an instant: the current values corrected by what was accepted
+    /// after it ([`as_of`]), or, when more than that, every value read as of it.
     pub async fn aggregates_selected(
         &self,
         region: &str,
@@ -571,38 +573,12 @@ impl Ingestion {
         selection: Selection,
     ) -> Result<Aggregates, IngestError> {
         let regions = self.inner.org.borrow().subtree(region);
-        let at = as_of.unwrap_or_else(now_micros);
         let asked: Period = period
             .parse()
             .map_err(|e: citycredit_core::period::PeriodError| {
                 IngestError::Invalid(vec![Violation::new("period", e.to_string())])
             })?;
         let periods: Vec<String> = asked.reached_by().iter().map(ToString::to_string).collect();
-        // Current values: those of the pairs kept in memory, and a read of the rest (kept for
-        // the next time). As of an instant: a read of everything.
-        let kept = match as_of {
-            None => Some(self.inner.feed.rows().lookup(&regions, &periods)),
-            Some(_) => None,
-        };
-        let (read_regions, read_periods) = match &kept {
-            Some(k) => (&k.regions, &k.periods),
-            None => (&regions, &periods),
-        };
-        // The two reads run together, each on a pooled connection of its own.
-        let versions = async {
-            if read_regions.is_empty() {
-                return Ok(Vec::new());
-            }
-            store::versions(&self.inner.db, read_regions, read_periods, as_of)
-                .instrument(tracing::info_span!(
-                    "db.query",
-                    db.system = self.inner.db.backend.as_str(),
-                    db.operation = "select value_versions",
-                    regions = read_regions.len(),
-                    periods = read_periods.len(),
-                ))
-                .await
-        };
         let approvals =
             gate::approvals(&self.inner.db, &regions, &asked).instrument(tracing::info_span!(
                 "db.query",
@@ -610,39 +586,94 @@ impl Ingestion {
                 db.operation = "select review_signoffs",
                 regions = regions.len(),
             ));
-        let (rows, approvals) = tokio::join!(versions, approvals);
-        let rows = rows.map_err(|e| IngestError::storage("read current values", &e))?;
+        // The two reads run together, each on a pooled connection of its own.
+        let (current, approvals) = tokio::join!(self.current_values(&regions, &periods), approvals);
+        let current = current?;
         let approvals = approvals.map_err(|e| IngestError::storage("read sign-offs", &e))?;
-        // What was read (kept for the next time unless a commit changed it meanwhile), then
-        // what was in memory.
-        let mut slices: Vec<Arc<[VersionRow]>> = match kept {
-            Some(k) => {
-                let mut read = if k.regions.is_empty() {
-                    Vec::new()
-                } else {
-                    self.inner
-                        .feed
-                        .rows()
-                        .fill(k.ticket, &k.regions, &k.periods, rows)
-                };
-                read.extend(k.kept);
-                read
-            }
-            None => vec![Arc::from(rows)],
+        let figures = &self.inner.figures;
+        let aggregate = |rows: Box<dyn Iterator<Item = &VersionRow> + '_>, at, figures| {
+            aggregation::aggregate(
+                &self.inner.catalog,
+                region,
+                &asked,
+                at,
+                rows,
+                &approvals,
+                selection,
+                figures,
+            )
         };
-        slices.retain(|s| !s.is_empty());
-        Ok(aggregation::aggregate(
-            &self.inner.catalog,
-            region,
-            &asked,
-            at,
-            slices.iter().flat_map(|s| s.iter()),
-            &approvals,
-            selection,
-            // Current figures only: an `as_of` read would replace them with the past's under
-            // the same key (its own read dominates anyway).
-            as_of.is_none().then_some(&self.inner.figures),
-        ))
+        let current_rows = || current.iter().flat_map(|s| s.iter());
+        let Some(t) = as_of else {
+            return Ok(aggregate(
+                Box::new(current_rows()),
+                now_micros(),
+                Figures::UseAndKeep(figures),
+            ));
+        };
+        // Walking back further than there are current values costs more than reading every
+        // value as of `t`.
+        let limit = current.iter().map(|s| s.len()).sum::<usize>().max(256);
+        let changes = as_of::changes_after(&self.inner.db, &regions, &periods, t, limit)
+            .instrument(tracing::info_span!(
+                "db.query",
+                db.system = self.inner.db.backend.as_str(),
+                db.operation = "select submissions accepted after as_of",
+            ))
+            .await
+            .map_err(|e| IngestError::storage("read what changed after as_of", &e))?;
+        Ok(match changes {
+            // The values at `t` are the current ones, and so are their figures.
+            Some(c) if c.is_empty() => {
+                aggregate(Box::new(current_rows()), t, Figures::UseAndKeep(figures))
+            }
+            // Figures of the past are used where they match, never kept: they would replace
+            // the current ones under the same key.
+            Some(c) => aggregate(Box::new(c.apply(current_rows())), t, Figures::Use(figures)),
+            None => {
+                let rows = store::versions(&self.inner.db, &regions, &periods, Some(t))
+                    .instrument(tracing::info_span!(
+                        "db.query",
+                        db.system = self.inner.db.backend.as_str(),
+                        db.operation = "select value_versions as_of",
+                        regions = regions.len(),
+                        periods = periods.len(),
+                    ))
+                    .await
+                    .map_err(|e| IngestError::storage("read values as_of", &e))?;
+                aggregate(Box::new(rows.iter()), t, Figures::Use(figures))
+            }
+        })
+    }
+
+    /// The current values of every (region, period) pair of `regions` and `periods`: those
+    /// kept in memory, and a read of the rest (kept for the next time unless a commit changed
+    /// them meanwhile).
+    async fn current_values(
+        &self,
+        regions: &[String],
+        periods: &[String],
+    ) -> Result<Vec<Arc<[VersionRow]>>, IngestError> {
+        let rows = self.inner.feed.rows();
+        let kept = rows.lookup(regions, periods);
+        let mut out = if kept.regions.is_empty() {
+            Vec::new()
+        } else {
+            let read = store::versions(&self.inner.db, &kept.regions, &kept.periods, None)
+                .instrument(tracing::info_span!(
+                    "db.query",
+                    db.system = self.inner.db.backend.as_str(),
+                    db.operation = "select value_versions",
+                    regions = kept.regions.len(),
+                    periods = kept.periods.len(),
+                ))
+                .await
+                .map_err(|e| IngestError::storage("read current values", &e))?;
+            rows.fill(kept.ticket, &kept.regions, &kept.periods, read)
+        };
+        out.extend(kept.kept);
+        out.retain(|s| !s.is_empty());
+        Ok(out)
     }
 
     /// Checks a region and period for an aggregate query.

@@ -1083,6 +1083,85 @@ fn push_versions<'a, DB>(
     list.push_unseparated(")");
 }
 
+/// A submission's key and accept time: what a read as of an instant needs to know of the
+/// submissions accepted after it ([`crate::as_of`]).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Accepted {
+    pub id: i64,
+    pub accept_micros: i64,
+    pub metric: String,
+    pub region: String,
+    pub period: String,
+    pub department: String,
+    pub domain: String,
+    pub task_id: String,
+}
+
+/// Up to `limit` submissions with an id below `below`, newest first (a backward walk of the
+/// primary key: the cost is the rows returned, however long the history).
+pub async fn newest_below(db: &Db, below: i64, limit: i64) -> Result<Vec<Accepted>, sqlx::Error> {
+    const SQL: &str = "SELECT id, accept_micros, metric, region, period, department, domain, \
+                       task_id FROM submissions WHERE id < $1 ORDER BY id DESC LIMIT $2";
+    if let Some(reads) = &db.reads {
+        return sqlx::query_as(SQL)
+            .bind(below)
+            .bind(limit)
+            .fetch_all(reads)
+            .await;
+    }
+    sqlx::query_as(SQL)
+        .bind(below)
+        .bind(limit)
+        .fetch_all(&db.pool)
+        .await
+}
+
+/// The versions valid at `t` of the value keys `keys` ([`vkey`]): for each, its latest
+/// version with `valid_from <= t` (one probe of `(vkey, valid_from, submission_id)`), kept
+/// when still open at `t`, as [`versions`] answers for every key of some periods and regions.
+pub async fn versions_of_keys(
+    db: &Db,
+    keys: &[String],
+    t: i64,
+) -> Result<Vec<VersionRow>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The keys as a table `k(value)`, joined (one probe each; as in `current_of_keys`, not
+    // `= ANY`, which PostgreSQL 15 plans as a scan of the whole history).
+    macro_rules! versions_of_keys_from {
+        ($keys:literal) => {
+            concat!(
+                "SELECT v.submission_id, v.metric, v.region, v.period, v.department, v.domain, \
+                 v.task_id, v.value, v.accepted_micros FROM ",
+                $keys,
+                " JOIN value_versions v ON v.submission_id = (\
+                 SELECT w.submission_id FROM value_versions w WHERE w.vkey = k.value \
+                 AND w.valid_from <= $2 ORDER BY w.valid_from DESC, w.submission_id DESC LIMIT 1) \
+                 AND v.valid_from <= $2 WHERE v.valid_to IS NULL OR v.valid_to > $2"
+            )
+        };
+    }
+    if let Some(reads) = &db.reads {
+        return sqlx::query_as(versions_of_keys_from!("UNNEST($1::text[]) AS k(value)"))
+            .bind(keys)
+            .bind(t)
+            .fetch_all(reads)
+            .await;
+    }
+    let sql = match db.backend {
+        Backend::Sqlite => versions_of_keys_from!("json_each($1) AS k"),
+        Backend::Postgres => {
+            versions_of_keys_from!("json_array_elements_text(CAST($1 AS json)) AS k(value)")
+        }
+    };
+    sqlx::query_as(sql)
+        .bind(json_texts(keys)?)
+        .bind(t)
+        .fetch_all(&db.pool)
+        .await
+}
+
 /// (department, region, period) of every APPROVED sign-off at `regions` for a period of one
 /// of `years` (the review service's table; read for approved-only figures and each source's
 /// approval: a part that can cover a value reaching period P lies in P's year, the year before
