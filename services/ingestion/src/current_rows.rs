@@ -17,7 +17,8 @@
 //! Bounds: at most `max_rows` rows in all (the oldest pairs go first), and a pair with more
 //! than a quarter of that is never kept. Other processes' commits arrive by the PostgreSQL
 //! listener; when it loses its connection, or a commit's outcome is unknown, everything is
-//! dropped. Only the current values are kept: `as_of` reads always go to the store.
+//! dropped. Only the current values are kept: a read `as_of` an instant starts from them and
+//! corrects them by what was accepted after it ([`crate::as_of`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
