@@ -135,8 +135,9 @@ pub struct Aggregates {
     /// Metric key -> the current submissions behind its figure (shared: ingestion keeps each
     /// metric's figures and hands out the same list while the metric's values stay the same).
     pub sources: BTreeMap<String, Arc<[SourceRef]>>,
-    /// Metric key -> how values behind its figure reached the period (only metrics with some).
-    pub markers: BTreeMap<String, Vec<PeriodMarker>>,
+    /// Metric key -> how values behind its figure reached the period (only metrics with some;
+    /// shared as the sources are).
+    pub markers: BTreeMap<String, Arc<[PeriodMarker]>>,
     /// The figures were aggregated from approved values only ([`Selection::Approved`]).
     pub approved_only: bool,
 }

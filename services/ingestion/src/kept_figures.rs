@@ -32,7 +32,7 @@ pub struct MetricFigures {
     /// The submissions behind the figure (empty: none listed).
     pub sources: Arc<[SourceRef]>,
     /// How values of some keys reached the period.
-    pub markers: Vec<PeriodMarker>,
+    pub markers: Arc<[PeriodMarker]>,
 }
 
 impl MetricFigures {
@@ -220,7 +220,7 @@ mod tests {
                 ids: ids.to_vec(),
                 figure: None,
                 sources: vec![source; sources].into(),
-                markers: Vec::new(),
+                markers: Arc::from([]),
             }),
         )])
     }

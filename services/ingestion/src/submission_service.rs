@@ -575,10 +575,8 @@ impl MetricSubmissionService for SubmissionApi {
             out.markers = agg
                 .markers
                 .get(&m.key)
-                .into_iter()
-                .flatten()
-                .map(PeriodMarker::wire)
-                .collect();
+                .map(|m| m.iter().map(PeriodMarker::wire).collect())
+                .unwrap_or_default();
             metrics.push(out);
         }
         Ok(Response::new(pb::QueryAggregatesResponse {

@@ -219,7 +219,7 @@ impl RemoteAggregates {
                 .filter_map(PeriodMarker::from_wire)
                 .collect();
             if !markers.is_empty() {
-                out.markers.insert(m.metric_key.clone(), markers);
+                out.markers.insert(m.metric_key.clone(), markers.into());
             }
             out.sources.insert(m.metric_key, sources.into());
         }
