@@ -543,9 +543,81 @@ async fn aggregate(db: Db, submissions: usize, queries: usize, periods: Periods)
         hundredths % 100,
     );
     breakdown(&ing, queries).await;
+    after_change_breakdown(&ing, &catalog, &p, submissions + queries, queries).await;
     scorecards(&ing, &catalog, &p, submissions + queries).await;
     let as_of = as_of_depths(&ing, &tdb).await;
     as_of_anchor(&tdb, as_of).await;
+}
+
+/// Where a city aggregation after one value changed spends its time: its parts as the service
+/// runs them (the current values: the pairs kept in memory and a read of the changed ones; the
+/// sign-offs; the aggregation with the figures kept), timed one after the other, `queries`
+/// times each after a county's value changed.
+async fn after_change_breakdown(
+    ing: &Ingestion,
+    catalog: &Catalog,
+    p: &Principal,
+    first: usize,
+    queries: usize,
+) {
+    use citycredit_ingestion::kept_figures::Figures;
+    use citycredit_ingestion::{aggregation, gate, store};
+    let regions = ing.org().borrow().subtree("330800");
+    let asked: citycredit_core::period::Period = "2026".parse().unwrap_or_else(|e| panic!("{e:?}"));
+    let periods: Vec<String> = asked.reached_by().iter().map(ToString::to_string).collect();
+    // Warm: every pair kept, every figure kept.
+    ing.aggregates_of("330800", "2026", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut current, mut signoffs, mut compute, mut rows_in) =
+        (Vec::new(), Vec::new(), Vec::new(), 0);
+    for q in 0..queries {
+        change_a_county_value(ing, catalog, p, first + q).await;
+        let t = Instant::now();
+        let kept = ing.current_rows().lookup(&regions, &periods);
+        let mut slices = if kept.regions.is_empty() {
+            Vec::new()
+        } else {
+            let read = store::versions(ing.db(), &kept.regions, &kept.periods, None)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            ing.current_rows()
+                .fill(kept.ticket, &kept.regions, &kept.periods, read)
+        };
+        slices.extend(kept.kept);
+        current.push(t.elapsed());
+        let t = Instant::now();
+        let approvals = gate::approvals(ing.db(), &regions, &asked)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        signoffs.push(t.elapsed());
+        rows_in = slices.iter().map(|s| s.len()).sum();
+        let t = Instant::now();
+        std::hint::black_box(aggregation::aggregate(
+            ing.catalog(),
+            "330800",
+            &asked,
+            0,
+            slices.iter().flat_map(|s| s.iter()),
+            &approvals,
+            citycredit::aggregates::Selection::All,
+            Figures::UseAndKeep(ing.kept_figures()),
+        ));
+        compute.push(t.elapsed());
+    }
+    let pct = |t: &mut Vec<Duration>, q: usize| {
+        t.sort_unstable();
+        t[(t.len() * q / 100).min(t.len() - 1)]
+    };
+    println!(
+        "  after one value changed, its parts one after the other ({queries} each, {rows_in} current rows): current values (kept pairs and a read of the changed ones) p50 {:.2?} p99 {:.2?}; sign-offs read p50 {:.2?} p99 {:.2?}; aggregation with the figures kept p50 {:.2?} p99 {:.2?}",
+        pct(&mut current, 50),
+        pct(&mut current, 99),
+        pct(&mut signoffs, 50),
+        pct(&mut signoffs, 99),
+        pct(&mut compute, 50),
+        pct(&mut compute, 99),
+    );
 }
 
 /// Where one city aggregation's time goes: its parts timed one after the other (the service
