@@ -377,4 +377,81 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(io.gathers());
     }
+
+    /// An HTTP/2 server and client that both gather, over a real socket: every answer arrives,
+    /// one call at a time (nothing waits for a later read that never comes) and many at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http2_calls_through_gathering_ends_complete_serially_and_at_once() {
+        use bytes::Bytes;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap_or_else(|e| panic!("{e}"));
+            let mut conn = h2::server::handshake(Coalesced::detect(tcp))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                tokio::spawn(async move {
+                    let mut body = req.into_body();
+                    let mut got = Vec::new();
+                    while let Some(Ok(chunk)) = body.data().await {
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                        got.extend_from_slice(&chunk);
+                    }
+                    let mut send = respond
+                        .send_response(http::Response::new(()), false)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    // An answer larger than h2 copies into its own buffer.
+                    got.resize(got.len() + 1000, b'.');
+                    let _ = send.send_data(Bytes::from(got), false);
+                    let _ = send.send_trailers(http::HeaderMap::new());
+                });
+            }
+        });
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (client, conn) = h2::client::handshake(Coalesced::gather(tcp))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(conn);
+        let call = |client: h2::client::SendRequest<Bytes>, n: usize| async move {
+            let mut client = client.ready().await.unwrap_or_else(|e| panic!("{e}"));
+            let req = http::Request::post(format!("http://{addr}/echo"))
+                .body(())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let (response, mut stream) = client
+                .send_request(req, false)
+                .unwrap_or_else(|e| panic!("{e}"));
+            stream
+                .send_data(Bytes::from(n.to_string()), true)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut body = response.await.unwrap_or_else(|e| panic!("{e}")).into_body();
+            let mut got = Vec::new();
+            while let Some(Ok(chunk)) = body.data().await {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                got.extend_from_slice(&chunk);
+            }
+            let trailers = body.trailers().await;
+            assert!(matches!(trailers, Ok(Some(_))), "{trailers:?}");
+            assert!(got.starts_with(n.to_string().as_bytes()));
+            assert_eq!(got.len(), n.to_string().len() + 1000);
+        };
+        let within = std::time::Duration::from_secs(5);
+        for n in 0..200 {
+            tokio::time::timeout(within, call(client.clone(), n))
+                .await
+                .unwrap_or_else(|_| panic!("serial call {n} did not complete"));
+        }
+        let at_once: Vec<_> = (0..64)
+            .map(|n| tokio::spawn(tokio::time::timeout(within, call(client.clone(), n))))
+            .collect();
+        for (n, t) in at_once.into_iter().enumerate() {
+            t.await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|_| panic!("concurrent call {n} did not complete"));
+        }
+    }
 }
