@@ -5,8 +5,9 @@
 //! scheduler's LIFO slot), so with 64 calls in flight each response, and each request the
 //! gateway sends upstream, went out in a `writev` of its own (2.06 per call through the
 //! gateway, counted with `perf stat`), and on loopback each write also pays the peer's receive
-//! path. [`Coalesced`] keeps what the connection writes in a buffer of at most
-//! [`MAX_GATHERED`] bytes. A flush does not write it at once: it wakes the connection's task
+//! path. [`Coalesced`] keeps what the connection writes in small pieces (headers, small
+//! messages: below [`MAX_COPIED`] bytes) in a buffer of at most [`MAX_GATHERED`] bytes; a
+//! larger piece goes out at once, with what was gathered before it, in one `writev`. A flush does not write it at once: it wakes the connection's task
 //! again, and a task that wakes itself while it runs is queued behind the tasks already
 //! waiting to run (the other calls, which queue their frames meanwhile). Everything gathered
 //! is written at the start of the connection's next read, before it shuts down, or when the
@@ -26,9 +27,11 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Most bytes gathered before they are written; a single write at least this large goes
-/// through without a copy.
+/// Most bytes gathered before they are written.
 pub const MAX_GATHERED: usize = 64 * 1024;
+/// Writes of fewer bytes are gathered (copied); a larger one (a large DATA frame) is worth its
+/// own system call: it goes out at once, in one `writev` with what was gathered before it.
+pub const MAX_COPIED: usize = 4 * 1024;
 
 /// The start of the HTTP/2 client preface (RFC 9113 3.4).
 const PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
@@ -126,21 +129,48 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
         Poll::Ready(Ok(()))
     }
 
-    /// Makes room for `incoming` more bytes: writes out what is gathered when they would not
-    /// fit. Ready(true): gather them; Ready(false): write them straight through (as large as
-    /// the buffer, or not gathering).
+    /// Whether `incoming` more bytes are gathered (Ready(true), after writing out what is
+    /// gathered when they would not fit) or go out at once (Ready(false): not gathering, or at
+    /// least [`MAX_COPIED`] bytes).
     fn poll_room(&mut self, cx: &mut Context<'_>, incoming: usize) -> Poll<io::Result<bool>> {
-        if self.mode != Mode::Gather {
-            // Bytes gathered before gathering stopped (it never does; kept for order).
-            if self.pending_len() > 0 {
-                std::task::ready!(self.poll_write_out(cx))?;
-            }
+        if self.mode != Mode::Gather || incoming >= MAX_COPIED {
             return Poll::Ready(Ok(false));
         }
-        if self.pending_len() + incoming > MAX_GATHERED && self.pending_len() > 0 {
+        if self.pending_len() + incoming > MAX_GATHERED {
             std::task::ready!(self.poll_write_out(cx))?;
         }
-        Poll::Ready(Ok(incoming < MAX_GATHERED))
+        Poll::Ready(Ok(true))
+    }
+
+    /// Writes `bufs` at once, after what is gathered and in the same system call.
+    fn poll_through(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let pending = self.pending_len();
+            if pending == 0 {
+                return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+            }
+            let mut slices = Vec::with_capacity(bufs.len() + 1);
+            slices.push(io::IoSlice::new(&self.buf[self.written..]));
+            slices.extend(bufs.iter().map(|b| io::IoSlice::new(b)));
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &slices))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            if n < pending {
+                self.written += n;
+                continue;
+            }
+            self.buf.clear();
+            self.written = 0;
+            self.owed = false;
+            if n > pending {
+                return Poll::Ready(Ok(n - pending));
+            }
+        }
     }
 }
 
@@ -179,7 +209,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
             me.buf.extend_from_slice(data);
             Poll::Ready(Ok(data.len()))
         } else {
-            Pin::new(&mut me.inner).poll_write(cx, data)
+            me.poll_through(cx, &[io::IoSlice::new(data)])
         }
     }
 
@@ -196,12 +226,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
             }
             Poll::Ready(Ok(total))
         } else {
-            Pin::new(&mut me.inner).poll_write_vectored(cx, bufs)
+            me.poll_through(cx, bufs)
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        // Gathered slices are copied into one buffer; passed through, the socket's own.
+        // Small slices are copied into one buffer; large ones go to the socket's `writev`.
         true
     }
 
@@ -295,17 +325,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_buffer_is_written_and_a_large_write_goes_straight_through() {
+    async fn a_full_buffer_is_written_and_a_large_write_goes_out_at_once() {
         let (ours, mut peer) = tokio::io::duplex(4 << 20);
         let mut io = Coalesced::gather(ours);
-        let small = vec![1u8; MAX_GATHERED / 2 + 1];
-        io.write_all(&small).await.unwrap_or_else(|e| panic!("{e}"));
+        // Small writes are gathered up to MAX_GATHERED bytes.
+        let small = vec![1u8; MAX_COPIED - 1];
+        let fit = MAX_GATHERED / small.len();
+        for _ in 0..fit {
+            io.write_all(&small).await.unwrap_or_else(|e| panic!("{e}"));
+        }
         assert!(available(&mut peer).is_empty());
-        // The second half does not fit with the first: the first is written out before it.
+        // One more does not fit: what was gathered is written before it.
         io.write_all(&small).await.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(available(&mut peer).len(), small.len());
-        // At the limit a write is not copied: what was gathered goes first, then it.
-        let large = vec![2u8; MAX_GATHERED];
+        assert_eq!(available(&mut peer).len(), fit * small.len());
+        // A write of MAX_COPIED bytes is not gathered: it goes out at once, after the small
+        // one gathered before it.
+        let large = vec![2u8; MAX_COPIED];
         io.write_all(&large).await.unwrap_or_else(|e| panic!("{e}"));
         let got = available(&mut peer);
         assert_eq!(got.len(), small.len() + large.len());
@@ -380,6 +415,10 @@ mod tests {
 
     /// An HTTP/2 server and client that both gather, over a real socket: every answer arrives,
     /// one call at a time (nothing waits for a later read that never comes) and many at once.
+    fn padding(n: usize) -> usize {
+        1000 + (n % 3) * 10_000
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn http2_calls_through_gathering_ends_complete_serially_and_at_once() {
         use bytes::Bytes;
@@ -403,8 +442,13 @@ mod tests {
                     let mut send = respond
                         .send_response(http::Response::new(()), false)
                         .unwrap_or_else(|e| panic!("{e}"));
-                    // An answer larger than h2 copies into its own buffer.
-                    got.resize(got.len() + 1000, b'.');
+                    // Answers larger than h2 copies into its own buffer, and larger than the
+                    // pieces gathered here.
+                    let n: usize = std::str::from_utf8(&got)
+                        .ok()
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(0);
+                    got.resize(got.len() + padding(n), b'.');
                     let _ = send.send_data(Bytes::from(got), false);
                     let _ = send.send_trailers(http::HeaderMap::new());
                 });
@@ -437,7 +481,7 @@ mod tests {
             let trailers = body.trailers().await;
             assert!(matches!(trailers, Ok(Some(_))), "{trailers:?}");
             assert!(got.starts_with(n.to_string().as_bytes()));
-            assert_eq!(got.len(), n.to_string().len() + 1000);
+            assert_eq!(got.len(), n.to_string().len() + padding(n));
         };
         let within = std::time::Duration::from_secs(5);
         for n in 0..200 {
