@@ -7,14 +7,14 @@
 //! gateway, counted with `perf stat`), and on loopback each write also pays the peer's receive
 //! path. [`Coalesced`] keeps what the connection writes in small pieces (headers, small
 //! messages: below [`MAX_COPIED`] bytes) in a buffer of at most [`MAX_GATHERED`] bytes; a
-//! larger piece goes out at once, with what was gathered before it, in one `writev`. A flush does not write it at once: it wakes the connection's task
-//! again, and a task that wakes itself while it runs is queued behind the tasks already
-//! waiting to run (the other calls, which queue their frames meanwhile). Everything gathered
-//! is written at the start of the connection's next read, before it shuts down, or when the
-//! buffer is full.
-//! The task is sure to come back, since it asked to be woken, and an `h2` connection reads on
-//! every poll until the socket has nothing more, so no byte waits longer than one round of the
-//! scheduler. A lone call pays one extra poll of its connection, not a wait.
+//! larger piece goes out at once, with what was gathered before it, in one `writev`. A flush
+//! does not write the buffer at once: it wakes the connection's task again, and a task that
+//! wakes itself while it runs is queued behind the tasks already waiting to run (the other
+//! calls, which queue their frames meanwhile). What is gathered is written at the start of the
+//! connection's next read, with the next large piece, before it shuts down, or when the buffer
+//! is full. The task is sure to come back, since it asked to be woken, and an `h2` connection
+//! reads on every poll until the socket has nothing more, so no byte waits longer than one
+//! round of the scheduler. A lone call pays one extra poll of its connection, not a wait.
 //!
 //! Only HTTP/2 connections gather: an HTTP/1.1 connection streaming a response (the web pages'
 //! server-sent events) need not read between writes. [`Coalesced::detect`] turns gathering on
