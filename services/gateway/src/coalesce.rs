@@ -428,6 +428,8 @@ mod tests {
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap_or_else(|e| panic!("{e}"));
+            // As every listener and upstream connection has it (no Nagle wait in the figures).
+            tcp.set_nodelay(true).unwrap_or_else(|e| panic!("{e}"));
             let mut conn = h2::server::handshake(Coalesced::detect(tcp))
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
@@ -457,6 +459,7 @@ mod tests {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+        tcp.set_nodelay(true).unwrap_or_else(|e| panic!("{e}"));
         let (client, conn) = h2::client::handshake(Coalesced::gather(tcp))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -484,11 +487,19 @@ mod tests {
             assert_eq!(got.len(), n.to_string().len() + padding(n));
         };
         let within = std::time::Duration::from_secs(5);
+        let started = std::time::Instant::now();
         for n in 0..200 {
             tokio::time::timeout(within, call(client.clone(), n))
                 .await
                 .unwrap_or_else(|_| panic!("serial call {n} did not complete"));
         }
+        // About 0.1 s here; a write left waiting for some later event (a timer, the peer's
+        // next frame) would cost milliseconds per call.
+        let serial = started.elapsed();
+        assert!(
+            serial < std::time::Duration::from_secs(2),
+            "200 serial calls took {serial:?}"
+        );
         let at_once: Vec<_> = (0..64)
             .map(|n| tokio::spawn(tokio::time::timeout(within, call(client.clone(), n))))
             .collect();
