@@ -23,6 +23,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::net::TcpStream;
 
+use crate::coalesce::Coalesced;
 use crate::upstream::Body;
 
 /// The body of a request the edge has read whole, in the request's extensions: a remote
@@ -156,8 +157,9 @@ impl Direct {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_send_buffer_size(MAX_SEND_BUFFER)
             .enable_push(false);
+        // Requests queued by many calls at once go out in one write (`coalesce.rs`).
         let (send, mut conn) = builder
-            .handshake::<_, Bytes>(tcp)
+            .handshake::<_, Bytes>(Coalesced::gather(tcp))
             .await
             .map_err(|source| self.h2_error(source))?;
         let open = Arc::new(AtomicBool::new(true));
@@ -230,7 +232,7 @@ impl Direct {
 /// Keeps the connection going, with a keep-alive ping every [`KEEP_ALIVE_EVERY`]; ends when the
 /// connection does or a ping goes unanswered (dropping the connection closes it).
 async fn drive(
-    conn: h2::client::Connection<TcpStream, Bytes>,
+    conn: h2::client::Connection<Coalesced<TcpStream>, Bytes>,
     ping: Option<h2::PingPong>,
 ) -> Result<(), String> {
     let mut conn = std::pin::pin!(conn);

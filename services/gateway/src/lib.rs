@@ -6,6 +6,7 @@
 
 pub mod adaptive;
 pub mod body;
+pub mod coalesce;
 pub mod direct;
 pub mod edge;
 pub mod front;

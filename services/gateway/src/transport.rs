@@ -1,7 +1,9 @@
 //! The transport under every listener: accepted TCP connections with `TCP_NODELAY` set, a
 //! handshake timeout, a write timeout for peers that stop reading, and a watch over the
 //! responses of the connection so that one the peer never takes (an HTTP/2 window left at
-//! zero) closes the connection instead of holding memory and a caller's slots for ever.
+//! zero) closes the connection instead of holding memory and a caller's slots for ever. An
+//! HTTP/2 connection's writes are gathered into one system call per round of the scheduler
+//! (`coalesce.rs`; the write timeout applies to the socket writes beneath).
 //!
 //! tonic's `Server` serves these connections unchanged (TLS, when configured, runs over them):
 //! it inserts [`ConnInfo`] into every request's extensions, which is how the gateway learns the
@@ -20,6 +22,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
 use tonic::transport::server::Connected;
+
+use crate::coalesce::Coalesced;
 
 /// The HTTP/2 client preface (24 bytes) and the header of the SETTINGS frame that must follow
 /// it (9 bytes): a connection that has not sent this much within the handshake timeout is
@@ -293,16 +297,26 @@ impl Connected for GuardedIo {
     }
 }
 
-/// The connections accepted on `listener`, each with the limits applied.
+impl<T: Connected> Connected for Coalesced<T> {
+    type ConnectInfo = T::ConnectInfo;
+
+    fn connect_info(&self) -> T::ConnectInfo {
+        self.get_ref().connect_info()
+    }
+}
+
+/// The connections accepted on `listener`, each with the limits applied; an HTTP/2
+/// connection's writes are gathered into one system call per round of the scheduler
+/// (`coalesce.rs`).
 pub fn incoming(
     listener: TcpListener,
     limits: TransportLimits,
-) -> impl Stream<Item = io::Result<GuardedIo>> + Send + 'static {
+) -> impl Stream<Item = io::Result<Coalesced<GuardedIo>>> + Send + 'static {
     futures::stream::unfold(listener, move |listener| async move {
         let accepted = listener
             .accept()
             .await
-            .map(|(tcp, _)| GuardedIo::new(tcp, limits));
+            .map(|(tcp, _)| Coalesced::detect(GuardedIo::new(tcp, limits)));
         Some((accepted, listener))
     })
 }
