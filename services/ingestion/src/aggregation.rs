@@ -52,6 +52,9 @@ fn same_key(a: &VersionRow, b: &VersionRow) -> bool {
         && a.task_id == b.task_id
 }
 
+/// Rows of one metric up to which [`sort_by_key`] compares the keys' texts directly.
+const DIRECT_SORT_MAX: usize = 64;
+
 /// The key as [`same_key`] compares it.
 type KeyOf<'a> = (&'a str, &'a str, &'a str, &'a str);
 
@@ -64,8 +67,16 @@ fn key_of<'a>(r: &Row<'a>) -> KeyOf<'a> {
 /// the order of their tuples. A metric has many rows and few keys (a key's months, quarters and
 /// year), so each row's key is looked up in a map and only the keys are sorted by their texts;
 /// the rows are then sorted by (key's rank, submission), integers. Sorting every row by its
-/// key's four texts was most of a fresh aggregation's time (`memcmp`).
+/// key's four texts was most of a fresh aggregation's time on monthly values (`memcmp`). A
+/// metric with few rows (yearly values: a key has about one) is sorted by the texts directly,
+/// which costs less than the map there (0.93 against 1.39 ms for the city's 1,540 yearly rows).
 fn sort_by_key(rows: &mut Vec<Row<'_>>) {
+    if rows.len() <= DIRECT_SORT_MAX {
+        rows.sort_unstable_by(|a, b| {
+            (key_of(a), a.v.submission_id).cmp(&(key_of(b), b.v.submission_id))
+        });
+        return;
+    }
     let mut index: HashMap<KeyOf<'_>, u32> = HashMap::new();
     let mut keys: Vec<KeyOf<'_>> = Vec::new();
     let mut ranked: Vec<(u32, i64, Row<'_>)> = rows
@@ -666,6 +677,13 @@ mod tests {
             stored.push(v);
         }
         let period: Period = "2026".parse().unwrap_or_else(|e| panic!("{e:?}"));
+        // Both ways: many rows (keys ranked), and a few (texts compared directly).
+        for n in [stored.len(), DIRECT_SORT_MAX] {
+            sorted_as_tuples(&stored[..n], period);
+        }
+    }
+
+    fn sorted_as_tuples(stored: &[VersionRow], period: Period) {
         let mut rows: Vec<Row> = stored.iter().map(|v| Row { period, v }).collect();
         sort_by_key(&mut rows);
         let got: Vec<i64> = rows.iter().map(|r| r.v.submission_id).collect();
