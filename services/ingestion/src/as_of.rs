@@ -17,8 +17,9 @@
 //!
 //! The current values must be read before the walk: a commit between the two is then walked
 //! over, its keys probed. The answer for `t` is exact once every commit accepted by `t` is
-//! visible to the reader; for an instant a few milliseconds old (a commit still in flight)
-//! it may not be, as for any read of the store.
+//! visible to the reader, and, for the current values kept in memory, announced by the change
+//! feed (another process's commit arrives a few milliseconds after it commits); for an instant
+//! only that old it may not be, as for any read of the store.
 
 use std::collections::HashSet;
 
