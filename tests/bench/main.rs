@@ -561,7 +561,7 @@ async fn after_change_breakdown(
     queries: usize,
 ) {
     use citycredit_ingestion::kept_figures::Figures;
-    use citycredit_ingestion::{aggregation, gate, store};
+    use citycredit_ingestion::{aggregation, gate};
     let regions = ing.org().borrow().subtree("330800");
     let asked: citycredit_core::period::Period = "2026".parse().unwrap_or_else(|e| panic!("{e:?}"));
     let periods: Vec<String> = asked.reached_by().iter().map(ToString::to_string).collect();
@@ -574,17 +574,10 @@ async fn after_change_breakdown(
     for q in 0..queries {
         change_a_county_value(ing, catalog, p, first + q).await;
         let t = Instant::now();
-        let kept = ing.current_rows().lookup(&regions, &periods);
-        let mut slices = if kept.regions.is_empty() {
-            Vec::new()
-        } else {
-            let read = store::versions(ing.db(), &kept.regions, &kept.periods, None)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            ing.current_rows()
-                .fill(kept.ticket, &kept.regions, &kept.periods, read)
-        };
-        slices.extend(kept.kept);
+        let slices = ing
+            .current_values(&regions, &periods)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         current.push(t.elapsed());
         let t = Instant::now();
         let approvals = gate::approvals(ing.db(), &regions, &asked)

@@ -116,8 +116,7 @@ pub async fn changes_after(
     limit: usize,
 ) -> Result<Option<Changes>, sqlx::Error> {
     let mut out = Changes::default();
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut keys: Vec<String> = Vec::new();
+    let mut keys: HashSet<String> = HashSet::new();
     let mut below = i64::MAX;
     'walk: loop {
         let page = store::newest_below(db, below, PAGE).await?;
@@ -135,9 +134,7 @@ pub async fn changes_after(
                 continue;
             }
             let k = key_of_submission(&a);
-            let vkey = store::vkey(k.0, k.1, k.2, k.3, k.4, k.5);
-            if seen.insert(vkey.clone()) {
-                keys.push(vkey);
+            if keys.insert(store::vkey(k.0, k.1, k.2, k.3, k.4, k.5)) {
                 out.changed.push(a);
             }
         }
@@ -145,6 +142,7 @@ pub async fn changes_after(
             break;
         }
     }
+    let keys: Vec<String> = keys.into_iter().collect();
     out.at_t = store::versions_of_keys(db, &keys, t).await?;
     Ok(Some(out))
 }

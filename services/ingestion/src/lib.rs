@@ -649,7 +649,7 @@ impl Ingestion {
     /// The current values of every (region, period) pair of `regions` and `periods`: those
     /// kept in memory, and a read of the rest (kept for the next time unless a commit changed
     /// them meanwhile).
-    async fn current_values(
+    pub async fn current_values(
         &self,
         regions: &[String],
         periods: &[String],
