@@ -586,12 +586,12 @@ async fn after_change_breakdown(
         signoffs.push(t.elapsed());
         rows_in = slices.iter().map(|s| s.len()).sum();
         let t = Instant::now();
-        std::hint::black_box(aggregation::aggregate(
+        std::hint::black_box(aggregation::aggregate_pairs(
             ing.catalog(),
             "330800",
             &asked,
             0,
-            slices.iter().flat_map(|s| s.iter()),
+            &slices,
             &approvals,
             citycredit::aggregates::Selection::All,
             Figures::UseAndKeep(ing.kept_figures()),

@@ -32,6 +32,7 @@ use citycredit_core::period::Period;
 use citycredit_core::rollup::{self, Candidate, Reach};
 use citycredit_core::rules::{TaskStatus, Values};
 
+use crate::current_rows::PairRows;
 use crate::gate::Approvals;
 use crate::kept_figures::{Figures, GroupKey, MetricFigures};
 use crate::store::VersionRow;
@@ -77,7 +78,7 @@ fn sort_by_key(rows: &mut Vec<Row<'_>>) {
         });
         return;
     }
-    let mut index: HashMap<KeyOf<'_>, u32> = HashMap::new();
+    let mut index: HashMap<KeyOf<'_>, u32, foldhash::fast::RandomState> = HashMap::default();
     let mut keys: Vec<KeyOf<'_>> = Vec::new();
     let mut ranked: Vec<(u32, i64, Row<'_>)> = rows
         .iter()
@@ -225,6 +226,79 @@ impl ExactSum {
     }
 }
 
+/// One metric's versions as they came in.
+struct MetricInput<'a> {
+    metric: &'a str,
+    /// The tags of the [`PairRows`] runs they came in, ascending; None when some came
+    /// otherwise.
+    tags: Option<Vec<u64>>,
+    versions: Versions<'a>,
+}
+
+enum Versions<'a> {
+    /// Runs of [`PairRows`]: rows and their submission ids side by side, and their period
+    /// when they share one.
+    Runs(Vec<(&'a [VersionRow], &'a [i64], Option<Period>)>),
+    Rows(Vec<&'a VersionRow>),
+}
+
+impl<'a> Versions<'a> {
+    /// Their submission ids, sorted.
+    fn ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = match self {
+            Versions::Runs(runs) => runs
+                .iter()
+                .flat_map(|(_, ids, _)| ids.iter().copied())
+                .collect(),
+            Versions::Rows(rows) => rows.iter().map(|v| v.submission_id).collect(),
+        };
+        // Runs of ascending ids (each pair's, or each kept pair's handed over in order), which
+        // the stable sort merges rather than sorting anew.
+        ids.sort();
+        ids
+    }
+
+    /// The rows with their periods parsed (a run's shared period once), without those that
+    /// `keep` refuses or whose period no longer parses (stored periods were validated at
+    /// entry; one that no longer parses cannot reach).
+    fn rows(self, keep: impl Fn(&VersionRow) -> bool) -> Vec<Row<'a>> {
+        let parsed = |v: &'a VersionRow| {
+            Some(Row {
+                period: v.period.parse().ok()?,
+                v,
+            })
+        };
+        match self {
+            Versions::Runs(runs) => runs
+                .into_iter()
+                .flat_map(|(rows, _, period)| {
+                    rows.iter()
+                        .filter(|v| keep(v))
+                        .filter_map(move |v| match period {
+                            Some(period) => Some(Row { period, v }),
+                            None => parsed(v),
+                        })
+                })
+                .collect(),
+            Versions::Rows(rows) => rows
+                .into_iter()
+                .filter(|v| keep(v))
+                .filter_map(parsed)
+                .collect(),
+        }
+    }
+}
+
+/// Where one aggregation is.
+struct Asked<'a> {
+    catalog: &'a Catalog,
+    region: &'a str,
+    period: &'a Period,
+    as_of_micros: i64,
+    approvals: &'a Approvals,
+    selection: Selection,
+}
+
 /// Aggregates `rows` (versions at `region` and below, for every period that reaches `period`,
 /// as of one instant), from the values `selection` names among them. With figures kept
 /// (`figures`), a metric whose versions (by submission id) and sign-offs are those of a figure
@@ -259,32 +333,157 @@ pub fn aggregate<'a>(
         }
         by_metric[last].1.push(v);
     }
+    let inputs = by_metric.into_iter().map(|(metric, rows)| MetricInput {
+        metric,
+        tags: None,
+        versions: Versions::Rows(rows),
+    });
+    let asked = Asked {
+        catalog,
+        region,
+        period,
+        as_of_micros,
+        approvals,
+        selection,
+    };
+    aggregate_metrics(&asked, inputs, figures)
+}
+
+/// [`aggregate`] from the current values as [`PairRows`] (one per (region, period) pair, or
+/// rows outside them). A metric whose rows came in runs of the same tags as the figure kept for
+/// it takes that figure without a look at its rows or ids: after one value changes, only that
+/// value's metric has a new tag, compares its ids and is computed again.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one aggregation's inputs, passed once; the figures kept are optional"
+)]
+pub fn aggregate_pairs(
+    catalog: &Catalog,
+    region: &str,
+    period: &Period,
+    as_of_micros: i64,
+    pairs: &[Arc<PairRows>],
+    approvals: &Approvals,
+    selection: Selection,
+    figures: Figures<'_>,
+) -> Aggregates {
+    type Group<'a> = (
+        &'a str,
+        Vec<u64>,
+        Vec<(&'a [VersionRow], &'a [i64], Option<Period>)>,
+    );
+    // Runs of one metric share one copy of its name: grouped by its address, no text read.
+    let mut by_name: Vec<Group> = Vec::new();
+    let mut index: HashMap<usize, usize, foldhash::fast::RandomState> = HashMap::default();
+    let name_of = |g: &Group| g.0.as_ptr().addr();
+    for pair in pairs {
+        // Pairs mostly hold the same metrics, each in metric order: the group after the last
+        // one used is tried before the map.
+        let mut next = 0;
+        for run in pair.runs() {
+            let name = run.metric.as_ptr().addr();
+            let i = match by_name.get(next) {
+                Some(g) if name_of(g) == name => next,
+                _ => *index.entry(name).or_insert_with(|| {
+                    by_name.push((run.metric, Vec::new(), Vec::new()));
+                    by_name.len() - 1
+                }),
+            };
+            next = i + 1;
+            by_name[i].1.push(run.tag);
+            by_name[i].2.push((run.rows, run.ids, run.period));
+        }
+    }
+    // Then by text, for names that are copies of their own (past the names shared).
+    by_name.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut by_metric: Vec<Group> = Vec::with_capacity(by_name.len());
+    for (metric, tags, runs) in by_name {
+        match by_metric.last_mut() {
+            Some(last) if last.0 == metric => {
+                last.1.extend(tags);
+                last.2.extend(runs);
+            }
+            _ => by_metric.push((metric, tags, runs)),
+        }
+    }
+    let inputs = by_metric
+        .into_iter()
+        .map(|(metric, mut tags, runs)| MetricInput {
+            metric,
+            tags: Some({
+                tags.sort_unstable();
+                tags
+            }),
+            versions: Versions::Runs(runs),
+        });
+    let asked = Asked {
+        catalog,
+        region,
+        period,
+        as_of_micros,
+        approvals,
+        selection,
+    };
+    aggregate_metrics(&asked, inputs, figures)
+}
+
+fn aggregate_metrics<'a>(
+    asked: &Asked<'_>,
+    inputs: impl Iterator<Item = MetricInput<'a>>,
+    figures: Figures<'_>,
+) -> Aggregates {
+    let Asked {
+        catalog,
+        region,
+        period,
+        as_of_micros,
+        approvals,
+        selection,
+    } = *asked;
     let key = GroupKey {
         region: region.to_owned(),
         period: period.to_string(),
         selection,
     };
     let before = figures.uses().and_then(|k| k.kept(&key, approvals));
-    let mut now: HashMap<String, Arc<MetricFigures>> = HashMap::with_capacity(by_metric.len());
-    let mut computed = false;
-    for (metric, versions) in by_metric {
-        let Some(m) = catalog.metric(metric) else {
+    let mut now: HashMap<String, Arc<MetricFigures>> = HashMap::new();
+    let mut changed = false;
+    for input in inputs {
+        let Some(m) = catalog.metric(input.metric) else {
             continue; // a metric the current catalog no longer has
         };
-        let mut ids: Vec<i64> = versions.iter().map(|v| v.submission_id).collect();
-        // Kept pairs hand their rows over sorted by metric and submission: runs, which the
-        // stable sort merges rather than sorting anew.
-        ids.sort();
-        let figures = match before.as_ref().and_then(|b| b.get(metric)) {
-            Some(f) if f.ids == ids => Arc::clone(f),
+        let kept = before.as_ref().and_then(|b| b.get(input.metric));
+        let figures = match kept {
+            // The same rows: the same tags name the same runs.
+            Some(f) if input.tags.is_some() && f.tags == input.tags => Arc::clone(f),
             _ => {
-                computed = true;
-                Arc::new(metric_figures(
-                    m, region, period, versions, ids, approvals, selection,
-                ))
+                let ids = input.versions.ids();
+                match kept {
+                    Some(f) if f.ids == ids && f.tags == input.tags => Arc::clone(f),
+                    // The same versions in runs under other tags (a pair read again with
+                    // nothing to pass its tags on): the figure under the new tags.
+                    Some(f) if f.ids == ids => Arc::new(MetricFigures {
+                        ids,
+                        tags: input.tags,
+                        figure: f.figure.clone(),
+                        sources: Arc::clone(&f.sources),
+                        markers: Arc::clone(&f.markers),
+                    }),
+                    _ => Arc::new(metric_figures(
+                        m,
+                        region,
+                        period,
+                        input.versions,
+                        ids,
+                        input.tags,
+                        approvals,
+                        selection,
+                    )),
+                }
             }
         };
-        now.insert(metric.to_owned(), figures);
+        changed |= kept.is_none_or(|f| !Arc::ptr_eq(f, &figures));
+        now.insert(input.metric.to_owned(), figures);
     }
     let mut out = Aggregates {
         region: region.to_owned(),
@@ -307,40 +506,38 @@ pub fn aggregate<'a>(
         }
     }
     if let Some(k) = figures.keeps()
-        && (computed || before.as_ref().is_none_or(|b| b.len() != now.len()))
+        && (changed || before.as_ref().is_none_or(|b| b.len() != now.len()))
     {
         k.keep(key, approvals, now);
     }
     out
 }
 
-/// One metric's figure from its `versions` (`ids`: their submission ids, sorted).
+/// One metric's figure from its `versions` (`ids`: their submission ids, sorted; `tags`: the
+/// [`PairRows`] runs they came in).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one metric's inputs and where it is asked, passed once"
+)]
 fn metric_figures(
     m: &Metric,
     region: &str,
     period: &Period,
-    versions: Vec<&VersionRow>,
+    versions: Versions<'_>,
     ids: Vec<i64>,
+    tags: Option<Vec<u64>>,
     approvals: &Approvals,
     selection: Selection,
 ) -> MetricFigures {
     let mut out = MetricFigures {
         ids,
+        tags,
         figure: None,
         sources: Arc::from([]),
         markers: Arc::from([]),
     };
-    // Stored periods were validated at entry; one that no longer parses cannot reach.
-    let mut these: Vec<Row> = versions
-        .into_iter()
-        .filter(|v| m.scope() != AggregationScope::Region || v.region == region)
-        .filter_map(|v| {
-            Some(Row {
-                period: v.period.parse().ok()?,
-                v,
-            })
-        })
-        .collect();
+    let mut these: Vec<Row> =
+        versions.rows(|v| m.scope() != AggregationScope::Region || v.region == region);
     let covering = |r: &Row| approvals.covering(&r.v.department, &r.v.region, &r.period, m.time);
     if selection == Selection::Approved {
         these.retain(|r| covering(r).is_some());
@@ -658,6 +855,89 @@ mod tests {
         assert!(same(&all, &taken, licenses) && !same(&all, &taken, codes));
         let current = figures(&rows, &samr, Selection::All);
         assert!(same(&all, &current, codes) && same(&all, &current, licenses));
+    }
+
+    #[test]
+    fn figures_from_pairs_follow_their_runs_tags_and_equal_a_fresh_computation() {
+        let catalog = Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
+        let period: Period = "2026".parse().unwrap_or_else(|e| panic!("{e:?}"));
+        let kept = KeptFigures::new(10_000);
+        let none = Approvals::default();
+        let (codes, licenses) = ("uscc.codes_total", "double_publicity.licenses_total");
+        let figures = |pairs: &[Arc<PairRows>]| {
+            let with = aggregate_pairs(
+                &catalog,
+                "330800",
+                &period,
+                9,
+                pairs,
+                &none,
+                Selection::All,
+                Figures::UseAndKeep(&kept),
+            );
+            let rows: Vec<&VersionRow> = pairs.iter().flat_map(|p| p.rows()).collect();
+            let fresh = aggregate(
+                &catalog,
+                "330800",
+                &period,
+                9,
+                rows,
+                &none,
+                Selection::All,
+                Figures::Fresh,
+            );
+            assert_same(&with, &fresh);
+            with
+        };
+        let same = |a: &Aggregates, b: &Aggregates, metric: &str| {
+            Arc::ptr_eq(&a.sources[metric], &b.sources[metric])
+        };
+        // Two pairs: the year (both metrics) and January (licenses).
+        let year_rows = |codes_value: &str| {
+            vec![
+                row(2, codes, "civil-affairs", "2026", "50"),
+                row(1, codes, "samr", "2026", codes_value),
+                row(3, licenses, "tax", "2026", "9"),
+            ]
+        };
+        let january = Arc::new(PairRows::new(
+            vec![row(4, licenses, "samr", "2026-01", "3")],
+            None,
+        ));
+        let y = Arc::new(PairRows::new(year_rows("100"), None));
+        let first = figures(&[Arc::clone(&y), Arc::clone(&january)]);
+        assert_eq!(number(&first, codes).as_deref(), Some("150"));
+        // The same pairs (the same tags), in another order: every figure kept.
+        let again = figures(&[Arc::clone(&january), Arc::clone(&y)]);
+        assert!(same(&first, &again, codes) && same(&first, &again, licenses));
+        // The year read again with nothing to pass its tags on: new tags, the ids compared,
+        // the same figures.
+        let y = Arc::new(PairRows::new(year_rows("100"), None));
+        let reread = figures(&[Arc::clone(&y), Arc::clone(&january)]);
+        assert!(same(&again, &reread, codes) && same(&again, &reread, licenses));
+        // The year read again after samr's value changed (a new submission): the licenses'
+        // run keeps its tag and its figure; the codes' run has a new tag and is computed.
+        let mut changed_rows = year_rows("100");
+        changed_rows[1] = row(6, codes, "samr", "2026", "70");
+        let y = Arc::new(PairRows::new(changed_rows, Some(&y)));
+        let changed = figures(&[Arc::clone(&y), Arc::clone(&january)]);
+        assert_eq!(number(&changed, codes).as_deref(), Some("120"));
+        assert!(!same(&reread, &changed, codes) && same(&reread, &changed, licenses));
+        // January's value gone (its pair read again empty): licenses computed again.
+        let emptied = figures(&[y, Arc::new(PairRows::new(Vec::new(), Some(&january)))]);
+        assert_eq!(number(&emptied, codes).as_deref(), Some("120"));
+        assert_eq!(number(&emptied, licenses).as_deref(), Some("9"));
+        // Pairs whose metric names are copies of their own (past the names shared): grouped
+        // by their texts all the same.
+        let own = [
+            Arc::new(PairRows::with_names_of_its_own(year_rows("100"))),
+            Arc::new(PairRows::with_names_of_its_own(vec![row(
+                4, licenses, "samr", "2026-01", "3",
+            )])),
+        ];
+        let copies = figures(&own);
+        assert_eq!(number(&copies, codes).as_deref(), Some("150"));
+        assert_eq!(number(&copies, licenses).as_deref(), Some("12"));
     }
 
     #[test]

@@ -19,9 +19,21 @@
 //! listener; when it loses its connection, or a commit's outcome is unknown, everything is
 //! dropped. Only the current values are kept: a read `as_of` an instant starts from them and
 //! corrects them by what was accepted after it ([`crate::as_of`]).
+//!
+//! Each pair's rows come as a [`PairRows`]: sorted by metric, the rows' submission ids side by
+//! side, and each metric's run under a tag that names its content. A pair dropped by a commit
+//! is remembered (at most [`PREVIOUS_ROWS`] rows of such pairs) until it is read again, so that
+//! the runs the commit did not change keep their tags. An aggregation whose metric comes in the
+//! same tags as a figure it kept takes that figure without looking at a row
+//! ([`crate::aggregation::aggregate_pairs`]): after one value changed, only its metric's run
+//! has a new tag.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use citycredit_core::period::Period;
 
 use crate::store::VersionRow;
 
@@ -30,6 +42,177 @@ const LOG: usize = 4096;
 
 /// (region reported at, period).
 type Pair = (String, String);
+
+/// The last tag given to a run of a [`PairRows`] (process-wide: tags are never reused).
+static TAGS: AtomicU64 = AtomicU64::new(0);
+
+fn new_tag() -> u64 {
+    TAGS.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+/// Previous reads kept to pass their tags on, at most this many rows in all.
+const PREVIOUS_ROWS: usize = 8192;
+
+/// Metric names shared by every run that names them (at most [`NAMES`] of them), so that runs
+/// of one metric are grouped by the address of their name without reading it.
+static METRIC_NAMES: Mutex<BTreeSet<Arc<str>>> = Mutex::new(BTreeSet::new());
+
+/// Distinct metric names shared; past that, a name is a copy of its own (grouping then
+/// compares the texts, see [`crate::aggregation::aggregate_pairs`]).
+const NAMES: usize = 4096;
+
+/// The shared copy of each of `metrics`.
+fn shared_names<'a>(metrics: impl Iterator<Item = &'a str>) -> Vec<Arc<str>> {
+    let mut names = METRIC_NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    metrics
+        .map(|m| match names.get(m) {
+            Some(name) => Arc::clone(name),
+            None => {
+                let name: Arc<str> = Arc::from(m);
+                if names.len() < NAMES {
+                    names.insert(Arc::clone(&name));
+                }
+                name
+            }
+        })
+        .collect()
+}
+
+/// One read's current rows of one (region, period) pair (or of rows outside the pairs asked),
+/// sorted by metric, then submission, and never changed once made. Each metric's rows form a
+/// run with a tag that names the run's content: a run gets a new tag unless the pair's
+/// previous read had the same metric's run with the same submission ids (the same versions:
+/// a version's content never changes), which passes its tag on.
+#[derive(Debug)]
+pub struct PairRows {
+    rows: Box<[VersionRow]>,
+    /// `rows[i].submission_id`, side by side: a run's ids without touching its rows.
+    ids: Box<[i64]>,
+    /// Each metric's run, in metric order.
+    runs: Box<[RunEntry]>,
+    /// The period of every row, parsed once, when they all have the same (a pair's do).
+    period: Option<Period>,
+}
+
+#[derive(Debug)]
+struct RunEntry {
+    rows: Range<usize>,
+    tag: u64,
+    /// The shared copy of the metric's name, as far as there is one ([`shared_names`]).
+    metric: Arc<str>,
+}
+
+/// One metric's run in a [`PairRows`].
+pub struct Run<'a> {
+    /// The metric; runs of one metric mostly share this copy of its name (compare the
+    /// addresses first, then the texts).
+    pub metric: &'a Arc<str>,
+    /// Names the run's content: the same tag, the same rows.
+    pub tag: u64,
+    pub rows: &'a [VersionRow],
+    /// The rows' submission ids, ascending.
+    pub ids: &'a [i64],
+    /// The period of every row, when they all have the same one and it parses.
+    pub period: Option<Period>,
+}
+
+impl PairRows {
+    /// Sorts `rows` by metric and submission and tags each metric's run, passing on the tags
+    /// of `previous` (the same pair's read before) whose runs have the same ids.
+    pub fn new(rows: Vec<VersionRow>, previous: Option<&PairRows>) -> PairRows {
+        PairRows::build(rows, previous, true)
+    }
+
+    /// As [`PairRows::new`], with names copied rather than shared: as past [`NAMES`].
+    #[cfg(test)]
+    pub(crate) fn with_names_of_its_own(rows: Vec<VersionRow>) -> PairRows {
+        PairRows::build(rows, None, false)
+    }
+
+    fn build(mut rows: Vec<VersionRow>, previous: Option<&PairRows>, share: bool) -> PairRows {
+        rows.sort_unstable_by(|a, b| {
+            (a.metric.as_str(), a.submission_id).cmp(&(b.metric.as_str(), b.submission_id))
+        });
+        let ids: Box<[i64]> = rows.iter().map(|r| r.submission_id).collect();
+        let mut bounds = Vec::new();
+        let mut start = 0;
+        for i in 1..=rows.len() {
+            if i == rows.len() || rows[i].metric != rows[start].metric {
+                bounds.push(start..i);
+                start = i;
+            }
+        }
+        let metrics = bounds.iter().map(|r| rows[r.start].metric.as_str());
+        let names = if share {
+            shared_names(metrics)
+        } else {
+            metrics.map(Arc::from).collect()
+        };
+        let runs = bounds
+            .into_iter()
+            .zip(names)
+            .map(|(range, metric)| {
+                let tag = previous
+                    .and_then(|p| p.run_of(&metric))
+                    .filter(|before| before.ids == &ids[range.clone()])
+                    .map_or_else(new_tag, |before| before.tag);
+                RunEntry {
+                    rows: range,
+                    tag,
+                    metric,
+                }
+            })
+            .collect();
+        let period = match rows.first() {
+            Some(first) if rows.iter().all(|r| r.period == first.period) => {
+                first.period.parse().ok()
+            }
+            _ => None,
+        };
+        PairRows {
+            ids,
+            rows: rows.into(),
+            runs,
+            period,
+        }
+    }
+
+    pub fn rows(&self) -> &[VersionRow] {
+        &self.rows
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn run<'a>(&'a self, r: &'a RunEntry) -> Run<'a> {
+        Run {
+            metric: &r.metric,
+            tag: r.tag,
+            rows: &self.rows[r.rows.clone()],
+            ids: &self.ids[r.rows.clone()],
+            period: self.period,
+        }
+    }
+
+    /// Each metric's run, in metric order.
+    pub fn runs(&self) -> impl Iterator<Item = Run<'_>> {
+        self.runs.iter().map(|r| self.run(r))
+    }
+
+    /// `metric`'s run, if it has rows here.
+    fn run_of(&self, metric: &str) -> Option<Run<'_>> {
+        let i = self
+            .runs
+            .binary_search_by(|r| (*r.metric).cmp(metric))
+            .ok()?;
+        Some(self.run(&self.runs[i]))
+    }
+}
 
 /// The cache. Cheap to share; every method takes one short lock.
 #[derive(Debug)]
@@ -41,7 +224,7 @@ pub struct CurrentRows {
 #[derive(Debug, Default)]
 struct State {
     /// Each kept pair's rows and the stamp it was kept at.
-    entries: HashMap<Pair, (Arc<[VersionRow]>, u64)>,
+    entries: HashMap<Pair, (Arc<PairRows>, u64)>,
     /// Kept pairs by stamp, oldest first: the eviction order.
     order: BTreeMap<u64, Pair>,
     rows: usize,
@@ -51,13 +234,16 @@ struct State {
     log: VecDeque<(u64, Option<Pair>)>,
     /// The highest seq that has left the log.
     forgotten: u64,
+    /// What dropped pairs held, until they are read again ([`PairRows::new`]'s `previous`).
+    previous: HashMap<Pair, Arc<PairRows>>,
+    previous_rows: usize,
 }
 
 /// What [`CurrentRows::lookup`] found.
 #[derive(Debug)]
 pub struct Lookup {
     /// The rows of the pairs kept, outside the product to read.
-    pub kept: Vec<Arc<[VersionRow]>>,
+    pub kept: Vec<Arc<PairRows>>,
     /// Regions and periods to read from the store: every pair missing lies in their product
     /// (empty when nothing is missing).
     pub regions: Vec<String>,
@@ -130,7 +316,7 @@ impl CurrentRows {
         regions: &[String],
         periods: &[String],
         rows: Vec<VersionRow>,
-    ) -> Vec<Arc<[VersionRow]>> {
+    ) -> Vec<Arc<PairRows>> {
         // Region, then period: a row finds its pair by borrowed lookups.
         let mut by_pair: HashMap<&str, HashMap<&str, Vec<VersionRow>>> = HashMap::new();
         for r in regions {
@@ -149,23 +335,29 @@ impl CurrentRows {
                 None => outside.push(row),
             }
         }
-        // Each pair's rows by metric, then submission: aggregation takes them in runs of one
-        // metric.
-        let read: Vec<(Pair, Arc<[VersionRow]>)> = by_pair
+        let grouped: Vec<(Pair, Vec<VersionRow>)> = by_pair
             .into_iter()
             .flat_map(|(r, ps)| {
-                ps.into_iter().map(move |(p, mut v)| {
-                    v.sort_unstable_by(|a, b| {
-                        (a.metric.as_str(), a.submission_id)
-                            .cmp(&(b.metric.as_str(), b.submission_id))
-                    });
-                    ((r.to_owned(), p.to_owned()), Arc::from(v))
-                })
+                ps.into_iter()
+                    .map(move |(p, v)| ((r.to_owned(), p.to_owned()), v))
             })
             .collect();
-        let mut out: Vec<Arc<[VersionRow]>> = read.iter().map(|(_, v)| Arc::clone(v)).collect();
+        // What each pair held before a commit dropped it, to pass on its unchanged runs' tags.
+        let previous: Vec<Option<Arc<PairRows>>> = {
+            let mut s = self.state();
+            grouped
+                .iter()
+                .map(|(pair, _)| s.take_previous(pair))
+                .collect()
+        };
+        let read: Vec<(Pair, Arc<PairRows>)> = grouped
+            .into_iter()
+            .zip(previous)
+            .map(|((pair, v), before)| (pair, Arc::new(PairRows::new(v, before.as_deref()))))
+            .collect();
+        let mut out: Vec<Arc<PairRows>> = read.iter().map(|(_, v)| Arc::clone(v)).collect();
         if !outside.is_empty() {
-            out.push(Arc::from(outside));
+            out.push(Arc::new(PairRows::new(outside, None)));
         }
         if self.max_rows == 0 {
             return out;
@@ -190,7 +382,7 @@ impl CurrentRows {
         if everything {
             return out; // everything was dropped after the read began
         }
-        let keep: Vec<(Pair, Arc<[VersionRow]>)> = read
+        let keep: Vec<(Pair, Arc<PairRows>)> = read
             .into_iter()
             .filter(|(pair, v)| !dropped.contains(pair) && v.len() <= self.max_rows / 4)
             .collect();
@@ -208,7 +400,9 @@ impl CurrentRows {
             s.seq += 1;
             let seq = s.seq;
             let pair = (r.to_owned(), p.to_owned());
-            s.remove(&pair);
+            if let Some(rows) = s.remove(&pair) {
+                s.remember(pair.clone(), rows);
+            }
             s.log_drop(seq, Some(pair));
         }
     }
@@ -221,6 +415,8 @@ impl CurrentRows {
         s.entries.clear();
         s.order.clear();
         s.rows = 0;
+        s.previous.clear();
+        s.previous_rows = 0;
         s.log_drop(seq, None);
     }
 
@@ -232,14 +428,37 @@ impl CurrentRows {
 }
 
 impl State {
-    fn remove(&mut self, pair: &Pair) {
-        if let Some((rows, stamp)) = self.entries.remove(pair) {
-            self.rows -= rows.len();
-            self.order.remove(&stamp);
-        }
+    fn remove(&mut self, pair: &Pair) -> Option<Arc<PairRows>> {
+        let (rows, stamp) = self.entries.remove(pair)?;
+        self.rows -= rows.len();
+        self.order.remove(&stamp);
+        Some(rows)
     }
 
-    fn insert(&mut self, pair: Pair, rows: Arc<[VersionRow]>, max_rows: usize) {
+    /// Remembers what a dropped pair held until it is read again; past [`PREVIOUS_ROWS`] rows
+    /// (a commit that touched many pairs), everything remembered is forgotten.
+    fn remember(&mut self, pair: Pair, rows: Arc<PairRows>) {
+        if let Some(old) = self.previous.remove(&pair) {
+            self.previous_rows -= old.len();
+        }
+        if self.previous_rows + rows.len() > PREVIOUS_ROWS {
+            self.previous.clear();
+            self.previous_rows = 0;
+            if rows.len() > PREVIOUS_ROWS {
+                return;
+            }
+        }
+        self.previous_rows += rows.len();
+        self.previous.insert(pair, rows);
+    }
+
+    fn take_previous(&mut self, pair: &Pair) -> Option<Arc<PairRows>> {
+        let rows = self.previous.remove(pair)?;
+        self.previous_rows -= rows.len();
+        Some(rows)
+    }
+
+    fn insert(&mut self, pair: Pair, rows: Arc<PairRows>, max_rows: usize) {
         self.remove(&pair);
         while self.rows + rows.len() > max_rows {
             let Some((_, oldest)) = self.order.pop_first() else {
@@ -293,10 +512,97 @@ mod tests {
         let mut v: Vec<i64> = l
             .kept
             .iter()
-            .flat_map(|rows| rows.iter().map(|r| r.submission_id))
+            .flat_map(|rows| rows.rows().iter().map(|r| r.submission_id))
             .collect();
         v.sort_unstable();
         v
+    }
+
+    #[test]
+    fn pair_rows_run_by_metric_with_their_ids_and_pass_on_the_tags_of_unchanged_runs() {
+        let mut rows = vec![
+            row(5, "A", "2026"),
+            row(2, "A", "2026"),
+            row(9, "A", "2026"),
+        ];
+        rows[0].metric = "C".into();
+        rows[2].metric = "A".into();
+        rows.push(row(1, "A", "2026"));
+        let pair = PairRows::new(rows.clone(), None);
+        let runs = |p: &PairRows| -> Vec<(String, Vec<i64>, Vec<i64>)> {
+            p.runs()
+                .map(|r| {
+                    let ids = r.rows.iter().map(|v| v.submission_id).collect();
+                    (r.metric.to_string(), ids, r.ids.to_vec())
+                })
+                .collect()
+        };
+        let tags = |p: &PairRows| -> Vec<u64> { p.runs().map(|r| r.tag).collect() };
+        assert_eq!(
+            runs(&pair),
+            [
+                ("A".to_owned(), vec![9], vec![9]),
+                ("B01".to_owned(), vec![1, 2], vec![1, 2]),
+                ("C".to_owned(), vec![5], vec![5])
+            ]
+        );
+        let t = tags(&pair);
+        assert!(t[0] != t[1] && t[1] != t[2] && t[0] != t[2]);
+        // Read again without what it held before: every run gets a new tag.
+        let fresh = PairRows::new(rows.clone(), None);
+        assert!(tags(&fresh).iter().all(|tag| !t.contains(tag)));
+        // Read again after B01's run changed (2 superseded by 3) and C's value went away:
+        // A keeps its tag, B01 gets a new one, C has no run.
+        rows.retain(|r| r.metric != "C" && r.submission_id != 2);
+        rows.push(row(3, "A", "2026"));
+        let after = PairRows::new(rows.clone(), Some(&pair));
+        assert_eq!(runs(&after).len(), 2);
+        let a = tags(&after);
+        assert_eq!(a[0], t[0], "A's run is unchanged");
+        assert!(a[1] != t[1] && !t.contains(&a[1]), "B01's run changed");
+        // A run with fewer ids (a value retracted) is a change too.
+        rows.retain(|r| r.submission_id != 3);
+        let retracted = PairRows::new(rows, Some(&after));
+        assert_ne!(tags(&retracted)[1], a[1]);
+        let empty = PairRows::new(Vec::new(), Some(&pair));
+        assert_eq!((empty.runs().count(), empty.is_empty()), (0, true));
+    }
+
+    #[test]
+    fn a_pair_read_again_after_a_drop_keeps_the_tags_of_its_unchanged_runs() {
+        let c = CurrentRows::new(1000);
+        let (regions, periods) = (strings(&["A"]), strings(&["2026"]));
+        let mut b = row(2, "A", "2026");
+        b.metric = "B02".into();
+        let l = c.lookup(&regions, &periods);
+        let first = c.fill(
+            l.ticket,
+            &l.regions,
+            &l.periods,
+            vec![row(1, "A", "2026"), b.clone()],
+        );
+        let tags = |p: &[Arc<PairRows>]| -> Vec<u64> { p[0].runs().map(|r| r.tag).collect() };
+        c.drop_pairs([("A", "2026")]);
+        let l = c.lookup(&regions, &periods);
+        let again = c.fill(
+            l.ticket,
+            &l.regions,
+            &l.periods,
+            vec![row(3, "A", "2026"), b.clone()],
+        );
+        let (t, u) = (tags(&first), tags(&again));
+        assert!(t[0] != u[0] && t[1] == u[1], "{t:?} {u:?}");
+        // What was remembered is passed on once: a drop of everything forgets it.
+        c.drop_pairs([("A", "2026")]);
+        c.drop_all();
+        let l = c.lookup(&regions, &periods);
+        let after_all = c.fill(
+            l.ticket,
+            &l.regions,
+            &l.periods,
+            vec![row(3, "A", "2026"), b],
+        );
+        assert!(tags(&after_all).iter().all(|tag| !u.contains(tag)));
     }
 
     #[test]

@@ -27,6 +27,9 @@ use crate::gate::Approvals;
 pub struct MetricFigures {
     /// The submission ids of the versions it was computed from, sorted.
     pub ids: Vec<i64>,
+    /// The tags of the [`PairRows`](crate::current_rows::PairRows) runs those versions came
+    /// in, ascending (None: they came otherwise). The same tags are the same versions.
+    pub tags: Option<Vec<u64>>,
     /// None when nothing reaches the period (not reported).
     pub figure: Option<Figure>,
     /// The submissions behind the figure (empty: none listed).
@@ -218,6 +221,7 @@ mod tests {
             "uscc.codes_total".to_owned(),
             Arc::new(MetricFigures {
                 ids: ids.to_vec(),
+                tags: None,
                 figure: None,
                 sources: vec![source; sources].into(),
                 markers: Arc::from([]),

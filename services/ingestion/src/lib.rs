@@ -50,7 +50,7 @@ pub use submission_service::SubmissionApi;
 pub use writer::WriterConfig;
 
 use crate::change_feed::ChangeFeed;
-use crate::current_rows::CurrentRows;
+use crate::current_rows::{CurrentRows, PairRows};
 use crate::kept_figures::{Figures, KeptFigures};
 use crate::store::{StoredRow, VersionRow, scoped_key};
 use crate::validation::NewValue;
@@ -603,13 +603,22 @@ impl Ingestion {
                 figures,
             )
         };
-        let current_rows = || current.iter().flat_map(|s| s.iter());
-        let Some(t) = as_of else {
-            return Ok(aggregate(
-                Box::new(current_rows()),
-                now_micros(),
+        // The current values as they are kept, each pair under its stamp.
+        let aggregate_current = |at| {
+            aggregation::aggregate_pairs(
+                &self.inner.catalog,
+                region,
+                &asked,
+                at,
+                &current,
+                &approvals,
+                selection,
                 Figures::UseAndKeep(figures),
-            ));
+            )
+        };
+        let current_rows = || current.iter().flat_map(|s| s.rows().iter());
+        let Some(t) = as_of else {
+            return Ok(aggregate_current(now_micros()));
         };
         // Walking back further than there are current values costs more than reading every
         // value as of `t`.
@@ -624,9 +633,7 @@ impl Ingestion {
             .map_err(|e| IngestError::storage("read what changed after as_of", &e))?;
         Ok(match changes {
             // The values at `t` are the current ones, and so are their figures.
-            Some(c) if c.is_empty() => {
-                aggregate(Box::new(current_rows()), t, Figures::UseAndKeep(figures))
-            }
+            Some(c) if c.is_empty() => aggregate_current(t),
             // Figures of the past are used where they match, never kept: they would replace
             // the current ones under the same key.
             Some(c) => aggregate(Box::new(c.apply(current_rows())), t, Figures::Use(figures)),
@@ -653,7 +660,7 @@ impl Ingestion {
         &self,
         regions: &[String],
         periods: &[String],
-    ) -> Result<Vec<Arc<[VersionRow]>>, IngestError> {
+    ) -> Result<Vec<Arc<PairRows>>, IngestError> {
         let rows = self.inner.feed.rows();
         let kept = rows.lookup(regions, periods);
         let mut out = if kept.regions.is_empty() {
