@@ -603,7 +603,7 @@ impl Ingestion {
                 figures,
             )
         };
-        // The current values as they are kept, each pair under its stamp.
+        // The current values as they are kept, each metric run under its tag.
         let aggregate_current = |at| {
             aggregation::aggregate_pairs(
                 &self.inner.catalog,
