@@ -598,6 +598,7 @@ async fn after_change_breakdown(
             &asked,
             0,
             &slices,
+            [],
             &approvals,
             citycredit::aggregates::Selection::All,
             Figures::UseAndKeep(ing.kept_figures()),

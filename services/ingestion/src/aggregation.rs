@@ -235,23 +235,23 @@ struct MetricInput<'a> {
     versions: Versions<'a>,
 }
 
-enum Versions<'a> {
-    /// Runs of [`PairRows`]: rows and their submission ids side by side, and their period
-    /// when they share one.
-    Runs(Vec<(&'a [VersionRow], &'a [i64], Option<Period>)>),
-    Rows(Vec<&'a VersionRow>),
+/// One metric's versions: runs of [`PairRows`] (rows and their submission ids side by side,
+/// and their period when they share one), and rows that came otherwise.
+#[derive(Default)]
+struct Versions<'a> {
+    runs: Vec<(&'a [VersionRow], &'a [i64], Option<Period>)>,
+    rows: Vec<&'a VersionRow>,
 }
 
 impl<'a> Versions<'a> {
     /// Their submission ids, sorted.
     fn ids(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = match self {
-            Versions::Runs(runs) => runs
-                .iter()
-                .flat_map(|(_, ids, _)| ids.iter().copied())
-                .collect(),
-            Versions::Rows(rows) => rows.iter().map(|v| v.submission_id).collect(),
-        };
+        let mut ids: Vec<i64> = self
+            .runs
+            .iter()
+            .flat_map(|(_, ids, _)| ids.iter().copied())
+            .chain(self.rows.iter().map(|v| v.submission_id))
+            .collect();
         // Runs of ascending ids (each pair's, or each kept pair's handed over in order), which
         // the stable sort merges rather than sorting anew.
         ids.sort();
@@ -268,24 +268,16 @@ impl<'a> Versions<'a> {
                 v,
             })
         };
-        match self {
-            Versions::Runs(runs) => runs
-                .into_iter()
-                .flat_map(|(rows, _, period)| {
-                    rows.iter()
-                        .filter(|v| keep(v))
-                        .filter_map(move |v| match period {
-                            Some(period) => Some(Row { period, v }),
-                            None => parsed(v),
-                        })
-                })
-                .collect(),
-            Versions::Rows(rows) => rows
-                .into_iter()
+        let runs = self.runs.into_iter().flat_map(|(rows, _, period)| {
+            rows.iter()
                 .filter(|v| keep(v))
-                .filter_map(parsed)
-                .collect(),
-        }
+                .filter_map(move |v| match period {
+                    Some(period) => Some(Row { period, v }),
+                    None => parsed(v),
+                })
+        });
+        let others = self.rows.into_iter().filter(|v| keep(v)).filter_map(parsed);
+        runs.chain(others).collect()
     }
 }
 
@@ -336,7 +328,10 @@ pub fn aggregate<'a>(
     let inputs = by_metric.into_iter().map(|(metric, rows)| MetricInput {
         metric,
         tags: None,
-        versions: Versions::Rows(rows),
+        versions: Versions {
+            runs: Vec::new(),
+            rows,
+        },
     });
     let asked = Asked {
         catalog,
@@ -350,28 +345,26 @@ pub fn aggregate<'a>(
 }
 
 /// [`aggregate`] from the current values as [`PairRows`] (one per (region, period) pair, or
-/// rows outside them). A metric whose rows came in runs of the same tags as the figure kept for
-/// it takes that figure without a look at its rows or ids: after one value changes, only that
-/// value's metric has a new tag, compares its ids and is computed again.
+/// rows outside them), and `also` other rows (values as of a past instant where they differ
+/// from the current ones). A metric whose rows all came in runs of the same tags as the figure
+/// kept for it takes that figure without a look at its rows or ids: after one value changes,
+/// only that value's metric has a new tag, compares its ids and is computed again.
 #[allow(
     clippy::too_many_arguments,
     reason = "one aggregation's inputs, passed once; the figures kept are optional"
 )]
-pub fn aggregate_pairs(
+pub fn aggregate_pairs<'a>(
     catalog: &Catalog,
     region: &str,
     period: &Period,
     as_of_micros: i64,
-    pairs: &[Arc<PairRows>],
+    pairs: &'a [Arc<PairRows>],
+    also: impl IntoIterator<Item = &'a VersionRow>,
     approvals: &Approvals,
     selection: Selection,
     figures: Figures<'_>,
 ) -> Aggregates {
-    type Group<'a> = (
-        &'a str,
-        Vec<u64>,
-        Vec<(&'a [VersionRow], &'a [i64], Option<Period>)>,
-    );
+    type Group<'a> = (&'a str, Vec<u64>, Versions<'a>);
     // Runs of one metric share one copy of its name: grouped by its address, no text read.
     let mut by_name: Vec<Group> = Vec::new();
     let mut index: HashMap<usize, usize, foldhash::fast::RandomState> = HashMap::default();
@@ -385,13 +378,13 @@ pub fn aggregate_pairs(
             let i = match by_name.get(next) {
                 Some(g) if name_of(g) == name => next,
                 _ => *index.entry(name).or_insert_with(|| {
-                    by_name.push((run.metric, Vec::new(), Vec::new()));
+                    by_name.push((run.metric, Vec::new(), Versions::default()));
                     by_name.len() - 1
                 }),
             };
             next = i + 1;
             by_name[i].1.push(run.tag);
-            by_name[i].2.push((run.rows, run.ids, run.period));
+            by_name[i].2.runs.push((run.rows, run.ids, run.period));
         }
     }
     // Then by text, for names that are copies of their own (past the names shared).
@@ -401,20 +394,36 @@ pub fn aggregate_pairs(
         match by_metric.last_mut() {
             Some(last) if last.0 == metric => {
                 last.1.extend(tags);
-                last.2.extend(runs);
+                last.2.runs.extend(runs.runs);
             }
             _ => by_metric.push((metric, tags, runs)),
         }
     }
+    // The other rows join their metric's group; a metric with any has no tags to match.
+    let mut also = also.into_iter().peekable();
+    if also.peek().is_some() {
+        let mut at: HashMap<&str, usize> = by_metric
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.0, i))
+            .collect();
+        for v in also {
+            let i = *at.entry(v.metric.as_str()).or_insert_with(|| {
+                by_metric.push((v.metric.as_str(), Vec::new(), Versions::default()));
+                by_metric.len() - 1
+            });
+            by_metric[i].2.rows.push(v);
+        }
+    }
     let inputs = by_metric
         .into_iter()
-        .map(|(metric, mut tags, runs)| MetricInput {
+        .map(|(metric, mut tags, versions)| MetricInput {
             metric,
-            tags: Some({
+            tags: versions.rows.is_empty().then(|| {
                 tags.sort_unstable();
                 tags
             }),
-            versions: Versions::Runs(runs),
+            versions,
         });
     let asked = Asked {
         catalog,
@@ -871,6 +880,7 @@ mod tests {
                 &period,
                 9,
                 pairs,
+                [],
                 &none,
                 Selection::All,
                 Figures::UseAndKeep(&kept),

@@ -22,9 +22,11 @@
 //! only that old it may not be, as for any read of the store.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use citycredit_store::Db;
 
+use crate::current_rows::PairRows;
 use crate::store::{self, Accepted, VersionRow};
 
 /// Submissions read per round trip of the walk.
@@ -76,6 +78,31 @@ impl Changes {
     /// The number of keys changed after `t` in the periods and regions asked.
     pub fn keys(&self) -> usize {
         self.changed.len()
+    }
+
+    /// The values at `t` from `current` (every current value of the periods and regions
+    /// asked): the pairs that no change names, whole, and [`Changes::apply`] over the others.
+    pub fn split<'a>(
+        &'a self,
+        current: &'a [Arc<PairRows>],
+    ) -> (Vec<Arc<PairRows>>, Vec<&'a VersionRow>) {
+        let touched: HashSet<(&str, &str)> = self
+            .changed
+            .iter()
+            .map(|a| (a.region.as_str(), a.period.as_str()))
+            .collect();
+        let (mut whole, mut others) = (Vec::new(), Vec::new());
+        for p in current {
+            match p.pair() {
+                Some(pair) if !touched.contains(&pair) => whole.push(Arc::clone(p)),
+                _ if p.is_empty() => {}
+                _ => others.push(p),
+            }
+        }
+        let rest = self
+            .apply(others.into_iter().flat_map(|p| p.rows()))
+            .collect();
+        (whole, rest)
     }
 
     /// The values at `t`: `current` (every current value of the periods and regions asked)

@@ -92,6 +92,8 @@ pub struct PairRows {
     runs: Box<[RunEntry]>,
     /// The period of every row, parsed once, when they all have the same (a pair's do).
     period: Option<Period>,
+    /// Whether every row has the first one's region and period (a pair's do).
+    one_pair: bool,
 }
 
 #[derive(Debug)]
@@ -163,6 +165,10 @@ impl PairRows {
                 }
             })
             .collect();
+        let one_pair = rows.first().is_some_and(|first| {
+            rows.iter()
+                .all(|r| r.period == first.period && r.region == first.region)
+        });
         let period = match rows.first() {
             Some(first) if rows.iter().all(|r| r.period == first.period) => {
                 first.period.parse().ok()
@@ -174,7 +180,14 @@ impl PairRows {
             rows: rows.into(),
             runs,
             period,
+            one_pair,
         }
+    }
+
+    /// (region, period) of every row, when they all have the same (none when there are none).
+    pub fn pair(&self) -> Option<(&str, &str)> {
+        let first = self.rows.first().filter(|_| self.one_pair)?;
+        Some((&first.region, &first.period))
     }
 
     pub fn rows(&self) -> &[VersionRow] {

@@ -611,12 +611,12 @@ impl Ingestion {
                 &asked,
                 at,
                 &current,
+                [],
                 &approvals,
                 selection,
                 Figures::UseAndKeep(figures),
             )
         };
-        let current_rows = || current.iter().flat_map(|s| s.rows().iter());
         let Some(t) = as_of else {
             return Ok(aggregate_current(now_micros()));
         };
@@ -636,7 +636,21 @@ impl Ingestion {
             Some(c) if c.is_empty() => aggregate_current(t),
             // Figures of the past are used where they match, never kept: they would replace
             // the current ones under the same key.
-            Some(c) => aggregate(Box::new(c.apply(current_rows())), t, Figures::Use(figures)),
+            // The pairs no change names are taken whole, under their tags.
+            Some(c) => {
+                let (whole, rest) = c.split(&current);
+                aggregation::aggregate_pairs(
+                    &self.inner.catalog,
+                    region,
+                    &asked,
+                    t,
+                    &whole,
+                    rest,
+                    &approvals,
+                    selection,
+                    Figures::Use(figures),
+                )
+            }
             None => {
                 let rows = store::versions(&self.inner.db, &regions, &periods, Some(t))
                     .instrument(tracing::info_span!(
