@@ -37,7 +37,7 @@ use tonic::Code;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
-use citycredit::auth::identity::{BodyBinding, HEADER as IDENTITY_HEADER};
+use citycredit::auth::identity::BodyBinding;
 use citycredit::localize::{Locale, localize};
 use citycredit::status::{Reason, clip, retry_after_reason, with_reason};
 use citycredit_core::auth::Principal;
@@ -286,7 +286,7 @@ impl Inner {
 
         // Identity comes only from the API key.
         req.extensions_mut().remove::<Principal>();
-        req.headers_mut().remove(IDENTITY_HEADER);
+        req.headers_mut().remove(crate::headers::IDENTITY);
         let principal = match authenticate(&self.parts.keys, &req) {
             Ok(p) => p,
             Err(refusal) => {
@@ -454,14 +454,14 @@ impl Inner {
 
         let asked = req
             .headers()
-            .get("grpc-timeout")
+            .get(crate::headers::GRPC_TIMEOUT)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
         let given = self.deadline_for(rpc, asked);
         let deadline = tokio::time::Instant::now() + given;
         call.deadline = Some((deadline, given));
         if let Ok(v) = http::HeaderValue::from_str(&format_grpc_timeout(given)) {
-            req.headers_mut().insert("grpc-timeout", v);
+            req.headers_mut().insert(crate::headers::GRPC_TIMEOUT, v);
         }
 
         let read_timeout = Duration::from_millis(self.parts.settings.request_read_timeout_ms);
