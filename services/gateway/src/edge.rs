@@ -86,6 +86,9 @@ struct Inner {
     key_lookup: tokio::sync::Mutex<()>,
     unknown: Arc<str>,
     access_log: Arc<AccessLog>,
+    /// The `grpc-timeout` passed on for a unary call whose caller sent none (most calls), made
+    /// once: the deadline it stands for and its header value.
+    default_timeout: (Duration, Option<http::HeaderValue>),
 }
 
 /// Which ended calls get an access-log line: every call that did not end OK, and one in
@@ -120,10 +123,19 @@ impl Gateway {
             successes: u64::from(parts.settings.access_log_successes),
             ok_calls: std::sync::atomic::AtomicU64::new(0),
         });
+        let default_deadline = parts
+            .settings
+            .default_deadline()
+            .min(Duration::from_millis(parts.settings.max_deadline_unary_ms));
+        let default_timeout = (
+            default_deadline,
+            http::HeaderValue::from_str(&format_grpc_timeout(default_deadline)).ok(),
+        );
         let inner = Arc::new(Inner {
             parts,
             limits,
             access_log,
+            default_timeout,
             key_lookup: tokio::sync::Mutex::new(()),
             unknown: Arc::from(UNKNOWN_METHOD),
         });
@@ -460,7 +472,11 @@ impl Inner {
         let given = self.deadline_for(rpc, asked);
         let deadline = tokio::time::Instant::now() + given;
         call.deadline = Some((deadline, given));
-        if let Ok(v) = http::HeaderValue::from_str(&format_grpc_timeout(given)) {
+        let timeout = match &self.default_timeout {
+            (d, value) if *d == given => value.clone(),
+            _ => http::HeaderValue::from_str(&format_grpc_timeout(given)).ok(),
+        };
+        if let Some(v) = timeout {
             req.headers_mut().insert(crate::headers::GRPC_TIMEOUT, v);
         }
 
