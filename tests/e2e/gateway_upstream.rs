@@ -45,6 +45,8 @@ struct Fake {
     arrival: Arc<Notify>,
     /// One permit answers one held call.
     release: Arc<Semaphore>,
+    /// The `grpc-timeout` of each call that reached it, in order of arrival.
+    timeouts: Arc<std::sync::Mutex<Vec<Option<String>>>>,
 }
 
 impl Fake {
@@ -57,19 +59,22 @@ impl Fake {
         let carrying = Arc::new(AtomicUsize::new(0));
         let arrival = Arc::new(Notify::new());
         let release = Arc::new(Semaphore::new(0));
-        let (a, c, n, r) = (
+        let timeouts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (a, c, n, r, t) = (
             Arc::clone(&arrived),
             Arc::clone(&carrying),
             Arc::clone(&arrival),
             Arc::clone(&release),
+            Arc::clone(&timeouts),
         );
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (a, c, n, r) = (
+                let (a, c, n, r, t) = (
                     Arc::clone(&a),
                     Arc::clone(&c),
                     Arc::clone(&n),
                     Arc::clone(&r),
+                    Arc::clone(&t),
                 );
                 tokio::spawn(async move {
                     let Ok(mut conn) = h2::server::handshake(tcp).await else {
@@ -84,6 +89,12 @@ impl Fake {
                             carried = true;
                             c.fetch_add(1, Ordering::SeqCst);
                         }
+                        t.lock().unwrap_or_else(|e| panic!("{e}")).push(
+                            req.headers()
+                                .get("grpc-timeout")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned),
+                        );
                         a.fetch_add(1, Ordering::SeqCst);
                         n.notify_waiters();
                         let head = http::Response::builder()
@@ -133,6 +144,7 @@ impl Fake {
             carrying,
             arrival,
             release,
+            timeouts,
         }
     }
 
@@ -338,4 +350,45 @@ async fn calls_are_spread_over_the_upstream_connections() {
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|e| panic!("{e:?}"));
     }
+}
+
+/// The service gets the call's deadline as `grpc-timeout`: the default deadline for a caller
+/// that sent none (`default_deadline_ms`), else the caller's less a tenth (at most 20 ms), for
+/// call after call (the default's header is made once and passed on each time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_is_passed_on_to_the_service() {
+    let fake = Fake::start(Behaviour::Hold).await;
+    let (_dir, _registry, gateway) = gateway_before(&fake, |c| {
+        c.gateway.default_deadline_ms = 7_000;
+    })
+    .await;
+    let key = platform_key(&gateway, "deadlines").await;
+    let mut subs = Submissions::new(gateway.with_key(&key));
+    fake.release.add_permits(4);
+    for i in 0..2 {
+        subs.submit_value(push(i))
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"));
+    }
+    for (i, d) in [(2, 3_000), (3, 100)] {
+        let mut req = tonic::Request::new(push(i));
+        req.set_timeout(Duration::from_millis(d));
+        subs.submit_value(req)
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"));
+    }
+    let seen = fake
+        .timeouts
+        .lock()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .clone();
+    assert_eq!(
+        seen,
+        [
+            Some("7000m".to_owned()),
+            Some("7000m".to_owned()),
+            Some("2980m".to_owned()),
+            Some("90m".to_owned()),
+        ]
+    );
 }

@@ -243,7 +243,7 @@ pub async fn serve(
         )
     };
 
-    let routes: Routes = match mode {
+    let served: Served = match mode {
         ServiceMode::All => {
             let ingestion = start_ingestion(&config, db.clone(), Arc::clone(&catalog), &registry);
             let scoring = ScoringApi::new(
@@ -320,9 +320,8 @@ pub async fn serve(
                 upstream::local(ingestion.code_audit_service(), ingestion_front),
             );
             let edge = edge_signer(signer.take(), config.gateway.read_grants)?;
-            let routes =
-                gateway_routes(&config, routes, health_service, &registry, edge, &metrics)?;
-            with_pages(&config, routes, &registry, &catalog)
+            let gateway = gateway(&config, routes, health_service, &registry, edge, &metrics)?;
+            with_pages(&config, gateway, &registry, &catalog)
         }
         ServiceMode::Gateway => {
             let mut routes: HashMap<String, Upstream> = HashMap::new();
@@ -352,16 +351,15 @@ pub async fn serve(
                 }
             }
             let edge = edge_signer(signer.take(), config.gateway.read_grants)?;
-            let routes =
-                gateway_routes(&config, routes, health_service, &registry, edge, &metrics)?;
-            with_pages(&config, routes, &registry, &catalog)
+            let gateway = gateway(&config, routes, health_service, &registry, edge, &metrics)?;
+            with_pages(&config, gateway, &registry, &catalog)
         }
         ServiceMode::Ingestion => {
             let ingestion = start_ingestion(&config, db.clone(), Arc::clone(&catalog), &registry);
             let routes = open_routes(health_service)?
                 .add_service(ingestion.submission_service())
                 .add_service(ingestion.code_audit_service());
-            alone(routes, front(Audience::Ingestion))
+            Served::Routes(alone(routes, front(Audience::Ingestion)))
         }
         ServiceMode::Scoring => {
             let url = config.upstreams.ingestion.as_deref().unwrap_or_default();
@@ -406,7 +404,7 @@ pub async fn serve(
                     NotificationServiceServer::new(notifier.service())
                         .max_decoding_message_size(max_message),
                 );
-            alone(routes, front(Audience::Scoring))
+            Served::Routes(alone(routes, front(Audience::Scoring)))
         }
         ServiceMode::Registry => {
             let mut routes = open_routes(health_service)?.add_service(
@@ -418,7 +416,7 @@ pub async fn serve(
                     ReviewServiceServer::new(review.api()).max_decoding_message_size(max_message),
                 );
             }
-            alone(routes, front(Audience::Registry))
+            Served::Routes(alone(routes, front(Audience::Registry)))
         }
     };
     background.push(health::spawn(health.clone(), names.clone(), checks, HEALTH_EVERY).await);
@@ -462,7 +460,8 @@ pub async fn serve(
     let (stop_tx, mut stop_rx) = watch::channel(false);
     // Every accepted connection gets TCP_NODELAY and the transport limits (`transport.rs`);
     // tonic's own `tcp_nodelay` applies only to listeners it binds itself.
-    let server = tokio::spawn(builder.add_routes(routes).serve_with_incoming_shutdown(
+    let server = tokio::spawn(builder.serve_with_incoming_shutdown(
+        served,
         transport::incoming(listener, limits),
         async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
@@ -684,35 +683,93 @@ fn open_routes(
         .add_service(builder().build_v1alpha()?))
 }
 
-/// The web pages in front of the gateway's routes on the same port, when enabled
-/// (`crate::web`): `application/grpc*` requests go to the gateway as before.
+/// The web pages beside the gateway on the same port, when enabled (`crate::web`):
+/// `application/grpc*` requests go to the gateway, everything else to the pages.
 fn with_pages(
     config: &Config,
-    routes: Routes,
+    gateway: Gateway,
     registry: &Arc<Registry>,
     catalog: &Arc<Catalog>,
-) -> Routes {
+) -> Served {
     if !config.web.enabled {
-        return routes;
+        return Served::Edge {
+            gateway,
+            pages: None,
+        };
     }
-    crate::web::mount(
-        routes,
+    let pages = crate::web::mount(
+        axum::Router::new().fallback_service(gateway.clone()),
         &config.web,
         registry.keys(),
         Arc::clone(catalog),
         registry.org(),
         config.tls.is_some(),
-    )
+    );
+    Served::Edge {
+        gateway,
+        pages: Some(pages),
+    }
+}
+
+/// What the listener serves.
+#[derive(Clone)]
+enum Served {
+    /// The gateway (modes `all` and `gateway`): a gRPC request goes to it straight from the
+    /// connection, with no router in between (it routes by service itself); any other request
+    /// to the web pages when they are served, else to the gateway too (which refuses it).
+    Edge {
+        gateway: Gateway,
+        pages: Option<axum::Router>,
+    },
+    /// A service alone, behind its front.
+    Routes(Routes),
+}
+
+type ServedFuture = std::pin::Pin<
+    Box<
+        dyn Future<Output = Result<http::Response<tonic::body::Body>, std::convert::Infallible>>
+            + Send,
+    >,
+>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for Served {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = ServedFuture;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // The gateway and axum's routers are always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> ServedFuture {
+        match self {
+            Served::Edge {
+                pages: Some(pages), ..
+            } if !crate::web::is_grpc(&req) => {
+                let answer = tower::Service::call(pages, req);
+                Box::pin(async move {
+                    let Ok(res) = answer.await;
+                    Ok(res.map(tonic::body::Body::new))
+                })
+            }
+            Served::Edge { gateway, .. } => tower::Service::call(gateway, req),
+            Served::Routes(routes) => Box::pin(tower::Service::call(routes, req)),
+        }
+    }
 }
 
 /// Services running alone: behind the front that verifies the gateway's signed identity.
 fn alone(routes: Routes, front: Arc<FrontParts>) -> Routes {
     let front = ServiceFront::new(routes.prepare(), front);
-    Routes::from(axum::Router::new().fallback_service(front))
+    Routes::from(axum::Router::new().fallback_service(front)).prepare()
 }
 
 /// The gateway in front of `routes`, answering health and reflection itself.
-fn gateway_routes(
+fn gateway(
     config: &Config,
     routes: HashMap<String, Upstream>,
     health: tonic_health::pb::health_server::HealthServer<
@@ -721,9 +778,9 @@ fn gateway_routes(
     registry: &Arc<Registry>,
     signer: Arc<EdgeSigner>,
     metrics: &Arc<Metrics>,
-) -> Result<Routes, StartError> {
+) -> Result<Gateway, StartError> {
     let open = open_routes(health)?.prepare();
-    let gateway = Gateway::new(GatewayParts {
+    Ok(Gateway::new(GatewayParts {
         table: RpcTable::citycredit(),
         routes,
         open: tower::util::BoxCloneSyncService::new(open),
@@ -732,8 +789,7 @@ fn gateway_routes(
         signer,
         settings: config.gateway.clone(),
         metrics: Arc::clone(metrics),
-    });
-    Ok(Routes::from(axum::Router::new().fallback_service(gateway)))
+    }))
 }
 
 fn server_tls(t: &crate::config::TlsSettings) -> Result<ServerTlsConfig, StartError> {

@@ -35,7 +35,7 @@ use crate::upstream::Body;
 /// The gRPC status code carried by `headers`, if any.
 pub fn code_in(headers: &HeaderMap) -> Option<Code> {
     headers
-        .get("grpc-status")
+        .get(crate::headers::GRPC_STATUS)
         .map(|v| Code::from_bytes(v.as_bytes()))
 }
 

@@ -37,7 +37,7 @@ use tonic::Code;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
-use citycredit::auth::identity::{BodyBinding, HEADER as IDENTITY_HEADER};
+use citycredit::auth::identity::BodyBinding;
 use citycredit::localize::{Locale, localize};
 use citycredit::status::{Reason, clip, retry_after_reason, with_reason};
 use citycredit_core::auth::Principal;
@@ -86,6 +86,9 @@ struct Inner {
     key_lookup: tokio::sync::Mutex<()>,
     unknown: Arc<str>,
     access_log: Arc<AccessLog>,
+    /// The `grpc-timeout` passed on for a unary call whose caller sent none (most calls), made
+    /// once: the deadline it stands for and its header value.
+    default_timeout: (Duration, Option<http::HeaderValue>),
 }
 
 /// Which ended calls get an access-log line: every call that did not end OK, and one in
@@ -120,10 +123,19 @@ impl Gateway {
             successes: u64::from(parts.settings.access_log_successes),
             ok_calls: std::sync::atomic::AtomicU64::new(0),
         });
+        let default_deadline = parts
+            .settings
+            .default_deadline()
+            .min(Duration::from_millis(parts.settings.max_deadline_unary_ms));
+        let default_timeout = (
+            default_deadline,
+            http::HeaderValue::from_str(&format_grpc_timeout(default_deadline)).ok(),
+        );
         let inner = Arc::new(Inner {
             parts,
             limits,
             access_log,
+            default_timeout,
             key_lookup: tokio::sync::Mutex::new(()),
             unknown: Arc::from(UNKNOWN_METHOD),
         });
@@ -286,7 +298,7 @@ impl Inner {
 
         // Identity comes only from the API key.
         req.extensions_mut().remove::<Principal>();
-        req.headers_mut().remove(IDENTITY_HEADER);
+        req.headers_mut().remove(crate::headers::IDENTITY);
         let principal = match authenticate(&self.parts.keys, &req) {
             Ok(p) => p,
             Err(refusal) => {
@@ -454,14 +466,18 @@ impl Inner {
 
         let asked = req
             .headers()
-            .get("grpc-timeout")
+            .get(crate::headers::GRPC_TIMEOUT)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
         let given = self.deadline_for(rpc, asked);
         let deadline = tokio::time::Instant::now() + given;
         call.deadline = Some((deadline, given));
-        if let Ok(v) = http::HeaderValue::from_str(&format_grpc_timeout(given)) {
-            req.headers_mut().insert("grpc-timeout", v);
+        let timeout = match &self.default_timeout {
+            (d, value) if *d == given => value.clone(),
+            _ => http::HeaderValue::from_str(&format_grpc_timeout(given)).ok(),
+        };
+        if let Some(v) = timeout {
+            req.headers_mut().insert(crate::headers::GRPC_TIMEOUT, v);
         }
 
         let read_timeout = Duration::from_millis(self.parts.settings.request_read_timeout_ms);

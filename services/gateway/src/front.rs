@@ -31,7 +31,7 @@ use tonic::Code;
 use tower::Service;
 use tracing::Instrument;
 
-use citycredit::auth::identity::{BodyBinding, HEADER, IdentityVerifier, Issuer, Verified};
+use citycredit::auth::identity::{BodyBinding, IdentityVerifier, Issuer, Verified};
 use citycredit::status::{Reason, retry_after_reason, with_reason};
 use citycredit_core::auth::{CredentialCheck, Principal};
 use citycredit_registry::Registry;
@@ -281,7 +281,7 @@ where
         trace_context::continue_trace(&span, req.headers());
 
         req.extensions_mut().remove::<Principal>();
-        let header = req.headers_mut().remove(HEADER);
+        let header = req.headers_mut().remove(crate::headers::IDENTITY);
         if is_open_path(&path) {
             return Box::pin(inner.call(req).instrument(span));
         }

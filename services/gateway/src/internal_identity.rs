@@ -24,8 +24,7 @@ use tonic::Code;
 
 pub use citycredit::auth::identity::is_read_only;
 use citycredit::auth::identity::{
-    Audience, BodyBinding, GRANT_REUSE_MICROS, GrantMemory, HEADER, IdentitySigner, Issuer,
-    WINDOW_MICROS,
+    Audience, BodyBinding, GRANT_REUSE_MICROS, GrantMemory, IdentitySigner, Issuer, WINDOW_MICROS,
 };
 use citycredit::status::{Reason, with_reason};
 use citycredit_core::auth::Principal;
@@ -80,7 +79,7 @@ pub async fn read_body(
 /// How long to wait for a request body: the call's deadline, else [`BODY_WAIT`].
 pub fn body_wait(headers: &http::HeaderMap) -> Duration {
     headers
-        .get("grpc-timeout")
+        .get(crate::headers::GRPC_TIMEOUT)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
         .map_or(BODY_WAIT, |d| d.min(BODY_WAIT))
@@ -90,7 +89,7 @@ pub fn body_wait(headers: &http::HeaderMap) -> Duration {
 pub struct EdgeSigner {
     signer: IdentitySigner,
     /// The read grants in use: (principal, path) -> header.
-    grants: GrantMemory<(Principal, String), http::HeaderValue>,
+    grants: GrantMemory<GrantKey, http::HeaderValue>,
     /// Whether reads carry grants (`gateway.read_grants`); off, every call is signed.
     read_grants: bool,
 }
@@ -133,7 +132,7 @@ impl EdgeSigner {
             Audience::of_path(path).ok_or("no service to pass the caller's identity to")?;
         if self.read_grants && matches!(body, BodyBinding::Digest(_)) && is_read_only(path) {
             let header = self.grant(principal, audience, path, now_micros)?;
-            headers.insert(HEADER, header);
+            headers.insert(crate::headers::IDENTITY, header);
             return Ok(());
         }
         let header = self
@@ -141,7 +140,7 @@ impl EdgeSigner {
             .sign(principal, audience, path, body, now_micros)
             .and_then(|h| http::HeaderValue::from_str(&h).ok())
             .ok_or("cannot pass the caller's identity on")?;
-        headers.insert(HEADER, header);
+        headers.insert(crate::headers::IDENTITY, header);
         Ok(())
     }
 }
@@ -156,9 +155,9 @@ impl EdgeSigner {
         path: &str,
         now_micros: i64,
     ) -> Result<http::HeaderValue, &'static str> {
-        let key = (principal.clone(), path.to_owned());
         let fresh = |issued: i64| (0..GRANT_REUSE_MICROS).contains(&(now_micros - issued));
-        if let Some((header, issued)) = self.grants.get(&key)
+        // Looked up by reference: a call whose grant is in use copies nothing.
+        if let Some((header, issued)) = self.grants.get(&(principal, path) as &dyn GrantKeyView)
             && fresh(issued)
         {
             return Ok(header);
@@ -168,8 +167,71 @@ impl EdgeSigner {
             .grant(principal, audience, path, now_micros)
             .and_then(|h| http::HeaderValue::from_str(&h).ok())
             .ok_or("cannot pass the caller's identity on")?;
+        let key = GrantKey {
+            principal: principal.clone(),
+            path: path.to_owned(),
+        };
         self.grants.insert(key, header.clone(), now_micros, fresh);
         Ok(header)
+    }
+}
+
+/// What a read grant is remembered under: the principal and the RPC's path.
+#[derive(Debug, PartialEq, Eq)]
+struct GrantKey {
+    principal: Principal,
+    path: String,
+}
+
+/// A grant's key as borrowed parts, so that a look-up needs no owned [`GrantKey`] (the map
+/// finds a `GrantKey` by any `dyn GrantKeyView`: they hash and compare alike).
+trait GrantKeyView {
+    fn principal(&self) -> &Principal;
+    fn path(&self) -> &str;
+}
+
+impl GrantKeyView for GrantKey {
+    fn principal(&self) -> &Principal {
+        &self.principal
+    }
+    fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+impl GrantKeyView for (&Principal, &str) {
+    fn principal(&self) -> &Principal {
+        self.0
+    }
+    fn path(&self) -> &str {
+        self.1
+    }
+}
+
+impl std::hash::Hash for dyn GrantKeyView + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.principal().hash(state);
+        self.path().hash(state);
+    }
+}
+
+impl PartialEq for dyn GrantKeyView + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.principal() == other.principal() && self.path() == other.path()
+    }
+}
+
+impl Eq for dyn GrantKeyView + '_ {}
+
+impl std::hash::Hash for GrantKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self as &dyn GrantKeyView).hash(state);
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn GrantKeyView + 'a> for GrantKey {
+    fn borrow(&self) -> &(dyn GrantKeyView + 'a) {
+        self
     }
 }
 
@@ -232,6 +294,7 @@ impl SharedNonces {
 mod tests {
     use super::*;
     use crate::rpc_table::RpcTable;
+    use citycredit::auth::identity::HEADER;
 
     #[test]
     fn reads_reuse_one_grant_per_principal_and_changes_are_signed_per_call() {

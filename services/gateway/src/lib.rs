@@ -10,6 +10,7 @@ pub mod coalesce;
 pub mod direct;
 pub mod edge;
 pub mod front;
+pub mod headers;
 pub mod internal_identity;
 pub mod limits;
 pub mod metrics;

@@ -32,7 +32,7 @@ impl Injector for HeaderWrite<'_> {
 
 /// Makes `span` a child of the trace named by the request's `traceparent`, if any.
 pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
-    if headers.contains_key("traceparent") {
+    if headers.contains_key(crate::headers::TRACEPARENT) {
         let cx = TraceContextPropagator::new().extract(&HeaderRead(headers));
         let _ = span.set_parent(cx);
     }

@@ -32,8 +32,6 @@ use axum::response::Response;
 use http::{HeaderValue, Method, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
-use tonic::service::Routes;
-use tower::ServiceExt;
 
 use citycredit::org::OrgView;
 use citycredit::proto::v1 as pb;
@@ -103,19 +101,19 @@ impl std::fmt::Debug for Web {
     }
 }
 
-/// Puts the pages in front of `grpc` on the same routes: `application/grpc*` requests go to
-/// `grpc`, every other request to the pages.
+/// The pages, calling the services through `grpc` (the gateway, in process). The listener
+/// sends them every request that is not gRPC (`is_grpc`); gRPC requests go to the gateway
+/// without passing through here.
 pub fn mount(
-    grpc: Routes,
+    grpc: axum::Router,
     settings: &WebSettings,
     keys: KeyView,
     catalog: Arc<Catalog>,
     org: OrgView,
     secure: bool,
-) -> Routes {
-    let grpc = grpc.prepare().into_axum_router();
+) -> axum::Router {
     let web = Arc::new(Web {
-        grpc: grpc.clone(),
+        grpc,
         keys,
         catalog,
         org,
@@ -127,22 +125,15 @@ pub fn mount(
         secure,
         live: Arc::new(Semaphore::new(settings.max_live_streams)),
     });
-    let dispatch = tower::service_fn(move |req: http::Request<Body>| {
-        let grpc = grpc.clone();
+    let pages = tower::service_fn(move |req: http::Request<Body>| {
         let web = Arc::clone(&web);
-        async move {
-            if is_grpc(&req) {
-                grpc.oneshot(req).await
-            } else {
-                Ok::<_, Infallible>(web.handle(req).await)
-            }
-        }
+        async move { Ok::<_, Infallible>(web.handle(req).await) }
     });
-    Routes::from(axum::Router::new().fallback_service(dispatch))
+    axum::Router::new().fallback_service(pages)
 }
 
 /// True for gRPC (and gRPC-Web) requests.
-fn is_grpc<B>(req: &http::Request<B>) -> bool {
+pub(crate) fn is_grpc<B>(req: &http::Request<B>) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
