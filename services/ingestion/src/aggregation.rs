@@ -281,16 +281,6 @@ impl<'a> Versions<'a> {
     }
 }
 
-/// Where one aggregation is.
-struct Asked<'a> {
-    catalog: &'a Catalog,
-    region: &'a str,
-    period: &'a Period,
-    as_of_micros: i64,
-    approvals: &'a Approvals,
-    selection: Selection,
-}
-
 /// Aggregates `rows` (versions at `region` and below, for every period that reaches `period`,
 /// as of one instant), from the values `selection` names among them. With figures kept
 /// (`figures`), a metric whose versions (by submission id) and sign-offs are those of a figure
@@ -310,38 +300,17 @@ pub fn aggregate<'a>(
     selection: Selection,
     figures: Figures<'_>,
 ) -> Aggregates {
-    // Each metric's versions. Rows come in runs of one metric (a kept pair's rows are sorted
-    // by metric), so a row is looked up only when its metric differs from the row before.
-    let mut by_metric: Vec<(&'a str, Vec<&'a VersionRow>)> = Vec::new();
-    let mut index: HashMap<&'a str, usize> = HashMap::new();
-    let mut last = usize::MAX;
-    for v in rows {
-        let metric = v.metric.as_str();
-        if by_metric.get(last).is_none_or(|(m, _)| *m != metric) {
-            last = *index.entry(metric).or_insert_with(|| {
-                by_metric.push((metric, Vec::new()));
-                by_metric.len() - 1
-            });
-        }
-        by_metric[last].1.push(v);
-    }
-    let inputs = by_metric.into_iter().map(|(metric, rows)| MetricInput {
-        metric,
-        tags: None,
-        versions: Versions {
-            runs: Vec::new(),
-            rows,
-        },
-    });
-    let asked = Asked {
+    aggregate_pairs(
         catalog,
         region,
         period,
         as_of_micros,
+        &[],
+        rows,
         approvals,
         selection,
-    };
-    aggregate_metrics(&asked, inputs, figures)
+        figures,
+    )
 }
 
 /// [`aggregate`] from the current values as [`PairRows`] (one per (region, period) pair, or
@@ -399,21 +368,24 @@ pub fn aggregate_pairs<'a>(
             _ => by_metric.push((metric, tags, runs)),
         }
     }
-    // The other rows join their metric's group; a metric with any has no tags to match.
-    let mut also = also.into_iter().peekable();
-    if also.peek().is_some() {
-        let mut at: HashMap<&str, usize> = by_metric
-            .iter()
-            .enumerate()
-            .map(|(i, g)| (g.0, i))
-            .collect();
-        for v in also {
-            let i = *at.entry(v.metric.as_str()).or_insert_with(|| {
-                by_metric.push((v.metric.as_str(), Vec::new(), Versions::default()));
+    // The other rows join their metric's group; a metric with any has no tags to match. Rows
+    // mostly come in runs of one metric (a pair's are sorted by metric), so a row is looked up
+    // only when its metric differs from the row before.
+    let mut at: HashMap<&str, usize> = by_metric
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (g.0, i))
+        .collect();
+    let mut last = usize::MAX;
+    for v in also {
+        let metric = v.metric.as_str();
+        if by_metric.get(last).is_none_or(|g| g.0 != metric) {
+            last = *at.entry(metric).or_insert_with(|| {
+                by_metric.push((metric, Vec::new(), Versions::default()));
                 by_metric.len() - 1
             });
-            by_metric[i].2.rows.push(v);
         }
+        by_metric[last].2.rows.push(v);
     }
     let inputs = by_metric
         .into_iter()
@@ -425,30 +397,6 @@ pub fn aggregate_pairs<'a>(
             }),
             versions,
         });
-    let asked = Asked {
-        catalog,
-        region,
-        period,
-        as_of_micros,
-        approvals,
-        selection,
-    };
-    aggregate_metrics(&asked, inputs, figures)
-}
-
-fn aggregate_metrics<'a>(
-    asked: &Asked<'_>,
-    inputs: impl Iterator<Item = MetricInput<'a>>,
-    figures: Figures<'_>,
-) -> Aggregates {
-    let Asked {
-        catalog,
-        region,
-        period,
-        as_of_micros,
-        approvals,
-        selection,
-    } = *asked;
     let key = GroupKey {
         region: region.to_owned(),
         period: period.to_string(),
