@@ -32,7 +32,7 @@ use citycredit_core::period::Period;
 use citycredit_core::rollup::{self, Candidate, Reach};
 use citycredit_core::rules::{TaskStatus, Values};
 
-use crate::current_rows::PairRows;
+use crate::current_rows::{PairRows, Run};
 use crate::gate::Approvals;
 use crate::kept_figures::{Figures, GroupKey, MetricFigures};
 use crate::store::VersionRow;
@@ -226,30 +226,32 @@ impl ExactSum {
     }
 }
 
-/// One metric's versions as they came in.
-struct MetricInput<'a> {
-    metric: &'a str,
-    /// The tags of the [`PairRows`] runs they came in, ascending; None when some came
-    /// otherwise.
-    tags: Option<Vec<u64>>,
-    versions: Versions<'a>,
-}
-
 /// One metric's versions: runs of [`PairRows`] (rows and their submission ids side by side,
-/// and their period when they share one), and rows that came otherwise.
+/// their period when they share one, and their tag), and rows that came otherwise.
 #[derive(Default)]
 struct Versions<'a> {
-    runs: Vec<(&'a [VersionRow], &'a [i64], Option<Period>)>,
+    runs: Vec<Run<'a>>,
     rows: Vec<&'a VersionRow>,
 }
 
 impl<'a> Versions<'a> {
+    /// The tags of the runs, ascending; None when some rows came otherwise (nothing names
+    /// them).
+    fn tags(&self) -> Option<Vec<u64>> {
+        if !self.rows.is_empty() {
+            return None;
+        }
+        let mut tags: Vec<u64> = self.runs.iter().map(|r| r.tag).collect();
+        tags.sort_unstable();
+        Some(tags)
+    }
+
     /// Their submission ids, sorted.
     fn ids(&self) -> Vec<i64> {
         let mut ids: Vec<i64> = self
             .runs
             .iter()
-            .flat_map(|(_, ids, _)| ids.iter().copied())
+            .flat_map(|r| r.ids.iter().copied())
             .chain(self.rows.iter().map(|v| v.submission_id))
             .collect();
         // Runs of ascending ids (each pair's, or each kept pair's handed over in order), which
@@ -268,8 +270,10 @@ impl<'a> Versions<'a> {
                 v,
             })
         };
-        let runs = self.runs.into_iter().flat_map(|(rows, _, period)| {
-            rows.iter()
+        let runs = self.runs.into_iter().flat_map(|r| {
+            let period = r.period;
+            r.rows
+                .iter()
                 .filter(|v| keep(v))
                 .filter_map(move |v| match period {
                     Some(period) => Some(Row { period, v }),
@@ -327,15 +331,15 @@ pub fn aggregate_pairs<'a>(
     region: &str,
     period: &Period,
     as_of_micros: i64,
-    pairs: &'a [Arc<PairRows>],
+    pairs: &[Arc<PairRows>],
     also: impl IntoIterator<Item = &'a VersionRow>,
     approvals: &Approvals,
     selection: Selection,
     figures: Figures<'_>,
 ) -> Aggregates {
-    type Group<'a> = (&'a str, Vec<u64>, Versions<'a>);
+    type Group<'x> = (&'x str, Versions<'x>);
     // Runs of one metric share one copy of its name: grouped by its address, no text read.
-    let mut by_name: Vec<Group> = Vec::new();
+    let mut by_name: Vec<Group<'_>> = Vec::new();
     let mut index: HashMap<usize, usize, foldhash::fast::RandomState> = HashMap::default();
     let name_of = |g: &Group| g.0.as_ptr().addr();
     for pair in pairs {
@@ -347,56 +351,46 @@ pub fn aggregate_pairs<'a>(
             let i = match by_name.get(next) {
                 Some(g) if name_of(g) == name => next,
                 _ => *index.entry(name).or_insert_with(|| {
-                    by_name.push((run.metric, Vec::new(), Versions::default()));
+                    by_name.push((run.metric, Versions::default()));
                     by_name.len() - 1
                 }),
             };
             next = i + 1;
-            by_name[i].1.push(run.tag);
-            by_name[i].2.runs.push((run.rows, run.ids, run.period));
+            by_name[i].1.runs.push(run);
         }
     }
     // Then by text, for names that are copies of their own (past the names shared).
     by_name.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let mut by_metric: Vec<Group> = Vec::with_capacity(by_name.len());
-    for (metric, tags, runs) in by_name {
+    for (metric, versions) in by_name {
         match by_metric.last_mut() {
-            Some(last) if last.0 == metric => {
-                last.1.extend(tags);
-                last.2.runs.extend(runs.runs);
-            }
-            _ => by_metric.push((metric, tags, runs)),
+            Some(last) if last.0 == metric => last.1.runs.extend(versions.runs),
+            _ => by_metric.push((metric, versions)),
         }
     }
     // The other rows join their metric's group; a metric with any has no tags to match. Rows
     // mostly come in runs of one metric (a pair's are sorted by metric), so a row is looked up
     // only when its metric differs from the row before.
-    let mut at: HashMap<&str, usize> = by_metric
-        .iter()
-        .enumerate()
-        .map(|(i, g)| (g.0, i))
-        .collect();
+    // The map of the groups is made at the first such row (none after a change "now").
+    let mut at: Option<HashMap<&str, usize>> = None;
     let mut last = usize::MAX;
     for v in also {
         let metric = v.metric.as_str();
         if by_metric.get(last).is_none_or(|g| g.0 != metric) {
+            let at = at.get_or_insert_with(|| {
+                by_metric
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| (g.0, i))
+                    .collect()
+            });
             last = *at.entry(metric).or_insert_with(|| {
-                by_metric.push((metric, Vec::new(), Versions::default()));
+                by_metric.push((metric, Versions::default()));
                 by_metric.len() - 1
             });
         }
-        by_metric[last].2.rows.push(v);
+        by_metric[last].1.rows.push(v);
     }
-    let inputs = by_metric
-        .into_iter()
-        .map(|(metric, mut tags, versions)| MetricInput {
-            metric,
-            tags: versions.rows.is_empty().then(|| {
-                tags.sort_unstable();
-                tags
-            }),
-            versions,
-        });
     let key = GroupKey {
         region: region.to_owned(),
         period: period.to_string(),
@@ -405,42 +399,36 @@ pub fn aggregate_pairs<'a>(
     let before = figures.uses().and_then(|k| k.kept(&key, approvals));
     let mut now: HashMap<String, Arc<MetricFigures>> = HashMap::new();
     let mut changed = false;
-    for input in inputs {
-        let Some(m) = catalog.metric(input.metric) else {
+    for (metric, versions) in by_metric {
+        let Some(m) = catalog.metric(metric) else {
             continue; // a metric the current catalog no longer has
         };
-        let kept = before.as_ref().and_then(|b| b.get(input.metric));
+        let tags = versions.tags();
+        let kept = before.as_ref().and_then(|b| b.get(metric));
         let figures = match kept {
             // The same rows: the same tags name the same runs.
-            Some(f) if input.tags.is_some() && f.tags == input.tags => Arc::clone(f),
+            Some(f) if tags.is_some() && f.tags == tags => Arc::clone(f),
             _ => {
-                let ids = input.versions.ids();
+                let ids = versions.ids();
                 match kept {
-                    Some(f) if f.ids == ids && f.tags == input.tags => Arc::clone(f),
+                    Some(f) if f.ids == ids && f.tags == tags => Arc::clone(f),
                     // The same versions in runs under other tags (a pair read again with
                     // nothing to pass its tags on): the figure under the new tags.
                     Some(f) if f.ids == ids => Arc::new(MetricFigures {
                         ids,
-                        tags: input.tags,
+                        tags,
                         figure: f.figure.clone(),
                         sources: Arc::clone(&f.sources),
                         markers: Arc::clone(&f.markers),
                     }),
                     _ => Arc::new(metric_figures(
-                        m,
-                        region,
-                        period,
-                        input.versions,
-                        ids,
-                        input.tags,
-                        approvals,
-                        selection,
+                        m, region, period, versions, ids, tags, approvals, selection,
                     )),
                 }
             }
         };
         changed |= kept.is_none_or(|f| !Arc::ptr_eq(f, &figures));
-        now.insert(input.metric.to_owned(), figures);
+        now.insert(metric.to_owned(), figures);
     }
     let mut out = Aggregates {
         region: region.to_owned(),

@@ -165,16 +165,20 @@ impl PairRows {
                 }
             })
             .collect();
-        let one_pair = rows.first().is_some_and(|first| {
-            rows.iter()
-                .all(|r| r.period == first.period && r.region == first.region)
-        });
-        let period = match rows.first() {
-            Some(first) if rows.iter().all(|r| r.period == first.period) => {
-                first.period.parse().ok()
+        // One look at every row: do they share the first one's period, and its region too?
+        let (mut same_period, mut one_pair) = (true, true);
+        if let Some(first) = rows.first() {
+            for r in &rows {
+                same_period &= r.period == first.period;
+                one_pair &= same_period && r.region == first.region;
             }
-            _ => None,
-        };
+        } else {
+            one_pair = false;
+        }
+        let period = rows
+            .first()
+            .filter(|_| same_period)
+            .and_then(|first| first.period.parse().ok());
         PairRows {
             ids,
             rows: rows.into(),

@@ -591,34 +591,27 @@ impl Ingestion {
         let current = current?;
         let approvals = approvals.map_err(|e| IngestError::storage("read sign-offs", &e))?;
         let figures = &self.inner.figures;
-        let aggregate = |rows: Box<dyn Iterator<Item = &VersionRow> + '_>, at, figures| {
-            aggregation::aggregate(
-                &self.inner.catalog,
-                region,
-                &asked,
-                at,
-                rows,
-                &approvals,
-                selection,
-                figures,
-            )
-        };
-        // The current values as they are kept, each metric run under its tag.
-        let aggregate_current = |at| {
+        // Pairs of current values (each metric run under its tag) and other rows.
+        let aggregate = |pairs: &[Arc<PairRows>], rest: Vec<&VersionRow>, at, figures| {
             aggregation::aggregate_pairs(
                 &self.inner.catalog,
                 region,
                 &asked,
                 at,
-                &current,
-                [],
+                pairs,
+                rest,
                 &approvals,
                 selection,
-                Figures::UseAndKeep(figures),
+                figures,
             )
         };
         let Some(t) = as_of else {
-            return Ok(aggregate_current(now_micros()));
+            return Ok(aggregate(
+                &current,
+                Vec::new(),
+                now_micros(),
+                Figures::UseAndKeep(figures),
+            ));
         };
         // Walking back further than there are current values costs more than reading every
         // value as of `t`.
@@ -633,23 +626,15 @@ impl Ingestion {
             .map_err(|e| IngestError::storage("read what changed after as_of", &e))?;
         Ok(match changes {
             // The values at `t` are the current ones, and so are their figures.
-            Some(c) if c.is_empty() => aggregate_current(t),
+            Some(c) if c.is_empty() => {
+                aggregate(&current, Vec::new(), t, Figures::UseAndKeep(figures))
+            }
             // Figures of the past are used where they match, never kept: they would replace
-            // the current ones under the same key.
-            // The pairs no change names are taken whole, under their tags.
+            // the current ones under the same key. The pairs no change names are taken whole,
+            // under their tags.
             Some(c) => {
                 let (whole, rest) = c.split(&current);
-                aggregation::aggregate_pairs(
-                    &self.inner.catalog,
-                    region,
-                    &asked,
-                    t,
-                    &whole,
-                    rest,
-                    &approvals,
-                    selection,
-                    Figures::Use(figures),
-                )
+                aggregate(&whole, rest, t, Figures::Use(figures))
             }
             None => {
                 let rows = store::versions(&self.inner.db, &regions, &periods, Some(t))
@@ -662,7 +647,7 @@ impl Ingestion {
                     ))
                     .await
                     .map_err(|e| IngestError::storage("read values as_of", &e))?;
-                aggregate(Box::new(rows.iter()), t, Figures::Use(figures))
+                aggregate(&[], rows.iter().collect(), t, Figures::Use(figures))
             }
         })
     }
