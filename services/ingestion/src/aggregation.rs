@@ -35,14 +35,27 @@ use citycredit_core::rules::{TaskStatus, Values};
 use crate::current_rows::{PairRows, Run};
 use crate::gate::Approvals;
 use crate::kept_figures::{Figures, GroupKey, MetricFigures};
+use crate::key_ids;
 use crate::store::VersionRow;
 use crate::validation::wire_value;
 
-/// A version with its period parsed once.
+/// A version with its period parsed once, its submission id and its key's id ([`key_ids`])
+/// beside it: sorting and grouping a metric's rows reads these, not the row.
 #[derive(Clone, Copy)]
 struct Row<'a> {
     period: Period,
+    key: u32,
+    id: i64,
     v: &'a VersionRow,
+}
+
+/// Whether two rows have the same key: by their ids when both have one, else by their texts.
+fn same(a: &Row<'_>, b: &Row<'_>) -> bool {
+    if a.key != key_ids::NO_ID && b.key != key_ids::NO_ID {
+        a.key == b.key
+    } else {
+        same_key(a.v, b.v)
+    }
 }
 
 /// The value key without its metric and period: (region, department, domain, task_id).
@@ -64,18 +77,22 @@ fn key_of<'a>(r: &Row<'a>) -> KeyOf<'a> {
     (&v.region, &v.department, &v.domain, &v.task_id)
 }
 
-/// Sorts one metric's rows by key, then submission: each key's rows become a run, the keys in
-/// the order of their tuples. A metric has many rows and few keys (a key's months, quarters and
+/// Sorts one metric's rows by key, then submission: each key's rows become a run. When every
+/// row's key has an id, the runs come in the order of the ids, and the sort reads two integers
+/// beside each row. Otherwise the keys come in the order of their tuples: a metric has many
+/// rows and few keys (a key's months, quarters and
 /// year), so each row's key is looked up in a map and only the keys are sorted by their texts;
 /// the rows are then sorted by (key's rank, submission), integers. Sorting every row by its
 /// key's four texts was most of a fresh aggregation's time on monthly values (`memcmp`). A
 /// metric with few rows (yearly values: a key has about one) is sorted by the texts directly,
 /// which costs less than the map there (0.93 against 1.39 ms for the city's 1,540 yearly rows).
 fn sort_by_key(rows: &mut Vec<Row<'_>>) {
+    if rows.iter().all(|r| r.key != key_ids::NO_ID) {
+        rows.sort_unstable_by_key(|r| (r.key, r.id));
+        return;
+    }
     if rows.len() <= DIRECT_SORT_MAX {
-        rows.sort_unstable_by(|a, b| {
-            (key_of(a), a.v.submission_id).cmp(&(key_of(b), b.v.submission_id))
-        });
+        rows.sort_unstable_by(|a, b| (key_of(a), a.id).cmp(&(key_of(b), b.id)));
         return;
     }
     let mut index: HashMap<KeyOf<'_>, u32, foldhash::fast::RandomState> = HashMap::default();
@@ -88,7 +105,7 @@ fn sort_by_key(rows: &mut Vec<Row<'_>>) {
                 keys.push(k);
                 u32::try_from(keys.len() - 1).unwrap_or(u32::MAX)
             });
-            (i, r.v.submission_id, *r)
+            (i, r.id, *r)
         })
         .collect();
     let mut order: Vec<u32> = (0..u32::try_from(keys.len()).unwrap_or(u32::MAX)).collect();
@@ -106,8 +123,8 @@ fn sort_by_key(rows: &mut Vec<Row<'_>>) {
 }
 
 /// A key's value(s) for `period` among one metric's `rows` (versions for every period that
-/// reaches it, each key's rows together, keys in order), each with the index of its key's
-/// marker in the markers returned (in key order), when its values came by a partial sum or
+/// reaches it, each key's rows together), each with the index of its key's marker in the
+/// markers returned (in the order of the keys' runs), when its values came by a partial sum or
 /// from an earlier period.
 fn roll_up<'a>(
     period: &Period,
@@ -122,14 +139,14 @@ fn roll_up<'a>(
     while let Some(first) = rows.next() {
         versions.clear();
         versions.push(first);
-        while let Some(next) = rows.next_if(|r| same_key(r.v, versions[0].v)) {
+        while let Some(next) = rows.next_if(|r| same(r, &versions[0])) {
             versions.push(next);
         }
         candidates.clear();
         candidates.extend(versions.iter().map(|r| Candidate {
             period: r.period,
             accepted_micros: r.v.accepted_micros,
-            submission_id: r.v.submission_id,
+            submission_id: r.id,
         }));
         let Some(reach) = rollup::resolve(period, class, &candidates) else {
             continue;
@@ -231,7 +248,8 @@ impl ExactSum {
 #[derive(Default)]
 struct Versions<'a> {
     runs: Vec<Run<'a>>,
-    rows: Vec<&'a VersionRow>,
+    /// Each with its key's id.
+    rows: Vec<(&'a VersionRow, u32)>,
 }
 
 impl<'a> Versions<'a> {
@@ -252,7 +270,7 @@ impl<'a> Versions<'a> {
             .runs
             .iter()
             .flat_map(|r| r.ids.iter().copied())
-            .chain(self.rows.iter().map(|v| v.submission_id))
+            .chain(self.rows.iter().map(|(v, _)| v.submission_id))
             .collect();
         // Runs of ascending ids (each pair's, or each kept pair's handed over in order), which
         // the stable sort merges rather than sorting anew.
@@ -264,9 +282,11 @@ impl<'a> Versions<'a> {
     /// `keep` refuses or whose period no longer parses (stored periods were validated at
     /// entry; one that no longer parses cannot reach).
     fn rows(self, keep: impl Fn(&VersionRow) -> bool) -> Vec<Row<'a>> {
-        let parsed = |v: &'a VersionRow| {
+        let parsed = |v: &'a VersionRow, key: u32| {
             Some(Row {
                 period: v.period.parse().ok()?,
+                key,
+                id: v.submission_id,
                 v,
             })
         };
@@ -274,13 +294,19 @@ impl<'a> Versions<'a> {
             let period = r.period;
             r.rows
                 .iter()
-                .filter(|v| keep(v))
-                .filter_map(move |v| match period {
-                    Some(period) => Some(Row { period, v }),
-                    None => parsed(v),
+                .zip(r.keys)
+                .zip(r.ids)
+                .filter(|((v, _), _)| keep(v))
+                .filter_map(move |((v, &key), &id)| match period {
+                    Some(period) => Some(Row { period, key, id, v }),
+                    None => parsed(v, key),
                 })
         });
-        let others = self.rows.into_iter().filter(|v| keep(v)).filter_map(parsed);
+        let others = self
+            .rows
+            .into_iter()
+            .filter(|(v, _)| keep(v))
+            .filter_map(|(v, key)| parsed(v, key));
         runs.chain(others).collect()
     }
 }
@@ -371,10 +397,17 @@ pub fn aggregate_pairs<'a>(
     // The other rows join their metric's group; a metric with any has no tags to match. Rows
     // mostly come in runs of one metric (a pair's are sorted by metric), so a row is looked up
     // only when its metric differs from the row before.
-    // The map of the groups is made at the first such row (none after a change "now").
+    // The map of the groups is made at the first such row (none after a change "now"). Their
+    // keys' ids are taken here, under one lock.
+    let also: Vec<&VersionRow> = also.into_iter().collect();
+    let also_keys = if also.is_empty() {
+        Vec::new()
+    } else {
+        key_ids::of(also.iter().copied())
+    };
     let mut at: Option<HashMap<&str, usize>> = None;
     let mut last = usize::MAX;
-    for v in also {
+    for (v, key) in also.into_iter().zip(also_keys) {
         let metric = v.metric.as_str();
         if by_metric.get(last).is_none_or(|g| g.0 != metric) {
             let at = at.get_or_insert_with(|| {
@@ -389,7 +422,7 @@ pub fn aggregate_pairs<'a>(
                 by_metric.len() - 1
             });
         }
-        by_metric[last].1.rows.push(v);
+        by_metric[last].1.rows.push((v, key));
     }
     let key = GroupKey {
         region: region.to_owned(),
@@ -495,7 +528,7 @@ fn metric_figures(
         return out;
     }
     // Latest first: accept time, then id.
-    rows.sort_unstable_by_key(|(_, r)| std::cmp::Reverse((r.v.accepted_micros, r.v.submission_id)));
+    rows.sort_unstable_by_key(|(_, r)| std::cmp::Reverse((r.v.accepted_micros, r.id)));
     let mut values = Values::new();
     let metric = m.key.as_str();
     let used: Vec<&(Option<usize>, Row)> = match m.kind {
@@ -556,18 +589,28 @@ fn metric_figures(
     if used.is_empty() {
         return out;
     }
-    // The markers of the keys whose values are used, in key order.
+    // The markers of the keys whose values are used, in the order of the keys' texts (the keys'
+    // runs may have come in the order of their ids).
     let mut marked = vec![false; key_markers.len()];
     for (mark, _) in &used {
         if let Some(i) = mark {
             marked[*i] = true;
         }
     }
-    out.markers = key_markers
+    let mut markers: Vec<PeriodMarker> = key_markers
         .into_iter()
         .zip(marked)
         .filter_map(|(m, keep)| keep.then_some(m))
         .collect();
+    markers.sort_unstable_by(|a, b| {
+        (&a.region, &a.department, &a.domain, &a.task_id).cmp(&(
+            &b.region,
+            &b.department,
+            &b.domain,
+            &b.task_id,
+        ))
+    });
+    out.markers = markers.into();
     let mut refs: Vec<SourceRef> = used
         .into_iter()
         .map(|(_, r)| SourceRef {
@@ -903,14 +946,111 @@ mod tests {
             stored.push(v);
         }
         let period: Period = "2026".parse().unwrap_or_else(|e| panic!("{e:?}"));
-        // Both ways: many rows (keys ranked), and a few (texts compared directly).
+        // By texts both ways: many rows (keys ranked), and a few (texts compared directly).
         for n in [stored.len(), DIRECT_SORT_MAX] {
             sorted_as_tuples(&stored[..n], period);
         }
+        // By the keys' ids: each key's rows together, by submission.
+        let keys = key_ids::of(&stored);
+        let mut rows: Vec<Row> = stored
+            .iter()
+            .zip(&keys)
+            .map(|(v, &key)| Row {
+                period,
+                key,
+                id: v.submission_id,
+                v,
+            })
+            .collect();
+        sort_by_key(&mut rows);
+        let mut seen = std::collections::HashSet::new();
+        for (i, r) in rows.iter().enumerate() {
+            match i.checked_sub(1).map(|j| &rows[j]) {
+                Some(before) if same_key(before.v, r.v) => assert!(before.id < r.id),
+                // A key's run starts here: no row of it came before.
+                _ => assert!(seen.insert(key_of(r)), "{:?} split", key_of(r)),
+            }
+        }
+        let (mut got, mut want): (Vec<i64>, Vec<i64>) = (
+            rows.iter().map(|r| r.id).collect(),
+            stored.iter().map(|v| v.submission_id).collect(),
+        );
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn figures_by_the_keys_ids_are_those_by_their_texts() {
+        // Monthly values of a FLOW metric and a LEVEL one, some months missing (markers), keys
+        // first seen in the reverse of their texts' order (so their ids are in that order).
+        let catalog = Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
+        let period: Period = "2026".parse().unwrap_or_else(|e| panic!("{e:?}"));
+        let none = Approvals::default();
+        let mut by_month: Vec<Vec<VersionRow>> = vec![Vec::new(); 12];
+        let mut id = 0;
+        for (k, department) in ["zz-late", "tax", "samr", "civil-affairs", "aa-first"]
+            .iter()
+            .enumerate()
+        {
+            for (month, rows) in by_month.iter_mut().enumerate() {
+                if (month + k) % 4 == 3 {
+                    continue; // a month missing: a partial sum, or a value carried
+                }
+                for metric in ["double_publicity.licenses_total", "uscc.codes_total"] {
+                    id += 1;
+                    let mut v = row(
+                        id,
+                        metric,
+                        department,
+                        &format!("2026-{:02}", month + 1),
+                        &(id * 7 % 90).to_string(),
+                    );
+                    v.region = ["330803", "330802", "330800"][k % 3].to_owned();
+                    rows.push(v);
+                }
+            }
+        }
+        let figures = |pairs: &[Arc<PairRows>]| {
+            aggregate_pairs(
+                &catalog,
+                "330800",
+                &period,
+                9,
+                pairs,
+                [],
+                &none,
+                Selection::All,
+                Figures::Fresh,
+            )
+        };
+        let by_ids: Vec<Arc<PairRows>> = by_month
+            .iter()
+            .map(|rows| Arc::new(PairRows::new(rows.clone(), None)))
+            .collect();
+        let by_texts: Vec<Arc<PairRows>> = by_month
+            .iter()
+            .map(|rows| Arc::new(PairRows::with_names_of_its_own(rows.clone())))
+            .collect();
+        let (a, b) = (figures(&by_ids), figures(&by_texts));
+        assert!(
+            a.markers.values().any(|m| m.len() > 1),
+            "some markers to order: {:?}",
+            a.markers
+        );
+        assert_same(&a, &b);
     }
 
     fn sorted_as_tuples(stored: &[VersionRow], period: Period) {
-        let mut rows: Vec<Row> = stored.iter().map(|v| Row { period, v }).collect();
+        let mut rows: Vec<Row> = stored
+            .iter()
+            .map(|v| Row {
+                period,
+                key: key_ids::NO_ID,
+                id: v.submission_id,
+                v,
+            })
+            .collect();
         sort_by_key(&mut rows);
         let got: Vec<i64> = rows.iter().map(|r| r.v.submission_id).collect();
         let mut want: Vec<&VersionRow> = stored.iter().collect();

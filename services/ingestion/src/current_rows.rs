@@ -20,8 +20,8 @@
 //! dropped. Only the current values are kept: a read `as_of` an instant starts from them and
 //! corrects them by what was accepted after it ([`crate::as_of`]).
 //!
-//! Each pair's rows come as a [`PairRows`]: sorted by metric, the rows' submission ids side by
-//! side, and each metric's run under a tag that names its content. A pair dropped by a commit
+//! Each pair's rows come as a [`PairRows`]: sorted by metric, the rows' submission ids and their
+//! keys' ids ([`key_ids`]) side by side, and each metric's run under a tag that names its content. A pair dropped by a commit
 //! is remembered (at most [`PREVIOUS_ROWS`] rows of such pairs) until it is read again, so that
 //! the runs the commit did not change keep their tags. An aggregation whose metric comes in the
 //! same tags as a figure it kept takes that figure without looking at a row
@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use citycredit_core::period::Period;
 
+use crate::key_ids;
 use crate::store::VersionRow;
 
 /// Drops remembered for reads under way.
@@ -88,6 +89,8 @@ pub struct PairRows {
     rows: Box<[VersionRow]>,
     /// `rows[i].submission_id`, side by side: a run's ids without touching its rows.
     ids: Box<[i64]>,
+    /// The id of `rows[i]`'s key ([`key_ids`]), side by side.
+    keys: Box<[u32]>,
     /// Each metric's run, in metric order.
     runs: Box<[RunEntry]>,
     /// The period of every row, parsed once, when they all have the same (a pair's do).
@@ -114,6 +117,8 @@ pub struct Run<'a> {
     pub rows: &'a [VersionRow],
     /// The rows' submission ids, ascending.
     pub ids: &'a [i64],
+    /// The ids of the rows' keys ([`key_ids`]; [`key_ids::NO_ID`] past their bound).
+    pub keys: &'a [u32],
     /// The period of every row, when they all have the same one and it parses.
     pub period: Option<Period>,
 }
@@ -125,7 +130,8 @@ impl PairRows {
         PairRows::build(rows, previous, true)
     }
 
-    /// As [`PairRows::new`], with names copied rather than shared: as past [`NAMES`].
+    /// As [`PairRows::new`], with names copied rather than shared and keys without ids: as
+    /// past [`NAMES`] and [`key_ids::KEYS`].
     #[cfg(test)]
     pub(crate) fn with_names_of_its_own(rows: Vec<VersionRow>) -> PairRows {
         PairRows::build(rows, None, false)
@@ -136,6 +142,11 @@ impl PairRows {
             (a.metric.as_str(), a.submission_id).cmp(&(b.metric.as_str(), b.submission_id))
         });
         let ids: Box<[i64]> = rows.iter().map(|r| r.submission_id).collect();
+        let keys: Box<[u32]> = if share {
+            key_ids::of(&rows).into()
+        } else {
+            vec![key_ids::NO_ID; rows.len()].into()
+        };
         let mut bounds = Vec::new();
         let mut start = 0;
         for i in 1..=rows.len() {
@@ -181,6 +192,7 @@ impl PairRows {
             .and_then(|first| first.period.parse().ok());
         PairRows {
             ids,
+            keys,
             rows: rows.into(),
             runs,
             period,
@@ -212,6 +224,7 @@ impl PairRows {
             tag: r.tag,
             rows: &self.rows[r.rows.clone()],
             ids: &self.ids[r.rows.clone()],
+            keys: &self.keys[r.rows.clone()],
             period: self.period,
         }
     }

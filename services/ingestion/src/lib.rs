@@ -17,6 +17,7 @@ pub mod current_rows;
 pub mod error;
 pub mod gate;
 pub mod kept_figures;
+pub mod key_ids;
 pub mod store;
 pub mod submission_service;
 pub mod table_stats;
