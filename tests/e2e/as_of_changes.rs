@@ -10,7 +10,8 @@
 //! it, while that is no more than its bound (the current values behind the figures, at least
 //! 256 submissions); further back it reads every value as of the instant. The history's bulk
 //! commit of [`BULK`] values outside the period asked puts every instant before it past the
-//! bound, so both ways are compared with the record.
+//! bound, so both ways are compared with the record. A later commit of [`WALKED`] values puts
+//! the instants before it past the walk's first round trip, within the bound.
 
 use prost_types::Timestamp;
 
@@ -20,6 +21,9 @@ use citycredit_tests::{Backend, both_databases};
 
 /// Values of the bulk commit, past the walk's bound of 256 submissions.
 const BULK: usize = 300;
+/// Values of a later commit outside the period asked: past the walk's first round trip (64
+/// submissions), within its bound.
+const WALKED: usize = 100;
 const CODES: &str = "uscc.codes_total";
 const LICENSES: &str = "double_publicity.licenses_total";
 
@@ -70,6 +74,16 @@ fn history() -> Vec<Step> {
             value(CODES, "330881", "2026", "7"),
         ]),
         /* 12 */ Values(vec![value(CODES, "330824", "2026", "8")]),
+        /* 13 */ Values(vec![value(CODES, "330802", "2026", "12")]),
+        // Past the walk's first round trip (64 submissions) but within its bound: the instants
+        // before it walk back over two round trips to find the change above, and are still
+        // answered from the current values.
+        /* 14 */
+        Values(
+            (0..WALKED)
+                .map(|i| value(LICENSES, "330881", "2023-03", &i.to_string()))
+                .collect(),
+        ),
     ]
 }
 

@@ -7,8 +7,9 @@
 //! above the last). So a key that no submission accepted after `t` names has at `t` the version
 //! it has now, and only the keys those submissions name need the store's answer for `t`:
 //! [`changes_after`] walks the newest submissions back by primary key to the first one accepted
-//! at or before `t`, and probes each key they name within the periods and regions asked
-//! ([`store::versions_of_keys`], one index probe per key). The cost follows what changed after
+//! at or before `t` (their ids and accept times alone), asks the store for the keys the
+//! submissions walked over name (each key once, [`store::keys_named`]), and probes each of them
+//! within the periods and regions asked ([`store::versions_of_keys`], one index probe per key). The cost follows what changed after
 //! `t`, not how many values there are: reading every key as of `t` was 180 ms for the city's
 //! monthly values at 1 M submissions.
 //!
@@ -29,8 +30,13 @@ use citycredit_store::Db;
 use crate::current_rows::PairRows;
 use crate::store::{self, Accepted, VersionRow};
 
-/// Submissions read per round trip of the walk.
-const PAGE: i64 = 512;
+/// Submissions' (id, accept time) read by the walk's first round trip; each next one reads
+/// eight times as many, up to [`PAGE_MAX`]: a walk over nothing reads a few rows, a long one
+/// few round trips.
+const PAGE: i64 = 64;
+/// At most this many per round trip: under `LIMIT 32768` PostgreSQL 15 chose to scan the whole
+/// table (30 ms for a walk over 5,360 submissions at 1 M, against 2 ms).
+const PAGE_MAX: i64 = 4096;
 
 /// A value key: (metric, region, period, department, domain, task_id).
 type KeyRef<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, &'a str);
@@ -143,30 +149,42 @@ pub async fn changes_after(
     limit: usize,
 ) -> Result<Option<Changes>, sqlx::Error> {
     let mut out = Changes::default();
-    let mut keys: HashSet<String> = HashSet::new();
-    let mut below = i64::MAX;
+    // Back from the newest submission to the first accepted at or before `t`, by id and
+    // accept time alone; `oldest`: the oldest id walked over.
+    let (mut below, mut oldest, mut newest) = (i64::MAX, None, None);
+    let mut page_size = PAGE;
     'walk: loop {
-        let page = store::newest_below(db, below, PAGE).await?;
-        let last_page = page.len() < usize::try_from(PAGE).unwrap_or(usize::MAX);
-        for a in page {
-            if a.accept_micros <= t {
+        let page = store::accept_times_below(db, below, page_size).await?;
+        let last_page = page.len() < usize::try_from(page_size).unwrap_or(usize::MAX);
+        page_size = (page_size * 8).min(PAGE_MAX);
+        for (id, accept_micros) in page {
+            if accept_micros <= t {
                 break 'walk;
             }
             out.walked += 1;
             if out.walked > limit {
                 return Ok(None);
             }
-            below = a.id;
-            if !regions.contains(&a.region) || !periods.contains(&a.period) {
-                continue;
-            }
-            let k = key_of_submission(&a);
-            if keys.insert(store::vkey(k.0, k.1, k.2, k.3, k.4, k.5)) {
-                out.changed.push(a);
-            }
+            newest.get_or_insert(id);
+            oldest = Some(id);
+            below = id;
         }
         if last_page {
             break;
+        }
+    }
+    let (Some(from), Some(to)) = (oldest, newest) else {
+        return Ok(Some(out)); // nothing accepted after `t`
+    };
+    // The keys those submissions name (each once), in the periods and regions asked.
+    let mut keys: HashSet<String> = HashSet::new();
+    for a in store::keys_named(db, from, to).await? {
+        if !regions.contains(&a.region) || !periods.contains(&a.period) {
+            continue;
+        }
+        let k = key_of_submission(&a);
+        if keys.insert(store::vkey(k.0, k.1, k.2, k.3, k.4, k.5)) {
+            out.changed.push(a);
         }
     }
     let keys: Vec<String> = keys.into_iter().collect();

@@ -1097,11 +1097,16 @@ pub struct Accepted {
     pub task_id: String,
 }
 
-/// Up to `limit` submissions with an id below `below`, newest first (a backward walk of the
-/// primary key: the cost is the rows returned, however long the history).
-pub async fn newest_below(db: &Db, below: i64, limit: i64) -> Result<Vec<Accepted>, sqlx::Error> {
-    const SQL: &str = "SELECT id, accept_micros, metric, region, period, department, domain, \
-                       task_id FROM submissions WHERE id < $1 ORDER BY id DESC LIMIT $2";
+/// Up to `limit` (id, accept time) of the submissions with an id below `below`, newest first
+/// (a backward walk of the primary key: the cost is the rows returned, however long the
+/// history; two integers each, not the keys).
+pub async fn accept_times_below(
+    db: &Db,
+    below: i64,
+    limit: i64,
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    const SQL: &str =
+        "SELECT id, accept_micros FROM submissions WHERE id < $1 ORDER BY id DESC LIMIT $2";
     if let Some(reads) = &db.reads {
         return sqlx::query_as(SQL)
             .bind(below)
@@ -1112,6 +1117,27 @@ pub async fn newest_below(db: &Db, below: i64, limit: i64) -> Result<Vec<Accepte
     sqlx::query_as(SQL)
         .bind(below)
         .bind(limit)
+        .fetch_all(&db.pool)
+        .await
+}
+
+/// Each value key that the submissions with ids `from..=to` name, once, with the newest of
+/// them (grouped by the database: one row per key, not one per submission).
+pub async fn keys_named(db: &Db, from: i64, to: i64) -> Result<Vec<Accepted>, sqlx::Error> {
+    const SQL: &str = "SELECT MAX(id) AS id, MAX(accept_micros) AS accept_micros, metric, \
+                       region, period, department, domain, task_id FROM submissions \
+                       WHERE id >= $1 AND id <= $2 \
+                       GROUP BY metric, region, period, department, domain, task_id";
+    if let Some(reads) = &db.reads {
+        return sqlx::query_as(SQL)
+            .bind(from)
+            .bind(to)
+            .fetch_all(reads)
+            .await;
+    }
+    sqlx::query_as(SQL)
+        .bind(from)
+        .bind(to)
         .fetch_all(&db.pool)
         .await
 }
@@ -1143,7 +1169,17 @@ pub async fn versions_of_keys(
         };
     }
     if let Some(reads) = &db.reads {
-        return sqlx::query_as(versions_of_keys_from!("UNNEST($1::text[]) AS k(value)"))
+        // One probe per key that returns the version itself (LATERAL), rather than its id to
+        // be looked up again by primary key.
+        const SQL: &str = "SELECT v.submission_id, v.metric, v.region, v.period, v.department, \
+                           v.domain, v.task_id, v.value, v.accepted_micros \
+                           FROM UNNEST($1::text[]) AS k(value) CROSS JOIN LATERAL (\
+                           SELECT w.submission_id, w.metric, w.region, w.period, w.department, \
+                           w.domain, w.task_id, w.value, w.accepted_micros, w.valid_to \
+                           FROM value_versions w WHERE w.vkey = k.value AND w.valid_from <= $2 \
+                           ORDER BY w.valid_from DESC, w.submission_id DESC LIMIT 1) AS v \
+                           WHERE v.valid_to IS NULL OR v.valid_to > $2";
+        return sqlx::query_as(SQL)
             .bind(keys)
             .bind(t)
             .fetch_all(reads)
