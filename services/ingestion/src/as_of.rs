@@ -9,9 +9,9 @@
 //! [`changes_after`] walks the newest submissions back by primary key to the first one accepted
 //! at or before `t` (their ids and accept times alone), asks the store for the keys the
 //! submissions walked over name (each key once, [`store::keys_named`]), and probes each of them
-//! within the periods and regions asked ([`store::versions_of_keys`], one index probe per key). The cost follows what changed after
-//! `t`, not how many values there are: reading every key as of `t` was 180 ms for the city's
-//! monthly values at 1 M submissions.
+//! within the periods and regions asked ([`store::versions_of_keys`], one index probe per key).
+//! The cost follows what changed after `t`, not how many values there are: reading every key
+//! as of `t` was 180 ms for the city's monthly values at 1 M submissions.
 //!
 //! The walk is bounded: past `limit` submissions accepted after `t` it stops, and the caller
 //! reads every key as of `t` instead ([`store::versions`]), which then costs less.

@@ -21,12 +21,12 @@
 //! corrects them by what was accepted after it ([`crate::as_of`]).
 //!
 //! Each pair's rows come as a [`PairRows`]: sorted by metric, the rows' submission ids and their
-//! keys' ids ([`key_ids`]) side by side, and each metric's run under a tag that names its content. A pair dropped by a commit
-//! is remembered (at most [`PREVIOUS_ROWS`] rows of such pairs) until it is read again, so that
-//! the runs the commit did not change keep their tags. An aggregation whose metric comes in the
-//! same tags as a figure it kept takes that figure without looking at a row
-//! ([`crate::aggregation::aggregate_pairs`]): after one value changed, only its metric's run
-//! has a new tag.
+//! keys' ids ([`key_ids`]) side by side, and each metric's run under a tag that names its
+//! content. A pair dropped by a commit is remembered (at most [`PREVIOUS_ROWS`] rows of such
+//! pairs) until it is read again, so that the runs the commit did not change keep their tags.
+//! An aggregation whose metric comes in the same tags as a figure it kept takes that figure
+//! without looking at a row ([`crate::aggregation::aggregate_pairs`]): after one value changed,
+//! only its metric's run has a new tag.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::Range;
