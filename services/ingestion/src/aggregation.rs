@@ -740,6 +740,22 @@ mod tests {
     }
 
     /// The same figures either way (`Aggregates` has no `PartialEq`: its parts do).
+    /// The city's figures for 2026 from `pairs` alone, without sign-offs.
+    fn city_2026(catalog: &Catalog, pairs: &[Arc<PairRows>], figures: Figures<'_>) -> Aggregates {
+        let period: Period = "2026".parse().unwrap_or_else(|e| panic!("{e:?}"));
+        aggregate_pairs(
+            catalog,
+            "330800",
+            &period,
+            9,
+            pairs,
+            [],
+            &Approvals::default(),
+            Selection::All,
+            figures,
+        )
+    }
+
     fn assert_same(a: &Aggregates, b: &Aggregates) {
         assert_eq!(a.values, b.values);
         assert_eq!(a.sources, b.sources);
@@ -853,17 +869,7 @@ mod tests {
         let none = Approvals::default();
         let (codes, licenses) = ("uscc.codes_total", "double_publicity.licenses_total");
         let figures = |pairs: &[Arc<PairRows>]| {
-            let with = aggregate_pairs(
-                &catalog,
-                "330800",
-                &period,
-                9,
-                pairs,
-                [],
-                &none,
-                Selection::All,
-                Figures::UseAndKeep(&kept),
-            );
+            let with = city_2026(&catalog, pairs, Figures::UseAndKeep(&kept));
             let rows: Vec<&VersionRow> = pairs.iter().flat_map(|p| p.rows()).collect();
             let fresh = aggregate(
                 &catalog,
@@ -985,8 +991,6 @@ mod tests {
         // Monthly values of a FLOW metric and a LEVEL one, some months missing (markers), keys
         // first seen in the reverse of their texts' order (so their ids are in that order).
         let catalog = Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
-        let period: Period = "2026".parse().unwrap_or_else(|e| panic!("{e:?}"));
-        let none = Approvals::default();
         let mut by_month: Vec<Vec<VersionRow>> = vec![Vec::new(); 12];
         let mut id = 0;
         for (k, department) in ["zz-late", "tax", "samr", "civil-affairs", "aa-first"]
@@ -1011,19 +1015,7 @@ mod tests {
                 }
             }
         }
-        let figures = |pairs: &[Arc<PairRows>]| {
-            aggregate_pairs(
-                &catalog,
-                "330800",
-                &period,
-                9,
-                pairs,
-                [],
-                &none,
-                Selection::All,
-                Figures::Fresh,
-            )
-        };
+        let figures = |pairs: &[Arc<PairRows>]| city_2026(&catalog, pairs, Figures::Fresh);
         let by_ids: Vec<Arc<PairRows>> = by_month
             .iter()
             .map(|rows| Arc::new(PairRows::new(rows.clone(), None)))
