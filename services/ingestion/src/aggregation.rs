@@ -403,7 +403,7 @@ pub fn aggregate_pairs<'a>(
     let also_keys = if also.is_empty() {
         Vec::new()
     } else {
-        key_ids::of(also.iter().copied())
+        key_ids::of(&also)
     };
     let mut at: Option<HashMap<&str, usize>> = None;
     let mut last = usize::MAX;

@@ -177,18 +177,19 @@ pub async fn changes_after(
     let (Some(from), Some(to)) = (oldest, newest) else {
         return Ok(Some(out)); // nothing accepted after `t`
     };
-    // The keys those submissions name (each once), in the periods and regions asked.
-    let mut keys: HashSet<String> = HashSet::new();
-    for a in store::keys_named(db, from, to).await? {
-        if !regions.contains(&a.region) || !periods.contains(&a.period) {
-            continue;
-        }
-        let k = key_of_submission(&a);
-        if keys.insert(store::vkey(k.0, k.1, k.2, k.3, k.4, k.5)) {
-            out.changed.push(a);
-        }
-    }
-    let keys: Vec<String> = keys.into_iter().collect();
+    // The keys those submissions name (the store gives each once), in the periods and regions
+    // asked.
+    out.changed = store::keys_named(db, from, to).await?;
+    out.changed
+        .retain(|a| regions.contains(&a.region) && periods.contains(&a.period));
+    let keys: Vec<String> = out
+        .changed
+        .iter()
+        .map(|a| {
+            let k = key_of_submission(a);
+            store::vkey(k.0, k.1, k.2, k.3, k.4, k.5)
+        })
+        .collect();
     out.at_t = store::versions_of_keys(db, &keys, t).await?;
     Ok(Some(out))
 }

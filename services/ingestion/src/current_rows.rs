@@ -604,34 +604,21 @@ mod tests {
         let (regions, periods) = (strings(&["A"]), strings(&["2026"]));
         let mut b = row(2, "A", "2026");
         b.metric = "B02".into();
-        let l = c.lookup(&regions, &periods);
-        let first = c.fill(
-            l.ticket,
-            &l.regions,
-            &l.periods,
-            vec![row(1, "A", "2026"), b.clone()],
-        );
+        // A read of the pair whose store answers `rows`.
+        let read = |rows: Vec<VersionRow>| {
+            let l = c.lookup(&regions, &periods);
+            c.fill(l.ticket, &l.regions, &l.periods, rows)
+        };
+        let first = read(vec![row(1, "A", "2026"), b.clone()]);
         let tags = |p: &[Arc<PairRows>]| -> Vec<u64> { p[0].runs().map(|r| r.tag).collect() };
         c.drop_pairs([("A", "2026")]);
-        let l = c.lookup(&regions, &periods);
-        let again = c.fill(
-            l.ticket,
-            &l.regions,
-            &l.periods,
-            vec![row(3, "A", "2026"), b.clone()],
-        );
+        let again = read(vec![row(3, "A", "2026"), b.clone()]);
         let (t, u) = (tags(&first), tags(&again));
         assert!(t[0] != u[0] && t[1] == u[1], "{t:?} {u:?}");
         // What was remembered is passed on once: a drop of everything forgets it.
         c.drop_pairs([("A", "2026")]);
         c.drop_all();
-        let l = c.lookup(&regions, &periods);
-        let after_all = c.fill(
-            l.ticket,
-            &l.regions,
-            &l.periods,
-            vec![row(3, "A", "2026"), b],
-        );
+        let after_all = read(vec![row(3, "A", "2026"), b]);
         assert!(tags(&after_all).iter().all(|tag| !u.contains(tag)));
     }
 

@@ -14,9 +14,10 @@
 //!
 //! [`PairRows`]: crate::current_rows::PairRows
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{LazyLock, PoisonError, RwLock};
 
 use crate::store::VersionRow;
 
@@ -26,7 +27,17 @@ pub const NO_ID: u32 = u32::MAX;
 /// Keys given an id, at most (about 100 bytes each).
 pub const KEYS: usize = 1 << 16;
 
-/// Ids by each key's texts, length-prefixed.
+/// `v`'s key as one text, length-prefixed: no two keys share a text, whatever characters they
+/// hold.
+fn text_of(v: &VersionRow, text: &mut String) {
+    text.clear();
+    for part in [&v.region, &v.department, &v.domain, &v.task_id] {
+        let _ = write!(text, "{}:", part.len());
+        text.push_str(part);
+    }
+}
+
+/// Ids by each key's text ([`text_of`]).
 #[derive(Default)]
 struct Table {
     ids: HashMap<Box<str>, u32, foldhash::fast::FixedState>,
@@ -36,12 +47,7 @@ struct Table {
 impl Table {
     /// `v`'s key's id, given one if there is room for `limit` ids.
     fn id(&mut self, v: &VersionRow, limit: usize) -> u32 {
-        // Length-prefixed: no two keys share a text, whatever characters they hold.
-        self.text.clear();
-        for part in [&v.region, &v.department, &v.domain, &v.task_id] {
-            let _ = write!(self.text, "{}:", part.len());
-            self.text.push_str(part);
-        }
+        text_of(v, &mut self.text);
         if let Some(&id) = self.ids.get(self.text.as_str()) {
             return id;
         }
@@ -54,13 +60,34 @@ impl Table {
     }
 }
 
-static TABLE: Mutex<Option<Table>> = Mutex::new(None);
+static TABLE: LazyLock<RwLock<Table>> = LazyLock::new(RwLock::default);
 
-/// The ids of `rows`' keys, in order ([`NO_ID`] past [`KEYS`]), under one lock.
-pub fn of<'a>(rows: impl IntoIterator<Item = &'a VersionRow>) -> Vec<u32> {
-    let mut guard = TABLE.lock().unwrap_or_else(PoisonError::into_inner);
-    let table = guard.get_or_insert_with(Table::default);
-    rows.into_iter().map(|v| table.id(v, KEYS)).collect()
+/// The ids of `rows`' keys, in order ([`NO_ID`] past [`KEYS`]). The keys known already are
+/// looked up under a shared lock, so reads of different pairs do not wait for each other; only
+/// new keys take the table's lock alone.
+pub fn of<R: Borrow<VersionRow>>(rows: &[R]) -> Vec<u32> {
+    let mut text = String::new();
+    let mut new = Vec::new();
+    let mut ids: Vec<u32> = {
+        let table = TABLE.read().unwrap_or_else(PoisonError::into_inner);
+        rows.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                text_of(v.borrow(), &mut text);
+                table.ids.get(text.as_str()).copied().unwrap_or_else(|| {
+                    new.push(i);
+                    NO_ID
+                })
+            })
+            .collect()
+    };
+    if !new.is_empty() {
+        let mut table = TABLE.write().unwrap_or_else(PoisonError::into_inner);
+        for i in new {
+            ids[i] = table.id(rows[i].borrow(), KEYS);
+        }
+    }
+    ids
 }
 
 #[cfg(test)]
