@@ -6,7 +6,7 @@
 use citycredit::auth::identity::WINDOW_MICROS;
 use citycredit_gateway::internal_identity::SharedNonces;
 use citycredit_store::testing;
-use citycredit_tests::{Backend, both_databases};
+use citycredit_tests::{Backend, both_databases, postgres_only};
 
 async fn meta_round_trips(backend: Backend) {
     let db = testing::open(backend).await;
@@ -77,3 +77,40 @@ async fn a_nonce_is_claimed_once_per_store_and_pruned_after_its_window(backend: 
 }
 
 both_databases!(a_nonce_is_claimed_once_per_store_and_pruned_after_its_window);
+
+/// A test's schema is dropped at its end even while a session holds a lock in it, as the test's
+/// own server does when it stops mid-transaction: that server is a task on the test's runtime,
+/// which the blocking drop holds, so it can never finish. The drop waits a bounded time for its
+/// lock, ends the sessions holding locks in the schema, and drops it. An unbounded drop waited
+/// for ever (a CI run hung until its own limit).
+async fn a_test_schema_is_dropped_while_a_session_still_holds_a_lock_in_it() {
+    let url = testing::postgres_url();
+    let db = testing::postgres().await;
+    let schema = db
+        .postgres_schema()
+        .map(|(_, s)| s.to_owned())
+        .unwrap_or_else(|| panic!("a PostgreSQL test store has a schema"));
+    let mut open = db.pool.begin().await.unwrap_or_else(|e| panic!("{e}"));
+    sqlx::query("SELECT count(*) FROM store_meta")
+        .execute(&mut *open)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started = std::time::Instant::now();
+    testing::drop_schema(&url, &schema);
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+    let admin = citycredit_store::Db::connect(&url, 1, std::time::Duration::from_secs(5), None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
+        .bind(&schema)
+        .fetch_one(&admin.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(left, 0, "{schema} is still there after {took:?}");
+    // The session that held the lock was ended.
+    assert!(open.commit().await.is_err());
+    admin.close().await;
+}
+
+postgres_only!(a_test_schema_is_dropped_while_a_session_still_holds_a_lock_in_it);

@@ -202,6 +202,46 @@ impl Drop for TestServer {
     }
 }
 
+/// How long one test declared by [`both_databases!`] or [`postgres_only!`] may run (not the
+/// measurements run by hand, which are declared ignored): the longest takes well under a minute
+/// in CI's debug build.
+pub const TEST_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Ends the test process when a test runs past [`TEST_TIME_LIMIT`], naming the test: a test that
+/// hangs fails the run at once instead of holding CI until its own limit (libtest has no time
+/// limit, and a hang once held a CI run for 90 minutes). Dropped when the test ends, passing or
+/// panicking.
+pub struct Watchdog {
+    _running: std::sync::mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    /// A watchdog for `test` that stops the process with exit status 101 at the limit.
+    pub fn start(test: &'static str) -> Watchdog {
+        Watchdog::with_limit(TEST_TIME_LIMIT, move || {
+            eprintln!(
+                "{test}: still running after {} s; stopping the test process (a hang)",
+                TEST_TIME_LIMIT.as_secs()
+            );
+            std::process::exit(101);
+        })
+    }
+
+    /// A watchdog that calls `expired` if it is not dropped within `limit`.
+    pub fn with_limit(
+        limit: std::time::Duration,
+        expired: impl FnOnce() + Send + 'static,
+    ) -> Watchdog {
+        let (running, ended) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = ended.recv_timeout(limit) {
+                expired();
+            }
+        });
+        Watchdog { _running: running }
+    }
+}
+
 /// Where a test server keeps its data.
 pub use citycredit_store::Backend;
 pub use citycredit_store::testing::postgres_url;
@@ -239,12 +279,14 @@ macro_rules! both_databases {
         mod $scenario {
             #[::tokio::test$(($($arg)*))?]
             async fn sqlite() {
+                let _watchdog = $crate::Watchdog::start(concat!(module_path!(), "::sqlite"));
                 super::$scenario($crate::Backend::Sqlite).await
             }
 
             #[::tokio::test$(($($arg)*))?]
             #[cfg_attr(not(citycredit_pg), ignore = "PostgreSQL: set DATABASE_URL to run")]
             async fn postgres() {
+                let _watchdog = $crate::Watchdog::start(concat!(module_path!(), "::postgres"));
                 super::$scenario($crate::Backend::Postgres).await
             }
         }
@@ -272,6 +314,7 @@ macro_rules! postgres_only {
             #[::tokio::test$(($($arg)*))?]
             #[cfg_attr(not(citycredit_pg), ignore = "PostgreSQL: set DATABASE_URL to run")]
             async fn postgres() {
+                let _watchdog = $crate::Watchdog::start(concat!(module_path!(), "::postgres"));
                 super::$scenario().await
             }
         }
@@ -294,35 +337,12 @@ impl Drop for TestSchema {
         let Ok(url) = std::env::var("DATABASE_URL") else {
             return;
         };
-        if !url.starts_with("postgres") {
-            return;
+        if url.starts_with("postgres") {
+            citycredit_store::testing::drop_schema(&url, &self.0);
         }
-        let schema = self.0.clone();
-        // Drop cannot await: use a thread with its own runtime.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                let opts = std::time::Duration::from_secs(5);
-                if let Ok(db) = citycredit_store::Db::connect(&url, 1, opts, None).await {
-                    // SQL-safe: a schema name `fresh_schema` generated ([a-z0-9_]).
-                    let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .execute(&db.pool)
-                        .await;
-                    db.pool.close().await;
-                }
-            });
-        })
-        .join();
     }
 }
 
-/// A fresh PostgreSQL schema for one test.
 /// A connection of the test's own to a server's store (the SQLite file `citycredit.db` in
 /// `data_dir`, or the PostgreSQL `schema`), to look at what the server wrote.
 pub async fn connect_store(
@@ -348,6 +368,7 @@ pub async fn connect_store(
     .unwrap_or_else(|e| panic!("connect to the test store: {e}"))
 }
 
+/// A fresh PostgreSQL schema name for one test (created by the server that uses it).
 pub fn fresh_schema() -> TestSchema {
     use std::time::{SystemTime, UNIX_EPOCH};
     let nanos = SystemTime::now()
@@ -437,4 +458,30 @@ pub fn refused<T: std::fmt::Debug>(
         "{s:?}"
     );
     s
+}
+
+#[cfg(test)]
+mod watchdog_tests {
+    use super::Watchdog;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn a_test_past_its_limit_is_reported_and_one_within_it_is_not() {
+        let (tx, fired) = mpsc::channel();
+        let late = tx.clone();
+        let _past = Watchdog::with_limit(Duration::from_millis(50), move || {
+            let _ = late.send("past");
+        });
+        let within = Watchdog::with_limit(Duration::from_secs(2), move || {
+            let _ = tx.send("within");
+        });
+        assert_eq!(fired.recv_timeout(Duration::from_secs(5)), Ok("past"));
+        drop(within);
+        // The dropped watchdog's thread ends without calling back: the channel closes.
+        assert_eq!(
+            fired.recv_timeout(Duration::from_secs(5)),
+            Err(mpsc::RecvTimeoutError::Disconnected)
+        );
+    }
 }

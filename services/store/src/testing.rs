@@ -47,30 +47,96 @@ impl Deref for TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some((url, schema)) = self.schema.take() else {
+        if let Some((url, schema)) = self.schema.take() {
+            drop_schema(&url, &schema);
+        }
+    }
+}
+
+/// How long the drop of a test's schema waits for a lock before it ends the sessions that hold
+/// one, and how many times it tries.
+const DROP_LOCK_WAIT: &str = "2s";
+const DROP_TRIES: usize = 3;
+
+/// Drops a test's PostgreSQL `schema`, best effort and bounded, on a thread of its own (`Drop`
+/// cannot await). Blocks the caller until it is done.
+///
+/// The caller is usually a test's `#[tokio::test]` runtime, with one thread: while this blocks it,
+/// the test's own server (a task on that runtime) cannot run, so a transaction it left open keeps
+/// its locks until this returns. An unbounded `DROP SCHEMA` waited for them for ever (a CI run
+/// hung for 90 minutes). So the drop waits [`DROP_LOCK_WAIT`] for its locks; if they do not
+/// come, it ends the sessions holding locks in this schema (only the test's own) and tries again,
+/// [`DROP_TRIES`] times in all.
+pub fn drop_schema(url: &str, schema: &str) {
+    let (url, schema) = (url.to_owned(), schema.to_owned());
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
             return;
         };
-        // Best effort, on a thread of its own: Drop cannot await.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(rt) = rt {
-                rt.block_on(async {
-                    if let Ok(db) = Db::connect(&url, 1, Duration::from_secs(5), None).await {
-                        // SQL-safe: a schema name this module generated ([a-z0-9_]).
-                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                            "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
-                        )))
-                        .execute(&db.pool)
-                        .await;
-                        db.pool.close().await;
-                    }
-                });
+        rt.block_on(async {
+            if let Err(e) = drop_schema_now(&url, &schema).await {
+                eprintln!("test schema {schema} left behind: {e}");
             }
-        })
-        .join();
+        });
+    })
+    .join();
+}
+
+async fn drop_schema_now(url: &str, schema: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection as _;
+    use std::str::FromStr as _;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+    let mut conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        sqlx::postgres::PgConnection::connect_with(&options),
+    )
+    .await
+    .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    // SQL-safe: a constant.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SET lock_timeout = '{DROP_LOCK_WAIT}'"
+    )))
+    .execute(&mut conn)
+    .await?;
+    let mut last = None;
+    for _ in 0..DROP_TRIES {
+        // SQL-safe: a schema name this crate or the tests crate generated ([a-z0-9_]).
+        let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+        match sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+        {
+            Ok(_) => {
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            Err(e) => {
+                let lock_wait = e
+                    .as_database_error()
+                    .and_then(|d| d.code())
+                    .is_some_and(|c| c == "55P03");
+                if !lock_wait {
+                    return Err(e);
+                }
+                last = Some(e);
+                // The sessions holding locks on the schema's relations: the test's own server,
+                // stopped mid-transaction.
+                sqlx::query(
+                    "SELECT pg_terminate_backend(l.pid) FROM (SELECT DISTINCT l.pid \
+                     FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()) l",
+                )
+                .bind(schema)
+                .execute(&mut conn)
+                .await?;
+            }
+        }
     }
+    Err(last.unwrap_or(sqlx::Error::PoolTimedOut))
 }
 
 /// A migrated SQLite store in a temporary directory.
