@@ -6,12 +6,13 @@
 //! commit's instant, and the microsecond before it, is asked as of and compared with what was
 //! recorded.
 //!
-//! The service answers an instant from the current values corrected by what was accepted after
-//! it, while that is no more than its bound (the current values behind the figures, at least
-//! 256 submissions); further back it reads every value as of the instant. The history's bulk
-//! commit of [`BULK`] values outside the period asked puts every instant before it past the
-//! bound, so both ways are compared with the record. A later commit of [`WALKED`] values puts
-//! the instants before it past the walk's first round trip, within the bound.
+//! The service answers an instant from the current values corrected by the versions closed after
+//! it, while those are no more than its bound (the current values behind the figures, at least
+//! 256 versions); further back it reads every value as of the instant. The history's correction
+//! of [`BULK`] values outside the period asked closes that many versions, which puts every
+//! instant before it past the bound, so both ways are compared with the record. A later
+//! correction of [`OUTSIDE`] of them leaves the instants just before it with versions closed
+//! after them, all outside what they ask.
 
 use prost_types::Timestamp;
 
@@ -19,11 +20,10 @@ use citycredit::proto::v1 as pb;
 use citycredit_tests::ingestion::*;
 use citycredit_tests::{Backend, both_databases};
 
-/// Values of the bulk commit, past the walk's bound of 256 submissions.
+/// Values of the bulk commit and of its correction, past the bound of 256 versions.
 const BULK: usize = 300;
-/// Values of a later commit outside the period asked: past the walk's first round trip (64
-/// submissions), within its bound.
-const WALKED: usize = 100;
+/// Values corrected again by a later commit outside the period asked, within the bound.
+const OUTSIDE: usize = 100;
 const CODES: &str = "uscc.codes_total";
 const LICENSES: &str = "double_publicity.licenses_total";
 
@@ -36,6 +36,20 @@ enum Step {
 
 fn value(metric: &str, region: &str, period: &str, n: &str) -> pb::SubmissionInput {
     number_input(metric, region, period, "samr", n)
+}
+
+/// The `i`-th month from January 2000: none reaches a 2026 figure (2025's do).
+fn month(i: usize) -> String {
+    format!("{}-{:02}", 2000 + i / 12, i % 12 + 1)
+}
+
+/// The bulk's keys (distinct months of one metric and county), the first `n`, at `value`.
+fn bulk(n: usize, value: usize) -> Step {
+    Step::Values(
+        (0..n)
+            .map(|i| number_input(LICENSES, "330881", &month(i), "samr", &value.to_string()))
+            .collect(),
+    )
 }
 
 fn history() -> Vec<Step> {
@@ -56,34 +70,27 @@ fn history() -> Vec<Step> {
         // The key's only value: none is left.
         /* 6 */ Retract(1),
         /* 7 */ Values(vec![value(LICENSES, "330803", "2026-02", "4")]),
-        // Outside the period asked (2023 reaches no 2026 figure), past the walk's bound.
+        // Outside the period asked: new keys, then each corrected. The correction closes
+        // BULK versions, past the bound for every instant before it.
         /* 8 */
-        Values(
-            (0..BULK)
-                .map(|i| value(CODES, "330802", "2023", &i.to_string()))
-                .collect(),
-        ),
+        bulk(BULK, 1),
+        /* 9 */ bulk(BULK, 2),
         // The key retracted to nothing gets a value again, then loses it again.
-        /* 9 */
+        /* 10 */
         Values(vec![value(CODES, "330803", "2026", "21")]),
-        /* 10 */ Retract(9),
+        /* 11 */ Retract(10),
         // A correction and a new key in one commit; then a change in another county only.
-        /* 11 */
+        /* 12 */
         Values(vec![
             value(LICENSES, "330802", "2026-01", "30"),
             value(CODES, "330881", "2026", "7"),
         ]),
-        /* 12 */ Values(vec![value(CODES, "330824", "2026", "8")]),
-        /* 13 */ Values(vec![value(CODES, "330802", "2026", "12")]),
-        // Past the walk's first round trip (64 submissions) but within its bound: the instants
-        // before it walk back over two round trips to find the change above, and are still
-        // answered from the current values.
-        /* 14 */
-        Values(
-            (0..WALKED)
-                .map(|i| value(LICENSES, "330881", "2023-03", &i.to_string()))
-                .collect(),
-        ),
+        /* 13 */ Values(vec![value(CODES, "330824", "2026", "8")]),
+        /* 14 */ Values(vec![value(CODES, "330802", "2026", "12")]),
+        // Within the bound, and outside the period asked: the instants between step 14 and
+        // this one find versions closed after them, none of them in what they ask.
+        /* 15 */
+        bulk(OUTSIDE, 3),
     ]
 }
 
@@ -187,10 +194,14 @@ async fn figures_as_of_an_instant_are_those_current_then(backend: Backend) {
     };
     assert_eq!(city(&done[4].2[0], CODES), Some(3), "{name}: step 4");
     assert_eq!(city(&done[6].2[0], CODES), Some(2), "{name}: step 6");
-    assert_ne!(done[10].2, done[11].2, "{name}: step 11 changed nothing");
+    assert_ne!(done[11].2, done[12].2, "{name}: step 12 changed nothing");
     assert_eq!(
-        done[11].2[1], done[12].2[1],
-        "{name}: step 12 is another county's"
+        done[12].2[1], done[13].2[1],
+        "{name}: step 13 is another county's"
+    );
+    assert_eq!(
+        done[14].2, done[15].2,
+        "{name}: step 15 is outside what is asked"
     );
     // Each instant, and the microsecond before it, as of: what was current then.
     for (i, (_, at, then)) in done.iter().enumerate() {

@@ -1,26 +1,33 @@
-//! Values as of an instant `t`: the current values, corrected by what was accepted after `t`.
+//! Values as of an instant `t`: the current values, corrected by what changed after `t`.
 //!
-//! Every change to a value key's versions is made by one submission, at its accept time: a
-//! value closes its key's current version and opens its own; a retraction closes its target's
-//! and may reopen an earlier value of the same key (a retraction carries its target's key).
-//! Accept times never fall as submission ids rise (one writer at a time, each commit's instant
-//! above the last). So a key that no submission accepted after `t` names has at `t` the version
-//! it has now, and only the keys those submissions name need the store's answer for `t`:
-//! [`changes_after`] walks the newest submissions back by primary key to the first one accepted
-//! at or before `t` (their ids and accept times alone), asks the store for the keys the
-//! submissions walked over name (each key once, [`store::keys_named`]), and probes each of them
-//! within the periods and regions asked ([`store::versions_of_keys`], one index probe per key).
-//! The cost follows what changed after `t`, not how many values there are: reading every key
-//! as of `t` was 180 ms for the city's monthly values at 1 M submissions.
+//! A value key's versions are intervals `[valid_from, valid_to)` that never overlap: a value
+//! closes its key's current version and opens its own; a retraction closes its target's and may
+//! reopen an earlier value of the same key as a new version. So the versions valid at `t` are
+//! those with `valid_from <= t` that are still open (current) or were closed after `t`.
 //!
-//! The walk is bounded: past `limit` submissions accepted after `t` it stops, and the caller
-//! reads every key as of `t` instead ([`store::versions`]), which then costs less.
+//! [`changes_after`] reads the versions closed after `t` in one range scan of the index on
+//! `valid_to` ([`store::closed_after`]); its cost follows what changed after `t`, not how many
+//! values there are (reading every key as of `t` was 180 ms for the city's monthly values at 1 M
+//! submissions; a walk back over the submissions after `t` with one probe per key they named,
+//! 29–32 ms at 1,000 submissions back). [`Changes::split`] then corrects the current values:
 //!
-//! The current values must be read before the walk: a commit between the two is then walked
-//! over, its keys probed. The answer for `t` is exact once every commit accepted by `t` is
-//! visible to the reader, and, for the current values kept in memory, announced by the change
-//! feed (another process's commit arrives a few milliseconds after it commits); for an instant
-//! only that old it may not be, as for any read of the store.
+//! - a current row accepted after `t` was not valid at `t` (a version opens at or after its
+//!   submission's acceptance);
+//! - a current row of a key with a version closed after `t` is left out too: it may be a value
+//!   an undo reopened after `t`, whose version then was the one closed;
+//! - every other current row opened by `t` (else its key would have a version closed after
+//!   `t`: the one its opening closed) and is still open, so it was valid at `t`;
+//! - the versions closed after `t` that opened by `t` are added: at most one per key.
+//!
+//! The scan is bounded: past `limit` versions closed after `t` it stops, and the caller reads
+//! every key as of `t` instead ([`store::versions`]), which then costs less.
+//!
+//! The current values must be read before the scan: a commit between the two closes versions
+//! after `t`, which the scan then finds, and the rows it opened are not among the current ones
+//! read. The answer for `t` is exact once every commit accepted by `t` is visible to the reader,
+//! and, for the current values kept in memory, announced by the change feed (another process's
+//! commit arrives a few milliseconds after it commits); for an instant only that old it may not
+//! be, as for any read of the store.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -28,21 +35,12 @@ use std::sync::Arc;
 use citycredit_store::Db;
 
 use crate::current_rows::PairRows;
-use crate::store::{self, Accepted, VersionRow};
-
-/// Submissions' (id, accept time) read by the walk's first round trip; each next one reads
-/// eight times as many, up to [`PAGE_MAX`]: a walk over nothing reads a few rows, a long one
-/// few round trips.
-const PAGE: i64 = 64;
-/// At most this many per round trip: a round trip reads all the rows it asks for, even when the
-/// first submission at or before `t` is among the first of them (a cap of 32,768 took 30 ms for
-/// a walk over 5,360 submissions at 1 M, against 2 ms).
-const PAGE_MAX: i64 = 4096;
+use crate::store::{self, VersionRow};
 
 /// A value key: (metric, region, period, department, domain, task_id).
 type KeyRef<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, &'a str);
 
-fn key_of_version(v: &VersionRow) -> KeyRef<'_> {
+fn key_of(v: &VersionRow) -> KeyRef<'_> {
     (
         &v.metric,
         &v.region,
@@ -53,55 +51,49 @@ fn key_of_version(v: &VersionRow) -> KeyRef<'_> {
     )
 }
 
-fn key_of_submission(a: &Accepted) -> KeyRef<'_> {
-    (
-        &a.metric,
-        &a.region,
-        &a.period,
-        &a.department,
-        &a.domain,
-        &a.task_id,
-    )
-}
-
 /// What changed after `t` within some periods and regions.
 #[derive(Debug, Default)]
 pub struct Changes {
-    /// One submission per key changed (the newest), in the periods and regions asked.
-    changed: Vec<Accepted>,
-    /// Those keys' versions valid at `t` (none for a key without a value then).
-    at_t: Vec<VersionRow>,
-    /// Submissions accepted after `t`, everywhere.
-    pub walked: usize,
+    t: i64,
+    /// The versions closed after `t` in the periods and regions asked (one key may have several).
+    closed: Vec<VersionRow>,
+    /// Of those, the ones valid at `t` (opened by `t`): indexes into `closed`.
+    at_t: Vec<usize>,
+    /// Versions closed after `t`, everywhere.
+    pub scanned: usize,
 }
 
 impl Changes {
-    /// No key in the periods and regions asked changed after `t`: the current values are
-    /// the values at `t`.
-    pub fn is_empty(&self) -> bool {
-        self.changed.is_empty()
+    /// Whether the current values `current` (every current value of the periods and regions
+    /// asked) are the values at `t`: no version of those closed after `t` and no current row
+    /// accepted after `t`.
+    pub fn none_in(&self, current: &[Arc<PairRows>]) -> bool {
+        self.closed.is_empty() && current.iter().all(|p| p.newest_accept() <= self.t)
     }
 
-    /// The number of keys changed after `t` in the periods and regions asked.
+    /// The number of keys with a version closed after `t` in the periods and regions asked.
     pub fn keys(&self) -> usize {
-        self.changed.len()
+        self.closed.iter().map(key_of).collect::<HashSet<_>>().len()
     }
 
     /// The values at `t` from `current` (every current value of the periods and regions
-    /// asked): the pairs that no change names, whole, and [`Changes::apply`] over the others.
+    /// asked): the pairs with no version closed and no row accepted after `t`, whole, and
+    /// [`Changes::apply`] over the others.
     pub fn split<'a>(
         &'a self,
         current: &'a [Arc<PairRows>],
     ) -> (Vec<Arc<PairRows>>, Vec<&'a VersionRow>) {
         let touched: HashSet<(&str, &str)> = self
-            .changed
+            .closed
             .iter()
-            .map(|a| (a.region.as_str(), a.period.as_str()))
+            .map(|v| (v.region.as_str(), v.period.as_str()))
             .collect();
         let (mut whole, mut others) = (Vec::new(), Vec::new());
         for p in current {
             match p.pair() {
-                Some(pair) if !touched.contains(&pair) => whole.push(Arc::clone(p)),
+                Some(pair) if !touched.contains(&pair) && p.newest_accept() <= self.t => {
+                    whole.push(Arc::clone(p));
+                }
                 _ if p.is_empty() => {}
                 _ => others.push(p),
             }
@@ -112,18 +104,23 @@ impl Changes {
         (whole, rest)
     }
 
-    /// The values at `t`: `current` (every current value of the periods and regions asked)
-    /// without the keys changed after `t`, then those keys' versions at `t`.
+    /// The values at `t`: the rows of `current` (every current value of the periods and regions
+    /// asked) accepted by `t` whose keys have no version closed after `t`, then the versions
+    /// closed after `t` that were valid at `t`.
     pub fn apply<'a>(
         &'a self,
         current: impl IntoIterator<Item = &'a VersionRow>,
     ) -> impl Iterator<Item = &'a VersionRow> {
-        let changed: HashSet<KeyRef<'a>> = self.changed.iter().map(key_of_submission).collect();
-        let metrics: HashSet<&str> = self.changed.iter().map(|a| a.metric.as_str()).collect();
+        let changed: HashSet<KeyRef<'a>> = self.closed.iter().map(key_of).collect();
+        let metrics: HashSet<&str> = self.closed.iter().map(|v| v.metric.as_str()).collect();
+        let t = self.t;
         // Rows come in runs of one metric: a metric none of the changes names is looked up once
         // per run, and its rows are not hashed.
         let mut run: Option<(&'a str, bool)> = None;
         let kept = current.into_iter().filter(move |v| {
+            if v.accepted_micros > t {
+                return false;
+            }
             let metric = v.metric.as_str();
             let named = match run {
                 Some((m, named)) if m == metric => named,
@@ -133,14 +130,14 @@ impl Changes {
                     named
                 }
             };
-            !named || !changed.contains(&key_of_version(v))
+            !named || !changed.contains(&key_of(v))
         });
-        kept.chain(self.at_t.iter())
+        kept.chain(self.at_t.iter().map(|&i| &self.closed[i]))
     }
 }
 
-/// The keys of `regions` and `periods` that submissions accepted after `t` name, with their
-/// versions at `t`; `None` when more than `limit` submissions (anywhere) were accepted after
+/// The versions at `regions` and `periods` closed after `t`, to correct the current values
+/// with ([`Changes::split`]); `None` when more than `limit` versions (anywhere) were closed after
 /// `t`. Call after reading the current values (see the module's docs).
 pub async fn changes_after(
     db: &Db,
@@ -149,48 +146,21 @@ pub async fn changes_after(
     t: i64,
     limit: usize,
 ) -> Result<Option<Changes>, sqlx::Error> {
-    let mut out = Changes::default();
-    // Back from the newest submission to the first accepted at or before `t`, by id and
-    // accept time alone; `oldest`: the oldest id walked over.
-    let (mut below, mut oldest, mut newest) = (i64::MAX, None, None);
-    let mut page_size = PAGE;
-    'walk: loop {
-        let page = store::accept_times_below(db, below, page_size).await?;
-        let last_page = page.len() < usize::try_from(page_size).unwrap_or(usize::MAX);
-        page_size = (page_size * 8).min(PAGE_MAX);
-        for (id, accept_micros) in page {
-            if accept_micros <= t {
-                break 'walk;
-            }
-            out.walked += 1;
-            if out.walked > limit {
-                return Ok(None);
-            }
-            newest.get_or_insert(id);
-            oldest = Some(id);
-            below = id;
-        }
-        if last_page {
-            break;
-        }
+    let read = store::closed_after(db, regions, periods, t, limit.saturating_add(1)).await?;
+    if read.scanned > limit {
+        return Ok(None);
     }
-    let (Some(from), Some(to)) = (oldest, newest) else {
-        return Ok(Some(out)); // nothing accepted after `t`
+    let mut out = Changes {
+        t,
+        scanned: read.scanned,
+        ..Changes::default()
     };
-    // The keys those submissions name (the store gives each once), in the periods and regions
-    // asked.
-    out.changed = store::keys_named(db, from, to).await?;
-    out.changed
-        .retain(|a| regions.contains(&a.region) && periods.contains(&a.period));
-    let keys: Vec<String> = out
-        .changed
-        .iter()
-        .map(|a| {
-            let k = key_of_submission(a);
-            store::vkey(k.0, k.1, k.2, k.3, k.4, k.5)
-        })
-        .collect();
-    out.at_t = store::versions_of_keys(db, &keys, t).await?;
+    for (i, c) in read.versions.into_iter().enumerate() {
+        if c.valid_from <= t {
+            out.at_t.push(i);
+        }
+        out.closed.push(c.version);
+    }
     Ok(Some(out))
 }
 
@@ -212,23 +182,12 @@ mod tests {
         }
     }
 
-    fn accepted(v: &VersionRow) -> Accepted {
-        Accepted {
-            id: v.submission_id,
-            accept_micros: v.accepted_micros,
-            metric: v.metric.clone(),
-            region: v.region.clone(),
-            period: v.period.clone(),
-            department: v.department.clone(),
-            domain: v.domain.clone(),
-            task_id: v.task_id.clone(),
-        }
-    }
-
     #[test]
-    fn changed_keys_take_their_versions_at_t_and_the_rest_stay() {
-        // Current: a/1 (changed after t, was 10 then), a/2 (unchanged), b/1 (new after t),
-        // c/1 (unchanged, between two runs of a).
+    fn current_rows_accepted_after_t_or_of_keys_closed_after_t_give_way_to_the_versions_at_t() {
+        let t = 6;
+        // Current (accept time = id): a/1 accepted after t (was 10 at t); a/2 and c/1 valid at
+        // t; b/1 new after t; a/3 accepted before t but reopened after t by the undo of 55,
+        // which was current at t.
         let current = [
             version(7, "a", "1", "11"),
             version(2, "a", "2", "20"),
@@ -236,24 +195,71 @@ mod tests {
             version(8, "b", "1", "40"),
             version(4, "a", "3", "50"),
         ];
+        // Closed after t: a/1's 10, a/3's 55, d/1's 60 (retracted after t), and e/1's 70,
+        // opened and closed after t (never valid at t).
         let changes = Changes {
-            changed: vec![accepted(&current[0]), accepted(&current[3])],
-            // a/1's version at t; b/1 had none. A key retracted after t (d/1) comes back.
-            at_t: vec![version(1, "a", "1", "10"), version(5, "d", "1", "60")],
-            walked: 3,
+            t,
+            closed: vec![
+                version(1, "a", "1", "10"),
+                version(5, "a", "3", "55"),
+                version(6, "d", "1", "60"),
+                version(9, "e", "1", "70"),
+            ],
+            at_t: vec![0, 1, 2],
+            scanned: 4,
         };
         let ids: Vec<i64> = changes
             .apply(current.iter())
             .map(|v| v.submission_id)
             .collect();
-        assert_eq!(ids, vec![2, 3, 4, 1, 5]);
-        // Nothing changed: the current values as they are.
-        let none = Changes::default();
-        assert!(none.is_empty());
+        assert_eq!(ids, vec![2, 3, 1, 5, 6]);
+        // Nothing closed and nothing accepted after t: the current values as they are.
+        let none = Changes {
+            t: 100,
+            ..Changes::default()
+        };
         let ids: Vec<i64> = none
             .apply(current.iter())
             .map(|v| v.submission_id)
             .collect();
         assert_eq!(ids, vec![7, 2, 3, 8, 4]);
+    }
+
+    #[test]
+    fn only_pairs_with_a_change_after_t_are_taken_apart() {
+        let pair = |rows: Vec<VersionRow>| Arc::new(PairRows::new(rows, None));
+        // Region 1: a/1 changed after t. Region 2: nothing after t. Region 3: only a row
+        // accepted after t.
+        let current = [
+            pair(vec![version(7, "a", "1", "11"), version(3, "c", "1", "30")]),
+            pair(vec![version(2, "a", "2", "20")]),
+            pair(vec![version(8, "b", "3", "40")]),
+        ];
+        let changes = Changes {
+            t: 6,
+            closed: vec![version(1, "a", "1", "10")],
+            at_t: vec![0],
+            scanned: 1,
+        };
+        assert!(!changes.none_in(&current));
+        let (whole, rest) = changes.split(&current);
+        assert_eq!(whole.len(), 1);
+        assert!(Arc::ptr_eq(&whole[0], &current[1]));
+        let mut ids: Vec<i64> = rest.iter().map(|v| v.submission_id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 3]);
+        // Later, with nothing closed: every pair as it is.
+        let later = Changes {
+            t: 8,
+            ..Changes::default()
+        };
+        assert!(later.none_in(&current));
+        assert!(
+            !Changes {
+                t: 7,
+                ..Changes::default()
+            }
+            .none_in(&current)
+        );
     }
 }

@@ -97,6 +97,9 @@ pub struct PairRows {
     period: Option<Period>,
     /// Whether every row has the first one's region and period (a pair's do).
     one_pair: bool,
+    /// The latest accept time of the rows (`i64::MIN` for none): an `as_of` read before it
+    /// must take the pair apart ([`crate::as_of`]).
+    newest_accept: i64,
 }
 
 #[derive(Debug)]
@@ -178,10 +181,12 @@ impl PairRows {
             .collect();
         // One look at every row: do they share the first one's period, and its region too?
         let (mut same_period, mut one_pair) = (true, true);
+        let mut newest_accept = i64::MIN;
         if let Some(first) = rows.first() {
             for r in &rows {
                 same_period &= r.period == first.period;
                 one_pair &= same_period && r.region == first.region;
+                newest_accept = newest_accept.max(r.accepted_micros);
             }
         } else {
             one_pair = false;
@@ -197,7 +202,13 @@ impl PairRows {
             runs,
             period,
             one_pair,
+            newest_accept,
         }
+    }
+
+    /// The latest accept time of the rows (`i64::MIN` when there are none).
+    pub fn newest_accept(&self) -> i64 {
+        self.newest_accept
     }
 
     /// (region, period) of every row, when they all have the same (none when there are none).

@@ -614,20 +614,20 @@ impl Ingestion {
                 Figures::UseAndKeep(figures),
             ));
         };
-        // Walking back further than there are current values costs more than reading every
+        // Correcting more versions than there are current values costs more than reading every
         // value as of `t`.
         let limit = current.iter().map(|s| s.len()).sum::<usize>().max(256);
         let changes = as_of::changes_after(&self.inner.db, &regions, &periods, t, limit)
             .instrument(tracing::info_span!(
                 "db.query",
                 db.system = self.inner.db.backend.as_str(),
-                db.operation = "select submissions accepted after as_of",
+                db.operation = "select value_versions closed after as_of",
             ))
             .await
             .map_err(|e| IngestError::storage("read what changed after as_of", &e))?;
         Ok(match changes {
             // The values at `t` are the current ones, and so are their figures.
-            Some(c) if c.is_empty() => {
+            Some(c) if c.none_in(&current) => {
                 aggregate(&current, Vec::new(), t, Figures::UseAndKeep(figures))
             }
             // Figures of the past are used where they match, never kept: they would replace

@@ -1083,119 +1083,105 @@ fn push_versions<'a, DB>(
     list.push_unseparated(")");
 }
 
-/// A submission's key and accept time: what a read as of an instant needs to know of the
-/// submissions accepted after it ([`crate::as_of`]).
+/// A version closed after an instant, as [`closed_after`] reads it.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct Accepted {
-    pub id: i64,
-    pub accept_micros: i64,
-    pub metric: String,
-    pub region: String,
-    pub period: String,
-    pub department: String,
-    pub domain: String,
-    pub task_id: String,
+pub struct Closed {
+    #[sqlx(flatten)]
+    pub version: VersionRow,
+    /// When the version became current (later than its submission's accept time for a value
+    /// that an undo reopened).
+    pub valid_from: i64,
 }
 
-/// Up to `limit` (id, accept time) of the submissions with an id below `below`, newest first
-/// (a backward walk of the primary key: the cost is the rows returned, however long the
-/// history; two integers each, not the keys).
-pub async fn accept_times_below(
+/// What [`closed_after`] found.
+#[derive(Debug, Default)]
+pub struct ClosedAfter {
+    /// The versions closed after `t` at the periods and regions asked.
+    pub versions: Vec<Closed>,
+    /// The versions closed after `t` everywhere, counted up to the limit asked.
+    pub scanned: usize,
+}
+
+/// The versions at `periods` and `regions` closed after `t`, read from the first `limit` (at
+/// most) of those closed after `t` anywhere, in one range scan of `value_versions_closed`: the
+/// work is bounded by `limit` however much changed. `scanned` says how many were read in all,
+/// so a caller knows when the limit cut the scan short.
+pub async fn closed_after(
     db: &Db,
-    below: i64,
-    limit: i64,
-) -> Result<Vec<(i64, i64)>, sqlx::Error> {
-    const SQL: &str =
-        "SELECT id, accept_micros FROM submissions WHERE id < $1 ORDER BY id DESC LIMIT $2";
-    if let Some(reads) = &db.reads {
-        return sqlx::query_as(SQL)
-            .bind(below)
-            .bind(limit)
-            .fetch_all(reads)
-            .await;
-    }
-    sqlx::query_as(SQL)
-        .bind(below)
-        .bind(limit)
-        .fetch_all(&db.pool)
-        .await
-}
-
-/// Each value key that the submissions with ids `from..=to` name, once, with the newest of
-/// them (grouped by the database: one row per key, not one per submission).
-pub async fn keys_named(db: &Db, from: i64, to: i64) -> Result<Vec<Accepted>, sqlx::Error> {
-    const SQL: &str = "SELECT MAX(id) AS id, MAX(accept_micros) AS accept_micros, metric, \
-                       region, period, department, domain, task_id FROM submissions \
-                       WHERE id >= $1 AND id <= $2 \
-                       GROUP BY metric, region, period, department, domain, task_id";
-    if let Some(reads) = &db.reads {
-        return sqlx::query_as(SQL)
-            .bind(from)
-            .bind(to)
-            .fetch_all(reads)
-            .await;
-    }
-    sqlx::query_as(SQL)
-        .bind(from)
-        .bind(to)
-        .fetch_all(&db.pool)
-        .await
-}
-
-/// The versions valid at `t` of the value keys `keys` ([`vkey`]): for each, its latest
-/// version with `valid_from <= t` (one probe of `(vkey, valid_from, submission_id)`), kept
-/// when still open at `t`, as [`versions`] answers for every key of some periods and regions.
-pub async fn versions_of_keys(
-    db: &Db,
-    keys: &[String],
+    regions: &[String],
+    periods: &[String],
     t: i64,
-) -> Result<Vec<VersionRow>, sqlx::Error> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
+    limit: usize,
+) -> Result<ClosedAfter, sqlx::Error> {
+    /// A row of the statement: a version, or (`wanted` 0) the first row read, which carries
+    /// `scanned` when no version read is at the periods and regions asked.
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        closed: Closed,
+        scanned: i64,
+        wanted: i64,
     }
-    // The keys as a table `k(value)`, joined (one probe each; as in `current_of_keys`, not
-    // `= ANY`, which PostgreSQL 15 plans as a scan of the whole history).
-    macro_rules! versions_of_keys_from {
-        ($keys:literal) => {
-            concat!(
-                "SELECT v.submission_id, v.metric, v.region, v.period, v.department, v.domain, \
-                 v.task_id, v.value, v.accepted_micros FROM ",
-                $keys,
-                " JOIN value_versions v ON v.submission_id = (\
-                 SELECT w.submission_id FROM value_versions w WHERE w.vkey = k.value \
-                 AND w.valid_from <= $2 ORDER BY w.valid_from DESC, w.submission_id DESC LIMIT 1) \
-                 AND v.valid_from <= $2 WHERE v.valid_to IS NULL OR v.valid_to > $2"
-            )
-        };
-    }
-    if let Some(reads) = &db.reads {
-        // One probe per key that returns the version itself (LATERAL), rather than its id to
-        // be looked up again by primary key.
-        const SQL: &str = "SELECT v.submission_id, v.metric, v.region, v.period, v.department, \
-                           v.domain, v.task_id, v.value, v.accepted_micros \
-                           FROM UNNEST($1::text[]) AS k(value) CROSS JOIN LATERAL (\
-                           SELECT w.submission_id, w.metric, w.region, w.period, w.department, \
-                           w.domain, w.task_id, w.value, w.accepted_micros, w.valid_to \
-                           FROM value_versions w WHERE w.vkey = k.value AND w.valid_from <= $2 \
-                           ORDER BY w.valid_from DESC, w.submission_id DESC LIMIT 1) AS v \
-                           WHERE v.valid_to IS NULL OR v.valid_to > $2";
-        return sqlx::query_as(SQL)
-            .bind(keys)
-            .bind(t)
-            .fetch_all(reads)
-            .await;
-    }
-    let sql = match db.backend {
-        Backend::Sqlite => versions_of_keys_from!("json_each($1) AS k"),
-        Backend::Postgres => {
-            versions_of_keys_from!("json_array_elements_text(CAST($1 AS json)) AS k(value)")
-        }
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows: Vec<Row> = if let Some(reads) = &db.reads {
+        let mut qb = QueryBuilder::<Postgres>::new("");
+        push_closed_after(&mut qb, regions, periods, t, limit);
+        qb.build_query_as().fetch_all(reads).await?
+    } else {
+        let mut qb = QueryBuilder::<Any>::new("");
+        push_closed_after(&mut qb, regions, periods, t, limit);
+        numbered_as(&mut qb)?.fetch_all(&db.pool).await?
     };
-    sqlx::query_as(sql)
-        .bind(json_texts(keys)?)
-        .bind(t)
-        .fetch_all(&db.pool)
-        .await
+    Ok(ClosedAfter {
+        scanned: rows
+            .first()
+            .map_or(0, |r| usize::try_from(r.scanned).unwrap_or(usize::MAX)),
+        versions: rows
+            .into_iter()
+            .filter(|r| r.wanted != 0)
+            .map(|r| r.closed)
+            .collect(),
+    })
+}
+
+/// The statement of [`closed_after`]: the first `limit` versions closed after `t` (by the
+/// instant they were closed, which the partial index gives in order), their count over all of
+/// them, and those at the periods and regions asked, or the first one alone to carry the count.
+fn push_closed_after<'a, DB>(
+    qb: &mut QueryBuilder<DB>,
+    regions: &'a [String],
+    periods: &'a [String],
+    t: i64,
+    limit: i64,
+) where
+    DB: sqlx::Database,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    qb.push(
+        "SELECT submission_id, metric, region, period, department, domain, task_id, value, \
+         accepted_micros, valid_from, scanned, wanted FROM (SELECT c.*, \
+         COUNT(*) OVER () AS scanned, ROW_NUMBER() OVER () AS n, \
+         CAST(CASE WHEN period IN (",
+    );
+    let mut list = qb.separated(", ");
+    for p in periods {
+        list.push_bind(p.as_str());
+    }
+    list.push_unseparated(") AND region IN (");
+    let mut list = qb.separated(", ");
+    for r in regions {
+        list.push_bind(r.as_str());
+    }
+    list.push_unseparated(
+        ") THEN 1 ELSE 0 END AS BIGINT) AS wanted FROM (SELECT submission_id, metric, region, period, \
+         department, domain, task_id, value, accepted_micros, valid_from FROM value_versions \
+         WHERE valid_to > ",
+    );
+    qb.push_bind(t)
+        .push(" ORDER BY valid_to LIMIT ")
+        .push_bind(limit)
+        .push(") AS c) AS w WHERE wanted = 1 OR n = 1");
 }
 
 /// (department, region, period) of every APPROVED sign-off at `regions` for a period of one
