@@ -2,8 +2,9 @@
 //! `Change` per affected region (the region reported for and every region above it) and
 //! period on a broadcast channel. On PostgreSQL the writer also `pg_notify`s inside its
 //! transaction, and a listener task forwards other processes' notifications (its own, marked
-//! with this process's origin, are skipped: they were published locally). Publishing drops the
-//! changed pairs from [`CurrentRows`] first, before the writer answers.
+//! with this process's origin, are skipped: they were published locally). Publishing changes
+//! the changed pairs of [`CurrentRows`] first, before the writer answers: another process's
+//! commit drops them, this process's own is applied to them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -64,11 +65,35 @@ impl ChangeFeed {
         let _ = self.tx.send(Change::everything());
     }
 
-    /// Publishes a commit's changes, expanded to every ancestor region, one event per
-    /// (region, period).
+    /// Publishes another process's commit: drops the pairs it changed, then announces its
+    /// changes ([`ChangeFeed::announce`]).
     pub fn publish(&self, base: &BaseChanges, commit_micros: i64) {
         self.rows
             .drop_pairs(base.keys().map(|(r, p)| (r.as_str(), p.as_str())));
+        self.announce(base, commit_micros);
+    }
+
+    /// Publishes this process's commit: applies the versions it closed (their submission ids)
+    /// and opened to the pairs it changed ([`CurrentRows::apply_commit`]), then announces its
+    /// changes.
+    pub fn publish_own(
+        &self,
+        base: &BaseChanges,
+        commit_micros: i64,
+        closed: &[i64],
+        opened: &[crate::store::VersionRow],
+    ) {
+        self.rows.apply_commit(
+            base.keys().map(|(r, p)| (r.as_str(), p.as_str())),
+            closed,
+            opened,
+        );
+        self.announce(base, commit_micros);
+    }
+
+    /// Announces a commit's changes, expanded to every ancestor region, one event per
+    /// (region, period).
+    fn announce(&self, base: &BaseChanges, commit_micros: i64) {
         let org = self.org.borrow().clone();
         let mut expanded: BTreeMap<(String, String), u64> = BTreeMap::new();
         for ((region, period), last) in base {

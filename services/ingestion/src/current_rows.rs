@@ -4,10 +4,12 @@
 //! An aggregation for the city and a year needs the current versions of every (region, period)
 //! pair that can reach it: 7 regions by up to 20 periods, about 1,500 rows at 1 M submissions.
 //! Reading and decoding them all was most of its time. Each pair's rows are kept here once
-//! read, and dropped when the change feed says a commit touched that pair
-//! ([`ChangeFeed::publish`](crate::change_feed::ChangeFeed::publish) calls [`CurrentRows::drop_pairs`]
-//! before the writer answers, so a caller reads its own writes). The next aggregation reads the
-//! dropped pairs again, and only them.
+//! read, and dropped when the change feed says another process's commit touched that pair
+//! ([`ChangeFeed::publish`](crate::change_feed::ChangeFeed::publish) calls
+//! [`CurrentRows::drop_pairs`]). The next aggregation reads the dropped pairs again, and only
+//! them. This process's own commits are applied to the pairs they touched instead, before the
+//! writer answers, so a caller reads its own writes without a read of the store
+//! ([`CurrentRows::apply_commit`], from the versions the commit closed and opened).
 //!
 //! A read that was under way when a pair was dropped must not put back what it read before the
 //! commit: every drop takes the next sequence number and is logged, and [`CurrentRows::fill`]
@@ -53,6 +55,10 @@ fn new_tag() -> u64 {
 
 /// Previous reads kept to pass their tags on, at most this many rows in all.
 const PREVIOUS_ROWS: usize = 8192;
+
+/// Rows of kept pairs that one commit of this process changes in place, at most
+/// ([`CurrentRows::apply_commit`]); past them, pairs are dropped and read again when asked for.
+const APPLIED_ROWS: usize = 4096;
 
 /// Metric names shared by every run that names them (at most [`NAMES`] of them), so that runs
 /// of one metric are grouped by the address of their name without reading it.
@@ -400,12 +406,19 @@ impl CurrentRows {
         if !outside.is_empty() {
             out.push(Arc::new(PairRows::new(outside, None)));
         }
+        self.keep(ticket, read);
+        out
+    }
+
+    /// Keeps `read` (each pair's rows as read or made after `ticket`), except the pairs dropped
+    /// since `ticket`: their rows may be older than the drop.
+    fn keep(&self, ticket: u64, read: Vec<(Pair, Arc<PairRows>)>) {
         if self.max_rows == 0 {
-            return out;
+            return;
         }
         let mut s = self.state();
         if s.forgotten > ticket {
-            return out; // drops after the read may have left the log
+            return; // drops after the read may have left the log
         }
         let mut dropped: HashSet<&Pair> = HashSet::new();
         let mut everything = false;
@@ -421,7 +434,7 @@ impl CurrentRows {
             }
         }
         if everything {
-            return out; // everything was dropped after the read began
+            return; // everything was dropped after the read began
         }
         let keep: Vec<(Pair, Arc<PairRows>)> = read
             .into_iter()
@@ -431,7 +444,69 @@ impl CurrentRows {
         for (pair, v) in keep {
             s.insert(pair, v, self.max_rows);
         }
-        out
+    }
+
+    /// Applies a commit of this process to the pairs it changed, before its callers are
+    /// answered: a kept pair's rows become its rows without the versions the commit closed
+    /// (`closed`: their submission ids) and with those it opened, which is what a read after
+    /// the commit gives, without that read. Each pair is dropped first, so a read that began
+    /// before keeps nothing of it; a pair not kept stays dropped, as by
+    /// [`CurrentRows::drop_pairs`], and so do the kept ones past [`APPLIED_ROWS`] rows in all
+    /// (copying them would cost the writer more than a read costs the next reader).
+    pub fn apply_commit<'a>(
+        &self,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        closed: &[i64],
+        opened: &[VersionRow],
+    ) {
+        let (ticket, kept) = {
+            let mut s = self.state();
+            let (mut kept, mut rows) = (Vec::new(), 0);
+            for (r, p) in pairs {
+                s.seq += 1;
+                let seq = s.seq;
+                let pair = (r.to_owned(), p.to_owned());
+                if let Some(before) = s.remove(&pair) {
+                    if rows + before.len() <= APPLIED_ROWS {
+                        rows += before.len();
+                        kept.push((pair.clone(), before));
+                    } else {
+                        s.remember(pair.clone(), before);
+                    }
+                }
+                s.log_drop(seq, Some(pair));
+            }
+            (s.seq, kept)
+        };
+        if kept.is_empty() {
+            return;
+        }
+        let closed: HashSet<i64> = closed.iter().copied().collect();
+        fn key(v: &VersionRow) -> (&str, &str, &str, &str) {
+            (&v.metric, &v.department, &v.domain, &v.task_id)
+        }
+        let mut applied = Vec::with_capacity(kept.len());
+        for (pair, before) in kept {
+            let new: Vec<&VersionRow> = opened
+                .iter()
+                .filter(|v| v.region == pair.0 && v.period == pair.1)
+                .collect();
+            let new_keys: HashSet<_> = new.iter().map(|v| key(v)).collect();
+            let rows: Vec<&VersionRow> = before
+                .rows()
+                .iter()
+                .filter(|v| !closed.contains(&v.submission_id))
+                .collect();
+            // A key left with a version beside the one opened: the kept rows missed a commit of
+            // another process (its notification still on the way), whose version this commit
+            // closed. Read the pair again rather than keep two values of one key.
+            if rows.iter().any(|v| new_keys.contains(&key(v))) {
+                continue;
+            }
+            let rows = rows.into_iter().chain(new).cloned().collect();
+            applied.push((pair, Arc::new(PairRows::new(rows, Some(&before)))));
+        }
+        self.keep(ticket, applied);
     }
 
     /// Drops the pairs a commit changed.
@@ -680,6 +755,75 @@ mod tests {
             (0, 0),
             "nothing read before a drop of everything is kept"
         );
+    }
+
+    #[test]
+    fn this_processs_commit_is_applied_to_the_kept_pairs_without_a_read() {
+        let c = CurrentRows::new(1000);
+        let (regions, periods) = (strings(&["A", "B"]), strings(&["2026"]));
+        let mut other = row(2, "A", "2026");
+        other.metric = "B02".into();
+        let l = c.lookup(&regions, &periods);
+        let first = c.fill(
+            l.ticket,
+            &l.regions,
+            &l.periods,
+            vec![row(1, "A", "2026"), other.clone(), row(5, "B", "2026")],
+        );
+        let tags_of = |p: &PairRows| -> Vec<(String, u64)> {
+            p.runs().map(|r| (r.metric.to_string(), r.tag)).collect()
+        };
+        let a_before = first
+            .iter()
+            .find(|p| p.pair() == Some(("A", "2026")))
+            .map(|p| tags_of(p))
+            .unwrap_or_default();
+        // A commit supersedes A's B01 value (1 by 3) and adds a key to B.
+        let mut b_new = row(4, "B", "2026");
+        b_new.department = "e".into();
+        c.apply_commit(
+            [("A", "2026"), ("B", "2026")],
+            &[1],
+            &[row(3, "A", "2026"), b_new],
+        );
+        // Both pairs come from memory, as a read after the commit gives them.
+        let after = c.lookup(&regions, &periods);
+        assert!(after.regions.is_empty(), "no read: {:?}", after.regions);
+        assert_eq!(ids(&after), vec![2, 3, 4, 5]);
+        // The unchanged run keeps its tag; the changed one gets a new tag.
+        let a_after = after
+            .kept
+            .iter()
+            .find(|p| p.pair() == Some(("A", "2026")))
+            .map(|p| tags_of(p))
+            .unwrap_or_default();
+        assert_eq!(a_after[1], a_before[1], "B02 unchanged");
+        assert_ne!(a_after[0].1, a_before[0].1, "B01 changed");
+        assert_eq!(c.size(), (2, 4));
+    }
+
+    #[test]
+    fn a_commit_applied_where_the_kept_rows_missed_another_commit_leaves_the_pair_to_be_read() {
+        let c = CurrentRows::new(1000);
+        let (regions, periods) = (strings(&["A", "B"]), strings(&["2026"]));
+        let l = c.lookup(&regions, &periods);
+        // A's kept rows still hold 1, which another process superseded by 2 (its notification
+        // on the way); this commit closes 2 and opens 3 for the same key.
+        c.fill(
+            l.ticket,
+            &l.regions,
+            &l.periods,
+            vec![row(1, "A", "2026"), row(5, "B", "2026")],
+        );
+        c.apply_commit([("A", "2026")], &[2], &[row(3, "A", "2026")]);
+        let after = c.lookup(&regions, &periods);
+        assert_eq!(after.regions, strings(&["A"]), "A is read again");
+        assert_eq!(ids(&after), vec![5]);
+        // A pair not kept stays dropped; a read under way keeps nothing of it.
+        let l = c.lookup(&regions, &periods);
+        c.apply_commit([("A", "2026")], &[], &[row(6, "A", "2026")]);
+        c.fill(l.ticket, &l.regions, &l.periods, vec![row(3, "A", "2026")]);
+        assert_eq!(c.lookup(&regions, &periods).regions, strings(&["A"]));
     }
 
     #[test]

@@ -390,6 +390,23 @@ pub struct Version {
     pub accepted_micros: i64,
 }
 
+impl Version {
+    /// The version as aggregation reads it.
+    pub fn into_row(self) -> VersionRow {
+        VersionRow {
+            submission_id: self.submission_id,
+            metric: self.metric,
+            region: self.region,
+            period: self.period,
+            department: self.department,
+            domain: self.domain,
+            task_id: self.task_id,
+            value: self.value,
+            accepted_micros: self.accepted_micros,
+        }
+    }
+}
+
 /// Every column of `value_versions`, as a literal for `concat!`.
 macro_rules! version_columns {
     () => {

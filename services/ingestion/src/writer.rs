@@ -63,8 +63,8 @@ use crate::change_feed::{self, BaseChanges, ChangeFeed};
 use crate::error::IngestError;
 use crate::gate::{self, TimeClasses};
 use crate::store::{
-    self, IdempotencyRecord, KIND_RETRACTION, KIND_VALUE, StoredRow, Version, WriteConn, WriteTx,
-    scoped_key,
+    self, IdempotencyRecord, KIND_RETRACTION, KIND_VALUE, StoredRow, Version, VersionRow,
+    WriteConn, WriteTx, scoped_key,
 };
 use crate::validation::NewValue;
 
@@ -265,6 +265,10 @@ struct Prepared {
     outcomes: Vec<Option<Outcome>>,
     rows: usize,
     base: BaseChanges,
+    /// The stored versions the attempt closes (their submission ids), and those it opens: what
+    /// the kept current values take once it commits.
+    closed: Vec<i64>,
+    opened: Vec<VersionRow>,
     now: i64,
 }
 
@@ -288,6 +292,8 @@ async fn finish(
                 outcomes,
                 rows,
                 base,
+                closed,
+                opened,
                 now,
             },
     } = staged;
@@ -301,7 +307,7 @@ async fn finish(
     }
     citycredit_core::counters::add_ingested_rows(u64::try_from(rows).unwrap_or(0));
     if !base.is_empty() {
-        feed.publish(&base, now);
+        feed.publish_own(&base, now, &closed, &opened);
     }
 
     let missing = || IngestError::internal("group commit", "missing outcome");
@@ -833,6 +839,7 @@ impl WriterTask {
             at += n;
         }
 
+        let mut applied = (Vec::new(), Vec::new());
         if !rows.is_empty() {
             let opened: Vec<Version> = versions.opened.into_iter().flatten().collect();
             store::insert_submissions(tx, &rows)
@@ -867,12 +874,19 @@ impl WriterTask {
                         .map_err(db_err("notify"))?;
                 }
             }
+            applied = (
+                versions.closes,
+                opened.into_iter().map(Version::into_row).collect(),
+            );
         }
+        let (closed, opened) = applied;
         Ok(Prepared {
             plans,
             outcomes,
             rows: rows.len(),
             base,
+            closed,
+            opened,
             now,
         })
     }
