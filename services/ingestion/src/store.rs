@@ -1046,6 +1046,19 @@ pub async fn versions(
     numbered_as(&mut qb)?.fetch_all(&db.pool).await
 }
 
+/// Binds each of `items`, separated by commas, then pushes `close` (the end of an `IN` list).
+fn push_list<'a, DB>(qb: &mut QueryBuilder<DB>, items: &'a [String], close: &str)
+where
+    DB: sqlx::Database,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut list = qb.separated(", ");
+    for item in items {
+        list.push_bind(item.as_str());
+    }
+    list.push_unseparated(close);
+}
+
 /// The statement of [`versions`].
 fn push_versions<'a, DB>(
     qb: &mut QueryBuilder<DB>,
@@ -1084,20 +1097,12 @@ fn push_versions<'a, DB>(
             .push(") AND k.period IN (");
         }
     }
-    let mut list = qb.separated(", ");
-    for p in periods {
-        list.push_bind(p.as_str());
-    }
-    list.push_unseparated(")");
+    push_list(qb, periods, ")");
     qb.push(match as_of {
         None => " AND region IN (",
         Some(_) => " AND k.region IN (",
     });
-    let mut list = qb.separated(", ");
-    for r in regions {
-        list.push_bind(r.as_str());
-    }
-    list.push_unseparated(")");
+    push_list(qb, regions, ")");
 }
 
 /// A version closed after an instant, as [`closed_after`] reads it.
@@ -1181,19 +1186,13 @@ fn push_closed_after<'a, DB>(
          COUNT(*) OVER () AS scanned, ROW_NUMBER() OVER () AS n, \
          CAST(CASE WHEN period IN (",
     );
-    let mut list = qb.separated(", ");
-    for p in periods {
-        list.push_bind(p.as_str());
-    }
-    list.push_unseparated(") AND region IN (");
-    let mut list = qb.separated(", ");
-    for r in regions {
-        list.push_bind(r.as_str());
-    }
-    list.push_unseparated(
-        ") THEN 1 ELSE 0 END AS BIGINT) AS wanted FROM (SELECT submission_id, metric, region, period, \
-         department, domain, task_id, value, accepted_micros, valid_from FROM value_versions \
-         WHERE valid_to > ",
+    push_list(qb, periods, ") AND region IN (");
+    push_list(
+        qb,
+        regions,
+        ") THEN 1 ELSE 0 END AS BIGINT) AS wanted FROM (SELECT submission_id, metric, region, \
+         period, department, domain, task_id, value, accepted_micros, valid_from \
+         FROM value_versions WHERE valid_to > ",
     );
     qb.push_bind(t)
         .push(" ORDER BY valid_to LIMIT ")
@@ -1238,11 +1237,7 @@ fn push_approved_parts<'a, DB>(
         "SELECT department_code, region, period FROM review_signoffs \
          WHERE state = 'APPROVED' AND region IN (",
     );
-    let mut list = qb.separated(", ");
-    for r in regions {
-        list.push_bind(r.as_str());
-    }
-    list.push_unseparated(") AND (");
+    push_list(qb, regions, ") AND (");
     let mut any = qb.separated(" OR ");
     for p in patterns {
         any.push("period LIKE ").push_bind_unseparated(p.as_str());
