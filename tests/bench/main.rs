@@ -695,9 +695,9 @@ async fn breakdown(ing: &Ingestion, queries: usize) {
 
 /// City aggregations as of instants further and further back: just before now (nothing
 /// accepted since), and before the last 1, 100, 1,000 and 30,000 submissions. Each is the
-/// current values corrected by what was accepted after the instant, while that is fewer
-/// submissions than the current values behind the figures; further back, every key is read
-/// as of the instant. Returns the first instant, for the anchor.
+/// current values corrected by the versions closed after the instant, while those are fewer
+/// than the current values behind the figures; further back, every key is read as of the
+/// instant. Returns the first instant, for the anchor.
 async fn as_of_depths(ing: &Ingestion, tdb: &TestDb) -> i64 {
     use citycredit_ingestion::{as_of, store};
     let regions = ing.org().borrow().subtree("330800");
@@ -765,7 +765,7 @@ async fn as_of_depths(ing: &Ingestion, tdb: &TestDb) -> i64 {
         }
         // Its first part alone: the scan of the versions closed after the instant (up to the
         // bound).
-        let mut walk = Vec::new();
+        let mut scan = Vec::new();
         for _ in 0..50 {
             let q = Instant::now();
             std::hint::black_box(
@@ -773,14 +773,14 @@ async fn as_of_depths(ing: &Ingestion, tdb: &TestDb) -> i64 {
                     .await
                     .unwrap_or_else(|e| panic!("{e}")),
             );
-            walk.push(q.elapsed());
+            scan.push(q.elapsed());
         }
         let p99 = pct(&mut took, 99);
         println!(
             "aggregate as_of before the last {back} submissions ({closed} versions closed after it, of {keys} of the city's keys; {path}): p50 {:.2?}, p99 {p99:.2?} over 50 queries (of which the scan of closed versions alone: p50 {:.2?}, p99 {:.2?}); p99 {} the 20 ms goal",
             pct(&mut took, 50),
-            pct(&mut walk, 50),
-            pct(&mut walk, 99),
+            pct(&mut scan, 50),
+            pct(&mut scan, 99),
             if p99 <= Duration::from_millis(20) {
                 "meets"
             } else {

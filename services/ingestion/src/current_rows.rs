@@ -20,7 +20,7 @@
 //! than a quarter of that is never kept. Other processes' commits arrive by the PostgreSQL
 //! listener; when it loses its connection, or a commit's outcome is unknown, everything is
 //! dropped. Only the current values are kept: a read `as_of` an instant starts from them and
-//! corrects them by what was accepted after it ([`crate::as_of`]).
+//! corrects them by the versions closed after it ([`crate::as_of`]).
 //!
 //! Each pair's rows come as a [`PairRows`]: sorted by metric, the rows' submission ids and their
 //! keys' ids ([`key_ids`]) side by side, and each metric's run under a tag that names its
@@ -485,7 +485,7 @@ impl CurrentRows {
         fn key(v: &VersionRow) -> (&str, &str, &str, &str) {
             (&v.metric, &v.department, &v.domain, &v.task_id)
         }
-        let mut applied = Vec::with_capacity(kept.len());
+        let (mut applied, mut to_read) = (Vec::with_capacity(kept.len()), Vec::new());
         for (pair, before) in kept {
             let new: Vec<&VersionRow> = opened
                 .iter()
@@ -501,10 +501,18 @@ impl CurrentRows {
             // another process (its notification still on the way), whose version this commit
             // closed. Read the pair again rather than keep two values of one key.
             if rows.iter().any(|v| new_keys.contains(&key(v))) {
+                to_read.push((pair, before));
                 continue;
             }
             let rows = rows.into_iter().chain(new).cloned().collect();
             applied.push((pair, Arc::new(PairRows::new(rows, Some(&before)))));
+        }
+        if !to_read.is_empty() {
+            // Remembered like a dropped pair, so its unchanged runs keep their tags when read.
+            let mut s = self.state();
+            for (pair, before) in to_read {
+                s.remember(pair, before);
+            }
         }
         self.keep(ticket, applied);
     }
