@@ -146,7 +146,7 @@ pub async fn changes_after(
     t: i64,
     limit: usize,
 ) -> Result<Option<Changes>, sqlx::Error> {
-    let read = store::closed_after(db, regions, periods, t, limit.saturating_add(1)).await?;
+    let read = store::closed_after(db, regions, periods, t, limit).await?;
     if read.scanned > limit {
         return Ok(None);
     }
