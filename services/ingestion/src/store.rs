@@ -1128,7 +1128,7 @@ pub struct ClosedAfter {
 /// The versions at `periods` and `regions` closed after `t`, when no more than `limit` were
 /// closed after `t` anywhere. Two range scans of `value_versions_closed`, each bounded by
 /// `limit`: one counts the index entries after `t` (up to one past the limit), the other, only
-/// when the count is within it, reads the versions asked for. A count past the limit is
+/// when the count is within it and not 0, reads the versions asked for. A count past the limit is
 /// `scanned`, with no versions read.
 ///
 /// One statement that counted the scan with a window function beside the rows cost 2.6 times
@@ -1163,7 +1163,8 @@ pub async fn closed_after(
         }
     };
     let scanned = usize::try_from(counted).unwrap_or(usize::MAX);
-    if scanned > limit {
+    // Nothing closed after `t` (the usual instant, just before now): no second round trip.
+    if scanned == 0 || scanned > limit {
         return Ok(ClosedAfter {
             versions: Vec::new(),
             scanned,
