@@ -5,11 +5,11 @@
 //! reopen an earlier value of the same key as a new version. So the versions valid at `t` are
 //! those with `valid_from <= t` that are still open (current) or were closed after `t`.
 //!
-//! [`changes_after`] reads the versions closed after `t` in one range scan of the index on
-//! `valid_to` ([`store::closed_after`]); its cost follows what changed after `t`, not how many
-//! values there are (reading every key as of `t` was 180 ms for the city's monthly values at 1 M
-//! submissions; a walk back over the submissions after `t` with one probe per key they named,
-//! 29–32 ms at 1,000 submissions back). [`Changes::split`] then corrects the current values:
+//! [`changes_after`] reads the versions closed after `t` by range scans of the index on
+//! `valid_to` (a count, then the versions asked for: [`store::closed_after`]); its cost follows
+//! what changed after `t`, not how many values there are (reading every key as of `t` was 180 ms
+//! for the city's monthly values at 1 M submissions; a walk back over the submissions after `t`
+//! with one probe per key they named, 29–32 ms at 1,000 submissions back). [`Changes::split`] then corrects the current values:
 //!
 //! - a current row accepted after `t` was not valid at `t` (a version opens at or after its
 //!   submission's acceptance);
