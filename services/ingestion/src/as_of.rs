@@ -9,7 +9,8 @@
 //! `valid_to` (a count, then the versions asked for: [`store::closed_after`]); its cost follows
 //! what changed after `t`, not how many values there are (reading every key as of `t` was 180 ms
 //! for the city's monthly values at 1 M submissions; a walk back over the submissions after `t`
-//! with one probe per key they named, 29–32 ms at 1,000 submissions back). [`Changes::split`] then corrects the current values:
+//! with one probe per key they named, 29–32 ms at 1,000 submissions back). [`Changes::split`]
+//! then corrects the current values:
 //!
 //! - a current row accepted after `t` was not valid at `t` (a version opens at or after its
 //!   submission's acceptance);
@@ -35,30 +36,15 @@ use std::sync::Arc;
 use citycredit_store::Db;
 
 use crate::current_rows::PairRows;
-use crate::store::{self, VersionRow};
-
-/// A value key: (metric, region, period, department, domain, task_id).
-type KeyRef<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, &'a str);
-
-fn key_of(v: &VersionRow) -> KeyRef<'_> {
-    (
-        &v.metric,
-        &v.region,
-        &v.period,
-        &v.department,
-        &v.domain,
-        &v.task_id,
-    )
-}
+use crate::store::{self, Closed, KeyRef, VersionRow};
 
 /// What changed after `t` within some periods and regions.
 #[derive(Debug, Default)]
 pub struct Changes {
     t: i64,
-    /// The versions closed after `t` in the periods and regions asked (one key may have several).
-    closed: Vec<VersionRow>,
-    /// Of those, the ones valid at `t` (opened by `t`): indexes into `closed`.
-    at_t: Vec<usize>,
+    /// The versions closed after `t` in the periods and regions asked (one key may have several;
+    /// those opened by `t` were valid at `t`).
+    closed: Vec<Closed>,
     /// Versions closed after `t`, everywhere.
     pub scanned: usize,
 }
@@ -73,7 +59,11 @@ impl Changes {
 
     /// The number of keys with a version closed after `t` in the periods and regions asked.
     pub fn keys(&self) -> usize {
-        self.closed.iter().map(key_of).collect::<HashSet<_>>().len()
+        self.closed
+            .iter()
+            .map(|c| c.version.key())
+            .collect::<HashSet<_>>()
+            .len()
     }
 
     /// The values at `t` from `current` (every current value of the periods and regions
@@ -86,7 +76,7 @@ impl Changes {
         let touched: HashSet<(&str, &str)> = self
             .closed
             .iter()
-            .map(|v| (v.region.as_str(), v.period.as_str()))
+            .map(|c| (c.version.region.as_str(), c.version.period.as_str()))
             .collect();
         let (mut whole, mut others) = (Vec::new(), Vec::new());
         for p in current {
@@ -111,8 +101,12 @@ impl Changes {
         &'a self,
         current: impl IntoIterator<Item = &'a VersionRow>,
     ) -> impl Iterator<Item = &'a VersionRow> {
-        let changed: HashSet<KeyRef<'a>> = self.closed.iter().map(key_of).collect();
-        let metrics: HashSet<&str> = self.closed.iter().map(|v| v.metric.as_str()).collect();
+        let changed: HashSet<KeyRef<'a>> = self.closed.iter().map(|c| c.version.key()).collect();
+        let metrics: HashSet<&str> = self
+            .closed
+            .iter()
+            .map(|c| c.version.metric.as_str())
+            .collect();
         let t = self.t;
         // Rows come in runs of one metric: a metric none of the changes names is looked up once
         // per run, and its rows are not hashed.
@@ -130,9 +124,14 @@ impl Changes {
                     named
                 }
             };
-            !named || !changed.contains(&key_of(v))
+            !named || !changed.contains(&v.key())
         });
-        kept.chain(self.at_t.iter().map(|&i| &self.closed[i]))
+        let at_t = self
+            .closed
+            .iter()
+            .filter(move |c| c.valid_from <= t)
+            .map(|c| &c.version);
+        kept.chain(at_t)
     }
 }
 
@@ -150,18 +149,11 @@ pub async fn changes_after(
     if read.scanned > limit {
         return Ok(None);
     }
-    let mut out = Changes {
+    Ok(Some(Changes {
         t,
+        closed: read.versions,
         scanned: read.scanned,
-        ..Changes::default()
-    };
-    for (i, c) in read.versions.into_iter().enumerate() {
-        if c.valid_from <= t {
-            out.at_t.push(i);
-        }
-        out.closed.push(c.version);
-    }
-    Ok(Some(out))
+    }))
 }
 
 #[cfg(test)]
@@ -179,6 +171,14 @@ mod tests {
             task_id: String::new(),
             value: value.to_owned(),
             accepted_micros: id,
+        }
+    }
+
+    /// A version closed after the instant, opened when it was accepted (its id).
+    fn closed(id: i64, metric: &str, region: &str, value: &str) -> Closed {
+        Closed {
+            version: version(id, metric, region, value),
+            valid_from: id,
         }
     }
 
@@ -200,12 +200,11 @@ mod tests {
         let changes = Changes {
             t,
             closed: vec![
-                version(1, "a", "1", "10"),
-                version(5, "a", "3", "55"),
-                version(6, "d", "1", "60"),
-                version(9, "e", "1", "70"),
+                closed(1, "a", "1", "10"),
+                closed(5, "a", "3", "55"),
+                closed(6, "d", "1", "60"),
+                closed(9, "e", "1", "70"),
             ],
-            at_t: vec![0, 1, 2],
             scanned: 4,
         };
         let ids: Vec<i64> = changes
@@ -237,8 +236,7 @@ mod tests {
         ];
         let changes = Changes {
             t: 6,
-            closed: vec![version(1, "a", "1", "10")],
-            at_t: vec![0],
+            closed: vec![closed(1, "a", "1", "10")],
             scanned: 1,
         };
         assert!(!changes.none_in(&current));

@@ -482,16 +482,24 @@ impl CurrentRows {
             return;
         }
         let closed: HashSet<i64> = closed.iter().copied().collect();
-        fn key(v: &VersionRow) -> (&str, &str, &str, &str) {
-            (&v.metric, &v.department, &v.domain, &v.task_id)
+        // The opened versions of each kept pair, in one pass (a commit may open thousands over
+        // many pairs).
+        let mut new_of: Vec<Vec<&VersionRow>> = vec![Vec::new(); kept.len()];
+        {
+            let index: HashMap<(&str, &str), usize> = kept
+                .iter()
+                .enumerate()
+                .map(|(i, (pair, _))| ((pair.0.as_str(), pair.1.as_str()), i))
+                .collect();
+            for v in opened {
+                if let Some(&i) = index.get(&(v.region.as_str(), v.period.as_str())) {
+                    new_of[i].push(v);
+                }
+            }
         }
         let (mut applied, mut to_read) = (Vec::with_capacity(kept.len()), Vec::new());
-        for (pair, before) in kept {
-            let new: Vec<&VersionRow> = opened
-                .iter()
-                .filter(|v| v.region == pair.0 && v.period == pair.1)
-                .collect();
-            let new_keys: HashSet<_> = new.iter().map(|v| key(v)).collect();
+        for ((pair, before), new) in kept.into_iter().zip(new_of) {
+            let new_keys: HashSet<_> = new.iter().map(|v| v.key()).collect();
             let rows: Vec<&VersionRow> = before
                 .rows()
                 .iter()
@@ -500,7 +508,7 @@ impl CurrentRows {
             // A key left with a version beside the one opened: the kept rows missed a commit of
             // another process (its notification still on the way), whose version this commit
             // closed. Read the pair again rather than keep two values of one key.
-            if rows.iter().any(|v| new_keys.contains(&key(v))) {
+            if rows.iter().any(|v| new_keys.contains(&v.key())) {
                 to_read.push((pair, before));
                 continue;
             }

@@ -1019,6 +1019,23 @@ pub struct VersionRow {
     pub accepted_micros: i64,
 }
 
+/// A value key, borrowed: (metric, region, period, department, domain, task_id).
+pub type KeyRef<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, &'a str);
+
+impl VersionRow {
+    /// The row's value key (one current version per key).
+    pub fn key(&self) -> KeyRef<'_> {
+        (
+            &self.metric,
+            &self.region,
+            &self.period,
+            &self.department,
+            &self.domain,
+            &self.task_id,
+        )
+    }
+}
+
 /// The versions valid for any of `periods` at `regions`: current ones, or those valid at
 /// `as_of`. Aggregation passes every period whose values can reach the one asked for
 /// (`Period::reached_by`: at most 20), which the `(period, region)` indexes serve.

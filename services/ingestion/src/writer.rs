@@ -839,7 +839,7 @@ impl WriterTask {
             at += n;
         }
 
-        let mut applied = (Vec::new(), Vec::new());
+        let (mut closed, mut opened_rows) = (Vec::new(), Vec::new());
         if !rows.is_empty() {
             let opened: Vec<Version> = versions.opened.into_iter().flatten().collect();
             store::insert_submissions(tx, &rows)
@@ -874,19 +874,16 @@ impl WriterTask {
                         .map_err(db_err("notify"))?;
                 }
             }
-            applied = (
-                versions.closes,
-                opened.into_iter().map(Version::into_row).collect(),
-            );
+            closed = versions.closes;
+            opened_rows = opened.into_iter().map(Version::into_row).collect();
         }
-        let (closed, opened) = applied;
         Ok(Prepared {
             plans,
             outcomes,
             rows: rows.len(),
             base,
             closed,
-            opened,
+            opened: opened_rows,
             now,
         })
     }
