@@ -319,10 +319,7 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Serve { .. } => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime(config.worker_threads) {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("citycredit: cannot start the runtime: {e}");
@@ -344,5 +341,37 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// The runtime `serve` runs on: `worker_threads` threads, or one per core when unset.
+fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    builder.build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runtime;
+
+    #[test]
+    fn the_runtime_has_the_threads_asked_for_or_one_per_core() {
+        let one = runtime(Some(1)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(one.metrics().num_workers(), 1);
+        let three = runtime(Some(3)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(three.metrics().num_workers(), 3);
+        // tokio's default: TOKIO_WORKER_THREADS when set, else the cores this process may use.
+        let cores = std::env::var("TOKIO_WORKER_THREADS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+            });
+        let default = runtime(None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(default.metrics().num_workers(), cores);
     }
 }

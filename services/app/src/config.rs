@@ -117,6 +117,11 @@ pub struct Config {
     pub log_filter: String,
     /// How long in-flight RPCs may run after SIGTERM before the server stops anyway.
     pub shutdown_grace_secs: u64,
+    /// Threads that run this process's calls (`serve`); unset: one per core the process may
+    /// use. A gateway sharing a small machine with the services does less work per call on
+    /// one (BENCHMARKS.md).
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
     /// The bootstrap administrator's API key, used only when the store has no principals yet
     /// (`CITYCREDIT_BOOTSTRAP_ADMIN_KEY`). Unset: a key is generated and printed once.
     pub bootstrap_admin_key: Option<String>,
@@ -240,6 +245,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_filter: "info".into(),
             shutdown_grace_secs: 10,
+            worker_threads: None,
             bootstrap_admin_key: None,
             registry_refresh_ms: 1000,
             db_max_connections: 16,
@@ -268,6 +274,9 @@ impl Default for Config {
         }
     }
 }
+
+/// Most threads `worker_threads` may ask for.
+pub const MAX_WORKER_THREADS: usize = 256;
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -341,6 +350,14 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "shutdown_grace_secs",
                 problem: "at most 600".into(),
+            });
+        }
+        if let Some(n) = self.worker_threads
+            && !(1..=MAX_WORKER_THREADS).contains(&n)
+        {
+            return Err(ConfigError::Invalid {
+                field: "worker_threads",
+                problem: format!("between 1 and {MAX_WORKER_THREADS}, or unset"),
             });
         }
         if let Some(key) = &self.bootstrap_admin_key
@@ -606,6 +623,26 @@ mod tests {
             assert_eq!(c.upstreams.ingestion.as_deref(), Some("http://127.0.0.1:7"));
             assert_eq!(c.gateway.default_deadline_ms, 1234);
             assert_eq!(c.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn worker_threads_are_one_per_core_unless_set_and_never_zero() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let c = Config::load(None, Figment::new()).map_err(|e| e.to_string())?;
+            assert_eq!(c.worker_threads, None);
+            jail.set_env("CITYCREDIT_WORKER_THREADS", "1");
+            let c = Config::load(None, Figment::new()).map_err(|e| e.to_string())?;
+            assert_eq!(c.worker_threads, Some(1));
+            for bad in ["0", "257"] {
+                jail.set_env("CITYCREDIT_WORKER_THREADS", bad);
+                match Config::load(None, Figment::new()) {
+                    Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "worker_threads"),
+                    other => panic!("{bad}: {other:?}"),
+                }
+            }
             Ok(())
         });
     }
