@@ -4,10 +4,10 @@
 
 mod access_log;
 mod attacks;
+mod ceiling;
 mod client_latency;
 mod echo;
 mod overload;
-mod pg_ceiling;
 mod serial_latency;
 mod watch_latency;
 
@@ -62,6 +62,9 @@ enum Cmd {
         calls: usize,
         #[arg(long, default_value_t = 100_000)]
         values: usize,
+        /// The gateway's `worker_threads` (unset: its default, one per core).
+        #[arg(long)]
+        gateway_threads: Option<usize>,
     },
     /// Batches of `batch` values submitted by `clients` concurrent callers, direct to the service.
     IngestBatch {
@@ -877,7 +880,12 @@ fn main() {
         .unwrap_or_else(|e| panic!("runtime: {e}"));
     rt.block_on(async {
         match cli.command {
-            Cmd::Gateway { bin, calls, values } => gateway::run(bin, calls, values).await,
+            Cmd::Gateway {
+                bin,
+                calls,
+                values,
+                gateway_threads,
+            } => gateway::run(bin, calls, values, gateway_threads).await,
             Cmd::IngestBatch {
                 db,
                 values,

@@ -1,14 +1,18 @@
-//! PostgreSQL's own ceiling for the rows the platform writes per value (issue 15 point 3): one
-//! `submissions` row and one `value_versions` row, of the same shape and sizes as the
-//! `gateway` subcommand's ingest writes, into a scratch schema made by this branch's migrations
+//! The database's own ceiling for the rows the platform writes per value (issue 15 point 3):
+//! one `submissions` row and one `value_versions` row, of the same shape and sizes as the
+//! `gateway` subcommand's ingest writes, into a scratch store made by this branch's migrations
 //! (so the same columns, indexes and constraints), with no platform in between, through the
-//! native PostgreSQL driver. Two ways:
+//! database's native driver. PostgreSQL ([`postgres`]) two ways:
 //! - multi-row `INSERT … SELECT FROM UNNEST($1::bigint[], …)`, 100 values per transaction from
 //!   8 connections: the platform's own commit granularity and concurrency;
 //! - `COPY … FROM STDIN` of every value in one transaction: the bulk path's ceiling.
 //!
+//! SQLite ([`sqlite`]) on one connection, as SQLite has one writer: 100 values per transaction,
+//! and every value in one transaction.
+//!
 //! Every value here is a new value key, so the ceiling does no supersede (the platform closes
-//! the previous version of a key it writes again): that work is part of what the ratio shows.
+//! the previous version of a key it writes again, and on SQLite also records the key in
+//! `value_keys`): that work is part of what the ratio shows.
 
 #![allow(
     clippy::float_arithmetic,
@@ -22,6 +26,8 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{Connection as _, QueryBuilder, Sqlite};
 
 /// The rows of value `i`, as the `gateway` subcommand's i-th value is written.
 struct Rows {
@@ -83,16 +89,21 @@ const INSERT_VERSIONS: &str = "INSERT INTO value_versions (submission_id, vkey, 
      FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[]) \
      AS t(id, vkey, period, department, value)";
 
-/// Measures both ceilings for `values` values and prints the platform's `platform_rate`
-/// (values per second) as a fraction of each.
-pub async fn run(values: usize, platform_rate: f64) {
+/// The codes of the built-in city's departments, which the values are spread over.
+fn departments() -> Vec<String> {
     let catalog = citycredit_core::catalog::Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
-    let departments: Vec<String> = citycredit_core::city::City::builtin(&catalog)
+    citycredit_core::city::City::builtin(&catalog)
         .unwrap_or_else(|e| panic!("{e}"))
         .departments
         .iter()
         .map(|d| d.code.clone())
-        .collect();
+        .collect()
+}
+
+/// Measures PostgreSQL's two ceilings for `values` values and prints the platform's
+/// `platform_rate` (values per second) as a fraction of each.
+pub async fn postgres(values: usize, platform_rate: f64) {
+    let departments = departments();
     let unnest = {
         let scratch = citycredit_store::testing::postgres().await;
         let pool = native_pool(&scratch, 8).await;
@@ -240,4 +251,133 @@ async fn count(pool: &sqlx::PgPool, values: usize) {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(n, values as i64, "{table}");
     }
+}
+
+/// Measures SQLite's two ceilings for `values` values and prints the platform's
+/// `platform_rate` (values per second) as a fraction of each. The database is a file made by
+/// this branch's migrations, opened with the platform writer's pragmas (WAL,
+/// `synchronous=FULL`, the same page cache), through the native SQLite driver; one connection,
+/// as SQLite has one writer:
+/// - 100 values per transaction (`BEGIN IMMEDIATE`, one multi-row `INSERT` per table, commit):
+///   the callers' batches, each its own durable commit;
+/// - every value in one transaction, in statements of 100 rows: the bulk path's ceiling.
+pub async fn sqlite(values: usize, platform_rate: f64) {
+    let departments = departments();
+    let per_batch = sqlite_run(values, 100, &departments).await;
+    let one = sqlite_run(values, values, &departments).await;
+    println!(
+        "SQLite alone, the same rows (1 submissions + 1 value_versions row per value, this branch's schema, the writer's pragmas, no platform, native driver, one connection), {values} values: \
+         100 per transaction {per_batch:.0} values/s; all in one transaction {one:.0} values/s"
+    );
+    println!(
+        "platform ingest through the gateway {platform_rate:.0} values/s = {:.2} of 100 per transaction, {:.2} of one transaction",
+        platform_rate / per_batch,
+        platform_rate / one
+    );
+}
+
+/// Writes `values` values into a fresh store, `per_tx` values per transaction; values/s.
+async fn sqlite_run(values: usize, per_tx: usize, departments: &[String]) -> f64 {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let db = citycredit_store::Db::open(&citycredit_store::StoreOptions {
+        url: None,
+        data_dir: dir.path().to_owned(),
+        max_connections: 1,
+        acquire_timeout: std::time::Duration::from_secs(10),
+        schema: None,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("migrate the scratch SQLite store: {e}"));
+    db.close().await;
+    let options = SqliteConnectOptions::new()
+        .filename(dir.path().join("citycredit.db"))
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .pragma("temp_store", "MEMORY")
+        .pragma("cache_size", "-8192");
+    let mut conn = SqliteConnection::connect_with(&options)
+        .await
+        .unwrap_or_else(|e| panic!("SQLite: {e}"));
+    let at = citycredit_store::now_micros();
+    let started = Instant::now();
+    let mut from = 0;
+    while from < values {
+        let to = (from + per_tx).min(values);
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut at_row = from;
+        while at_row < to {
+            let end = (at_row + 100).min(to);
+            let r = rows(at_row, end, departments, at);
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO submissions (id, principal, department, region, period, metric, \
+                 domain, task_id, value, evidence_uri, note, idempotency_key, accept_micros, kind, \
+                 retracts, reason, prev_hash, hash) ",
+            );
+            q.push_values(0..r.id.len(), |mut b, k| {
+                b.push_bind(r.id[k])
+                    .push_bind("bench-platform")
+                    .push_bind(&r.department[k])
+                    .push_bind("330800")
+                    .push_bind(&r.period[k])
+                    .push_bind("uscc.codes_total")
+                    .push_bind("")
+                    .push_bind("")
+                    .push_bind(&r.value[k])
+                    .push_bind("")
+                    .push_bind("")
+                    .push_bind("")
+                    .push_bind(at)
+                    .push_bind("value")
+                    .push_bind(None::<i64>)
+                    .push_bind("")
+                    .push_bind(&r.prev_hash[k])
+                    .push_bind(&r.hash[k]);
+            });
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .unwrap_or_else(|e| panic!("INSERT submissions: {e}"));
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO value_versions (submission_id, vkey, metric, region, period, \
+                 department, domain, task_id, value, valid_from, valid_to, accepted_micros) ",
+            );
+            q.push_values(0..r.id.len(), |mut b, k| {
+                b.push_bind(r.id[k])
+                    .push_bind(&r.vkey[k])
+                    .push_bind("uscc.codes_total")
+                    .push_bind("330800")
+                    .push_bind(&r.period[k])
+                    .push_bind(&r.department[k])
+                    .push_bind("")
+                    .push_bind("")
+                    .push_bind(&r.value[k])
+                    .push_bind(at)
+                    .push_bind(None::<i64>)
+                    .push_bind(at);
+            });
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .unwrap_or_else(|e| panic!("INSERT value_versions: {e}"));
+            at_row = end;
+        }
+        tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
+        from = to;
+    }
+    let rate = values as f64 / started.elapsed().as_secs_f64();
+    for table in [
+        "SELECT count(*) FROM submissions",
+        "SELECT count(*) FROM value_versions",
+    ] {
+        let n: i64 = sqlx::query_scalar(table)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(n, values as i64, "{table}");
+    }
+    rate
 }
