@@ -122,9 +122,14 @@ async fn write_history(db: &Db, base: i64, writer: Writer, department: &str, fir
                     accepted_micros: at,
                 };
                 match writer {
-                    Writer::Current => istore::insert_versions(&mut tx.conn(), &[v])
-                        .await
-                        .unwrap_or_else(|e| panic!("insert: {e}")),
+                    Writer::Current => {
+                        istore::insert_versions(&mut tx.conn(), std::slice::from_ref(&v))
+                            .await
+                            .unwrap_or_else(|e| panic!("insert: {e}"));
+                        istore::insert_value_keys(&mut tx.conn(), &[&v])
+                            .await
+                            .unwrap_or_else(|e| panic!("list the key: {e}"));
+                    }
                     Writer::Before0220 => {
                         tx.commit().await.unwrap_or_else(|e| panic!("commit: {e}"));
                         drop(pooled);

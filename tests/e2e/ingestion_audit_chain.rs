@@ -101,3 +101,75 @@ async fn reordered_rows_are_caught(backend: Backend) {
 }
 
 both_databases!(reordered_rows_are_caught);
+
+/// The writer lists a key in `value_keys` only when it has no current version (a key is listed
+/// with its first version and never removed): a new key, a key written twice in one batch, a
+/// key whose values were all retracted and then written again. Whatever happened, each key is
+/// listed once and every version's key is listed (the chain's verification checks that).
+async fn every_key_is_listed_once_however_its_values_change(backend: Backend) {
+    let s = IngestionServer::start(backend).await;
+    let mut c = s.client(Some(&platform())).await;
+    let value = |region: &str, v: &str| number_input("uscc.codes_total", region, "2026", "samr", v);
+    let first = c
+        .submit_value(pb::SubmitValueRequest {
+            value: Some(value("330802", "1")),
+            idempotency_key: String::new(),
+            validate_only: false,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", s.name()))
+        .into_inner()
+        .submission
+        .unwrap_or_default();
+    // In one batch: the first key again, and a new key twice.
+    let batch = c
+        .submit_batch(tokio_stream::iter([pb::SubmitBatchRequest {
+            idempotency_key: String::new(),
+            validate_only: false,
+            values: vec![
+                value("330802", "2"),
+                value("330803", "1"),
+                value("330803", "2"),
+            ],
+        }]))
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", s.name()))
+        .into_inner();
+    // Retract the first key's values, newest first: the first comes back, then none is left.
+    for name in [
+        format!("submissions/{}", batch.first_submission_id),
+        first.name.clone(),
+    ] {
+        c.retract_submission(pb::RetractSubmissionRequest {
+            name,
+            reason: "wrong figure".into(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", s.name()));
+    }
+    // A key with no current version is written again.
+    c.submit_value(pb::SubmitValueRequest {
+        value: Some(value("330802", "3")),
+        idempotency_key: String::new(),
+        validate_only: false,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{}: {e}", s.name()));
+
+    let v = verify(&s).await;
+    assert!(v.intact, "{}: {v:?}", s.name());
+    let listed: Vec<(String, i64)> =
+        sqlx::query_as("SELECT region, COUNT(*) FROM value_keys GROUP BY region ORDER BY region")
+            .fetch_all(&s.db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", s.name()));
+    assert_eq!(
+        listed,
+        [("330802".to_owned(), 1), ("330803".to_owned(), 1)],
+        "{}",
+        s.name()
+    );
+}
+
+both_databases!(every_key_is_listed_once_however_its_values_change);

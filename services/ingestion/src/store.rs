@@ -450,12 +450,6 @@ pub async fn insert_versions(
                     .bind(v.accepted_micros)
             })
             .await?;
-            sqlite_insert(c, &SQLITE_VALUE_KEYS, versions, |q, v| {
-                q.bind(v.vkey.clone())
-                    .bind(v.period.clone())
-                    .bind(v.region.clone())
-            })
-            .await?;
         }
         WriteConn::Postgres(c) => {
             let text = |f: fn(&Version) -> &str| versions.iter().map(f).collect::<Vec<&str>>();
@@ -495,6 +489,33 @@ pub async fn insert_versions(
             )
             .execute(&mut **c)
             .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Lists the keys of `versions` in `value_keys` (a key already listed is left as it is). The
+/// writer passes only the versions of keys that had no current version: a key is listed with
+/// its first version and never removed, so a key with a current version is listed already.
+pub async fn insert_value_keys(
+    conn: &mut WriteConn<'_>,
+    versions: &[&Version],
+) -> Result<(), sqlx::Error> {
+    if versions.is_empty() {
+        return Ok(());
+    }
+    match conn {
+        WriteConn::Sqlite(c) => {
+            sqlite_insert(c, &SQLITE_VALUE_KEYS, versions, |q, v| {
+                q.bind(v.vkey.clone())
+                    .bind(v.period.clone())
+                    .bind(v.region.clone())
+            })
+            .await?;
+        }
+        WriteConn::Postgres(c) => {
+            let text =
+                |f: fn(&Version) -> &str| versions.iter().map(|v| f(v)).collect::<Vec<&str>>();
             sqlx::query(
                 "INSERT INTO value_keys (vkey, period, region) \
                  SELECT DISTINCT * FROM UNNEST($1::text[], $2::text[], $3::text[]) \

@@ -704,13 +704,19 @@ impl WriterTask {
         }
         keys.sort_unstable();
         keys.dedup();
+        let stored = store::current_of_keys(tx, &keys)
+            .await
+            .map_err(db_err("read current values"))?;
+        // The keys with no current version: the only ones `value_keys` may not list yet.
+        let unlisted: HashSet<&str> = {
+            let current: HashSet<&str> = stored.iter().map(|(k, _)| k.as_str()).collect();
+            keys.iter()
+                .map(String::as_str)
+                .filter(|k| !current.contains(k))
+                .collect()
+        };
         let mut versions = Versions {
-            current: store::current_of_keys(tx, &keys)
-                .await
-                .map_err(db_err("read current values"))?
-                .into_iter()
-                .map(|(k, id)| (k, (id, None)))
-                .collect(),
+            current: stored.into_iter().map(|(k, id)| (k, (id, None))).collect(),
             ..Versions::default()
         };
 
@@ -851,6 +857,13 @@ impl WriterTask {
             store::insert_versions(tx, &opened)
                 .await
                 .map_err(db_err("insert value versions"))?;
+            let new_keys: Vec<&Version> = opened
+                .iter()
+                .filter(|v| unlisted.contains(v.vkey.as_str()))
+                .collect();
+            store::insert_value_keys(tx, &new_keys)
+                .await
+                .map_err(db_err("list new value keys"))?;
             store::insert_idempotency(tx, &records)
                 .await
                 .map_err(db_err("insert idempotency keys"))?;
