@@ -89,21 +89,10 @@ const INSERT_VERSIONS: &str = "INSERT INTO value_versions (submission_id, vkey, 
      FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[]) \
      AS t(id, vkey, period, department, value)";
 
-/// The codes of the built-in city's departments, which the values are spread over.
-fn departments() -> Vec<String> {
-    let catalog = citycredit_core::catalog::Catalog::builtin().unwrap_or_else(|e| panic!("{e}"));
-    citycredit_core::city::City::builtin(&catalog)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .departments
-        .iter()
-        .map(|d| d.code.clone())
-        .collect()
-}
-
 /// Measures PostgreSQL's two ceilings for `values` values and prints the platform's
 /// `platform_rate` (values per second) as a fraction of each.
 pub async fn postgres(values: usize, platform_rate: f64) {
-    let departments = departments();
+    let departments = crate::gateway::departments();
     let unnest = {
         let scratch = citycredit_store::testing::postgres().await;
         let pool = native_pool(&scratch, 8).await;
@@ -113,14 +102,14 @@ pub async fn postgres(values: usize, platform_rate: f64) {
         let started = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..8 {
-            let (pool, next, departments) = (pool.clone(), next.clone(), departments.clone());
+            let (pool, next) = (pool.clone(), next.clone());
             tasks.push(tokio::spawn(async move {
                 loop {
                     let b = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if b >= batches {
                         break;
                     }
-                    let r = rows(b * 100, ((b + 1) * 100).min(values), &departments, at);
+                    let r = rows(b * 100, ((b + 1) * 100).min(values), departments, at);
                     let mut tx = pool.begin().await.unwrap_or_else(|e| panic!("{e}"));
                     sqlx::query(INSERT_SUBMISSIONS)
                         .bind(&r.id)
@@ -160,7 +149,7 @@ pub async fn postgres(values: usize, platform_rate: f64) {
         let scratch = citycredit_store::testing::postgres().await;
         let pool = native_pool(&scratch, 1).await;
         let at = citycredit_store::now_micros();
-        let r = rows(0, values, &departments, at);
+        let r = rows(0, values, departments, at);
         let mut subs = String::new();
         let mut vers = String::new();
         for k in 0..r.id.len() {
@@ -262,9 +251,9 @@ async fn count(pool: &sqlx::PgPool, values: usize) {
 ///   the callers' batches, each its own durable commit;
 /// - every value in one transaction, in statements of 100 rows: the bulk path's ceiling.
 pub async fn sqlite(values: usize, platform_rate: f64) {
-    let departments = departments();
-    let per_batch = sqlite_run(values, 100, &departments).await;
-    let one = sqlite_run(values, values, &departments).await;
+    let departments = crate::gateway::departments();
+    let per_batch = sqlite_run(values, 100, departments).await;
+    let one = sqlite_run(values, values, departments).await;
     println!(
         "SQLite alone, the same rows (1 submissions + 1 value_versions row per value, this branch's schema, the writer's pragmas, no platform, native driver, one connection), {values} values: \
          100 per transaction {per_batch:.0} values/s; all in one transaction {one:.0} values/s"

@@ -380,7 +380,7 @@ pub async fn platform_key(
 }
 
 /// The departments of the built-in city, for spreading load values over departments.
-fn departments() -> &'static [String] {
+pub fn departments() -> &'static [String] {
     static DEPARTMENTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     DEPARTMENTS.get_or_init(|| {
         let catalog =
