@@ -426,6 +426,8 @@ static SQLITE_VALUE_KEYS: SqliteInsert = SqliteInsert::new(
     " ON CONFLICT (vkey) DO NOTHING",
 );
 
+/// Inserts `versions` into `value_versions`; their keys are listed in `value_keys` by
+/// [`insert_value_keys`].
 pub async fn insert_versions(
     conn: &mut WriteConn<'_>,
     versions: &[Version],
