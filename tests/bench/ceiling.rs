@@ -26,8 +26,8 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{Connection as _, QueryBuilder, Sqlite};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{Connection as _, Executor as _, QueryBuilder, Sqlite};
 
 /// The rows of value `i`, as the `gateway` subcommand's i-th value is written.
 struct Rows {
@@ -75,19 +75,39 @@ fn rows(from: usize, to: usize, departments: &[String], at: i64) -> Rows {
     r
 }
 
-const INSERT_SUBMISSIONS: &str = "INSERT INTO submissions (id, principal, department, region, \
-     period, metric, domain, task_id, value, evidence_uri, note, idempotency_key, accept_micros, \
-     kind, retracts, reason, prev_hash, hash) \
-     SELECT id, 'bench-platform', department, '330800', period, 'uscc.codes_total', '', '', value, \
+/// The columns of `submissions` each way of writing fills, in order (a literal for `concat!`).
+macro_rules! submission_columns {
+    () => {
+        "id, principal, department, region, period, metric, domain, task_id, value, \
+         evidence_uri, note, idempotency_key, accept_micros, kind, retracts, reason, prev_hash, \
+         hash"
+    };
+}
+
+/// The columns of `value_versions` each way of writing fills, in order.
+macro_rules! version_columns {
+    () => {
+        "submission_id, vkey, metric, region, period, department, domain, task_id, value, \
+         valid_from, valid_to, accepted_micros"
+    };
+}
+
+const INSERT_SUBMISSIONS: &str = concat!(
+    "INSERT INTO submissions (",
+    submission_columns!(),
+    ") SELECT id, 'bench-platform', department, '330800', period, 'uscc.codes_total', '', '', value, \
      '', '', '', $7, 'value', NULL, '', prev_hash, hash \
      FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
-     AS t(id, department, period, value, prev_hash, hash)";
+     AS t(id, department, period, value, prev_hash, hash)"
+);
 
-const INSERT_VERSIONS: &str = "INSERT INTO value_versions (submission_id, vkey, metric, region, \
-     period, department, domain, task_id, value, valid_from, valid_to, accepted_micros) \
-     SELECT id, vkey, 'uscc.codes_total', '330800', period, department, '', '', value, $6, NULL, $6 \
+const INSERT_VERSIONS: &str = concat!(
+    "INSERT INTO value_versions (",
+    version_columns!(),
+    ") SELECT id, vkey, 'uscc.codes_total', '330800', period, department, '', '', value, $6, NULL, $6 \
      FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-     AS t(id, vkey, period, department, value)";
+     AS t(id, vkey, period, department, value)"
+);
 
 /// Measures PostgreSQL's two ceilings for `values` values and prints the platform's
 /// `platform_rate` (values per second) as a fraction of each.
@@ -167,11 +187,11 @@ pub async fn postgres(values: usize, platform_rate: f64) {
         let started = Instant::now();
         let mut tx = pool.begin().await.unwrap_or_else(|e| panic!("{e}"));
         let mut c = tx
-            .copy_in_raw(
-                "COPY submissions (id, principal, department, region, period, metric, domain, \
-                 task_id, value, evidence_uri, note, idempotency_key, accept_micros, kind, \
-                 retracts, reason, prev_hash, hash) FROM STDIN",
-            )
+            .copy_in_raw(concat!(
+                "COPY submissions (",
+                submission_columns!(),
+                ") FROM STDIN"
+            ))
             .await
             .unwrap_or_else(|e| panic!("COPY submissions: {e}"));
         c.send(subs.as_bytes())
@@ -181,10 +201,11 @@ pub async fn postgres(values: usize, platform_rate: f64) {
             .await
             .unwrap_or_else(|e| panic!("COPY submissions: {e}"));
         let mut c = tx
-            .copy_in_raw(
-                "COPY value_versions (submission_id, vkey, metric, region, period, department, \
-                 domain, task_id, value, valid_from, valid_to, accepted_micros) FROM STDIN",
-            )
+            .copy_in_raw(concat!(
+                "COPY value_versions (",
+                version_columns!(),
+                ") FROM STDIN"
+            ))
             .await
             .unwrap_or_else(|e| panic!("COPY value_versions: {e}"));
         c.send(vers.as_bytes())
@@ -278,16 +299,19 @@ async fn sqlite_run(values: usize, per_tx: usize, departments: &[String]) -> f64
     .await
     .unwrap_or_else(|e| panic!("migrate the scratch SQLite store: {e}"));
     db.close().await;
-    let options = SqliteConnectOptions::new()
-        .filename(dir.path().join("citycredit.db"))
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .foreign_keys(true)
-        .pragma("temp_store", "MEMORY")
-        .pragma("cache_size", "-8192");
+    let options = SqliteConnectOptions::new().filename(dir.path().join("citycredit.db"));
     let mut conn = SqliteConnection::connect_with(&options)
         .await
         .unwrap_or_else(|e| panic!("SQLite: {e}"));
+    // The platform writer's own pragmas: the same durability and page cache.
+    for pragmas in [
+        citycredit_store::SQLITE_PRAGMAS,
+        citycredit_store::WRITER_PRAGMAS,
+    ] {
+        conn.execute(pragmas)
+            .await
+            .unwrap_or_else(|e| panic!("{pragmas}: {e}"));
+    }
     let at = citycredit_store::now_micros();
     let started = Instant::now();
     let mut from = 0;
@@ -301,11 +325,11 @@ async fn sqlite_run(values: usize, per_tx: usize, departments: &[String]) -> f64
         while at_row < to {
             let end = (at_row + 100).min(to);
             let r = rows(at_row, end, departments, at);
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO submissions (id, principal, department, region, period, metric, \
-                 domain, task_id, value, evidence_uri, note, idempotency_key, accept_micros, kind, \
-                 retracts, reason, prev_hash, hash) ",
-            );
+            let mut q = QueryBuilder::<Sqlite>::new(concat!(
+                "INSERT INTO submissions (",
+                submission_columns!(),
+                ") "
+            ));
             q.push_values(0..r.id.len(), |mut b, k| {
                 b.push_bind(r.id[k])
                     .push_bind("bench-platform")
@@ -330,10 +354,11 @@ async fn sqlite_run(values: usize, per_tx: usize, departments: &[String]) -> f64
                 .execute(&mut *tx)
                 .await
                 .unwrap_or_else(|e| panic!("INSERT submissions: {e}"));
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO value_versions (submission_id, vkey, metric, region, period, \
-                 department, domain, task_id, value, valid_from, valid_to, accepted_micros) ",
-            );
+            let mut q = QueryBuilder::<Sqlite>::new(concat!(
+                "INSERT INTO value_versions (",
+                version_columns!(),
+                ") "
+            ));
             q.push_values(0..r.id.len(), |mut b, k| {
                 b.push_bind(r.id[k])
                     .push_bind(&r.vkey[k])

@@ -170,13 +170,13 @@ const READ_CONNECTIONS: u32 = 4;
 /// (the undo of one statement inside a transaction, never read after a crash) in memory, not in
 /// a temp file: they were 12 % of the writer's time (perf, batched ingest); one is at most the
 /// pages one statement changes (the writer's statements insert at most 128 rows).
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+pub const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
      PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;";
 
 /// The writer connection's ([`Db::writer`]) pragmas beyond [`SQLITE_PRAGMAS`] (the same
 /// durability): a page cache of 8 MiB instead of SQLite's 2 MiB, as it is the only connection
 /// that walks the indexes every group commit touches.
-const WRITER_PRAGMAS: &str = "PRAGMA cache_size = -8192;";
+pub const WRITER_PRAGMAS: &str = "PRAGMA cache_size = -8192;";
 
 /// How to reach the store.
 #[derive(Clone, Debug)]
